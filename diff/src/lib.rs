@@ -4,7 +4,12 @@
 //! and no async dependencies so that any CI runner can use it.
 #![deny(missing_docs)]
 
+pub mod error;
+pub mod folded;
+pub mod input;
+pub mod legacy;
 pub mod pprof;
 pub mod profile;
+pub mod top;
 
 pub use profile::{Frame, FrameId, FrameKind, LabelValue, Profile, Sample, ValueType};

@@ -1,0 +1,130 @@
+//! Errors of the input side: reading, decoding and selecting from profiles.
+//!
+//! [`DecodeError`] is what a codec says about a byte buffer; [`InputError`]
+//! adds the file it came from so that its `Display` is a complete one-line
+//! message such as
+//! `corrupt.pb.gz: not a pprof profile: truncated protobuf at byte 1234 (expected gzip'd or raw pprof, legacy text/binary, or folded stacks)`.
+
+use std::path::PathBuf;
+
+/// What went wrong decoding a buffer, independent of where it came from.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input has no bytes at all.
+    #[error("empty input")]
+    Empty,
+    /// No reader recognized the bytes; the detail is the protobuf decoder's complaint.
+    #[error("not a pprof profile: {0} (expected gzip'd or raw pprof, legacy text/binary, or folded stacks)")]
+    NotAProfile(String),
+    /// The protobuf decoded but its content is inconsistent (bad id, bad string index, ...).
+    #[error("malformed pprof profile: {0}")]
+    MalformedPprof(String),
+    /// A legacy format was recognized by its header but its body is malformed.
+    #[error("malformed {format} profile: {detail}")]
+    MalformedLegacy {
+        /// Which legacy format, e.g. `legacy heap`.
+        format: &'static str,
+        /// What is wrong, with the line number where known.
+        detail: String,
+    },
+    /// The gzip stream is corrupt.
+    #[error("corrupt gzip stream: {0}")]
+    Gzip(String),
+    /// Decompressing would exceed the configured limit (a decompression bomb, or a limit set too low).
+    #[error("decompressed size exceeds the limit of {limit} bytes (decompression bomb?); raise Limits::max_decompressed_bytes if the profile is genuine")]
+    DecompressionBomb {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The input is larger than the configured limit.
+    #[error("input is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        /// Size of the input in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A repeated field has more entries than the configured limit.
+    #[error("too many {what}: more than the limit of {limit}")]
+    TooMany {
+        /// What was counted (`samples`, `locations`, ...).
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// An error loading or using a profile file; `Display` names the file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// Reading the file or directory failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file's content could not be decoded.
+    #[error("{}: {source}", path.display())]
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// What the decoder said.
+        source: DecodeError,
+    },
+    /// A directory given as input holds no profile files.
+    #[error("{}: directory contains no profile files", path.display())]
+    EmptyDirectory {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The requested sample type is not in the profile.
+    #[error("{}: no sample type {requested:?}; available: {available}", path.display())]
+    UnknownSampleType {
+        /// The profile (may be empty when the profile did not come from a file).
+        path: PathBuf,
+        /// What was asked for.
+        requested: String,
+        /// The profile's sample types, comma-separated.
+        available: String,
+    },
+    /// The profile has no sample types at all, so nothing can be selected.
+    #[error("{}: profile has no sample types", path.display())]
+    NoSampleTypes {
+        /// The profile.
+        path: PathBuf,
+    },
+    /// Profiles that must be combined have different sample types.
+    #[error("{}: sample types [{found}] differ from [{expected}] of {}", path.display(), first.display())]
+    SampleTypeMismatch {
+        /// The profile that differs.
+        path: PathBuf,
+        /// Its sample types.
+        found: String,
+        /// The first profile.
+        first: PathBuf,
+        /// The first profile's sample types.
+        expected: String,
+    },
+    /// Writing an output file failed.
+    #[error("{}: cannot write: {source}", path.display())]
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl InputError {
+    /// Wraps a [`DecodeError`] with the file it came from.
+    pub fn decode(path: impl Into<PathBuf>, source: DecodeError) -> Self {
+        InputError::Decode {
+            path: path.into(),
+            source,
+        }
+    }
+}

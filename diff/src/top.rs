@@ -1,0 +1,315 @@
+//! A `go tool pprof -top`-like table: flat and cumulative value per function.
+//!
+//! Rows are function names (an inlined function is its own row, as in
+//! pprof's default `-functions` granularity). `flat` is the value of
+//! samples whose leaf frame is the function; `cum` counts each sample once
+//! for every function anywhere on its stack. The total is the sum of
+//! absolute sample values, and rows sort like pprof (flat, then name, then
+//! cum; or cum, name, flat with `by_cum`). Values are formatted with
+//! pprof's unit scaling ([`format_value`]).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::profile::{Profile, ValueType};
+
+/// One row of the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopRow {
+    /// Function name.
+    pub name: String,
+    /// Value where the function is the leaf.
+    pub flat: i64,
+    /// Value where the function is anywhere on the stack.
+    pub cum: i64,
+}
+
+/// The whole table, sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopTable {
+    /// The sample type the values are of.
+    pub sample_type: ValueType,
+    /// Sum of absolute sample values.
+    pub total: i64,
+    /// Rows, sorted.
+    pub rows: Vec<TopRow>,
+}
+
+/// Computes the table for sample type `index` (which must be in range).
+pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
+    // Frame id -> function row index, so names are hashed once per frame.
+    let mut row_of_name: HashMap<&str, usize> = HashMap::new();
+    let mut rows: Vec<TopRow> = Vec::new();
+    let frame_row: Vec<usize> = p
+        .frames
+        .iter()
+        .map(|f| {
+            *row_of_name.entry(f.function.as_str()).or_insert_with(|| {
+                rows.push(TopRow {
+                    name: f.function.clone(),
+                    flat: 0,
+                    cum: 0,
+                });
+                rows.len() - 1
+            })
+        })
+        .collect();
+    let mut seen = vec![u32::MAX; rows.len()];
+    let mut total: i64 = 0;
+    for (si, s) in p.samples.iter().enumerate() {
+        let v = s.values.get(index).copied().unwrap_or(0);
+        if v == 0 {
+            continue;
+        }
+        total = total.saturating_add(v.saturating_abs());
+        if let Some(&leaf) = s.stack.first() {
+            if let Some(&r) = frame_row.get(leaf as usize) {
+                rows[r].flat = rows[r].flat.saturating_add(v);
+            }
+        }
+        for &f in &s.stack {
+            if let Some(&r) = frame_row.get(f as usize) {
+                if seen[r] != si as u32 {
+                    seen[r] = si as u32;
+                    rows[r].cum = rows[r].cum.saturating_add(v);
+                }
+            }
+        }
+    }
+    rows.retain(|r| r.flat != 0 || r.cum != 0);
+    if by_cum {
+        rows.sort_by(|a, b| {
+            b.cum
+                .unsigned_abs()
+                .cmp(&a.cum.unsigned_abs())
+                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| b.flat.unsigned_abs().cmp(&a.flat.unsigned_abs()))
+        });
+    } else {
+        rows.sort_by(|a, b| {
+            b.flat
+                .unsigned_abs()
+                .cmp(&a.flat.unsigned_abs())
+                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| b.cum.unsigned_abs().cmp(&a.cum.unsigned_abs()))
+        });
+    }
+    TopTable {
+        sample_type: p.sample_types.get(index).cloned().unwrap_or_default(),
+        total,
+        rows,
+    }
+}
+
+struct UnitDef {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    factor: f64,
+}
+
+const MEMORY: &[UnitDef] = &[
+    UnitDef {
+        name: "B",
+        aliases: &["b", "byte"],
+        factor: 1.0,
+    },
+    UnitDef {
+        name: "kB",
+        aliases: &["kb", "kbyte", "kilobyte"],
+        factor: 1024.0,
+    },
+    UnitDef {
+        name: "MB",
+        aliases: &["mb", "mbyte", "megabyte"],
+        factor: 1048576.0,
+    },
+    UnitDef {
+        name: "GB",
+        aliases: &["gb", "gbyte", "gigabyte"],
+        factor: 1073741824.0,
+    },
+    UnitDef {
+        name: "TB",
+        aliases: &["tb", "tbyte", "terabyte"],
+        factor: 1099511627776.0,
+    },
+    UnitDef {
+        name: "PB",
+        aliases: &["pb", "pbyte", "petabyte"],
+        factor: 1125899906842624.0,
+    },
+];
+
+const TIME: &[UnitDef] = &[
+    UnitDef {
+        name: "ns",
+        aliases: &["ns", "nanosecond"],
+        factor: 1.0,
+    },
+    UnitDef {
+        name: "us",
+        aliases: &["μs", "us", "microsecond"],
+        factor: 1e3,
+    },
+    UnitDef {
+        name: "ms",
+        aliases: &["ms", "millisecond"],
+        factor: 1e6,
+    },
+    UnitDef {
+        name: "s",
+        aliases: &["s", "sec", "second"],
+        factor: 1e9,
+    },
+    UnitDef {
+        name: "hrs",
+        aliases: &["hour", "hr"],
+        factor: 3600e9,
+    },
+];
+
+/// Formats a value like pprof's `measurement.ScaledLabel` with automatic
+/// scaling: `7.12s`, `1.50MB`, `712` (counts have no unit).
+pub fn format_value(value: i64, unit: &str) -> String {
+    let (v, u) = scale(value, unit);
+    let s = format!("{v:.2}");
+    let s = s.strip_suffix(".00").unwrap_or(&s).to_owned();
+    if s == "0" || s == "-0" {
+        return "0".into();
+    }
+    s + u
+}
+
+fn scale(value: i64, unit: &str) -> (f64, &'static str) {
+    if value < 0 {
+        let (v, u) = scale(value.saturating_neg(), unit);
+        return (-v, u);
+    }
+    let mut lower = unit.to_lowercase();
+    if lower.chars().count() > 2 {
+        if let Some(s) = lower.strip_suffix('s') {
+            lower = s.to_owned();
+        }
+    }
+    for table in [MEMORY, TIME] {
+        if let Some(from) = table.iter().find(|u| u.aliases.contains(&lower.as_str())) {
+            let v = value as f64 * from.factor;
+            let mut best: Option<&UnitDef> = None;
+            for u in table {
+                if best.is_none_or(|b| u.factor >= b.factor) && v / u.factor >= 1.0 {
+                    best = Some(u);
+                }
+            }
+            return match best {
+                Some(b) => (v / b.factor, b.name),
+                // Below the smallest unit: pprof uses the type's default unit.
+                None if std::ptr::eq(table, MEMORY) => (v, "B"),
+                None => (v / 1e9, "s"),
+            };
+        }
+    }
+    (value as f64, "")
+}
+
+/// Formats `value` as a percentage of `total` like pprof (`  100%`,
+/// `50.85%`, ` 0.42%`).
+pub fn percentage(value: i64, total: i64) -> String {
+    let ratio = if total != 0 {
+        (value as f64 / total as f64).abs() * 100.0
+    } else {
+        0.0
+    };
+    if (99.95..=100.05).contains(&ratio) {
+        "  100%".into()
+    } else if ratio >= 1.0 {
+        format!("{ratio:5.2}%")
+    } else {
+        format!("{:>5}%", go_g2(ratio))
+    }
+}
+
+/// Go's `%.2g`.
+fn go_g2(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let e = format!("{x:.1e}"); // d.de±x
+    let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if !(-4..2).contains(&exp) {
+        let mant = mant.trim_end_matches('0').trim_end_matches('.');
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mant}e{sign}{:02}", exp.abs());
+    }
+    let decimals = (1 - exp).max(0) as usize;
+    let s = format!("{x:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+/// Renders the table as text like `go tool pprof -top`, keeping the first
+/// `limit` rows (all when `None`).
+pub fn render(t: &TopTable, limit: Option<usize>) -> String {
+    let unit = t.sample_type.unit.as_str();
+    let shown = &t.rows[..limit.unwrap_or(t.rows.len()).min(t.rows.len())];
+    let flat_sum: i64 = shown.iter().map(|r| r.flat).sum();
+    let mut out = String::new();
+    let _ = writeln!(out, "Type: {}", t.sample_type.kind);
+    let _ = writeln!(
+        out,
+        "Showing nodes accounting for {}, {} of {} total",
+        format_value(flat_sum, unit),
+        percentage(flat_sum, t.total).trim(),
+        format_value(t.total, unit)
+    );
+    if shown.len() < t.rows.len() {
+        let _ = writeln!(
+            out,
+            "Showing top {} nodes out of {}",
+            shown.len(),
+            t.rows.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:>10} {:>5}% {:>5}% {:>10} {:>5}%",
+        "flat", "flat", "sum", "cum", "cum"
+    );
+    let mut sum = 0i64;
+    for r in shown {
+        sum = sum.saturating_add(r.flat);
+        let _ = writeln!(
+            out,
+            "{:>10} {} {} {:>10} {}  {}",
+            format_value(r.flat, unit),
+            percentage(r.flat, t.total),
+            percentage(sum, t.total),
+            format_value(r.cum, unit),
+            percentage(r.cum, t.total),
+            r.name
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_pprof() {
+        assert_eq!(format_value(7_120_000_000, "nanoseconds"), "7.12s");
+        assert_eq!(format_value(10_000_000, "nanoseconds"), "10ms");
+        assert_eq!(format_value(1536, "bytes"), "1.50kB");
+        assert_eq!(format_value(712, "count"), "712");
+        assert_eq!(format_value(0, "nanoseconds"), "0");
+        assert_eq!(format_value(1900, "microseconds"), "1.90ms");
+        assert_eq!(percentage(1, 2), "50.00%");
+        assert_eq!(percentage(1, 1), "  100%");
+        assert_eq!(percentage(1, 200), "  0.5%");
+        assert_eq!(percentage(1, 80000), "0.0013%");
+    }
+}
