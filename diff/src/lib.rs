@@ -11,5 +11,13 @@ pub mod legacy;
 pub mod pprof;
 pub mod profile;
 pub mod top;
+// compare/gate side
+pub mod budgets;
+pub mod compare;
+pub mod diffgraph;
+pub mod gate;
+pub mod normalize;
+pub mod report;
+pub mod stats;
 
 pub use profile::{Frame, FrameId, FrameKind, LabelValue, Profile, Sample, ValueType};

@@ -1,0 +1,562 @@
+//! Comparison of two sets of profiles (baseline and candidate runs).
+//!
+//! Each profile is reduced to normalized stacks ([`crate::normalize`]);
+//! from those come per-function flat (self) and cumulative values (cum
+//! counted once per sample even under recursion) and per-stack values.
+//! Every entity is tested with [`stats::pooled_test`] on counts pooled
+//! across runs (the decision statistic), and, with two or more runs per
+//! side, with the Mann–Whitney U test on per-run values plus the
+//! Hodges–Lehmann shift and its confidence interval (reported, as in
+//! benchstat). Functions below the noise floor on both sides are not tested;
+//! the p-values of the others are adjusted with Benjamini–Hochberg.
+
+use serde::Serialize;
+
+use crate::normalize::{
+    reduce, select_sample_type, FuncId, FuncTable, NormalizeError, Normalizer, RunData, Scale,
+};
+use crate::profile::{Profile, ValueType};
+use crate::stats::{self, CountModel, RunCount, ShiftEstimate};
+
+/// Errors from building a comparison.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompareError {
+    /// One side had no profile.
+    #[error("no {0} profiles given")]
+    NoProfiles(&'static str),
+    /// Sample type selection or another normalization problem, naming the file.
+    #[error("{0}: {1}")]
+    Normalize(String, NormalizeError),
+    /// Two profiles disagree on the selected sample type's unit.
+    #[error("{0}: sample type {1} does not match {2} in the first profile")]
+    Mismatch(String, String, String),
+    /// A scale needs information a profile lacks.
+    #[error("{0}: {1}")]
+    Scale(String, String),
+}
+
+/// Statistical settings for comparisons.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareOptions {
+    /// How values are scaled.
+    pub scale: Scale,
+    /// Functions whose share is below this fraction on both sides are not tested.
+    pub noise_floor: f64,
+    /// Confidence level of reported intervals.
+    pub confidence: f64,
+}
+
+impl Default for CompareOptions {
+    fn default() -> Self {
+        CompareOptions {
+            scale: Scale::Share,
+            noise_floor: 0.005,
+            confidence: 0.95,
+        }
+    }
+}
+
+/// One run's observation of an entity, before scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Obs {
+    /// Value in sample-type units.
+    pub value: f64,
+    /// Denominator in display units: the run's total (share), seconds (rate) or units of work.
+    pub denom: f64,
+    /// Value of one sample.
+    pub weight: f64,
+}
+
+/// The statistics of one entity (a function's flat or cum value, a total,
+/// a stack pattern) across the two sides.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Metric {
+    /// Pooled baseline value in display units (share as a fraction, rate per second, per unit).
+    pub baseline: f64,
+    /// Pooled candidate value.
+    pub candidate: f64,
+    /// `candidate - baseline`.
+    pub delta: f64,
+    /// `delta / baseline` (None when the baseline is 0).
+    pub relative: Option<f64>,
+    /// Baseline share of the total (for the noise floor).
+    pub baseline_share: f64,
+    /// Candidate share of the total.
+    pub candidate_share: f64,
+    /// Two-sided p-value of the pooled count test (None when not tested: below the noise floor).
+    pub p_value: Option<f64>,
+    /// Benjamini–Hochberg adjusted p-value within its family (set by the caller).
+    pub q_value: Option<f64>,
+    /// Mann–Whitney two-sided p-value on per-run values (>= 2 runs per side).
+    pub mwu_p: Option<f64>,
+    /// Hodges–Lehmann shift of per-run values with its interval (>= 2 runs per side).
+    pub shift: Option<ShiftEstimate>,
+    /// Ratio of per-run medians, candidate over baseline.
+    pub median_ratio: Option<f64>,
+    /// Estimated dispersion (1 = sampling noise only).
+    pub dispersion: f64,
+    /// Standard error of `delta` in display units.
+    pub se: f64,
+    /// Per-run variance factor behind `se`, per unit of exposure, in count units.
+    #[serde(skip)]
+    pub var_unit: f64,
+    /// Mean exposure of one run in count units (samples for share).
+    #[serde(skip)]
+    pub exposure_per_run: f64,
+    /// Display units per count unit of rate.
+    #[serde(skip)]
+    pub scale_factor: f64,
+    /// Runs per side.
+    pub runs: (usize, usize),
+}
+
+impl Metric {
+    /// Exposure per side (samples for share scale, else seconds/units) and
+    /// runs per side needed to detect a difference of `delta` display units at
+    /// two-sided level `alpha` with 80% power, given the dispersion seen.
+    pub fn needed(&self, delta: f64, alpha: f64) -> Option<(f64, u64)> {
+        if delta == 0.0 || self.scale_factor <= 0.0 || self.exposure_per_run <= 0.0 {
+            return None;
+        }
+        let d = delta / self.scale_factor;
+        let e = stats::exposure_needed(d, self.var_unit * self.dispersion, alpha, 0.8);
+        if !e.is_finite() {
+            return None;
+        }
+        let runs = (e / self.exposure_per_run).ceil().max(1.0) as u64;
+        Some((e, runs))
+    }
+}
+
+/// Test one entity given per-run observations on both sides.
+pub fn test_entity(base: &[Obs], cand: &[Obs], scale: &Scale, confidence: f64) -> Metric {
+    let model = match scale {
+        Scale::Share => CountModel::Share,
+        _ => CountModel::Rate,
+    };
+    let counts = |xs: &[Obs]| -> Vec<RunCount> {
+        xs.iter()
+            .map(|o| {
+                let w = if o.weight > 0.0 { o.weight } else { 1.0 };
+                RunCount {
+                    count: o.value / w,
+                    exposure: match model {
+                        CountModel::Share => o.denom / w,
+                        CountModel::Rate => o.denom,
+                    },
+                }
+            })
+            .collect()
+    };
+    let pooled = |xs: &[Obs]| {
+        let (v, d) = xs
+            .iter()
+            .fold((0.0, 0.0), |(v, d), o| (v + o.value, d + o.denom));
+        if d > 0.0 {
+            v / d
+        } else {
+            0.0
+        }
+    };
+    let (ca, cb) = (counts(base), counts(cand));
+    let t = stats::pooled_test(&ca, &cb, model);
+    let baseline = pooled(base);
+    let candidate = pooled(cand);
+    let delta = candidate - baseline;
+    let per_run = |xs: &[Obs]| -> Vec<f64> {
+        xs.iter()
+            .map(|o| {
+                if o.denom > 0.0 {
+                    o.value / o.denom
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    };
+    let (va, vb) = (per_run(base), per_run(cand));
+    let many = va.len() >= 2 && vb.len() >= 2;
+    let mwu_p = if many {
+        stats::mann_whitney(&va, &vb).map(|m| m.p_value)
+    } else {
+        None
+    };
+    let shift = if many {
+        stats::hodges_lehmann(&va, &vb, confidence)
+    } else {
+        None
+    };
+    let median_ratio = match (stats::median(&va), stats::median(&vb)) {
+        (Some(a), Some(b)) if a > 0.0 && many => Some(b / a),
+        _ => None,
+    };
+    let wmean = {
+        let all: Vec<f64> = base.iter().chain(cand).map(|o| o.weight).collect();
+        if all.is_empty() {
+            1.0
+        } else {
+            all.iter().sum::<f64>() / all.len() as f64
+        }
+    };
+    let scale_factor = match model {
+        CountModel::Share => 1.0,
+        CountModel::Rate => wmean,
+    };
+    let n_runs = (ca.len() + cb.len()).max(1) as f64;
+    let exposure_per_run = ca.iter().chain(&cb).map(|r| r.exposure).sum::<f64>() / n_runs;
+    let (p_value, dispersion, se, var_unit) = match t {
+        Some(t) => {
+            let r0 = (t.rate_a * ca.iter().map(|r| r.exposure).sum::<f64>()
+                + t.rate_b * cb.iter().map(|r| r.exposure).sum::<f64>())
+                / ca.iter()
+                    .chain(&cb)
+                    .map(|r| r.exposure)
+                    .sum::<f64>()
+                    .max(1e-300);
+            let vu = match model {
+                CountModel::Share => r0 * (1.0 - r0).max(0.0),
+                CountModel::Rate => r0,
+            };
+            (Some(t.p_value), t.phi, t.se * scale_factor, vu)
+        }
+        None => (None, 1.0, 0.0, 0.0),
+    };
+    Metric {
+        baseline,
+        candidate,
+        delta,
+        relative: (baseline != 0.0).then(|| delta / baseline),
+        baseline_share: 0.0,
+        candidate_share: 0.0,
+        p_value,
+        q_value: None,
+        mwu_p,
+        shift,
+        median_ratio,
+        dispersion,
+        se,
+        var_unit,
+        exposure_per_run,
+        scale_factor,
+        runs: (base.len(), cand.len()),
+    }
+}
+
+/// Flat and cum statistics of one function.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunctionDelta {
+    /// Function id in [`Comparison::table`].
+    #[serde(skip)]
+    pub id: FuncId,
+    /// Normalized name.
+    pub function: String,
+    /// Normalized file.
+    pub file: String,
+    /// Self value.
+    pub flat: Metric,
+    /// Cumulative value.
+    pub cum: Metric,
+}
+
+/// One normalized stack's values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StackDelta {
+    /// Folded stack, root first, `;`-separated.
+    pub stack: String,
+    /// Pooled baseline value in display units.
+    pub baseline: f64,
+    /// Pooled candidate value.
+    pub candidate: f64,
+    /// Difference.
+    pub delta: f64,
+}
+
+/// Profiles of both sides reduced for one sample type.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    /// Normalized functions of both sides.
+    pub table: FuncTable,
+    /// The selected sample type.
+    pub sample_type: ValueType,
+    /// Baseline runs.
+    pub base: Vec<RunData>,
+    /// Candidate runs.
+    pub cand: Vec<RunData>,
+    /// Normalization applied (for reports).
+    pub normalization: Vec<String>,
+}
+
+impl Comparison {
+    /// Reduce both sides for `sample_type` (None: each profile's default).
+    pub fn new(
+        base: &[(String, &Profile)],
+        cand: &[(String, &Profile)],
+        sample_type: Option<&str>,
+        norm: &Normalizer,
+    ) -> Result<Comparison, CompareError> {
+        if base.is_empty() {
+            return Err(CompareError::NoProfiles("baseline"));
+        }
+        if cand.is_empty() {
+            return Err(CompareError::NoProfiles("candidate"));
+        }
+        let mut table = FuncTable::default();
+        let mut first: Option<ValueType> = None;
+        let mut side = |xs: &[(String, &Profile)]| -> Result<Vec<RunData>, CompareError> {
+            let mut out = Vec::with_capacity(xs.len());
+            for (path, p) in xs {
+                // Once the first profile fixed the type, match the rest by kind.
+                let want = first.as_ref().map(|t| t.kind.clone());
+                let st = select_sample_type(p, want.as_deref().or(sample_type))
+                    .map_err(|e| CompareError::Normalize(path.clone(), e))?;
+                let t = &p.sample_types[st];
+                match &first {
+                    None => first = Some(t.clone()),
+                    Some(f) if f.unit != t.unit => {
+                        return Err(CompareError::Mismatch(
+                            path.clone(),
+                            t.to_string(),
+                            f.to_string(),
+                        ))
+                    }
+                    _ => {}
+                }
+                out.push(reduce(p, st, path, norm, &mut table));
+            }
+            Ok(out)
+        };
+        let b = side(base)?;
+        let c = side(cand)?;
+        Ok(Comparison {
+            table,
+            sample_type: first.unwrap_or_default(),
+            base: b,
+            cand: c,
+            normalization: norm.options().describe(),
+        })
+    }
+
+    /// Denominator of a run for a scale (display units), or an error naming the run.
+    pub fn denom(run: &RunData, scale: &Scale) -> Result<f64, CompareError> {
+        match scale {
+            Scale::Share => Ok(run.total),
+            Scale::Rate if run.duration_secs > 0.0 => Ok(run.duration_secs),
+            Scale::Rate => Err(CompareError::Scale(
+                run.source.clone(),
+                "profile has no duration; rate scaling needs duration_nanos".into(),
+            )),
+            Scale::PerUnit(n) if *n > 0.0 => Ok(*n),
+            Scale::PerUnit(n) => Err(CompareError::Scale(
+                run.source.clone(),
+                format!("--per must be positive, got {n}"),
+            )),
+            Scale::PerSampleType(t) => match run.type_total(t) {
+                Some(v) if v > 0.0 => Ok(v),
+                Some(_) => Err(CompareError::Scale(
+                    run.source.clone(),
+                    format!("sample type {t:?} totals 0; cannot divide by it"),
+                )),
+                None => Err(CompareError::Scale(
+                    run.source.clone(),
+                    format!(
+                        "no sample type {t:?} to divide by (available: {})",
+                        run.type_totals
+                            .iter()
+                            .map(|x| x.0.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            },
+        }
+    }
+
+    /// Observations of an entity whose per-run value is `f(run)`.
+    pub fn observe(
+        &self,
+        scale: &Scale,
+        mut f: impl FnMut(&RunData) -> f64,
+    ) -> Result<(Vec<Obs>, Vec<Obs>), CompareError> {
+        let mut side = |runs: &[RunData]| -> Result<Vec<Obs>, CompareError> {
+            runs.iter()
+                .map(|r| {
+                    Ok(Obs {
+                        value: f(r),
+                        denom: Self::denom(r, scale)?,
+                        weight: r.weight,
+                    })
+                })
+                .collect()
+        };
+        let b = side(&self.base)?;
+        let c = side(&self.cand)?;
+        Ok((b, c))
+    }
+
+    /// Share of the total of an entity on each side.
+    fn shares(&self, fb: &[f64], fc: &[f64]) -> (f64, f64) {
+        let tb: f64 = self.base.iter().map(|r| r.total).sum();
+        let tc: f64 = self.cand.iter().map(|r| r.total).sum();
+        let sb: f64 = fb.iter().sum();
+        let sc: f64 = fc.iter().sum();
+        (
+            if tb > 0.0 { sb / tb } else { 0.0 },
+            if tc > 0.0 { sc / tc } else { 0.0 },
+        )
+    }
+
+    /// Per-function flat and cum statistics, sorted by decreasing |flat delta|
+    /// then name. Functions below `noise_floor` share on both sides carry no
+    /// p-value; q-values are BH-adjusted within flat and within cum.
+    pub fn functions(&self, opts: &CompareOptions) -> Result<Vec<FunctionDelta>, CompareError> {
+        let n = self.table.len();
+        let flat_b: Vec<Vec<f64>> = self.base.iter().map(|r| r.flat(n)).collect();
+        let flat_c: Vec<Vec<f64>> = self.cand.iter().map(|r| r.flat(n)).collect();
+        let cum_b: Vec<Vec<f64>> = self.base.iter().map(|r| r.cum(n)).collect();
+        let cum_c: Vec<Vec<f64>> = self.cand.iter().map(|r| r.cum(n)).collect();
+        let denb: Vec<f64> = self
+            .base
+            .iter()
+            .map(|r| Self::denom(r, &opts.scale))
+            .collect::<Result<_, _>>()?;
+        let denc: Vec<f64> = self
+            .cand
+            .iter()
+            .map(|r| Self::denom(r, &opts.scale))
+            .collect::<Result<_, _>>()?;
+        let obs = |vals: &[Vec<f64>], runs: &[RunData], den: &[f64], id: usize| -> Vec<Obs> {
+            vals.iter()
+                .zip(runs)
+                .zip(den)
+                .map(|((v, r), d)| Obs {
+                    value: v[id],
+                    denom: *d,
+                    weight: r.weight,
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        for id in 0..n {
+            let fb: Vec<f64> = flat_b.iter().map(|v| v[id]).collect();
+            let fc: Vec<f64> = flat_c.iter().map(|v| v[id]).collect();
+            let cb: Vec<f64> = cum_b.iter().map(|v| v[id]).collect();
+            let cc: Vec<f64> = cum_c.iter().map(|v| v[id]).collect();
+            if cb.iter().chain(&cc).all(|&x| x == 0.0) {
+                continue;
+            }
+            let metric = |vb: &[Vec<f64>], vc: &[Vec<f64>], sb: &[f64], sc: &[f64]| {
+                let mut m = test_entity(
+                    &obs(vb, &self.base, &denb, id),
+                    &obs(vc, &self.cand, &denc, id),
+                    &opts.scale,
+                    opts.confidence,
+                );
+                let (x, y) = self.shares(sb, sc);
+                m.baseline_share = x;
+                m.candidate_share = y;
+                if x < opts.noise_floor && y < opts.noise_floor {
+                    m.p_value = None;
+                }
+                m
+            };
+            let f = &self.table.funcs[id];
+            out.push(FunctionDelta {
+                id: id as FuncId,
+                function: f.name.clone(),
+                file: f.file.clone(),
+                flat: metric(&flat_b, &flat_c, &fb, &fc),
+                cum: metric(&cum_b, &cum_c, &cb, &cc),
+            });
+        }
+        for pick in [
+            (|d: &mut FunctionDelta| -> &mut Metric { &mut d.flat })
+                as fn(&mut FunctionDelta) -> &mut Metric,
+            |d: &mut FunctionDelta| -> &mut Metric { &mut d.cum },
+        ] {
+            let idx: Vec<usize> = (0..out.len())
+                .filter(|&i| pick(&mut out[i]).p_value.is_some())
+                .collect();
+            let ps: Vec<f64> = idx
+                .iter()
+                .map(|&i| pick(&mut out[i]).p_value.unwrap_or(1.0))
+                .collect();
+            let qs = stats::benjamini_hochberg(&ps);
+            for (&i, q) in idx.iter().zip(qs) {
+                pick(&mut out[i]).q_value = Some(q);
+            }
+        }
+        out.sort_by(|a, b| {
+            b.flat
+                .delta
+                .abs()
+                .total_cmp(&a.flat.delta.abs())
+                .then(b.cum.delta.abs().total_cmp(&a.cum.delta.abs()))
+                .then(a.function.cmp(&b.function))
+        });
+        Ok(out)
+    }
+
+    /// The `limit` stacks with the largest |delta|, folded root first.
+    pub fn stacks(&self, scale: &Scale, limit: usize) -> Result<Vec<StackDelta>, CompareError> {
+        use crate::normalize::FxMap;
+        let mut acc: FxMap<&[FuncId], (f64, f64)> = FxMap::default();
+        let db: f64 = self
+            .base
+            .iter()
+            .map(|r| Self::denom(r, scale))
+            .sum::<Result<f64, _>>()?;
+        let dc: f64 = self
+            .cand
+            .iter()
+            .map(|r| Self::denom(r, scale))
+            .sum::<Result<f64, _>>()?;
+        for r in &self.base {
+            for (s, v) in &r.stacks {
+                acc.entry(s).or_default().0 += v;
+            }
+        }
+        for r in &self.cand {
+            for (s, v) in &r.stacks {
+                acc.entry(s).or_default().1 += v;
+            }
+        }
+        let mut v: Vec<(&[FuncId], f64, f64)> = acc
+            .into_iter()
+            .map(|(s, (b, c))| (s, b / db.max(1e-300), c / dc.max(1e-300)))
+            .collect();
+        v.sort_by(|a, b| {
+            (b.2 - b.1)
+                .abs()
+                .total_cmp(&(a.2 - a.1).abs())
+                .then_with(|| a.0.cmp(b.0))
+        });
+        v.truncate(limit);
+        Ok(v.into_iter()
+            .map(|(s, b, c)| StackDelta {
+                stack: self.folded(s),
+                baseline: b,
+                candidate: c,
+                delta: c - b,
+            })
+            .collect())
+    }
+
+    /// Folded text of a stack.
+    pub fn folded(&self, s: &[FuncId]) -> String {
+        s.iter()
+            .map(|&f| self.table.funcs[f as usize].name.as_str())
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// Display unit for values under a scale.
+    pub fn unit(&self, scale: &Scale) -> String {
+        match scale {
+            Scale::Share => "%".into(),
+            Scale::Rate => format!("{}/s", self.sample_type.unit),
+            Scale::PerUnit(n) => format!("{}/{n}", self.sample_type.unit),
+            Scale::PerSampleType(t) => format!("{}/{t}", self.sample_type.unit),
+        }
+    }
+}

@@ -1,0 +1,760 @@
+//! The gate: apply budget rules to a comparison and reach a verdict.
+//!
+//! Decision rules (documented in `docs/profdiff.md`):
+//!
+//! * **relative** rules (and the built-in default rule): a function *fails*
+//!   when its growth breaches the limit (the point estimate exceeds the
+//!   allowed points of share and/or percent of its own value) **and** the
+//!   pooled count test is significant after Benjamini–Hochberg adjustment
+//!   over the functions the rule tests (q < `alpha`). It is *improved* when
+//!   it shrinks by more than the limit, significantly; *inconclusive* when it
+//!   breaches the limit with `alpha <= q < inconclusive_alpha`.
+//! * **absolute** rules: *fail* when the candidate's value is above the
+//!   ceiling and a one-sided (quasi-)Poisson test of "value <= ceiling" rejects
+//!   at `alpha`; *inconclusive* when above but not significantly.
+//! * **stack** rules: the share of samples where a frame matching `caller`
+//!   has a frame matching `callee` below it; with the default ceiling 0 any
+//!   such sample fails.
+//!
+//! Overall: `fail` if any `severity = "fail"` finding fails; else
+//! `inconclusive` if any such finding is inconclusive; else `improved` if
+//! any finding improved; else `pass`. `warn` findings never change it.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::budgets::{default_rule, BudgetRule, Budgets, MetricKind, RuleKind, Settings, Severity};
+use crate::compare::{
+    test_entity, CompareError, CompareOptions, Comparison, FunctionDelta, Metric,
+};
+use crate::normalize::{FuncId, Normalizer, RunData, Scale};
+use crate::profile::Profile;
+use crate::stats;
+
+/// A verdict, for one finding or the whole gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Within budget (or not significantly outside it).
+    Pass,
+    /// Significantly better than the limit allows for a change.
+    Improved,
+    /// Looks like a breach, but the data cannot decide.
+    Inconclusive,
+    /// A significant breach.
+    Fail,
+}
+
+impl Verdict {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Improved => "improved",
+            Verdict::Inconclusive => "inconclusive",
+            Verdict::Fail => "fail",
+        }
+    }
+
+    /// The process exit code `profdiff gate` uses for this overall verdict.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Pass | Verdict::Improved => 0,
+            Verdict::Fail => 1,
+            Verdict::Inconclusive => 3,
+        }
+    }
+}
+
+/// One rule's result for one entity (only non-passing or allowed ones are kept).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// Rule name.
+    pub rule: String,
+    /// `relative`, `absolute` or `stack`.
+    pub kind: &'static str,
+    /// Function (or pattern description) the finding is about.
+    pub function: String,
+    /// Sample type (`kind/unit`).
+    pub sample_type: String,
+    /// Flat or cum, when the rule looks at one.
+    pub metric: Option<MetricKind>,
+    /// Display unit of baseline/candidate/delta (`%` values are fractions).
+    pub unit: String,
+    /// Baseline value.
+    pub baseline: f64,
+    /// Candidate value.
+    pub candidate: f64,
+    /// `candidate - baseline`.
+    pub delta: f64,
+    /// Relative change.
+    pub relative: Option<f64>,
+    /// The limit that was applied, as text.
+    pub limit: String,
+    /// p-value of the decision test.
+    pub p_value: Option<f64>,
+    /// BH-adjusted p-value (relative rules).
+    pub q_value: Option<f64>,
+    /// Mann–Whitney p-value on per-run values (>= 2 runs per side).
+    pub mwu_p_value: Option<f64>,
+    /// Hodges–Lehmann confidence interval of the per-run shift.
+    pub ci: Option<[f64; 2]>,
+    /// Achieved confidence level of `ci`.
+    pub ci_level: Option<f64>,
+    /// Rule severity.
+    pub severity: Severity,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// For inconclusive findings: samples (or exposure units) per side that
+    /// would make the observed change decidable with 80% power.
+    pub samples_needed: Option<f64>,
+    /// The same as runs per side, at the current run length.
+    pub runs_needed: Option<u64>,
+    /// Set when an allow-list entry exempted this finding; the reason.
+    pub allowed: Option<String>,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Summary of one rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleResult {
+    /// Rule name.
+    pub name: String,
+    /// What it checks.
+    pub description: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Sample type it ran on.
+    pub sample_type: Option<String>,
+    /// Worst finding verdict (pass when none).
+    pub verdict: Verdict,
+    /// False when the rule could not run (e.g. sample type absent); see `note`.
+    pub applicable: bool,
+    /// Why it was not applicable.
+    pub note: Option<String>,
+    /// Entities tested.
+    pub tested: usize,
+    /// Line in the budgets file (0 for the built-in rule).
+    pub line: usize,
+}
+
+/// Everything a gate run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateReport {
+    /// Overall verdict.
+    pub verdict: Verdict,
+    /// Primary sample type.
+    pub sample_type: String,
+    /// Normalization applied.
+    pub normalization: Vec<String>,
+    /// Settings in force.
+    pub alpha: f64,
+    /// FDR level for inconclusive.
+    pub inconclusive_alpha: f64,
+    /// Noise floor (fraction).
+    pub noise_floor: f64,
+    /// Baseline inputs.
+    pub baseline: Vec<String>,
+    /// Candidate inputs.
+    pub candidate: Vec<String>,
+    /// Per-rule results.
+    pub rules: Vec<RuleResult>,
+    /// Non-passing (and allowed) findings, worst first.
+    pub findings: Vec<Finding>,
+    /// Largest per-function changes on the primary sample type (share scale).
+    pub top: Vec<FunctionDelta>,
+}
+
+/// Inputs and settings of a gate run.
+pub struct Gate<'a> {
+    base: Vec<(String, &'a Profile)>,
+    cand: Vec<(String, &'a Profile)>,
+    norm: &'a Normalizer,
+    sample_type: Option<String>,
+    cache: HashMap<Option<String>, Result<(Comparison, Vec<FunctionDelta>), String>>,
+    primary_key: Option<Option<String>>,
+    /// Confidence level of reported intervals.
+    pub confidence: f64,
+    /// Percent growth allowed by the default rule.
+    pub default_max_percent: f64,
+    /// How many functions to keep in [`GateReport::top`].
+    pub top_n: usize,
+}
+
+impl<'a> Gate<'a> {
+    /// A gate over these profiles; `sample_type` None picks each profile's default.
+    pub fn new(
+        base: Vec<(String, &'a Profile)>,
+        cand: Vec<(String, &'a Profile)>,
+        norm: &'a Normalizer,
+        sample_type: Option<String>,
+    ) -> Gate<'a> {
+        Gate {
+            base,
+            cand,
+            norm,
+            sample_type,
+            cache: HashMap::new(),
+            primary_key: None,
+            confidence: 0.95,
+            default_max_percent: 5.0,
+            top_n: 20,
+        }
+    }
+
+    fn comparison(
+        &mut self,
+        st: Option<&str>,
+        settings: &Settings,
+    ) -> Result<&(Comparison, Vec<FunctionDelta>), String> {
+        let key = st.map(str::to_string).or_else(|| self.sample_type.clone());
+        if !self.cache.contains_key(&key) {
+            let r = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)
+                .and_then(|c| {
+                    let f = c.functions(&CompareOptions {
+                        scale: Scale::Share,
+                        noise_floor: settings.noise_floor,
+                        confidence: self.confidence,
+                    })?;
+                    Ok((c, f))
+                })
+                .map_err(|e: CompareError| e.to_string());
+            self.cache.insert(key.clone(), r);
+        }
+        self.cache[&key].as_ref().map_err(|e| e.clone())
+    }
+
+    /// The primary comparison and its per-function statistics (share scale),
+    /// available after [`Gate::run`].
+    pub fn primary(&self) -> Option<(&Comparison, &[FunctionDelta])> {
+        let key = self.primary_key.as_ref()?;
+        match self.cache.get(key)? {
+            Ok((c, f)) => Some((c, f.as_slice())),
+            Err(_) => None,
+        }
+    }
+
+    /// Run every rule. An error is returned only when the primary sample type
+    /// cannot be compared at all; a rule whose sample type is absent is
+    /// reported as not applicable.
+    pub fn run(&mut self, budgets: &Budgets) -> Result<GateReport, CompareError> {
+        let settings = budgets.settings.clone();
+        // Primary comparison: surface its error directly.
+        let key = settings
+            .sample_type
+            .clone()
+            .or_else(|| self.sample_type.clone());
+        let primary = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?;
+        let primary_top = primary.functions(&CompareOptions {
+            scale: Scale::Share,
+            noise_floor: settings.noise_floor,
+            confidence: self.confidence,
+        })?;
+        let sample_type = primary.sample_type.to_string();
+        let normalization = primary.normalization.clone();
+        self.cache
+            .insert(key.clone(), Ok((primary, primary_top.clone())));
+        self.primary_key = Some(key.clone());
+
+        let mut rules: Vec<BudgetRule> = Vec::new();
+        if settings.default_rule {
+            rules.push(default_rule(self.default_max_percent));
+        }
+        rules.extend(budgets.rules.iter().cloned());
+
+        let mut results = Vec::new();
+        let mut findings = Vec::new();
+        for rule in &rules {
+            let st = rule.sample_type.clone().or_else(|| key.clone());
+            let (res, mut f) = match self.comparison(st.as_deref(), &settings) {
+                Ok((cmp, funcs)) => eval_rule(rule, cmp, funcs, &settings, &budgets.allow),
+                Err(e) => (
+                    RuleResult {
+                        name: rule.name.clone(),
+                        description: rule.describe(),
+                        severity: rule.severity,
+                        sample_type: st.clone(),
+                        verdict: Verdict::Pass,
+                        applicable: false,
+                        note: Some(e),
+                        tested: 0,
+                        line: rule.line,
+                    },
+                    Vec::new(),
+                ),
+            };
+            results.push(res);
+            findings.append(&mut f);
+        }
+        findings.sort_by(|a, b| {
+            b.verdict
+                .cmp(&a.verdict)
+                .then((a.severity as u8).cmp(&(b.severity as u8)))
+                .then(b.delta.abs().total_cmp(&a.delta.abs()))
+                .then(a.function.cmp(&b.function))
+        });
+        let counted = |v: Verdict| {
+            findings
+                .iter()
+                .any(|f| f.verdict == v && f.severity == Severity::Fail && f.allowed.is_none())
+        };
+        let verdict = if counted(Verdict::Fail) {
+            Verdict::Fail
+        } else if counted(Verdict::Inconclusive) {
+            Verdict::Inconclusive
+        } else if findings
+            .iter()
+            .any(|f| f.verdict == Verdict::Improved && f.allowed.is_none())
+        {
+            Verdict::Improved
+        } else {
+            Verdict::Pass
+        };
+        let mut top = primary_top;
+        top.truncate(self.top_n);
+        Ok(GateReport {
+            verdict,
+            sample_type,
+            normalization,
+            alpha: settings.alpha,
+            inconclusive_alpha: settings.inconclusive_alpha,
+            noise_floor: settings.noise_floor,
+            baseline: self.base.iter().map(|b| b.0.clone()).collect(),
+            candidate: self.cand.iter().map(|b| b.0.clone()).collect(),
+            rules: results,
+            findings,
+            top,
+        })
+    }
+}
+
+fn allowed(rule: &BudgetRule, name: &str, allow: &[crate::budgets::Allow]) -> Option<String> {
+    if rule.allow.iter().any(|r| r.is_match(name)) {
+        return Some(format!("allowed by rule {}", rule.name));
+    }
+    allow
+        .iter()
+        .find(|a| a.rule.as_deref().is_none_or(|r| r == rule.name) && a.function.is_match(name))
+        .map(|a| {
+            if a.reason.is_empty() {
+                format!("allowed by /{}/", a.function.as_str())
+            } else {
+                a.reason.clone()
+            }
+        })
+}
+
+fn func_flags(cmp: &Comparison, re: &Regex) -> Vec<bool> {
+    cmp.table
+        .funcs
+        .iter()
+        .map(|f| re.is_match(&f.name))
+        .collect()
+}
+
+/// Per-run value of the functions flagged: flat = leaf flagged; cum = any frame flagged.
+fn sum_matching(run: &RunData, flags: &[bool], metric: MetricKind) -> f64 {
+    run.stacks
+        .iter()
+        .filter(|(s, _)| match metric {
+            MetricKind::Flat => s.last().is_some_and(|&f| flags[f as usize]),
+            MetricKind::Cum => s.iter().any(|&f| flags[f as usize]),
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Per-run value of stacks where a caller-flagged frame has a callee-flagged frame below it.
+fn sum_caller_callee(run: &RunData, caller: &[bool], callee: &[bool]) -> f64 {
+    run.stacks
+        .iter()
+        .filter(|(s, _)| match s.iter().position(|&f| caller[f as usize]) {
+            Some(i) => s[i + 1..].iter().any(|&f| callee[f as usize]),
+            None => false,
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn breach(delta: f64, rel: Option<f64>, max_points: Option<f64>, max_percent: Option<f64>) -> bool {
+    if delta <= 0.0 {
+        return false;
+    }
+    let over_points = max_points.map(|p| delta * 100.0 > p);
+    let over_percent = max_percent.map(|p| rel.is_none_or(|r| r * 100.0 > p));
+    match (over_points, over_percent) {
+        (Some(a), Some(b)) => a && b,
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => true,
+    }
+}
+
+fn base_finding(
+    rule: &BudgetRule,
+    kind: &'static str,
+    cmp: &Comparison,
+    m: &Metric,
+    unit: String,
+) -> Finding {
+    Finding {
+        rule: rule.name.clone(),
+        kind,
+        function: String::new(),
+        sample_type: cmp.sample_type.to_string(),
+        metric: None,
+        unit,
+        baseline: m.baseline,
+        candidate: m.candidate,
+        delta: m.delta,
+        relative: m.relative,
+        limit: rule.describe(),
+        p_value: m.p_value,
+        q_value: m.q_value,
+        mwu_p_value: m.mwu_p,
+        ci: m.shift.map(|s| [s.low, s.high]),
+        ci_level: m.shift.map(|s| s.level),
+        severity: rule.severity,
+        verdict: Verdict::Pass,
+        samples_needed: None,
+        runs_needed: None,
+        allowed: None,
+        message: String::new(),
+    }
+}
+
+fn fmt_p(p: Option<f64>) -> String {
+    match p {
+        Some(p) if p < 1e-4 => format!("{p:.1e}"),
+        Some(p) => format!("{p:.4}"),
+        None => "-".into(),
+    }
+}
+
+fn eval_rule(
+    rule: &BudgetRule,
+    cmp: &Comparison,
+    funcs: &[FunctionDelta],
+    s: &Settings,
+    allow: &[crate::budgets::Allow],
+) -> (RuleResult, Vec<Finding>) {
+    let mut result = RuleResult {
+        name: rule.name.clone(),
+        description: rule.describe(),
+        severity: rule.severity,
+        sample_type: Some(cmp.sample_type.to_string()),
+        verdict: Verdict::Pass,
+        applicable: true,
+        note: None,
+        tested: 0,
+        line: rule.line,
+    };
+    let mut out = Vec::new();
+    match &rule.kind {
+        RuleKind::Relative {
+            function,
+            metric,
+            max_points,
+            max_percent,
+            aggregate,
+        } if !aggregate => {
+            let pick = |d: &FunctionDelta| -> Metric {
+                match metric {
+                    MetricKind::Flat => d.flat.clone(),
+                    MetricKind::Cum => d.cum.clone(),
+                }
+            };
+            let mut cands: Vec<(&FunctionDelta, Metric)> = funcs
+                .iter()
+                .filter(|d| function.is_match(&d.function))
+                .map(|d| (d, pick(d)))
+                .filter(|(_, m)| m.p_value.is_some())
+                .collect();
+            let ps: Vec<f64> = cands
+                .iter()
+                .map(|(_, m)| m.p_value.unwrap_or(1.0))
+                .collect();
+            let qs = stats::benjamini_hochberg(&ps);
+            result.tested = cands.len();
+            for ((d, m), q) in cands.iter_mut().zip(qs) {
+                m.q_value = Some(q);
+                let up = breach(m.delta, m.relative, *max_points, *max_percent);
+                let down = breach(-m.delta, m.relative.map(|r| -r), *max_points, *max_percent);
+                let verdict = if up && q < s.alpha {
+                    Verdict::Fail
+                } else if down && q < s.alpha {
+                    Verdict::Improved
+                } else if up && q < s.inconclusive_alpha {
+                    Verdict::Inconclusive
+                } else {
+                    Verdict::Pass
+                };
+                if verdict == Verdict::Pass {
+                    continue;
+                }
+                let mut f = base_finding(rule, "relative", cmp, m, "%".into());
+                f.function = d.function.clone();
+                f.metric = Some(*metric);
+                f.q_value = Some(q);
+                f.verdict = verdict;
+                f.allowed = allowed(rule, &d.function, allow);
+                if verdict == Verdict::Inconclusive {
+                    if let Some((e, r)) = m.needed(m.delta, s.alpha) {
+                        f.samples_needed = Some(e.ceil());
+                        f.runs_needed = Some(r);
+                    }
+                }
+                f.message = format!(
+                    "{} share {:.2}% -> {:.2}% ({:+.2} points, {}), q={}",
+                    match metric {
+                        MetricKind::Flat => "flat",
+                        MetricKind::Cum => "cum",
+                    },
+                    m.baseline * 100.0,
+                    m.candidate * 100.0,
+                    m.delta * 100.0,
+                    m.relative
+                        .map(|r| format!("{:+.1}%", r * 100.0))
+                        .unwrap_or_else(|| "new".into()),
+                    fmt_p(Some(q)),
+                );
+                out.push(f);
+            }
+        }
+        RuleKind::Relative {
+            function,
+            metric,
+            max_points,
+            max_percent,
+            ..
+        } => {
+            let flags = func_flags(cmp, function);
+            let m = cmp
+                .observe(&Scale::Share, |r| sum_matching(r, &flags, *metric))
+                .map(|(b, c)| test_entity(&b, &c, &Scale::Share, 0.95));
+            match m {
+                Ok(m) => {
+                    result.tested = 1;
+                    let p = m.p_value.unwrap_or(1.0);
+                    let up = breach(m.delta, m.relative, *max_points, *max_percent);
+                    let down = breach(-m.delta, m.relative.map(|r| -r), *max_points, *max_percent);
+                    let verdict = if up && p < s.alpha {
+                        Verdict::Fail
+                    } else if down && p < s.alpha {
+                        Verdict::Improved
+                    } else if up && p < s.inconclusive_alpha {
+                        Verdict::Inconclusive
+                    } else {
+                        Verdict::Pass
+                    };
+                    if verdict != Verdict::Pass {
+                        let mut f = base_finding(rule, "relative", cmp, &m, "%".into());
+                        f.function = format!("/{}/ (sum)", function.as_str());
+                        f.metric = Some(*metric);
+                        f.verdict = verdict;
+                        if verdict == Verdict::Inconclusive {
+                            if let Some((e, r)) = m.needed(m.delta, s.alpha) {
+                                f.samples_needed = Some(e.ceil());
+                                f.runs_needed = Some(r);
+                            }
+                        }
+                        f.message = format!(
+                            "summed share {:.2}% -> {:.2}%, p={}",
+                            m.baseline * 100.0,
+                            m.candidate * 100.0,
+                            fmt_p(m.p_value)
+                        );
+                        out.push(f);
+                    }
+                }
+                Err(e) => {
+                    result.applicable = false;
+                    result.note = Some(e.to_string());
+                }
+            }
+        }
+        RuleKind::Absolute {
+            function,
+            metric,
+            scale,
+            max,
+        } => {
+            let flags = function.as_ref().map(|re| func_flags(cmp, re));
+            let obs = cmp.observe(scale, |r| match &flags {
+                Some(fl) => sum_matching(r, fl, *metric),
+                None => r.total,
+            });
+            match obs {
+                Ok((b, c)) => {
+                    result.tested = 1;
+                    let m = test_entity(&b, &c, scale, 0.95);
+                    let (p, needed) = ceiling_test(&c, *max, s.alpha);
+                    let verdict = if m.candidate > *max && p < s.alpha {
+                        Verdict::Fail
+                    } else if m.candidate > *max {
+                        Verdict::Inconclusive
+                    } else if m.baseline > *max {
+                        Verdict::Improved
+                    } else {
+                        Verdict::Pass
+                    };
+                    if verdict != Verdict::Pass {
+                        let mut f = base_finding(rule, "absolute", cmp, &m, cmp.unit(scale));
+                        f.function = match function {
+                            Some(re) => format!("/{}/", re.as_str()),
+                            None => "total".into(),
+                        };
+                        f.metric = Some(*metric);
+                        f.p_value = Some(p);
+                        f.q_value = None;
+                        f.verdict = verdict;
+                        f.allowed = allowed(rule, &f.function, allow);
+                        if verdict == Verdict::Inconclusive {
+                            f.runs_needed = needed;
+                        }
+                        f.message = format!(
+                            "{} {} -> {} (ceiling {}), p(<= ceiling)={}",
+                            cmp.unit(scale),
+                            fmt_num(m.baseline),
+                            fmt_num(m.candidate),
+                            fmt_num(*max),
+                            fmt_p(Some(p))
+                        );
+                        out.push(f);
+                    }
+                }
+                Err(e) => {
+                    result.applicable = false;
+                    result.note = Some(e.to_string());
+                }
+            }
+        }
+        RuleKind::Stack {
+            caller,
+            callee,
+            max,
+        } => {
+            let cf = func_flags(cmp, caller);
+            let ce = func_flags(cmp, callee);
+            if let Ok((b, c)) = cmp.observe(&Scale::Share, |r| sum_caller_callee(r, &cf, &ce)) {
+                result.tested = 1;
+                let m = test_entity(&b, &c, &Scale::Share, 0.95);
+                let (p, needed) = ceiling_test(&c, *max, s.alpha);
+                let verdict = if m.candidate > *max && p < s.alpha {
+                    Verdict::Fail
+                } else if m.candidate > *max {
+                    Verdict::Inconclusive
+                } else if m.baseline > *max {
+                    Verdict::Improved
+                } else {
+                    Verdict::Pass
+                };
+                if verdict != Verdict::Pass {
+                    let mut f = base_finding(rule, "stack", cmp, &m, "%".into());
+                    f.function = format!("/{}/ under /{}/", callee.as_str(), caller.as_str());
+                    f.p_value = Some(p);
+                    f.q_value = None;
+                    f.verdict = verdict;
+                    if verdict == Verdict::Inconclusive {
+                        f.runs_needed = needed;
+                    }
+                    let example = cmp
+                        .cand
+                        .iter()
+                        .flat_map(|r| r.stacks.iter())
+                        .filter(|(s, _)| match s.iter().position(|&f| cf[f as usize]) {
+                            Some(i) => s[i + 1..].iter().any(|&f| ce[f as usize]),
+                            None => false,
+                        })
+                        .max_by(|a, b| a.1.total_cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                        .map(|(s, _)| cmp.folded(s));
+                    let samples: f64 = c.iter().map(|o| o.value / o.weight.max(1e-300)).sum();
+                    f.message = format!(
+                        "{:.0} candidate samples ({:.3}%) match, baseline {:.3}%{}",
+                        samples,
+                        m.candidate * 100.0,
+                        m.baseline * 100.0,
+                        example.map(|e| format!("; e.g. {e}")).unwrap_or_default()
+                    );
+                    out.push(f);
+                }
+            }
+        }
+    }
+    result.verdict = out
+        .iter()
+        .filter(|f| f.allowed.is_none())
+        .map(|f| f.verdict)
+        .max()
+        .unwrap_or(Verdict::Pass);
+    (result, out)
+}
+
+/// One-sided test of "the candidate's pooled value <= max" on counts
+/// (quasi-Poisson, dispersion from the runs). Returns the p-value and, when
+/// the observation is above the ceiling, the runs per side that would reach
+/// `alpha` with 80% power if the observed excess is real.
+fn ceiling_test(c: &[crate::compare::Obs], max: f64, alpha: f64) -> (f64, Option<u64>) {
+    let w = {
+        let ws: Vec<f64> = c.iter().map(|o| o.weight.max(1e-300)).collect();
+        ws.iter().sum::<f64>() / ws.len().max(1) as f64
+    };
+    let y: f64 = c.iter().map(|o| o.value / w).sum();
+    let den: f64 = c.iter().map(|o| o.denom).sum();
+    let mu0 = max * den / w;
+    if mu0 <= 0.0 {
+        return (if y > 0.0 { 0.0 } else { 1.0 }, None);
+    }
+    let rate = y / den.max(1e-300);
+    let phi = if c.len() >= 2 {
+        let mut pearson = 0.0;
+        for o in c {
+            let e = rate * o.denom;
+            if e > 0.0 {
+                pearson += (o.value / w - e).powi(2) / e;
+            }
+        }
+        (pearson / (c.len() - 1) as f64).max(1.0)
+    } else {
+        1.0
+    };
+    let p = stats::poisson_sf(y / phi, mu0 / phi);
+    let needed = if y > mu0 {
+        let z_now = (y - mu0) / (phi * mu0).sqrt();
+        let z_need = stats::normal_quantile(1.0 - alpha) + stats::normal_quantile(0.8);
+        let k = (z_need / z_now).powi(2);
+        Some((k * c.len() as f64).ceil().max(c.len() as f64 + 1.0) as u64)
+    } else {
+        None
+    };
+    (p, needed)
+}
+
+/// Format a number compactly for messages.
+pub fn fmt_num(x: f64) -> String {
+    let a = x.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e6).contains(&a) {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// Ids of functions whose flat (or cum) change is significant at `alpha` under
+/// BH over all tested functions: used to colour differential flame graphs.
+pub fn significant_functions(funcs: &[FunctionDelta], alpha: f64, cum: bool) -> Vec<(FuncId, f64)> {
+    funcs
+        .iter()
+        .filter_map(|d| {
+            let m = if cum { &d.cum } else { &d.flat };
+            match m.q_value {
+                Some(q) if q < alpha => Some((d.id, m.delta)),
+                _ => None,
+            }
+        })
+        .collect()
+}

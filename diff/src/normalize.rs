@@ -1,0 +1,732 @@
+//! Normalization: turn a [`Profile`] into per-function and per-stack
+//! totals keyed by names that stay stable across builds.
+//!
+//! Every rule is on by default, can be switched off by name (`profdiff
+//! --no-normalize RULE`) and is listed in every report:
+//!
+//! | rule | what it does |
+//! | --- | --- |
+//! | `go-closure` | `.func1`, `.func2.3` → `.func*`; `.gowrap1` → `.gowrap*` (numbering shifts when closures are added) |
+//! | `go-generic` | `[go.shape.int,...]` and `[...]` → `[...]`; a bare `go.shape.T` → `go.shape.*` |
+//! | `go-wrapper` | strips the `-fm` (method value) and `.abi0` (ABI wrapper) suffixes |
+//! | `rust-hash` | strips the `::h0123456789abcdef` legacy-mangling hash |
+//! | `vendor` | `…/vendor/k8s.io/x` → `k8s.io/x`, in function names and file paths |
+//! | `module-version` | `…/pkg/mod/k8s.io/client-go@v0.29.0/rest/x.go` → `k8s.io/client-go/rest/x.go` |
+//! | `hex-address` | hexadecimal addresses (`0x4a3f10`) → `0x?`; an unsymbolized frame becomes `<mapping>+0x?` |
+//! | `root-noise` | drops `runtime.goexit`, `runtime.main`, `_start`, `__libc_start_main`, `start_thread`, `clone`… at the root of each stack |
+//!
+//! Functions are keyed by (normalized name, normalized file), never by
+//! line or address, so an inlined and an out-of-line copy of a function are
+//! the same function. User `--rewrite REGEX=>REPLACEMENT` rules run after the
+//! built-in rules, in the order given. Then, like pprof: `--focus` keeps
+//! samples with a frame matching, `--ignore` drops samples with a frame
+//! matching, `--prune` drops the callees of the leaf-most matching frame.
+//! `--no-kernel` drops kernel frames (a sample left empty is attributed to
+//! `[kernel]`).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use regex::Regex;
+
+use crate::profile::{Frame, FrameKind, Profile};
+
+/// A built-in normalization rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// Go closure numbering.
+    GoClosure,
+    /// Go generic shapes.
+    GoGeneric,
+    /// Go `-fm` / `.abi0` wrappers.
+    GoWrapper,
+    /// Rust legacy mangling hash suffix.
+    RustHash,
+    /// Vendored import paths.
+    Vendor,
+    /// Module versions (and module cache prefixes) in file paths.
+    ModuleVersion,
+    /// Hex addresses.
+    HexAddress,
+    /// Runtime/libc frames at the root of stacks.
+    RootNoise,
+}
+
+impl Rule {
+    /// Every rule, in the order they are applied.
+    pub const ALL: [Rule; 8] = [
+        Rule::GoClosure,
+        Rule::GoGeneric,
+        Rule::GoWrapper,
+        Rule::RustHash,
+        Rule::Vendor,
+        Rule::ModuleVersion,
+        Rule::HexAddress,
+        Rule::RootNoise,
+    ];
+
+    /// The rule's name as used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::GoClosure => "go-closure",
+            Rule::GoGeneric => "go-generic",
+            Rule::GoWrapper => "go-wrapper",
+            Rule::RustHash => "rust-hash",
+            Rule::Vendor => "vendor",
+            Rule::ModuleVersion => "module-version",
+            Rule::HexAddress => "hex-address",
+            Rule::RootNoise => "root-noise",
+        }
+    }
+
+    /// One-line description for reports and `--help`.
+    pub fn description(self) -> &'static str {
+        match self {
+            Rule::GoClosure => ".funcN/.funcN.M -> .func*, .gowrapN -> .gowrap*",
+            Rule::GoGeneric => "generic shapes [go.shape.*]/[...] -> [...]",
+            Rule::GoWrapper => "strip -fm and .abi0 wrapper suffixes",
+            Rule::RustHash => "strip Rust ::h<16 hex> hash suffixes",
+            Rule::Vendor => "strip .../vendor/ prefixes from names and files",
+            Rule::ModuleVersion => "strip @vX.Y.Z and module cache prefixes from files",
+            Rule::HexAddress => "hex addresses -> 0x?",
+            Rule::RootNoise => {
+                "drop runtime.goexit, runtime.main, _start, libc/thread start frames at stack roots"
+            }
+        }
+    }
+
+    /// Parse a rule name.
+    pub fn from_name(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// How values are scaled before comparison.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Scale {
+    /// Fraction of the profile's total for the sample type (default).
+    #[default]
+    Share,
+    /// Per second of the profile's `duration_nanos`.
+    Rate,
+    /// Divided by a fixed number of units of work per profile.
+    PerUnit(f64),
+    /// Divided by the profile's total of another (counter) sample type,
+    /// e.g. `reconciles`: "CPU per reconcile".
+    PerSampleType(String),
+}
+
+impl std::fmt::Display for Scale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scale::Share => write!(f, "share"),
+            Scale::Rate => write!(f, "rate"),
+            Scale::PerUnit(n) => write!(f, "per {n}"),
+            Scale::PerSampleType(t) => write!(f, "per {t}"),
+        }
+    }
+}
+
+/// A user rewrite: `REGEX=>REPLACEMENT` applied to normalized names.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// The pattern.
+    pub pattern: Regex,
+    /// The replacement (`$1` etc. allowed).
+    pub replacement: String,
+}
+
+impl Rewrite {
+    /// Parse `REGEX=>REPLACEMENT`.
+    pub fn parse(spec: &str) -> Result<Rewrite, NormalizeError> {
+        let (re, rep) = spec
+            .split_once("=>")
+            .ok_or_else(|| NormalizeError::BadRewrite(spec.to_string()))?;
+        Ok(Rewrite {
+            pattern: Regex::new(re).map_err(|e| NormalizeError::BadRegex(re.to_string(), e))?,
+            replacement: rep.to_string(),
+        })
+    }
+}
+
+/// Errors from building normalization options.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NormalizeError {
+    /// An unknown rule name was given to `--no-normalize`.
+    #[error("unknown normalization rule {0:?} (known: go-closure, go-generic, go-wrapper, rust-hash, vendor, module-version, hex-address, root-noise)")]
+    UnknownRule(String),
+    /// A rewrite lacked `=>`.
+    #[error("rewrite {0:?} is not of the form REGEX=>REPLACEMENT")]
+    BadRewrite(String),
+    /// A regular expression did not compile.
+    #[error("invalid regular expression {0:?}: {1}")]
+    BadRegex(String, regex::Error),
+    /// The requested sample type is not in a profile.
+    #[error("sample type {0:?} not found (available: {1})")]
+    NoSampleType(String, String),
+}
+
+/// Options controlling normalization; [`Default`] enables every rule.
+#[derive(Debug, Clone, Default)]
+pub struct NormalizeOptions {
+    /// Rules switched off.
+    pub disabled: Vec<Rule>,
+    /// Drop kernel frames.
+    pub no_kernel: bool,
+    /// User rewrites, applied in order after the built-in rules.
+    pub rewrites: Vec<Rewrite>,
+    /// Keep only samples with a frame matching.
+    pub focus: Option<Regex>,
+    /// Drop samples with a frame matching.
+    pub ignore: Option<Regex>,
+    /// Drop the callees of the leaf-most frame matching.
+    pub prune: Option<Regex>,
+}
+
+impl NormalizeOptions {
+    /// Whether a rule is on.
+    pub fn enabled(&self, r: Rule) -> bool {
+        !self.disabled.contains(&r)
+    }
+
+    /// Human-readable list of what is applied, for reports.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = Rule::ALL
+            .iter()
+            .filter(|r| self.enabled(**r))
+            .map(|r| r.name().to_string())
+            .collect();
+        if self.no_kernel {
+            out.push("no-kernel".into());
+        }
+        for r in &self.rewrites {
+            out.push(format!("rewrite {}=>{}", r.pattern.as_str(), r.replacement));
+        }
+        if let Some(f) = &self.focus {
+            out.push(format!("focus {}", f.as_str()));
+        }
+        if let Some(f) = &self.ignore {
+            out.push(format!("ignore {}", f.as_str()));
+        }
+        if let Some(f) = &self.prune {
+            out.push(format!("prune {}", f.as_str()));
+        }
+        out
+    }
+}
+
+/// Compiled normalizer for names and files.
+#[derive(Debug)]
+pub struct Normalizer {
+    opts: NormalizeOptions,
+    closure: Regex,
+    gowrap: Regex,
+    shape_brackets: Regex,
+    shape_bare: Regex,
+    rust_hash: Regex,
+    hex: Regex,
+    modcache: Regex,
+    version: Regex,
+}
+
+/// Frames treated as root noise.
+const ROOT_NOISE: &[&str] = &[
+    "runtime.goexit",
+    "runtime.main",
+    "runtime.mstart",
+    "runtime.mstart0",
+    "runtime.mstart1",
+    "runtime.rt0_go",
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "start_thread",
+    "clone",
+    "clone3",
+    "__clone",
+    "__clone3",
+    "thread_start",
+];
+
+impl Normalizer {
+    /// Compile the options.
+    pub fn new(opts: NormalizeOptions) -> Normalizer {
+        let re = |s: &str| Regex::new(s).expect("built-in regex");
+        Normalizer {
+            opts,
+            closure: re(r"\.func\d+(?:\.\d+)*"),
+            gowrap: re(r"\.gowrap\d+"),
+            shape_brackets: re(r"\[(?:[^\[\]]*go\.shape\.[^\[\]]*|\.\.\.)\]"),
+            shape_bare: re(r"go\.shape\.[A-Za-z0-9_*.]+"),
+            rust_hash: re(r"::h[0-9a-f]{16}$"),
+            hex: re(r"0x[0-9a-fA-F]+"),
+            modcache: re(r"^.*/pkg/mod/"),
+            version: re(r"@v[0-9][^/]*"),
+        }
+    }
+
+    /// The options this normalizer was built from.
+    pub fn options(&self) -> &NormalizeOptions {
+        &self.opts
+    }
+
+    /// Normalized function name of a frame.
+    pub fn function_name(&self, frame: &Frame) -> String {
+        let o = &self.opts;
+        let mut s = frame.function.clone();
+        if s.is_empty() {
+            s = format!("0x{:x}", frame.address);
+        }
+        if o.enabled(Rule::GoClosure) && s.contains(".func") {
+            s = self.closure.replace_all(&s, ".func*").into_owned();
+        }
+        if o.enabled(Rule::GoClosure) && s.contains(".gowrap") {
+            s = self.gowrap.replace_all(&s, ".gowrap*").into_owned();
+        }
+        if o.enabled(Rule::GoGeneric) && s.contains("go.shape.") {
+            s = self.shape_brackets.replace_all(&s, "[...]").into_owned();
+            s = self.shape_bare.replace_all(&s, "go.shape.*").into_owned();
+        }
+        if o.enabled(Rule::GoWrapper) {
+            if let Some(t) = s.strip_suffix("-fm") {
+                s = t.to_string();
+            }
+            if let Some(t) = s.strip_suffix(".abi0") {
+                s = t.to_string();
+            }
+        }
+        if o.enabled(Rule::RustHash) && s.contains("::h") {
+            s = self.rust_hash.replace(&s, "").into_owned();
+        }
+        if o.enabled(Rule::Vendor) {
+            if let Some(i) = s.rfind("/vendor/") {
+                s = s[i + "/vendor/".len()..].to_string();
+            }
+        }
+        if o.enabled(Rule::HexAddress) && s.contains("0x") {
+            let is_bare = s.starts_with("0x") && s[2..].chars().all(|c| c.is_ascii_hexdigit());
+            if is_bare {
+                let base = frame.mapping.rsplit('/').next().unwrap_or("");
+                s = if base.is_empty() {
+                    "0x?".to_string()
+                } else {
+                    format!("{base}+0x?")
+                };
+            } else {
+                s = self.hex.replace_all(&s, "0x?").into_owned();
+            }
+        }
+        for r in &o.rewrites {
+            s = r
+                .pattern
+                .replace_all(&s, r.replacement.as_str())
+                .into_owned();
+        }
+        s
+    }
+
+    /// Normalized file of a frame.
+    pub fn file(&self, frame: &Frame) -> String {
+        let o = &self.opts;
+        let mut s = frame.file.clone();
+        if o.enabled(Rule::ModuleVersion) {
+            if s.contains("/pkg/mod/") {
+                s = self.modcache.replace(&s, "").into_owned();
+            }
+            if s.contains("@v") {
+                s = self.version.replace_all(&s, "").into_owned();
+            }
+        }
+        if o.enabled(Rule::Vendor) {
+            if let Some(i) = s.rfind("/vendor/") {
+                s = s[i + "/vendor/".len()..].to_string();
+            }
+        }
+        s
+    }
+
+    /// True when a normalized name is root noise (and the rule is on).
+    pub fn is_root_noise(&self, name: &str) -> bool {
+        self.opts.enabled(Rule::RootNoise) && ROOT_NOISE.contains(&name)
+    }
+}
+
+/// FxHash: fast non-cryptographic hashing for integer keys.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Id of a normalized function in a [`FuncTable`].
+pub type FuncId = u32;
+
+/// A normalized function.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Func {
+    /// Normalized name.
+    pub name: String,
+    /// Normalized file (may be empty).
+    pub file: String,
+}
+
+/// Interner for normalized functions shared by every profile of a comparison.
+#[derive(Debug, Default, Clone)]
+pub struct FuncTable {
+    map: HashMap<(String, String), FuncId>,
+    /// Functions by id.
+    pub funcs: Vec<Func>,
+}
+
+impl FuncTable {
+    /// Intern a function.
+    pub fn intern(&mut self, name: String, file: String) -> FuncId {
+        if let Some(&id) = self.map.get(&(name.clone(), file.clone())) {
+            return id;
+        }
+        let id = self.funcs.len() as FuncId;
+        self.funcs.push(Func {
+            name: name.clone(),
+            file: file.clone(),
+        });
+        self.map.insert((name, file), id);
+        id
+    }
+
+    /// Number of functions.
+    pub fn len(&self) -> usize {
+        self.funcs.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.funcs.is_empty()
+    }
+
+    /// Display name of a function: its name, plus the file when two
+    /// functions share a name.
+    pub fn display(&self, id: FuncId) -> String {
+        self.funcs[id as usize].name.clone()
+    }
+}
+
+/// One profile reduced to normalized stacks for one sample type.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// Where it came from (file path), for reports.
+    pub source: String,
+    /// Sum of the selected sample type over kept samples (value units).
+    pub total: f64,
+    /// Value of one sample (the profile's period when its unit matches, else
+    /// the smallest positive value): converts values to sample counts.
+    pub weight: f64,
+    /// Duration in seconds (0 when unknown).
+    pub duration_secs: f64,
+    /// Total of every sample type, by kind, over all samples (for `per` scaling).
+    pub type_totals: Vec<(String, f64)>,
+    /// Value per normalized stack, root first.
+    pub stacks: FxMap<Box<[FuncId]>, f64>,
+}
+
+impl RunData {
+    /// Total of another sample type by kind (or `kind/unit`).
+    pub fn type_total(&self, name: &str) -> Option<f64> {
+        self.type_totals
+            .iter()
+            .find(|(k, _)| k == name || k.split('/').next() == Some(name))
+            .map(|(_, v)| *v)
+    }
+
+    /// Flat (self) value per function, indexed by [`FuncId`] (length `n`).
+    pub fn flat(&self, n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n];
+        for (s, v) in &self.stacks {
+            if let Some(&leaf) = s.last() {
+                out[leaf as usize] += v;
+            }
+        }
+        out
+    }
+
+    /// Cumulative value per function, counted once per stack even under recursion.
+    pub fn cum(&self, n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n];
+        let mut seen = vec![u32::MAX; n];
+        for (i, (s, v)) in self.stacks.iter().enumerate() {
+            for &f in s.iter() {
+                if seen[f as usize] != i as u32 {
+                    seen[f as usize] = i as u32;
+                    out[f as usize] += v;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Find the index of a sample type by `kind` or `kind/unit`; `None` picks the
+/// profile's default sample type, else the last one (pprof's choice).
+pub fn select_sample_type(p: &Profile, name: Option<&str>) -> Result<usize, NormalizeError> {
+    let avail = || {
+        p.sample_types
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let want = name.or(p.default_sample_type.as_deref());
+    match want {
+        Some(w) => p
+            .sample_types
+            .iter()
+            .position(|t| t.kind == w || t.to_string() == w)
+            .ok_or_else(|| NormalizeError::NoSampleType(w.to_string(), avail())),
+        None if p.sample_types.is_empty() => {
+            Err(NormalizeError::NoSampleType("(any)".into(), avail()))
+        }
+        None => Ok(p.sample_types.len() - 1),
+    }
+}
+
+/// Reduce a profile to normalized stacks for sample type `st`.
+pub fn reduce(
+    p: &Profile,
+    st: usize,
+    source: &str,
+    norm: &Normalizer,
+    table: &mut FuncTable,
+) -> RunData {
+    let opts = norm.options();
+    // Per-frame function id (None = dropped kernel frame).
+    let mut frame_func: Vec<Option<FuncId>> = Vec::with_capacity(p.frames.len());
+    for f in &p.frames {
+        if opts.no_kernel && f.kind == FrameKind::Kernel {
+            frame_func.push(None);
+            continue;
+        }
+        let name = norm.function_name(f);
+        let file = norm.file(f);
+        frame_func.push(Some(table.intern(name, file)));
+    }
+    // Per-function flags (table may hold functions from other profiles).
+    let n = table.len();
+    let flag = |re: &Option<Regex>| -> Option<Vec<bool>> {
+        re.as_ref()
+            .map(|re| table.funcs.iter().map(|f| re.is_match(&f.name)).collect())
+    };
+    let focus = flag(&opts.focus);
+    let ignore = flag(&opts.ignore);
+    let prune = flag(&opts.prune);
+    let noise: Vec<bool> = table
+        .funcs
+        .iter()
+        .map(|f| norm.is_root_noise(&f.name))
+        .collect();
+    let kernel_id = opts
+        .no_kernel
+        .then(|| table.intern("[kernel]".into(), String::new()));
+    let root_id = table.intern("[root]".into(), String::new());
+    let _ = n;
+
+    let weight = {
+        let t = &p.sample_types[st];
+        match &p.period_type {
+            Some(pt) if pt.unit == t.unit && p.period > 0 => p.period as f64,
+            _ => p
+                .samples
+                .iter()
+                .filter_map(|s| s.values.get(st).copied())
+                .filter(|&v| v > 0)
+                .min()
+                .unwrap_or(1) as f64,
+        }
+    };
+    let mut type_totals: Vec<(String, f64)> = p
+        .sample_types
+        .iter()
+        .map(|t| (t.kind.clone(), 0.0))
+        .collect();
+    let mut stacks: FxMap<Box<[FuncId]>, f64> = FxMap::default();
+    let mut buf: Vec<FuncId> = Vec::with_capacity(128);
+    let mut total = 0.0;
+    for s in &p.samples {
+        for (i, v) in s.values.iter().enumerate() {
+            if let Some(t) = type_totals.get_mut(i) {
+                t.1 += *v as f64;
+            }
+        }
+        let v = match s.values.get(st) {
+            Some(&v) if v != 0 => v as f64,
+            _ => continue,
+        };
+        buf.clear();
+        let mut dropped_kernel = false;
+        for &fid in &s.stack {
+            match frame_func.get(fid as usize).copied().flatten() {
+                Some(f) => buf.push(f),
+                None => dropped_kernel = true,
+            }
+        }
+        // Root noise at the root end (buf is leaf first).
+        while let Some(&last) = buf.last() {
+            if noise.get(last as usize).copied().unwrap_or(false) {
+                buf.pop();
+            } else {
+                break;
+            }
+        }
+        if let Some(f) = &focus {
+            if !buf.iter().any(|&x| f[x as usize]) {
+                continue;
+            }
+        }
+        if let Some(f) = &ignore {
+            if buf.iter().any(|&x| f[x as usize]) {
+                continue;
+            }
+        }
+        if let Some(f) = &prune {
+            if let Some(i) = buf.iter().position(|&x| f[x as usize]) {
+                buf.drain(..i);
+            }
+        }
+        if buf.is_empty() {
+            buf.push(match (dropped_kernel, kernel_id) {
+                (true, Some(k)) => k,
+                _ => root_id,
+            });
+        }
+        buf.reverse();
+        total += v;
+        if let Some(e) = stacks.get_mut(buf.as_slice()) {
+            *e += v;
+        } else {
+            stacks.insert(buf.clone().into_boxed_slice(), v);
+        }
+    }
+    RunData {
+        source: source.to_string(),
+        total,
+        weight,
+        duration_secs: p.duration_nanos as f64 / 1e9,
+        type_totals,
+        stacks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(name: &str, file: &str) -> Frame {
+        Frame {
+            function: name.into(),
+            file: file.into(),
+            ..Default::default()
+        }
+    }
+
+    fn n(name: &str) -> String {
+        Normalizer::new(NormalizeOptions::default()).function_name(&frame(name, ""))
+    }
+
+    #[test]
+    fn go_closures_and_wrappers() {
+        assert_eq!(n("main.(*R).Reconcile.func1"), "main.(*R).Reconcile.func*");
+        assert_eq!(n("main.work.func2.3"), "main.work.func*");
+        assert_eq!(n("main.work.gowrap1"), "main.work.gowrap*");
+        assert_eq!(n("net/http.(*conn).serve-fm"), "net/http.(*conn).serve");
+        assert_eq!(n("runtime.memmove.abi0"), "runtime.memmove");
+    }
+
+    #[test]
+    fn go_generics_rust_hash_vendor_hex() {
+        assert_eq!(n("pkg.Map[go.shape.int,go.shape.string]"), "pkg.Map[...]");
+        assert_eq!(n("pkg.Map[...]"), "pkg.Map[...]");
+        assert_eq!(
+            n("<[T] as core::fmt::Debug>::fmt"),
+            "<[T] as core::fmt::Debug>::fmt"
+        );
+        assert_eq!(
+            n("core::ptr::drop_in_place::h0123456789abcdef"),
+            "core::ptr::drop_in_place"
+        );
+        assert_eq!(
+            n("example.com/app/vendor/k8s.io/client-go/rest.(*Request).Do"),
+            "k8s.io/client-go/rest.(*Request).Do"
+        );
+        assert_eq!(n("foo 0x4a3f10"), "foo 0x?");
+        let mut f = frame("0x4a3f10", "");
+        f.mapping = "/usr/bin/app".into();
+        assert_eq!(
+            Normalizer::new(NormalizeOptions::default()).function_name(&f),
+            "app+0x?"
+        );
+    }
+
+    #[test]
+    fn files_drop_versions_and_module_cache() {
+        let nz = Normalizer::new(NormalizeOptions::default());
+        assert_eq!(
+            nz.file(&frame(
+                "f",
+                "/root/go/pkg/mod/k8s.io/client-go@v0.29.0/rest/request.go"
+            )),
+            "k8s.io/client-go/rest/request.go"
+        );
+        assert_eq!(
+            nz.file(&frame("f", "/src/app/vendor/k8s.io/x/y.go")),
+            "k8s.io/x/y.go"
+        );
+    }
+
+    #[test]
+    fn rules_switch_off_individually() {
+        let nz = Normalizer::new(NormalizeOptions {
+            disabled: vec![Rule::GoClosure],
+            ..Default::default()
+        });
+        assert_eq!(nz.function_name(&frame("a.b.func1-fm", "")), "a.b.func1");
+        let rw = NormalizeOptions {
+            rewrites: vec![Rewrite::parse(r"^main\.=>app.").unwrap()],
+            ..Default::default()
+        };
+        assert_eq!(
+            Normalizer::new(rw).function_name(&frame("main.x", "")),
+            "app.x"
+        );
+        assert!(Rewrite::parse("nope").is_err());
+        assert!(Rule::from_name("vendor").is_some());
+        assert!(Rule::from_name("bogus").is_none());
+    }
+}
