@@ -1,0 +1,208 @@
+//! The few facts about an ELF file the symbolizer needs: build id, loadable
+//! segments (file offset to virtual address), and Go's pclntab; plus the
+//! frameless-range computation.
+
+use std::ops::Range;
+use std::path::Path;
+
+use object::elf;
+use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+use crate::gopclntab::Pclntab;
+use crate::SymbolizeError;
+
+/// A `PT_LOAD` segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Load {
+    pub offset: u64,
+    pub vaddr: u64,
+    pub filesz: u64,
+    pub executable: bool,
+}
+
+/// What the symbolizer keeps about one binary.
+pub(crate) struct ElfInfo {
+    /// GNU build id, lower-case hex.
+    pub build_id: Option<String>,
+    pub loads: Vec<Load>,
+    /// Whether the file has a `.gopclntab` (a Go binary).
+    pub is_go: bool,
+}
+
+fn elf_err(path: &Path, reason: impl std::fmt::Display) -> SymbolizeError {
+    SymbolizeError::Elf {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Read a whole file, refusing files larger than `max_bytes`.
+pub(crate) fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SymbolizeError> {
+    let io = |source| SymbolizeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > max_bytes {
+        return Err(elf_err(
+            path,
+            format!("file is {len} bytes, over the {max_bytes}-byte limit"),
+        ));
+    }
+    std::fs::read(path).map_err(io)
+}
+
+fn parse<'a>(path: &Path, data: &'a [u8]) -> Result<ElfFile64<'a>, SymbolizeError> {
+    ElfFile64::<object::Endianness>::parse(data).map_err(|e| elf_err(path, e))
+}
+
+/// Parse build id and segments.
+pub(crate) fn elf_info(path: &Path, data: &[u8]) -> Result<ElfInfo, SymbolizeError> {
+    let file = parse(path, data)?;
+    let endian = file.endian();
+    let build_id = file
+        .build_id()
+        .ok()
+        .flatten()
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+    let mut loads = Vec::new();
+    let phdrs = file
+        .elf_header()
+        .program_headers(endian, data)
+        .map_err(|e| elf_err(path, e))?;
+    for ph in phdrs {
+        if ph.p_type(endian) == elf::PT_LOAD {
+            loads.push(Load {
+                offset: ph.p_offset(endian),
+                vaddr: ph.p_vaddr(endian),
+                filesz: ph.p_filesz(endian),
+                executable: ph.p_flags(endian).0 & elf::PF_X.0 != 0,
+            });
+        }
+    }
+    let is_go = pclntab_section(&file).is_some();
+    Ok(ElfInfo {
+        build_id,
+        loads,
+        is_go,
+    })
+}
+
+fn pclntab_section<'a, 'f>(
+    file: &'f ElfFile64<'a>,
+) -> Option<object::read::elf::ElfSection64<'a, 'f>> {
+    // PIE and other relro builds name it `.data.rel.ro.gopclntab`.
+    file.section_by_name(".gopclntab")
+        .or_else(|| file.section_by_name(".data.rel.ro.gopclntab"))
+}
+
+/// Parse the Go pclntab of a binary, if it has one.
+pub(crate) fn go_pclntab(path: &Path, data: &[u8]) -> Result<Option<Pclntab>, SymbolizeError> {
+    let file = parse(path, data)?;
+    let Some(sect) = pclntab_section(&file) else {
+        return Ok(None);
+    };
+    let bytes = sect.data().map_err(|e| elf_err(path, e))?.to_vec();
+    // Like Go's objfile: `runtime.text` if there is a symbol table, else the
+    // header's textStart if set, else the `.text` section address.
+    let runtime_text = file
+        .symbols()
+        .find(|s| s.name() == Ok("runtime.text"))
+        .map(|s| s.address());
+    let text_section = file.section_by_name(".text").map(|s| s.address());
+    let mut table = Pclntab::parse(bytes.clone(), runtime_text)
+        .map_err(|e| elf_err(path, format!(".gopclntab: {e}")))?;
+    if runtime_text.is_none() && table.text_start() == 0 {
+        if let Some(t) = text_section {
+            table = Pclntab::parse(bytes, Some(t))
+                .map_err(|e| elf_err(path, format!(".gopclntab: {e}")))?;
+        }
+    }
+    Ok(Some(table))
+}
+
+/// See [`crate::frameless_ranges`].
+pub(crate) fn frameless_ranges(
+    path: &Path,
+    max_bytes: u64,
+) -> Result<Vec<Range<u64>>, SymbolizeError> {
+    let data = read_file(path, max_bytes)?;
+    let file = parse(path, &data)?;
+    if file.elf_header().e_machine(file.endian()) != elf::EM_X86_64 {
+        return Err(elf_err(
+            path,
+            "frameless ranges are only computed for x86-64",
+        ));
+    }
+    let mut out = Vec::new();
+    if let Some(table) = go_pclntab(path, &data)? {
+        for i in 0..table.len() {
+            if let Some(f) = table.func(i) {
+                table.sp_zero_ranges(&f, &mut out);
+            }
+        }
+    }
+    eh_frame_ranges(&file, &mut out);
+    Ok(merge_ranges(out))
+}
+
+/// Rows of `.eh_frame` whose CFA is `RSP+8` (return address at `[RSP]`).
+/// A malformed entry stops the walk; what was found before it is kept.
+fn eh_frame_ranges(file: &ElfFile64<'_>, out: &mut Vec<Range<u64>>) {
+    use gimli::{BaseAddresses, CfaRule, CieOrFde, EhFrame, UnwindContext, UnwindSection};
+    let Some(sect) = file.section_by_name(".eh_frame") else {
+        return;
+    };
+    let Ok(data) = sect.data() else { return };
+    let eh = EhFrame::new(data, gimli::LittleEndian);
+    let mut bases = BaseAddresses::default().set_eh_frame(sect.address());
+    if let Some(text) = file.section_by_name(".text") {
+        bases = bases.set_text(text.address());
+    }
+    let mut ctx = UnwindContext::new();
+    let mut entries = eh.entries(&bases);
+    while let Ok(Some(entry)) = entries.next() {
+        let CieOrFde::Fde(partial) = entry else {
+            continue;
+        };
+        let Ok(fde) = partial.parse(EhFrame::cie_from_offset) else {
+            continue;
+        };
+        let Ok(mut rows) = fde.rows(&eh, &bases, &mut ctx) else {
+            continue;
+        };
+        while let Ok(Some(row)) = rows.next_row() {
+            if let CfaRule::RegisterAndOffset { register, offset } = row.cfa() {
+                if *register == gimli::X86_64::RSP && *offset == 8 {
+                    out.push(row.start_address()..row.end_address());
+                }
+            }
+        }
+    }
+}
+
+/// Sort and merge overlapping or adjacent ranges; drop empty ones.
+pub(crate) fn merge_ranges(mut v: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    v.retain(|r| r.start < r.end);
+    v.sort_by_key(|r| (r.start, r.end));
+    let mut out: Vec<Range<u64>> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sorts_and_joins_adjacent() {
+        let v = vec![10..20, 0..5, 5..7, 15..30, 40..40, 31..32];
+        assert_eq!(merge_ranges(v), vec![0..7, 10..30, 31..32]);
+    }
+}

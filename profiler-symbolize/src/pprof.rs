@@ -1,0 +1,406 @@
+//! Building pprof profiles from resolved frames, writing them, and a
+//! canonical text dump for reference tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use diff::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use prost::Message as _;
+
+use crate::ProfileMeta;
+
+/// A binary (or the kernel) as it appears in a pprof `Mapping`.
+///
+/// Addresses of frames in this mapping are *normalized*: ELF virtual
+/// addresses as in the file (for the kernel: the running kernel's
+/// addresses). `memory_start - file_offset` equals the segment's
+/// `p_vaddr - p_offset`, so `go tool pprof` computes a load base of zero
+/// and relates the addresses to the binary; the same binary loaded at
+/// different addresses by different processes yields the same locations.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingDesc {
+    /// Path of the binary, or `[kernel.kallsyms]`.
+    pub path: String,
+    /// GNU build id in lower-case hex, or empty.
+    pub build_id: String,
+    /// Normalized start address (inclusive).
+    pub memory_start: u64,
+    /// Normalized end address (exclusive).
+    pub memory_limit: u64,
+    /// File offset that `memory_start` maps.
+    pub file_offset: u64,
+}
+
+/// One source line of a frame: a function, possibly inlined.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameLine {
+    /// Demangled function name.
+    pub function: String,
+    /// Raw (mangled) symbol name; equal to `function` if not mangled.
+    pub system_name: String,
+    /// Source file, or empty if unknown.
+    pub file: String,
+    /// Line number, or 0 if unknown.
+    pub line: i64,
+    /// Column, or 0 if unknown.
+    pub column: i64,
+}
+
+/// A resolved stack frame.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResolvedFrame {
+    /// Index into the mapping slice given to
+    /// [`build_profile_from_resolved`], or `None` for an address in no
+    /// known mapping.
+    pub mapping: Option<usize>,
+    /// Normalized address (see [`MappingDesc`]); absolute if no mapping.
+    pub address: u64,
+    /// Source lines, innermost inlined function first, the real
+    /// (outermost) function last. Empty for an unsymbolized frame, which
+    /// keeps its address.
+    pub lines: Vec<FrameLine>,
+}
+
+/// A sample whose frames are already resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedSample {
+    /// Frames, leaf first.
+    pub frames: Vec<ResolvedFrame>,
+    /// Process id (label `pid`).
+    pub pid: u32,
+    /// Thread name (label `thread`).
+    pub thread: String,
+    /// Number of samples.
+    pub count: u64,
+}
+
+#[derive(Default)]
+struct Strings {
+    table: Vec<String>,
+    index: HashMap<String, i64>,
+}
+
+impl Strings {
+    fn new() -> Self {
+        let mut s = Self::default();
+        s.intern("");
+        s
+    }
+
+    fn intern(&mut self, v: &str) -> i64 {
+        if let Some(&i) = self.index.get(v) {
+            return i;
+        }
+        let i = self.table.len() as i64;
+        self.table.push(v.to_string());
+        self.index.insert(v.to_string(), i);
+        i
+    }
+}
+
+/// Build a pprof profile from resolved samples: sample types
+/// `samples/count` and `cpu/nanoseconds`, period type `cpu/nanoseconds`,
+/// period `1e9 / frequency_hz`, labels `pid` (numeric) and `thread`.
+/// Mappings are emitted in the order given (ids 1..); locations are
+/// deduplicated by (mapping, address), functions by (name, system name,
+/// file); samples with the same stack and labels are merged.
+pub fn build_profile_from_resolved(
+    mappings: &[MappingDesc],
+    samples: &[ResolvedSample],
+    meta: &ProfileMeta,
+) -> Profile {
+    let mut s = Strings::new();
+    let mut p = Profile::default();
+    let period = 1_000_000_000u64
+        .checked_div(meta.frequency_hz)
+        .map_or(0, |p| p as i64);
+    p.sample_type = vec![
+        ValueType {
+            r#type: s.intern("samples"),
+            unit: s.intern("count"),
+        },
+        ValueType {
+            r#type: s.intern("cpu"),
+            unit: s.intern("nanoseconds"),
+        },
+    ];
+    p.period_type = Some(ValueType {
+        r#type: s.intern("cpu"),
+        unit: s.intern("nanoseconds"),
+    });
+    p.period = period;
+    p.time_nanos = meta
+        .start
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    p.duration_nanos = i64::try_from(meta.duration.as_nanos()).unwrap_or(i64::MAX);
+    p.comment = meta.comments.iter().map(|c| s.intern(c)).collect();
+
+    // Which mappings have symbol information, line numbers, inlining.
+    let mut has_fn = vec![false; mappings.len()];
+    let mut has_ln = vec![false; mappings.len()];
+    let mut has_inl = vec![false; mappings.len()];
+
+    let mut functions: HashMap<(String, String, String), u64> = HashMap::new();
+    let mut locations: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut merged: HashMap<(Vec<u64>, u32, String), usize> = HashMap::new();
+
+    for sample in samples {
+        let mut ids = Vec::with_capacity(sample.frames.len());
+        for fr in &sample.frames {
+            let mapping_id = match fr.mapping {
+                Some(i) if i < mappings.len() => i as u64 + 1,
+                _ => 0,
+            };
+            let key = (mapping_id, fr.address);
+            if let Some(&id) = locations.get(&key) {
+                ids.push(id);
+                continue;
+            }
+            let mut lines = Vec::with_capacity(fr.lines.len());
+            for l in &fr.lines {
+                let fkey = (l.function.clone(), l.system_name.clone(), l.file.clone());
+                let next = functions.len() as u64 + 1;
+                let fid = *functions.entry(fkey).or_insert_with(|| {
+                    p.function.push(Function {
+                        id: next,
+                        name: s.intern(&l.function),
+                        system_name: s.intern(&l.system_name),
+                        filename: s.intern(&l.file),
+                        start_line: 0,
+                    });
+                    next
+                });
+                lines.push(Line {
+                    function_id: fid,
+                    line: l.line,
+                    column: l.column,
+                });
+            }
+            if mapping_id != 0 {
+                let m = (mapping_id - 1) as usize;
+                has_fn[m] |= !fr.lines.is_empty();
+                has_ln[m] |= fr.lines.iter().any(|l| l.line != 0);
+                has_inl[m] |= fr.lines.len() > 1;
+            }
+            let id = p.location.len() as u64 + 1;
+            p.location.push(Location {
+                id,
+                mapping_id,
+                address: fr.address,
+                line: lines,
+                is_folded: false,
+            });
+            locations.insert(key, id);
+            ids.push(id);
+        }
+        let count = i64::try_from(sample.count).unwrap_or(i64::MAX);
+        let key = (ids, sample.pid, sample.thread.clone());
+        if let Some(&i) = merged.get(&key) {
+            let v: &mut Vec<i64> = &mut p.sample[i].value;
+            v[0] = v[0].saturating_add(count);
+            v[1] = v[1].saturating_add(count.saturating_mul(period));
+            continue;
+        }
+        let labels = vec![
+            Label {
+                key: s.intern("pid"),
+                num: i64::from(sample.pid),
+                ..Default::default()
+            },
+            Label {
+                key: s.intern("thread"),
+                str: s.intern(&sample.thread),
+                ..Default::default()
+            },
+        ];
+        merged.insert(key.clone(), p.sample.len());
+        p.sample.push(Sample {
+            location_id: key.0,
+            value: vec![count, count.saturating_mul(period)],
+            label: labels,
+        });
+    }
+
+    for (i, m) in mappings.iter().enumerate() {
+        p.mapping.push(Mapping {
+            id: i as u64 + 1,
+            memory_start: m.memory_start,
+            memory_limit: m.memory_limit,
+            file_offset: m.file_offset,
+            filename: s.intern(&m.path),
+            build_id: s.intern(&m.build_id),
+            has_functions: has_fn[i],
+            has_filenames: has_ln[i],
+            has_line_numbers: has_ln[i],
+            has_inline_frames: has_inl[i],
+        });
+    }
+    p.string_table = s.table;
+    p
+}
+
+/// Write `profile` as gzip'd protobuf to `path`, atomically: the bytes go
+/// to a temporary file in the same directory, which is synced and then
+/// renamed over `path`.
+pub fn write_pprof_gz(profile: &Profile, path: &Path) -> io::Result<()> {
+    let bytes = profile.encode_to_vec();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name")
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        gz.write_all(&bytes)?;
+        let file = gz.finish()?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// A deterministic text dump of a profile for reference tests, in the
+/// spirit of google/pprof's `Profile.String()` but independent of id
+/// assignment and order: header fields, mappings sorted by file name,
+/// then samples sorted by their rendered text, each sample listing its
+/// frames leaf first as `address mapping-file function file:line`, with
+/// inlined functions joined by ` <- ` (innermost first). Addresses are
+/// printed as stored (normalized ELF addresses for mapped frames).
+pub fn canonical_text(p: &Profile) -> String {
+    let st = |i: i64| -> &str {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| p.string_table.get(i))
+            .map(String::as_str)
+            .unwrap_or("?")
+    };
+    let vt = |v: &ValueType| format!("{}/{}", st(v.r#type), st(v.unit));
+    let mut out = String::new();
+    let types: Vec<String> = p.sample_type.iter().map(vt).collect();
+    let _ = writeln!(out, "sample_types: {}", types.join(" "));
+    let _ = writeln!(
+        out,
+        "period_type: {} period: {}",
+        p.period_type.as_ref().map(vt).unwrap_or_default(),
+        p.period
+    );
+    let _ = writeln!(
+        out,
+        "time_nanos: {} duration_nanos: {}",
+        p.time_nanos, p.duration_nanos
+    );
+    for c in &p.comment {
+        let _ = writeln!(out, "comment: {}", st(*c));
+    }
+    let mappings: HashMap<u64, &Mapping> = p.mapping.iter().map(|m| (m.id, m)).collect();
+    let functions: HashMap<u64, &Function> = p.function.iter().map(|f| (f.id, f)).collect();
+    let locations: HashMap<u64, &Location> = p.location.iter().map(|l| (l.id, l)).collect();
+    let mut ms: Vec<String> = p
+        .mapping
+        .iter()
+        .map(|m| {
+            let mut flags = String::new();
+            for (b, f) in [
+                (m.has_functions, "[FN]"),
+                (m.has_filenames, "[FL]"),
+                (m.has_line_numbers, "[LN]"),
+                (m.has_inline_frames, "[IN]"),
+            ] {
+                if b {
+                    flags.push_str(f);
+                }
+            }
+            format!(
+                "  {} build_id={} {:#x}/{:#x}/{:#x} {}",
+                st(m.filename),
+                st(m.build_id),
+                m.memory_start,
+                m.memory_limit,
+                m.file_offset,
+                flags
+            )
+        })
+        .collect();
+    ms.sort();
+    let _ = writeln!(out, "mappings:");
+    for m in ms {
+        let _ = writeln!(out, "{}", m.trim_end());
+    }
+    let mut samples: Vec<String> = p
+        .sample
+        .iter()
+        .map(|s| {
+            let mut t = String::new();
+            let vals: Vec<String> = s.value.iter().map(i64::to_string).collect();
+            let mut labels: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for l in &s.label {
+                let v = if l.str != 0 {
+                    format!("{:?}", st(l.str))
+                } else {
+                    l.num.to_string()
+                };
+                labels.entry(st(l.key)).or_default().push(v);
+            }
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=[{}]", v.join(",")))
+                .collect();
+            let _ = writeln!(t, "  values=[{}] {}", vals.join(" "), labels.join(" "));
+            for id in &s.location_id {
+                let Some(loc) = locations.get(id) else {
+                    let _ = writeln!(t, "    <missing location {id}>");
+                    continue;
+                };
+                let file = mappings
+                    .get(&loc.mapping_id)
+                    .map(|m| st(m.filename))
+                    .unwrap_or("?");
+                let lines: Vec<String> = loc
+                    .line
+                    .iter()
+                    .map(|l| match functions.get(&l.function_id) {
+                        Some(f) => {
+                            let mut x = st(f.name).to_string();
+                            if f.system_name != f.name {
+                                let _ = write!(x, "[{}]", st(f.system_name));
+                            }
+                            if f.filename != 0 || l.line != 0 {
+                                let _ = write!(x, " {}:{}", st(f.filename), l.line);
+                            }
+                            x
+                        }
+                        None => format!("<missing function {}>", l.function_id),
+                    })
+                    .collect();
+                let sym = if lines.is_empty() {
+                    "??".to_string()
+                } else {
+                    lines.join(" <- ")
+                };
+                let _ = writeln!(t, "    {:#x} {} {}", loc.address, file, sym);
+            }
+            t
+        })
+        .collect();
+    samples.sort();
+    let _ = writeln!(out, "samples:");
+    for s in samples {
+        out.push_str(&s);
+    }
+    out
+}

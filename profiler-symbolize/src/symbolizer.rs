@@ -1,0 +1,640 @@
+//! The stateful symbolizer: process snapshots, binaries, the frame cache.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blazesym::symbolize::source::{Elf as ElfSource, Kernel, Source};
+use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
+use blazesym::MaybeDefault;
+use diff::pprof::proto::Profile;
+
+use crate::elf::{self, ElfInfo};
+use crate::gopclntab::Pclntab;
+use crate::pprof::{
+    build_profile_from_resolved, FrameLine, MappingDesc, ResolvedFrame, ResolvedSample,
+};
+use crate::procmaps::{parse_maps, MapsEntry};
+use crate::{Limits, ProfileMeta, RawSample, SymbolizeError, SymbolizeStats};
+
+/// File name of the kernel mapping, as `perf` and pprof name it.
+pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
+
+/// Lowest kernel address on x86-64; user stacks never hold such addresses.
+const KERNEL_START: u64 = 0xffff_8000_0000_0000;
+
+/// Cache key of the kernel "binary".
+const KERNEL_BIN: usize = usize::MAX;
+
+/// An executable mapping of a snapshotted process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessMapping {
+    /// Start address in the process (inclusive).
+    pub start: u64,
+    /// End address in the process (exclusive).
+    pub end: u64,
+    /// File offset mapped at `start`.
+    pub file_offset: u64,
+    /// Path of the mapped file as `/proc/PID/maps` showed it.
+    pub path: String,
+    /// `normalized = address - start + file_offset + delta` (wrapping)
+    /// gives the ELF virtual address.
+    pub delta: u64,
+}
+
+impl ProcessMapping {
+    /// The ELF virtual address of a process address, if it is mapped here.
+    pub fn abs_to_vaddr(&self, abs: u64) -> Option<u64> {
+        (self.start <= abs && abs < self.end).then(|| {
+            (abs - self.start)
+                .wrapping_add(self.file_offset)
+                .wrapping_add(self.delta)
+        })
+    }
+
+    /// The process address of an ELF virtual address (for example a
+    /// [`crate::frameless_ranges`] bound), if this mapping covers it.
+    pub fn vaddr_to_abs(&self, vaddr: u64) -> Option<u64> {
+        let rel = vaddr
+            .wrapping_sub(self.delta)
+            .wrapping_sub(self.file_offset);
+        (rel < self.end - self.start).then(|| self.start + rel)
+    }
+}
+
+struct ProcMap {
+    m: ProcessMapping,
+    bin: usize,
+}
+
+struct Binary {
+    /// Display path.
+    path: String,
+    /// Path blazesym and we read: `/proc/self/fd/N` while we hold a
+    /// descriptor, else `path`.
+    read_path: PathBuf,
+    _fd: Option<File>,
+    info: Option<ElfInfo>,
+    /// Lazily parsed pclntab: `None` not tried yet, `Some(None)` absent.
+    go: Option<Option<Pclntab>>,
+    /// Union of normalized ranges seen: (start, limit, file_offset).
+    range: Option<(u64, u64, u64)>,
+}
+
+/// Turns raw stack addresses into pprof profiles. See the crate docs.
+///
+/// Everything it keeps is bounded by [`Limits`]; what does not fit is
+/// counted in [`SymbolizeStats`].
+pub struct Symbolizer {
+    limits: Limits,
+    blaze: Blaze,
+    procs: HashMap<u32, Vec<ProcMap>>,
+    binaries: Vec<Binary>,
+    by_inode: HashMap<(u64, u64), usize>,
+    by_identity: HashMap<String, usize>,
+    open_files: usize,
+    cache: HashMap<(usize, u64), Arc<[FrameLine]>>,
+    stats: SymbolizeStats,
+}
+
+/// What a frame resolves through.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum FrameKey {
+    Kernel(u64),
+    User { bin: usize, vaddr: u64 },
+    Unmapped(u64),
+}
+
+impl Symbolizer {
+    /// A symbolizer with the given limits.
+    pub fn new(limits: Limits) -> Self {
+        let blaze = Blaze::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            // We demangle ourselves to keep the raw name as system_name.
+            .enable_demangling(false)
+            .build();
+        Self {
+            limits,
+            blaze,
+            procs: HashMap::new(),
+            binaries: Vec::new(),
+            by_inode: HashMap::new(),
+            by_identity: HashMap::new(),
+            open_files: 0,
+            cache: HashMap::new(),
+            stats: SymbolizeStats::default(),
+        }
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> SymbolizeStats {
+        let mut s = self.stats.clone();
+        s.processes = self.procs.len();
+        s.binaries = self.binaries.len();
+        s.open_files = self.open_files;
+        s.cache_entries = self.cache.len();
+        s
+    }
+
+    /// Record the executable file mappings of process `tgid` from
+    /// `/proc/PID/maps`, replacing an earlier snapshot of it. New binaries
+    /// are opened (through `/proc/PID/map_files/` when permitted, so a
+    /// binary deleted or replaced later still reads) and their build id
+    /// and segments parsed. Call it when a tgid is first seen, after exec,
+    /// and periodically; a process that has exited can then still be
+    /// symbolized. Fails if the maps file cannot be read or the process
+    /// limit is reached; a binary that cannot be read only makes its
+    /// frames unsymbolized.
+    pub fn snapshot_process(&mut self, tgid: u32) -> Result<(), SymbolizeError> {
+        let maps_path = format!("/proc/{tgid}/maps");
+        let text = match std::fs::read_to_string(&maps_path) {
+            Ok(t) => t,
+            Err(source) => {
+                self.stats.snapshot_errors += 1;
+                return Err(SymbolizeError::Proc { pid: tgid, source });
+            }
+        };
+        if !self.procs.contains_key(&tgid) && self.procs.len() >= self.limits.max_processes {
+            self.stats.process_overflow += 1;
+            return Err(SymbolizeError::LimitReached {
+                what: "process snapshots",
+                limit: self.limits.max_processes,
+            });
+        }
+        let (entries, bad) = parse_maps(&text);
+        self.stats.maps_lines_skipped += bad as u64;
+        let mut maps = Vec::with_capacity(entries.len());
+        for e in entries
+            .into_iter()
+            .take(self.limits.max_mappings_per_process)
+        {
+            let Some(bin) = self.binary_for(tgid, &e) else {
+                continue;
+            };
+            let delta = self.binaries[bin]
+                .info
+                .as_ref()
+                .and_then(|i| load_delta(i, e.offset))
+                .unwrap_or(0);
+            let m = ProcessMapping {
+                start: e.start,
+                end: e.end,
+                file_offset: e.offset,
+                path: e.path,
+                delta,
+            };
+            let norm_start = e.offset.wrapping_add(delta);
+            let norm_limit = norm_start.wrapping_add(e.end - e.start);
+            let b = &mut self.binaries[bin];
+            b.range = Some(match b.range {
+                None => (norm_start, norm_limit, e.offset),
+                Some((s, l, _)) if norm_start < s => (norm_start, l.max(norm_limit), e.offset),
+                Some((s, l, o)) => (s, l.max(norm_limit), o),
+            });
+            maps.push(ProcMap { m, bin });
+        }
+        maps.sort_by_key(|p| p.m.start);
+        self.procs.insert(tgid, maps);
+        self.stats.snapshots += 1;
+        Ok(())
+    }
+
+    /// Drop the snapshot of `tgid` (for example once its samples have
+    /// been written). Binaries and cached frames stay.
+    pub fn forget_process(&mut self, tgid: u32) {
+        self.procs.remove(&tgid);
+    }
+
+    /// The executable mappings recorded for `tgid`, sorted by address.
+    pub fn process_mappings(&self, tgid: u32) -> Vec<ProcessMapping> {
+        self.procs
+            .get(&tgid)
+            .map(|v| v.iter().map(|p| p.m.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn binary_for(&mut self, tgid: u32, e: &MapsEntry) -> Option<usize> {
+        if let Some(&i) = self.by_inode.get(&(e.dev, e.inode)) {
+            return Some(i);
+        }
+        if self.binaries.len() >= self.limits.max_binaries {
+            self.stats.binary_overflow += 1;
+            return None;
+        }
+        // Open the very file that is mapped, if we may; else the path.
+        let map_files = format!("/proc/{tgid}/map_files/{:x}-{:x}", e.start, e.end);
+        let file = File::open(&map_files).or_else(|_| File::open(&e.path)).ok();
+        if let Some(f) = &file {
+            if let Ok(md) = f.metadata() {
+                if md.ino() != e.inode || dev_to_maps(md.dev()) != e.dev {
+                    // Overlay filesystems show other numbers in maps; a
+                    // rebuilt binary at the same path does too.
+                    self.stats.identity_mismatches += 1;
+                }
+            }
+        }
+        let (fd, read_path) = match file {
+            Some(f) if self.open_files < self.limits.max_open_files => {
+                use std::os::fd::AsRawFd as _;
+                let p = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                self.open_files += 1;
+                (Some(f), p)
+            }
+            Some(_) => {
+                self.stats.open_file_overflow += 1;
+                (None, PathBuf::from(&e.path))
+            }
+            None => (None, PathBuf::from(&e.path)),
+        };
+        let info = match elf::read_file(&read_path, self.limits.max_elf_bytes)
+            .and_then(|data| elf::elf_info(&read_path, &data))
+        {
+            Ok(i) => Some(i),
+            Err(_) => {
+                self.stats.elf_errors += 1;
+                None
+            }
+        };
+        let identity = match info.as_ref().and_then(|i| i.build_id.clone()) {
+            Some(id) => format!("{}\0{id}", e.path),
+            None => format!("{}\0{}:{}", e.path, e.dev, e.inode),
+        };
+        if let Some(&i) = self.by_identity.get(&identity) {
+            // Same binary under another inode (a copy): share it.
+            if fd.is_some() {
+                self.open_files -= 1;
+            }
+            self.by_inode.insert((e.dev, e.inode), i);
+            return Some(i);
+        }
+        let i = self.binaries.len();
+        self.binaries.push(Binary {
+            path: e.path.clone(),
+            read_path,
+            _fd: fd,
+            info,
+            go: None,
+            range: None,
+        });
+        self.by_inode.insert((e.dev, e.inode), i);
+        self.by_identity.insert(identity, i);
+        Some(i)
+    }
+
+    fn frame_key(&mut self, tgid: u32, addr: u64) -> FrameKey {
+        let Some(maps) = self.procs.get(&tgid) else {
+            self.stats.unmapped_frames += 1;
+            return FrameKey::Unmapped(addr);
+        };
+        let idx = maps.partition_point(|p| p.m.start <= addr);
+        if idx > 0 {
+            let p = &maps[idx - 1];
+            if let Some(vaddr) = p.m.abs_to_vaddr(addr) {
+                return FrameKey::User { bin: p.bin, vaddr };
+            }
+        }
+        self.stats.unmapped_frames += 1;
+        FrameKey::Unmapped(addr)
+    }
+
+    /// Resolve raw samples into frames and mappings (what
+    /// [`Self::build_profile`] feeds to [`build_profile_from_resolved`]).
+    ///
+    /// Frames are ordered leaf first, kernel frames before user frames.
+    /// Every frame except the leaf of each half is a return address and is
+    /// looked up (and stored) one byte lower, inside the call instruction,
+    /// as the Go runtime does, so the call's line and inlining are shown.
+    pub fn resolve_samples(
+        &mut self,
+        samples: &[RawSample],
+    ) -> (Vec<MappingDesc>, Vec<ResolvedSample>) {
+        // 1. Addresses to keys.
+        let mut keyed: Vec<Vec<FrameKey>> = Vec::with_capacity(samples.len());
+        for s in samples {
+            let mut keys = Vec::with_capacity(s.kernel.len() + s.user.len());
+            for (i, &a) in s.kernel.iter().filter(|&&a| a != 0).enumerate() {
+                keys.push(FrameKey::Kernel(if i == 0 { a } else { a - 1 }));
+            }
+            for (i, &a) in s.user.iter().filter(|&&a| a != 0).enumerate() {
+                let a = if i == 0 { a } else { a - 1 };
+                if a >= KERNEL_START {
+                    self.stats.unmapped_frames += 1;
+                    keys.push(FrameKey::Unmapped(a));
+                } else {
+                    keys.push(self.frame_key(s.tgid, a));
+                }
+            }
+            keyed.push(keys);
+        }
+
+        // 2. Symbolize what the cache lacks, batched per binary.
+        let mut local: HashMap<(usize, u64), Arc<[FrameLine]>> = HashMap::new();
+        let mut todo: HashMap<usize, Vec<u64>> = HashMap::new();
+        for k in keyed.iter().flatten() {
+            let ck = match *k {
+                FrameKey::Kernel(a) => (KERNEL_BIN, a),
+                FrameKey::User { bin, vaddr } => (bin, vaddr),
+                FrameKey::Unmapped(_) => continue,
+            };
+            if local.contains_key(&ck) {
+                continue;
+            }
+            if let Some(v) = self.cache.get(&ck) {
+                self.stats.cache_hits += 1;
+                local.insert(ck, v.clone());
+            } else {
+                self.stats.cache_misses += 1;
+                local.insert(ck, Arc::from(Vec::new()));
+                todo.entry(ck.0).or_default().push(ck.1);
+            }
+        }
+        let mut todo: Vec<(usize, Vec<u64>)> = todo.into_iter().collect();
+        todo.sort_by_key(|(b, _)| *b);
+        for (bin, addrs) in todo {
+            let resolved = if bin == KERNEL_BIN {
+                self.symbolize_kernel(&addrs)
+            } else {
+                self.symbolize_user(bin, &addrs)
+            };
+            for (a, lines) in addrs.into_iter().zip(resolved) {
+                if lines.is_empty() {
+                    self.stats.unknown_frames += 1;
+                }
+                let lines: Arc<[FrameLine]> = Arc::from(lines);
+                if self.cache.len() < self.limits.max_cache_entries {
+                    self.cache.insert((bin, a), lines.clone());
+                } else {
+                    self.stats.cache_overflow += 1;
+                }
+                local.insert((bin, a), lines);
+            }
+        }
+
+        // 3. Mappings used, then resolved samples.
+        let mut mapping_index: HashMap<usize, usize> = HashMap::new();
+        let mut mappings = Vec::new();
+        let (mut kmin, mut kmax) = (u64::MAX, 0u64);
+        for k in keyed.iter().flatten() {
+            match *k {
+                FrameKey::Kernel(a) => {
+                    kmin = kmin.min(a);
+                    kmax = kmax.max(a);
+                }
+                FrameKey::User { bin, .. } => {
+                    if let std::collections::hash_map::Entry::Vacant(v) = mapping_index.entry(bin) {
+                        let b = &self.binaries[bin];
+                        let (start, limit, off) = b.range.unwrap_or((0, u64::MAX, 0));
+                        v.insert(mappings.len());
+                        mappings.push(MappingDesc {
+                            path: b.path.clone(),
+                            build_id: b
+                                .info
+                                .as_ref()
+                                .and_then(|i| i.build_id.clone())
+                                .unwrap_or_default(),
+                            memory_start: start,
+                            memory_limit: limit,
+                            file_offset: off,
+                        });
+                    }
+                }
+                FrameKey::Unmapped(_) => {}
+            }
+        }
+        if kmin <= kmax {
+            mapping_index.insert(KERNEL_BIN, mappings.len());
+            mappings.push(MappingDesc {
+                path: KERNEL_MAPPING.to_string(),
+                build_id: String::new(),
+                memory_start: kmin,
+                memory_limit: kmax.saturating_add(1),
+                file_offset: 0,
+            });
+        }
+        let out = samples
+            .iter()
+            .zip(keyed)
+            .map(|(s, keys)| ResolvedSample {
+                frames: keys
+                    .into_iter()
+                    .map(|k| {
+                        let (bin, address) = match k {
+                            FrameKey::Kernel(a) => (KERNEL_BIN, a),
+                            FrameKey::User { bin, vaddr } => (bin, vaddr),
+                            FrameKey::Unmapped(a) => {
+                                return ResolvedFrame {
+                                    mapping: None,
+                                    address: a,
+                                    lines: Vec::new(),
+                                }
+                            }
+                        };
+                        ResolvedFrame {
+                            mapping: mapping_index.get(&bin).copied(),
+                            address,
+                            lines: local
+                                .get(&(bin, address))
+                                .map(|l| l.to_vec())
+                                .unwrap_or_default(),
+                        }
+                    })
+                    .collect(),
+                pid: s.tgid,
+                thread: s.comm.clone(),
+                count: s.count,
+            })
+            .collect();
+        (mappings, out)
+    }
+
+    /// Symbolize raw samples and build the pprof profile. See
+    /// [`build_profile_from_resolved`] for the profile's shape and
+    /// [`Self::resolve_samples`] for frame handling. Never fails: frames
+    /// that cannot be symbolized keep their address and have no lines.
+    pub fn build_profile(&mut self, samples: &[RawSample], meta: &ProfileMeta) -> Profile {
+        let (mappings, resolved) = self.resolve_samples(samples);
+        build_profile_from_resolved(&mappings, &resolved, meta)
+    }
+
+    fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<Vec<FrameLine>> {
+        self.stats.kernel_frames += addrs.len() as u64;
+        let src = Source::Kernel(Kernel {
+            vmlinux: MaybeDefault::None,
+            ..Kernel::default()
+        });
+        match self.blaze.symbolize(&src, Input::AbsAddr(addrs)) {
+            Ok(v) => v.iter().map(lines_of).collect(),
+            Err(_) => {
+                self.stats.symbolize_errors += 1;
+                vec![Vec::new(); addrs.len()]
+            }
+        }
+    }
+
+    fn symbolize_user(&mut self, bin: usize, addrs: &[u64]) -> Vec<Vec<FrameLine>> {
+        let path = self.binaries[bin].read_path.clone();
+        let is_go = self.binaries[bin].info.as_ref().is_some_and(|i| i.is_go);
+        let mut out: Vec<Vec<FrameLine>> = match self.blaze.symbolize(
+            &Source::Elf(ElfSource::new(&path)),
+            Input::VirtOffset(addrs),
+        ) {
+            Ok(v) => v.iter().map(lines_of).collect(),
+            Err(_) => {
+                // Unreadable debug info: retry with the ELF symbol table only.
+                self.stats.symbolize_errors += 1;
+                let mut src = ElfSource::new(&path);
+                src.debug_syms = false;
+                match self
+                    .blaze
+                    .symbolize(&Source::Elf(src), Input::VirtOffset(addrs))
+                {
+                    Ok(v) => {
+                        self.stats.symtab_fallbacks += addrs.len() as u64;
+                        v.iter().map(lines_of).collect()
+                    }
+                    Err(_) => vec![Vec::new(); addrs.len()],
+                }
+            }
+        };
+        if is_go && out.iter().any(Vec::is_empty) {
+            // Stripped Go binary (-s -w): the runtime's own table remains.
+            let max = self.limits.max_elf_bytes;
+            let b = &mut self.binaries[bin];
+            if b.go.is_none() {
+                let t = elf::read_file(&b.read_path, max)
+                    .and_then(|d| elf::go_pclntab(&b.read_path, &d))
+                    .ok()
+                    .flatten();
+                b.go = Some(t);
+            }
+            if let Some(Some(table)) = &b.go {
+                for (a, lines) in addrs.iter().zip(out.iter_mut()) {
+                    if !lines.is_empty() {
+                        continue;
+                    }
+                    if let Some(f) = table.find(*a) {
+                        if let Some(name) = table.name(&f) {
+                            let (file, line) = table.file_line(&f, *a).unwrap_or(("", 0));
+                            lines.push(FrameLine {
+                                function: name.to_string(),
+                                system_name: name.to_string(),
+                                file: file.to_string(),
+                                line,
+                                column: 0,
+                            });
+                            self.stats.go_pclntab_fallbacks += 1;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The delta from file offset to ELF virtual address for a mapping at
+/// file offset `off`: that of the loadable segment holding it (mappings
+/// start page-aligned, segments need not), executable segments first.
+fn load_delta(info: &ElfInfo, off: u64) -> Option<u64> {
+    let holds =
+        |l: &&elf::Load| (l.offset & !0xfff) <= off && off < l.offset.saturating_add(l.filesz);
+    info.loads
+        .iter()
+        .filter(|l| l.executable)
+        .find(holds)
+        .or_else(|| info.loads.iter().find(holds))
+        .map(|l| l.vaddr.wrapping_sub(l.offset))
+}
+
+/// `st_dev` (glibc encoding) to the `(major << 32) | minor` of maps.
+fn dev_to_maps(dev: u64) -> u64 {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    (major << 32) | minor
+}
+
+fn lines_of(s: &Symbolized<'_>) -> Vec<FrameLine> {
+    let Some(sym) = s.as_sym() else {
+        return Vec::new();
+    };
+    // blazesym: `sym` is the outermost function, `inlined` runs outer to
+    // inner; pprof wants innermost first.
+    let mut lines = Vec::with_capacity(sym.inlined.len() + 1);
+    for f in sym.inlined.iter().rev() {
+        lines.push(frame_line(&f.name, f.code_info.as_ref()));
+    }
+    lines.push(frame_line(&sym.name, sym.code_info.as_deref()));
+    lines
+}
+
+fn frame_line(raw: &str, ci: Option<&CodeInfo<'_>>) -> FrameLine {
+    let (file, line, column) = match ci {
+        Some(ci) => (
+            ci.to_path().to_string_lossy().into_owned(),
+            i64::from(ci.line.unwrap_or(0)),
+            i64::from(ci.column.unwrap_or(0)),
+        ),
+        None => (String::new(), 0, 0),
+    };
+    FrameLine {
+        function: demangle(raw),
+        system_name: raw.to_string(),
+        file,
+        line,
+        column,
+    }
+}
+
+/// Demangle Rust (legacy and v0) and Itanium C++ names; others unchanged.
+pub(crate) fn demangle(raw: &str) -> String {
+    if let Ok(d) = rustc_demangle::try_demangle(raw) {
+        return format!("{d:#}");
+    }
+    if raw.starts_with("_Z") {
+        if let Ok(sym) = cpp_demangle::Symbol::new(raw) {
+            if let Ok(d) = sym.demangle() {
+                return d;
+            }
+        }
+    }
+    raw.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demangles_rust_and_cpp() {
+        assert_eq!(
+            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
+        assert_eq!(demangle("_Z3fooi"), "foo(int)");
+        assert_eq!(demangle("main.main"), "main.main");
+    }
+
+    #[test]
+    fn mapping_translation_round_trips() {
+        let m = ProcessMapping {
+            start: 0x5555_5555_5000,
+            end: 0x5555_5556_0000,
+            file_offset: 0x1000,
+            path: "/x".into(),
+            delta: 0,
+        };
+        assert_eq!(m.abs_to_vaddr(0x5555_5555_5010), Some(0x1010));
+        assert_eq!(m.vaddr_to_abs(0x1010), Some(0x5555_5555_5010));
+        assert_eq!(m.vaddr_to_abs(0x10), None);
+        assert_eq!(m.abs_to_vaddr(0x10), None);
+    }
+
+    #[test]
+    fn dev_encoding() {
+        // makedev(0xfd, 1) in glibc encoding.
+        assert_eq!(dev_to_maps(0xfd01), (0xfd << 32) | 1);
+    }
+}
