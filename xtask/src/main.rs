@@ -1,1 +1,220 @@
-fn main() {}
+//! `cargo xtask`: set-up, demo, tests and benchmarks of the workspace.
+//!
+//! * `setup`: install what a fresh machine lacks (idempotent).
+//! * `demo`: record the bundled Go demo for 10 s into `demo-out/`.
+//! * `test`: build everything and run the whole suite (eBPF tests included).
+//! * `bench overhead|gate-accuracy|diff-vs-pprof`: print measured figures.
+
+mod bench_overhead;
+mod setup;
+mod workloads;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Project tasks: setup, demo, test, bench"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the nightly rust-src, bpf-linker, Go and bpftool; mount tracefs.
+    Setup,
+    /// Build workloads only (tests/workloads/bin).
+    BuildWorkloads,
+    /// Record the demo workload for 10 s into demo-out/ and print the top functions.
+    Demo,
+    /// Build and run the whole test suite (needs root for the eBPF tests).
+    Test {
+        /// Extra arguments passed to every `cargo test` run (after `--`).
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
+    /// Benchmarks that print measured figures.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Slowdown of a Go workload under `profiler record` at 99 Hz, profiler CPU and RSS.
+    Overhead {
+        /// Runs per side (alternated).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 6)]
+        seconds: u64,
+    },
+    /// False-fail and detection rates of `profdiff gate` on generated profiles.
+    GateAccuracy,
+    /// `profdiff diff` against `go tool pprof -top -diff_base` on the same pair.
+    DiffVsPprof,
+}
+
+/// The workspace root (parent of xtask/).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Run a command, failing with its name when it does not succeed.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{:?} failed with {status}", cmd);
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Build the release binaries used by the demo and benchmarks; returns
+/// target/release.
+pub fn build_release(root: &Path) -> Result<PathBuf> {
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--release", "-p", "profiler-user", "-p", "diff"])
+        .env("PATH", setup::path_with_tools()))?;
+    Ok(target_dir(root).join("release"))
+}
+
+/// The Cargo target directory.
+pub fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn demo(root: &Path) -> Result<()> {
+    setup::setup(root)?;
+    let bins = workloads::build_workloads(root)?;
+    let release = build_release(root)?;
+    let out = root.join("demo-out");
+    std::fs::create_dir_all(&out)?;
+    println!("demo: starting the demo workload (main.hotParse, main.hotHash)");
+    let mut workload = Command::new(bins.join("demo"))
+        .args(["-duration", "60s"])
+        .spawn()
+        .context("starting the demo workload")?;
+    let pid = workload.id();
+    let result = (|| -> Result<()> {
+        run(Command::new(release.join("profiler")).args([
+            "record",
+            "--pid",
+            &pid.to_string(),
+            "--duration",
+            "10s",
+            "-o",
+            out.join("cpu.pb.gz").to_str().unwrap(),
+            "--flamegraph",
+            out.join("cpu.svg").to_str().unwrap(),
+        ]))?;
+        println!("\ndemo: top functions (profdiff top demo-out/cpu.pb.gz):");
+        run(Command::new(release.join("profdiff")).args([
+            "top",
+            out.join("cpu.pb.gz").to_str().unwrap(),
+            "-n",
+            "10",
+        ]))?;
+        println!(
+            "\ndemo: wrote {} and {}; open with `go tool pprof -top {}`",
+            out.join("cpu.pb.gz").display(),
+            out.join("cpu.svg").display(),
+            out.join("cpu.pb.gz").display()
+        );
+        Ok(())
+    })();
+    // We started the workload: stop it by its pid.
+    let _ = workload.kill();
+    let _ = workload.wait();
+    result
+}
+
+fn test(root: &Path, rest: &[String]) -> Result<()> {
+    setup::setup(root)?;
+    let bins = workloads::build_workloads(root)?;
+    let path = setup::path_with_tools();
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "--workspace", "--bins"])
+        .env("PATH", &path))?;
+    let debug = target_dir(root).join("debug");
+    let envs = [
+        ("PROFILER_BIN", debug.join("profiler")),
+        ("PROFDIFF_BIN", debug.join("profdiff")),
+        ("WORKLOADS_BIN", bins.clone()),
+        (
+            "GO",
+            setup::go_binary().unwrap_or_else(|| PathBuf::from("go")),
+        ),
+    ];
+    // Library and CLI tests (no root needed), in parallel.
+    let mut c = cargo();
+    c.current_dir(root)
+        .args(["test", "--workspace", "--exclude", "integration-tests"])
+        .env("PATH", &path)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_os_str())));
+    if !rest.is_empty() {
+        c.arg("--").args(rest);
+    }
+    run(&mut c)?;
+    // eBPF integration tests: one at a time, so CPU shares are not skewed
+    // by other tests competing for the two cores.
+    let mut c = cargo();
+    c.current_dir(root)
+        .args(["test", "-p", "integration-tests", "--", "--test-threads=1"])
+        .args(rest)
+        .env("PATH", &path)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_os_str())));
+    run(&mut c)?;
+    println!("xtask test: all test runs passed");
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let root = root();
+    let result = match cli.cmd {
+        Cmd::Setup => setup::setup(&root),
+        Cmd::BuildWorkloads => workloads::build_workloads(&root).map(|_| ()),
+        Cmd::Demo => demo(&root),
+        Cmd::Test { rest } => test(&root, &rest),
+        Cmd::Bench { which } => match which {
+            Bench::Overhead { runs, seconds } => bench_overhead::run(&root, runs, seconds),
+            Bench::GateAccuracy => bench_gate_accuracy(&root),
+            Bench::DiffVsPprof => bench_diff_vs_pprof(&root),
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn bench_gate_accuracy(_root: &Path) -> Result<()> {
+    bail!("gate-accuracy benchmark is not wired yet")
+}
+
+fn bench_diff_vs_pprof(_root: &Path) -> Result<()> {
+    bail!("diff-vs-pprof benchmark is not wired yet")
+}

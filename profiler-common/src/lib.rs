@@ -1,0 +1,195 @@
+//! Map keys, values and constants shared by the eBPF programs
+//! (`profiler-ebpf`) and userspace (`profiler-user`).
+//!
+//! Everything here is `#[repr(C)]` plain data; with the `user` feature the
+//! types also implement `aya::Pod` so userspace can read the maps.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Maximum frames `bpf_get_stackid` stores per stack (the kernel's
+/// `PERF_MAX_STACK_DEPTH`).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Capacity of each stack-trace map (one per generation).
+pub const STACK_MAP_ENTRIES: u32 = 16384;
+/// Capacity of each sample-count map (one per generation).
+pub const COUNT_MAP_ENTRIES: u32 = 32768;
+/// Capacity of the target-tgid map (targets plus followed children).
+pub const TARGET_TGID_ENTRIES: u32 = 8192;
+/// Capacity of the target-cgroup map.
+pub const TARGET_CGROUP_ENTRIES: u32 = 1024;
+/// Capacity of the frameless-range table shared by all target binaries.
+pub const FRAMELESS_ENTRIES: u32 = 131072;
+/// Capacity of the per-tgid index into the frameless-range table.
+pub const FRAMELESS_INDEX_ENTRIES: u32 = 8192;
+/// Number of binary-search steps over a frameless slice (2^17 > entries).
+pub const FRAMELESS_SEARCH_STEPS: u32 = 17;
+/// Deepest cgroup level examined when matching a target cgroup.
+pub const MAX_CGROUP_LEVELS: i32 = 16;
+
+/// Key of the in-kernel sample-count maps: one entry per distinct
+/// (process, thread name, user stack, kernel stack, frameless return address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    /// Process id (tgid).
+    pub tgid: u32,
+    /// Id of the user stack in the generation's stack map, or negative errno.
+    pub user_stack_id: i32,
+    /// Id of the kernel stack in the generation's stack map, or negative errno.
+    pub kernel_stack_id: i32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// When the sampled user IP lies in a frameless range (return address at
+    /// `[SP]`), the word at `[SP]`: the caller that frame-pointer unwinding
+    /// skips. Zero otherwise.
+    pub frameless_ret: u64,
+    /// Thread name (`comm`) of the sampled thread, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+/// Indexes of the per-CPU counter array ([`Counter::COUNT`] entries).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Samples taken of target processes (whether or not they were stored).
+    Samples = 0,
+    /// Samples lost because the count map was full.
+    CountMapFull = 1,
+    /// User stacks lost to a stack-map hash collision (`-EEXIST`).
+    UserStackCollision = 2,
+    /// User stacks lost because the stack map was full or unwinding failed.
+    UserStackMissing = 3,
+    /// Kernel stacks lost to a stack-map hash collision.
+    KernelStackCollision = 4,
+    /// Kernel stacks lost because the stack map was full or unwinding failed.
+    KernelStackMissing = 5,
+    /// Children not followed because the target-tgid map was full.
+    TargetMapFull = 6,
+    /// Frameless-leaf return addresses that could not be read.
+    FramelessReadFailed = 7,
+    /// Process events lost because the event ring buffer was full.
+    EventsLost = 8,
+    /// Samples that got the frameless-leaf fix.
+    FramelessFixed = 9,
+}
+
+impl Counter {
+    /// Number of counters.
+    pub const COUNT: u32 = 10;
+    /// Every counter, in index order.
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Samples,
+        Counter::CountMapFull,
+        Counter::UserStackCollision,
+        Counter::UserStackMissing,
+        Counter::KernelStackCollision,
+        Counter::KernelStackMissing,
+        Counter::TargetMapFull,
+        Counter::FramelessReadFailed,
+        Counter::EventsLost,
+        Counter::FramelessFixed,
+    ];
+
+    /// Stable snake_case name used in reports and pprof comments.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::Samples => "samples",
+            Counter::CountMapFull => "count_map_full",
+            Counter::UserStackCollision => "user_stack_collision",
+            Counter::UserStackMissing => "user_stack_missing",
+            Counter::KernelStackCollision => "kernel_stack_collision",
+            Counter::KernelStackMissing => "kernel_stack_missing",
+            Counter::TargetMapFull => "target_map_full",
+            Counter::FramelessReadFailed => "frameless_read_failed",
+            Counter::EventsLost => "events_lost",
+            Counter::FramelessFixed => "frameless_fixed",
+        }
+    }
+
+    /// True for counters that count lost data (as opposed to activity).
+    pub const fn is_loss(self) -> bool {
+        !matches!(self, Counter::Samples | Counter::FramelessFixed)
+    }
+}
+
+/// Indexes of the `CONFIG` array (u64 values written by userspace).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    /// Which generation (0 or 1) of count/stack maps the programs write to.
+    Generation = 0,
+    /// Non-zero: only sample tgids in `TARGET_TGIDS` or cgroups in
+    /// `TARGET_CGROUPS`; zero: the whole system.
+    FilterEnabled = 1,
+    /// Non-zero: some cgroups are targeted (ancestor walk needed).
+    CgroupFilter = 2,
+    /// Offset of `parent_pid` in the `sched_process_fork` record.
+    ForkParentPidOffset = 3,
+    /// Offset of `child_pid` in the `sched_process_fork` record.
+    ForkChildPidOffset = 4,
+    /// Offset of `pid` in the `sched_process_exec` record.
+    ExecPidOffset = 5,
+    /// Offset of `pid` in the `sched_process_exit` record.
+    ExitPidOffset = 6,
+    /// Offset of `group_dead` in the `sched_process_exit` record (or u64::MAX).
+    ExitGroupDeadOffset = 7,
+}
+
+impl Config {
+    /// Number of config slots.
+    pub const COUNT: u32 = 8;
+}
+
+/// Where a tgid's frameless ranges sit in the shared `FRAMELESS` table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FramelessSlice {
+    /// Index of the first range.
+    pub start: u32,
+    /// Number of ranges (sorted by start, non-overlapping).
+    pub len: u32,
+}
+
+/// One address range `[start, end)` in a process's virtual address space
+/// where the return address is at `[SP]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AddrRange {
+    /// First address in the range.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+}
+
+/// Kind of a [`ProcessEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A target forked a new process (now followed).
+    Fork = 1,
+    /// A target called exec: its mappings changed.
+    Exec = 2,
+    /// A target's last thread is exiting.
+    Exit = 3,
+}
+
+/// A process lifecycle event sent to userspace through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessEvent {
+    /// An [`EventKind`] as u32.
+    pub kind: u32,
+    /// The process concerned.
+    pub tgid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all types are repr(C) plain data with no padding holes that
+    // could be uninitialised (explicit `_pad` fields).
+    unsafe impl aya::Pod for super::SampleKey {}
+    unsafe impl aya::Pod for super::FramelessSlice {}
+    unsafe impl aya::Pod for super::AddrRange {}
+    unsafe impl aya::Pod for super::ProcessEvent {}
+}

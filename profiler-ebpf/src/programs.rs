@@ -1,0 +1,281 @@
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+    },
+    macros::{map, perf_event, tracepoint},
+    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{tracing::StackIdContext as _, PerfEventContext, TracePointContext},
+};
+use profiler_common::{
+    AddrRange, Config, Counter, EventKind, FramelessSlice, ProcessEvent, SampleKey,
+    COUNT_MAP_ENTRIES, FRAMELESS_ENTRIES, FRAMELESS_INDEX_ENTRIES, FRAMELESS_SEARCH_STEPS,
+    MAX_CGROUP_LEVELS, STACK_MAP_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_TGID_ENTRIES,
+};
+
+const EEXIST: i64 = 17;
+
+#[map]
+static CONFIG: Array<u64> = Array::with_max_entries(Config::COUNT, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map]
+static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(TARGET_TGID_ENTRIES, 0);
+#[map]
+static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(TARGET_CGROUP_ENTRIES, 0);
+#[map]
+static COUNTS0: HashMap<SampleKey, u64> = HashMap::with_max_entries(COUNT_MAP_ENTRIES, 0);
+#[map]
+static COUNTS1: HashMap<SampleKey, u64> = HashMap::with_max_entries(COUNT_MAP_ENTRIES, 0);
+#[map]
+static STACKS0: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+#[map]
+static STACKS1: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+#[map]
+static FRAMELESS: Array<AddrRange> = Array::with_max_entries(FRAMELESS_ENTRIES, 0);
+#[map]
+static FRAMELESS_INDEX: HashMap<u32, FramelessSlice> =
+    HashMap::with_max_entries(FRAMELESS_INDEX_ENTRIES, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+#[inline(always)]
+fn config(slot: Config) -> u64 {
+    CONFIG.get(slot as u32).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn bump(counter: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    if config(Config::FilterEnabled) == 0 {
+        return true;
+    }
+    // SAFETY: the value is only tested for presence.
+    if unsafe { TARGET_TGIDS.get(&tgid) }.is_some() {
+        return true;
+    }
+    if config(Config::CgroupFilter) == 0 {
+        return false;
+    }
+    // SAFETY: helpers without pointer arguments.
+    let own = unsafe { bpf_get_current_cgroup_id() };
+    if unsafe { TARGET_CGROUPS.get(&own) }.is_some() {
+        return true;
+    }
+    let mut level = 0;
+    while level < MAX_CGROUP_LEVELS {
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        if unsafe { TARGET_CGROUPS.get(&id) }.is_some() {
+            return true;
+        }
+        level += 1;
+    }
+    false
+}
+
+/// Is `ip` inside one of `tgid`'s frameless ranges?
+#[inline(always)]
+fn in_frameless_range(tgid: u32, ip: u64) -> bool {
+    // SAFETY: plain-data value copied out immediately.
+    let Some(slice) = (unsafe { FRAMELESS_INDEX.get(&tgid) }).copied() else {
+        return false;
+    };
+    if slice.len == 0 {
+        return false;
+    }
+    // Find the last range whose start is <= ip.
+    let mut lo: u32 = 0;
+    let mut hi: u32 = slice.len; // exclusive
+    let mut step = 0;
+    while step < FRAMELESS_SEARCH_STEPS && lo + 1 < hi {
+        let mid = lo + (hi - lo) / 2;
+        match FRAMELESS.get(slice.start.wrapping_add(mid)) {
+            Some(r) if r.start <= ip => lo = mid,
+            Some(_) => hi = mid,
+            None => return false,
+        }
+        step += 1;
+    }
+    match FRAMELESS.get(slice.start.wrapping_add(lo)) {
+        Some(r) => r.start <= ip && ip < r.end,
+        None => false,
+    }
+}
+
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    match try_cpu_sample(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let pid = pid_tgid as u32;
+    if pid == 0 || !is_target(tgid) {
+        return Ok(());
+    }
+    bump(Counter::Samples);
+
+    let generation = config(Config::Generation) & 1;
+    let (counts, stacks) = if generation == 0 {
+        (&COUNTS0, &STACKS0)
+    } else {
+        (&COUNTS1, &STACKS1)
+    };
+
+    let user_stack_id = match ctx.get_stackid(stacks, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            if -(e as i64) == EEXIST {
+                bump(Counter::UserStackCollision);
+            } else {
+                bump(Counter::UserStackMissing);
+            }
+            e
+        }
+    };
+    let kernel_stack_id = match ctx.get_stackid(stacks, 0) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            if -(e as i64) == EEXIST {
+                bump(Counter::KernelStackCollision);
+            } else if e != -14 {
+                // -EFAULT is a sample taken in user mode: no kernel stack.
+                bump(Counter::KernelStackMissing);
+            }
+            e
+        }
+    };
+
+    // SAFETY: perf_event programs may read their context's registers.
+    let regs = unsafe { (*ctx.ctx).regs };
+    let mut frameless_ret = 0u64;
+    if regs.cs & 3 == 3 && in_frameless_range(tgid, regs.rip) {
+        // SAFETY: bpf_probe_read_user checks the address.
+        match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
+            Ok(ret) => {
+                frameless_ret = ret;
+                bump(Counter::FramelessFixed);
+            }
+            Err(_) => bump(Counter::FramelessReadFailed),
+        }
+    }
+
+    let key = SampleKey {
+        tgid,
+        user_stack_id,
+        kernel_stack_id,
+        _pad: 0,
+        frameless_ret,
+        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+    };
+    if let Some(count) = counts.get_ptr_mut(&key) {
+        // SAFETY: map value pointer valid for this program run.
+        unsafe { core::ptr::write_volatile(count, core::ptr::read_volatile(count) + 1) };
+        return Ok(());
+    }
+    if counts.insert(&key, &1u64, BPF_NOEXIST as u64).is_err() {
+        // Either full, or another CPU inserted the key in between.
+        if let Some(count) = counts.get_ptr_mut(&key) {
+            unsafe { core::ptr::write_volatile(count, core::ptr::read_volatile(count) + 1) };
+        } else {
+            bump(Counter::CountMapFull);
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn read_pid(ctx: &TracePointContext, slot: Config) -> Option<u32> {
+    let off = config(slot);
+    if off == u64::MAX || off > 256 {
+        return None;
+    }
+    // SAFETY: offset comes from the tracepoint's format file.
+    unsafe { ctx.read_at::<i32>(off as usize) }.ok().map(|v| v as u32)
+}
+
+#[inline(always)]
+fn emit(kind: EventKind, tgid: u32) {
+    let event = ProcessEvent {
+        kind: kind as u32,
+        tgid,
+    };
+    if EVENTS.output::<ProcessEvent>(&event, 0).is_err() {
+        bump(Counter::EventsLost);
+    }
+}
+
+#[tracepoint]
+pub fn sched_fork(ctx: TracePointContext) -> u32 {
+    if config(Config::FilterEnabled) == 0 {
+        return 0;
+    }
+    // The current task is the parent.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { TARGET_TGIDS.get(&tgid) }.is_none() {
+        return 0;
+    }
+    let Some(child) = read_pid(&ctx, Config::ForkChildPidOffset) else {
+        return 0;
+    };
+    // Thread creation fires this tracepoint too; a thread's id is not a
+    // tgid, so only processes (whose first thread id equals their tgid)
+    // ever match. Userspace prunes ids that turn out to be threads.
+    if unsafe { TARGET_TGIDS.get(&child) }.is_some() {
+        return 0;
+    }
+    if TARGET_TGIDS.insert(&child, &1u8, 0).is_err() {
+        bump(Counter::TargetMapFull);
+        return 0;
+    }
+    emit(EventKind::Fork, child);
+    0
+}
+
+#[tracepoint]
+pub fn sched_exec(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !is_target(tgid) {
+        return 0;
+    }
+    let _ = read_pid(&ctx, Config::ExecPidOffset);
+    emit(EventKind::Exec, tgid);
+    0
+}
+
+#[tracepoint]
+pub fn sched_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let off = config(Config::ExitGroupDeadOffset);
+    let group_dead = if off != u64::MAX && off <= 256 {
+        unsafe { ctx.read_at::<u8>(off as usize) }.unwrap_or(0) != 0
+    } else {
+        tgid == pid_tgid as u32
+    };
+    if !group_dead || !is_target(tgid) {
+        return 0;
+    }
+    emit(EventKind::Exit, tgid);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,133 @@
+//! `profiler`: eBPF CPU profiler writing pprof.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use profiler_user::{
+    error::exit,
+    record::{record, RecordOptions},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "profiler",
+    version,
+    about = "eBPF CPU profiler for processes, cgroups and commands; writes pprof"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Sample CPU stacks and write a gzip'd pprof profile.
+    #[command(after_help = RECORD_EXAMPLES)]
+    Record(RecordArgs),
+}
+
+const RECORD_EXAMPLES: &str = "\
+Examples:
+  profiler record --pid 1234 --duration 30s -o cpu.pb.gz
+  profiler record --cgroup /sys/fs/cgroup/unified/kubepods.slice/pod123 --duration 1m
+  profiler record -o cpu.pb.gz --flamegraph cpu.svg -- ./my-controller --workers 4
+  go tool pprof -top cpu.pb.gz
+
+Stops after --duration, on Ctrl-C/SIGTERM, or when the launched command exits;
+the profile is written in every case.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 permission (needs root or CAP_BPF+CAP_PERFMON),
+4 pid or cgroup not found, 5 kernel lacks a feature, 6 command could not start,
+7 output could not be written.";
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// Process to profile (repeatable); its children are followed.
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// cgroup v2 directory to profile (absolute, or relative to the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Stop after this long (e.g. 30s, 2m); default: until Ctrl-C or the command exits.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    duration: Option<Duration>,
+    /// Samples per second per CPU.
+    #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    frequency: u64,
+    /// Output profile (gzip'd pprof).
+    #[arg(short, long, default_value = "profile.pb.gz", value_name = "FILE")]
+    output: PathBuf,
+    /// Also write a flame graph SVG.
+    #[arg(long, value_name = "FILE")]
+    flamegraph: Option<PathBuf>,
+    /// Hide the progress line.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Command to launch and profile.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("profiler: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILURE as u8);
+        }
+    };
+    match cli.command {
+        Cmd::Record(a) => {
+            let opts = RecordOptions {
+                pids: a.pids,
+                cgroup: a.cgroup,
+                duration: a.duration,
+                frequency: a.frequency,
+                output: a.output.clone(),
+                flamegraph: a.flamegraph,
+                command: a.command,
+                drain_interval: Duration::from_secs(1),
+                progress: !a.quiet,
+            };
+            match rt.block_on(record(opts)) {
+                Ok(s) => {
+                    let lost: Vec<String> = s
+                        .counters
+                        .iter()
+                        .filter(|(n, _)| *n != "samples" && *n != "frameless_fixed")
+                        .chain(s.user_losses.iter())
+                        .filter(|(_, v)| *v > 0)
+                        .map(|(n, v)| format!("{n}={v}"))
+                        .collect();
+                    eprintln!(
+                        "profiler: {} samples from {} process(es) in {:.1}s; lost: {}; wrote {}",
+                        s.samples,
+                        s.processes,
+                        s.elapsed.as_secs_f64(),
+                        if lost.is_empty() {
+                            "none".to_string()
+                        } else {
+                            lost.join(" ")
+                        },
+                        a.output.display()
+                    );
+                    if let Some((ns, runs)) = s.prog_stats.filter(|(_, r)| *r > 0) {
+                        eprintln!(
+                            "profiler: cpu_sample program: runs={runs} run_time_ns={ns} ns_per_run={}",
+                            ns / runs
+                        );
+                    }
+                    ExitCode::from(exit::OK as u8)
+                }
+                Err(e) => {
+                    eprintln!("profiler: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+    }
+}

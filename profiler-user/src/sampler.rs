@@ -1,0 +1,397 @@
+//! The kernel half of CPU sampling: load the eBPF object, attach it, set
+//! targets, and drain the in-kernel aggregates.
+//!
+//! Count and stack maps come in two generations. [`Sampler::drain`] flips
+//! the generation the programs write to, then reads and clears the idle
+//! one, so nothing is lost to a race between reading and clearing.
+
+use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
+
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent, TracePoint,
+    },
+    Ebpf,
+};
+use profiler_common::{
+    AddrRange, Config, Counter, EventKind, FramelessSlice, ProcessEvent, SampleKey,
+    FRAMELESS_ENTRIES,
+};
+
+use crate::error::RecordError;
+
+/// The eBPF object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-ebpf"));
+
+/// Value in `TARGET_TGIDS`: sample this process and follow its children.
+pub const TARGET_SAMPLE: u8 = 1;
+/// Value in `TARGET_TGIDS`: do not sample, but follow children (used for the
+/// profiler itself while it launches a command).
+pub const TARGET_PARENT_ONLY: u8 = 2;
+
+/// One drained aggregate: a distinct stack and how often it was sampled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainedStack {
+    /// Process id.
+    pub tgid: u32,
+    /// Thread name.
+    pub comm: String,
+    /// User IPs, leaf first (frameless-leaf caller already inserted).
+    pub user: Vec<u64>,
+    /// Kernel IPs, leaf first.
+    pub kernel: Vec<u64>,
+    /// Samples.
+    pub count: u64,
+}
+
+/// Per-counter totals read from the per-CPU counter map.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    /// Value of one counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+    /// Sum of all loss counters.
+    pub fn losses(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_loss())
+            .map(|c| self.get(*c))
+            .sum()
+    }
+}
+
+/// A loaded and attached sampler.
+pub struct Sampler {
+    _ebpf: Ebpf,
+    config: Array<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    targets: HashMap<MapData, u32, u8>,
+    cgroups: HashMap<MapData, u64, u8>,
+    counts: [HashMap<MapData, SampleKey, u64>; 2],
+    stacks: [StackTraceMap<MapData>; 2],
+    frameless: Array<MapData, AddrRange>,
+    frameless_index: HashMap<MapData, u32, FramelessSlice>,
+    frameless_used: u32,
+    /// Ranges not loaded because the shared table was full.
+    pub frameless_overflow: u64,
+    events: RingBuf<MapData>,
+    generation: u64,
+    sample_prog_fd: i32,
+}
+
+fn tracepoint_offset(category: &str, name: &str, field: &str) -> Option<u64> {
+    let path = format!("/sys/kernel/tracing/events/{category}/{name}/format");
+    let alt = format!("/sys/kernel/debug/tracing/events/{category}/{name}/format");
+    let text = std::fs::read_to_string(&path)
+        .or_else(|_| std::fs::read_to_string(&alt))
+        .ok()?;
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
+        let decl = rest.split(';').next()?;
+        let ident = decl.rsplit([' ', '*']).next()?;
+        let ident = ident.split('[').next()?;
+        if ident == field {
+            let off = line.split("offset:").nth(1)?.split(';').next()?;
+            return off.trim().parse().ok();
+        }
+    }
+    None
+}
+
+fn map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T, RecordError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf
+        .take_map(name)
+        .ok_or_else(|| RecordError::Ebpf(format!("map {name} missing from the eBPF object")))?;
+    T::try_from(m).map_err(|e| RecordError::Ebpf(format!("map {name}: {e}")))
+}
+
+impl Sampler {
+    /// Load the programs, attach the CPU sampler at `frequency` Hz to every
+    /// online CPU and the process-lifecycle tracepoints.
+    pub fn start(frequency: u64) -> Result<Self, RecordError> {
+        crate::env::ensure_tracefs();
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(RecordError::from_load)?;
+
+        let mut config: Array<MapData, u64> = map(&mut ebpf, "CONFIG")?;
+        let offsets = [
+            (
+                Config::ForkParentPidOffset,
+                tracepoint_offset("sched", "sched_process_fork", "parent_pid"),
+            ),
+            (
+                Config::ForkChildPidOffset,
+                tracepoint_offset("sched", "sched_process_fork", "child_pid"),
+            ),
+            (
+                Config::ExecPidOffset,
+                tracepoint_offset("sched", "sched_process_exec", "pid"),
+            ),
+            (
+                Config::ExitPidOffset,
+                tracepoint_offset("sched", "sched_process_exit", "pid"),
+            ),
+            (
+                Config::ExitGroupDeadOffset,
+                tracepoint_offset("sched", "sched_process_exit", "group_dead"),
+            ),
+        ];
+        for (slot, off) in offsets {
+            config
+                .set(slot as u32, off.unwrap_or(u64::MAX), 0)
+                .map_err(|e| RecordError::Ebpf(format!("CONFIG: {e}")))?;
+        }
+
+        let mut sampler = Sampler {
+            config,
+            counters: map(&mut ebpf, "COUNTERS")?,
+            targets: map(&mut ebpf, "TARGET_TGIDS")?,
+            cgroups: map(&mut ebpf, "TARGET_CGROUPS")?,
+            counts: [map(&mut ebpf, "COUNTS0")?, map(&mut ebpf, "COUNTS1")?],
+            stacks: [map(&mut ebpf, "STACKS0")?, map(&mut ebpf, "STACKS1")?],
+            frameless: map(&mut ebpf, "FRAMELESS")?,
+            frameless_index: map(&mut ebpf, "FRAMELESS_INDEX")?,
+            frameless_used: 0,
+            frameless_overflow: 0,
+            events: map(&mut ebpf, "EVENTS")?,
+            generation: 0,
+            sample_prog_fd: -1,
+            _ebpf: ebpf,
+        };
+
+        for (prog, category, name) in [
+            ("sched_fork", "sched", "sched_process_fork"),
+            ("sched_exec", "sched", "sched_process_exec"),
+            ("sched_exit", "sched", "sched_process_exit"),
+        ] {
+            let tp: &mut TracePoint = sampler
+                ._ebpf
+                .program_mut(prog)
+                .ok_or_else(|| RecordError::Ebpf(format!("program {prog} missing")))?
+                .try_into()
+                .map_err(|e| RecordError::Ebpf(format!("{prog}: {e}")))?;
+            tp.load().map_err(|e| RecordError::from_program(prog, e))?;
+            tp.attach(category, name).map_err(|e| {
+                RecordError::Ebpf(format!("attach {prog} to {category}/{name}: {e}"))
+            })?;
+        }
+
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, e)| RecordError::Ebpf(format!("reading {path}: {e}")))?;
+        let prog: &mut PerfEvent = sampler
+            ._ebpf
+            .program_mut("cpu_sample")
+            .ok_or_else(|| RecordError::Ebpf("program cpu_sample missing".into()))?
+            .try_into()
+            .map_err(|e| RecordError::Ebpf(format!("cpu_sample: {e}")))?;
+        prog.load()
+            .map_err(|e| RecordError::from_program("cpu_sample", e))?;
+        {
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            if let Ok(fd) = prog.fd() {
+                sampler.sample_prog_fd = fd.as_fd().as_raw_fd();
+            }
+        }
+        for cpu in cpus {
+            prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(frequency),
+                false,
+            )
+            .map_err(|e| RecordError::PerfEvent(format!("cpu {cpu}: {e}")))?;
+        }
+        Ok(sampler)
+    }
+
+    fn set_config(&mut self, slot: Config, value: u64) -> Result<(), RecordError> {
+        self.config
+            .set(slot as u32, value, 0)
+            .map_err(|e| RecordError::Ebpf(format!("CONFIG[{slot:?}]: {e}")))
+    }
+
+    /// Restrict sampling to targets (`true`) or sample the whole system.
+    pub fn set_filter(&mut self, enabled: bool) -> Result<(), RecordError> {
+        self.set_config(Config::FilterEnabled, enabled as u64)
+    }
+
+    /// Add a process (and, through the fork tracepoint, its future children).
+    pub fn add_tgid(&mut self, tgid: u32, value: u8) -> Result<(), RecordError> {
+        self.targets
+            .insert(tgid, value, 0)
+            .map_err(|e| RecordError::Ebpf(format!("adding pid {tgid} to targets: {e}")))
+    }
+
+    /// Remove a process from the targets (missing entries are fine).
+    pub fn remove_tgid(&mut self, tgid: u32) {
+        let _ = self.targets.remove(&tgid);
+    }
+
+    /// Ids currently in the target map.
+    pub fn target_ids(&self) -> Vec<u32> {
+        self.targets.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Add a cgroup (v2 id); processes in it or any descendant are sampled.
+    pub fn add_cgroup(&mut self, id: u64) -> Result<(), RecordError> {
+        self.cgroups
+            .insert(id, 1u8, 0)
+            .map_err(|e| RecordError::Ebpf(format!("adding cgroup {id}: {e}")))?;
+        self.set_config(Config::CgroupFilter, 1)
+    }
+
+    /// Tell the sampler where the return address sits at `[SP]` in `tgid`.
+    /// `slice` is reused when several processes share a binary mapped at the
+    /// same address; returns the slice to cache.
+    pub fn load_frameless(
+        &mut self,
+        tgid: u32,
+        ranges: &[AddrRange],
+        cached: Option<FramelessSlice>,
+    ) -> Result<Option<FramelessSlice>, RecordError> {
+        let slice = match cached {
+            Some(s) => s,
+            None => {
+                let len = ranges.len() as u32;
+                if len == 0 {
+                    return Ok(None);
+                }
+                if self.frameless_used + len > FRAMELESS_ENTRIES {
+                    self.frameless_overflow += len as u64;
+                    return Ok(None);
+                }
+                let start = self.frameless_used;
+                for (i, r) in ranges.iter().enumerate() {
+                    self.frameless
+                        .set(start + i as u32, r, 0)
+                        .map_err(|e| RecordError::Ebpf(format!("FRAMELESS: {e}")))?;
+                }
+                self.frameless_used += len;
+                FramelessSlice { start, len }
+            }
+        };
+        self.frameless_index
+            .insert(tgid, slice, 0)
+            .map_err(|e| RecordError::Ebpf(format!("FRAMELESS_INDEX: {e}")))?;
+        Ok(Some(slice))
+    }
+
+    /// Pending process events (fork, exec, exit), bounded by the ring size.
+    pub fn events(&mut self) -> Vec<(EventKind, u32)> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() < std::mem::size_of::<ProcessEvent>() {
+                continue;
+            }
+            // SAFETY: ProcessEvent is plain data; length checked above.
+            let ev: ProcessEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let kind = match ev.kind {
+                1 => EventKind::Fork,
+                2 => EventKind::Exec,
+                3 => EventKind::Exit,
+                _ => continue,
+            };
+            out.push((kind, ev.tgid));
+        }
+        out
+    }
+
+    /// In-kernel cost of the sampling program: (`run_time_ns`, `run_cnt`)
+    /// from its fdinfo. Both stay 0 unless `kernel.bpf_stats_enabled=1`.
+    pub fn sample_prog_stats(&self) -> Option<(u64, u64)> {
+        if self.sample_prog_fd < 0 {
+            return None;
+        }
+        let text =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.sample_prog_fd)).ok()?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim_start_matches(':').trim().parse::<u64>().ok())
+        };
+        Some((field("run_time_ns")?, field("run_cnt")?))
+    }
+
+    /// Totals of the per-CPU counters.
+    pub fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for counter in Counter::ALL {
+            if let Ok(values) = self.counters.get(&(counter as u32), 0) {
+                c.0[counter as usize] = values.iter().sum();
+            }
+        }
+        c
+    }
+
+    /// Flip generations and drain the idle one into `out`.
+    pub fn drain(&mut self, out: &mut Vec<DrainedStack>) -> Result<(), RecordError> {
+        let idle = (self.generation & 1) as usize;
+        self.generation ^= 1;
+        self.set_config(Config::Generation, self.generation)?;
+        // Let programs that read the old generation finish (they run for
+        // microseconds with preemption disabled).
+        std::thread::sleep(Duration::from_millis(2));
+
+        let counts = &mut self.counts[idle];
+        let keys: Vec<SampleKey> = counts.keys().filter_map(Result::ok).collect();
+        let mut entries = Vec::with_capacity(keys.len());
+        for key in &keys {
+            if let Ok(n) = counts.get(key, 0) {
+                entries.push((*key, n));
+            }
+            let _ = counts.remove(key);
+        }
+        let stacks = &mut self.stacks[idle];
+        let mut cache: StdHashMap<i32, Vec<u64>> = StdHashMap::new();
+        let mut resolve = |id: i32| -> Vec<u64> {
+            if id < 0 {
+                return Vec::new();
+            }
+            cache
+                .entry(id)
+                .or_insert_with(|| {
+                    stacks
+                        .get(&(id as u32), 0)
+                        .map(|s| s.frames().iter().map(|f| f.ip).collect())
+                        .unwrap_or_default()
+                })
+                .clone()
+        };
+        for (key, count) in entries {
+            let mut user = resolve(key.user_stack_id);
+            if key.frameless_ret != 0 && !user.is_empty() {
+                user.insert(1, key.frameless_ret);
+            }
+            let kernel = resolve(key.kernel_stack_id);
+            let end = key.comm.iter().position(|&b| b == 0).unwrap_or(16);
+            out.push(DrainedStack {
+                tgid: key.tgid,
+                comm: String::from_utf8_lossy(&key.comm[..end]).into_owned(),
+                user,
+                kernel,
+                count,
+            });
+        }
+        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = stacks.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// The cgroup v2 id of a cgroup directory (its inode number).
+pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.ino())
+}
