@@ -300,6 +300,28 @@ pub fn select_sample_type_for(
     }
 }
 
+/// Merges loaded profiles into one (see [`Profile::merge_from`]); all must
+/// have the same sample types (names and units, in order), else the error
+/// names the first file that differs.
+pub fn merge(loaded: &[(PathBuf, Profile)]) -> Result<Profile, InputError> {
+    let Some(((first_path, first), rest)) = loaded.split_first() else {
+        return Ok(Profile::default());
+    };
+    let mut merged = first.clone();
+    for (path, p) in rest {
+        if p.sample_types != first.sample_types {
+            return Err(InputError::SampleTypeMismatch {
+                path: path.clone(),
+                found: sample_types_string(p),
+                first: first_path.clone(),
+                expected: sample_types_string(first),
+            });
+        }
+        merged.merge_from(p);
+    }
+    Ok(merged)
+}
+
 /// The sample types as `type/unit` comma-separated, for messages.
 pub fn sample_types_string(p: &Profile) -> String {
     p.sample_types

@@ -22,6 +22,8 @@ pub struct TopRow {
     pub flat: i64,
     /// Value where the function is anywhere on the stack.
     pub cum: i64,
+    /// True when every frame of this function was inlined into its caller.
+    pub inlined: bool,
 }
 
 /// The whole table, sorted.
@@ -49,11 +51,15 @@ pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
                     name: f.function.clone(),
                     flat: 0,
                     cum: 0,
+                    inlined: true,
                 });
                 rows.len() - 1
             })
         })
         .collect();
+    for (f, &r) in p.frames.iter().zip(&frame_row) {
+        rows[r].inlined &= f.inlined;
+    }
     let mut seen = vec![u32::MAX; rows.len()];
     let mut total: i64 = 0;
     for (si, s) in p.samples.iter().enumerate() {
@@ -171,7 +177,13 @@ const TIME: &[UnitDef] = &[
 /// Formats a value like pprof's `measurement.ScaledLabel` with automatic
 /// scaling: `7.12s`, `1.50MB`, `712` (counts have no unit).
 pub fn format_value(value: i64, unit: &str) -> String {
-    let (v, u) = scale(value, unit);
+    format_value_in(value, unit, None)
+}
+
+/// Formats a value in the unit `to` (a canonical pprof unit name such as
+/// `ms` or `MB`; automatic scaling when `None` or not of the same kind).
+pub fn format_value_in(value: i64, unit: &str, to: Option<&str>) -> String {
+    let (v, u) = scale(value, unit, to);
     let s = format!("{v:.2}");
     let s = s.strip_suffix(".00").unwrap_or(&s).to_owned();
     if s == "0" || s == "-0" {
@@ -180,20 +192,27 @@ pub fn format_value(value: i64, unit: &str) -> String {
     s + u
 }
 
-fn scale(value: i64, unit: &str) -> (f64, &'static str) {
-    if value < 0 {
-        let (v, u) = scale(value.saturating_neg(), unit);
-        return (-v, u);
-    }
+fn sniff(table: &'static [UnitDef], unit: &str) -> Option<&'static UnitDef> {
     let mut lower = unit.to_lowercase();
     if lower.chars().count() > 2 {
         if let Some(s) = lower.strip_suffix('s') {
             lower = s.to_owned();
         }
     }
+    table.iter().find(|u| u.aliases.contains(&lower.as_str()))
+}
+
+fn scale(value: i64, unit: &str, to: Option<&str>) -> (f64, &'static str) {
+    if value < 0 {
+        let (v, u) = scale(value.saturating_neg(), unit, to);
+        return (-v, u);
+    }
     for table in [MEMORY, TIME] {
-        if let Some(from) = table.iter().find(|u| u.aliases.contains(&lower.as_str())) {
+        if let Some(from) = sniff(table, unit) {
             let v = value as f64 * from.factor;
+            if let Some(to) = to.and_then(|t| table.iter().find(|u| u.name == t)) {
+                return (v / to.factor, to.name);
+            }
             let mut best: Option<&UnitDef> = None;
             for u in table {
                 if best.is_none_or(|b| u.factor >= b.factor) && v / u.factor >= 1.0 {
@@ -209,6 +228,33 @@ fn scale(value: i64, unit: &str) -> (f64, &'static str) {
         }
     }
     (value as f64, "")
+}
+
+/// pprof's `selectOutputUnit`: one unit for the whole table, chosen from
+/// the smallest non-zero row value and the total.
+pub fn select_output_unit(rows: &[TopRow], total: i64, unit: &str) -> Option<&'static str> {
+    let mut min: i64 = 0;
+    for r in rows {
+        let mut m = r.flat.saturating_abs();
+        if m == 0 {
+            m = r.cum.saturating_abs();
+        }
+        if m > 0 && (min == 0 || m < min) {
+            min = m;
+        }
+    }
+    let max = total;
+    if min == 0 {
+        min = max;
+    }
+    let (_, min_unit) = scale(min, unit, None);
+    let (_, max_unit) = scale(max, unit, None);
+    let chosen = if min_unit != max_unit && min.saturating_mul(100) < max {
+        scale(min.saturating_mul(100), unit, None).1
+    } else {
+        min_unit
+    };
+    (!chosen.is_empty()).then_some(chosen)
 }
 
 /// Formats `value` as a percentage of `total` like pprof (`  100%`,
@@ -250,27 +296,46 @@ fn go_g2(x: f64) -> String {
     }
 }
 
-/// Renders the table as text like `go tool pprof -top`, keeping the first
-/// `limit` rows (all when `None`).
-pub fn render(t: &TopTable, limit: Option<usize>) -> String {
+/// pprof's default `-nodefraction`: rows whose |cum| is below this
+/// fraction of the total are dropped from the text table.
+pub const DEFAULT_NODE_FRACTION: f64 = 0.005;
+
+/// Renders the table as text like `go tool pprof -top`: rows with |cum|
+/// below `node_fraction` of the total are dropped (pprof's
+/// `-nodefraction`, see [`DEFAULT_NODE_FRACTION`]), then the first `limit`
+/// rows are kept (all when `None`).
+pub fn render(t: &TopTable, limit: Option<usize>, node_fraction: f64) -> String {
     let unit = t.sample_type.unit.as_str();
-    let shown = &t.rows[..limit.unwrap_or(t.rows.len()).min(t.rows.len())];
+    let cutoff = (t.total as f64 * node_fraction) as i64;
+    let kept: Vec<TopRow> = t
+        .rows
+        .iter()
+        .filter(|r| r.cum.saturating_abs() >= cutoff)
+        .cloned()
+        .collect();
+    let dropped = t.rows.len() - kept.len();
+    let shown = &kept[..limit.unwrap_or(kept.len()).min(kept.len())];
     let flat_sum: i64 = shown.iter().map(|r| r.flat).sum();
+    let to = select_output_unit(shown, t.total, unit);
+    let fmt = |v: i64| format_value_in(v, unit, to);
     let mut out = String::new();
     let _ = writeln!(out, "Type: {}", t.sample_type.kind);
     let _ = writeln!(
         out,
         "Showing nodes accounting for {}, {} of {} total",
-        format_value(flat_sum, unit),
+        fmt(flat_sum),
         percentage(flat_sum, t.total).trim(),
-        format_value(t.total, unit)
+        fmt(t.total)
     );
-    if shown.len() < t.rows.len() {
+    if dropped > 0 {
+        let _ = writeln!(out, "Dropped {dropped} nodes (cum <= {})", fmt(cutoff));
+    }
+    if shown.len() < kept.len() {
         let _ = writeln!(
             out,
             "Showing top {} nodes out of {}",
             shown.len(),
-            t.rows.len()
+            kept.len()
         );
     }
     let _ = writeln!(
@@ -283,13 +348,14 @@ pub fn render(t: &TopTable, limit: Option<usize>) -> String {
         sum = sum.saturating_add(r.flat);
         let _ = writeln!(
             out,
-            "{:>10} {} {} {:>10} {}  {}",
-            format_value(r.flat, unit),
+            "{:>10} {} {} {:>10} {}  {}{}",
+            fmt(r.flat),
             percentage(r.flat, t.total),
             percentage(sum, t.total),
-            format_value(r.cum, unit),
+            fmt(r.cum),
             percentage(r.cum, t.total),
-            r.name
+            r.name,
+            if r.inlined { " (inline)" } else { "" }
         );
     }
     out

@@ -1,0 +1,220 @@
+//! The input-side subcommands of `profdiff`: `top`, `merge`, `convert`
+//! and `flamegraph`. `main.rs` parses the command line and calls the
+//! `run_*` functions, which return the process exit code (0 on success;
+//! errors are returned for `main` to print).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use diff::input::{self, load_many, load_profile, sample_types_string, select_sample_type_for};
+use diff::Profile;
+
+/// `profdiff top`: the functions with the largest values, like `go tool pprof -top`.
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    /// Profile file (pprof, gzip'd or not; legacy pprof formats; folded stacks).
+    pub file: PathBuf,
+    /// Sample type: a name (`cpu`, `alloc_space`), `type/unit` or an index.
+    /// Default: the profile's default sample type, else the last one.
+    #[arg(long, short = 's')]
+    pub sample_type: Option<String>,
+    /// Sort by cumulative value instead of flat value.
+    #[arg(long)]
+    pub cum: bool,
+    /// Show only the first N rows (default: all).
+    #[arg(short = 'n', long = "nodes")]
+    pub n: Option<usize>,
+    /// Drop rows whose cumulative value is below this fraction of the total
+    /// (pprof's `-nodefraction`).
+    #[arg(long, default_value_t = diff::top::DEFAULT_NODE_FRACTION)]
+    pub node_fraction: f64,
+}
+
+/// Output encoding of `merge` and `convert`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// gzip'd pprof protobuf.
+    Pprof,
+    /// Folded stacks (`a;b;c 12`), one sample type.
+    Folded,
+}
+
+/// `profdiff merge`: add several profiles into one.
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// Profile files or directories (scanned recursively, sorted). All must
+    /// have the same sample types.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Output file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Output format (default: folded for `.folded`, `.collapsed` or `.txt`
+    /// outputs, pprof otherwise).
+    #[arg(long = "to")]
+    pub to: Option<OutputFormat>,
+    /// Sample type written when the output is folded (default as for `top`).
+    #[arg(long, short = 's')]
+    pub sample_type: Option<String>,
+}
+
+/// `profdiff convert`: pprof <-> folded stacks (and legacy formats to either).
+#[derive(Args, Debug, Clone)]
+pub struct ConvertArgs {
+    /// Input profile.
+    pub input: PathBuf,
+    /// Output file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Output format (default: folded for `.folded`, `.collapsed` or `.txt`
+    /// outputs, pprof otherwise).
+    #[arg(long = "to")]
+    pub to: Option<OutputFormat>,
+    /// Sample type written when the output is folded (default as for `top`).
+    #[arg(long, short = 's')]
+    pub sample_type: Option<String>,
+}
+
+/// `profdiff flamegraph`: a plain (non-differential) flame graph SVG.
+#[derive(Args, Debug, Clone)]
+pub struct FlamegraphArgs {
+    /// Profile file.
+    pub file: PathBuf,
+    /// Output SVG file.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Sample type (default as for `top`).
+    #[arg(long, short = 's')]
+    pub sample_type: Option<String>,
+    /// Title (default: the file name and sample type).
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+fn output_format(to: Option<OutputFormat>, out: &Path) -> OutputFormat {
+    to.unwrap_or_else(|| {
+        let name = out.to_string_lossy().to_ascii_lowercase();
+        if [".folded", ".collapsed", ".txt"]
+            .iter()
+            .any(|e| name.ends_with(e))
+        {
+            OutputFormat::Folded
+        } else {
+            OutputFormat::Pprof
+        }
+    })
+}
+
+fn write_profile(
+    p: &Profile,
+    out: &Path,
+    format: OutputFormat,
+    sample_type: Option<&str>,
+) -> anyhow::Result<()> {
+    let bytes = match format {
+        OutputFormat::Pprof => diff::pprof::encode_gzip(p),
+        OutputFormat::Folded => {
+            let idx = select_sample_type_for(p, sample_type, out)?;
+            diff::folded::write(p, idx).into_bytes()
+        }
+    };
+    std::fs::write(out, bytes).with_context(|| format!("{}: cannot write", out.display()))
+}
+
+/// Runs `profdiff top`.
+pub fn run_top(a: &TopArgs) -> anyhow::Result<i32> {
+    let p = load_profile(&a.file)?;
+    let idx = select_sample_type_for(&p, a.sample_type.as_deref(), &a.file)?;
+    let table = diff::top::top(&p, idx, a.cum);
+    let mut text = format!("File: {}\n", a.file.display());
+    text.push_str(&diff::top::render(&table, a.n, a.node_fraction));
+    print_stdout(&text)?;
+    Ok(0)
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `profdiff merge`.
+pub fn run_merge(a: &MergeArgs) -> anyhow::Result<i32> {
+    let loaded = load_many(&a.files)?;
+    let merged = input::merge(&loaded)?;
+    write_profile(
+        &merged,
+        &a.output,
+        output_format(a.to, &a.output),
+        a.sample_type.as_deref(),
+    )?;
+    eprintln!(
+        "merged {} profiles ({} samples) into {}",
+        loaded.len(),
+        merged.samples.len(),
+        a.output.display()
+    );
+    Ok(0)
+}
+
+/// Runs `profdiff convert`.
+pub fn run_convert(a: &ConvertArgs) -> anyhow::Result<i32> {
+    let p = load_profile(&a.input)?;
+    write_profile(
+        &p,
+        &a.output,
+        output_format(a.to, &a.output),
+        a.sample_type.as_deref(),
+    )?;
+    Ok(0)
+}
+
+/// Runs `profdiff flamegraph`.
+pub fn run_flamegraph(a: &FlamegraphArgs) -> anyhow::Result<i32> {
+    let p = load_profile(&a.file)?;
+    let idx = select_sample_type_for(&p, a.sample_type.as_deref(), &a.file)?;
+    let folded = diff::folded::write(&p, idx);
+    // Flame graphs show positive weights only.
+    let lines: Vec<&str> = folded
+        .lines()
+        .filter(|l| {
+            l.rsplit_once(' ')
+                .and_then(|(_, n)| n.parse::<i64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+        .collect();
+    if lines.is_empty() {
+        bail!(
+            "{}: no positive {} values to draw (sample types: {})",
+            a.file.display(),
+            p.sample_types[idx],
+            sample_types_string(&p)
+        );
+    }
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = a.title.clone().unwrap_or_else(|| {
+        format!(
+            "{} ({})",
+            a.file.file_name().map_or_else(
+                || a.file.display().to_string(),
+                |n| n.to_string_lossy().into_owned()
+            ),
+            p.sample_types[idx]
+        )
+    });
+    opts.count_name = p.sample_types[idx].unit.clone();
+    let file = std::fs::File::create(&a.output)
+        .with_context(|| format!("{}: cannot create", a.output.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().copied(), &mut w)
+        .with_context(|| format!("{}: cannot render flame graph", a.output.display()))?;
+    use std::io::Write;
+    w.flush()
+        .with_context(|| format!("{}: cannot write", a.output.display()))?;
+    Ok(0)
+}
