@@ -109,7 +109,9 @@ impl Profile {
 
     /// Per-sample-type totals, in [`Profile::sample_types`] order.
     pub fn totals(&self) -> Vec<i64> {
-        (0..self.sample_types.len()).map(|i| self.total(i)).collect()
+        (0..self.sample_types.len())
+            .map(|i| self.total(i))
+            .collect()
     }
 
     /// Index of the sample type whose kind is `name` or whose
@@ -142,7 +144,10 @@ impl Profile {
                 ));
             }
             if let Some(&f) = s.stack.iter().find(|&&f| f as usize >= self.frames.len()) {
-                return Err(format!("sample {i} refers to frame {f} of {}", self.frames.len()));
+                return Err(format!(
+                    "sample {i} refers to frame {f} of {}",
+                    self.frames.len()
+                ));
             }
         }
         Ok(())
