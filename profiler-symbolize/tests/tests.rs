@@ -51,10 +51,27 @@ fn go_tool() -> Option<PathBuf> {
         .map(|_| PathBuf::from("go"))
 }
 
+/// Scratch directory under the target dir; entries named `*-PID` left by
+/// test processes that are gone are removed on first use.
 fn work_dir() -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("profiler-symbolize-tests");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("profiler-symbolize-tests");
+        std::fs::create_dir_all(&d).unwrap();
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.split('.').next().unwrap_or("");
+            let Some(pid) = stem.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+        d
+    })
+    .clone()
 }
 
 fn go_cmd(go: &Path) -> Command {
@@ -87,9 +104,24 @@ fn fixtures_dir() -> PathBuf {
 struct GoFixture {
     plain: PathBuf,
     stripped: PathBuf,
+    pie: PathBuf,
+    pie_stripped: PathBuf,
 }
 
-/// The Go fixture, built once per test binary (plain and `-s -w`).
+impl GoFixture {
+    /// Every build variant with a name; the code layout of a variant is
+    /// that of its unstripped twin (`-s -w` drops only tables).
+    fn variants(&self) -> [(&'static str, &Path, &Path); 4] {
+        [
+            ("plain", &self.plain, &self.plain),
+            ("stripped", &self.stripped, &self.plain),
+            ("pie", &self.pie, &self.pie),
+            ("pie-stripped", &self.pie_stripped, &self.pie),
+        ]
+    }
+}
+
+/// The Go fixture, built once per test binary in four variants.
 fn go_fixture() -> Option<&'static GoFixture> {
     static F: OnceLock<Option<GoFixture>> = OnceLock::new();
     F.get_or_init(|| {
@@ -97,17 +129,19 @@ fn go_fixture() -> Option<&'static GoFixture> {
         let out = work_dir().join(format!("go-{}", std::process::id()));
         std::fs::create_dir_all(&out).unwrap();
         let src = fixtures_dir().join("gofix/main.go");
-        let plain = out.join("gofix");
-        let stripped = out.join("gofix-stripped");
-        let mut c = go_cmd(&go);
-        c.args(["build", "-o"]).arg(&plain).arg(&src);
-        run(c, "go build");
-        let mut c = go_cmd(&go);
-        c.args(["build", "-ldflags=-s -w", "-o"])
-            .arg(&stripped)
-            .arg(&src);
-        run(c, "go build -ldflags=-s -w");
-        Some(GoFixture { plain, stripped })
+        let build = |name: &str, flags: &[&str]| {
+            let bin = out.join(name);
+            let mut c = go_cmd(&go);
+            c.arg("build").args(flags).arg("-o").arg(&bin).arg(&src);
+            run(c, &format!("go build {flags:?}"));
+            bin
+        };
+        Some(GoFixture {
+            plain: build("gofix", &[]),
+            stripped: build("gofix-stripped", &["-ldflags=-s -w"]),
+            pie: build("gofix-pie", &["-buildmode=pie"]),
+            pie_stripped: build("gofix-pie-stripped", &["-buildmode=pie", "-ldflags=-s -w"]),
+        })
     })
     .as_ref()
 }
@@ -294,45 +328,45 @@ fn covered_bytes(ranges: &[std::ops::Range<u64>], lo: u64, hi: u64) -> u64 {
 #[test]
 fn frameless_ranges_of_go_cover_leaf_and_only_prologue_of_framed() {
     let Some(fx) = go_fixture() else { return };
-    let syms = elf_symbols(&fx.plain);
-    let (leaf, leaf_size) = syms["main.leafMix"];
-    let (framed, framed_size) = syms["main.framed"];
-    assert!(leaf_size > 0 && framed_size > 0);
-    let ranges = frameless_ranges(&fx.plain).unwrap();
-    assert!(
-        ranges.windows(2).all(|w| w[0].end < w[1].start),
-        "sorted and merged"
-    );
-    // The frameless leaf: return address at [RSP] throughout.
-    assert_eq!(covered_bytes(&ranges, leaf, leaf + leaf_size), leaf_size);
-    // The framed function: at its entry, but not in its body.
-    assert!(covers(&ranges, framed), "entry of main.framed not covered");
-    let first = ranges.iter().find(|r| r.contains(&framed)).unwrap();
-    assert!(
-        first.end - framed < 24,
-        "prologue range too long: {:#x}..{:#x} for entry {framed:#x}",
-        first.start,
-        first.end
-    );
-    let cov = covered_bytes(&ranges, framed, framed + framed_size);
-    assert!(
-        cov * 2 < framed_size,
-        "{cov} of {framed_size} bytes covered"
-    );
-
-    // -s -w keeps .gopclntab and the code: same answer.
-    let stripped = frameless_ranges(&fx.stripped).unwrap();
-    assert!(
-        elf_symbols(&fx.stripped).is_empty(),
-        "stripped build has a symtab"
-    );
-    assert_eq!(covered_bytes(&stripped, leaf, leaf + leaf_size), leaf_size);
-    assert!(covers(&stripped, framed));
-    eprintln!(
-        "go fixture: {} frameless ranges ({} bytes)",
-        ranges.len(),
-        ranges.iter().map(|r| r.end - r.start).sum::<u64>()
-    );
+    for (variant, bin, symbols_from) in fx.variants() {
+        let syms = elf_symbols(symbols_from);
+        let (leaf, leaf_size) = syms["main.leafMix"];
+        let (framed, framed_size) = syms["main.framed"];
+        assert!(leaf_size > 0 && framed_size > 0);
+        let ranges = frameless_ranges(bin).unwrap();
+        assert!(
+            ranges.windows(2).all(|w| w[0].end < w[1].start),
+            "{variant}: sorted and merged"
+        );
+        // The frameless leaf: return address at [RSP] throughout.
+        assert_eq!(
+            covered_bytes(&ranges, leaf, leaf + leaf_size),
+            leaf_size,
+            "{variant}"
+        );
+        // The framed function: at its entry, but not in its body.
+        assert!(covers(&ranges, framed), "{variant}: entry of main.framed");
+        let first = ranges.iter().find(|r| r.contains(&framed)).unwrap();
+        assert!(
+            first.end - framed < 24,
+            "{variant}: prologue range {:#x}..{:#x} for entry {framed:#x}",
+            first.start,
+            first.end
+        );
+        let cov = covered_bytes(&ranges, framed, framed + framed_size);
+        assert!(
+            cov * 2 < framed_size,
+            "{variant}: {cov} of {framed_size} bytes covered"
+        );
+        if variant.ends_with("stripped") {
+            assert!(elf_symbols(bin).is_empty(), "{variant} has a symtab");
+        }
+        eprintln!(
+            "go fixture {variant}: {} frameless ranges ({} bytes)",
+            ranges.len(),
+            ranges.iter().map(|r| r.end - r.start).sum::<u64>()
+        );
+    }
 }
 
 #[test]
@@ -392,92 +426,124 @@ fn frameless_ranges_reject_bad_files_without_panicking() {
 
 // ---------------------------------------------------------- symbolization
 
-#[test]
-fn go_process_symbolizes_from_snapshot_after_exit() {
-    let Some(fx) = go_fixture() else { return };
-    let syms = elf_symbols(&fx.plain);
+/// Snapshot a live Go fixture, kill it, symbolize its leaf and a caller
+/// frame from the snapshot; returns the profile and the symbolizer.
+fn go_profile_after_exit(bin: &Path, symbols_from: &Path) -> (Profile, Symbolizer, u64, u64) {
+    let syms = elf_symbols(symbols_from);
     let (leaf, _) = syms["main.leafMix"];
     let (framed, framed_size) = syms["main.framed"];
-    let live = Live::start(&fx.plain);
+    let live = Live::start(bin);
     let pid = live.pid();
     let mut sym = Symbolizer::new(Limits::default());
     sym.snapshot_process(pid).unwrap();
-    let leaf_abs = abs_of(&sym, pid, &fx.plain, leaf + 1);
-    let ret_abs = abs_of(&sym, pid, &fx.plain, framed + framed_size / 2);
+    let leaf_abs = abs_of(&sym, pid, bin, leaf + 1);
+    let ret = framed + framed_size / 2;
+    let ret_abs = abs_of(&sym, pid, bin, ret);
     live.kill();
     assert!(
         matches!(sym.snapshot_process(pid), Err(SymbolizeError::Proc { .. })),
         "snapshot of a dead process must fail cleanly"
     );
-
     let samples = vec![sample(pid, vec![leaf_abs, ret_abs, 0], vec![], 5)];
     let p = sym.build_profile(&samples, &meta());
-    assert_eq!(p.sample.len(), 1);
-    let s = &p.sample[0];
-    assert_eq!(s.value, vec![5, 5 * (1_000_000_000 / 99)]);
-    assert_eq!(s.location_id.len(), 2, "zero address skipped");
-    let leaf_lines = names(&p, s.location_id[0]);
-    assert_eq!(leaf_lines.len(), 1, "{leaf_lines:?}");
-    assert_eq!(leaf_lines[0].0, "main.leafMix");
-    assert!(leaf_lines[0].1.ends_with("gofix/main.go"), "{leaf_lines:?}");
-    assert_eq!(leaf_lines[0].2, 14, "line of the return statement");
-    let caller = names(&p, s.location_id[1]);
-    assert_eq!(caller.last().unwrap().0, "main.framed", "{caller:?}");
-    // Normalized addresses; the caller is looked up inside its call.
-    let loc0 = p
-        .location
-        .iter()
-        .find(|l| l.id == s.location_id[0])
-        .unwrap();
-    assert_eq!(loc0.address, leaf + 1);
-    let loc1 = p
-        .location
-        .iter()
-        .find(|l| l.id == s.location_id[1])
-        .unwrap();
-    assert_eq!(loc1.address, framed + framed_size / 2 - 1);
-    let m = mapping_of(&p, loc0.id).unwrap();
-    assert_eq!(
-        p.string_table[m.filename as usize],
-        std::fs::canonicalize(&fx.plain).unwrap().to_str().unwrap()
-    );
-    assert!(m.memory_start <= loc0.address && loc0.address < m.memory_limit);
-    assert!(m.has_functions && m.has_line_numbers);
-    let st = sym.stats();
-    assert_eq!(
-        st.go_pclntab_fallbacks, 0,
-        "blazesym read Go's DWARF: {st:?}"
-    );
-    assert_eq!(st.unknown_frames, 0, "{st:?}");
+    (p, sym, leaf + 1, ret - 1)
+}
 
-    // The written file opens in go tool pprof with the same totals.
-    let out = work_dir().join(format!("go-{pid}.pb.gz"));
-    write_pprof_gz(&p, &out).unwrap();
-    assert_eq!(decode_gz(&out), p);
-    if let Some((total, text)) = pprof_raw(&out) {
-        assert_eq!(total, 5, "{text}");
-        assert!(text.contains("main.leafMix"), "{text}");
+#[test]
+fn go_process_symbolizes_from_snapshot_after_exit() {
+    let Some(fx) = go_fixture() else { return };
+    for (variant, bin, symbols_from) in fx.variants() {
+        let (p, sym, leaf_addr, caller_addr) = go_profile_after_exit(bin, symbols_from);
+        assert_eq!(p.sample.len(), 1);
+        let s = &p.sample[0];
+        assert_eq!(s.value, vec![5, 5 * (1_000_000_000 / 99)]);
+        assert_eq!(s.location_id.len(), 2, "{variant}: zero address skipped");
+        let leaf_lines = names(&p, s.location_id[0]);
+        assert_eq!(leaf_lines.len(), 1, "{variant}: {leaf_lines:?}");
+        assert_eq!(leaf_lines[0].0, "main.leafMix", "{variant}");
+        assert!(
+            leaf_lines[0].1.ends_with("gofix/main.go"),
+            "{variant}: {leaf_lines:?}"
+        );
+        assert_eq!(leaf_lines[0].2, 14, "{variant}: line of the return");
+        let caller = names(&p, s.location_id[1]);
+        assert_eq!(
+            caller.last().unwrap().0,
+            "main.framed",
+            "{variant}: {caller:?}"
+        );
+        // Normalized (ELF) addresses, also for PIE; the caller is looked
+        // up inside its call instruction.
+        let loc0 = p
+            .location
+            .iter()
+            .find(|l| l.id == s.location_id[0])
+            .unwrap();
+        assert_eq!(loc0.address, leaf_addr, "{variant}");
+        let loc1 = p
+            .location
+            .iter()
+            .find(|l| l.id == s.location_id[1])
+            .unwrap();
+        assert_eq!(loc1.address, caller_addr, "{variant}");
+        let m = mapping_of(&p, loc0.id).unwrap();
+        assert_eq!(
+            p.string_table[m.filename as usize],
+            std::fs::canonicalize(bin).unwrap().to_str().unwrap()
+        );
+        assert!(m.memory_start <= loc0.address && loc0.address < m.memory_limit);
+        assert!(m.has_functions && m.has_line_numbers);
+        let st = sym.stats();
+        assert_eq!(st.unknown_frames, 0, "{variant}: {st:?}");
+        if variant.ends_with("stripped") {
+            assert_eq!(st.go_pclntab_fallbacks, 2, "{variant}: {st:?}");
+        } else {
+            assert_eq!(st.go_pclntab_fallbacks, 0, "{variant}: DWARF used: {st:?}");
+        }
+
+        // The written file opens in go tool pprof with the same totals.
+        let out = work_dir().join(format!("go-{variant}-{}.pb.gz", std::process::id()));
+        write_pprof_gz(&p, &out).unwrap();
+        assert_eq!(decode_gz(&out), p);
+        if let Some((total, text)) = pprof_raw(&out) {
+            assert_eq!(total, 5, "{text}");
+            assert!(text.contains("main.leafMix"), "{text}");
+        }
     }
 }
 
 #[test]
-fn stripped_go_binary_symbolizes_from_pclntab() {
+fn go_inlined_function_is_its_own_line() {
     let Some(fx) = go_fixture() else { return };
-    let (leaf, _) = elf_symbols(&fx.plain)["main.leafMix"];
-    let live = Live::start(&fx.stripped);
+    let (framed, size) = elf_symbols(&fx.plain)["main.framed"];
+    let live = Live::start(&fx.plain);
     let pid = live.pid();
     let mut sym = Symbolizer::new(Limits::default());
     sym.snapshot_process(pid).unwrap();
-    // Same code layout as the plain build (-s -w drops only tables).
-    let abs = abs_of(&sym, pid, &fx.stripped, leaf + 1);
+    let samples: Vec<RawSample> = (0..size)
+        .map(|off| {
+            sample(
+                pid,
+                vec![abs_of(&sym, pid, &fx.plain, framed + off)],
+                vec![],
+                1,
+            )
+        })
+        .collect();
     live.kill();
-    let p = sym.build_profile(&[sample(pid, vec![abs], vec![], 1)], &meta());
-    let lines = names(&p, p.sample[0].location_id[0]);
-    assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0].0, "main.leafMix");
-    assert!(lines[0].1.ends_with("gofix/main.go"), "{lines:?}");
-    assert_eq!(lines[0].2, 14);
-    assert_eq!(sym.stats().go_pclntab_fallbacks, 1, "{:?}", sym.stats());
+    let p = sym.build_profile(&samples, &meta());
+    let inlined = p
+        .location
+        .iter()
+        .map(|l| names(&p, l.id))
+        .filter(|l| l.len() == 2)
+        .inspect(|l| {
+            assert_eq!(l[0].0, "main.scale");
+            assert_eq!(l[1].0, "main.framed");
+            assert_eq!(l[0].2, 40, "line inside scale: {l:?}");
+        })
+        .count();
+    assert!(inlined > 0, "no inlined main.scale frame in main.framed");
 }
 
 #[test]
