@@ -214,6 +214,12 @@ impl Sampler {
         Ok(sampler)
     }
 
+    /// The loaded eBPF object, for attaching further programs (Go runtime
+    /// uprobes) and taking the maps this module does not own.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self._ebpf
+    }
+
     fn set_config(&mut self, slot: Config, value: u64) -> Result<(), RecordError> {
         self.config
             .set(slot as u32, value, 0)
