@@ -40,7 +40,7 @@ func main() {
 
 func run() error {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback only)")
-	latency := flag.Duration("latency", 2*time.Millisecond, "added latency per request (not per watch event)")
+	latency := flag.Duration("latency", 2*time.Millisecond, "added latency per successful request (not per watch event; injected errors return at once)")
 	errorRate := flag.Float64("error-rate", 0, "fraction of requests to fail with 429/500 (see -error-window)")
 	errorWindow := flag.Duration("error-window", 0, "0: fail requests independently; >0: the last error-rate fraction of every window is an outage where all requests fail")
 	objects := flag.Int("objects", 200, "objects created at start; churn keeps the count near this")

@@ -185,9 +185,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	s.stats.request(verb, resource)
 	cw := &countingWriter{ResponseWriter: w, code: 200}
 	defer func() { s.stats.response(verb, resource, cw.code, cw.n) }()
-	if s.latency > 0 {
-		time.Sleep(s.latency)
-	}
+	// Injected failures are rejected at once, without -latency, like the
+	// real API server's priority-and-fairness 429s.
 	if code := s.faults.fail(time.Now()); code != 0 {
 		s.stats.injectedError(verb, resource, code)
 		if code == http.StatusTooManyRequests {
@@ -197,6 +196,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			writeStatus(cw, api.NewStatus(code, "InternalError", "injected: an error on the server has prevented the request from succeeding"))
 		}
 		return
+	}
+	if s.latency > 0 {
+		time.Sleep(s.latency)
 	}
 	var err error
 	switch verb {

@@ -246,7 +246,10 @@ func validateName(name string) bool {
 //
 //go:noinline
 func (r *WidgetReconciler) remember(obj *api.Widget, st api.WidgetStatus) {
-	b, _ := json.Marshal(obj)
+	b, _ := json.MarshalIndent(struct {
+		Object *api.Widget      `json:"object"`
+		Status api.WidgetStatus `json:"status"`
+	}{obj.DeepCopy(), st}, "", "  ")
 	k := fmt.Sprintf("%s@%s#%d", obj.Key(), obj.Metadata.ResourceVersion, r.seq.Add(1))
 	r.historyMu.Lock()
 	r.history[k] = b
