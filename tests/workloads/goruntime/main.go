@@ -1,0 +1,195 @@
+// Command goruntime is the workload of the Go runtime-activity tests
+// (profiler record --profile goroutines,allocs,calls). Every rate is known:
+//
+//   - counted: calls countedTarget exactly -calls times (in bursts from
+//     several goroutines, so some calls need a stack growth first) and
+//     prints "calls=N" at the end.
+//   - leak: leakSite starts -leak-rate goroutines per second that block
+//     forever, shortSite starts the same number that exit at once.
+//   - alloc: allocA allocates -alloc-a bytes/s and allocB -alloc-b bytes/s
+//     in 4 KiB objects.
+//
+// It runs for -duration, prints its own figures and exits, or sleeps
+// until killed with -hold.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+var (
+	sink     []byte
+	sinkMu   sync.Mutex
+	counter  atomic.Int64
+	blockers = make(chan struct{})
+	leaked   atomic.Int64
+	shorts   atomic.Int64
+)
+
+//go:noinline
+func countedTarget(depth int) int {
+	counter.Add(1)
+	var pad [64]byte
+	pad[depth%64] = byte(depth)
+	return int(pad[depth%64])
+}
+
+// recurse grows the stack so that some countedTarget calls hit morestack.
+//
+//go:noinline
+func recurse(n int, f func()) {
+	var pad [512]byte
+	pad[n%512] = 1
+	if n == 0 {
+		f()
+		return
+	}
+	recurse(n-1, f)
+	_ = pad[n%512]
+}
+
+func runCalls(total int) {
+	var wg sync.WaitGroup
+	per := total / 4
+	rest := total - per*4
+	for w := 0; w < 4; w++ {
+		n := per
+		if w == 0 {
+			n += rest
+		}
+		wg.Add(1)
+		go func(n, w int) {
+			defer wg.Done()
+			for i := 0; i < n; i++ {
+				if i%100 == 0 {
+					// A fresh goroutine with a small stack: deep
+					// recursion then a call that may need morestack.
+					done := make(chan struct{})
+					go func() {
+						recurse(w*3+i%7, func() { countedTarget(i) })
+						close(done)
+					}()
+					<-done
+					continue
+				}
+				countedTarget(i)
+				if i%50 == 0 {
+					runtime.Gosched()
+				}
+			}
+		}(n, w)
+	}
+	wg.Wait()
+}
+
+//go:noinline
+func leakSite() {
+	go func() {
+		leaked.Add(1)
+		<-blockers
+	}()
+}
+
+//go:noinline
+func shortSite() {
+	go func() {
+		shorts.Add(1)
+	}()
+}
+
+//go:noinline
+func allocA(n int) {
+	for i := 0; i < n; i++ {
+		b := make([]byte, 4096)
+		sinkMu.Lock()
+		sink = b
+		sinkMu.Unlock()
+	}
+}
+
+//go:noinline
+func allocB(n int) {
+	for i := 0; i < n; i++ {
+		b := make([]byte, 4096)
+		sinkMu.Lock()
+		sink = b
+		sinkMu.Unlock()
+	}
+}
+
+func every(d time.Duration, stop <-chan struct{}, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}
+
+func main() {
+	calls := flag.Int("calls", 0, "countedTarget calls (0: none)")
+	callsDelay := flag.Duration("calls-delay", time.Second, "wait before calling")
+	leakRate := flag.Int("leak-rate", 0, "leaked (and short-lived) goroutines per second")
+	allocA_ := flag.Int("alloc-a", 0, "bytes/s allocated by allocA")
+	allocB_ := flag.Int("alloc-b", 0, "bytes/s allocated by allocB")
+	memRate := flag.Int("memprofilerate", -1, "set runtime.MemProfileRate (-1: leave)")
+	duration := flag.Duration("duration", 5*time.Second, "run time")
+	startDelay := flag.Duration("start-delay", time.Second, "wait before leaking/allocating")
+	flag.Parse()
+	if *memRate >= 0 {
+		runtime.MemProfileRate = *memRate
+	}
+	fmt.Printf("ready pid=%d memprofilerate=%d\n", os.Getpid(), runtime.MemProfileRate)
+	time.Sleep(*startDelay)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	if *leakRate > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			every(time.Second/time.Duration(*leakRate), stop, func() {
+				leakSite()
+				shortSite()
+			})
+		}()
+	}
+	const obj = 4096
+	for _, a := range []struct {
+		rate int
+		f    func(int)
+	}{{*allocA_, allocA}, {*allocB_, allocB}} {
+		if a.rate <= 0 {
+			continue
+		}
+		a := a
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// 100 batches per second.
+			per := a.rate / obj / 100
+			if per < 1 {
+				per = 1
+			}
+			every(10*time.Millisecond, stop, func() { a.f(per) })
+		}()
+	}
+	if *calls > 0 {
+		time.Sleep(*callsDelay)
+		runCalls(*calls)
+		fmt.Printf("calls=%d\n", counter.Load())
+	}
+	time.Sleep(*duration)
+	close(stop)
+	wg.Wait()
+	fmt.Printf("leaked=%d shorts=%d goroutines=%d\n", leaked.Load(), shorts.Load(), runtime.NumGoroutine())
+}
