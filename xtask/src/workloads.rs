@@ -90,6 +90,7 @@ pub fn build_workloads(root: &Path) -> Result<PathBuf> {
                 .env("GO111MODULE", "on")
                 .env("CGO_ENABLED", "0");
             run(cmd, &format!("go build of workload {name}"))?;
+            mark_built(&out)?;
             println!("built workload {name} -> {}", out.display());
         }
     }
@@ -107,6 +108,7 @@ pub fn build_workloads(root: &Path) -> Result<PathBuf> {
             cmd,
             "cc build of workload cprog (is a C compiler installed? run `cargo xtask setup`)",
         )?;
+        mark_built(&c_out)?;
         println!("built workload cprog -> {}", c_out.display());
     }
 
@@ -128,9 +130,20 @@ pub fn build_workloads(root: &Path) -> Result<PathBuf> {
         .arg(&rs_out)
         .arg(&rs_src);
         run(cmd, "rustc build of workload rustprog")?;
+        mark_built(&rs_out)?;
         println!("built workload rustprog -> {}", rs_out.display());
     }
     Ok(bin)
+}
+
+/// Sets `out`'s modification time to now. `go build` leaves an identical
+/// binary untouched, which would otherwise keep it "stale" forever.
+fn mark_built(out: &Path) -> Result<()> {
+    fs::File::options()
+        .write(true)
+        .open(out)
+        .and_then(|f| f.set_modified(SystemTime::now()))
+        .with_context(|| format!("update mtime of {}", out.display()))
 }
 
 /// Finds the Go toolchain: `$GO` if set, else `go` on `PATH`, else the
@@ -252,7 +265,7 @@ mod tests {
         let d = scratch("stale");
         let src = d.join("a.go");
         fs::write(&src, "package main").unwrap();
-        let newest = newest_mtime(&[src.clone()]).unwrap();
+        let newest = newest_mtime(std::slice::from_ref(&src)).unwrap();
         let out = d.join("bin-a");
         assert!(is_stale(&out, newest));
         std::thread::sleep(std::time::Duration::from_millis(20));
