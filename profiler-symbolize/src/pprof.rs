@@ -101,147 +101,197 @@ impl Strings {
     }
 }
 
+/// Incremental construction of a profile; the crate's one place that
+/// assigns ids and interns strings.
+pub(crate) struct ProfileBuilder {
+    s: Strings,
+    p: Profile,
+    period: i64,
+    mapping_count: usize,
+    has_fn: Vec<bool>,
+    has_ln: Vec<bool>,
+    has_inl: Vec<bool>,
+    functions: HashMap<(String, String, String), u64>,
+    locations: HashMap<(u64, u64), u64>,
+    merged: HashMap<(Vec<u64>, u32, String), usize>,
+}
+
+impl ProfileBuilder {
+    /// A builder for `mapping_count` mappings (given at [`Self::finish`]).
+    pub(crate) fn new(meta: &ProfileMeta, mapping_count: usize) -> Self {
+        let mut s = Strings::new();
+        let mut p = Profile::default();
+        let period = 1_000_000_000u64
+            .checked_div(meta.frequency_hz)
+            .map_or(0, |p| p as i64);
+        p.sample_type = vec![
+            ValueType {
+                r#type: s.intern("samples"),
+                unit: s.intern("count"),
+            },
+            ValueType {
+                r#type: s.intern("cpu"),
+                unit: s.intern("nanoseconds"),
+            },
+        ];
+        p.period_type = Some(ValueType {
+            r#type: s.intern("cpu"),
+            unit: s.intern("nanoseconds"),
+        });
+        p.period = period;
+        p.time_nanos = meta
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        p.duration_nanos = i64::try_from(meta.duration.as_nanos()).unwrap_or(i64::MAX);
+        p.comment = meta.comments.iter().map(|c| s.intern(c)).collect();
+        Self {
+            s,
+            p,
+            period,
+            mapping_count,
+            has_fn: vec![false; mapping_count],
+            has_ln: vec![false; mapping_count],
+            has_inl: vec![false; mapping_count],
+            functions: HashMap::new(),
+            locations: HashMap::new(),
+            merged: HashMap::new(),
+        }
+    }
+
+    /// The location id of (`mapping` index, `address`); `lines` are used
+    /// only the first time this pair is seen.
+    pub(crate) fn location(
+        &mut self,
+        mapping: Option<usize>,
+        address: u64,
+        lines: &[FrameLine],
+    ) -> u64 {
+        let mapping_id = match mapping {
+            Some(i) if i < self.mapping_count => i as u64 + 1,
+            _ => 0,
+        };
+        if let Some(&id) = self.locations.get(&(mapping_id, address)) {
+            return id;
+        }
+        let mut out = Vec::with_capacity(lines.len());
+        for l in lines {
+            let fkey = (l.function.clone(), l.system_name.clone(), l.file.clone());
+            let next = self.functions.len() as u64 + 1;
+            let fid = match self.functions.get(&fkey) {
+                Some(&id) => id,
+                None => {
+                    self.p.function.push(Function {
+                        id: next,
+                        name: self.s.intern(&l.function),
+                        system_name: self.s.intern(&l.system_name),
+                        filename: self.s.intern(&l.file),
+                        start_line: 0,
+                    });
+                    self.functions.insert(fkey, next);
+                    next
+                }
+            };
+            out.push(Line {
+                function_id: fid,
+                line: l.line,
+                column: l.column,
+            });
+        }
+        if mapping_id != 0 {
+            let m = (mapping_id - 1) as usize;
+            self.has_fn[m] |= !lines.is_empty();
+            self.has_ln[m] |= lines.iter().any(|l| l.line != 0);
+            self.has_inl[m] |= lines.len() > 1;
+        }
+        let id = self.p.location.len() as u64 + 1;
+        self.p.location.push(Location {
+            id,
+            mapping_id,
+            address,
+            line: out,
+            is_folded: false,
+        });
+        self.locations.insert((mapping_id, address), id);
+        id
+    }
+
+    /// Add a sample (location ids leaf first); merged with an earlier
+    /// sample of the same stack and labels.
+    pub(crate) fn sample(&mut self, location_ids: Vec<u64>, pid: u32, thread: &str, count: u64) {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let ns = count.saturating_mul(self.period);
+        let key = (location_ids, pid, thread.to_string());
+        if let Some(&i) = self.merged.get(&key) {
+            let v = &mut self.p.sample[i].value;
+            v[0] = v[0].saturating_add(count);
+            v[1] = v[1].saturating_add(ns);
+            return;
+        }
+        let label = vec![
+            Label {
+                key: self.s.intern("pid"),
+                num: i64::from(pid),
+                ..Default::default()
+            },
+            Label {
+                key: self.s.intern("thread"),
+                str: self.s.intern(thread),
+                ..Default::default()
+            },
+        ];
+        self.p.sample.push(Sample {
+            location_id: key.0.clone(),
+            value: vec![count, ns],
+            label,
+        });
+        self.merged.insert(key, self.p.sample.len() - 1);
+    }
+
+    /// Emit the mappings (ids 1.. in order) and the string table.
+    pub(crate) fn finish(mut self, mappings: &[MappingDesc]) -> Profile {
+        for (i, m) in mappings.iter().enumerate().take(self.mapping_count) {
+            self.p.mapping.push(Mapping {
+                id: i as u64 + 1,
+                memory_start: m.memory_start,
+                memory_limit: m.memory_limit,
+                file_offset: m.file_offset,
+                filename: self.s.intern(&m.path),
+                build_id: self.s.intern(&m.build_id),
+                has_functions: self.has_fn[i],
+                has_filenames: self.has_ln[i],
+                has_line_numbers: self.has_ln[i],
+                has_inline_frames: self.has_inl[i],
+            });
+        }
+        self.p.string_table = self.s.table;
+        self.p
+    }
+}
+
 /// Build a pprof profile from resolved samples: sample types
 /// `samples/count` and `cpu/nanoseconds`, period type `cpu/nanoseconds`,
 /// period `1e9 / frequency_hz`, labels `pid` (numeric) and `thread`.
 /// Mappings are emitted in the order given (ids 1..); locations are
-/// deduplicated by (mapping, address), functions by (name, system name,
-/// file); samples with the same stack and labels are merged.
+/// deduplicated by (mapping, address) (the lines of the first frame seen
+/// win), functions by (name, system name, file); samples with the same
+/// stack and labels are merged.
 pub fn build_profile_from_resolved(
     mappings: &[MappingDesc],
     samples: &[ResolvedSample],
     meta: &ProfileMeta,
 ) -> Profile {
-    let mut s = Strings::new();
-    let mut p = Profile::default();
-    let period = 1_000_000_000u64
-        .checked_div(meta.frequency_hz)
-        .map_or(0, |p| p as i64);
-    p.sample_type = vec![
-        ValueType {
-            r#type: s.intern("samples"),
-            unit: s.intern("count"),
-        },
-        ValueType {
-            r#type: s.intern("cpu"),
-            unit: s.intern("nanoseconds"),
-        },
-    ];
-    p.period_type = Some(ValueType {
-        r#type: s.intern("cpu"),
-        unit: s.intern("nanoseconds"),
-    });
-    p.period = period;
-    p.time_nanos = meta
-        .start
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    p.duration_nanos = i64::try_from(meta.duration.as_nanos()).unwrap_or(i64::MAX);
-    p.comment = meta.comments.iter().map(|c| s.intern(c)).collect();
-
-    // Which mappings have symbol information, line numbers, inlining.
-    let mut has_fn = vec![false; mappings.len()];
-    let mut has_ln = vec![false; mappings.len()];
-    let mut has_inl = vec![false; mappings.len()];
-
-    let mut functions: HashMap<(String, String, String), u64> = HashMap::new();
-    let mut locations: HashMap<(u64, u64), u64> = HashMap::new();
-    let mut merged: HashMap<(Vec<u64>, u32, String), usize> = HashMap::new();
-
-    for sample in samples {
-        let mut ids = Vec::with_capacity(sample.frames.len());
-        for fr in &sample.frames {
-            let mapping_id = match fr.mapping {
-                Some(i) if i < mappings.len() => i as u64 + 1,
-                _ => 0,
-            };
-            let key = (mapping_id, fr.address);
-            if let Some(&id) = locations.get(&key) {
-                ids.push(id);
-                continue;
-            }
-            let mut lines = Vec::with_capacity(fr.lines.len());
-            for l in &fr.lines {
-                let fkey = (l.function.clone(), l.system_name.clone(), l.file.clone());
-                let next = functions.len() as u64 + 1;
-                let fid = *functions.entry(fkey).or_insert_with(|| {
-                    p.function.push(Function {
-                        id: next,
-                        name: s.intern(&l.function),
-                        system_name: s.intern(&l.system_name),
-                        filename: s.intern(&l.file),
-                        start_line: 0,
-                    });
-                    next
-                });
-                lines.push(Line {
-                    function_id: fid,
-                    line: l.line,
-                    column: l.column,
-                });
-            }
-            if mapping_id != 0 {
-                let m = (mapping_id - 1) as usize;
-                has_fn[m] |= !fr.lines.is_empty();
-                has_ln[m] |= fr.lines.iter().any(|l| l.line != 0);
-                has_inl[m] |= fr.lines.len() > 1;
-            }
-            let id = p.location.len() as u64 + 1;
-            p.location.push(Location {
-                id,
-                mapping_id,
-                address: fr.address,
-                line: lines,
-                is_folded: false,
-            });
-            locations.insert(key, id);
-            ids.push(id);
-        }
-        let count = i64::try_from(sample.count).unwrap_or(i64::MAX);
-        let key = (ids, sample.pid, sample.thread.clone());
-        if let Some(&i) = merged.get(&key) {
-            let v: &mut Vec<i64> = &mut p.sample[i].value;
-            v[0] = v[0].saturating_add(count);
-            v[1] = v[1].saturating_add(count.saturating_mul(period));
-            continue;
-        }
-        let labels = vec![
-            Label {
-                key: s.intern("pid"),
-                num: i64::from(sample.pid),
-                ..Default::default()
-            },
-            Label {
-                key: s.intern("thread"),
-                str: s.intern(&sample.thread),
-                ..Default::default()
-            },
-        ];
-        merged.insert(key.clone(), p.sample.len());
-        p.sample.push(Sample {
-            location_id: key.0,
-            value: vec![count, count.saturating_mul(period)],
-            label: labels,
-        });
+    let mut b = ProfileBuilder::new(meta, mappings.len());
+    for s in samples {
+        let ids = s
+            .frames
+            .iter()
+            .map(|f| b.location(f.mapping, f.address, &f.lines))
+            .collect();
+        b.sample(ids, s.pid, &s.thread, s.count);
     }
-
-    for (i, m) in mappings.iter().enumerate() {
-        p.mapping.push(Mapping {
-            id: i as u64 + 1,
-            memory_start: m.memory_start,
-            memory_limit: m.memory_limit,
-            file_offset: m.file_offset,
-            filename: s.intern(&m.path),
-            build_id: s.intern(&m.build_id),
-            has_functions: has_fn[i],
-            has_filenames: has_ln[i],
-            has_line_numbers: has_ln[i],
-            has_inline_frames: has_inl[i],
-        });
-    }
-    p.string_table = s.table;
-    p
+    b.finish(mappings)
 }
 
 /// Write `profile` as gzip'd protobuf to `path`, atomically: the bytes go

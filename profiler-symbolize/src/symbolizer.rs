@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use blazesym::symbolize::evict::{Elf as EvictElf, Evict};
 use blazesym::symbolize::source::{Elf as ElfSource, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
@@ -13,9 +14,7 @@ use diff::pprof::proto::Profile;
 
 use crate::elf::{self, ElfInfo};
 use crate::gopclntab::Pclntab;
-use crate::pprof::{
-    build_profile_from_resolved, FrameLine, MappingDesc, ResolvedFrame, ResolvedSample,
-};
+use crate::pprof::{FrameLine, MappingDesc, ProfileBuilder, ResolvedFrame, ResolvedSample};
 use crate::procmaps::{parse_maps, MapsEntry};
 use crate::{Limits, ProfileMeta, RawSample, SymbolizeError, SymbolizeStats};
 
@@ -83,6 +82,20 @@ struct Binary {
     range: Option<(u64, u64, u64)>,
 }
 
+impl Binary {
+    /// An empty slot left by [`Symbolizer::prune`].
+    fn pruned() -> Self {
+        Self {
+            path: String::new(),
+            read_path: PathBuf::new(),
+            _fd: None,
+            info: None,
+            go: None,
+            range: None,
+        }
+    }
+}
+
 /// Turns raw stack addresses into pprof profiles. See the crate docs.
 ///
 /// Everything it keeps is bounded by [`Limits`]; what does not fit is
@@ -92,11 +105,34 @@ pub struct Symbolizer {
     blaze: Blaze,
     procs: HashMap<u32, Vec<ProcMap>>,
     binaries: Vec<Binary>,
+    /// Slots of `binaries` freed by `prune`.
+    free: Vec<usize>,
     by_inode: HashMap<(u64, u64), usize>,
     by_identity: HashMap<String, usize>,
     open_files: usize,
     cache: HashMap<(usize, u64), Arc<[FrameLine]>>,
     stats: SymbolizeStats,
+}
+
+/// Samples turned into frame keys, with everything needed to emit them.
+struct Prepared {
+    keyed: Vec<Vec<FrameKey>>,
+    local: HashMap<(usize, u64), Arc<[FrameLine]>>,
+    mappings: Vec<MappingDesc>,
+    mapping_index: HashMap<usize, usize>,
+}
+
+impl Prepared {
+    /// (mapping index, address, lines) of a frame.
+    fn frame(&self, k: FrameKey) -> (Option<usize>, u64, &[FrameLine]) {
+        let (bin, address) = match k {
+            FrameKey::Kernel(a) => (KERNEL_BIN, a),
+            FrameKey::User { bin, vaddr } => (bin, vaddr),
+            FrameKey::Unmapped(a) => return (None, a, &[]),
+        };
+        let lines = self.local.get(&(bin, address)).map_or(&[][..], |l| &l[..]);
+        (self.mapping_index.get(&bin).copied(), address, lines)
+    }
 }
 
 /// What a frame resolves through.
@@ -121,6 +157,7 @@ impl Symbolizer {
             blaze,
             procs: HashMap::new(),
             binaries: Vec::new(),
+            free: Vec::new(),
             by_inode: HashMap::new(),
             by_identity: HashMap::new(),
             open_files: 0,
@@ -133,7 +170,7 @@ impl Symbolizer {
     pub fn stats(&self) -> SymbolizeStats {
         let mut s = self.stats.clone();
         s.processes = self.procs.len();
-        s.binaries = self.binaries.len();
+        s.binaries = self.binaries.len() - self.free.len();
         s.open_files = self.open_files;
         s.cache_entries = self.cache.len();
         s
@@ -208,6 +245,45 @@ impl Symbolizer {
         self.procs.remove(&tgid);
     }
 
+    /// Release binaries that no process snapshot references any more:
+    /// close their files, drop their cached frames and blazesym's parsed
+    /// data. Call it after [`Self::forget_process`] in a long-running
+    /// collector. Returns how many binaries were released.
+    pub fn prune(&mut self) -> usize {
+        let mut used = vec![false; self.binaries.len()];
+        for maps in self.procs.values() {
+            for m in maps {
+                used[m.bin] = true;
+            }
+        }
+        for &i in &self.free {
+            used[i] = true; // already empty
+        }
+        let mut released = 0;
+        for (i, b) in self.binaries.iter_mut().enumerate() {
+            if used[i] {
+                continue;
+            }
+            let evict = Evict::Elf(EvictElf::new(&b.read_path));
+            let _ = self.blaze.evict(&evict);
+            if b._fd.is_some() {
+                self.open_files -= 1;
+            }
+            *b = Binary::pruned();
+            self.free.push(i);
+            released += 1;
+        }
+        let mut is_free = vec![false; self.binaries.len()];
+        for &i in &self.free {
+            is_free[i] = true;
+        }
+        let alive = |i: usize| i == KERNEL_BIN || !is_free.get(i).copied().unwrap_or(true);
+        self.by_inode.retain(|_, i| alive(*i));
+        self.by_identity.retain(|_, i| alive(*i));
+        self.cache.retain(|(b, _), _| alive(*b));
+        released
+    }
+
     /// The executable mappings recorded for `tgid`, sorted by address.
     pub fn process_mappings(&self, tgid: u32) -> Vec<ProcessMapping> {
         self.procs
@@ -220,7 +296,7 @@ impl Symbolizer {
         if let Some(&i) = self.by_inode.get(&(e.dev, e.inode)) {
             return Some(i);
         }
-        if self.binaries.len() >= self.limits.max_binaries {
+        if self.binaries.len() - self.free.len() >= self.limits.max_binaries {
             self.stats.binary_overflow += 1;
             return None;
         }
@@ -270,15 +346,24 @@ impl Symbolizer {
             self.by_inode.insert((e.dev, e.inode), i);
             return Some(i);
         }
-        let i = self.binaries.len();
-        self.binaries.push(Binary {
+        let b = Binary {
             path: e.path.clone(),
             read_path,
             _fd: fd,
             info,
             go: None,
             range: None,
-        });
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.binaries[i] = b;
+                i
+            }
+            None => {
+                self.binaries.push(b);
+                self.binaries.len() - 1
+            }
+        };
         self.by_inode.insert((e.dev, e.inode), i);
         self.by_identity.insert(identity, i);
         Some(i)
@@ -301,7 +386,7 @@ impl Symbolizer {
     }
 
     /// Resolve raw samples into frames and mappings (what
-    /// [`Self::build_profile`] feeds to [`build_profile_from_resolved`]).
+    /// [`Self::build_profile`] feeds to [`crate::build_profile_from_resolved`]).
     ///
     /// Frames are ordered leaf first, kernel frames before user frames.
     /// Every frame except the leaf of each half is a return address and is
@@ -311,6 +396,55 @@ impl Symbolizer {
         &mut self,
         samples: &[RawSample],
     ) -> (Vec<MappingDesc>, Vec<ResolvedSample>) {
+        let prep = self.prepare(samples);
+        let out = samples
+            .iter()
+            .zip(&prep.keyed)
+            .map(|(s, keys)| ResolvedSample {
+                frames: keys
+                    .iter()
+                    .map(|&k| {
+                        let (mapping, address, lines) = prep.frame(k);
+                        ResolvedFrame {
+                            mapping,
+                            address,
+                            lines: lines.to_vec(),
+                        }
+                    })
+                    .collect(),
+                pid: s.tgid,
+                thread: s.comm.clone(),
+                count: s.count,
+            })
+            .collect();
+        (prep.mappings, out)
+    }
+
+    /// Symbolize raw samples and build the pprof profile. See
+    /// [`crate::build_profile_from_resolved`] for the profile's shape and
+    /// [`Self::resolve_samples`] for frame handling. Never fails: frames
+    /// that cannot be symbolized keep their address and have no lines.
+    pub fn build_profile(&mut self, samples: &[RawSample], meta: &ProfileMeta) -> Profile {
+        let prep = self.prepare(samples);
+        let mut b = ProfileBuilder::new(meta, prep.mappings.len());
+        let mut loc_of: HashMap<FrameKey, u64> = HashMap::new();
+        for (s, keys) in samples.iter().zip(&prep.keyed) {
+            let ids = keys
+                .iter()
+                .map(|&k| {
+                    *loc_of.entry(k).or_insert_with(|| {
+                        let (mapping, address, lines) = prep.frame(k);
+                        b.location(mapping, address, lines)
+                    })
+                })
+                .collect();
+            b.sample(ids, s.tgid, &s.comm, s.count);
+        }
+        b.finish(&prep.mappings)
+    }
+
+    /// Keys, symbolized lines and mappings of `samples`.
+    fn prepare(&mut self, samples: &[RawSample]) -> Prepared {
         // 1. Addresses to keys.
         let mut keyed: Vec<Vec<FrameKey>> = Vec::with_capacity(samples.len());
         for s in samples {
@@ -414,49 +548,12 @@ impl Symbolizer {
                 file_offset: 0,
             });
         }
-        let out = samples
-            .iter()
-            .zip(keyed)
-            .map(|(s, keys)| ResolvedSample {
-                frames: keys
-                    .into_iter()
-                    .map(|k| {
-                        let (bin, address) = match k {
-                            FrameKey::Kernel(a) => (KERNEL_BIN, a),
-                            FrameKey::User { bin, vaddr } => (bin, vaddr),
-                            FrameKey::Unmapped(a) => {
-                                return ResolvedFrame {
-                                    mapping: None,
-                                    address: a,
-                                    lines: Vec::new(),
-                                }
-                            }
-                        };
-                        ResolvedFrame {
-                            mapping: mapping_index.get(&bin).copied(),
-                            address,
-                            lines: local
-                                .get(&(bin, address))
-                                .map(|l| l.to_vec())
-                                .unwrap_or_default(),
-                        }
-                    })
-                    .collect(),
-                pid: s.tgid,
-                thread: s.comm.clone(),
-                count: s.count,
-            })
-            .collect();
-        (mappings, out)
-    }
-
-    /// Symbolize raw samples and build the pprof profile. See
-    /// [`build_profile_from_resolved`] for the profile's shape and
-    /// [`Self::resolve_samples`] for frame handling. Never fails: frames
-    /// that cannot be symbolized keep their address and have no lines.
-    pub fn build_profile(&mut self, samples: &[RawSample], meta: &ProfileMeta) -> Profile {
-        let (mappings, resolved) = self.resolve_samples(samples);
-        build_profile_from_resolved(&mappings, &resolved, meta)
+        Prepared {
+            keyed,
+            local,
+            mappings,
+            mapping_index,
+        }
     }
 
     fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<Vec<FrameLine>> {

@@ -818,3 +818,91 @@ fn canonical_text_ignores_id_order() {
     let b = canonical_text(&build_profile_from_resolved(&mappings, &samples, &meta()));
     assert_eq!(a, b);
 }
+
+// ------------------------------------------------- long-running behaviour
+
+#[test]
+fn prune_releases_binaries_of_forgotten_processes() {
+    let Some(bin) = c_fixture() else { return };
+    let (compute, _) = elf_symbols(bin)["compute"];
+    let live = Live::start(bin);
+    let pid = live.pid();
+    let mut sym = Symbolizer::new(Limits::default());
+    sym.snapshot_process(pid).unwrap();
+    let abs = abs_of(&sym, pid, bin, compute);
+    live.kill();
+    sym.build_profile(&[sample(pid, vec![abs], vec![], 1)], &meta());
+    let before = sym.stats();
+    assert!(before.binaries >= 1 && before.open_files >= 1 && before.cache_entries == 1);
+    assert_eq!(sym.prune(), 0, "still referenced by the snapshot");
+    sym.forget_process(pid);
+    assert_eq!(sym.prune(), before.binaries);
+    let after = sym.stats();
+    assert_eq!(
+        (
+            after.binaries,
+            after.open_files,
+            after.cache_entries,
+            after.processes
+        ),
+        (0, 0, 0, 0)
+    );
+    // Slots are reused and symbolization still works afterwards.
+    let live = Live::start(bin);
+    sym.snapshot_process(live.pid()).unwrap();
+    let abs = abs_of(&sym, live.pid(), bin, compute);
+    let p = sym.build_profile(&[sample(live.pid(), vec![abs], vec![], 1)], &meta());
+    assert_eq!(names(&p, p.sample[0].location_id[0])[0].0, "compute");
+    assert_eq!(sym.stats().binaries, before.binaries);
+}
+
+/// Symbolizes many functions of this (DWARF-rich) test binary, printing
+/// the time taken cold and from the cache.
+#[test]
+fn symbolizes_thousands_of_own_functions() {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let me = std::process::id();
+    let mut sym = Symbolizer::new(Limits::default());
+    sym.snapshot_process(me).unwrap();
+    let maps = sym.process_mappings(me);
+    let mut addrs: Vec<u64> = elf_symbols(&exe)
+        .values()
+        .filter(|(a, size)| *a != 0 && *size > 4)
+        .filter_map(|(a, size)| {
+            maps.iter()
+                .filter(|m| Path::new(&m.path) == exe)
+                .find_map(|m| m.vaddr_to_abs(a + size / 2))
+        })
+        .collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs.truncate(20_000);
+    assert!(addrs.len() > 1000, "only {} functions", addrs.len());
+    let samples: Vec<RawSample> = addrs
+        .iter()
+        .map(|&a| sample(me, vec![a], vec![], 1))
+        .collect();
+    let t = std::time::Instant::now();
+    let p = sym.build_profile(&samples, &meta());
+    let cold = t.elapsed();
+    let t = std::time::Instant::now();
+    let p2 = sym.build_profile(&samples, &meta());
+    let warm = t.elapsed();
+    assert_eq!(p, p2);
+    let named = p.location.iter().filter(|l| !l.line.is_empty()).count();
+    assert!(
+        named * 100 >= addrs.len() * 95,
+        "{named} of {} symbolized",
+        addrs.len()
+    );
+    let st = sym.stats();
+    assert_eq!(st.cache_hits, addrs.len() as u64);
+    eprintln!(
+        "symbolized {} addresses of {}: cold {:?}, cached {:?}; {} inline frames",
+        addrs.len(),
+        exe.display(),
+        cold,
+        warm,
+        p.location.iter().filter(|l| l.line.len() > 1).count()
+    );
+}
