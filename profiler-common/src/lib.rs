@@ -6,6 +6,8 @@
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod go;
+
 /// Maximum frames `bpf_get_stackid` stores per stack (the kernel's
 /// `PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;

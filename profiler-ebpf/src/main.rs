@@ -18,6 +18,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod programs;
+#[cfg(target_arch = "bpf")]
+mod go;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -1,0 +1,179 @@
+//! Map keys, values and constants of the Go runtime-activity uprobes
+//! (`profiler-ebpf/src/go.rs`, `profiler-user/src/go/`).
+//!
+//! One uprobe program per event kind (counted call, goroutine creation,
+//! goroutine exit, allocation); everything is aggregated in bounded kernel
+//! hash maps keyed by [`GoStackKey`] and read by userspace while the probes
+//! are attached. Every loss increments a [`GoCounter`].
+
+/// Capacity of the Go stack-trace map (shared by every Go event kind).
+pub const GO_STACK_ENTRIES: u32 = 16384;
+/// Capacity of the counted-call map.
+pub const GO_CALL_ENTRIES: u32 = 16384;
+/// Capacity of the allocation map.
+pub const GO_ALLOC_ENTRIES: u32 = 16384;
+/// Capacity of the goroutine-creation-site map.
+pub const GO_SITE_ENTRIES: u32 = 16384;
+/// Capacity of the live-goroutine map (goid -> creation site).
+pub const GO_GOROUTINE_ENTRIES: u32 = 262144;
+/// Capacity of the per-thread pending-creation map.
+pub const GO_PENDING_ENTRIES: u32 = 16384;
+/// Capacity of the per-process configuration map.
+pub const GO_PROC_ENTRIES: u32 = 1024;
+
+/// Cookie bit of counted-call and allocation probes: the probe sits on the
+/// stack-check `JBE`; skip the hit when the branch to `morestack` will be
+/// taken (`CF` or `ZF` set), because the function runs again afterwards.
+pub const COOKIE_CHECK_FLAGS: u64 = 1 << 63;
+
+/// Register selectors carried in the low bits of a cookie (which register
+/// holds the new g, or an allocation's size).
+pub mod reg {
+    /// RAX.
+    pub const AX: u64 = 0;
+    /// RBX.
+    pub const BX: u64 = 1;
+    /// RCX.
+    pub const CX: u64 = 2;
+    /// RDI.
+    pub const DI: u64 = 3;
+    /// RSI.
+    pub const SI: u64 = 4;
+    /// RDX.
+    pub const DX: u64 = 5;
+}
+
+/// Per-process facts the probes need (`GO_PROCS`, keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoProcConfig {
+    /// Offset of `runtime.g.goid`.
+    pub goid_offset: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+}
+
+/// Key of the counted-call, allocation and creation-site maps: a stack in
+/// `GO_STACKS` plus the caller frame-pointer unwinding skips at an entry
+/// probe (the return address at `[SP]`), plus a tag (counted-symbol index
+/// for calls, object size for allocations, 0 for sites).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoStackKey {
+    /// Process id.
+    pub tgid: u32,
+    /// User stack id in `GO_STACKS`, or a negative errno.
+    pub stack_id: i32,
+    /// The word at `[SP]` at the probe: the immediate caller.
+    pub caller: u64,
+    /// Kind-specific tag (see the type's doc).
+    pub tag: u64,
+}
+
+/// Key of the live-goroutine map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoidKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// `runtime.g.goid`.
+    pub goid: u64,
+}
+
+/// Per-creation-site counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SiteCounts {
+    /// Goroutines created at the site since attaching.
+    pub created: u64,
+    /// Of those, how many exited.
+    pub exited: u64,
+}
+
+/// Indexes of the per-CPU `GO_COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoCounter {
+    /// Counted-call hits recorded.
+    Calls = 0,
+    /// Entry-probe hits skipped because `morestack` re-runs the function.
+    MorestackSkipped = 1,
+    /// Events lost because a count map was full.
+    MapFull = 2,
+    /// Stacks lost (collision or unwinding failure); the event still counts
+    /// with the immediate caller only.
+    StackLost = 3,
+    /// Goroutine creations seen.
+    Created = 4,
+    /// Goroutine exits of goroutines created while attached.
+    Exited = 5,
+    /// Exits of goroutines created before attaching (not tracked).
+    ExitUntracked = 6,
+    /// Creations whose `newproc` stack was missing (site unknown).
+    CreateUnmatched = 7,
+    /// Creations not tracked because the live-goroutine map was full.
+    GoroutineMapFull = 8,
+    /// Allocation events recorded.
+    Allocs = 9,
+    /// Reads of target memory (goid, `[SP]`) that failed.
+    ReadFailed = 10,
+}
+
+impl GoCounter {
+    /// Number of counters.
+    pub const COUNT: u32 = 11;
+    /// Every counter, in index order.
+    pub const ALL: [GoCounter; Self::COUNT as usize] = [
+        GoCounter::Calls,
+        GoCounter::MorestackSkipped,
+        GoCounter::MapFull,
+        GoCounter::StackLost,
+        GoCounter::Created,
+        GoCounter::Exited,
+        GoCounter::ExitUntracked,
+        GoCounter::CreateUnmatched,
+        GoCounter::GoroutineMapFull,
+        GoCounter::Allocs,
+        GoCounter::ReadFailed,
+    ];
+
+    /// Stable snake_case name used in summaries and profile comments.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GoCounter::Calls => "calls",
+            GoCounter::MorestackSkipped => "morestack_skipped",
+            GoCounter::MapFull => "map_full",
+            GoCounter::StackLost => "stack_lost",
+            GoCounter::Created => "goroutines_created",
+            GoCounter::Exited => "goroutines_exited",
+            GoCounter::ExitUntracked => "exit_untracked",
+            GoCounter::CreateUnmatched => "create_unmatched",
+            GoCounter::GoroutineMapFull => "goroutine_map_full",
+            GoCounter::Allocs => "allocs",
+            GoCounter::ReadFailed => "read_failed",
+        }
+    }
+
+    /// True for counters that count lost data.
+    pub const fn is_loss(self) -> bool {
+        matches!(
+            self,
+            GoCounter::MapFull
+                | GoCounter::StackLost
+                | GoCounter::CreateUnmatched
+                | GoCounter::GoroutineMapFull
+                | GoCounter::ReadFailed
+        )
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C) plain data, explicit padding fields.
+    unsafe impl aya::Pod for super::GoProcConfig {}
+    unsafe impl aya::Pod for super::GoStackKey {}
+    unsafe impl aya::Pod for super::GoidKey {}
+    unsafe impl aya::Pod for super::SiteCounts {}
+}

@@ -1,0 +1,274 @@
+//! Go runtime activity through uprobes (see `profiler_common::go`).
+//!
+//! * `go_call`: a counted function. Attached at the stack-check `JBE`
+//!   (an instruction the kernel emulates, ~1 µs) with
+//!   [`COOKIE_CHECK_FLAGS`]: hits where `CF|ZF` is set go to `morestack`
+//!   and re-run the function, so they are skipped and counts are exact.
+//! * `go_newproc` (`runtime.newproc`, on the creating goroutine's stack):
+//!   remembers the creation stack per thread.
+//! * `go_newproc_done` (in `runtime.newproc.func1` after `newproc1`
+//!   returned; the cookie names the register holding the new g): moves the
+//!   pending stack to the new goroutine's goid and counts a creation.
+//! * `go_exit` (`runtime.goexit1`; R14 = the exiting g): counts the exit at
+//!   the goroutine's creation site and forgets the goid.
+//! * `go_alloc` (`runtime.profilealloc` or `runtime.mallocgc`; the cookie
+//!   names the size register): counts (stack, size).
+//!
+//! At all these probes the return address is at `[SP]` (SP delta 0), so
+//! frame-pointer unwinding skips the immediate caller; it is stored in the
+//! key's `caller` and inserted by userspace.
+use aya_ebpf::{
+    bindings::{pt_regs, BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::{map, uprobe},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
+    programs::{tracing::StackIdContext as _, ProbeContext},
+    EbpfContext as _,
+};
+use profiler_common::go::{
+    reg, GoCounter, GoProcConfig, GoStackKey, GoidKey, SiteCounts, COOKIE_CHECK_FLAGS,
+    GO_ALLOC_ENTRIES, GO_CALL_ENTRIES, GO_GOROUTINE_ENTRIES, GO_PENDING_ENTRIES, GO_PROC_ENTRIES,
+    GO_SITE_ENTRIES, GO_STACK_ENTRIES,
+};
+
+#[map]
+static GO_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GoCounter::COUNT, 0);
+#[map]
+static GO_PROCS: HashMap<u32, GoProcConfig> = HashMap::with_max_entries(GO_PROC_ENTRIES, 0);
+#[map]
+static GO_STACKS: StackTrace = StackTrace::with_max_entries(GO_STACK_ENTRIES, 0);
+#[map]
+static GO_CALLS: PerCpuHashMap<GoStackKey, u64> = PerCpuHashMap::with_max_entries(GO_CALL_ENTRIES, 0);
+#[map]
+static GO_ALLOCS: PerCpuHashMap<GoStackKey, u64> = PerCpuHashMap::with_max_entries(GO_ALLOC_ENTRIES, 0);
+#[map]
+static GO_SITES: PerCpuHashMap<GoStackKey, SiteCounts> =
+    PerCpuHashMap::with_max_entries(GO_SITE_ENTRIES, 0);
+#[map]
+static GO_PENDING: HashMap<u64, GoStackKey> = HashMap::with_max_entries(GO_PENDING_ENTRIES, 0);
+#[map]
+static GO_GOROUTINES: HashMap<GoidKey, GoStackKey> =
+    HashMap::with_max_entries(GO_GOROUTINE_ENTRIES, 0);
+
+#[inline(always)]
+fn bump(counter: GoCounter) {
+    if let Some(p) = GO_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Add to this CPU's slot of a per-CPU map value. Exact without atomics:
+/// uprobe programs run with preemption disabled (`trace_call_bpf`).
+#[inline(always)]
+fn add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into this CPU's copy of a map value, valid for
+    // this program run.
+    unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p) + v) };
+}
+
+#[inline(always)]
+fn regs(ctx: &ProbeContext) -> &pt_regs {
+    // SAFETY: a uprobe's context is the user pt_regs.
+    unsafe { &*ctx.regs }
+}
+
+#[inline(always)]
+fn cookie(ctx: &ProbeContext) -> u64 {
+    // SAFETY: helper takes the program context.
+    unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn select(r: &pt_regs, which: u64) -> u64 {
+    match which {
+        reg::AX => r.rax,
+        reg::BX => r.rbx,
+        reg::CX => r.rcx,
+        reg::DI => r.rdi,
+        reg::SI => r.rsi,
+        _ => r.rdx,
+    }
+}
+
+/// True when the probe sits on the stack-check `JBE` and the branch to
+/// `morestack` will be taken.
+#[inline(always)]
+fn morestack_taken(r: &pt_regs, cookie: u64) -> bool {
+    cookie & COOKIE_CHECK_FLAGS != 0 && r.eflags & 0x41 != 0
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the address.
+    match unsafe { bpf_probe_read_user(addr as *const u64) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            bump(GoCounter::ReadFailed);
+            None
+        }
+    }
+}
+
+/// The key of the current user stack at an entry probe.
+#[inline(always)]
+fn stack_key(ctx: &ProbeContext, tgid: u32, tag: u64) -> GoStackKey {
+    let stack_id = match ctx.get_stackid(&GO_STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            bump(GoCounter::StackLost);
+            e as i32
+        }
+    };
+    let caller = read_u64(regs(ctx).rsp).unwrap_or(0);
+    GoStackKey {
+        tgid,
+        stack_id,
+        caller,
+        tag,
+    }
+}
+
+#[inline(always)]
+fn count(map: &PerCpuHashMap<GoStackKey, u64>, key: &GoStackKey) {
+    if let Some(p) = map.get_ptr_mut(key) {
+        add(p, 1);
+        return;
+    }
+    if map.insert(key, &1u64, BPF_NOEXIST as u64).is_err() {
+        // Full (per-CPU maps: no other CPU can insert our slot).
+        match map.get_ptr_mut(key) {
+            Some(p) => add(p, 1),
+            None => bump(GoCounter::MapFull),
+        }
+    }
+}
+
+#[uprobe]
+pub fn go_call(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    if morestack_taken(regs(&ctx), c) {
+        bump(GoCounter::MorestackSkipped);
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = stack_key(&ctx, tgid, c & !COOKIE_CHECK_FLAGS);
+    count(&GO_CALLS, &key);
+    bump(GoCounter::Calls);
+    0
+}
+
+#[uprobe]
+pub fn go_alloc(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    let r = regs(&ctx);
+    if morestack_taken(r, c) {
+        bump(GoCounter::MorestackSkipped);
+        return 0;
+    }
+    let size = select(r, c & 0xff);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = stack_key(&ctx, tgid, size);
+    count(&GO_ALLOCS, &key);
+    bump(GoCounter::Allocs);
+    0
+}
+
+#[uprobe]
+pub fn go_newproc(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    if morestack_taken(regs(&ctx), c) {
+        bump(GoCounter::MorestackSkipped);
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = stack_key(&ctx, (pid_tgid >> 32) as u32, 0);
+    if GO_PENDING.insert(&pid_tgid, &key, 0).is_err() {
+        bump(GoCounter::MapFull);
+    }
+    0
+}
+
+#[inline(always)]
+fn goid_of(tgid: u32, g: u64) -> Option<u64> {
+    // SAFETY: plain-data value copied out.
+    let conf = unsafe { GO_PROCS.get(&tgid) }.copied()?;
+    read_u64(g.wrapping_add(conf.goid_offset as u64))
+}
+
+#[uprobe]
+pub fn go_newproc_done(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    bump(GoCounter::Created);
+    // SAFETY: plain-data value copied out.
+    let Some(site) = (unsafe { GO_PENDING.get(&pid_tgid) }).copied() else {
+        bump(GoCounter::CreateUnmatched);
+        return 0;
+    };
+    let _ = GO_PENDING.remove(&pid_tgid);
+    let g = select(regs(&ctx), c & 0xff);
+    let Some(goid) = goid_of(tgid, g) else {
+        return 0;
+    };
+    let gk = GoidKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    if GO_GOROUTINES.insert(&gk, &site, 0).is_err() {
+        bump(GoCounter::GoroutineMapFull);
+        return 0;
+    }
+    if let Some(p) = GO_SITES.get_ptr_mut(&site) {
+        // SAFETY: map value pointer valid for this run.
+        add(unsafe { core::ptr::addr_of_mut!((*p).created) }, 1);
+        return 0;
+    }
+    let fresh = SiteCounts {
+        created: 1,
+        exited: 0,
+    };
+    if GO_SITES.insert(&site, &fresh, BPF_NOEXIST as u64).is_err() {
+        match GO_SITES.get_ptr_mut(&site) {
+            Some(p) => add(unsafe { core::ptr::addr_of_mut!((*p).created) }, 1),
+            None => {
+                bump(GoCounter::MapFull);
+                let _ = GO_GOROUTINES.remove(&gk);
+            }
+        }
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_exit(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    let r = regs(&ctx);
+    if morestack_taken(r, c) {
+        bump(GoCounter::MorestackSkipped);
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(goid) = goid_of(tgid, r.r14) else {
+        return 0;
+    };
+    let gk = GoidKey {
+        tgid,
+        _pad: 0,
+        goid,
+    };
+    // SAFETY: plain-data value copied out.
+    let Some(site) = (unsafe { GO_GOROUTINES.get(&gk) }).copied() else {
+        bump(GoCounter::ExitUntracked);
+        return 0;
+    };
+    let _ = GO_GOROUTINES.remove(&gk);
+    bump(GoCounter::Exited);
+    if let Some(p) = GO_SITES.get_ptr_mut(&site) {
+        // SAFETY: map value pointer valid for this run.
+        add(unsafe { core::ptr::addr_of_mut!((*p).exited) }, 1);
+    }
+    0
+}
