@@ -39,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod elf;
+mod gofuncs;
 mod gopclntab;
 mod pprof;
 mod procmaps;
@@ -48,6 +49,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+pub use gofuncs::{go_functions, GoFunction};
 pub use pprof::{
     build_profile_from_resolved, canonical_text, write_pprof_gz, FrameLine, MappingDesc,
     ResolvedFrame, ResolvedSample,
