@@ -1,5 +1,6 @@
 //! The stateful symbolizer: process snapshots, binaries, the frame cache.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
@@ -100,9 +101,12 @@ impl Binary {
 ///
 /// Everything it keeps is bounded by [`Limits`]; what does not fit is
 /// counted in [`SymbolizeStats`].
+///
+/// It is `Send` and `Sync`; blazesym's parsed DWARF/ELF data is kept per
+/// thread (blazesym is `!Send`), so calling [`Self::build_profile`] from
+/// one long-lived thread (or `spawn_blocking` pool) reuses it best.
 pub struct Symbolizer {
     limits: Limits,
-    blaze: Blaze,
     procs: HashMap<u32, Vec<ProcMap>>,
     binaries: Vec<Binary>,
     /// Slots of `binaries` freed by `prune`.
@@ -135,6 +139,31 @@ impl Prepared {
     }
 }
 
+thread_local! {
+    /// blazesym's symbolizer is `!Send` (it uses `Rc` inside); keeping one
+    /// per thread lets [`Symbolizer`] be `Send` for async collectors. Its
+    /// parsed-file caches therefore live per thread.
+    static BLAZE: RefCell<Blaze> = RefCell::new(
+        Blaze::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            // We demangle ourselves to keep the raw name as system_name.
+            .enable_demangling(false)
+            .build(),
+    );
+}
+
+/// Symbolize a batch with this thread's blazesym instance; one entry per
+/// address (empty: unknown), or `Err` if the whole batch failed.
+fn symbolize(src: &Source<'_>, input: Input<&[u64]>) -> Result<Vec<Vec<FrameLine>>, ()> {
+    BLAZE.with(|b| {
+        let b = b.borrow();
+        b.symbolize(src, input)
+            .map(|v| v.iter().map(lines_of).collect())
+            .map_err(|_| ())
+    })
+}
+
 /// What a frame resolves through.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum FrameKey {
@@ -146,15 +175,8 @@ enum FrameKey {
 impl Symbolizer {
     /// A symbolizer with the given limits.
     pub fn new(limits: Limits) -> Self {
-        let blaze = Blaze::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            // We demangle ourselves to keep the raw name as system_name.
-            .enable_demangling(false)
-            .build();
         Self {
             limits,
-            blaze,
             procs: HashMap::new(),
             binaries: Vec::new(),
             free: Vec::new(),
@@ -246,8 +268,8 @@ impl Symbolizer {
     }
 
     /// Release binaries that no process snapshot references any more:
-    /// close their files, drop their cached frames and blazesym's parsed
-    /// data. Call it after [`Self::forget_process`] in a long-running
+    /// close their files, drop their cached frames and the calling
+    /// thread's blazesym data for them. Call it after [`Self::forget_process`] in a long-running
     /// collector. Returns how many binaries were released.
     pub fn prune(&mut self) -> usize {
         let mut used = vec![false; self.binaries.len()];
@@ -265,7 +287,7 @@ impl Symbolizer {
                 continue;
             }
             let evict = Evict::Elf(EvictElf::new(&b.read_path));
-            let _ = self.blaze.evict(&evict);
+            BLAZE.with(|b| b.borrow_mut().evict(&evict).ok());
             if b._fd.is_some() {
                 self.open_files -= 1;
             }
@@ -562,9 +584,9 @@ impl Symbolizer {
             vmlinux: MaybeDefault::None,
             ..Kernel::default()
         });
-        match self.blaze.symbolize(&src, Input::AbsAddr(addrs)) {
-            Ok(v) => v.iter().map(lines_of).collect(),
-            Err(_) => {
+        match symbolize(&src, Input::AbsAddr(addrs)) {
+            Ok(v) => v,
+            Err(()) => {
                 self.stats.symbolize_errors += 1;
                 vec![Vec::new(); addrs.len()]
             }
@@ -574,25 +596,20 @@ impl Symbolizer {
     fn symbolize_user(&mut self, bin: usize, addrs: &[u64]) -> Vec<Vec<FrameLine>> {
         let path = self.binaries[bin].read_path.clone();
         let is_go = self.binaries[bin].info.as_ref().is_some_and(|i| i.is_go);
-        let mut out: Vec<Vec<FrameLine>> = match self.blaze.symbolize(
-            &Source::Elf(ElfSource::new(&path)),
-            Input::VirtOffset(addrs),
-        ) {
-            Ok(v) => v.iter().map(lines_of).collect(),
-            Err(_) => {
+        let src = Source::Elf(ElfSource::new(&path));
+        let mut out: Vec<Vec<FrameLine>> = match symbolize(&src, Input::VirtOffset(addrs)) {
+            Ok(v) => v,
+            Err(()) => {
                 // Unreadable debug info: retry with the ELF symbol table only.
                 self.stats.symbolize_errors += 1;
                 let mut src = ElfSource::new(&path);
                 src.debug_syms = false;
-                match self
-                    .blaze
-                    .symbolize(&Source::Elf(src), Input::VirtOffset(addrs))
-                {
+                match symbolize(&Source::Elf(src), Input::VirtOffset(addrs)) {
                     Ok(v) => {
                         self.stats.symtab_fallbacks += addrs.len() as u64;
-                        v.iter().map(lines_of).collect()
+                        v
                     }
-                    Err(_) => vec![Vec::new(); addrs.len()],
+                    Err(()) => vec![Vec::new(); addrs.len()],
                 }
             }
         };
@@ -727,6 +744,12 @@ mod tests {
         assert_eq!(m.vaddr_to_abs(0x1010), Some(0x5555_5555_5010));
         assert_eq!(m.vaddr_to_abs(0x10), None);
         assert_eq!(m.abs_to_vaddr(0x10), None);
+    }
+
+    #[test]
+    fn symbolizer_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Symbolizer>();
     }
 
     #[test]
