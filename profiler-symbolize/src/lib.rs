@@ -166,6 +166,8 @@ pub struct SymbolizeStats {
     pub go_pclntab_fallbacks: u64,
     /// Distinct kernel frames symbolized.
     pub kernel_frames: u64,
+    /// Binaries whose frameless ranges could not be computed.
+    pub frameless_errors: u64,
 }
 
 /// Errors of this crate.

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ struct Binary {
     go: Option<Option<Pclntab>>,
     /// Union of normalized ranges seen: (start, limit, file_offset).
     range: Option<(u64, u64, u64)>,
+    /// Lazily computed [`crate::frameless_ranges`] (empty on error).
+    frameless: Option<Arc<Vec<Range<u64>>>>,
 }
 
 impl Binary {
@@ -93,6 +96,7 @@ impl Binary {
             info: None,
             go: None,
             range: None,
+            frameless: None,
         }
     }
 }
@@ -306,6 +310,49 @@ impl Symbolizer {
         released
     }
 
+    /// [`crate::frameless_ranges`] of every binary mapped by `tgid`,
+    /// translated to that process's addresses, sorted and merged; empty
+    /// if there is no snapshot. Ranges are computed once per binary (from
+    /// the file kept open at snapshot time) and cached; a binary whose
+    /// ranges cannot be computed contributes none (counted in
+    /// [`SymbolizeStats::frameless_errors`]).
+    pub fn process_frameless_ranges(&mut self, tgid: u32) -> Vec<Range<u64>> {
+        let Some(maps) = self.procs.get(&tgid) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for pm in maps {
+            let b = &mut self.binaries[pm.bin];
+            let ranges = match &b.frameless {
+                Some(r) => r.clone(),
+                None => {
+                    let r = match elf::frameless_ranges(&b.read_path, self.limits.max_elf_bytes) {
+                        Ok(r) => r,
+                        Err(_) => {
+                            self.stats.frameless_errors += 1;
+                            Vec::new()
+                        }
+                    };
+                    let r = Arc::new(r);
+                    b.frameless = Some(r.clone());
+                    r
+                }
+            };
+            let m = &pm.m;
+            // The mapping's span in ELF virtual addresses.
+            let lo = m.file_offset.wrapping_add(m.delta);
+            let hi = lo.wrapping_add(m.end - m.start);
+            let first = ranges.partition_point(|r| r.end <= lo);
+            for r in ranges[first..].iter().take_while(|r| r.start < hi) {
+                let (s, e) = (r.start.max(lo), r.end.min(hi));
+                if let (Some(a), Some(z)) = (m.vaddr_to_abs(s), m.vaddr_to_abs(e - 1)) {
+                    out.push(a..z + 1);
+                }
+            }
+        }
+        elf::merge_ranges(out)
+    }
+
     /// The executable mappings recorded for `tgid`, sorted by address.
     pub fn process_mappings(&self, tgid: u32) -> Vec<ProcessMapping> {
         self.procs
@@ -375,6 +422,7 @@ impl Symbolizer {
             info,
             go: None,
             range: None,
+            frameless: None,
         };
         let i = match self.free.pop() {
             Some(i) => {

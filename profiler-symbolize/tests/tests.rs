@@ -906,3 +906,21 @@ fn symbolizes_thousands_of_own_functions() {
         p.location.iter().filter(|l| l.line.len() > 1).count()
     );
 }
+
+#[test]
+fn process_frameless_ranges_translate_pie_addresses() {
+    let Some(fx) = go_fixture() else { return };
+    let (leaf, leaf_size) = elf_symbols(&fx.pie)["main.leafMix"];
+    let live = Live::start(&fx.pie);
+    let pid = live.pid();
+    let mut sym = Symbolizer::new(Limits::default());
+    sym.snapshot_process(pid).unwrap();
+    let abs = abs_of(&sym, pid, &fx.pie, leaf);
+    live.kill();
+    assert_ne!(abs, leaf, "PIE loaded at its link address");
+    let ranges = sym.process_frameless_ranges(pid);
+    assert_eq!(covered_bytes(&ranges, abs, abs + leaf_size), leaf_size);
+    assert!(!covers(&ranges, leaf), "untranslated ELF address present");
+    assert_eq!(sym.stats().frameless_errors, 0);
+    assert!(sym.process_frameless_ranges(u32::MAX).is_empty());
+}
