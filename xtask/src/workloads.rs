@@ -72,24 +72,31 @@ pub fn build_workloads(root: &Path) -> Result<PathBuf> {
         let go = find_go()?;
         let gocache = target.join("go-cache");
         let gopath = target.join("go-path");
+        // One `go build` for all stale programs: `-o DIR/` writes each main
+        // package to DIR/<last path element> and builds packages in parallel.
+        let mut out_dir = bin.clone().into_os_string();
+        out_dir.push("/");
+        let mut cmd = Command::new(&go);
+        cmd.current_dir(&src)
+            .arg("build")
+            .arg("-o")
+            .arg(out_dir)
+            .args(stale_go.iter().map(|name| format!("./{name}")))
+            .env("GOCACHE", &gocache)
+            .env("GOPATH", &gopath)
+            .env("GOMODCACHE", gopath.join("pkg").join("mod"))
+            .env("GOTOOLCHAIN", "local")
+            .env("GOPROXY", "off")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOWORK", "off")
+            .env("GO111MODULE", "on")
+            .env("CGO_ENABLED", "0");
+        run(
+            cmd,
+            &format!("go build of workloads {}", stale_go.join(", ")),
+        )?;
         for name in stale_go {
             let out = bin.join(name);
-            let mut cmd = Command::new(&go);
-            cmd.current_dir(&src)
-                .arg("build")
-                .arg("-o")
-                .arg(&out)
-                .arg(format!("./{name}"))
-                .env("GOCACHE", &gocache)
-                .env("GOPATH", &gopath)
-                .env("GOMODCACHE", gopath.join("pkg").join("mod"))
-                .env("GOTOOLCHAIN", "local")
-                .env("GOPROXY", "off")
-                .env("GOFLAGS", "-mod=mod")
-                .env("GOWORK", "off")
-                .env("GO111MODULE", "on")
-                .env("CGO_ENABLED", "0");
-            run(cmd, &format!("go build of workload {name}"))?;
             mark_built(&out)?;
             println!("built workload {name} -> {}", out.display());
         }
@@ -116,7 +123,7 @@ pub fn build_workloads(root: &Path) -> Result<PathBuf> {
     let rs_src = src.join("rustprog").join("main.rs");
     let rs_out = bin.join("rustprog");
     if is_stale(&rs_out, newest_mtime(std::slice::from_ref(&rs_src))?) {
-        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| OsString::from("rustc"));
+        let rustc = find_rustc();
         let mut cmd = Command::new(&rustc);
         cmd.args([
             "--edition",
@@ -172,6 +179,22 @@ fn find_go() -> Result<PathBuf> {
         "Go toolchain not found ($GO unset, no `go` on PATH, none of {}); run `cargo xtask setup` to install it",
         GO_FALLBACKS.join(", ")
     )
+}
+
+/// Finds `rustc`: `$RUSTC`, else `rustc` on `PATH`, else the `rustc` next to
+/// the `cargo` that runs xtask (`$CARGO`), else plain `rustc`.
+fn find_rustc() -> OsString {
+    if let Some(r) = std::env::var_os("RUSTC") {
+        return r;
+    }
+    if which(Path::new("rustc")).is_some() {
+        return OsString::from("rustc");
+    }
+    std::env::var_os("CARGO")
+        .map(|c| PathBuf::from(c).with_file_name("rustc"))
+        .filter(|p| is_executable(p))
+        .map(PathBuf::into_os_string)
+        .unwrap_or_else(|| OsString::from("rustc"))
 }
 
 /// Looks a bare command name up on `PATH`; returns paths with a separator as is.
