@@ -119,8 +119,8 @@ impl Pclntab {
         let entryoff = read_u32(&self.data, base)?;
         let funcoff = read_u32(&self.data, base + 4)?;
         let endoff = read_u32(&self.data, base + 8)?;
-        let entry = self.text_start + u64::from(entryoff);
-        let end = self.text_start + u64::from(endoff);
+        let entry = self.text_start.checked_add(u64::from(entryoff))?;
+        let end = self.text_start.checked_add(u64::from(endoff))?;
         Some(GoFunc {
             entry,
             end: end.max(entry),

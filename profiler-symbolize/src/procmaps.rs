@@ -42,6 +42,9 @@ fn parse_line(line: &str) -> Option<Option<MapsEntry>> {
     let (start, end) = range.split_once('-')?;
     let start = u64::from_str_radix(start, 16).ok()?;
     let end = u64::from_str_radix(end, 16).ok()?;
+    if end <= start {
+        return None;
+    }
     let offset = u64::from_str_radix(offset, 16).ok()?;
     let (major, minor) = dev.split_once(':')?;
     let dev = (u64::from_str_radix(major, 16).ok()? << 32) | u64::from_str_radix(minor, 16).ok()?;
@@ -77,9 +80,10 @@ mod tests {
 7ffd1000-7ffd3000 r-xp 00000000 00:00 0                          [vdso]
 7f1000000000-7f1000100000 r-xp 00002000 08:02 99 /tmp/my bin (deleted)
 garbage
+00402000-00401000 r-xp 00001000 fd:01 123 /usr/bin/backwards
 ";
         let (v, bad) = parse_maps(text);
-        assert_eq!(bad, 1);
+        assert_eq!(bad, 2);
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].start, 0x401000);
         assert_eq!(v[0].offset, 0x1000);

@@ -421,6 +421,29 @@ fn frameless_ranges_reject_bad_files_without_panicking() {
                 );
             }
         }
+        // Garbage written over the pclntab and its header: no panic.
+        let file = object::File::parse(&*data).unwrap();
+        let sect = object::Object::section_by_name(&file, ".gopclntab").unwrap();
+        let (off, len) = object::ObjectSection::file_range(&sect).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for round in 0..20usize {
+            let mut bad = data.clone();
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = off as usize + (x % len) as usize;
+                bad[at] = (x >> 32) as u8;
+            }
+            if round % 4 == 0 {
+                // Counts and offsets in the header.
+                let h = off as usize + 8 + (round % 64);
+                bad[h..h + 8].copy_from_slice(&x.to_le_bytes());
+            }
+            let t = d.join(format!("garbled-{round}"));
+            std::fs::write(&t, &bad).unwrap();
+            let _ = frameless_ranges(&t);
+        }
     }
 }
 
