@@ -630,7 +630,7 @@ reason = "expected"
             _ => panic!("wrong kind"),
         }
         assert_eq!(b.rules[2].severity, Severity::Warn);
-        assert_eq!(b.rules[2].line, 16);
+        assert_eq!(b.rules[2].line, 17);
         assert_eq!(b.allow.len(), 1);
     }
 

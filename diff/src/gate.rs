@@ -501,8 +501,13 @@ fn eval_rule(
                 f.verdict = verdict;
                 f.allowed = allowed(rule, &d.function, allow);
                 if verdict == Verdict::Inconclusive {
-                    if let Some((e, r)) = m.needed(m.delta, s.alpha) {
-                        f.samples_needed = Some(e.ceil());
+                    // Bonferroni over the functions tested: a conservative
+                    // stand-in for the BH threshold the change must pass.
+                    let level = s.alpha / result.tested.max(1) as f64;
+                    if let Some((e, r)) = m.needed(m.delta, level) {
+                        let now = m.runs.0.max(m.runs.1) as u64;
+                        let r = r.max(now + 1);
+                        f.samples_needed = Some(e.max(m.exposure_per_run * r as f64).ceil());
                         f.runs_needed = Some(r);
                     }
                 }
@@ -556,7 +561,10 @@ fn eval_rule(
                         f.verdict = verdict;
                         if verdict == Verdict::Inconclusive {
                             if let Some((e, r)) = m.needed(m.delta, s.alpha) {
-                                f.samples_needed = Some(e.ceil());
+                                let now = m.runs.0.max(m.runs.1) as u64;
+                                let r = r.max(now + 1);
+                                f.samples_needed =
+                                    Some(e.max(m.exposure_per_run * r as f64).ceil());
                                 f.runs_needed = Some(r);
                             }
                         }
