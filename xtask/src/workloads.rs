@@ -16,7 +16,8 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 
-/// Go programs: directory under `tests/workloads/` and binary name.
+/// Go programs the tests and demo rely on; [`go_programs`] adds any other
+/// directory of `tests/workloads/` that holds a `main.go`.
 const GO_PROGRAMS: &[&str] = &[
     "demo",
     "cpusplit",
@@ -34,8 +35,9 @@ const GO_FALLBACKS: &[&str] = &["/usr/lib/go-1.23/bin/go", "/usr/lib/go-1.19/bin
 /// directory.
 ///
 /// `root` is the workspace root. Binaries: `demo`, `cpusplit`, `syscalls`,
-/// `exiter`, `apiserver-sim`, `controller-sim`, `workbench-smoke` (Go),
-/// `cprog` (C) and `rustprog` (Rust). Prints one line per program it
+/// `exiter`, `apiserver-sim`, `controller-sim`, `workbench-smoke` and any
+/// other `tests/workloads/<dir>/main.go` (Go), `cprog` (C) and `rustprog`
+/// (Rust). Prints one line per program it
 /// (re)builds and nothing for programs that are up to date. Go's build cache
 /// and GOPATH live under the Cargo target directory, so `$HOME` is not needed.
 pub fn build_workloads(root: &Path) -> Result<PathBuf> {
@@ -63,9 +65,10 @@ pub fn build_workloads(root: &Path) -> Result<PathBuf> {
         &mut go_sources,
     )?;
     let go_newest = newest_mtime(&go_sources)?;
-    let stale_go: Vec<&str> = GO_PROGRAMS
+    let programs = go_programs(&src)?;
+    let stale_go: Vec<&str> = programs
         .iter()
-        .copied()
+        .map(String::as_str)
         .filter(|name| is_stale(&bin.join(name), go_newest))
         .collect();
     if !stale_go.is_empty() {
@@ -141,6 +144,30 @@ pub fn build_workloads(root: &Path) -> Result<PathBuf> {
         println!("built workload rustprog -> {}", rs_out.display());
     }
     Ok(bin)
+}
+
+/// Names of the Go programs: [`GO_PROGRAMS`] plus every other direct
+/// subdirectory of `src` with a `main.go`, sorted.
+fn go_programs(src: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = GO_PROGRAMS.iter().map(|s| s.to_string()).collect();
+    let entries = fs::read_dir(src).with_context(|| format!("read dir {}", src.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("read dir {}", src.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != "bin" && entry.path().join("main.go").is_file() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    for name in GO_PROGRAMS {
+        if !src.join(name).join("main.go").is_file() {
+            bail!(
+                "workload source {}/{name}/main.go is missing",
+                src.display()
+            );
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Sets `out`'s modification time to now. `go build` leaves an identical
@@ -333,8 +360,9 @@ mod tests {
     fn builds_all_workloads_incrementally() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let bin = build_workloads(root).expect("build workloads");
-        let mut names: Vec<&str> = GO_PROGRAMS.to_vec();
-        names.extend(["cprog", "rustprog"]);
+        let mut names = go_programs(&root.join("tests/workloads")).unwrap();
+        assert!(GO_PROGRAMS.iter().all(|p| names.iter().any(|n| n == p)));
+        names.extend(["cprog".to_string(), "rustprog".to_string()]);
         let mtimes: Vec<SystemTime> = names
             .iter()
             .map(|n| {
