@@ -9,5 +9,6 @@ pub mod cgroup;
 pub mod env;
 pub mod error;
 pub mod flamegraph;
+pub mod go;
 pub mod record;
 pub mod sampler;

@@ -35,9 +35,11 @@ var (
 //go:noinline
 func countedTarget(depth int) int {
 	counter.Add(1)
-	var pad [64]byte
-	pad[depth%64] = byte(depth)
-	return int(pad[depth%64])
+	// A frame above StackSmall: the function gets a stack check, so a
+	// call on a small stack goes through morestack and re-runs it.
+	var pad [512]byte
+	pad[depth%512] = byte(depth)
+	return int(pad[(depth*7)%512])
 }
 
 // recurse grows the stack so that some countedTarget calls hit morestack.

@@ -1,0 +1,303 @@
+//! Go runtime activity probes against real Go programs in the real kernel
+//! (root needed; under `CI=true` a missing privilege is a failure).
+//!
+//! The workload (`tests/workloads/goruntime`) is built here with Go 1.19
+//! and Go 1.23 (plain and `-s -w`) into a scratch directory; `GOCACHE`
+//! lives under `target/`. Run with
+//! `cargo test -p profiler-user --test go_runtime -- --test-threads=1`.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use diff::pprof::proto::Profile;
+use profiler_symbolize::{Limits, ProfileMeta, Symbolizer};
+use profiler_user::{
+    go::{GoOptions, GoProfiles, GoSession},
+    sampler::{Sampler, TARGET_SAMPLE},
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn can_run(test: &str) -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs root, and CI=true forbids skipping");
+    }
+    eprintln!("{test}: skipped (needs root)");
+    false
+}
+
+fn go_tool(version: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(format!("/usr/lib/go-{version}/bin/go"));
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("Go {version} missing at {}", p.display());
+    }
+    eprintln!("Go {version} missing: skipped");
+    None
+}
+
+/// Build the goruntime workload with Go `version` (stripped with `-s -w`
+/// if asked) into a directory under target/ and return the binary.
+fn build(version: &str, stripped: bool) -> Option<PathBuf> {
+    let go = go_tool(version)?;
+    let out_dir = root().join("target/go-runtime-tests");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!(
+        "goruntime-{version}{}",
+        if stripped { "-stripped" } else { "" }
+    ));
+    let mut cmd = Command::new(&go);
+    cmd.current_dir(root().join("tests/workloads"))
+        .env("GOCACHE", root().join("target/gocache-go-runtime"))
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .arg("build")
+        .arg("-o")
+        .arg(&out);
+    if stripped {
+        cmd.arg("-ldflags=-s -w");
+    }
+    cmd.arg("./goruntime");
+    let st = cmd.status().expect("running go build");
+    assert!(st.success(), "go build with Go {version} failed");
+    Some(out)
+}
+
+/// A started workload, killed by PID on drop; its stdout lines arrive on
+/// a channel.
+struct Workload {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Workload {
+    fn start(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Workload {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        w.wait_line("ready", Duration::from_secs(10));
+        w
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for a line starting with `prefix`; returns it.
+    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+                return l.clone();
+            }
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("no line {prefix:?} from the workload; got {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    out: Vec<(String, Profile, Vec<String>)>,
+}
+
+impl Run {
+    fn get(&self, kind: &str) -> (&Profile, &[String]) {
+        let (_, p, s) = self
+            .out
+            .iter()
+            .find(|(k, _, _)| k == kind)
+            .unwrap_or_else(|| panic!("no {kind} profile"));
+        (p, s)
+    }
+}
+
+/// Attach to `pid` with `opts`, tick until `until` returns true (or the
+/// timeout), then finish while still attached.
+fn session(pid: u32, opts: &GoOptions, timeout: Duration, mut until: impl FnMut() -> bool) -> Run {
+    let mut sampler = Sampler::start(49).expect("loading the sampler");
+    sampler.set_filter(true).unwrap();
+    sampler.add_tgid(pid, TARGET_SAMPLE).unwrap();
+    let mut go = GoSession::start(&mut sampler, opts).expect("loading Go probes");
+    let mut sym = Symbolizer::new(Limits::default());
+    sym.snapshot_process(pid).unwrap();
+    go.add_process(&mut sampler, pid)
+        .expect("attaching Go probes");
+    eprintln!("notes: {:?}", go.notes());
+    let start = Instant::now();
+    while start.elapsed() < timeout && !until() {
+        go.tick(&mut sampler);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let meta = ProfileMeta {
+        frequency_hz: 0,
+        start: SystemTime::now(),
+        duration: start.elapsed(),
+        comments: vec![],
+    };
+    let out = go.finish(&mut sampler, &mut sym, &meta);
+    for (k, p, s) in &out {
+        eprintln!("== {k}: {} samples", p.sample.len());
+        for l in s {
+            eprintln!("   {l}");
+        }
+    }
+    Run { out }
+}
+
+fn s(p: &Profile, i: i64) -> &str {
+    &p.string_table[i as usize]
+}
+
+/// (function names leaf first, values, labels) of each sample.
+fn flat(p: &Profile) -> Vec<(Vec<String>, Vec<i64>, HashMap<String, String>)> {
+    let funcs: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, s(p, f.name))).collect();
+    let locs: HashMap<u64, _> = p.location.iter().map(|l| (l.id, l)).collect();
+    p.sample
+        .iter()
+        .map(|smp| {
+            let mut names = Vec::new();
+            for id in &smp.location_id {
+                for line in &locs[id].line {
+                    names.push(funcs[&line.function_id].to_string());
+                }
+                if locs[id].line.is_empty() {
+                    names.push(format!("{:#x}", locs[id].address));
+                }
+            }
+            let labels = smp
+                .label
+                .iter()
+                .filter(|l| l.str != 0)
+                .map(|l| (s(p, l.key).to_string(), s(p, l.str).to_string()))
+                .collect();
+            (names, smp.value.clone(), labels)
+        })
+        .collect()
+}
+
+fn comments(p: &Profile) -> Vec<&str> {
+    p.comment.iter().map(|&c| s(p, c)).collect()
+}
+
+fn calls_exact(version: &str, stripped: bool) {
+    let Some(bin) = build(version, stripped) else {
+        return;
+    };
+    let mut w = Workload::start(
+        &bin,
+        &["-calls", "300000", "-calls-delay", "1s", "-duration", "30s"],
+    );
+    let opts = GoOptions {
+        profiles: GoProfiles {
+            calls: true,
+            ..Default::default()
+        },
+        count: vec!["main.countedTarget".into()],
+        ..Default::default()
+    };
+    let pid = w.pid();
+    let mut printed = None;
+    let run = session(pid, &opts, Duration::from_secs(60), || {
+        if printed.is_none() {
+            if let Ok(l) = w.lines.try_recv() {
+                if let Some(n) = l.strip_prefix("calls=") {
+                    printed = Some(n.parse::<i64>().unwrap());
+                }
+            }
+        }
+        printed.is_some()
+    });
+    let printed = printed.expect("the workload printed its call count");
+    let (p, summary) = run.get("calls");
+    let samples = flat(p);
+    let total: i64 = samples.iter().map(|x| x.1[0]).sum();
+    assert_eq!(
+        total, printed,
+        "calls profile total vs the program's own count; summary {summary:?}"
+    );
+    // Every stack's leaf is the counted function, and its immediate caller
+    // (recovered from [SP]) is one of the two call sites.
+    for (names, v, _) in &samples {
+        assert_eq!(names[0], "main.countedTarget", "leaf of {names:?} ({v:?})");
+        assert!(
+            names[1] == "main.runCalls.func1" || names[1].starts_with("main.runCalls.func1."),
+            "caller of countedTarget should be runCalls.func1...: {names:?}"
+        );
+    }
+    // Calls on fresh goroutines through recurse() have recurse frames.
+    let via_recurse: i64 = samples
+        .iter()
+        .filter(|(n, _, _)| n.iter().any(|f| f == "main.recurse"))
+        .map(|x| x.1[0])
+        .sum();
+    assert_eq!(via_recurse, 3000, "300000/100 calls go through recurse");
+    assert!(summary
+        .iter()
+        .any(|l| l.contains("main.countedTarget") && l.contains(&printed.to_string())));
+}
+
+#[test]
+fn calls_are_exact_go119() {
+    if can_run("calls_are_exact_go119") {
+        calls_exact("1.19", false);
+    }
+}
+
+#[test]
+fn calls_are_exact_go123() {
+    if can_run("calls_are_exact_go123") {
+        calls_exact("1.23", false);
+    }
+}
+
+#[test]
+fn calls_are_exact_stripped_go123() {
+    if can_run("calls_are_exact_stripped_go123") {
+        calls_exact("1.23", true);
+    }
+}
