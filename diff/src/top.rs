@@ -8,7 +8,7 @@
 //! cum; or cum, name, flat with `by_cum`). Values are formatted with
 //! pprof's unit scaling ([`format_value`]).
 
-use std::collections::HashMap;
+use crate::pprof::decode::FxHashMap;
 use std::fmt::Write as _;
 
 use crate::profile::{Profile, ValueType};
@@ -40,7 +40,7 @@ pub struct TopTable {
 /// Computes the table for sample type `index` (which must be in range).
 pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
     // Frame id -> function row index, so names are hashed once per frame.
-    let mut row_of_name: HashMap<&str, usize> = HashMap::new();
+    let mut row_of_name: FxHashMap<&str, usize> = FxHashMap::default();
     let mut rows: Vec<TopRow> = Vec::new();
     let frame_row: Vec<usize> = p
         .frames

@@ -13,6 +13,54 @@ use crate::error::DecodeError;
 use crate::input::Limits;
 use crate::profile::{Frame, FrameId, FrameKind, LabelValue, Profile, Sample, ValueType};
 
+/// A fast non-cryptographic hasher (the Fx hash of rustc) for integer and
+/// short string keys built from trusted-size input; hash flooding is not
+/// a concern for a profile reader bounded by [`Limits`].
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher {
+    hash: u64,
+}
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl std::hash::Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.write_u64(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        for &b in chunks.remainder() {
+            self.write_u64(u64::from(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.hash = (self.hash.rotate_left(5) ^ i).wrapping_mul(FX_SEED);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// `BuildHasher` for [`FxHasher`].
+pub(crate) type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+/// A `HashMap` with [`FxHasher`].
+pub(crate) type FxHashMap<K, V> = HashMap<K, V, FxBuild>;
+
 /// Why the raw protobuf could not be decoded.
 #[derive(Debug)]
 pub(crate) enum RawError {
@@ -46,6 +94,16 @@ impl<'a> Reader<'a> {
     }
     #[inline]
     fn varint(&mut self) -> Result<u64, RawError> {
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, RawError> {
         let mut v: u64 = 0;
         let mut shift = 0u32;
         loop {
@@ -138,12 +196,13 @@ impl<'a> Reader<'a> {
         Ok(self.int(field, wt)? != 0)
     }
     /// A repeated varint field, packed or not, appended to `out`.
-    fn repeated<T>(
+    #[inline]
+    fn repeated<T, F: Fn(u64) -> T>(
         &mut self,
         field: u64,
         wt: u8,
         out: &mut Vec<T>,
-        conv: fn(u64) -> T,
+        conv: F,
         budget: &mut Budget,
     ) -> Result<(), RawError> {
         match wt {
@@ -263,6 +322,9 @@ fn parse_raw<'a>(data: &'a [u8], limits: &Limits) -> Result<Raw<'a>, RawError> {
         limit: max_entries,
     };
     let mut p = Raw::default();
+    // Sample location ids dominate real profiles (about one byte each);
+    // reserving avoids repeated regrowth. Untouched capacity costs no memory.
+    p.loc_ids.reserve(data.len() / 2);
     let mut r = Reader::new(data, 0);
     let mut n_messages: u64 = 0;
     while !r.at_end() {
@@ -494,7 +556,7 @@ fn parse_function(m: &[u8], base: usize) -> Result<RawFunction, RawError> {
 /// Maps pprof ids (u64, 0 reserved) to indexes; dense when ids are small.
 enum IdIndex {
     Dense(Vec<u32>),
-    Sparse(HashMap<u64, u32>),
+    Sparse(FxHashMap<u64, u32>),
 }
 
 impl IdIndex {
@@ -504,7 +566,7 @@ impl IdIndex {
         let mut idx = if max <= (n as u64).saturating_mul(4) + 64 {
             IdIndex::Dense(vec![u32::MAX; max as usize + 1])
         } else {
-            IdIndex::Sparse(HashMap::with_capacity(n))
+            IdIndex::Sparse(FxHashMap::with_capacity_and_hasher(n, FxBuild::default()))
         };
         for (i, id) in ids.enumerate() {
             if id == 0 {
@@ -608,15 +670,28 @@ fn resolve(raw: Raw<'_>) -> Result<Profile, String> {
         mapping_names.push(strings.get(m.filename, &format_args!("mapping {}", m.id))?);
     }
 
-    // Locations -> frames (innermost first), interned.
+    // Locations -> frames (innermost first), interned by an integer key so
+    // strings are cloned once per distinct frame.
     let lidx = IdIndex::build(raw.locations.iter().map(|l| l.id), "location")?;
     let mut frames: Vec<Frame> = Vec::new();
-    let mut interned: HashMap<Frame, FrameId> = HashMap::new();
+    // (function index or u32::MAX, line, inlined, mapping index or u32::MAX, address)
+    type Key = (u32, i64, bool, u32, u64);
+    let mut interned: FxHashMap<Key, FrameId> = FxHashMap::default();
     let mut loc_frames: Vec<FrameId> = Vec::new();
     let mut loc_ranges: Vec<(u32, u32)> = Vec::with_capacity(raw.locations.len());
+    let kinds: Vec<FrameKind> = mapping_names
+        .iter()
+        .map(|name| {
+            if name.starts_with("[kernel") || name == "vmlinux" {
+                FrameKind::Kernel
+            } else {
+                FrameKind::User
+            }
+        })
+        .collect();
     for l in &raw.locations {
-        let (mapping, kind, rel) = if l.mapping_id == 0 {
-            (String::new(), FrameKind::User, l.address)
+        let (mi, rel) = if l.mapping_id == 0 {
+            (u32::MAX, l.address)
         } else {
             let mi = midx.get(l.mapping_id).ok_or_else(|| {
                 format!(
@@ -625,43 +700,44 @@ fn resolve(raw: Raw<'_>) -> Result<Profile, String> {
                 )
             })?;
             let m = &raw.mappings[mi];
-            let name = &mapping_names[mi];
-            let kind = if name.starts_with("[kernel") || name == "vmlinux" {
-                FrameKind::Kernel
-            } else {
-                FrameKind::User
-            };
             let rel = if m.start <= l.address && l.address < m.limit {
                 l.address - m.start + m.offset
             } else {
                 l.address
             };
-            (name.clone(), kind, rel)
+            (mi as u32, rel)
         };
         let start = u32_len(&loc_frames);
         let lines = &raw.lines[l.lines.0 as usize..l.lines.1 as usize];
-        let mut push = |f: Frame| {
-            let id = match interned.get(&f) {
-                Some(&id) => id,
-                None => {
-                    let id = frames.len() as FrameId;
-                    frames.push(f.clone());
-                    interned.insert(f, id);
-                    id
-                }
-            };
+        let mut push = |key: Key| {
+            let id = *interned.entry(key).or_insert_with(|| {
+                let (fi, line, inlined, mi, address) = key;
+                let (function, file) = match funcs.get(fi as usize) {
+                    Some((name, file)) if !name.is_empty() => (name.clone(), file.clone()),
+                    Some((_, file)) => (format!("0x{:x}", l.address), file.clone()),
+                    None => (format!("0x{:x}", l.address), String::new()),
+                };
+                let (mapping, kind) = match mapping_names.get(mi as usize) {
+                    Some(name) => (name.clone(), kinds[mi as usize]),
+                    None => (String::new(), FrameKind::User),
+                };
+                frames.push(Frame {
+                    function,
+                    file,
+                    line,
+                    inlined,
+                    kind,
+                    mapping,
+                    address,
+                });
+                (frames.len() - 1) as FrameId
+            });
             loc_frames.push(id);
         };
         if lines.is_empty() {
-            push(Frame {
-                function: format!("0x{:x}", l.address),
-                file: String::new(),
-                line: 0,
-                inlined: false,
-                kind,
-                mapping: mapping.clone(),
-                address: rel,
-            });
+            // Unsymbolized: the frame is named by its absolute address, so the
+            // key must include it even when the relative address collides.
+            push((u32::MAX, l.address as i64, false, mi, rel));
         }
         for (k, &(fid, line)) in lines.iter().enumerate() {
             let fi = fidx.get(fid).ok_or_else(|| {
@@ -670,20 +746,7 @@ fn resolve(raw: Raw<'_>) -> Result<Profile, String> {
                     l.id
                 )
             })?;
-            let (name, file) = &funcs[fi];
-            push(Frame {
-                function: if name.is_empty() {
-                    format!("0x{:x}", l.address)
-                } else {
-                    name.clone()
-                },
-                file: file.clone(),
-                line,
-                inlined: k + 1 < lines.len(),
-                kind,
-                mapping: mapping.clone(),
-                address: rel,
-            });
+            push((fi as u32, line, k + 1 < lines.len(), mi, rel));
         }
         loc_ranges.push((start, u32_len(&loc_frames)));
     }
@@ -692,7 +755,7 @@ fn resolve(raw: Raw<'_>) -> Result<Profile, String> {
     // Samples.
     let n_types = sample_types.len();
     let mut samples = Vec::with_capacity(raw.samples.len());
-    let mut label_keys: HashMap<i64, String> = HashMap::new();
+    let mut label_keys: FxHashMap<i64, String> = FxHashMap::default();
     for (si, s) in raw.samples.iter().enumerate() {
         let values = &raw.values[s.values.0 as usize..s.values.1 as usize];
         if values.len() != n_types {
@@ -703,17 +766,17 @@ fn resolve(raw: Raw<'_>) -> Result<Profile, String> {
         }
         let ids = &raw.loc_ids[s.locs.0 as usize..s.locs.1 as usize];
         let mut depth = 0usize;
-        let mut idxs = Vec::with_capacity(ids.len());
         for &id in ids {
             let li = lidx.get(id).ok_or_else(|| {
                 format!("sample {si} refers to location id {id} which does not exist")
             })?;
             let (a, b) = loc_ranges[li];
             depth += (b - a) as usize;
-            idxs.push((a, b));
         }
         let mut stack = Vec::with_capacity(depth);
-        for (a, b) in idxs {
+        for &id in ids {
+            // Checked in the loop above.
+            let (a, b) = loc_ranges[lidx.get(id).unwrap_or_default()];
             stack.extend_from_slice(&loc_frames[a as usize..b as usize]);
         }
         let mut labels = Vec::new();
