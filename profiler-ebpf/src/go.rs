@@ -79,15 +79,28 @@ fn cookie(ctx: &ProbeContext) -> u64 {
     unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
 
+/// The register `which` names. All candidates are loaded first (constant
+/// context offsets): the verifier rejects a computed context offset.
 #[inline(always)]
 fn select(r: &pt_regs, which: u64) -> u64 {
+    // SAFETY: fields of the context struct.
+    let v = unsafe {
+        [
+            core::ptr::read_volatile(&r.rax),
+            core::ptr::read_volatile(&r.rbx),
+            core::ptr::read_volatile(&r.rcx),
+            core::ptr::read_volatile(&r.rdi),
+            core::ptr::read_volatile(&r.rsi),
+            core::ptr::read_volatile(&r.rdx),
+        ]
+    };
     match which {
-        reg::AX => r.rax,
-        reg::BX => r.rbx,
-        reg::CX => r.rcx,
-        reg::DI => r.rdi,
-        reg::SI => r.rsi,
-        _ => r.rdx,
+        reg::AX => v[0],
+        reg::BX => v[1],
+        reg::CX => v[2],
+        reg::DI => v[3],
+        reg::SI => v[4],
+        _ => v[5],
     }
 }
 

@@ -301,3 +301,126 @@ fn calls_are_exact_stripped_go123() {
         calls_exact("1.23", true);
     }
 }
+
+fn goroutine_leak(version: &str, stripped: bool) {
+    let Some(bin) = build(version, stripped) else {
+        return;
+    };
+    const N: i64 = 100;
+    const PRE: i64 = 7;
+    let mut w = Workload::start(
+        &bin,
+        &[
+            "-leak-rate",
+            "25",
+            "-leak-count",
+            "100",
+            "-pre-leak",
+            "7",
+            "-start-delay",
+            "1s",
+            "-duration",
+            "60s",
+        ],
+    );
+    let opts = GoOptions {
+        profiles: GoProfiles {
+            goroutines: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pid = w.pid();
+    let mut done = false;
+    let run = session(pid, &opts, Duration::from_secs(30), || {
+        if let Ok(l) = w.lines.try_recv() {
+            done |= l.starts_with("leak-done");
+        }
+        done
+    });
+    assert!(done, "the workload finished leaking");
+    // Let the last short-lived goroutines exit... they were counted at
+    // the snapshot already; allow <= 1 still running.
+    let (p, summary) = run.get("goroutines");
+    let types: Vec<&str> = p.sample_type.iter().map(|t| s(p, t.r#type)).collect();
+    assert_eq!(types, ["goroutine", "created", "exited"]);
+    let samples = flat(p);
+    let site = |name: &str, origin_before: bool| -> Vec<i64> {
+        let mut v = vec![0i64; 3];
+        for (names, vals, labels) in &samples {
+            let before = labels.get("origin").is_some_and(|o| o == "before_attach");
+            if names.first().map(String::as_str) == Some(name) && before == origin_before {
+                for (a, b) in v.iter_mut().zip(vals) {
+                    *a += b;
+                }
+            }
+        }
+        v
+    };
+    let leak = site("main.leakSite", false);
+    assert_eq!(
+        leak,
+        vec![N, N, 0],
+        "leakSite live/created/exited; summary {summary:?}"
+    );
+    let short = site("main.shortSite", false);
+    assert_eq!(short[1], N, "shortSite created");
+    assert!(short[0] <= 1, "shortSite live {short:?}");
+    // The leak signal: slope near 25/s over the leaking part, steady.
+    let line = summary
+        .iter()
+        .find(|l| l.contains("main.leakSite"))
+        .expect("summary line for leakSite");
+    assert!(line.contains("LEAK SIGNAL"), "{line}");
+    let slope: f64 = line
+        .split("slope=")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (12.0..=30.0).contains(&slope),
+        "leak slope {slope}/s (rate 25/s): {line}"
+    );
+    let short_line = summary
+        .iter()
+        .find(|l| l.contains("main.shortSite"))
+        .unwrap();
+    assert!(!short_line.contains("LEAK"), "{short_line}");
+    // Goroutines from before attaching: counted from runtime.allgs when the
+    // binary has a symbol table, otherwise the profile says they are not.
+    let cm = comments(p);
+    if stripped {
+        assert!(cm.iter().any(|c| c.contains("NOT counted")), "{cm:?}");
+    } else {
+        let pre = site("main.preLeakSite", true);
+        assert_eq!(pre[0], PRE, "preLeakSite goroutines found in runtime.allgs");
+        assert!(cm
+            .iter()
+            .any(|c| c.contains("created before attaching, counted from runtime.allgs")));
+    }
+}
+
+#[test]
+fn goroutine_leak_go119() {
+    if can_run("goroutine_leak_go119") {
+        goroutine_leak("1.19", false);
+    }
+}
+
+#[test]
+fn goroutine_leak_go123() {
+    if can_run("goroutine_leak_go123") {
+        goroutine_leak("1.23", false);
+    }
+}
+
+#[test]
+fn goroutine_leak_stripped_go119() {
+    if can_run("goroutine_leak_stripped_go119") {
+        goroutine_leak("1.19", true);
+    }
+}

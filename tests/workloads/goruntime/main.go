@@ -99,6 +99,13 @@ func leakSite() {
 }
 
 //go:noinline
+func preLeakSite() {
+	go func() {
+		<-blockers
+	}()
+}
+
+//go:noinline
 func shortSite() {
 	go func() {
 		shorts.Add(1)
@@ -142,6 +149,8 @@ func main() {
 	calls := flag.Int("calls", 0, "countedTarget calls (0: none)")
 	callsDelay := flag.Duration("calls-delay", time.Second, "wait before calling")
 	leakRate := flag.Int("leak-rate", 0, "leaked (and short-lived) goroutines per second")
+	leakCount := flag.Int("leak-count", 0, "stop leaking after this many (0: never)")
+	preLeak := flag.Int("pre-leak", 0, "goroutines leaked by preLeakSite before printing ready")
 	allocA_ := flag.Int("alloc-a", 0, "bytes/s allocated by allocA")
 	allocB_ := flag.Int("alloc-b", 0, "bytes/s allocated by allocB")
 	memRate := flag.Int("memprofilerate", -1, "set runtime.MemProfileRate (-1: leave)")
@@ -151,6 +160,9 @@ func main() {
 	if *memRate >= 0 {
 		runtime.MemProfileRate = *memRate
 	}
+	for i := 0; i < *preLeak; i++ {
+		preLeakSite()
+	}
 	fmt.Printf("ready pid=%d memprofilerate=%d\n", os.Getpid(), runtime.MemProfileRate)
 	time.Sleep(*startDelay)
 	stop := make(chan struct{})
@@ -159,9 +171,17 @@ func main() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			n := 0
 			every(time.Second/time.Duration(*leakRate), stop, func() {
+				if *leakCount > 0 && n >= *leakCount {
+					return
+				}
 				leakSite()
 				shortSite()
+				n++
+				if n == *leakCount {
+					fmt.Printf("leak-done leaked=%d\n", n)
+				}
 			})
 		}()
 	}
