@@ -424,3 +424,122 @@ fn goroutine_leak_stripped_go119() {
         goroutine_leak("1.19", true);
     }
 }
+
+/// alloc_space shares of allocA and allocB (by stacks containing them).
+fn alloc_shares(p: &Profile) -> (f64, f64, i64) {
+    let samples = flat(p);
+    let bytes = |f: &str| -> i64 {
+        samples
+            .iter()
+            .filter(|(n, _, _)| n.iter().any(|x| x == f))
+            .map(|x| x.1[1])
+            .sum()
+    };
+    let (a, b) = (bytes("main.allocA"), bytes("main.allocB"));
+    let t = (a + b).max(1) as f64;
+    (a as f64 / t, b as f64 / t, a + b)
+}
+
+fn allocs_run(version: &str, extra: &[&str], exact: bool) -> Run {
+    let bin = build(version, false).unwrap();
+    let mut args = vec![
+        "-alloc-a",
+        "8388608",
+        "-alloc-b",
+        "25165824",
+        "-start-delay",
+        "0s",
+        "-duration",
+        "60s",
+    ];
+    args.extend_from_slice(extra);
+    let w = Workload::start(&bin, &args);
+    let opts = GoOptions {
+        profiles: GoProfiles {
+            allocs: true,
+            ..Default::default()
+        },
+        alloc_exact: exact,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let run = session(w.pid(), &opts, Duration::from_secs(30), || {
+        start.elapsed() >= Duration::from_secs(5)
+    });
+    drop(w);
+    run
+}
+
+fn allocs_sampled(version: &str) {
+    if go_tool(version).is_none() {
+        return;
+    }
+    let run = allocs_run(version, &["-memprofilerate", "65536"], false);
+    let (p, summary) = run.get("allocs");
+    let types: Vec<&str> = p.sample_type.iter().map(|t| s(p, t.r#type)).collect();
+    assert_eq!(types, ["alloc_objects", "alloc_space"]);
+    assert_eq!(p.period, 65536, "period = MemProfileRate");
+    let (a, b, total) = alloc_shares(p);
+    eprintln!("allocA share {a:.3} allocB share {b:.3} bytes {total}");
+    // Known rates: 8 MiB/s and 24 MiB/s -> 25% / 75%, within ±10%.
+    assert!(
+        (a - 0.25).abs() <= 0.025,
+        "allocA share {a:.3} (want 0.25±10%); {summary:?}"
+    );
+    assert!((b - 0.75).abs() <= 0.075, "allocB share {b:.3}");
+    // The estimate of the absolute volume: ~32 MiB/s over ~5 s.
+    let mib = total as f64 / 1048576.0;
+    assert!(
+        (100.0..=260.0).contains(&mib),
+        "estimated {mib:.1} MiB for ~160 MiB"
+    );
+}
+
+#[test]
+fn allocs_sampled_go119() {
+    if can_run("allocs_sampled_go119") {
+        allocs_sampled("1.19");
+    }
+}
+
+#[test]
+fn allocs_sampled_go123() {
+    if can_run("allocs_sampled_go123") {
+        allocs_sampled("1.23");
+    }
+}
+
+/// MemProfileRate 0 (the workload never reaches runtime.MemProfile): the
+/// profile is empty and says why, in its comments and the summary.
+#[test]
+fn allocs_rate_zero_is_explained() {
+    if !can_run("allocs_rate_zero_is_explained") || go_tool("1.23").is_none() {
+        return;
+    }
+    let run = allocs_run("1.23", &[], false);
+    let (p, summary) = run.get("allocs");
+    assert!(p.sample.is_empty(), "rate 0: nothing sampled by Go");
+    let cm = comments(p);
+    assert!(
+        cm.iter().any(|c| c.contains("MemProfileRate is 0")),
+        "{cm:?}"
+    );
+    assert!(cm.iter().any(|c| c.contains("EMPTY")), "{cm:?}");
+    assert!(summary
+        .iter()
+        .any(|c| c.contains("MemProfileRate is 0") && c.contains("--allocs-exact")));
+}
+
+/// With the exact mode every allocation is probed (mallocgc): shares are
+/// exact and objects are counted one by one.
+#[test]
+fn allocs_exact_mode_go123() {
+    if !can_run("allocs_exact_mode_go123") || go_tool("1.23").is_none() {
+        return;
+    }
+    let run = allocs_run("1.23", &[], true);
+    let (p, _) = run.get("allocs");
+    let (a, b, _) = alloc_shares(p);
+    assert!((a - 0.25).abs() <= 0.025, "allocA share {a:.3}");
+    assert!((b - 0.75).abs() <= 0.075, "allocB share {b:.3}");
+}
