@@ -2,6 +2,8 @@
 //! binaries, starting and ending the processes a test owns, reading pprof.
 #![deny(missing_docs)]
 
+pub mod apiload;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
