@@ -16,7 +16,25 @@
 //!
 //! [`frameless_ranges`] computes, per binary, the address ranges where the
 //! return address is at `[RSP]` (Go's frameless functions and every
-//! function's prologue), for the collector's frame-pointer unwinding fix.
+//! function's prologue), for the collector's frame-pointer unwinding fix;
+//! [`Symbolizer::process_frameless_ranges`] gives them in a process's
+//! addresses.
+//!
+//! # Conventions
+//!
+//! - Stacks are leaf first. In a pprof sample, kernel frames come first,
+//!   then user frames. The first frame of each half is the interrupted
+//!   instruction; every other frame is a return address and is looked up
+//!   and stored at `address - 1` (inside the call), as the Go runtime does.
+//! - Location addresses are ELF virtual addresses of the binary (kernel:
+//!   the running kernel's addresses), with mappings set up so that
+//!   `go tool pprof` computes a zero load base: the same binary in
+//!   different processes or at different load addresses (PIE, ASLR)
+//!   yields the same locations, and `-disasm` lines up.
+//! - A frame that cannot be symbolized keeps its address and has no line;
+//!   a user address outside every snapshotted mapping gets no mapping.
+//! - Stripped Go binaries (`-ldflags=-s -w`) are symbolized from
+//!   `.gopclntab` (function, file, line; no inlined frames).
 //!
 //! ```no_run
 //! use profiler_symbolize::{Limits, ProfileMeta, RawSample, Symbolizer, write_pprof_gz};

@@ -111,7 +111,8 @@ pub(crate) struct ProfileBuilder {
     has_fn: Vec<bool>,
     has_ln: Vec<bool>,
     has_inl: Vec<bool>,
-    functions: HashMap<(String, String, String), u64>,
+    /// (name, system name, file) string ids to function id.
+    functions: HashMap<(i64, i64, i64), u64>,
     locations: HashMap<(u64, u64), u64>,
     merged: HashMap<(Vec<u64>, u32, String), usize>,
 }
@@ -177,22 +178,25 @@ impl ProfileBuilder {
         }
         let mut out = Vec::with_capacity(lines.len());
         for l in lines {
-            let fkey = (l.function.clone(), l.system_name.clone(), l.file.clone());
+            let (name, system_name, filename) = (
+                self.s.intern(&l.function),
+                self.s.intern(&l.system_name),
+                self.s.intern(&l.file),
+            );
             let next = self.functions.len() as u64 + 1;
-            let fid = match self.functions.get(&fkey) {
-                Some(&id) => id,
-                None => {
+            let fid = *self
+                .functions
+                .entry((name, system_name, filename))
+                .or_insert_with(|| {
                     self.p.function.push(Function {
                         id: next,
-                        name: self.s.intern(&l.function),
-                        system_name: self.s.intern(&l.system_name),
-                        filename: self.s.intern(&l.file),
+                        name,
+                        system_name,
+                        filename,
                         start_line: 0,
                     });
-                    self.functions.insert(fkey, next);
                     next
-                }
-            };
+                });
             out.push(Line {
                 function_id: fid,
                 line: l.line,
