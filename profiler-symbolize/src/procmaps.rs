@@ -1,6 +1,10 @@
 //! Parsing of `/proc/PID/maps`.
 
-/// One line of `/proc/PID/maps` that maps an executable file.
+/// Name of the vDSO mapping in maps (and of its pprof mapping).
+pub(crate) const VDSO: &str = "[vdso]";
+
+/// One line of `/proc/PID/maps` that maps an executable file (or the
+/// vDSO, with device and inode 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct MapsEntry {
     pub start: u64,
@@ -49,7 +53,21 @@ fn parse_line(line: &str) -> Option<Option<MapsEntry>> {
     let (major, minor) = dev.split_once(':')?;
     let dev = (u64::from_str_radix(major, 16).ok()? << 32) | u64::from_str_radix(minor, 16).ok()?;
     let inode: u64 = inode.parse().ok()?;
-    if perms.as_bytes().get(2) != Some(&b'x') || !path.starts_with('/') || inode == 0 {
+    if perms.as_bytes().get(2) != Some(&b'x') {
+        return Some(None);
+    }
+    if path == VDSO {
+        return Some(Some(MapsEntry {
+            start,
+            end,
+            offset,
+            dev: 0,
+            inode: 0,
+            path: VDSO.to_string(),
+            deleted: false,
+        }));
+    }
+    if !path.starts_with('/') || inode == 0 {
         return Some(None);
     }
     let (path, deleted) = match path.strip_suffix(" (deleted)") {
@@ -84,7 +102,9 @@ garbage
 ";
         let (v, bad) = parse_maps(text);
         assert_eq!(bad, 2);
-        assert_eq!(v.len(), 2);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[1].path, VDSO);
+        let v = [v[0].clone(), v[2].clone()];
         assert_eq!(v[0].start, 0x401000);
         assert_eq!(v[0].offset, 0x1000);
         assert_eq!(v[0].dev, (0xfd << 32) | 1);

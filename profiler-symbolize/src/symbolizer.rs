@@ -17,7 +17,7 @@ use diff::pprof::proto::Profile;
 use crate::elf::{self, ElfInfo};
 use crate::gopclntab::Pclntab;
 use crate::pprof::{FrameLine, MappingDesc, ProfileBuilder, ResolvedFrame, ResolvedSample};
-use crate::procmaps::{parse_maps, MapsEntry};
+use crate::procmaps::{parse_maps, MapsEntry, VDSO};
 use crate::{Limits, ProfileMeta, RawSample, SymbolizeError, SymbolizeStats};
 
 /// File name of the kernel mapping, as `perf` and pprof name it.
@@ -84,6 +84,9 @@ struct Binary {
     range: Option<(u64, u64, u64)>,
     /// Lazily computed [`crate::frameless_ranges`] (empty on error).
     frameless: Option<Arc<Vec<Range<u64>>>>,
+    /// An in-memory symbol table used instead of blazesym (the vDSO,
+    /// which has no file): sorted `(start, end, name)`.
+    symbols: Option<Vec<(u64, u64, String)>>,
 }
 
 impl Binary {
@@ -97,6 +100,7 @@ impl Binary {
             go: None,
             range: None,
             frameless: None,
+            symbols: None,
         }
     }
 }
@@ -361,6 +365,19 @@ impl Symbolizer {
             .unwrap_or_default()
     }
 
+    fn add_binary(&mut self, b: Binary) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.binaries[i] = b;
+                i
+            }
+            None => {
+                self.binaries.push(b);
+                self.binaries.len() - 1
+            }
+        }
+    }
+
     fn binary_for(&mut self, tgid: u32, e: &MapsEntry) -> Option<usize> {
         if let Some(&i) = self.by_inode.get(&(e.dev, e.inode)) {
             return Some(i);
@@ -368,6 +385,29 @@ impl Symbolizer {
         if self.binaries.len() - self.free.len() >= self.limits.max_binaries {
             self.stats.binary_overflow += 1;
             return None;
+        }
+        if e.path == VDSO {
+            // Every 64-bit process of this kernel maps the same vDSO image:
+            // read ours from memory and symbolize from its dynamic symbols.
+            let (info, symbols) = match read_own_vdso() {
+                Some((info, symbols)) => (Some(info), Some(symbols)),
+                None => {
+                    self.stats.elf_errors += 1;
+                    (None, None)
+                }
+            };
+            let i = self.add_binary(Binary {
+                path: VDSO.to_string(),
+                read_path: PathBuf::new(),
+                _fd: None,
+                info,
+                go: None,
+                range: None,
+                frameless: Some(Arc::new(Vec::new())),
+                symbols,
+            });
+            self.by_inode.insert((e.dev, e.inode), i);
+            return Some(i);
         }
         // Open the very file that is mapped, if we may; else the path.
         let map_files = format!("/proc/{tgid}/map_files/{:x}-{:x}", e.start, e.end);
@@ -423,17 +463,9 @@ impl Symbolizer {
             go: None,
             range: None,
             frameless: None,
+            symbols: None,
         };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.binaries[i] = b;
-                i
-            }
-            None => {
-                self.binaries.push(b);
-                self.binaries.len() - 1
-            }
-        };
+        let i = self.add_binary(b);
         self.by_inode.insert((e.dev, e.inode), i);
         self.by_identity.insert(identity, i);
         Some(i)
@@ -642,6 +674,12 @@ impl Symbolizer {
     }
 
     fn symbolize_user(&mut self, bin: usize, addrs: &[u64]) -> Vec<Vec<FrameLine>> {
+        if let Some(syms) = &self.binaries[bin].symbols {
+            return addrs.iter().map(|&a| lookup_symbol(syms, a)).collect();
+        }
+        if self.binaries[bin].read_path.as_os_str().is_empty() {
+            return vec![Vec::new(); addrs.len()];
+        }
         let path = self.binaries[bin].read_path.clone();
         let is_go = self.binaries[bin].info.as_ref().is_some_and(|i| i.is_go);
         let src = Source::Elf(ElfSource::new(&path));
@@ -695,6 +733,57 @@ impl Symbolizer {
         }
         out
     }
+}
+
+/// The line of `addr` in a sorted `(start, end, name)` table.
+fn lookup_symbol(syms: &[(u64, u64, String)], addr: u64) -> Vec<FrameLine> {
+    let i = syms.partition_point(|s| s.0 <= addr);
+    match i.checked_sub(1).map(|i| &syms[i]) {
+        Some((_, end, name)) if addr < *end => vec![FrameLine {
+            function: name.clone(),
+            system_name: name.clone(),
+            file: String::new(),
+            line: 0,
+            column: 0,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+/// Segments and function symbols of this process's own vDSO.
+fn read_own_vdso() -> Option<(ElfInfo, Vec<(u64, u64, String)>)> {
+    use object::{Object as _, ObjectSymbol as _};
+    use std::os::unix::fs::FileExt as _;
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let e = parse_maps(&maps).0.into_iter().find(|e| e.path == VDSO)?;
+    let len = usize::try_from(e.end - e.start)
+        .ok()
+        .filter(|&l| l <= 1 << 20)?;
+    let mut buf = vec![0u8; len];
+    File::open("/proc/self/mem")
+        .ok()?
+        .read_exact_at(&mut buf, e.start)
+        .ok()?;
+    let info = elf::elf_info(std::path::Path::new(VDSO), &buf).ok()?;
+    let file = object::File::parse(&*buf).ok()?;
+    let mut syms: Vec<(u64, u64, String)> = file
+        .dynamic_symbols()
+        .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+        .filter_map(|s| {
+            Some((
+                s.address(),
+                s.address() + s.size(),
+                s.name().ok()?.to_string(),
+            ))
+        })
+        .collect();
+    // Aliases (clock_gettime, __vdso_clock_gettime) share an address: keep
+    // the `__vdso_` name, which is what perf shows.
+    syms.sort_by(|a, b| {
+        (a.0, !a.2.starts_with("__vdso_")).cmp(&(b.0, !b.2.starts_with("__vdso_")))
+    });
+    syms.dedup_by_key(|s| s.0);
+    Some((info, syms))
 }
 
 /// The delta from file offset to ELF virtual address for a mapping at

@@ -947,3 +947,40 @@ fn process_frameless_ranges_translate_pie_addresses() {
     assert_eq!(sym.stats().frameless_errors, 0);
     assert!(sym.process_frameless_ranges(u32::MAX).is_empty());
 }
+
+#[test]
+fn vdso_frames_resolve() {
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = child.id();
+    let mut sym = Symbolizer::new(Limits::default());
+    let r = sym.snapshot_process(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    r.unwrap();
+    let Some(vdso) = sym
+        .process_mappings(pid)
+        .into_iter()
+        .find(|m| m.path == "[vdso]")
+    else {
+        panic!("no [vdso] mapping in a snapshot of sleep");
+    };
+    let samples: Vec<RawSample> = (vdso.start..vdso.end)
+        .step_by(8)
+        .map(|a| sample(pid, vec![a], vec![], 1))
+        .collect();
+    let p = sym.build_profile(&samples, &meta());
+    let names: Vec<String> = p
+        .location
+        .iter()
+        .flat_map(|l| names(&p, l.id))
+        .map(|l| l.0)
+        .collect();
+    assert!(
+        names.iter().any(|n| n.contains("clock_gettime")),
+        "{names:?}"
+    );
+    assert!(p
+        .mapping
+        .iter()
+        .any(|m| p.string_table[m.filename as usize] == "[vdso]"));
+}
