@@ -86,7 +86,7 @@ struct Binary {
     frameless: Option<Arc<Vec<Range<u64>>>>,
     /// An in-memory symbol table used instead of blazesym (the vDSO,
     /// which has no file): sorted `(start, end, name)`.
-    symbols: Option<Vec<(u64, u64, String)>>,
+    symbols: Option<SymbolTable>,
 }
 
 impl Binary {
@@ -735,6 +735,9 @@ impl Symbolizer {
     }
 }
 
+/// Sorted `(start, end, name)` of functions.
+type SymbolTable = Vec<(u64, u64, String)>;
+
 /// The line of `addr` in a sorted `(start, end, name)` table.
 fn lookup_symbol(syms: &[(u64, u64, String)], addr: u64) -> Vec<FrameLine> {
     let i = syms.partition_point(|s| s.0 <= addr);
@@ -751,7 +754,7 @@ fn lookup_symbol(syms: &[(u64, u64, String)], addr: u64) -> Vec<FrameLine> {
 }
 
 /// Segments and function symbols of this process's own vDSO.
-fn read_own_vdso() -> Option<(ElfInfo, Vec<(u64, u64, String)>)> {
+fn read_own_vdso() -> Option<(ElfInfo, SymbolTable)> {
     use object::{Object as _, ObjectSymbol as _};
     use std::os::unix::fs::FileExt as _;
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
