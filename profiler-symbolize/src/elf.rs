@@ -9,7 +9,7 @@ use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader};
 use object::{Object, ObjectSection, ObjectSymbol};
 
-use crate::gopclntab::Pclntab;
+use crate::gopclntab::{GoFuncData, Pclntab};
 use crate::SymbolizeError;
 
 /// A `PT_LOAD` segment.
@@ -119,7 +119,81 @@ pub(crate) fn go_pclntab(path: &Path, data: &[u8]) -> Result<Option<Pclntab>, Sy
                 .map_err(|e| elf_err(path, format!(".gopclntab: {e}")))?;
         }
     }
+    if table.is_go120() {
+        if let Some(gofunc) = find_gofunc(&file, sect.address(), &table) {
+            if let Some(s) = file
+                .sections()
+                .find(|s| s.address() <= gofunc && gofunc < s.address() + s.size())
+            {
+                if let Ok(bytes) = s.data() {
+                    table.set_funcdata(GoFuncData {
+                        gofunc,
+                        base: s.address(),
+                        bytes: bytes.to_vec(),
+                    });
+                }
+            }
+        }
+    }
     Ok(Some(table))
+}
+
+/// Address of `go:func.*` (base of funcdata offsets): from the symbol
+/// table, else from `runtime.firstmoduledata`, found as the words
+/// `(pclntab, pclntab + funcnameOffset)` in the file's data or, in PIE
+/// files, as the addends of relative relocations. Go 1.20+ layout, where
+/// `gofunc` is word 40 of moduledata.
+fn find_gofunc(file: &ElfFile64<'_>, pclntab: u64, table: &Pclntab) -> Option<u64> {
+    const GOFUNC_WORD: u64 = 40;
+    if let Some(s) = file.symbols().find(|s| s.name() == Ok("go:func.*")) {
+        return Some(s.address());
+    }
+    let names = pclntab + table.funcnametab_offset();
+    for name in [".noptrdata", ".data", ".data.rel.ro"] {
+        let Some(sect) = file.section_by_name(name) else {
+            continue;
+        };
+        let Ok(d) = sect.data() else { continue };
+        let word = |o: usize| {
+            d.get(o..o + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        };
+        let mut o = 0;
+        while o + 16 <= d.len() {
+            if word(o) == Some(pclntab) && word(o + 8) == Some(names) {
+                let g = word(o + GOFUNC_WORD as usize * 8)?;
+                if g != 0 {
+                    return Some(g);
+                }
+            }
+            o += 8;
+        }
+    }
+    // PIE: the pointers are R_X86_64_RELATIVE relocations (addend = value).
+    let rela = file.section_by_name(".rela.dyn")?;
+    let d = rela.data().ok()?;
+    let entry = |i: usize| -> Option<(u64, u64)> {
+        let b = d.get(i * 24..i * 24 + 24)?;
+        let off = u64::from_le_bytes(b[0..8].try_into().ok()?);
+        let addend = u64::from_le_bytes(b[16..24].try_into().ok()?);
+        Some((off, addend))
+    };
+    let n = d.len() / 24;
+    let mut by_offset = std::collections::HashMap::new();
+    for i in 0..n {
+        let (off, addend) = entry(i)?;
+        by_offset.insert(off, addend);
+    }
+    let mut candidates: Vec<u64> = (0..n)
+        .filter_map(entry)
+        .filter(|&(_, a)| a == pclntab)
+        .map(|(o, _)| o)
+        .collect();
+    candidates.sort_unstable();
+    candidates
+        .into_iter()
+        .find(|o| by_offset.get(&(o + 8)) == Some(&names))
+        .and_then(|o| by_offset.get(&(o + GOFUNC_WORD * 8)).copied())
 }
 
 /// See [`crate::frameless_ranges`].

@@ -31,9 +31,31 @@ pub(crate) struct GoFunc {
     funcoff: usize,
 }
 
+/// The bytes holding `go:func.*` (Go's funcdata, where inline trees
+/// live): a copy of the section containing it.
+pub(crate) struct GoFuncData {
+    /// Virtual address of `go:func.*`.
+    pub gofunc: u64,
+    /// Virtual address of `bytes[0]`.
+    pub base: u64,
+    /// The section's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// One frame from the pclntab: function, file, line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct GoFrame<'a> {
+    pub function: &'a str,
+    pub file: &'a str,
+    pub line: i64,
+}
+
 /// A parsed `.gopclntab`; owns the section bytes.
 pub(crate) struct Pclntab {
     data: Vec<u8>,
+    /// Go 1.20+ layout (`_func` has `startLine`; 16-byte inlinedCall).
+    go120: bool,
+    funcdata: Option<GoFuncData>,
     quantum: u64,
     nfunc: usize,
     text_start: u64,
@@ -92,6 +114,8 @@ impl Pclntab {
         };
         Ok(Self {
             data,
+            go120: magic == MAGIC_120,
+            funcdata: None,
             quantum: quantum.max(1),
             nfunc,
             text_start,
@@ -101,6 +125,101 @@ impl Pclntab {
             pctab,
             functab,
         })
+    }
+
+    /// Attach `go:func.*` so [`Self::frames`] can expand inlined calls.
+    pub fn set_funcdata(&mut self, d: GoFuncData) {
+        self.funcdata = Some(d);
+    }
+
+    /// Offset of `funcnametab` and the `go120` flag, for locating moduledata.
+    pub fn funcnametab_offset(&self) -> u64 {
+        self.funcnametab as u64
+    }
+
+    /// Whether the table has the Go 1.20+ layout.
+    pub fn is_go120(&self) -> bool {
+        self.go120
+    }
+
+    /// Frames at `pc` of `f`, innermost inlined call first and `f`
+    /// itself last. Inlined calls are expanded (Go 1.20+) when the
+    /// funcdata was attached; otherwise only `f` is returned.
+    pub fn frames(&self, f: &GoFunc, pc: u64) -> Vec<GoFrame<'_>> {
+        let mut out = Vec::new();
+        let mut pc = pc;
+        if let Some((tree_pcdata, tree)) = self.inline_tree(f) {
+            // Bounded: inlining depth is small; a cycle in garbage stops here.
+            for _ in 0..64 {
+                let Some(ix) = self.value_at(f, tree_pcdata, pc) else {
+                    break;
+                };
+                let Ok(ix) = usize::try_from(ix) else { break };
+                let Some(rec) = tree.checked_add(ix * 16) else {
+                    break;
+                };
+                let Some(d) = &self.funcdata else { break };
+                let (Some(name_off), Some(parent_pc)) =
+                    (read_u32(&d.bytes, rec + 4), read_u32(&d.bytes, rec + 8))
+                else {
+                    break;
+                };
+                let Some(name) = read_cstr(
+                    &self.data,
+                    self.funcnametab.saturating_add(name_off as usize),
+                ) else {
+                    break;
+                };
+                let (file, line) = self.file_line(f, pc).unwrap_or(("", 0));
+                out.push(GoFrame {
+                    function: name,
+                    file,
+                    line,
+                });
+                let next = f.entry.wrapping_add(u64::from(parent_pc as i32 as u32));
+                if next < f.entry || next >= f.end {
+                    break;
+                }
+                pc = next;
+            }
+        }
+        if let Some(name) = self.name(f) {
+            let (file, line) = self.file_line(f, pc).unwrap_or(("", 0));
+            out.push(GoFrame {
+                function: name,
+                file,
+                line,
+            });
+        }
+        out
+    }
+
+    /// (pcdata table of inline-tree indexes, byte offset of the tree in
+    /// the funcdata bytes) of `f`, if it has inlined calls.
+    fn inline_tree(&self, f: &GoFunc) -> Option<(u32, usize)> {
+        if !self.go120 {
+            return None;
+        }
+        let d = self.funcdata.as_ref()?;
+        const PCDATA_INL_TREE_INDEX: usize = 2;
+        const FUNCDATA_INL_TREE: usize = 3;
+        // Go 1.20+ `_func`: 10 u32 fields, funcID, flag, pad, nfuncdata
+        // (44 bytes), then npcdata u32 pcdata offsets, then nfuncdata u32
+        // funcdata offsets (from go:func.*; u32::MAX if absent).
+        let base = self.functab.checked_add(f.funcoff)?;
+        let npcdata = self.field(f, 7)? as usize;
+        let nfuncdata = usize::from(*self.data.get(base + 43)?);
+        if npcdata <= PCDATA_INL_TREE_INDEX || nfuncdata <= FUNCDATA_INL_TREE {
+            return None;
+        }
+        let pcdata = read_u32(&self.data, base + 44 + PCDATA_INL_TREE_INDEX * 4)?;
+        let fd = read_u32(&self.data, base + 44 + npcdata * 4 + FUNCDATA_INL_TREE * 4)?;
+        if pcdata == 0 || fd == u32::MAX {
+            return None;
+        }
+        let tree_vaddr = d.gofunc.checked_add(u64::from(fd))?;
+        let off = usize::try_from(tree_vaddr.checked_sub(d.base)?).ok()?;
+        (off < d.bytes.len()).then_some((pcdata, off))
     }
 
     /// The text start used to turn entry offsets into addresses.

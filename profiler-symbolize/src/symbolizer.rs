@@ -699,8 +699,10 @@ impl Symbolizer {
                 }
             }
         };
-        if is_go && out.iter().any(Vec::is_empty) {
-            // Stripped Go binary (-s -w): the runtime's own table remains.
+        // Stripped Go binaries (-s -w) or ones without DWARF (-w): the
+        // runtime's own table remains and has file:line and inlining.
+        let lacks_lines = |l: &Vec<FrameLine>| l.iter().all(|x| x.line == 0);
+        if is_go && out.iter().any(lacks_lines) {
             let max = self.limits.max_elf_bytes;
             let b = &mut self.binaries[bin];
             if b.go.is_none() {
@@ -712,22 +714,25 @@ impl Symbolizer {
             }
             if let Some(Some(table)) = &b.go {
                 for (a, lines) in addrs.iter().zip(out.iter_mut()) {
-                    if !lines.is_empty() {
+                    if !lacks_lines(lines) {
                         continue;
                     }
-                    if let Some(f) = table.find(*a) {
-                        if let Some(name) = table.name(&f) {
-                            let (file, line) = table.file_line(&f, *a).unwrap_or(("", 0));
-                            lines.push(FrameLine {
-                                function: name.to_string(),
-                                system_name: name.to_string(),
-                                file: file.to_string(),
-                                line,
-                                column: 0,
-                            });
-                            self.stats.go_pclntab_fallbacks += 1;
-                        }
+                    let Some(f) = table.find(*a) else { continue };
+                    let frames = table.frames(&f, *a);
+                    if frames.is_empty() {
+                        continue;
                     }
+                    *lines = frames
+                        .into_iter()
+                        .map(|fr| FrameLine {
+                            function: fr.function.to_string(),
+                            system_name: fr.function.to_string(),
+                            file: fr.file.to_string(),
+                            line: fr.line,
+                            column: 0,
+                        })
+                        .collect();
+                    self.stats.go_pclntab_fallbacks += 1;
                 }
             }
         }

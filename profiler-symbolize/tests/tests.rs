@@ -535,38 +535,49 @@ fn go_process_symbolizes_from_snapshot_after_exit() {
     }
 }
 
-#[test]
-fn go_inlined_function_is_its_own_line() {
-    let Some(fx) = go_fixture() else { return };
-    let (framed, size) = elf_symbols(&fx.plain)["main.framed"];
-    let live = Live::start(&fx.plain);
+/// Lines of every address of `main.framed` in a variant, by ELF address.
+fn framed_lines(bin: &Path, symbols_from: &Path) -> Vec<Vec<(String, String, i64)>> {
+    let (framed, size) = elf_symbols(symbols_from)["main.framed"];
+    let live = Live::start(bin);
     let pid = live.pid();
     let mut sym = Symbolizer::new(Limits::default());
     sym.snapshot_process(pid).unwrap();
     let samples: Vec<RawSample> = (0..size)
-        .map(|off| {
-            sample(
-                pid,
-                vec![abs_of(&sym, pid, &fx.plain, framed + off)],
-                vec![],
-                1,
-            )
-        })
+        .map(|off| sample(pid, vec![abs_of(&sym, pid, bin, framed + off)], vec![], 1))
         .collect();
     live.kill();
     let p = sym.build_profile(&samples, &meta());
-    let inlined = p
-        .location
+    p.sample
         .iter()
-        .map(|l| names(&p, l.id))
-        .filter(|l| l.len() == 2)
-        .inspect(|l| {
-            assert_eq!(l[0].0, "main.scale");
-            assert_eq!(l[1].0, "main.framed");
-            assert_eq!(l[0].2, 40, "line inside scale: {l:?}");
-        })
-        .count();
-    assert!(inlined > 0, "no inlined main.scale frame in main.framed");
+        .map(|s| names(&p, s.location_id[0]))
+        .collect()
+}
+
+#[test]
+fn go_inlined_function_is_its_own_line() {
+    let Some(fx) = go_fixture() else { return };
+    let mut by_variant = Vec::new();
+    for (variant, bin, symbols_from) in fx.variants() {
+        let lines = framed_lines(bin, symbols_from);
+        let inlined: Vec<_> = lines.iter().filter(|l| l.len() == 2).collect();
+        assert!(!inlined.is_empty(), "{variant}: no inlined main.scale");
+        for l in inlined {
+            assert_eq!(l[0].0, "main.scale", "{variant}");
+            assert_eq!(l[1].0, "main.framed", "{variant}");
+            assert_eq!(l[0].2, 40, "{variant}: line inside scale: {l:?}");
+            assert!(l[1].2 >= 18 && l[1].2 <= 28, "{variant}: call site {l:?}");
+        }
+        by_variant.push((variant, lines));
+    }
+    // pclntab (stripped) and DWARF (plain) agree frame by frame.
+    let plain = &by_variant[0].1;
+    let stripped = &by_variant[1].1;
+    assert_eq!(plain.len(), stripped.len());
+    for (off, (d, g)) in plain.iter().zip(stripped).enumerate() {
+        let dn: Vec<(&str, i64)> = d.iter().map(|l| (l.0.as_str(), l.2)).collect();
+        let gn: Vec<(&str, i64)> = g.iter().map(|l| (l.0.as_str(), l.2)).collect();
+        assert_eq!(dn, gn, "main.framed+{off:#x}: DWARF vs pclntab");
+    }
 }
 
 #[test]
