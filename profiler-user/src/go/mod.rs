@@ -166,6 +166,7 @@ pub struct GoSession {
     notes: Vec<String>,
     probes_attached: u64,
     single_stepped: Vec<String>,
+    prog_fds: Vec<(&'static str, i32)>,
 }
 
 fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
@@ -245,6 +246,7 @@ impl GoSession {
             patterns.extend(set.iter().map(|s| s.to_string()));
         }
         let mut progs = Vec::new();
+        let mut prog_fds = Vec::new();
         if opts.profiles.calls && !patterns.is_empty() {
             progs.push("go_call");
         }
@@ -262,6 +264,10 @@ impl GoSession {
                 .try_into()
                 .map_err(|e| RecordError::Ebpf(format!("{name}: {e}")))?;
             p.load().map_err(|e| RecordError::from_program(name, e))?;
+            use std::os::fd::{AsFd as _, AsRawFd as _};
+            if let Ok(fd) = p.fd() {
+                prog_fds.push((name, fd.as_fd().as_raw_fd()));
+            }
         }
         let mut notes = Vec::new();
         if opts.profiles.calls && patterns.is_empty() {
@@ -290,7 +296,28 @@ impl GoSession {
             notes,
             probes_attached: 0,
             single_stepped: Vec::new(),
+            prog_fds,
         })
+    }
+
+    /// In-kernel cost of each loaded Go program: (name, `run_time_ns`,
+    /// `run_cnt`) from its fdinfo; zeros unless `kernel.bpf_stats_enabled=1`.
+    /// This is the program's own run time, not the uprobe trap around it.
+    pub fn prog_stats(&self) -> Vec<(&'static str, u64, u64)> {
+        self.prog_fds
+            .iter()
+            .map(|(name, fd)| {
+                let text =
+                    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+                let field = |k: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .and_then(|v| v.trim_start_matches(':').trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                (*name, field("run_time_ns"), field("run_cnt"))
+            })
+            .collect()
     }
 
     /// Notes gathered so far (binaries skipped, symbols not found, ...).
@@ -348,7 +375,16 @@ impl GoSession {
         let Some(code) = bin.code(&f) else {
             return Ok(false);
         };
-        let pp = prologue::entry_probe(code, f.entry);
+        let mut pp = prologue::entry_probe(code, f.entry);
+        if std::env::var_os("PROFILER_GO_PROBE_AT_ENTRY").is_some() {
+            // Measurement knob (cargo xtask bench go-probes): the naive
+            // placement on the first instruction, single-stepped.
+            pp = prologue::ProbePoint {
+                vaddr: f.entry,
+                check_flags: false,
+                emulated: false,
+            };
+        }
         let Some(off) = bin.file_offset(pp.vaddr) else {
             return Ok(false);
         };
@@ -667,6 +703,12 @@ impl GoSession {
             self.proc_overflow,
             self.series_overflow,
         );
+        let cost: Vec<String> = self
+            .prog_stats()
+            .into_iter()
+            .filter(|(_, _, n)| *n > 0)
+            .map(|(name, ns, n)| format!("{name} runs={n} ns_per_run={}", ns / n))
+            .collect();
         let losses: u64 = counters
             .iter()
             .filter(|(c, _)| c.is_loss())
@@ -674,6 +716,12 @@ impl GoSession {
             .sum();
         let mut base_comments = meta.comments.clone();
         base_comments.push(counter_line.clone());
+        if !cost.is_empty() {
+            base_comments.push(format!(
+                "go probe program cost (bpf_stats): {}",
+                cost.join(" ")
+            ));
+        }
         if !self.single_stepped.is_empty() {
             base_comments.push(format!(
                 "probes single-stepped (no emulated instruction found; ~10 us per hit): {}",

@@ -83,8 +83,10 @@ fn reg_selector(r: Register) -> Option<u64> {
 
 /// In `runtime.newproc.func1` (code at `entry`), the point after the call
 /// to `runtime.newproc1` (at `newproc1`) where a register holds the new g,
-/// and which register ([`reg`] selector). Prefers a `NOP` a few
-/// instructions later (emulated) if the g is still in a register there.
+/// and which register ([`reg`] selector). Prefers the next `CALL` (which
+/// the kernel emulates; in Go 1.19-1.23 the `runqput` call, with the g in
+/// BX) if the g is still in a register there, else the instruction right
+/// after the call (AX; single-stepped).
 pub fn after_call_probe(code: &[u8], entry: u64, newproc1: u64) -> Option<(ProbePoint, u64)> {
     let mut dec = decoder(code, entry);
     let mut info = InstructionInfoFactory::new();
@@ -106,7 +108,9 @@ pub fn after_call_probe(code: &[u8], entry: u64, newproc1: u64) -> Option<(Probe
         if steps > 12 || holders.is_empty() {
             break;
         }
-        if matches!(i.code(), Code::Nopd | Code::Nopw | Code::Nopq) {
+        if i.is_call_near() {
+            // A near CALL is emulated by the kernel (a NOP may not be); the
+            // g is still in a holder register when the CALL traps.
             let r = holders.iter().find_map(|r| reg_selector(*r))?;
             return Some((
                 ProbePoint {
@@ -117,7 +121,7 @@ pub fn after_call_probe(code: &[u8], entry: u64, newproc1: u64) -> Option<(Probe
                 r,
             ));
         }
-        if i.is_call_near() || i.is_jcc_short_or_near() || i.is_jmp_short_or_near() {
+        if i.is_jcc_short_or_near() || i.is_jmp_short_or_near() {
             break;
         }
         // MOV r64, r64 copies the g; any other write to a holder drops it.
@@ -197,7 +201,7 @@ mod tests {
         ];
         let entry = 0x43d4a0;
         let (p, r) = after_call_probe(&code, entry, entry + 5 + 0x5b).unwrap();
-        assert_eq!(p.vaddr, entry + 0x1b);
+        assert_eq!(p.vaddr, entry + 0x20);
         assert_eq!(r, reg::BX);
     }
 }

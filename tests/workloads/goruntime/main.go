@@ -156,6 +156,9 @@ func main() {
 	memRate := flag.Int("memprofilerate", -1, "set runtime.MemProfileRate (-1: leave)")
 	duration := flag.Duration("duration", 5*time.Second, "run time")
 	startDelay := flag.Duration("start-delay", time.Second, "wait before leaking/allocating")
+	benchCalls := flag.Int("bench-calls", 0, "time this many countedTarget calls, print, exit")
+	benchGoroutines := flag.Int("bench-goroutines", 0, "time this many goroutine creations, print, exit")
+	benchAllocs := flag.Int("bench-allocs", 0, "time this many 4 KiB allocations, print, exit")
 	flag.Parse()
 	if *memRate >= 0 {
 		runtime.MemProfileRate = *memRate
@@ -165,6 +168,10 @@ func main() {
 	}
 	fmt.Printf("ready pid=%d memprofilerate=%d\n", os.Getpid(), runtime.MemProfileRate)
 	time.Sleep(*startDelay)
+	if *benchCalls+*benchGoroutines+*benchAllocs > 0 {
+		bench(*benchCalls, *benchGoroutines, *benchAllocs)
+		return
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	if *leakRate > 0 {
@@ -214,4 +221,36 @@ func main() {
 	close(stop)
 	wg.Wait()
 	fmt.Printf("leaked=%d shorts=%d goroutines=%d\n", leaked.Load(), shorts.Load(), runtime.NumGoroutine())
+}
+
+// bench times fixed amounts of work on one goroutine and prints the
+// elapsed nanoseconds of each, for the probe-cost benchmark.
+func bench(calls, goroutines, allocs int) {
+	if calls > 0 {
+		t := time.Now()
+		for i := 0; i < calls; i++ {
+			countedTarget(i)
+		}
+		fmt.Printf("bench calls=%d elapsed_ns=%d\n", calls, time.Since(t).Nanoseconds())
+	}
+	if goroutines > 0 {
+		t := time.Now()
+		var wg sync.WaitGroup
+		for i := 0; i < goroutines; i++ {
+			wg.Add(1)
+			go func() { wg.Done() }()
+			if i%64 == 63 {
+				wg.Wait()
+			}
+		}
+		wg.Wait()
+		fmt.Printf("bench goroutines=%d elapsed_ns=%d\n", goroutines, time.Since(t).Nanoseconds())
+	}
+	if allocs > 0 {
+		t := time.Now()
+		for i := 0; i < allocs; i++ {
+			sink = make([]byte, 4096)
+		}
+		fmt.Printf("bench allocs=%d elapsed_ns=%d\n", allocs, time.Since(t).Nanoseconds())
+	}
 }
