@@ -152,6 +152,8 @@ pub struct SymbolizeStats {
     pub snapshots: u64,
     /// Snapshots that failed (process gone, no permission).
     pub snapshot_errors: u64,
+    /// Snapshots that found no mappings and kept the earlier snapshot.
+    pub empty_snapshots: u64,
     /// Maps lines that did not parse.
     pub maps_lines_skipped: u64,
     /// Frame lookups served from the cache.

@@ -214,7 +214,8 @@ impl Symbolizer {
     /// and periodically; a process that has exited can then still be
     /// symbolized. Fails if the maps file cannot be read or the process
     /// limit is reached; a binary that cannot be read only makes its
-    /// frames unsymbolized.
+    /// frames unsymbolized. An empty maps file (zombie, or a process in
+    /// the middle of exec) does not replace an earlier snapshot.
     pub fn snapshot_process(&mut self, tgid: u32) -> Result<(), SymbolizeError> {
         let maps_path = format!("/proc/{tgid}/maps");
         let text = match std::fs::read_to_string(&maps_path) {
@@ -264,6 +265,12 @@ impl Symbolizer {
             maps.push(ProcMap { m, bin });
         }
         maps.sort_by_key(|p| p.m.start);
+        if maps.is_empty() && self.procs.contains_key(&tgid) {
+            // A zombie (exited, not yet reaped) or a process in the middle
+            // of exec shows no mappings: keep what we had.
+            self.stats.empty_snapshots += 1;
+            return Ok(());
+        }
         self.procs.insert(tgid, maps);
         self.stats.snapshots += 1;
         Ok(())

@@ -682,6 +682,24 @@ fn kernel_frames_resolve_through_kallsyms() {
     assert_eq!(sym.stats().unmapped_frames, 1);
 }
 
+/// Wait until `pid` runs `name` and sleeps: during exec, `/proc/PID/exe`
+/// already names the new binary while maps are still empty.
+fn wait_until_sleeping(pid: u32, name: &str) {
+    for _ in 0..500 {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        if exe.file_name().is_some_and(|n| n == name) && state == Some("S") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{name} (pid {pid}) did not start sleeping");
+}
+
 // ------------------------------------------------------------- limits, errors
 
 #[test]
@@ -963,6 +981,7 @@ fn process_frameless_ranges_translate_pie_addresses() {
 fn vdso_frames_resolve() {
     let mut child = Command::new("sleep").arg("30").spawn().unwrap();
     let pid = child.id();
+    wait_until_sleeping(pid, "sleep");
     let mut sym = Symbolizer::new(Limits::default());
     let r = sym.snapshot_process(pid);
     child.kill().unwrap();
@@ -973,7 +992,11 @@ fn vdso_frames_resolve() {
         .into_iter()
         .find(|m| m.path == "[vdso]")
     else {
-        panic!("no [vdso] mapping in a snapshot of sleep");
+        panic!(
+            "no [vdso] mapping in a snapshot of sleep: {:?} {:?}",
+            sym.process_mappings(pid),
+            sym.stats()
+        );
     };
     let samples: Vec<RawSample> = (vdso.start..vdso.end)
         .step_by(8)
@@ -994,4 +1017,43 @@ fn vdso_frames_resolve() {
         .mapping
         .iter()
         .any(|m| p.string_table[m.filename as usize] == "[vdso]"));
+}
+
+#[test]
+fn zombie_snapshot_keeps_earlier_mappings() {
+    let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = child.id();
+    wait_until_sleeping(pid, "sleep");
+    let mut sym = Symbolizer::new(Limits::default());
+    sym.snapshot_process(pid).unwrap();
+    let before = sym.process_mappings(pid);
+    assert!(!before.is_empty());
+    child.kill().unwrap();
+    // Not reaped yet: a zombie, whose maps file is empty.
+    for _ in 0..500 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            == Some("Z")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = sym.snapshot_process(pid);
+    child.wait().unwrap();
+    r.unwrap();
+    assert_eq!(sym.process_mappings(pid), before);
+    assert_eq!(sym.stats().empty_snapshots, 1);
+    assert!(matches!(
+        sym.snapshot_process(pid),
+        Err(SymbolizeError::Proc { .. })
+    ));
+    assert_eq!(
+        sym.process_mappings(pid),
+        before,
+        "failed snapshot keeps it"
+    );
 }
