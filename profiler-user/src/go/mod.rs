@@ -129,6 +129,8 @@ const MAX_SERIES_POINTS: usize = 512;
 const MAX_SERIES_SITES: usize = 4096;
 /// How often `tick` samples live counts.
 const SERIES_INTERVAL: Duration = Duration::from_millis(500);
+/// Processes remembered as already examined (cleared when full).
+const MAX_SKIPPED: usize = 8192;
 /// Most `runtime.allgs` entries walked per process.
 const MAX_ALLGS: u64 = 1_000_000;
 
@@ -167,6 +169,7 @@ pub struct GoSession {
     probes_attached: u64,
     single_stepped: Vec<String>,
     prog_fds: Vec<(&'static str, i32)>,
+    skipped: HashSet<(u32, String)>,
 }
 
 fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
@@ -297,6 +300,7 @@ impl GoSession {
             probes_attached: 0,
             single_stepped: Vec::new(),
             prog_fds,
+            skipped: HashSet::new(),
         })
     }
 
@@ -415,6 +419,15 @@ impl GoSession {
         let shown = std::fs::read_link(&exe)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| exe.display().to_string());
+        // A process seen before with the same executable was not Go (an
+        // exec changes the executable, so it is looked at again).
+        if self.skipped.contains(&(tgid, shown.clone())) {
+            return Ok(());
+        }
+        if self.skipped.len() >= MAX_SKIPPED {
+            self.skipped.clear();
+        }
+        self.skipped.insert((tgid, shown.clone()));
         // Cheap check before reading the whole file: Go binaries have a
         // `.go.buildinfo` or `.gopclntab`; a quick sniff of the ELF magic.
         let mut magic = [0u8; 4];
@@ -751,6 +764,12 @@ impl GoSession {
         let mut common_summary = Vec::new();
         if losses > 0 {
             common_summary.push(format!("go probes lost data: {counter_line}"));
+        }
+        if !cost.is_empty() {
+            common_summary.push(format!(
+                "go probe program cost (bpf_stats): {}",
+                cost.join(" ")
+            ));
         }
 
         if self.opts.profiles.calls {

@@ -159,6 +159,7 @@ func main() {
 	benchCalls := flag.Int("bench-calls", 0, "time this many countedTarget calls, print, exit")
 	benchGoroutines := flag.Int("bench-goroutines", 0, "time this many goroutine creations, print, exit")
 	benchAllocs := flag.Int("bench-allocs", 0, "time this many 4 KiB allocations, print, exit")
+	work := flag.Bool("work", false, "controller-like load (1000 goroutines/s, 10 MiB/s, 2000 calls/s) beside a CPU-bound loop; print work units/s")
 	flag.Parse()
 	if *memRate >= 0 {
 		runtime.MemProfileRate = *memRate
@@ -168,6 +169,10 @@ func main() {
 	}
 	fmt.Printf("ready pid=%d memprofilerate=%d\n", os.Getpid(), runtime.MemProfileRate)
 	time.Sleep(*startDelay)
+	if *work {
+		controllerLoad(*duration)
+		return
+	}
 	if *benchCalls+*benchGoroutines+*benchAllocs > 0 {
 		bench(*benchCalls, *benchGoroutines, *benchAllocs)
 		return
@@ -253,4 +258,45 @@ func bench(calls, goroutines, allocs int) {
 		}
 		fmt.Printf("bench allocs=%d elapsed_ns=%d\n", allocs, time.Since(t).Nanoseconds())
 	}
+}
+
+// controllerLoad runs the probe benchmark's controller-like background
+// rates (1,000 goroutines/s, 10 MiB/s of 4 KiB allocations, 2,000
+// countedTarget calls/s, each in 100 batches per second) beside a CPU-bound
+// loop on the main goroutine, and prints the loop's rate.
+func controllerLoad(d time.Duration) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var inner sync.WaitGroup
+		every(10*time.Millisecond, stop, func() {
+			for i := 0; i < 10; i++ {
+				inner.Add(1)
+				go func() { inner.Done() }()
+			}
+			allocA(10 * 1024 * 1024 / 4096 / 100)
+			for i := 0; i < 20; i++ {
+				countedTarget(i)
+			}
+		})
+		inner.Wait()
+	}()
+	end := time.Now().Add(d)
+	units := 0
+	x := uint64(1)
+	t := time.Now()
+	for time.Now().Before(end) {
+		for i := 0; i < 10000; i++ {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+		}
+		units++
+	}
+	el := time.Since(t).Seconds()
+	close(stop)
+	wg.Wait()
+	fmt.Printf("work units_per_sec=%.1f x=%d\n", float64(units)/el, x&1)
 }
