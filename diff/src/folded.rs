@@ -40,7 +40,7 @@ pub fn parse(data: &[u8]) -> Option<Profile> {
         if line.is_empty() {
             continue;
         }
-        let (stack, count) = line.rsplit_once(|c: char| c == ' ' || c == '\t')?;
+        let (stack, count) = line.rsplit_once([' ', '\t'])?;
         let count: i64 = count.parse().ok()?;
         let stack = stack.trim_end();
         let mut frames = Vec::new();

@@ -351,7 +351,7 @@ fn explicit_bad_file_fails_but_directory_scan_skips_readme() {
     std::fs::create_dir(d.join("sub")).unwrap();
     std::fs::write(d.join("sub/b.pb.gz"), encode_gzip(&small_profile())).unwrap();
     std::fs::write(d.join("a.folded"), "x;y 1\n").unwrap();
-    let got = load_many(&[d.clone()]).unwrap();
+    let got = load_many(std::slice::from_ref(&d)).unwrap();
     let names: Vec<_> = got
         .iter()
         .map(|(p, _)| p.strip_prefix(&d).unwrap().to_string_lossy().into_owned())
