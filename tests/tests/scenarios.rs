@@ -1,0 +1,773 @@
+//! End-to-end gate scenarios for the controller workbench (issue 5).
+//!
+//! For the baseline and each `controller-sim -variant`, several short runs:
+//! each run starts its own `apiserver-sim` (loopback, random port), runs
+//! `controller-sim` under `profiler record` (CPU), then reads the server's
+//! request counters and writes them, with the controller's reconcile count,
+//! as an API-load profile (`integration_tests::apiload`). Then
+//! `profdiff gate --budgets budgets/workbench.toml` per signal:
+//!
+//! * baseline against baseline (two independent sets of runs) must pass on
+//!   every signal (exit 0);
+//! * baseline against each variant must fail (exit 1) on the signals listed
+//!   in [`EXPECT`], and a failing finding must come from the named rule and
+//!   name the named function or stack.
+//!
+//! `retry-no-backoff` only differs when there are errors to retry: it and
+//! its own baseline run against `apiserver-sim -error-rate 0.2
+//! -error-window 1s`.
+//!
+//! Knobs (environment): `SCENARIO_RUNS` (runs per side, default 3),
+//! `SCENARIO_SECS` (seconds per run, default 4), `SCENARIO_VARIANTS`
+//! (comma list), `SCENARIO_KEEP=DIR` (keep the profiles and reuse those
+//! already there, for budget work), `SCENARIO_MATRIX=FILE` (write the matrix
+//! as Markdown). `bench_scenarios` (ignored; run by `cargo xtask bench
+//! scenarios`) repeats whole trials: `SCENARIO_TRIALS` (default 5),
+//! `SCENARIO_BENCH_OUT=FILE` (TSV of every verdict).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    apiload, can_run_ebpf, profdiff_bin, profiler_bin, root, workload, Owned, TempDir,
+};
+
+#[path = "../scenarios/json.rs"]
+#[allow(dead_code)]
+mod json;
+
+/// Server flags of the fault configuration (200 ms outage every second).
+const FAULTS: &[&str] = &["-error-rate", "0.2", "-error-window", "1s"];
+
+/// CPU sampling frequency: about 5x the default, for more samples per run.
+const FREQUENCY: &str = "499";
+
+/// The signals a scenario can gate on; one profile directory each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Signal {
+    /// `profiler record` CPU profile.
+    Cpu,
+    /// apiserver-sim counters as a profile.
+    Api,
+}
+
+impl Signal {
+    const ALL: [Signal; 2] = [Signal::Cpu, Signal::Api];
+    fn dir(self) -> &'static str {
+        match self {
+            Signal::Cpu => "cpu",
+            Signal::Api => "api",
+        }
+    }
+}
+
+/// What must be true of a variant's gate: on `signal`, a failing finding of
+/// `rule` whose function or message contains `names`.
+struct Check {
+    signal: Signal,
+    rule: &'static str,
+    names: &'static str,
+}
+
+const fn c(signal: Signal, rule: &'static str, names: &'static str) -> Check {
+    Check {
+        signal,
+        rule,
+        names,
+    }
+}
+
+/// Per variant: whether it runs against the fault configuration, and the
+/// findings its gate must contain. An empty list means no available signal
+/// catches it: the test then asserts only what is true (see MATRIX.md).
+const EXPECT: &[(&str, bool, &[Check])] = &[
+    (
+        "list-in-reconcile",
+        false,
+        &[
+            c(Signal::Api, "api-list-per-reconcile", "LIST widgets"),
+            c(Signal::Cpu, "api-list-under-reconcile", "groupSizeFromAPI"),
+        ],
+    ),
+    (
+        "redundant-get",
+        false,
+        &[
+            c(Signal::Api, "api-get-per-reconcile", "GET widgets"),
+            c(Signal::Cpu, "api-get-under-reconcile", "refetch"),
+        ],
+    ),
+    (
+        "unpaginated-list",
+        false,
+        &[
+            c(Signal::Api, "api-list-items-per-reconcile", "total"),
+            c(Signal::Cpu, "api-list-under-reconcile", "groupSizeFromFullList"),
+        ],
+    ),
+    (
+        "duplicate-watch",
+        false,
+        &[c(Signal::Api, "api-watch-per-run", "WATCH widgets")],
+    ),
+    (
+        "goroutine-leak",
+        false,
+        &[c(
+            Signal::Cpu,
+            "goroutine-spawn-under-reconcile",
+            "runtime.newproc",
+        )],
+    ),
+    (
+        "unbounded-cache",
+        false,
+        &[c(Signal::Cpu, "controller-function-share", "remember")],
+    ),
+    (
+        "global-mutex",
+        false,
+        &[c(
+            Signal::Cpu,
+            "contended-lock-under-reconcile",
+            "sync.(*Mutex).lockSlow",
+        )],
+    ),
+    (
+        "retry-no-backoff",
+        true,
+        &[
+            c(Signal::Api, "api-patch-per-reconcile", "PATCH widgets/status"),
+            c(
+                Signal::Cpu,
+                "controller-function-share",
+                "patchStatusUntilSuccess",
+            ),
+        ],
+    ),
+    (
+        "hot-path-bloat",
+        false,
+        &[
+            c(Signal::Cpu, "regexp-compile-under-reconcile", "validateName"),
+            c(Signal::Cpu, "controller-function-share", "debugSnapshot"),
+        ],
+    ),
+    (
+        "fanout-unlimited",
+        false,
+        &[
+            c(Signal::Api, "api-patch-per-reconcile", "PATCH widgets/status"),
+            c(Signal::Cpu, "controller-function-share", "fanOut"),
+        ],
+    ),
+];
+
+fn env_num(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: not a number")),
+        Err(_) => default,
+    }
+}
+
+fn budgets() -> PathBuf {
+    root().join("budgets/workbench.toml")
+}
+
+/// One recorded run.
+#[derive(Debug, Clone, Default)]
+struct RunInfo {
+    reconciles: u64,
+    reconciles_per_sec: f64,
+    requests: BTreeMap<String, u64>,
+    injected_errors: u64,
+    wall: Duration,
+}
+
+/// Reads a child's pipe on a thread (so neither pipe can fill and block it).
+fn drain(r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(r).read_to_string(&mut s);
+        s
+    })
+}
+
+/// Start `apiserver-sim` on a random loopback port; returns it and its address.
+fn start_server(faults: bool) -> (Owned, SocketAddr, std::thread::JoinHandle<String>) {
+    let mut cmd = Command::new(workload("apiserver-sim"));
+    cmd.args(["-addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if faults {
+        cmd.args(FAULTS);
+    }
+    let mut srv = Owned::spawn(&mut cmd);
+    let mut out = BufReader::new(srv.0.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("reading apiserver-sim stdout");
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("apiserver-sim: unexpected first line {line:?}"));
+    (srv, addr, drain(out))
+}
+
+/// Record one run of `variant` into `dir/{cpu,api}/run-<idx>.pb.gz`.
+fn record_run(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -> RunInfo {
+    let start = Instant::now();
+    let cpu = dir.join("cpu").join(format!("run-{idx}.pb.gz"));
+    let api = dir.join("api").join(format!("run-{idx}.pb.gz"));
+    for d in [cpu.parent().unwrap(), api.parent().unwrap()] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (srv, addr, srv_out) = start_server(faults);
+    let mut prof = Owned::spawn(
+        Command::new(profiler_bin())
+            .args(["record", "--quiet", "--frequency", FREQUENCY, "-o"])
+            .arg(&cpu)
+            .arg("--")
+            .arg(workload("controller-sim"))
+            .args(["-server", &format!("http://{addr}")])
+            .args(["-duration", &format!("{secs}s"), "-variant", variant])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let out = drain(prof.0.stdout.take().unwrap());
+    let err = drain(prof.0.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(secs + 60);
+    let status = loop {
+        if let Some(s) = prof.0.try_wait().expect("waiting for profiler") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{variant}: profiler record did not finish within {secs} s + 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    assert!(
+        status.success(),
+        "{variant}: profiler record failed ({status}): {stderr}"
+    );
+    let reconciles = apiload::reconciles(&stdout)
+        .unwrap_or_else(|| panic!("{variant}: no reconciles= summary in {stdout:?}"));
+    let counters = apiload::fetch(addr).unwrap_or_else(|e| panic!("{variant}: {e}"));
+    drop(srv);
+    let _ = srv_out.join();
+    let p = apiload::profile(&counters, reconciles, Duration::from_secs(secs));
+    apiload::write(&p, &api).unwrap_or_else(|e| panic!("{e}"));
+    let rps = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("reconciles="))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("reconciles_per_sec="))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let mut requests = BTreeMap::new();
+    for ((verb, _), v) in &counters.by_verb {
+        *requests.entry(verb.clone()).or_insert(0) += v.requests;
+    }
+    RunInfo {
+        reconciles,
+        reconciles_per_sec: rps,
+        requests,
+        injected_errors: counters.injected_errors(),
+        wall: start.elapsed(),
+    }
+}
+
+/// A finding from the JSON report.
+#[derive(Debug, Clone)]
+struct Finding {
+    rule: String,
+    function: String,
+    verdict: String,
+    message: String,
+}
+
+/// The result of one `profdiff gate`.
+#[derive(Debug, Clone)]
+struct GateResult {
+    exit: i32,
+    findings: Vec<Finding>,
+    stdout: String,
+}
+
+impl GateResult {
+    fn failing(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.verdict == "fail")
+    }
+    fn has(&self, rule: &str, names: &str) -> bool {
+        self.failing()
+            .any(|f| f.rule == rule && (f.function.contains(names) || f.message.contains(names)))
+    }
+    /// One-line summary of the first failing finding (or the verdict).
+    fn headline(&self) -> String {
+        match self.failing().next() {
+            Some(f) => format!("{}: {}: {}", f.rule, f.function, f.message),
+            None => match self.exit {
+                0 => "pass".into(),
+                3 => "inconclusive".into(),
+                e => format!("exit {e}"),
+            },
+        }
+    }
+}
+
+/// `profdiff gate` on one signal's directories.
+fn gate(base: &Path, cand: &Path, signal: Signal, out: &Path) -> GateResult {
+    let json_path = out.with_extension("json");
+    let o = Command::new(profdiff_bin())
+        .arg("gate")
+        .arg("-b")
+        .arg(base.join(signal.dir()))
+        .arg("-c")
+        .arg(cand.join(signal.dir()))
+        .arg("--budgets")
+        .arg(budgets())
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("running profdiff");
+    let exit = o.status.code().unwrap_or(-1);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        exit == 0 || exit == 1 || exit == 3,
+        "profdiff gate {signal:?} {} vs {}: exit {exit}: {}",
+        base.display(),
+        cand.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(&json_path).expect("gate JSON written");
+    let doc = json::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", json_path.display()));
+    assert_eq!(doc.get("schema").str(), "profdiff.gate/v1");
+    assert_eq!(doc.get("exit_code").num(), Some(exit as f64));
+    let findings = doc
+        .get("findings")
+        .arr()
+        .iter()
+        .map(|f| Finding {
+            rule: f.get("rule").str().to_string(),
+            function: f.get("function").str().to_string(),
+            verdict: f.get("verdict").str().to_string(),
+            message: f.get("message").str().to_string(),
+        })
+        .collect();
+    GateResult {
+        exit,
+        findings,
+        stdout,
+    }
+}
+
+/// A set of runs of one configuration.
+struct Side {
+    label: String,
+    dir: PathBuf,
+    runs: Vec<RunInfo>,
+}
+
+impl Side {
+    fn rec_per_sec(&self) -> f64 {
+        self.runs.iter().map(|r| r.reconciles_per_sec).sum::<f64>() / self.runs.len().max(1) as f64
+    }
+    fn per_rec(&self, verb: &str) -> f64 {
+        let n: u64 = self.runs.iter().map(|r| r.requests.get(verb).copied().unwrap_or(0)).sum();
+        let d: u64 = self.runs.iter().map(|r| r.reconciles).sum();
+        n as f64 / d.max(1) as f64
+    }
+}
+
+/// One configuration to record: a side label, variant and fault flag.
+struct Config {
+    label: String,
+    variant: String,
+    faults: bool,
+}
+
+/// Record `runs` runs of every configuration, interleaved (round-robin) so
+/// that drifting machine load hits every configuration alike. With `keep`,
+/// profiles already there are reused.
+fn record_all(configs: &[Config], runs: usize, secs: u64, dir: &Path, keep: bool) -> Vec<Side> {
+    let mut sides: Vec<Side> = configs
+        .iter()
+        .map(|c| Side {
+            label: c.label.clone(),
+            dir: dir.join(&c.label),
+            runs: Vec::new(),
+        })
+        .collect();
+    for i in 0..runs {
+        for (c, s) in configs.iter().zip(sides.iter_mut()) {
+            let done = s.dir.join("api").join(format!("run-{i}.pb.gz"));
+            if keep && done.exists() && s.dir.join("cpu").join(format!("run-{i}.pb.gz")).exists() {
+                s.runs.push(RunInfo::default());
+                continue;
+            }
+            let r = record_run(&c.variant, c.faults, &s.dir, i, secs);
+            eprintln!(
+                "recorded {} run {i}: {} reconciles ({:.0}/s), {:?}, injected errors {}, {:.1} s",
+                c.label,
+                r.reconciles,
+                r.reconciles_per_sec,
+                r.requests,
+                r.injected_errors,
+                r.wall.as_secs_f64()
+            );
+            s.runs.push(r);
+        }
+    }
+    sides
+}
+
+fn selected_variants() -> Vec<&'static str> {
+    let filter = std::env::var("SCENARIO_VARIANTS").ok();
+    EXPECT
+        .iter()
+        .map(|e| e.0)
+        .filter(|v| {
+            filter
+                .as_deref()
+                .is_none_or(|f| f.split(',').any(|x| x.trim() == *v))
+        })
+        .collect()
+}
+
+fn expect_of(variant: &str) -> (bool, &'static [Check]) {
+    let e = EXPECT.iter().find(|e| e.0 == variant).expect("known variant");
+    (e.1, e.2)
+}
+
+/// The configurations one trial needs: two baseline sets (A/A), a fault
+/// baseline when a selected variant needs faults, and the variants.
+fn configs(variants: &[&str], suffix: &str) -> Vec<Config> {
+    let mut v = vec![
+        Config {
+            label: format!("baseline-a{suffix}"),
+            variant: "baseline".into(),
+            faults: false,
+        },
+        Config {
+            label: format!("baseline-b{suffix}"),
+            variant: "baseline".into(),
+            faults: false,
+        },
+    ];
+    if variants.iter().any(|x| expect_of(x).0) {
+        v.push(Config {
+            label: format!("baseline-faults{suffix}"),
+            variant: "baseline".into(),
+            faults: true,
+        });
+    }
+    for x in variants {
+        v.push(Config {
+            label: format!("{x}{suffix}"),
+            variant: x.to_string(),
+            faults: expect_of(x).0,
+        });
+    }
+    v
+}
+
+/// Gate results of one trial: A/A and every variant, per signal.
+struct Trial {
+    aa: BTreeMap<Signal, GateResult>,
+    variants: Vec<(String, BTreeMap<Signal, GateResult>)>,
+}
+
+fn run_trial(sides: &[Side], variants: &[&str], suffix: &str, out: &Path) -> Trial {
+    let find = |label: String| {
+        sides
+            .iter()
+            .find(|s| s.label == label)
+            .unwrap_or_else(|| panic!("no side {label}"))
+    };
+    let a = find(format!("baseline-a{suffix}"));
+    let b = find(format!("baseline-b{suffix}"));
+    let mut aa = BTreeMap::new();
+    for sig in Signal::ALL {
+        aa.insert(
+            sig,
+            gate(&a.dir, &b.dir, sig, &out.join(format!("aa{suffix}-{}", sig.dir()))),
+        );
+    }
+    let mut vs = Vec::new();
+    for v in variants {
+        let (faults, _) = expect_of(v);
+        let base = if faults {
+            find(format!("baseline-faults{suffix}"))
+        } else {
+            a
+        };
+        let cand = find(format!("{v}{suffix}"));
+        let mut m = BTreeMap::new();
+        for sig in Signal::ALL {
+            m.insert(
+                sig,
+                gate(
+                    &base.dir,
+                    &cand.dir,
+                    sig,
+                    &out.join(format!("{v}{suffix}-{}", sig.dir())),
+                ),
+            );
+        }
+        vs.push((v.to_string(), m));
+    }
+    Trial { aa, variants: vs }
+}
+
+/// Whether a variant's gate meets its expectation (and the messages of the
+/// expected findings, or why not).
+fn judge(variant: &str, res: &BTreeMap<Signal, GateResult>) -> (bool, Vec<String>) {
+    let (_, checks) = expect_of(variant);
+    let mut ok = !checks.is_empty();
+    let mut notes = Vec::new();
+    for ch in checks {
+        let g = &res[&ch.signal];
+        let hit = g.exit == 1 && g.has(ch.rule, ch.names);
+        if !hit {
+            ok = false;
+            notes.push(format!(
+                "{:?}: expected a failing {} finding naming {:?}; got exit {} with {}",
+                ch.signal,
+                ch.rule,
+                ch.names,
+                g.exit,
+                g.failing()
+                    .map(|f| format!("[{}: {}]", f.rule, f.function))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+    }
+    (ok, notes)
+}
+
+fn matrix_markdown(trial: &Trial, sides: &[Side]) -> String {
+    let side = |l: &str| sides.iter().find(|s| s.label == l);
+    let mut md = String::from(
+        "| variant | signal | exit | gate's first failing finding |\n|---|---|---|---|\n",
+    );
+    let mut row = |name: &str, res: &BTreeMap<Signal, GateResult>| {
+        for (sig, g) in res {
+            md.push_str(&format!(
+                "| {name} | {:?} | {} | {} |\n",
+                sig,
+                g.exit,
+                g.headline().replace('|', "\\|")
+            ));
+        }
+    };
+    row("A/A baseline", &trial.aa);
+    for (v, res) in &trial.variants {
+        row(v, res);
+    }
+    md.push_str("\n| side | reconciles/s | LIST/rec | GET/rec | PATCH/rec | WATCH/run |\n|---|---|---|---|---|---|\n");
+    for s in sides {
+        if s.runs.iter().all(|r| r.reconciles == 0) {
+            continue;
+        }
+        let watch: u64 = s.runs.iter().map(|r| r.requests.get("WATCH").copied().unwrap_or(0)).sum();
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
+            s.label,
+            s.rec_per_sec(),
+            s.per_rec("LIST"),
+            s.per_rec("GET"),
+            s.per_rec("PATCH"),
+            watch as f64 / s.runs.len().max(1) as f64
+        ));
+    }
+    let _ = side;
+    md
+}
+
+/// The scenarios: A/A passes on every signal, every variant fails with the
+/// expected findings.
+#[test]
+fn gate_catches_each_workbench_variant_and_passes_baseline() {
+    if !can_run_ebpf("gate_catches_each_workbench_variant_and_passes_baseline") {
+        return;
+    }
+    let started = Instant::now();
+    let runs = env_num("SCENARIO_RUNS", 3) as usize;
+    let secs = env_num("SCENARIO_SECS", 4);
+    let variants = selected_variants();
+    let keep = std::env::var_os("SCENARIO_KEEP").map(PathBuf::from);
+    let tmp = TempDir::new("scenarios");
+    let dir = keep.clone().unwrap_or_else(|| tmp.0.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfgs = configs(&variants, "");
+    let sides = record_all(&cfgs, runs, secs, &dir, keep.is_some());
+    let recorded = started.elapsed();
+    let gates = dir.join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    let trial = run_trial(&sides, &variants, "", &gates);
+
+    let md = matrix_markdown(&trial, &sides);
+    eprintln!("\n{md}");
+    if let Some(p) = std::env::var_os("SCENARIO_MATRIX") {
+        std::fs::write(&p, &md).unwrap();
+    }
+    eprintln!(
+        "recording {:.0} s, total {:.0} s, {runs} runs x {secs} s per side",
+        recorded.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut problems = Vec::new();
+    for (sig, g) in &trial.aa {
+        if g.exit != 0 {
+            problems.push(format!(
+                "A/A {sig:?}: exit {} (must pass): {}\n{}",
+                g.exit,
+                g.headline(),
+                g.stdout
+            ));
+        }
+    }
+    for (v, res) in &trial.variants {
+        let (ok, notes) = judge(v, res);
+        if !ok {
+            problems.push(format!("{v}: {}", notes.join("; ")));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// `cargo xtask bench scenarios`: whole trials (fresh runs per side each
+/// time) and the detection and false-alarm rates over them.
+#[test]
+#[ignore = "long: run by `cargo xtask bench scenarios`"]
+fn bench_scenarios() {
+    if !can_run_ebpf("bench_scenarios") {
+        return;
+    }
+    let trials = env_num("SCENARIO_TRIALS", 5) as usize;
+    let runs = env_num("SCENARIO_RUNS", 3) as usize;
+    let secs = env_num("SCENARIO_SECS", 4);
+    let variants = selected_variants();
+    let tmp = TempDir::new("scenario-bench");
+    let mut tsv = String::from("trial\tcomparison\tsignal\texit\tdetected\theadline\n");
+    let mut detected: BTreeMap<String, usize> = BTreeMap::new();
+    let mut aa_alarms: BTreeMap<Signal, usize> = BTreeMap::new();
+    let mut aa_any = 0;
+    let started = Instant::now();
+    for t in 0..trials {
+        let suffix = format!("-t{t}");
+        let cfgs = configs(&variants, &suffix);
+        let sides = record_all(&cfgs, runs, secs, &tmp.0, false);
+        let trial = run_trial(&sides, &variants, &suffix, &tmp.0);
+        let mut any = false;
+        for (sig, g) in &trial.aa {
+            if g.exit != 0 {
+                *aa_alarms.entry(*sig).or_default() += 1;
+                any = true;
+            }
+            tsv.push_str(&format!(
+                "{t}\tA/A\t{sig:?}\t{}\t{}\t{}\n",
+                g.exit,
+                g.exit != 0,
+                g.headline()
+            ));
+        }
+        aa_any += any as usize;
+        for (v, res) in &trial.variants {
+            let (ok, _) = judge(v, res);
+            *detected.entry(v.clone()).or_default() += ok as usize;
+            for (sig, g) in res {
+                tsv.push_str(&format!(
+                    "{t}\t{v}\t{sig:?}\t{}\t{ok}\t{}\n",
+                    g.exit,
+                    g.headline()
+                ));
+            }
+        }
+        // Each trial's profiles are only needed for its own gates.
+        for s in &sides {
+            let _ = std::fs::remove_dir_all(&s.dir);
+        }
+        eprintln!(
+            "trial {}/{trials} done after {:.0} s",
+            t + 1,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // Wall time from start to verdict for one variant: a fresh trial of
+    // three baseline and three variant runs, then both gates.
+    let one = variants.first().copied().unwrap_or("list-in-reconcile");
+    let t0 = Instant::now();
+    let (faults, _) = expect_of(one);
+    let cfg = [
+        Config {
+            label: "ttv-base".into(),
+            variant: "baseline".into(),
+            faults,
+        },
+        Config {
+            label: "ttv-cand".into(),
+            variant: one.into(),
+            faults,
+        },
+    ];
+    let sides = record_all(&cfg, runs, secs, &tmp.0, false);
+    let mut verdicts = Vec::new();
+    for sig in Signal::ALL {
+        let g = gate(
+            &sides[0].dir,
+            &sides[1].dir,
+            sig,
+            &tmp.join(&format!("ttv-{}", sig.dir())),
+        );
+        verdicts.push(format!("{sig:?} exit {}", g.exit));
+    }
+    let ttv = t0.elapsed();
+
+    let mut report = format!(
+        "scenario bench: {trials} trials, {runs} runs x {secs} s per side, {} s total\n\n| comparison | detected / trials | rate |\n|---|---|---|\n",
+        started.elapsed().as_secs()
+    );
+    for v in &variants {
+        let d = detected.get(*v).copied().unwrap_or(0);
+        report.push_str(&format!(
+            "| {v} | {d}/{trials} | {:.0}% |\n",
+            100.0 * d as f64 / trials as f64
+        ));
+    }
+    report.push_str(&format!(
+        "\nA/A false alarms (any signal): {aa_any}/{trials} ({:.0}%)",
+        100.0 * aa_any as f64 / trials as f64
+    ));
+    for sig in Signal::ALL {
+        report.push_str(&format!(
+            "; {sig:?} {}/{trials}",
+            aa_alarms.get(&sig).copied().unwrap_or(0)
+        ));
+    }
+    report.push_str(&format!(
+        "\ntime to verdict for {one}: {:.1} s ({runs}+{runs} runs of {secs} s, gates: {})\n",
+        ttv.as_secs_f64(),
+        verdicts.join(", ")
+    ));
+    println!("{report}");
+    if let Some(p) = std::env::var_os("SCENARIO_BENCH_OUT") {
+        std::fs::write(&p, format!("{report}\n{tsv}")).unwrap();
+    }
+}
