@@ -61,7 +61,7 @@ impl ProcessMapping {
         let rel = vaddr
             .wrapping_sub(self.delta)
             .wrapping_sub(self.file_offset);
-        (rel < self.end - self.start).then(|| self.start + rel)
+        (rel < self.end.saturating_sub(self.start)).then(|| self.start + rel)
     }
 }
 
@@ -352,7 +352,7 @@ impl Symbolizer {
             let m = &pm.m;
             // The mapping's span in ELF virtual addresses.
             let lo = m.file_offset.wrapping_add(m.delta);
-            let hi = lo.wrapping_add(m.end - m.start);
+            let hi = lo.wrapping_add(m.end.saturating_sub(m.start));
             let first = ranges.partition_point(|r| r.end <= lo);
             for r in ranges[first..].iter().take_while(|r| r.start < hi) {
                 let (s, e) = (r.start.max(lo), r.end.min(hi));
