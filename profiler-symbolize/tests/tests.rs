@@ -1057,3 +1057,35 @@ fn zombie_snapshot_keeps_earlier_mappings() {
         "failed snapshot keeps it"
     );
 }
+
+#[test]
+fn go_functions_match_the_symbol_table_also_when_stripped() {
+    let Some(fx) = go_fixture() else { return };
+    for (variant, bin, symbols_from) in fx.variants() {
+        let syms = elf_symbols(symbols_from);
+        let funcs = go_functions(bin).unwrap().expect("a Go binary");
+        assert!(
+            funcs.windows(2).all(|w| w[0].entry <= w[1].entry),
+            "{variant}: sorted"
+        );
+        for name in [
+            "main.leafMix",
+            "main.framed",
+            "main.main",
+            "runtime.newproc",
+        ] {
+            let (addr, size) = syms[name];
+            let f = funcs
+                .iter()
+                .find(|f| f.name == name)
+                .unwrap_or_else(|| panic!("{variant}: {name} missing"));
+            assert_eq!(f.entry, addr, "{variant}: {name}");
+            assert!(f.end >= addr + size, "{variant}: {name} end");
+        }
+    }
+    let Some(c) = c_fixture() else { return };
+    assert!(
+        go_functions(c).unwrap().is_none(),
+        "C binary has no pclntab"
+    );
+}
