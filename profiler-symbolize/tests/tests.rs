@@ -469,6 +469,12 @@ fn go_profile_after_exit(bin: &Path, symbols_from: &Path) -> (Profile, Symbolize
     );
     let samples = vec![sample(pid, vec![leaf_abs, ret_abs, 0], vec![], 5)];
     let p = sym.build_profile(&samples, &meta());
+    // The public two-step path gives the same profile.
+    let (mappings, resolved) = sym.resolve_samples(&samples);
+    assert_eq!(
+        canonical_text(&build_profile_from_resolved(&mappings, &resolved, &meta())),
+        canonical_text(&p)
+    );
     (p, sym, leaf + 1, ret - 1)
 }
 
