@@ -144,6 +144,10 @@ impl Config {
 }
 
 /// Where a tgid's frameless ranges sit in the shared `FRAMELESS` table.
+///
+/// Ranges are stored once per binary in its ELF virtual address space;
+/// `bias` (load address minus ELF address) maps a process's IP into it, so
+/// every process running a binary shares one slice whatever its ASLR base.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FramelessSlice {
@@ -151,9 +155,11 @@ pub struct FramelessSlice {
     pub start: u32,
     /// Number of ranges (sorted by start, non-overlapping).
     pub len: u32,
+    /// Subtract from a process IP to get the ELF virtual address.
+    pub bias: u64,
 }
 
-/// One address range `[start, end)` in a process's virtual address space
+/// One address range `[start, end)` of ELF virtual addresses of a binary
 /// where the return address is at `[SP]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -94,6 +94,7 @@ fn in_frameless_range(tgid: u32, ip: u64) -> bool {
     if slice.len == 0 {
         return false;
     }
+    let ip = ip.wrapping_sub(slice.bias);
     // Find the last range whose start is <= ip.
     let mut lo: u32 = 0;
     let mut hi: u32 = slice.len; // exclusive

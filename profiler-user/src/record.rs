@@ -91,64 +91,86 @@ impl Aggregate {
     }
 }
 
-/// Caches which frameless-range slice each binary load got.
+/// Loads each Go binary's frameless ranges once and points every process
+/// running it at them.
 #[derive(Default)]
 struct FramelessLoader {
-    /// (exe path, load bias) -> slice (None: binary had no ranges).
-    cache: HashMap<(String, u64), Option<FramelessSlice>>,
+    /// (exe path, device, inode) -> stored slice (None: no ranges / not Go).
+    cache: HashMap<(String, u64, u64), Option<FramelessSlice>>,
     loaded: HashSet<u32>,
     failures: u64,
 }
 
+/// True for ELF files with a `.gopclntab` section (read through a cache,
+/// not the whole file).
+fn is_go_binary(path: &Path) -> bool {
+    use object::Object as _;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let cache = object::ReadCache::new(file);
+    let Ok(obj) = object::File::parse(&cache) else {
+        return false;
+    };
+    obj.section_by_name(".gopclntab").is_some()
+        || obj.section_by_name(".data.rel.ro.gopclntab").is_some()
+}
+
 impl FramelessLoader {
     fn load(&mut self, sampler: &mut Sampler, symbolizer: &Symbolizer, tgid: u32) {
+        use std::os::unix::fs::MetadataExt as _;
+        self.loaded.insert(tgid);
         let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) else {
             return;
         };
+        let Ok(meta) = std::fs::metadata(format!("/proc/{tgid}/exe")) else {
+            return;
+        };
         let exe = exe.to_string_lossy().into_owned();
+        let key = (exe.clone(), meta.dev(), meta.ino());
+        let slice = match self.cache.get(&key) {
+            Some(s) => *s,
+            None => {
+                let slice = if is_go_binary(Path::new(&format!("/proc/{tgid}/exe"))) {
+                    match profiler_symbolize::frameless_ranges(Path::new(&format!(
+                        "/proc/{tgid}/exe"
+                    ))) {
+                        Ok(r) => {
+                            let ranges: Vec<AddrRange> = r
+                                .iter()
+                                .map(|r| AddrRange {
+                                    start: r.start,
+                                    end: r.end,
+                                })
+                                .collect();
+                            sampler.store_frameless(&ranges).unwrap_or_else(|_| {
+                                self.failures += 1;
+                                None
+                            })
+                        }
+                        Err(_) => {
+                            self.failures += 1;
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                self.cache.insert(key, slice);
+                slice
+            }
+        };
+        let Some(mut slice) = slice else { return };
         let mappings = symbolizer.process_mappings(tgid);
         let Some(text) = mappings.iter().find(|m| m.path == exe) else {
             return;
         };
-        let bias = text
+        slice.bias = text
             .start
             .wrapping_sub(text.file_offset)
             .wrapping_sub(text.delta);
-        let key = (exe.clone(), bias);
-        let cached = self.cache.get(&key).copied();
-        let slice = match cached {
-            Some(None) => return,
-            Some(Some(s)) => sampler.load_frameless(tgid, &[], Some(s)),
-            None => {
-                let ranges = match profiler_symbolize::frameless_ranges(Path::new(&exe)) {
-                    Ok(r) => r,
-                    Err(_) => {
-                        self.failures += 1;
-                        self.cache.insert(key, None);
-                        return;
-                    }
-                };
-                let mut abs: Vec<AddrRange> = Vec::with_capacity(ranges.len());
-                for r in ranges {
-                    let start = mappings.iter().find_map(|m| m.vaddr_to_abs(r.start));
-                    let end = mappings.iter().find_map(|m| m.vaddr_to_abs(r.end - 1));
-                    if let (Some(s), Some(e)) = (start, end) {
-                        abs.push(AddrRange {
-                            start: s,
-                            end: e + 1,
-                        });
-                    }
-                }
-                abs.sort_by_key(|r| r.start);
-                sampler.load_frameless(tgid, &abs, None)
-            }
-        };
-        match slice {
-            Ok(s) => {
-                self.cache.insert(key, s);
-                self.loaded.insert(tgid);
-            }
-            Err(_) => self.failures += 1,
+        if sampler.set_frameless(tgid, slice).is_err() {
+            self.failures += 1;
         }
     }
 }
@@ -298,7 +320,6 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
                 }
                 if !frameless.loaded.contains(&d.tgid) {
                     frameless.load(&mut sampler, &symbolizer, d.tgid);
-                    frameless.loaded.insert(d.tgid);
                 }
                 agg.add(d);
             }
@@ -356,6 +377,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let elapsed = started.elapsed();
     let counters = sampler.counters();
     let prog_stats = sampler.sample_prog_stats();
+    let frameless_overflow = sampler.frameless_overflow;
     drop(sampler);
 
     let mut summary = RecordSummary {
@@ -368,7 +390,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             .collect(),
         user_losses: vec![
             ("userspace_stack_table_full", agg.dropped_samples),
-            ("frameless_table_full", 0),
+            ("frameless_table_full", frameless_overflow),
             ("frameless_load_failures", frameless.failures),
         ],
         command_status,

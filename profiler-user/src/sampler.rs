@@ -256,40 +256,40 @@ impl Sampler {
         self.set_config(Config::CgroupFilter, 1)
     }
 
-    /// Tell the sampler where the return address sits at `[SP]` in `tgid`.
-    /// `slice` is reused when several processes share a binary mapped at the
-    /// same address; returns the slice to cache.
-    pub fn load_frameless(
+    /// Store a binary's frameless ranges (ELF virtual addresses, sorted)
+    /// in the shared table; returns the slice (bias 0), or `None` when the
+    /// table is full (counted in [`Sampler::frameless_overflow`]).
+    pub fn store_frameless(
         &mut self,
-        tgid: u32,
         ranges: &[AddrRange],
-        cached: Option<FramelessSlice>,
     ) -> Result<Option<FramelessSlice>, RecordError> {
-        let slice = match cached {
-            Some(s) => s,
-            None => {
-                let len = ranges.len() as u32;
-                if len == 0 {
-                    return Ok(None);
-                }
-                if self.frameless_used + len > FRAMELESS_ENTRIES {
-                    self.frameless_overflow += len as u64;
-                    return Ok(None);
-                }
-                let start = self.frameless_used;
-                for (i, r) in ranges.iter().enumerate() {
-                    self.frameless
-                        .set(start + i as u32, r, 0)
-                        .map_err(|e| RecordError::Ebpf(format!("FRAMELESS: {e}")))?;
-                }
-                self.frameless_used += len;
-                FramelessSlice { start, len }
-            }
-        };
+        let len = ranges.len() as u32;
+        if len == 0 {
+            return Ok(None);
+        }
+        if self.frameless_used + len > FRAMELESS_ENTRIES {
+            self.frameless_overflow += len as u64;
+            return Ok(None);
+        }
+        let start = self.frameless_used;
+        for (i, r) in ranges.iter().enumerate() {
+            self.frameless
+                .set(start + i as u32, r, 0)
+                .map_err(|e| RecordError::Ebpf(format!("FRAMELESS: {e}")))?;
+        }
+        self.frameless_used += len;
+        Ok(Some(FramelessSlice {
+            start,
+            len,
+            bias: 0,
+        }))
+    }
+
+    /// Point `tgid` at a stored slice, with its load bias.
+    pub fn set_frameless(&mut self, tgid: u32, slice: FramelessSlice) -> Result<(), RecordError> {
         self.frameless_index
             .insert(tgid, slice, 0)
-            .map_err(|e| RecordError::Ebpf(format!("FRAMELESS_INDEX: {e}")))?;
-        Ok(Some(slice))
+            .map_err(|e| RecordError::Ebpf(format!("FRAMELESS_INDEX: {e}")))
     }
 
     /// Pending process events (fork, exec, exit), bounded by the ring size.

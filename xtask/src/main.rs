@@ -53,10 +53,10 @@ enum Bench {
     /// Slowdown of a Go workload under `profiler record` at 99 Hz, profiler CPU and RSS.
     Overhead {
         /// Runs per side (alternated).
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Seconds per run.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
     /// False-fail and detection rates of `profdiff gate` on generated profiles.
