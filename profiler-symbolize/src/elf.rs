@@ -57,9 +57,27 @@ fn parse<'a>(path: &Path, data: &'a [u8]) -> Result<ElfFile64<'a>, SymbolizeErro
     ElfFile64::<object::Endianness>::parse(data).map_err(|e| elf_err(path, e))
 }
 
-/// Parse build id and segments.
+/// Parse build id and segments from file bytes.
 pub(crate) fn elf_info(path: &Path, data: &[u8]) -> Result<ElfInfo, SymbolizeError> {
-    let file = parse(path, data)?;
+    elf_info_from(path, data)
+}
+
+/// Parse build id and segments reading only the headers, notes and
+/// section table of the file (not the whole binary).
+pub(crate) fn elf_info_from_path(path: &Path) -> Result<ElfInfo, SymbolizeError> {
+    let f = std::fs::File::open(path).map_err(|source| SymbolizeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cache = object::ReadCache::new(f);
+    elf_info_from(path, &cache)
+}
+
+fn elf_info_from<'a, R: object::ReadRef<'a>>(
+    path: &Path,
+    data: R,
+) -> Result<ElfInfo, SymbolizeError> {
+    let file = ElfFile64::<object::Endianness, R>::parse(data).map_err(|e| elf_err(path, e))?;
     let endian = file.endian();
     let build_id = file
         .build_id()
@@ -81,7 +99,9 @@ pub(crate) fn elf_info(path: &Path, data: &[u8]) -> Result<ElfInfo, SymbolizeErr
             });
         }
     }
-    let is_go = pclntab_section(&file).is_some();
+    // PIE and other relro builds name it `.data.rel.ro.gopclntab`.
+    let is_go = file.section_by_name(".gopclntab").is_some()
+        || file.section_by_name(".data.rel.ro.gopclntab").is_some();
     Ok(ElfInfo {
         build_id,
         loads,

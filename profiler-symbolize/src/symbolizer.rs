@@ -441,9 +441,7 @@ impl Symbolizer {
             }
             None => (None, PathBuf::from(&e.path)),
         };
-        let info = match elf::read_file(&read_path, self.limits.max_elf_bytes)
-            .and_then(|data| elf::elf_info(&read_path, &data))
-        {
+        let info = match elf::elf_info_from_path(&read_path) {
             Ok(i) => Some(i),
             Err(_) => {
                 self.stats.elf_errors += 1;
