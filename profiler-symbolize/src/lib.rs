@@ -33,8 +33,13 @@
 //!   yields the same locations, and `-disasm` lines up.
 //! - A frame that cannot be symbolized keeps its address and has no line;
 //!   a user address outside every snapshotted mapping gets no mapping.
-//! - Stripped Go binaries (`-ldflags=-s -w`) are symbolized from
-//!   `.gopclntab` (function, file, line; no inlined frames).
+//! - Go binaries without DWARF (`-ldflags=-s -w` or `-w`) are symbolized
+//!   from `.gopclntab`: function, file, line, and inlined calls (Go 1.20+
+//!   inline tree), matching what DWARF gives.
+//! - `[vdso]` frames resolve through the vDSO's dynamic symbols.
+//! - [`Symbolizer`] is `Send + Sync`; blazesym's own caches are per thread.
+//! - Memory: the frame cache holds owned strings, roughly 250 bytes per
+//!   entry; size [`Limits::max_cache_entries`] accordingly.
 //!
 //! ```no_run
 //! use profiler_symbolize::{Limits, ProfileMeta, RawSample, Symbolizer, write_pprof_gz};
