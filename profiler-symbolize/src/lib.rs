@@ -38,8 +38,8 @@
 //!   inline tree), matching what DWARF gives.
 //! - `[vdso]` frames resolve through the vDSO's dynamic symbols.
 //! - [`Symbolizer`] is `Send + Sync`; blazesym's own caches are per thread.
-//! - Memory: the frame cache holds owned strings, roughly 250 bytes per
-//!   entry; size [`Limits::max_cache_entries`] accordingly.
+//! - Memory: each frame-cache entry owns its function and file name
+//!   strings; size [`Limits::max_cache_entries`] accordingly.
 //!
 //! ```no_run
 //! use profiler_symbolize::{Limits, ProfileMeta, RawSample, Symbolizer, write_pprof_gz};
