@@ -35,7 +35,8 @@ use std::{
 };
 
 use integration_tests::{
-    apiload, can_run_ebpf, profdiff_bin, profiler_bin, root, workload, Owned, TempDir,
+    apiload, can_run_ebpf, flatten, profdiff_bin, profiler_bin, read_pprof, root, workload, Owned,
+    TempDir,
 };
 
 #[path = "../scenarios/json.rs"]
@@ -108,7 +109,12 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         false,
         &[
             c(Signal::Api, "api-list-items-per-reconcile", "total"),
-            c(Signal::Cpu, "api-list-under-reconcile", "groupSizeFromFullList"),
+            c(Signal::Api, "api-list-per-reconcile", "LIST widgets"),
+            c(
+                Signal::Cpu,
+                "api-list-under-reconcile",
+                "groupSizeFromFullList",
+            ),
         ],
     ),
     (
@@ -128,7 +134,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
     (
         "unbounded-cache",
         false,
-        &[c(Signal::Cpu, "controller-function-share", "remember")],
+        &[c(Signal::Cpu, "json-indent-under-reconcile", "remember")],
     ),
     (
         "global-mutex",
@@ -143,7 +149,11 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         "retry-no-backoff",
         true,
         &[
-            c(Signal::Api, "api-patch-per-reconcile", "PATCH widgets/status"),
+            c(
+                Signal::Api,
+                "api-patch-per-reconcile",
+                "PATCH widgets/status",
+            ),
             c(
                 Signal::Cpu,
                 "controller-function-share",
@@ -155,7 +165,11 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         "hot-path-bloat",
         false,
         &[
-            c(Signal::Cpu, "regexp-compile-under-reconcile", "validateName"),
+            c(
+                Signal::Cpu,
+                "regexp-compile-under-reconcile",
+                "validateName",
+            ),
             c(Signal::Cpu, "controller-function-share", "debugSnapshot"),
         ],
     ),
@@ -163,7 +177,11 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         "fanout-unlimited",
         false,
         &[
-            c(Signal::Api, "api-patch-per-reconcile", "PATCH widgets/status"),
+            c(
+                Signal::Api,
+                "api-patch-per-reconcile",
+                "PATCH widgets/status",
+            ),
             c(Signal::Cpu, "controller-function-share", "fanOut"),
         ],
     ),
@@ -213,7 +231,8 @@ fn start_server(faults: bool) -> (Owned, SocketAddr, std::thread::JoinHandle<Str
     let mut srv = Owned::spawn(&mut cmd);
     let mut out = BufReader::new(srv.0.stdout.take().expect("piped stdout"));
     let mut line = String::new();
-    out.read_line(&mut line).expect("reading apiserver-sim stdout");
+    out.read_line(&mut line)
+        .expect("reading apiserver-sim stdout");
     let addr: SocketAddr = line
         .trim()
         .strip_prefix("listening on ")
@@ -222,8 +241,60 @@ fn start_server(faults: bool) -> (Owned, SocketAddr, std::thread::JoinHandle<Str
     (srv, addr, drain(out))
 }
 
-/// Record one run of `variant` into `dir/{cpu,api}/run-<idx>.pb.gz`.
+/// Share of samples whose user-space frames are all unsymbolized
+/// addresses (a profile that lost the process's symbols).
+fn unsymbolized_share(cpu: &Path) -> f64 {
+    let samples = flatten(&read_pprof(cpu));
+    let total: i64 = samples.iter().map(|s| s.count).sum();
+    let bad: i64 = samples
+        .iter()
+        .filter(|s| {
+            let user: Vec<_> = s.frames.iter().filter(|f| !f.1).collect();
+            !user.is_empty() && user.iter().all(|f| f.0.starts_with("0x"))
+        })
+        .map(|s| s.count)
+        .sum();
+    bad as f64 / total.max(1) as f64
+}
+
+/// Record one run (see [`record_once`]); a run whose CPU profile lost its
+/// symbols (more than a third of the samples unsymbolized, a profiler
+/// failure rather than a property of the workload) is recorded again, once,
+/// and counted in [`UNSYMBOLIZED_RETRIES`].
 fn record_run(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -> RunInfo {
+    let r = record_once(variant, faults, dir, idx, secs);
+    let cpu = dir.join("cpu").join(format!("run-{idx}.pb.gz"));
+    let bad = unsymbolized_share(&cpu);
+    if bad <= 1.0 / 3.0 {
+        return r;
+    }
+    UNSYMBOLIZED_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "WARNING: {variant} run {idx}: {:.0}% of CPU samples unsymbolized (profiler log: {}); recording it again",
+        bad * 100.0,
+        dir.join("logs").join(format!("run-{idx}.profiler.txt")).display()
+    );
+    let _ = std::fs::rename(
+        dir.join("logs").join(format!("run-{idx}.profiler.txt")),
+        dir.join("logs").join(format!("run-{idx}.unsymbolized.txt")),
+    );
+    let r = record_once(variant, faults, dir, idx, secs);
+    let bad = unsymbolized_share(&cpu);
+    assert!(
+        bad <= 1.0 / 3.0,
+        "{variant} run {idx}: {:.0}% of CPU samples unsymbolized twice in a row",
+        bad * 100.0
+    );
+    r
+}
+
+/// Runs re-recorded because their CPU profile lost its symbols.
+static UNSYMBOLIZED_RETRIES: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Record one run of `variant` into `dir/{cpu,api}/run-<idx>.pb.gz` (and
+/// the profiler's stderr into `dir/logs/`).
+fn record_once(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -> RunInfo {
     let start = Instant::now();
     let cpu = dir.join("cpu").join(format!("run-{idx}.pb.gz"));
     let api = dir.join("api").join(format!("run-{idx}.pb.gz"));
@@ -257,6 +328,9 @@ fn record_run(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) ->
     };
     let stdout = out.join().unwrap();
     let stderr = err.join().unwrap();
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join(format!("run-{idx}.profiler.txt")), &stderr).unwrap();
     assert!(
         status.success(),
         "{variant}: profiler record failed ({status}): {stderr}"
@@ -387,7 +461,11 @@ impl Side {
         self.runs.iter().map(|r| r.reconciles_per_sec).sum::<f64>() / self.runs.len().max(1) as f64
     }
     fn per_rec(&self, verb: &str) -> f64 {
-        let n: u64 = self.runs.iter().map(|r| r.requests.get(verb).copied().unwrap_or(0)).sum();
+        let n: u64 = self
+            .runs
+            .iter()
+            .map(|r| r.requests.get(verb).copied().unwrap_or(0))
+            .sum();
         let d: u64 = self.runs.iter().map(|r| r.reconciles).sum();
         n as f64 / d.max(1) as f64
     }
@@ -449,7 +527,10 @@ fn selected_variants() -> Vec<&'static str> {
 }
 
 fn expect_of(variant: &str) -> (bool, &'static [Check]) {
-    let e = EXPECT.iter().find(|e| e.0 == variant).expect("known variant");
+    let e = EXPECT
+        .iter()
+        .find(|e| e.0 == variant)
+        .expect("known variant");
     (e.1, e.2)
 }
 
@@ -504,7 +585,12 @@ fn run_trial(sides: &[Side], variants: &[&str], suffix: &str, out: &Path) -> Tri
     for sig in Signal::ALL {
         aa.insert(
             sig,
-            gate(&a.dir, &b.dir, sig, &out.join(format!("aa{suffix}-{}", sig.dir()))),
+            gate(
+                &a.dir,
+                &b.dir,
+                sig,
+                &out.join(format!("aa{suffix}-{}", sig.dir())),
+            ),
         );
     }
     let mut vs = Vec::new();
@@ -584,7 +670,11 @@ fn matrix_markdown(trial: &Trial, sides: &[Side]) -> String {
         if s.runs.iter().all(|r| r.reconciles == 0) {
             continue;
         }
-        let watch: u64 = s.runs.iter().map(|r| r.requests.get("WATCH").copied().unwrap_or(0)).sum();
+        let watch: u64 = s
+            .runs
+            .iter()
+            .map(|r| r.requests.get("WATCH").copied().unwrap_or(0))
+            .sum();
         md.push_str(&format!(
             "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} |\n",
             s.label,
@@ -627,9 +717,10 @@ fn gate_catches_each_workbench_variant_and_passes_baseline() {
         std::fs::write(&p, &md).unwrap();
     }
     eprintln!(
-        "recording {:.0} s, total {:.0} s, {runs} runs x {secs} s per side",
+        "recording {:.0} s, total {:.0} s, {runs} runs x {secs} s per side, {} run(s) re-recorded (unsymbolized)",
         recorded.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        UNSYMBOLIZED_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
     );
 
     let mut problems = Vec::new();
