@@ -408,7 +408,10 @@ apiserver_objects 201
             .unwrap();
         assert_eq!(q.frames[get.stack[1] as usize].function, "apiserver");
         assert_eq!(get.values[req], 1056);
-        assert_eq!(get.values[q.sample_type_index("injected_errors").unwrap()], 375);
+        assert_eq!(
+            get.values[q.sample_type_index("injected_errors").unwrap()],
+            375
+        );
     }
 
     #[test]
