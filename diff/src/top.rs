@@ -11,7 +11,7 @@
 use crate::pprof::decode::FxHashMap;
 use std::fmt::Write as _;
 
-use crate::profile::{Profile, ValueType};
+use crate::profile::{FrameId, Profile, ValueType};
 
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +22,21 @@ pub struct TopRow {
     pub flat: i64,
     /// Value where the function is anywhere on the stack.
     pub cum: i64,
-    /// True when every frame of this function was inlined into its caller.
-    pub inlined: bool,
+    /// How calls into this function were inlined (pprof's `(inline)` marks).
+    pub inline: Inline,
+}
+
+/// Whether a function was inlined into its callers, judged like pprof from
+/// the caller edges of the samples: every edge inlined, some, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Inline {
+    /// Never inlined (or never called from another frame).
+    #[default]
+    No,
+    /// Inlined into every caller.
+    Full,
+    /// Inlined into some callers only.
+    Partial,
 }
 
 /// The whole table, sorted.
@@ -33,16 +46,40 @@ pub struct TopTable {
     pub sample_type: ValueType,
     /// Sum of absolute sample values.
     pub total: i64,
-    /// Rows, sorted.
+    /// Rows kept, sorted.
     pub rows: Vec<TopRow>,
+    /// Rows dropped by the node fraction (|cum| below `cutoff`).
+    pub dropped: usize,
+    /// The |cum| below which rows were dropped.
+    pub cutoff: i64,
 }
 
-/// Computes the table for sample type `index` (which must be in range).
+/// pprof's default `-nodefraction`: rows whose |cum| is below this
+/// fraction of the total are dropped.
+pub const DEFAULT_NODE_FRACTION: f64 = 0.005;
+
+/// pprof's default `-edgefraction`: call edges lighter than this fraction
+/// of the total are ignored when marking rows `(inline)`.
+pub const DEFAULT_EDGE_FRACTION: f64 = 0.001;
+
+/// Computes the table for sample type `index` (which must be in range),
+/// keeping every row (node fraction 0).
 pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
+    top_with(p, index, by_cum, 0.0)
+}
+
+/// Computes the table, dropping rows whose |cum| is below `node_fraction`
+/// of the total (pprof's `-nodefraction`; see [`DEFAULT_NODE_FRACTION`]).
+///
+/// The `(inline)` marks follow pprof: a row is inlined when every call
+/// edge into it from a kept caller (dropped frames are skipped, edges
+/// lighter than [`DEFAULT_EDGE_FRACTION`] ignored) was inlined in every
+/// sample, partially inlined when some were.
+pub fn top_with(p: &Profile, index: usize, by_cum: bool, node_fraction: f64) -> TopTable {
     // Frame id -> function row index, so names are hashed once per frame.
-    let mut row_of_name: FxHashMap<&str, usize> = FxHashMap::default();
+    let mut row_of_name: FxHashMap<&str, u32> = FxHashMap::default();
     let mut rows: Vec<TopRow> = Vec::new();
-    let frame_row: Vec<usize> = p
+    let frame_row: Vec<u32> = p
         .frames
         .iter()
         .map(|f| {
@@ -51,15 +88,13 @@ pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
                     name: f.function.clone(),
                     flat: 0,
                     cum: 0,
-                    inlined: true,
+                    inline: Inline::No,
                 });
-                rows.len() - 1
+                (rows.len() - 1) as u32
             })
         })
         .collect();
-    for (f, &r) in p.frames.iter().zip(&frame_row) {
-        rows[r].inlined &= f.inlined;
-    }
+    let row = |f: FrameId| frame_row.get(f as usize).map(|&r| r as usize);
     let mut seen = vec![u32::MAX; rows.len()];
     let mut total: i64 = 0;
     for (si, s) in p.samples.iter().enumerate() {
@@ -68,13 +103,11 @@ pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
             continue;
         }
         total = total.saturating_add(v.saturating_abs());
-        if let Some(&leaf) = s.stack.first() {
-            if let Some(&r) = frame_row.get(leaf as usize) {
-                rows[r].flat = rows[r].flat.saturating_add(v);
-            }
+        if let Some(r) = s.stack.first().and_then(|&f| row(f)) {
+            rows[r].flat = rows[r].flat.saturating_add(v);
         }
         for &f in &s.stack {
-            if let Some(&r) = frame_row.get(f as usize) {
+            if let Some(r) = row(f) {
                 if seen[r] != si as u32 {
                     seen[r] = si as u32;
                     rows[r].cum = rows[r].cum.saturating_add(v);
@@ -82,7 +115,67 @@ pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
             }
         }
     }
-    rows.retain(|r| r.flat != 0 || r.cum != 0);
+    let cutoff = (total as f64 * node_fraction) as i64;
+    let kept: Vec<bool> = rows
+        .iter()
+        .map(|r| (r.flat != 0 || r.cum != 0) && r.cum.saturating_abs() >= cutoff)
+        .collect();
+
+    // Call edges between kept rows: (caller, callee) -> (weight, all inlined).
+    let mut edges: FxHashMap<(u32, u32), (i64, bool)> = FxHashMap::default();
+    let mut in_sample: Vec<(u32, u32)> = Vec::new();
+    for s in &p.samples {
+        let v = s.values.get(index).copied().unwrap_or(0);
+        if v == 0 {
+            continue;
+        }
+        in_sample.clear();
+        let mut parent: Option<u32> = None;
+        for &f in s.stack.iter().rev() {
+            let Some(r) = row(f) else { continue };
+            if !kept[r] {
+                continue;
+            }
+            if let Some(pr) = parent {
+                let key = (pr, r as u32);
+                if !in_sample.contains(&key) {
+                    in_sample.push(key);
+                    let inl = p.frames[f as usize].inlined;
+                    let e = edges.entry(key).or_insert((0, true));
+                    e.0 = e.0.saturating_add(v);
+                    e.1 &= inl;
+                }
+            }
+            parent = Some(r as u32);
+        }
+    }
+    let edge_cutoff = (total as f64 * DEFAULT_EDGE_FRACTION) as i64;
+    let mut inl = vec![(false, false); rows.len()];
+    for (&(_, callee), &(w, all_inline)) in &edges {
+        if w.saturating_abs() < edge_cutoff {
+            continue;
+        }
+        let slot = &mut inl[callee as usize];
+        if all_inline {
+            slot.0 = true;
+        } else {
+            slot.1 = true;
+        }
+    }
+    for (row, &(i, n)) in rows.iter_mut().zip(&inl) {
+        row.inline = match (i, n) {
+            (true, false) => Inline::Full,
+            (true, true) => Inline::Partial,
+            _ => Inline::No,
+        };
+    }
+    let nonzero = rows.iter().filter(|r| r.flat != 0 || r.cum != 0).count();
+    let mut rows: Vec<TopRow> = rows
+        .into_iter()
+        .zip(&kept)
+        .filter(|(_, &k)| k)
+        .map(|(r, _)| r)
+        .collect();
     if by_cum {
         rows.sort_by(|a, b| {
             b.cum
@@ -103,6 +196,8 @@ pub fn top(p: &Profile, index: usize, by_cum: bool) -> TopTable {
     TopTable {
         sample_type: p.sample_types.get(index).cloned().unwrap_or_default(),
         total,
+        dropped: nonzero - rows.len(),
+        cutoff,
         rows,
     }
 }
@@ -296,24 +391,13 @@ fn go_g2(x: f64) -> String {
     }
 }
 
-/// pprof's default `-nodefraction`: rows whose |cum| is below this
-/// fraction of the total are dropped from the text table.
-pub const DEFAULT_NODE_FRACTION: f64 = 0.005;
-
-/// Renders the table as text like `go tool pprof -top`: rows with |cum|
-/// below `node_fraction` of the total are dropped (pprof's
-/// `-nodefraction`, see [`DEFAULT_NODE_FRACTION`]), then the first `limit`
-/// rows are kept (all when `None`).
-pub fn render(t: &TopTable, limit: Option<usize>, node_fraction: f64) -> String {
+/// Renders the table as text like `go tool pprof -top`, keeping the first
+/// `limit` rows (all when `None`).
+pub fn render(t: &TopTable, limit: Option<usize>) -> String {
     let unit = t.sample_type.unit.as_str();
-    let cutoff = (t.total as f64 * node_fraction) as i64;
-    let kept: Vec<TopRow> = t
-        .rows
-        .iter()
-        .filter(|r| r.cum.saturating_abs() >= cutoff)
-        .cloned()
-        .collect();
-    let dropped = t.rows.len() - kept.len();
+    let kept = &t.rows;
+    let dropped = t.dropped;
+    let cutoff = t.cutoff;
     let shown = &kept[..limit.unwrap_or(kept.len()).min(kept.len())];
     let flat_sum: i64 = shown.iter().map(|r| r.flat).sum();
     let to = select_output_unit(shown, t.total, unit);
@@ -355,7 +439,11 @@ pub fn render(t: &TopTable, limit: Option<usize>, node_fraction: f64) -> String 
             fmt(r.cum),
             percentage(r.cum, t.total),
             r.name,
-            if r.inlined { " (inline)" } else { "" }
+            match r.inline {
+                Inline::No => "",
+                Inline::Full => " (inline)",
+                Inline::Partial => " (partial-inline)",
+            }
         );
     }
     out

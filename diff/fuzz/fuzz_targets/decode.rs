@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((p, _)) = decode_bytes(data, &limits) {
         p.check_valid().expect("decoders produce valid profiles");
         for i in 0..p.sample_types.len() {
-            let _ = diff::top::render(&diff::top::top(&p, i, false), Some(10), 0.0);
+            let _ = diff::top::render(&diff::top::top_with(&p, i, false, 0.005), Some(10));
             let _ = diff::folded::write(&p, i);
         }
         let again = diff::pprof::encode_gzip(&p);

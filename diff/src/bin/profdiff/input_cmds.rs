@@ -126,9 +126,9 @@ fn write_profile(
 pub fn run_top(a: &TopArgs) -> anyhow::Result<i32> {
     let p = load_profile(&a.file)?;
     let idx = select_sample_type_for(&p, a.sample_type.as_deref(), &a.file)?;
-    let table = diff::top::top(&p, idx, a.cum);
+    let table = diff::top::top_with(&p, idx, a.cum, a.node_fraction);
     let mut text = format!("File: {}\n", a.file.display());
-    text.push_str(&diff::top::render(&table, a.n, a.node_fraction));
+    text.push_str(&diff::top::render(&table, a.n));
     print_stdout(&text)?;
     Ok(0)
 }
