@@ -302,7 +302,9 @@ fn cgroup_target_samples_processes_below_it() {
     let _cleanup = Cleanup(base.clone(), dirs);
     let dir = TempDir::new("cg");
     let out = dir.join("cg.pb.gz");
-    let inside = Owned::spawn(Command::new(workload("cpusplit")).args(["-duration", "10s"]));
+    let inside = Owned::spawn(
+        Command::new(workload("cpusplit")).args(["-duration", "10s", "-threads", "2"]),
+    );
     let outside = Owned::spawn(Command::new(workload("demo")).args(["-duration", "10s"]));
     std::fs::write(container.join("cgroup.procs"), inside.pid().to_string())
         .expect("moving our workload into the test cgroup");
@@ -315,13 +317,20 @@ fn cgroup_target_samples_processes_below_it() {
         out.to_str().unwrap(),
     ]);
     // Move our process back out so the cgroups can be removed.
+    let inside_pid = inside.pid();
     let _ = std::fs::write(mount.join("cgroup.procs"), inside.pid().to_string());
     drop(inside);
     drop(outside);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let samples = flatten(&read_pprof(&out));
     let t = total(&samples);
-    assert!(t > 50, "only {t} samples from the pod cgroup");
+    assert!(t > 20, "only {t} samples from the pod cgroup");
+    let pids: std::collections::BTreeSet<i64> = samples.iter().map(|s| s.pid).collect();
+    assert_eq!(
+        pids,
+        [inside_pid as i64].into_iter().collect(),
+        "samples from processes other than the one in the pod cgroup"
+    );
     assert!(cum(&samples, "main.heavyWork") * 2 > t);
     assert_eq!(
         cum(&samples, "main.hotParse"),
