@@ -5,7 +5,11 @@
 //! * `test`: build everything and run the whole suite (eBPF tests included).
 //! * `bench overhead|gate-accuracy|diff-vs-pprof`: print measured figures.
 
+mod bench_diff;
+mod bench_gate;
+mod bench_go;
 mod bench_overhead;
+mod bench_scenarios;
 mod setup;
 mod workloads;
 
@@ -63,6 +67,10 @@ enum Bench {
     GateAccuracy,
     /// `profdiff diff` against `go tool pprof -top -diff_base` on the same pair.
     DiffVsPprof,
+    /// Slowdown and per-event cost of the Go runtime probes (goroutines, allocs, calls).
+    GoProbes,
+    /// The controller workbench matrix: detection and false-alarm rates per variant.
+    Scenarios,
 }
 
 /// The workspace root (parent of xtask/).
@@ -201,20 +209,14 @@ fn main() {
         Cmd::Test { rest } => test(&root, &rest),
         Cmd::Bench { which } => match which {
             Bench::Overhead { runs, seconds } => bench_overhead::run(&root, runs, seconds),
-            Bench::GateAccuracy => bench_gate_accuracy(&root),
-            Bench::DiffVsPprof => bench_diff_vs_pprof(&root),
+            Bench::GateAccuracy => bench_gate::gate_accuracy(&root),
+            Bench::DiffVsPprof => bench_diff::diff_vs_pprof(&root),
+            Bench::GoProbes => bench_go::run(&root),
+            Bench::Scenarios => bench_scenarios::run(&root),
         },
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn bench_gate_accuracy(_root: &Path) -> Result<()> {
-    bail!("gate-accuracy benchmark is not wired yet")
-}
-
-fn bench_diff_vs_pprof(_root: &Path) -> Result<()> {
-    bail!("diff-vs-pprof benchmark is not wired yet")
 }
