@@ -36,6 +36,7 @@ fn main() {
         std::process::exit(1)
     });
     let mut sym = Symbolizer::new(Limits::default());
+    println!("RSS before: {}", rss());
     let t = Instant::now();
     if let Err(e) = sym.snapshot_process(pid) {
         eprintln!("error: {e}");
@@ -82,12 +83,16 @@ fn main() {
         duration: Duration::from_secs(1),
         comments: vec![],
     };
+    println!("RSS with samples: {}", rss());
     let t = Instant::now();
     let p = sym.build_profile(&samples, &meta);
     let cold = t.elapsed();
+    println!("RSS after cold build: {}", rss());
+    println!("profile: {} bytes encoded", prost::Message::encoded_len(&p));
     let t = Instant::now();
     let _ = sym.build_profile(&samples, &meta);
     let warm = t.elapsed();
+    println!("RSS after cached build: {}", rss());
     let t = Instant::now();
     let ranges = sym.process_frameless_ranges(pid);
     let fl = t.elapsed();
@@ -104,10 +109,24 @@ fn main() {
         ranges.iter().map(|r| r.end - r.start).sum::<u64>()
     );
     println!("{:?}", sym.stats());
+    println!("RSS after: {}", rss());
     if let Some(out) = args.get(3) {
         write_pprof_gz(&p, Path::new(out)).unwrap_or_else(|e| {
             eprintln!("error: {out}: {e}");
             std::process::exit(1)
         });
     }
+}
+
+fn rss() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("RssAnon:") || l.starts_with("RssFile:"))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }

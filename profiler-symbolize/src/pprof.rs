@@ -49,6 +49,34 @@ pub struct FrameLine {
     pub column: i64,
 }
 
+/// Read access to a source line, owned ([`FrameLine`]) or interned (the
+/// symbolizer's cache).
+pub(crate) trait LineLike {
+    fn function(&self) -> &str;
+    fn system_name(&self) -> &str;
+    fn file(&self) -> &str;
+    fn line(&self) -> i64;
+    fn column(&self) -> i64;
+}
+
+impl LineLike for FrameLine {
+    fn function(&self) -> &str {
+        &self.function
+    }
+    fn system_name(&self) -> &str {
+        &self.system_name
+    }
+    fn file(&self) -> &str {
+        &self.file
+    }
+    fn line(&self) -> i64 {
+        self.line
+    }
+    fn column(&self) -> i64 {
+        self.column
+    }
+}
+
 /// A resolved stack frame.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResolvedFrame {
@@ -163,11 +191,11 @@ impl ProfileBuilder {
 
     /// The location id of (`mapping` index, `address`); `lines` are used
     /// only the first time this pair is seen.
-    pub(crate) fn location(
+    pub(crate) fn location<L: LineLike>(
         &mut self,
         mapping: Option<usize>,
         address: u64,
-        lines: &[FrameLine],
+        lines: &[L],
     ) -> u64 {
         let mapping_id = match mapping {
             Some(i) if i < self.mapping_count => i as u64 + 1,
@@ -179,9 +207,9 @@ impl ProfileBuilder {
         let mut out = Vec::with_capacity(lines.len());
         for l in lines {
             let (name, system_name, filename) = (
-                self.s.intern(&l.function),
-                self.s.intern(&l.system_name),
-                self.s.intern(&l.file),
+                self.s.intern(l.function()),
+                self.s.intern(l.system_name()),
+                self.s.intern(l.file()),
             );
             let next = self.functions.len() as u64 + 1;
             let fid = *self
@@ -199,14 +227,14 @@ impl ProfileBuilder {
                 });
             out.push(Line {
                 function_id: fid,
-                line: l.line,
-                column: l.column,
+                line: l.line(),
+                column: l.column(),
             });
         }
         if mapping_id != 0 {
             let m = (mapping_id - 1) as usize;
             self.has_fn[m] |= !lines.is_empty();
-            self.has_ln[m] |= lines.iter().any(|l| l.line != 0);
+            self.has_ln[m] |= lines.iter().any(|l| l.line() != 0);
             self.has_inl[m] |= lines.len() > 1;
         }
         let id = self.p.location.len() as u64 + 1;

@@ -1,7 +1,7 @@
 //! The stateful symbolizer: process snapshots, binaries, the frame cache.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::MetadataExt as _;
@@ -16,7 +16,9 @@ use diff::pprof::proto::Profile;
 
 use crate::elf::{self, ElfInfo};
 use crate::gopclntab::Pclntab;
-use crate::pprof::{FrameLine, MappingDesc, ProfileBuilder, ResolvedFrame, ResolvedSample};
+use crate::pprof::{
+    FrameLine, LineLike, MappingDesc, ProfileBuilder, ResolvedFrame, ResolvedSample,
+};
 use crate::procmaps::{parse_maps, MapsEntry, VDSO};
 use crate::{Limits, ProfileMeta, RawSample, SymbolizeError, SymbolizeStats};
 
@@ -122,21 +124,23 @@ pub struct Symbolizer {
     by_inode: HashMap<(u64, u64), usize>,
     by_identity: HashMap<String, usize>,
     open_files: usize,
-    cache: HashMap<(usize, u64), Arc<[FrameLine]>>,
+    cache: HashMap<(usize, u64), Lines>,
+    /// Names shared by cached lines (many PCs per function).
+    names: HashSet<Arc<str>>,
     stats: SymbolizeStats,
 }
 
 /// Samples turned into frame keys, with everything needed to emit them.
 struct Prepared {
     keyed: Vec<Vec<FrameKey>>,
-    local: HashMap<(usize, u64), Arc<[FrameLine]>>,
+    local: HashMap<(usize, u64), Lines>,
     mappings: Vec<MappingDesc>,
     mapping_index: HashMap<usize, usize>,
 }
 
 impl Prepared {
     /// (mapping index, address, lines) of a frame.
-    fn frame(&self, k: FrameKey) -> (Option<usize>, u64, &[FrameLine]) {
+    fn frame(&self, k: FrameKey) -> (Option<usize>, u64, &[CachedLine]) {
         let (bin, address) = match k {
             FrameKey::Kernel(a) => (KERNEL_BIN, a),
             FrameKey::User { bin, vaddr } => (bin, vaddr),
@@ -172,6 +176,49 @@ fn symbolize(src: &Source<'_>, input: Input<&[u64]>) -> Result<Vec<Vec<FrameLine
     })
 }
 
+/// A source line as cached: names shared through the symbolizer's
+/// interner.
+pub(crate) struct CachedLine {
+    function: Arc<str>,
+    system_name: Arc<str>,
+    file: Arc<str>,
+    line: i64,
+    column: i64,
+}
+
+/// The cached lines of one frame.
+type Lines = Arc<[CachedLine]>;
+
+impl CachedLine {
+    fn to_owned_line(&self) -> FrameLine {
+        FrameLine {
+            function: self.function.to_string(),
+            system_name: self.system_name.to_string(),
+            file: self.file.to_string(),
+            line: self.line,
+            column: self.column,
+        }
+    }
+}
+
+impl LineLike for CachedLine {
+    fn function(&self) -> &str {
+        &self.function
+    }
+    fn system_name(&self) -> &str {
+        &self.system_name
+    }
+    fn file(&self) -> &str {
+        &self.file
+    }
+    fn line(&self) -> i64 {
+        self.line
+    }
+    fn column(&self) -> i64 {
+        self.column
+    }
+}
+
 /// What a frame resolves through.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum FrameKey {
@@ -192,6 +239,7 @@ impl Symbolizer {
             by_identity: HashMap::new(),
             open_files: 0,
             cache: HashMap::new(),
+            names: HashSet::new(),
             stats: SymbolizeStats::default(),
         }
     }
@@ -318,6 +366,7 @@ impl Symbolizer {
         self.by_inode.retain(|_, i| alive(*i));
         self.by_identity.retain(|_, i| alive(*i));
         self.cache.retain(|(b, _), _| alive(*b));
+        self.names.retain(|n| Arc::strong_count(n) > 1);
         released
     }
 
@@ -515,7 +564,7 @@ impl Symbolizer {
                         ResolvedFrame {
                             mapping,
                             address,
-                            lines: lines.to_vec(),
+                            lines: lines.iter().map(CachedLine::to_owned_line).collect(),
                         }
                     })
                     .collect(),
@@ -572,7 +621,7 @@ impl Symbolizer {
         }
 
         // 2. Symbolize what the cache lacks, batched per binary.
-        let mut local: HashMap<(usize, u64), Arc<[FrameLine]>> = HashMap::new();
+        let mut local: HashMap<(usize, u64), Lines> = HashMap::new();
         let mut todo: HashMap<usize, Vec<u64>> = HashMap::new();
         for k in keyed.iter().flatten() {
             let ck = match *k {
@@ -604,7 +653,7 @@ impl Symbolizer {
                 if lines.is_empty() {
                     self.stats.unknown_frames += 1;
                 }
-                let lines: Arc<[FrameLine]> = Arc::from(lines);
+                let lines = self.compact(lines);
                 if self.cache.len() < self.limits.max_cache_entries {
                     self.cache.insert((bin, a), lines.clone());
                 } else {
@@ -661,6 +710,39 @@ impl Symbolizer {
             mappings,
             mapping_index,
         }
+    }
+
+    /// Intern a name; past the cache bound names are no longer shared.
+    fn name(&mut self, v: &str) -> Arc<str> {
+        if let Some(a) = self.names.get(v) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(v);
+        if self.names.len() < self.limits.max_cache_entries {
+            self.names.insert(a.clone());
+        }
+        a
+    }
+
+    fn compact(&mut self, lines: Vec<FrameLine>) -> Lines {
+        lines
+            .into_iter()
+            .map(|l| {
+                let function = self.name(&l.function);
+                let system_name = if l.system_name == l.function {
+                    function.clone()
+                } else {
+                    self.name(&l.system_name)
+                };
+                CachedLine {
+                    function,
+                    system_name,
+                    file: self.name(&l.file),
+                    line: l.line,
+                    column: l.column,
+                }
+            })
+            .collect()
     }
 
     fn symbolize_kernel(&mut self, addrs: &[u64]) -> Vec<Vec<FrameLine>> {
