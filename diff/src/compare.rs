@@ -131,6 +131,39 @@ impl Metric {
 
 /// Test one entity given per-run observations on both sides.
 pub fn test_entity(base: &[Obs], cand: &[Obs], scale: &Scale, confidence: f64) -> Metric {
+    test_entity_moderated(base, cand, scale, confidence, None)
+}
+
+/// Count-model view of observations: (counts per run, model).
+pub fn run_counts(xs: &[Obs], scale: &Scale) -> (Vec<RunCount>, CountModel) {
+    let model = match scale {
+        Scale::Share => CountModel::Share,
+        _ => CountModel::Rate,
+    };
+    let v = xs
+        .iter()
+        .map(|o| {
+            let w = if o.weight > 0.0 { o.weight } else { 1.0 };
+            RunCount {
+                count: o.value / w,
+                exposure: match model {
+                    CountModel::Share => o.denom / w,
+                    CountModel::Rate => o.denom,
+                },
+            }
+        })
+        .collect();
+    (v, model)
+}
+
+/// [`test_entity`] with a dispersion prior shared across entities.
+pub fn test_entity_moderated(
+    base: &[Obs],
+    cand: &[Obs],
+    scale: &Scale,
+    confidence: f64,
+    prior: Option<stats::DispersionPrior>,
+) -> Metric {
     let model = match scale {
         Scale::Share => CountModel::Share,
         _ => CountModel::Rate,
@@ -160,7 +193,7 @@ pub fn test_entity(base: &[Obs], cand: &[Obs], scale: &Scale, confidence: f64) -
         }
     };
     let (ca, cb) = (counts(base), counts(cand));
-    let t = stats::pooled_test(&ca, &cb, model);
+    let t = stats::pooled_test_moderated(&ca, &cb, model, prior);
     let baseline = pooled(base);
     let candidate = pooled(cand);
     let delta = candidate - baseline;
@@ -436,23 +469,60 @@ impl Comparison {
                 })
                 .collect()
         };
-        let mut out = Vec::new();
+        // Pass 1: which functions are tested, and the common jitter of each
+        // family (flat, cum) from all of them (moderated dispersion).
+        let above = |sb: &[f64], sc: &[f64]| {
+            let (x, y) = self.shares(sb, sc);
+            !(x < opts.noise_floor && y < opts.noise_floor)
+        };
+        let col =
+            |vals: &[Vec<f64>], id: usize| -> Vec<f64> { vals.iter().map(|v| v[id]).collect() };
+        let mut ids = Vec::new();
+        let mut moments = [(0.0f64, 0.0f64); 2];
         for id in 0..n {
-            let fb: Vec<f64> = flat_b.iter().map(|v| v[id]).collect();
-            let fc: Vec<f64> = flat_c.iter().map(|v| v[id]).collect();
-            let cb: Vec<f64> = cum_b.iter().map(|v| v[id]).collect();
-            let cc: Vec<f64> = cum_c.iter().map(|v| v[id]).collect();
+            let (cb, cc) = (col(&cum_b, id), col(&cum_c, id));
             if cb.iter().chain(&cc).all(|&x| x == 0.0) {
                 continue;
             }
-            let metric = |vb: &[Vec<f64>], vc: &[Vec<f64>], sb: &[f64], sc: &[f64]| {
-                let mut m = test_entity(
+            ids.push(id);
+            for (fam, (vb, vc)) in [(&flat_b, &flat_c), (&cum_b, &cum_c)]
+                .into_iter()
+                .enumerate()
+            {
+                let (sb, sc) = (col(vb, id), col(vc, id));
+                if !above(&sb, &sc) {
+                    continue;
+                }
+                let (rb, model) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
+                let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
+                if let Some((nu, de)) = stats::jitter_moments(&rb, &rc, model) {
+                    moments[fam].0 += nu;
+                    moments[fam].1 += de;
+                }
+            }
+        }
+        let prior_df = 2.0 * (self.base.len() + self.cand.len()).saturating_sub(2) as f64;
+        let prior = |fam: usize| {
+            let (nu, de) = moments[fam];
+            (de > 0.0 && prior_df > 0.0).then(|| stats::DispersionPrior {
+                kappa: (nu / de).max(0.0),
+                df: prior_df,
+            })
+        };
+        let priors = [prior(0), prior(1)];
+        // Pass 2: the tests.
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let metric = |vb: &[Vec<f64>], vc: &[Vec<f64>], fam: usize| {
+                let (sb, sc) = (col(vb, id), col(vc, id));
+                let mut m = test_entity_moderated(
                     &obs(vb, &self.base, &denb, id),
                     &obs(vc, &self.cand, &denc, id),
                     &opts.scale,
                     opts.confidence,
+                    priors[fam],
                 );
-                let (x, y) = self.shares(sb, sc);
+                let (x, y) = self.shares(&sb, &sc);
                 m.baseline_share = x;
                 m.candidate_share = y;
                 if x < opts.noise_floor && y < opts.noise_floor {
@@ -465,8 +535,8 @@ impl Comparison {
                 id: id as FuncId,
                 function: f.name.clone(),
                 file: f.file.clone(),
-                flat: metric(&flat_b, &flat_c, &fb, &fc),
-                cum: metric(&cum_b, &cum_c, &cb, &cc),
+                flat: metric(&flat_b, &flat_c, 0),
+                cum: metric(&cum_b, &cum_c, 1),
             });
         }
         for pick in [

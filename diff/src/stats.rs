@@ -549,6 +549,64 @@ pub struct PooledTest {
 /// side (no dispersion estimate possible) it is the exact conditional
 /// binomial test: `y_b | y_a + y_b ~ Bin(y_a + y_b, E_b / (E_a + E_b))`.
 pub fn pooled_test(a: &[RunCount], b: &[RunCount], model: CountModel) -> Option<PooledTest> {
+    pooled_test_moderated(a, b, model, None)
+}
+
+/// A dispersion prior shared by many entities (limma-style moderation).
+///
+/// Run-to-run variation is modelled as `Var(c) = v + kappa * mu²` (sampling
+/// variance `v` plus a multiplicative jitter common to all functions);
+/// `kappa` is estimated by the method of moments over every tested entity
+/// ([`jitter_moments`]) and enters each entity's dispersion as a prior
+/// worth `df` residual degrees of freedom.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DispersionPrior {
+    /// Squared coefficient of the common multiplicative jitter.
+    pub kappa: f64,
+    /// Prior degrees of freedom.
+    pub df: f64,
+}
+
+/// Method-of-moments contributions `(numerator, denominator)` of one
+/// entity to the common jitter `kappa = Σ num / Σ den` (see
+/// [`DispersionPrior`]). `None` when a side has fewer than 2 runs.
+pub fn jitter_moments(a: &[RunCount], b: &[RunCount], model: CountModel) -> Option<(f64, f64)> {
+    if a.len() < 2 || b.len() < 2 {
+        return None;
+    }
+    let (mut num, mut den) = (0.0, 0.0);
+    for xs in [a, b] {
+        let (y, e) = xs
+            .iter()
+            .fold((0.0, 0.0), |(c, e), r| (c + r.count, e + r.exposure));
+        if e <= 0.0 {
+            return None;
+        }
+        let r = y / e;
+        let k = xs.len() as f64;
+        for x in xs {
+            let mu = r * x.exposure;
+            let v = match model {
+                CountModel::Share => mu * (1.0 - r).max(0.0),
+                CountModel::Rate => mu,
+            };
+            num += (x.count - mu).powi(2) * k / (k - 1.0) - v;
+            den += mu * mu;
+        }
+    }
+    Some((num, den))
+}
+
+/// [`pooled_test`] with an optional dispersion prior: the entity's
+/// dispersion becomes `(df·phi_hat + d0·phi0) / (df + d0)` (floored at 1),
+/// where `phi0 = 1 + kappa·Σmu²/Σv` is what the common jitter predicts for
+/// this entity, and the t reference gets `df + d0` degrees of freedom.
+pub fn pooled_test_moderated(
+    a: &[RunCount],
+    b: &[RunCount],
+    model: CountModel,
+    prior: Option<DispersionPrior>,
+) -> Option<PooledTest> {
     let sum = |xs: &[RunCount]| -> (f64, f64) {
         xs.iter()
             .fold((0.0, 0.0), |(c, e), r| (c + r.count, e + r.exposure))
@@ -580,7 +638,27 @@ pub fn pooled_test(a: &[RunCount], b: &[RunCount], model: CountModel) -> Option<
         }
     }
     let phi_hat = if df > 0 { pearson / df as f64 } else { 1.0 };
-    let phi = phi_hat.max(1.0);
+    let mut t_df = df as f64;
+    let phi = match prior {
+        Some(pr) if df > 0 && pr.df > 0.0 => {
+            let (mut m2, mut vs) = (0.0, 0.0);
+            for (xs, r) in [(a, ra), (b, rb)] {
+                for x in xs {
+                    let mu = r * x.exposure;
+                    m2 += mu * mu;
+                    vs += var_unit(r) * x.exposure;
+                }
+            }
+            let phi0 = if vs > 0.0 {
+                1.0 + pr.kappa.max(0.0) * m2 / vs
+            } else {
+                1.0
+            };
+            t_df += pr.df;
+            ((df as f64 * phi_hat + pr.df * phi0) / (df as f64 + pr.df)).max(1.0)
+        }
+        _ => phi_hat.max(1.0),
+    };
     let v0 = var_unit(r0);
     let se = (phi * v0 * (1.0 / ea + 1.0 / eb)).sqrt();
     let p_value = if ya + yb <= 0.0 {
@@ -604,7 +682,7 @@ pub fn pooled_test(a: &[RunCount], b: &[RunCount], model: CountModel) -> Option<
         // Always Student's t: falling back to the normal when the estimate
         // happens to be <= 1 is anti-conservative when the true dispersion
         // is slightly above 1 (measured by `xtask bench gate-accuracy`).
-        let tail = student_t_sf(z.abs(), df as f64);
+        let tail = student_t_sf(z.abs(), t_df);
         (2.0 * tail).min(1.0)
     };
     Some(PooledTest {

@@ -305,3 +305,13 @@ fn every_subcommand_has_examples_in_help() {
     let o = profdiff(&["gate", "--help"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("3 inconclusive"));
 }
+
+#[test]
+fn shipped_budgets_files_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../budgets");
+    for name in ["example.toml", "go-controller.toml"] {
+        let b = diff::budgets::Budgets::load(&root.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(b.rules.len() >= 3, "{name}");
+    }
+}

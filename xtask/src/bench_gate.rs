@@ -6,9 +6,13 @@
 //! of samples), with realistic run-to-run variation (each stack's weight is
 //! jittered by a log-normal factor, sd 5%, per run, and the run length by
 //! 2%), then multinomial sampling of ≈990 samples per run (10 s at 99 Hz
-//! on one core). Each trial gates 5 baseline runs against 5 candidate runs
+//! on one core); scenarios marked "no jitter" have pure sampling noise.
+//! Each trial gates 5 baseline runs against 5 candidate runs
 //! with the default rule; A/A trials draw both sides from the same
 //! distribution, regression trials multiply the 5% function's CPU by 1.10.
+//!
+//! "targeted rule" scenarios gate with a single budgets rule naming the
+//! 5% function (no multiple-testing correction across functions).
 //!
 //! Environment: `GATE_ACCURACY_TRIALS` (default 500), `GATE_ACCURACY_DIR`
 //! (optional directory of real pprof profiles: each one's stack distribution
@@ -206,14 +210,19 @@ struct Scenario {
     factor: f64,
     /// Extra CPU added to the target as a fraction of the whole profile (0 = none).
     added_total: f64,
+    /// Run-to-run log-normal jitter of each stack's weight (sd).
+    jitter: f64,
+    /// Gate with one budgets rule naming the target (no default rule)
+    /// instead of the default rule over every function.
+    targeted: bool,
 }
 
 fn gen_run(d: &Dist, sc: Scenario, candidate: bool, rng: &mut Rng) -> Profile {
-    const JITTER: f64 = 0.05;
+    let jitter = sc.jitter;
     let mut w: Vec<f64> = d
         .stacks
         .iter()
-        .map(|s| s.1 * (JITTER * rng.normal() - JITTER * JITTER / 2.0).exp())
+        .map(|s| s.1 * (jitter * rng.normal() - jitter * jitter / 2.0).exp())
         .collect();
     let mut total_factor = 1.0;
     if candidate {
@@ -280,7 +289,17 @@ struct Tally {
 fn trials(d: &Dist, sc: Scenario, runs: usize, n: u32, seed: u64) -> Result<Tally> {
     let mut rng = Rng::new(seed);
     let norm = Normalizer::new(NormalizeOptions::default());
-    let budgets = Budgets::default();
+    let budgets = if sc.targeted {
+        Budgets::parse(
+            &format!(
+                "[settings]\ndefault_rule = false\n[[rule]]\nname = \"target\"\nkind = \"relative\"\nfunction = '^{}$'\nmax_growth_percent = 5.0\n",
+                regex_escape(&d.target_name)
+            ),
+            "targeted",
+        )?
+    } else {
+        Budgets::default()
+    };
     let mut t = Tally::default();
     for _ in 0..n {
         let base: Vec<Profile> = (0..runs).map(|_| gen_run(d, sc, false, &mut rng)).collect();
@@ -320,6 +339,18 @@ fn trials(d: &Dist, sc: Scenario, runs: usize, n: u32, seed: u64) -> Result<Tall
     Ok(t)
 }
 
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if "\\.+*?()|[]{}^$".contains(c) {
+                vec!['\\', c]
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 fn pct(x: u32, n: u32) -> f64 {
     100.0 * x as f64 / n as f64
 }
@@ -343,54 +374,64 @@ fn report(label: &str, d: &Dist, runs: usize, n: u32, seed: u64) -> Result<()> {
         "{:<44} {:>9} {:>13} {:>8} {:>14} {:>12}",
         "scenario", "fail", "inconclusive", "pass", "target failed", "other failed"
     );
+    let sc = |samples_per_run: f64, factor: f64, added_total: f64, jitter: f64| Scenario {
+        samples_per_run,
+        factor,
+        added_total,
+        jitter,
+        targeted: false,
+    };
+    let tg = |s: Scenario| Scenario {
+        targeted: true,
+        ..s
+    };
     let scenarios = [
+        ("A/A, 990 samples/run", sc(990.0, 1.0, 0.0, 0.05)),
+        ("A/A, 15840 samples/run", sc(15840.0, 1.0, 0.0, 0.05)),
         (
-            "A/A, 990 samples/run",
-            Scenario {
-                samples_per_run: 990.0,
-                factor: 1.0,
-                added_total: 0.0,
-            },
-        ),
-        (
-            "A/A, 15840 samples/run",
-            Scenario {
-                samples_per_run: 15840.0,
-                factor: 1.0,
-                added_total: 0.0,
-            },
+            "A/A, 15840 samples/run, no jitter",
+            sc(15840.0, 1.0, 0.0, 0.0),
         ),
         (
             "+10% target CPU, 990 samples/run",
-            Scenario {
-                samples_per_run: 990.0,
-                factor: 1.1,
-                added_total: 0.0,
-            },
+            sc(990.0, 1.1, 0.0, 0.05),
         ),
         (
             "+10% target CPU, 3960 samples/run",
-            Scenario {
-                samples_per_run: 3960.0,
-                factor: 1.1,
-                added_total: 0.0,
-            },
+            sc(3960.0, 1.1, 0.0, 0.05),
         ),
         (
             "+10% target CPU, 15840 samples/run",
-            Scenario {
-                samples_per_run: 15840.0,
-                factor: 1.1,
-                added_total: 0.0,
-            },
+            sc(15840.0, 1.1, 0.0, 0.05),
+        ),
+        (
+            "+10% target CPU, 990/run, no jitter",
+            sc(990.0, 1.1, 0.0, 0.0),
+        ),
+        (
+            "+10% target CPU, 15840/run, no jitter",
+            sc(15840.0, 1.1, 0.0, 0.0),
         ),
         (
             "+10% of total CPU in target, 990/run",
-            Scenario {
-                samples_per_run: 990.0,
-                factor: 1.0,
-                added_total: 0.10,
-            },
+            sc(990.0, 1.0, 0.10, 0.05),
+        ),
+        ("targeted rule: A/A, 990/run", tg(sc(990.0, 1.0, 0.0, 0.05))),
+        (
+            "targeted rule: +10%, 990/run",
+            tg(sc(990.0, 1.1, 0.0, 0.05)),
+        ),
+        (
+            "targeted rule: A/A, 15840/run",
+            tg(sc(15840.0, 1.0, 0.0, 0.05)),
+        ),
+        (
+            "targeted rule: +10%, 15840/run",
+            tg(sc(15840.0, 1.1, 0.0, 0.05)),
+        ),
+        (
+            "targeted rule: +10%, 15840/run, no jitter",
+            tg(sc(15840.0, 1.1, 0.0, 0.0)),
         ),
     ];
     for (i, (name, sc)) in scenarios.iter().enumerate() {
