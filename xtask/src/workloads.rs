@@ -173,9 +173,9 @@ fn go_programs(src: &Path) -> Result<Vec<String>> {
 /// Sets `out`'s modification time to now. `go build` leaves an identical
 /// binary untouched, which would otherwise keep it "stale" forever.
 fn mark_built(out: &Path) -> Result<()> {
-    fs::File::options()
-        .write(true)
-        .open(out)
+    // Read-only: a running binary cannot be opened for writing (ETXTBSY),
+    // and futimens on a read-only descriptor is allowed for the owner.
+    fs::File::open(out)
         .and_then(|f| f.set_modified(SystemTime::now()))
         .with_context(|| format!("update mtime of {}", out.display()))
 }
