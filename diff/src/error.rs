@@ -60,20 +60,21 @@ pub enum DecodeError {
 #[non_exhaustive]
 pub enum InputError {
     /// Reading the file or directory failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, not a separate source, so
+        /// `{:#}` chains print it once).
+        error: std::io::Error,
     },
     /// The file's content could not be decoded.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {problem}", path.display())]
     Decode {
         /// The file.
         path: PathBuf,
-        /// What the decoder said.
-        source: DecodeError,
+        /// What the decoder said (part of the message, not a separate source).
+        problem: DecodeError,
     },
     /// A directory given as input holds no profile files.
     #[error("{}: directory contains no profile files", path.display())]
@@ -110,21 +111,21 @@ pub enum InputError {
         expected: String,
     },
     /// Writing an output file failed.
-    #[error("{}: cannot write: {source}", path.display())]
+    #[error("{}: cannot write: {error}", path.display())]
     Write {
         /// The output file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl InputError {
     /// Wraps a [`DecodeError`] with the file it came from.
-    pub fn decode(path: impl Into<PathBuf>, source: DecodeError) -> Self {
+    pub fn decode(path: impl Into<PathBuf>, problem: DecodeError) -> Self {
         InputError::Decode {
             path: path.into(),
-            source,
+            problem,
         }
     }
 }

@@ -130,7 +130,29 @@ pub fn decode_bytes(data: &[u8], limits: &Limits) -> Result<(Profile, Encoding),
         check_samples(&p, limits)?;
         return Ok((p, Encoding::Folded));
     }
-    Err(DecodeError::NotAProfile(wire_err))
+    Err(DecodeError::NotAProfile(describe_unrecognized(
+        data, wire_err,
+    )))
+}
+
+/// For text input the protobuf error is noise: name the first line instead.
+fn describe_unrecognized(data: &[u8], wire_err: String) -> String {
+    let head = &data[..data.len().min(512)];
+    let texty = std::str::from_utf8(head).is_ok_and(|s| {
+        s.chars()
+            .all(|c| !c.is_control() || c == '\n' || c == '\r' || c == '\t')
+    });
+    if !texty {
+        return wire_err;
+    }
+    let first = String::from_utf8_lossy(head)
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(60)
+        .collect::<String>();
+    format!("unrecognized text format (first line {first:?})")
 }
 
 fn check_samples(p: &Profile, limits: &Limits) -> Result<(), DecodeError> {
@@ -151,9 +173,9 @@ pub fn load_profile(path: impl AsRef<Path>) -> Result<Profile, InputError> {
 /// Loads one profile file with explicit limits.
 pub fn load_profile_with(path: impl AsRef<Path>, limits: &Limits) -> Result<Profile, InputError> {
     let path = path.as_ref();
-    let io = |source| InputError::Io {
+    let io = |error| InputError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let file = fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
@@ -196,20 +218,20 @@ pub fn scan_dir(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let rd = fs::read_dir(&d).map_err(|source| InputError::Io {
+        let rd = fs::read_dir(&d).map_err(|error| InputError::Io {
             path: d.clone(),
-            source,
+            error,
         })?;
         for entry in rd {
-            let entry = entry.map_err(|source| InputError::Io {
+            let entry = entry.map_err(|error| InputError::Io {
                 path: d.clone(),
-                source,
+                error,
             })?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ft = entry.file_type().map_err(|source| InputError::Io {
+            let ft = entry.file_type().map_err(|error| InputError::Io {
                 path: path.clone(),
-                source,
+                error,
             })?;
             if ft.is_dir() {
                 if !name.starts_with('.') {
