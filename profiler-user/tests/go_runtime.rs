@@ -194,7 +194,9 @@ fn s(p: &Profile, i: i64) -> &str {
 }
 
 /// (function names leaf first, values, labels) of each sample.
-fn flat(p: &Profile) -> Vec<(Vec<String>, Vec<i64>, HashMap<String, String>)> {
+type Flat = (Vec<String>, Vec<i64>, HashMap<String, String>);
+
+fn flat(p: &Profile) -> Vec<Flat> {
     let funcs: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, s(p, f.name))).collect();
     let locs: HashMap<u64, _> = p.location.iter().map(|l| (l.id, l)).collect();
     p.sample
@@ -228,7 +230,7 @@ fn calls_exact(version: &str, stripped: bool) {
     let Some(bin) = build(version, stripped) else {
         return;
     };
-    let mut w = Workload::start(
+    let w = Workload::start(
         &bin,
         &["-calls", "300000", "-calls-delay", "1s", "-duration", "30s"],
     );
@@ -308,7 +310,7 @@ fn goroutine_leak(version: &str, stripped: bool) {
     };
     const N: i64 = 100;
     const PRE: i64 = 7;
-    let mut w = Workload::start(
+    let w = Workload::start(
         &bin,
         &[
             "-leak-rate",
@@ -585,8 +587,15 @@ fn probe_cost_go123() {
     let Some(bin) = build("1.23", false) else {
         return;
     };
+    /// Restores kernel.bpf_stats_enabled, also when an assertion fails.
+    struct Stats(String);
+    impl Drop for Stats {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", self.0.trim());
+        }
+    }
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
-    let old = std::fs::read_to_string(stats_path).unwrap_or_default();
+    let _restore = Stats(std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into()));
     let _ = std::fs::write(stats_path, "1");
     let mut report = Vec::new();
     let cases: [(&str, usize, GoOptions); 3] = [
@@ -663,3 +672,43 @@ trait Pipe: Sized {
     }
 }
 impl<T> Pipe for T {}
+
+/// The built-in `runtime.g` offsets (used without DWARF) equal what the
+/// DWARF of real binaries says; stripped binaries still resolve the
+/// runtime functions through `.gopclntab` and get their version.
+#[test]
+fn g_offsets_table_matches_dwarf() {
+    use profiler_user::go::binary::{fallback_offsets, GoBinary};
+    for v in ["1.19", "1.23"] {
+        let Some(plain) = build(v, false) else {
+            continue;
+        };
+        let b = GoBinary::open(&plain).unwrap();
+        assert_eq!(b.offsets_source, "DWARF", "go {v}");
+        let version = b.version.clone().unwrap();
+        assert!(version.starts_with(&format!("go{v}")), "{version}");
+        assert_eq!(
+            Some(b.offsets),
+            fallback_offsets(&version),
+            "go {v} table vs DWARF"
+        );
+        let stripped = GoBinary::open(&build(v, true).unwrap()).unwrap();
+        assert!(!stripped.has_symtab);
+        assert_eq!(stripped.version.as_deref(), Some(version.as_str()));
+        assert!(
+            stripped.offsets_source.starts_with("table"),
+            "{}",
+            stripped.offsets_source
+        );
+        for f in [
+            "runtime.newproc",
+            "runtime.newproc1",
+            "runtime.goexit1",
+            "runtime.profilealloc",
+            "main.countedTarget",
+        ] {
+            assert!(stripped.func(f).is_some(), "{f} in stripped go {v}");
+        }
+        assert_eq!(stripped.matching("main.alloc?").len(), 2);
+    }
+}

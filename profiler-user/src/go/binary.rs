@@ -23,7 +23,7 @@ pub struct GOffsets {
 
 /// Offsets measured (from DWARF) on Go 1.19.8 and 1.23.5 amd64; used for
 /// binaries without DWARF (`-w`).
-fn fallback_offsets(version: &str) -> Option<GOffsets> {
+pub fn fallback_offsets(version: &str) -> Option<GOffsets> {
     let minor = go_minor(version)?;
     match minor {
         19 => Some(GOffsets {
@@ -36,7 +36,7 @@ fn fallback_offsets(version: &str) -> Option<GOffsets> {
             goid: 160,
             gopc: 288,
             startpc: 304,
-            atomicstatus: 144,
+            atomicstatus: 152,
         }),
         _ => None,
     }

@@ -824,7 +824,6 @@ impl GoSession {
             let mut raws = Vec::new();
             let mut comments = base_comments.clone();
             let mut summary = common_summary.clone();
-            let mut site_lines: Vec<(i64, usize)> = Vec::new();
             for (k, c) in &sites {
                 let live = c.created.saturating_sub(c.exited) as i64;
                 let mut frames = self.frames(k, &mut cache);
@@ -832,14 +831,12 @@ impl GoSession {
                 if frames.len() > 1 {
                     frames.remove(0);
                 }
-                let idx = raws.len();
                 raws.push((
                     frames,
                     k.tgid,
                     vec![live, c.created as i64, c.exited as i64],
                     vec![],
                 ));
-                site_lines.push((live, idx));
             }
             // Goroutines that predate the probes: from runtime.allgs.
             let mut tracked: HashSet<(u32, u64)> = HashSet::new();
@@ -876,7 +873,6 @@ impl GoSession {
                 ));
             }
             // Leak signal per site.
-            site_lines.sort_by(|a, b| b.0.cmp(&a.0));
             let mut leak_lines = Vec::new();
             for (k, c) in &sites {
                 let live = c.created.saturating_sub(c.exited) as i64;
