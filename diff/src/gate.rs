@@ -168,13 +168,16 @@ pub struct GateReport {
     pub top: Vec<FunctionDelta>,
 }
 
+/// Cached comparison per requested sample type (error text when it failed).
+type CompareCache = HashMap<Option<String>, Result<(Comparison, Vec<FunctionDelta>), String>>;
+
 /// Inputs and settings of a gate run.
 pub struct Gate<'a> {
     base: Vec<(String, &'a Profile)>,
     cand: Vec<(String, &'a Profile)>,
     norm: &'a Normalizer,
     sample_type: Option<String>,
-    cache: HashMap<Option<String>, Result<(Comparison, Vec<FunctionDelta>), String>>,
+    cache: CompareCache,
     primary_key: Option<Option<String>>,
     /// Confidence level of reported intervals.
     pub confidence: f64,

@@ -729,4 +729,97 @@ mod tests {
         assert!(Rule::from_name("vendor").is_some());
         assert!(Rule::from_name("bogus").is_none());
     }
+
+    fn profile(folded: &str) -> Profile {
+        crate::folded::parse(folded.as_bytes()).expect("folded")
+    }
+
+    fn reduced(p: &Profile, opts: NormalizeOptions) -> (RunData, FuncTable) {
+        let mut t = FuncTable::default();
+        let r = reduce(p, 0, "p", &Normalizer::new(opts), &mut t);
+        (r, t)
+    }
+
+    fn value(r: &RunData, t: &FuncTable, name: &str, cum: bool) -> f64 {
+        let id = t.funcs.iter().position(|f| f.name == name).expect(name);
+        let v = if cum { r.cum(t.len()) } else { r.flat(t.len()) };
+        v[id]
+    }
+
+    #[test]
+    fn cum_counts_recursion_once_and_root_noise_is_dropped() {
+        let p = profile(
+            "runtime.goexit;runtime.main;main.main;f;f;f 10\nruntime.goexit;main.main;g 5\n",
+        );
+        let (r, t) = reduced(&p, NormalizeOptions::default());
+        assert_eq!(r.total, 15.0);
+        assert_eq!(value(&r, &t, "f", true), 10.0);
+        assert_eq!(value(&r, &t, "f", false), 10.0);
+        assert_eq!(value(&r, &t, "main.main", true), 15.0);
+        assert!(r
+            .stacks
+            .keys()
+            .all(|s| t.funcs[s[0] as usize].name == "main.main"));
+        // Switched off, the runtime frames stay at the root.
+        let (r, t) = reduced(
+            &p,
+            NormalizeOptions {
+                disabled: vec![Rule::RootNoise],
+                ..Default::default()
+            },
+        );
+        assert_eq!(value(&r, &t, "runtime.goexit", true), 15.0);
+    }
+
+    #[test]
+    fn focus_ignore_prune_like_pprof() {
+        let p = profile("main;a;x 4\nmain;b;x 6\nmain;b;y 1\n");
+        let re = |s: &str| Some(Regex::new(s).unwrap());
+        let (r, _) = reduced(
+            &p,
+            NormalizeOptions {
+                focus: re("^a$"),
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.total, 4.0);
+        let (r, _) = reduced(
+            &p,
+            NormalizeOptions {
+                ignore: re("^a$"),
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.total, 7.0);
+        let (r, t) = reduced(
+            &p,
+            NormalizeOptions {
+                prune: re("^b$"),
+                ..Default::default()
+            },
+        );
+        assert_eq!(value(&r, &t, "b", false), 7.0, "callees of b are dropped");
+        assert_eq!(value(&r, &t, "x", false), 4.0);
+    }
+
+    #[test]
+    fn kernel_frames_dropped_on_request() {
+        let mut p = profile("main;read;sys_read 3\nmain;work 2\n");
+        for f in &mut p.frames {
+            if f.function == "sys_read" {
+                f.kind = FrameKind::Kernel;
+            }
+        }
+        let (r, t) = reduced(
+            &p,
+            NormalizeOptions {
+                no_kernel: true,
+                ..Default::default()
+            },
+        );
+        assert_eq!(value(&r, &t, "read", false), 3.0);
+        assert!(!t.funcs.iter().any(|f| f.name == "sys_read"));
+        let (r, t) = reduced(&p, NormalizeOptions::default());
+        assert_eq!(value(&r, &t, "sys_read", false), 3.0);
+    }
 }

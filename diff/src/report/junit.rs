@@ -17,9 +17,9 @@ pub fn junit(r: &GateReport) -> String {
     let mut cases = String::new();
     for rule in &r.rules {
         let fs: Vec<_> = r.findings.iter().filter(|f| f.rule == rule.name).collect();
-        let _ = write!(
+        let _ = writeln!(
             cases,
-            "    <testcase classname=\"profdiff.{}\" name=\"{}\">\n",
+            "    <testcase classname=\"profdiff.{}\" name=\"{}\">",
             xml_escape(rule.sample_type.as_deref().unwrap_or(&r.sample_type)),
             xml_escape(&rule.name)
         );
