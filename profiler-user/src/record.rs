@@ -23,6 +23,8 @@ use crate::{
 
 /// Distinct stacks kept in userspace before new ones are dropped (counted).
 pub const MAX_STACKS: usize = 500_000;
+/// Processes re-snapshotted per drain (those that produced samples).
+pub const RESNAPSHOT_PER_DRAIN: usize = 64;
 
 /// What to record and where to write it.
 #[derive(Debug, Clone)]
@@ -314,8 +316,13 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         if stop || timed_out || now.duration_since(last_drain) >= opts.drain_interval {
             sampler.drain(&mut drained)?;
             last_drain = now;
+            // Snapshot the processes sampled in this drain (bounded): a
+            // dynamically linked program maps its libraries after exec, and
+            // a short-lived one may be gone by the next drain.
+            let mut fresh: HashSet<u32> = HashSet::new();
             for d in drained.drain(..) {
-                if known.insert(d.tgid) {
+                known.insert(d.tgid);
+                if fresh.len() < RESNAPSHOT_PER_DRAIN && fresh.insert(d.tgid) {
                     let _ = symbolizer.snapshot_process(d.tgid);
                 }
                 if !frameless.loaded.contains(&d.tgid) {
@@ -325,7 +332,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             }
             // Re-snapshot live processes now and then (dlopen, late maps).
             resnapshot_round += 1;
-            if resnapshot_round % 10 == 0 {
+            if resnapshot_round.is_multiple_of(10) {
                 for &tgid in &known {
                     if Path::new(&format!("/proc/{tgid}")).exists() {
                         let _ = symbolizer.snapshot_process(tgid);
