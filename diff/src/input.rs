@@ -214,6 +214,8 @@ fn is_non_profile_name(name: &str) -> bool {
 }
 
 /// Lists the profile files under `dir`, recursively, sorted by path.
+/// Hidden entries, non-profile names (see [`load_many`]) and symlinked
+/// directories are skipped.
 pub fn scan_dir(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -237,6 +239,9 @@ pub fn scan_dir(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
                 if !name.starts_with('.') {
                     stack.push(path);
                 }
+            } else if ft.is_symlink() && path.is_dir() {
+                // Symlinked directories are not followed (no cycles).
+                continue;
             } else if !is_non_profile_name(&name) {
                 out.push(path);
             }
