@@ -264,8 +264,13 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut drained = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    // Streams created once, so a signal that arrives while a drain runs is
+    // still seen at the next select.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| RecordError::Ebpf(format!("installing the SIGTERM handler: {e}")))?;
+    let mut sigint = signal(SignalKind::interrupt())
+        .map_err(|e| RecordError::Ebpf(format!("installing the SIGINT handler: {e}")))?;
     let deadline = opts.duration.map(|d| started + d);
     let mut last_drain = Instant::now();
     let progress = opts.progress && std::io::stderr().is_terminal();
@@ -281,7 +286,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         };
         let stop = tokio::select! {
             _ = tick.tick() => false,
-            _ = tokio::signal::ctrl_c() => true,
+            _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
             status = child_wait => { command_status = status; child = None; true }
         };
