@@ -42,18 +42,21 @@ func countedTarget(depth int) int {
 	return int(pad[(depth*7)%512])
 }
 
-// recurse grows the stack so that some countedTarget calls hit morestack.
+// recurse uses n small frames before calling f. Fresh goroutines start
+// with a 2 KiB stack: at many depths the remaining room is smaller than
+// countedTarget's frame, so its stack check branches to morestack and it
+// runs again (the double firing the probes must not count).
 //
 //go:noinline
 func recurse(n int, f func()) {
-	var pad [512]byte
-	pad[n%512] = 1
+	var pad [8]byte
+	pad[n%8] = 1
 	if n == 0 {
 		f()
 		return
 	}
 	recurse(n-1, f)
-	_ = pad[n%512]
+	_ = pad[n%8]
 }
 
 func runCalls(total int) {
@@ -74,14 +77,17 @@ func runCalls(total int) {
 					// recursion then a call that may need morestack.
 					done := make(chan struct{})
 					go func() {
-						recurse(w*3+i%7, func() { countedTarget(i) })
+						recurse((w*16+i/100)%64, func() { countedTarget(i) })
 						close(done)
 					}()
 					<-done
 					continue
 				}
 				countedTarget(i)
-				if i%50 == 0 {
+				// Worker 0 never yields: the scheduler preempts it by
+				// poisoning its stack guard, so countedTarget's stack check
+				// branches to morestack and the function runs again.
+				if w != 0 && i%50 == 0 {
 					runtime.Gosched()
 				}
 			}
