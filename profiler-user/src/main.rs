@@ -63,6 +63,23 @@ struct RecordArgs {
     /// Hide the progress line.
     #[arg(long, short)]
     quiet: bool,
+    /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
+    /// calls. With more than one, -o is a directory holding <type>.pb.gz.
+    #[arg(long = "profile", value_delimiter = ',', default_value = "cpu", value_name = "TYPES",
+          value_parser = ["cpu", "goroutines", "allocs", "calls"])]
+    profiles: Vec<String>,
+    /// Count calls of this Go function for the calls profile (repeatable;
+    /// globs allowed, e.g. 'net/http.(*Client).do' or '*.Reconcile').
+    #[arg(long = "count", value_name = "SYMBOL")]
+    count: Vec<String>,
+    /// A named set of functions to count (go-controller: client-go REST
+    /// requests, net/http.(*Client).do, reconciles).
+    #[arg(long = "count-preset", value_name = "NAME", value_parser = ["go-controller"])]
+    count_preset: Option<String>,
+    /// allocs: probe every allocation (runtime.mallocgc; exact but costly)
+    /// instead of Go's own samples (free, empty when MemProfileRate is 0).
+    #[arg(long)]
+    allocs_exact: bool,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -82,6 +99,19 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Record(a) => {
+            let calls = a.profiles.iter().any(|p| p == "calls");
+            let counting = !a.count.is_empty() || a.count_preset.is_some();
+            if calls != counting {
+                eprintln!(
+                    "profiler: {}",
+                    if calls {
+                        "--profile calls needs --count SYMBOL or --count-preset NAME"
+                    } else {
+                        "--count/--count-preset need --profile calls (e.g. --profile cpu,calls)"
+                    }
+                );
+                return ExitCode::from(exit::USAGE as u8);
+            }
             let opts = RecordOptions {
                 pids: a.pids,
                 cgroup: a.cgroup,
@@ -92,6 +122,17 @@ fn main() -> ExitCode {
                 command: a.command,
                 drain_interval: Duration::from_secs(1),
                 progress: !a.quiet,
+                cpu: a.profiles.iter().any(|p| p == "cpu"),
+                go: profiler_user::go::GoOptions {
+                    profiles: profiler_user::go::GoProfiles {
+                        goroutines: a.profiles.iter().any(|p| p == "goroutines"),
+                        allocs: a.profiles.iter().any(|p| p == "allocs"),
+                        calls: a.profiles.iter().any(|p| p == "calls"),
+                    },
+                    count: a.count,
+                    preset: a.count_preset,
+                    alloc_exact: a.allocs_exact,
+                },
             };
             match rt.block_on(record(opts)) {
                 Ok(s) => {
@@ -113,8 +154,15 @@ fn main() -> ExitCode {
                         } else {
                             lost.join(" ")
                         },
-                        a.output.display()
+                        s.outputs
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     );
+                    for line in &s.go_summary {
+                        eprintln!("profiler: {line}");
+                    }
                     if let Some((ns, runs)) = s.prog_stats.filter(|(_, r)| *r > 0) {
                         eprintln!(
                             "profiler: cpu_sample program: runs={runs} run_time_ns={ns} ns_per_run={}",

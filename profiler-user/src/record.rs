@@ -47,6 +47,12 @@ pub struct RecordOptions {
     pub drain_interval: Duration,
     /// Show a progress line (only honoured on a terminal).
     pub progress: bool,
+    /// Write the CPU profile (`--profile cpu`, the default).
+    pub cpu: bool,
+    /// Go runtime profiles (`--profile goroutines,allocs,calls`). With more
+    /// than one profile type in all, `output` is a directory holding
+    /// `<type>.pb.gz`.
+    pub go: crate::go::GoOptions,
 }
 
 /// What a recording collected, for the summary line.
@@ -67,6 +73,10 @@ pub struct RecordSummary {
     /// In-kernel cost of the sampling program (`run_time_ns`, `run_cnt`),
     /// non-zero only with `kernel.bpf_stats_enabled=1`.
     pub prog_stats: Option<(u64, u64)>,
+    /// Summary lines of the Go runtime profiles (leak signals, counts).
+    pub go_summary: Vec<String>,
+    /// Profiles written.
+    pub outputs: Vec<PathBuf>,
 }
 
 type StackKey = (u32, String, Vec<u64>, Vec<u64>);
@@ -216,12 +226,20 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut symbolizer = Symbolizer::new(Limits::default());
     let mut frameless = FramelessLoader::default();
     let mut known: HashSet<u32> = HashSet::new();
+    let mut go = if opts.go.profiles.any() {
+        Some(crate::go::GoSession::start(&mut sampler, &opts.go)?)
+    } else {
+        None
+    };
 
     for &pid in &opts.pids {
         sampler.add_tgid(pid, TARGET_SAMPLE)?;
         let _ = symbolizer.snapshot_process(pid);
         frameless.load(&mut sampler, &symbolizer, pid);
         known.insert(pid);
+        if let Some(g) = go.as_mut() {
+            g.add_process(&mut sampler, pid)?;
+        }
     }
     if let Some(cg) = &cgroup {
         let id = cgroup_id(cg).map_err(|e| RecordError::Cgroup {
@@ -233,6 +251,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             let _ = symbolizer.snapshot_process(pid);
             frameless.load(&mut sampler, &symbolizer, pid);
             known.insert(pid);
+            if let Some(g) = go.as_mut() {
+                g.add_process(&mut sampler, pid)?;
+            }
         }
     }
 
@@ -256,6 +277,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             let _ = symbolizer.snapshot_process(pid);
             frameless.load(&mut sampler, &symbolizer, pid);
             known.insert(pid);
+            if let Some(g) = go.as_mut() {
+                g.add_process(&mut sampler, pid)?;
+            }
         }
         child = Some(c);
     }
@@ -306,6 +330,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
                     frameless.loaded.remove(&tgid);
                     frameless.load(&mut sampler, &symbolizer, tgid);
                     known.insert(tgid);
+                    if let Some(g) = go.as_mut() {
+                        g.add_process(&mut sampler, tgid)?;
+                    }
                 }
                 EventKind::Exit => {
                     // The exiting process's maps may still be readable.
@@ -315,6 +342,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
                     }
                 }
             }
+        }
+        if let Some(g) = go.as_mut() {
+            g.tick(&mut sampler);
         }
         let now = Instant::now();
         let timed_out = deadline.is_some_and(|d| now >= d);
@@ -326,7 +356,11 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             // a short-lived one may be gone by the next drain.
             let mut fresh: HashSet<u32> = HashSet::new();
             for d in drained.drain(..) {
-                known.insert(d.tgid);
+                if known.insert(d.tgid) {
+                    if let Some(g) = go.as_mut() {
+                        g.add_process(&mut sampler, d.tgid)?;
+                    }
+                }
                 if fresh.len() < RESNAPSHOT_PER_DRAIN && fresh.insert(d.tgid) {
                     let _ = symbolizer.snapshot_process(d.tgid);
                 }
@@ -390,6 +424,19 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let counters = sampler.counters();
     let prog_stats = sampler.sample_prog_stats();
     let frameless_overflow = sampler.frameless_overflow;
+    // Go profiles are read while their probes are still attached.
+    let go_profiles = match go.take() {
+        Some(g) => {
+            let meta = ProfileMeta {
+                frequency_hz: 0,
+                start: start_wall,
+                duration: elapsed,
+                comments: vec![],
+            };
+            g.finish(&mut sampler, &mut symbolizer, &meta)
+        }
+        None => Vec::new(),
+    };
     drop(sampler);
 
     let mut summary = RecordSummary {
@@ -407,6 +454,8 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         ],
         command_status,
         prog_stats,
+        go_summary: Vec::new(),
+        outputs: Vec::new(),
     };
     let mut comments = vec![format!(
         "profiler record: frequency={}Hz duration={:.3}s samples={}",
@@ -455,12 +504,36 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     summary
         .user_losses
         .push(("symbolizer_snapshot_errors", stats.snapshot_errors));
-    profiler_symbolize::write_pprof_gz(&profile, &opts.output).map_err(|e| {
-        RecordError::Output {
-            path: opts.output.display().to_string(),
-            why: e.to_string(),
+    // One profile type: `-o` is the file; several: a directory.
+    let types = usize::from(opts.cpu) + go_profiles.len();
+    let out_path = |kind: &str| -> Result<PathBuf, RecordError> {
+        if types <= 1 {
+            return Ok(opts.output.clone());
         }
+        std::fs::create_dir_all(&opts.output).map_err(|e| RecordError::Output {
+            path: opts.output.display().to_string(),
+            why: format!("{e} (with several --profile types, -o is a directory)"),
+        })?;
+        Ok(opts.output.join(format!("{kind}.pb.gz")))
+    };
+    for (kind, p, lines) in &go_profiles {
+        let path = out_path(kind)?;
+        profiler_symbolize::write_pprof_gz(p, &path).map_err(|e| RecordError::Output {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
+        summary.go_summary.extend(lines.iter().cloned());
+        summary.outputs.push(path);
+    }
+    if !opts.cpu {
+        return Ok(summary);
+    }
+    let cpu_path = out_path("cpu")?;
+    profiler_symbolize::write_pprof_gz(&profile, &cpu_path).map_err(|e| RecordError::Output {
+        path: cpu_path.display().to_string(),
+        why: e.to_string(),
     })?;
+    summary.outputs.push(cpu_path);
     if let Some(svg) = &opts.flamegraph {
         crate::flamegraph::write(&profile, svg).map_err(|e| RecordError::Output {
             path: svg.display().to_string(),

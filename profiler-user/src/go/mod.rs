@@ -1015,6 +1015,10 @@ impl GoSession {
             let p = self.render(symbolizer, raws, &shape, meta, comments);
             out.push(("allocs".to_string(), p, summary));
         }
+        // Lines shared by every profile type are reported once.
+        for (_, _, lines) in out.iter_mut().skip(1) {
+            lines.retain(|l| !common_summary.contains(l));
+        }
         out
     }
 
