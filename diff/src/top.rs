@@ -121,37 +121,40 @@ pub fn top_with(p: &Profile, index: usize, by_cum: bool, node_fraction: f64) -> 
         .map(|r| (r.flat != 0 || r.cum != 0) && r.cum.saturating_abs() >= cutoff)
         .collect();
 
-    // Call edges between kept rows: (caller, callee) -> (weight, all inlined).
-    let mut edges: FxHashMap<(u32, u32), (i64, bool)> = FxHashMap::default();
-    let mut in_sample: Vec<(u32, u32)> = Vec::new();
-    for s in &p.samples {
+    // Call edges between kept rows: (caller, callee) -> (weight, all
+    // inlined, last sample counted). Only callees with some inlined frame
+    // can be marked, so only their edges are tracked.
+    let mut could_inline = vec![false; rows.len()];
+    for (f, &r) in p.frames.iter().zip(&frame_row) {
+        could_inline[r as usize] |= f.inlined;
+    }
+    let mut edges: FxHashMap<(u32, u32), (i64, bool, u32)> = FxHashMap::default();
+    for (si, s) in p.samples.iter().enumerate() {
         let v = s.values.get(index).copied().unwrap_or(0);
         if v == 0 {
             continue;
         }
-        in_sample.clear();
         let mut parent: Option<u32> = None;
         for &f in s.stack.iter().rev() {
             let Some(r) = row(f) else { continue };
             if !kept[r] {
                 continue;
             }
-            if let Some(pr) = parent {
-                let key = (pr, r as u32);
-                if !in_sample.contains(&key) {
-                    in_sample.push(key);
-                    let inl = p.frames[f as usize].inlined;
-                    let e = edges.entry(key).or_insert((0, true));
+            if let (Some(pr), true) = (parent, could_inline[r]) {
+                let inl = p.frames[f as usize].inlined;
+                let e = edges.entry((pr, r as u32)).or_insert((0, true, u32::MAX));
+                if e.2 != si as u32 {
+                    e.2 = si as u32;
                     e.0 = e.0.saturating_add(v);
-                    e.1 &= inl;
                 }
+                e.1 &= inl;
             }
             parent = Some(r as u32);
         }
     }
     let edge_cutoff = (total as f64 * DEFAULT_EDGE_FRACTION) as i64;
     let mut inl = vec![(false, false); rows.len()];
-    for (&(_, callee), &(w, all_inline)) in &edges {
+    for (&(_, callee), &(w, all_inline, _)) in &edges {
         if w.saturating_abs() < edge_cutoff {
             continue;
         }
