@@ -315,3 +315,31 @@ fn shipped_budgets_files_are_valid() {
         assert!(b.rules.len() >= 3, "{name}");
     }
 }
+
+#[test]
+fn scaling_needs_what_it_divides_by() {
+    let o = profdiff(&["diff", "-b", "base", "-c", "cand", "--normalize", "rate"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("no duration"), "{}", stderr(&o));
+    let o = profdiff(&[
+        "diff",
+        "-b",
+        "base",
+        "-c",
+        "cand",
+        "--per-sample-type",
+        "reconciles",
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("no sample type \"reconciles\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = profdiff(&[
+        "diff", "-b", "base", "-c", "cand", "--per", "10", "--top", "1",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("top changes (count/10, per 10)"), "{out}");
+}

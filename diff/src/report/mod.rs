@@ -18,6 +18,11 @@ pub use terminal::terminal;
 
 use crate::gate::{Finding, GateReport};
 
+/// Format a value in a display unit (`%` values are fractions of the total).
+pub fn format_value(v: f64, unit: &str) -> String {
+    fmt_value(v, unit)
+}
+
 /// Format a value in a finding's unit (`%` values are fractions).
 pub(crate) fn fmt_value(v: f64, unit: &str) -> String {
     if unit == "%" {

@@ -224,6 +224,15 @@ fn write_file(path: &Path, content: &str, flag: &str) -> Result<()> {
     std::fs::write(path, content).with_context(|| format!("{flag}: writing {}", path.display()))
 }
 
+fn signed(x: f64) -> String {
+    let s = diff::gate::fmt_num(x);
+    if x > 0.0 {
+        format!("+{s}")
+    } else {
+        s
+    }
+}
+
 fn use_color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
@@ -288,11 +297,11 @@ fn run_compare(
             ));
             for x in &f {
                 stacks_text.push_str(&format!(
-                    "{:<56} flat {} -> {} ({:+}) cum {} -> {}\n",
+                    "{:<56} flat {} -> {} ({}) cum {} -> {}\n",
                     x.function,
                     diff::gate::fmt_num(x.flat.baseline),
                     diff::gate::fmt_num(x.flat.candidate),
-                    diff::gate::fmt_num(x.flat.delta),
+                    signed(x.flat.delta),
                     diff::gate::fmt_num(x.cum.baseline),
                     diff::gate::fmt_num(x.cum.candidate),
                 ));
@@ -304,12 +313,18 @@ fn run_compare(
                 d.stacks,
                 cmp.unit(&scale)
             ));
+            let unit = cmp.unit(&scale);
             for s in cmp.stacks(&scale, d.stacks)? {
+                let delta = if unit == "%" {
+                    format!("{:+.2}pt", s.delta * 100.0)
+                } else {
+                    signed(s.delta)
+                };
                 stacks_text.push_str(&format!(
-                    "{:>+10} {} -> {}  {}\n",
-                    diff::gate::fmt_num(s.delta),
-                    diff::gate::fmt_num(s.baseline),
-                    diff::gate::fmt_num(s.candidate),
+                    "{:>12} {} -> {}  {}\n",
+                    delta,
+                    report::format_value(s.baseline, &unit),
+                    report::format_value(s.candidate, &unit),
                     s.stack
                 ));
             }
