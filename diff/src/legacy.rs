@@ -609,7 +609,7 @@ fn parse_heap_sample(
             return Err(format!("{label} count was 0 but {label} bytes was {size}"));
         }
         if count != 0 {
-            blocksize = size / count;
+            blocksize = size.wrapping_div(count);
             if sampling_v2 {
                 (count, size) = scale_heap_sample(count, size, rate);
             }
@@ -961,7 +961,7 @@ fn parse_java_samples<'a>(ptype: &str, b: &'a str, p: &mut Legacy) -> LResult<&'
                     }
                     labels.push((
                         "bytes".to_owned(),
-                        LabelValue::Num(values[1] / values[0], String::new()),
+                        LabelValue::Num(values[1].wrapping_div(values[0]), String::new()),
                     ));
                     let (a, b) = scale_heap_sample(values[0], values[1], JAVA_HEAPZ_SAMPLING_RATE);
                     values = vec![a, b];

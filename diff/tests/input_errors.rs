@@ -407,3 +407,13 @@ fn merge_requires_equal_sample_types() {
         "{e}"
     );
 }
+
+#[test]
+fn legacy_heap_extreme_values_do_not_overflow() {
+    // i64::MIN / -1 overflows; pprof (Go) wraps, we must not panic either.
+    let text =
+        b"heap profile: 1: 1 [1: 1] @ heapprofile\n-1: -9223372036854775808 [0: 0] @ 0x10 0x20\n";
+    let (p, enc) = decode_bytes(text, &Limits::default()).unwrap();
+    assert_eq!(enc, diff::input::Encoding::Legacy);
+    assert_eq!(p.totals(), vec![-1, i64::MIN]);
+}

@@ -41,6 +41,9 @@ impl StringTable {
 /// with zero address ranges, and `Location.address` is the frame's
 /// mapping-relative address. Kernel frames without a mapping name get
 /// the mapping `[kernel.kallsyms]`.
+///
+/// The profile must be valid ([`Profile::check_valid`]): a stack entry
+/// naming a frame that does not exist panics.
 pub fn to_proto(p: &Profile) -> proto::Profile {
     let mut st = StringTable::new();
     let mut out = proto::Profile {
