@@ -148,6 +148,7 @@ pub fn render(
     let mut tips: HashMap<String, String> = HashMap::new();
     for d in funcs {
         let q = |m: &crate::compare::Metric| match m.q_value {
+            Some(q) if q < 1e-3 => format!(", q={q:.1e}"),
             Some(q) => format!(", q={q:.3}"),
             None => String::new(),
         };
