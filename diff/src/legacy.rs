@@ -139,7 +139,7 @@ impl Legacy {
                         inlined: false,
                         kind: Default::default(),
                         mapping: m.map(|m| m.file.clone()).unwrap_or_default(),
-                        address: m.map_or(a, |m| a - m.start + m.offset),
+                        address: m.map_or(a, |m| (a - m.start).wrapping_add(m.offset)),
                     });
                     (frames.len() - 1) as FrameId
                 });

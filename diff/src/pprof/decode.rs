@@ -563,7 +563,7 @@ impl IdIndex {
     fn build(ids: impl ExactSizeIterator<Item = u64> + Clone, what: &str) -> Result<Self, String> {
         let n = ids.len();
         let max = ids.clone().max().unwrap_or(0);
-        let mut idx = if max <= (n as u64).saturating_mul(4) + 64 {
+        let mut idx = if max <= (n as u64).saturating_mul(4).saturating_add(64) {
             IdIndex::Dense(vec![u32::MAX; max as usize + 1])
         } else {
             IdIndex::Sparse(FxHashMap::with_capacity_and_hasher(n, FxBuild::default()))
@@ -701,7 +701,7 @@ fn resolve(raw: Raw<'_>) -> Result<Profile, String> {
             })?;
             let m = &raw.mappings[mi];
             let rel = if m.start <= l.address && l.address < m.limit {
-                l.address - m.start + m.offset
+                (l.address - m.start).wrapping_add(m.offset)
             } else {
                 l.address
             };
