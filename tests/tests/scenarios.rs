@@ -657,7 +657,6 @@ fn judge(variant: &str, res: &BTreeMap<Signal, GateResult>) -> (bool, Vec<String
 }
 
 fn matrix_markdown(trial: &Trial, sides: &[Side]) -> String {
-    let side = |l: &str| sides.iter().find(|s| s.label == l);
     let mut md = String::from(
         "| variant | signal | exit | gate's first failing finding |\n|---|---|---|---|\n",
     );
@@ -695,7 +694,6 @@ fn matrix_markdown(trial: &Trial, sides: &[Side]) -> String {
             watch as f64 / s.runs.len().max(1) as f64
         ));
     }
-    let _ = side;
     md
 }
 
