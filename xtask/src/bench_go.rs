@@ -83,6 +83,18 @@ fn start_workload(bin: &Path, args: &[&str]) -> Result<Child> {
         .with_context(|| format!("starting {}", bin.display()))
 }
 
+/// A fresh output path under `scratch` (a file for one profile type, a
+/// directory for several: never reuse one for the other).
+fn fresh_out(scratch: &Path) -> Result<PathBuf> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = scratch.join(format!("run-{n}"));
+    let _ = std::fs::remove_dir_all(&p);
+    let _ = std::fs::remove_file(&p);
+    Ok(p)
+}
+
 /// Start `profiler record` on `pid` with the probe flags `probe`.
 fn start_profiler(
     profiler: &Path,
@@ -95,7 +107,7 @@ fn start_profiler(
     cmd.args(["record", "--quiet", "--pid", &pid.to_string()])
         .args(probe)
         .arg("-o")
-        .arg(out)
+        .arg(fresh_out(out)?)
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     if at_entry {
