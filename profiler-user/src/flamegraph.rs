@@ -18,6 +18,7 @@ pub fn write(profile: &Profile, path: &Path) -> anyhow::Result<()> {
     opts.count_name = "samples".into();
     let file = std::fs::File::create(path)?;
     let w = std::io::BufWriter::new(file);
-    inferno::flamegraph::from_lines(&mut opts, folded.lines(), w).context("drawing the flame graph")?;
+    inferno::flamegraph::from_lines(&mut opts, folded.lines(), w)
+        .context("drawing the flame graph")?;
     Ok(())
 }
