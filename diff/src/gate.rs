@@ -166,6 +166,8 @@ pub struct GateReport {
     pub findings: Vec<Finding>,
     /// Largest per-function changes on the primary sample type (share scale).
     pub top: Vec<FunctionDelta>,
+    /// Largest per-stack changes (folded, root first; share scale).
+    pub stacks: Vec<crate::compare::StackDelta>,
 }
 
 /// Cached comparison per requested sample type (error text when it failed).
@@ -257,6 +259,7 @@ impl<'a> Gate<'a> {
             confidence: self.confidence,
         })?;
         let sample_type = primary.sample_type.to_string();
+        let stacks = primary.stacks(&Scale::Share, self.top_n)?;
         let normalization = primary.normalization.clone();
         self.cache
             .insert(key.clone(), Ok((primary, primary_top.clone())));
@@ -330,6 +333,7 @@ impl<'a> Gate<'a> {
             rules: results,
             findings,
             top,
+            stacks,
         })
     }
 }

@@ -302,6 +302,14 @@ fn every_subcommand_has_examples_in_help() {
         assert!(h.contains("Examples:"), "{sub} --help lacks examples");
         assert!(h.contains("--no-normalize"), "{sub}");
     }
+    for sub in ["top", "merge", "convert", "flamegraph"] {
+        let o = profdiff(&[sub, "--help"]);
+        assert_eq!(code(&o), 0);
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("Examples:"),
+            "{sub}"
+        );
+    }
     let o = profdiff(&["gate", "--help"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("3 inconclusive"));
 }

@@ -40,12 +40,24 @@ enum Cmd {
     #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
     /// Print the top functions of a profile.
+    #[command(
+        after_help = "Examples:\n  profdiff top cpu.pb.gz\n  profdiff top --cum -n 20 cpu.pb.gz\n  profdiff top -s alloc_space heap.pb.gz"
+    )]
     Top(input_cmds::TopArgs),
     /// Merge profiles into one.
+    #[command(
+        after_help = "Examples:\n  profdiff merge -o all.pb.gz run1.pb.gz run2.pb.gz run3.pb.gz\n  profdiff merge -o all.folded --to folded runs/"
+    )]
     Merge(input_cmds::MergeArgs),
     /// Convert between profile formats.
+    #[command(
+        after_help = "Examples:\n  profdiff convert -o cpu.folded --to folded cpu.pb.gz\n  profdiff convert -o cpu.pb.gz stacks.folded"
+    )]
     Convert(input_cmds::ConvertArgs),
     /// Write a flame graph of one profile.
+    #[command(
+        after_help = "Examples:\n  profdiff flamegraph -o cpu.svg cpu.pb.gz\n  profdiff flamegraph -s alloc_space --title heap -o heap.svg heap.pb.gz"
+    )]
     Flamegraph(input_cmds::FlamegraphArgs),
 }
 
