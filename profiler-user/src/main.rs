@@ -80,6 +80,10 @@ struct RecordArgs {
     /// instead of Go's own samples (free, empty when MemProfileRate is 0).
     #[arg(long)]
     allocs_exact: bool,
+    /// allocs: when a target's runtime.MemProfileRate is 0, write this rate
+    /// (bytes, e.g. 524288) into it so Go samples again; undone at the end.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    allocs_set_rate: Option<u64>,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
                     count: a.count,
                     preset: a.count_preset,
                     alloc_exact: a.allocs_exact,
+                    alloc_set_rate: a.allocs_set_rate,
                 },
             };
             match rt.block_on(record(opts)) {

@@ -730,3 +730,74 @@ fn g_offsets_table_matches_dwarf() {
         assert_eq!(stripped.matching("main.alloc?").len(), 2);
     }
 }
+
+/// MemProfileRate 0 and the `alloc_set_rate` opt-in: the rate is written
+/// into the target, Go samples again, shares are right, and the target's
+/// rate is 0 again afterwards.
+fn allocs_set_rate(version: &str) {
+    if go_tool(version).is_none() {
+        return;
+    }
+    let bin = build(version, false).unwrap();
+    let w = Workload::start(
+        &bin,
+        &[
+            "-alloc-a",
+            "8388608",
+            "-alloc-b",
+            "25165824",
+            "-start-delay",
+            "0s",
+            "-duration",
+            "60s",
+        ],
+    );
+    let opts = GoOptions {
+        profiles: GoProfiles {
+            allocs: true,
+            ..Default::default()
+        },
+        alloc_set_rate: Some(65536),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let run = session(w.pid(), &opts, Duration::from_secs(30), || {
+        start.elapsed() >= Duration::from_secs(5)
+    });
+    let (p, summary) = run.get("allocs");
+    assert_eq!(p.period, 65536);
+    assert!(
+        comments(p).iter().any(|c| c.contains("set to 65536")),
+        "{summary:?}"
+    );
+    let (a, b, _) = alloc_shares(p);
+    assert!(
+        (a - 0.25).abs() <= 0.025,
+        "allocA share {a:.3}; {summary:?}"
+    );
+    assert!((b - 0.75).abs() <= 0.075, "allocB share {b:.3}");
+    // Written back: read the target's MemProfileRate through its symbol.
+    let b = profiler_user::go::binary::GoBinary::open(&bin).unwrap();
+    let addr = b.data_symbol("runtime.MemProfileRate").unwrap();
+    let mut buf = [0u8; 8];
+    use std::os::unix::fs::FileExt as _;
+    std::fs::File::open(format!("/proc/{}/mem", w.pid()))
+        .unwrap()
+        .read_exact_at(&mut buf, addr)
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(buf), 0, "MemProfileRate restored to 0");
+}
+
+#[test]
+fn allocs_set_rate_go119() {
+    if can_run("allocs_set_rate_go119") {
+        allocs_set_rate("1.19");
+    }
+}
+
+#[test]
+fn allocs_set_rate_go123() {
+    if can_run("allocs_set_rate_go123") {
+        allocs_set_rate("1.23");
+    }
+}

@@ -24,8 +24,10 @@
 //!   itself samples (`runtime.MemProfileRate`); each sample of size `s` is
 //!   weighted by `1/(1-exp(-s/rate))` as Go does. When the rate is 0 (the
 //!   linker disables profiling unless `runtime.MemProfile` is reachable)
-//!   the profile is empty and says why; [`GoOptions::alloc_exact`] probes
-//!   `runtime.mallocgc` instead (every allocation, exact, but expensive).
+//!   the profile is empty and says why. Two opt-ins: [`GoOptions::alloc_set_rate`]
+//!   writes a rate into the target (Go then samples again; cheap; undone
+//!   at the end) and [`GoOptions::alloc_exact`] probes `runtime.mallocgc`
+//!   (every allocation, exact, but expensive).
 //! * `calls`: `calls/count` by stack for each `--count` symbol, exact.
 #![allow(clippy::type_complexity)]
 
@@ -104,6 +106,10 @@ pub struct GoOptions {
     /// Probe `runtime.mallocgc` (every allocation, exact, slow) instead of
     /// `runtime.profilealloc` (Go's own sampling, free).
     pub alloc_exact: bool,
+    /// When a target's `runtime.MemProfileRate` is 0, write this rate into
+    /// it (through `/proc/PID/mem`) so Go samples allocations again, and
+    /// write 0 back at the end. An explicit opt-in: it changes the target.
+    pub alloc_set_rate: Option<u64>,
 }
 
 /// Names of the `--count-preset` sets.
@@ -144,6 +150,8 @@ struct Proc {
     /// runtime.MemProfileRate as last read (None: unknown).
     mem_rate: Option<i64>,
     alloc_probe: Option<&'static str>,
+    /// We wrote `alloc_set_rate` into the target's MemProfileRate.
+    rate_written: bool,
 }
 
 /// The Go probes of one recording.
@@ -478,6 +486,7 @@ impl GoSession {
                 .map(|a| a.wrapping_add(bias)),
             mem_rate: None,
             alloc_probe: None,
+            rate_written: false,
         };
 
         if self.opts.profiles.calls {
@@ -554,13 +563,62 @@ impl GoSession {
             proc.mem_rate = self.read_mem_rate(tgid, &proc);
         }
         self.procs.insert(tgid, proc);
+        self.enforce_rate(tgid);
         Ok(())
+    }
+
+    /// With `alloc_set_rate`, (re)write the rate while the target's is 0
+    /// (schedinit zeroes it after we may have written it at exec).
+    fn enforce_rate(&mut self, pid: u32) {
+        let Some(rate) = self.opts.alloc_set_rate.filter(|r| *r > 0) else {
+            return;
+        };
+        if !self.opts.profiles.allocs || self.opts.alloc_exact {
+            return;
+        }
+        let Some(p) = self.procs.get(&pid) else {
+            return;
+        };
+        let Some(addr) = p.mem_rate_addr else {
+            if !p.rate_written {
+                self.notes.push(format!(
+                    "allocs: pid {pid}: --allocs-set-rate impossible: runtime.MemProfileRate not found (no .symtab)"
+                ));
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.rate_written = true;
+                }
+            }
+            return;
+        };
+        if p.alloc_probe.is_none() || self.read_mem_rate(pid, p) != Some(0) {
+            return;
+        }
+        let ok = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/{pid}/mem"))
+            .and_then(|f| f.write_all_at(&rate.to_le_bytes(), addr))
+            .is_ok();
+        let first = !p.rate_written;
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.rate_written |= ok;
+            p.mem_rate = Some(rate as i64).filter(|_| ok).or(p.mem_rate);
+        }
+        if first {
+            self.notes.push(if ok {
+                format!("allocs: pid {pid}: runtime.MemProfileRate was 0; set to {rate} (--allocs-set-rate), written back to 0 at the end")
+            } else {
+                format!("allocs: pid {pid}: --allocs-set-rate: writing /proc/{pid}/mem failed")
+            });
+        }
     }
 
     /// The effective `runtime.MemProfileRate` of a running process.
     fn read_mem_rate(&self, pid: u32, p: &Proc) -> Option<i64> {
         let addr = p.mem_rate_addr?;
         let rate = read_u64(pid, addr)? as i64;
+        if p.rate_written {
+            return Some(rate);
+        }
         if let Some(d) = p.disable_addr {
             let mut b = [0u8; 1];
             // Before schedinit the linker's flag has not zeroed the rate yet.
@@ -581,7 +639,7 @@ impl GoSession {
     /// Periodic work: every 500 ms, sample the live goroutine count of
     /// each creation site (for the leak slope). Bounded by the site map.
     pub fn tick(&mut self, _sampler: &mut Sampler) {
-        if !self.opts.profiles.goroutines || self.procs.is_empty() {
+        if self.procs.is_empty() {
             return;
         }
         let now = Instant::now();
@@ -592,6 +650,15 @@ impl GoSession {
             return;
         }
         self.last_series = Some(now);
+        if self.opts.alloc_set_rate.is_some() {
+            let pids: Vec<u32> = self.procs.keys().copied().collect();
+            for pid in pids {
+                self.enforce_rate(pid);
+            }
+        }
+        if !self.opts.profiles.goroutines {
+            return;
+        }
         let t = now.duration_since(self.started).as_secs_f64();
         for (k, c) in self.read_sites() {
             let live = c.created.saturating_sub(c.exited) as f64;
@@ -925,6 +992,15 @@ impl GoSession {
                     p.mem_rate = fresh;
                 }
             }
+            // Undo --allocs-set-rate.
+            for (pid, p) in &self.procs {
+                if let (true, Some(addr)) = (p.rate_written, p.mem_rate_addr) {
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(format!("/proc/{pid}/mem"))
+                        .and_then(|f| f.write_all_at(&0u64.to_le_bytes(), addr));
+                }
+            }
             let mut rates: HashMap<u32, Option<i64>> = HashMap::new();
             for (pid, p) in &self.procs {
                 rates.insert(*pid, p.mem_rate);
@@ -933,7 +1009,7 @@ impl GoSession {
                         "allocs: pid {pid}: every allocation probed at runtime.mallocgc (exact counts, unsampled; costly)"
                     ),
                     (Some(_), Some(0)) => format!(
-                        "allocs: pid {pid}: runtime.MemProfileRate is 0 (the linker disables Go's allocation sampling unless runtime.MemProfile is reachable, e.g. by importing net/http/pprof): Go samples no allocations, so this profile has none. Use --allocs-exact to probe every allocation (costly), or make runtime.MemProfile reachable"
+                        "allocs: pid {pid}: runtime.MemProfileRate is 0 (the linker disables Go's allocation sampling unless runtime.MemProfile is reachable, e.g. by importing net/http/pprof): Go samples no allocations, so this profile has none. Use --allocs-set-rate 524288 (writes the target's MemProfileRate; cheap) or --allocs-exact (probes every allocation; costly), or make runtime.MemProfile reachable"
                     ),
                     (Some(_), Some(r)) => format!(
                         "allocs: pid {pid}: runtime.MemProfileRate={r}: Go's own samples (runtime.profilealloc), weighted 1/(1-exp(-size/rate)) like go tool pprof"
