@@ -185,7 +185,7 @@ pub fn run(root: &Path) -> Result<()> {
         bail!("bench go-probes loads eBPF programs: run as root");
     }
     let (profiler, bin) = build(root)?;
-    let scratch = root.join("target/go-bench/out");
+    let scratch = root.join("target/go-bench/runs");
     let stats = "/proc/sys/kernel/bpf_stats_enabled";
     let old_stats = std::fs::read_to_string(stats).unwrap_or_else(|_| "0".into());
     let _ = std::fs::write(stats, "1");
