@@ -597,6 +597,54 @@ pub fn jitter_moments(a: &[RunCount], b: &[RunCount], model: CountModel) -> Opti
     Some((num, den))
 }
 
+/// Common jitter `kappa` (see [`DispersionPrior`]) from entities observed
+/// in one run per side, robust to a minority of real changes: the `kappa`
+/// at which the median of the standardized squared differences equals the
+/// median of χ²₁ (0.4549). Each item is (baseline run, candidate run).
+/// Returns 0 with fewer than 10 entities or no excess scatter.
+pub fn robust_kappa_single(items: &[(RunCount, RunCount)], model: CountModel) -> f64 {
+    let mut terms: Vec<(f64, f64, f64)> = Vec::new(); // (d², sampling var, 2 r0²)
+    for (a, b) in items {
+        if a.exposure <= 0.0 || b.exposure <= 0.0 {
+            continue;
+        }
+        let (ra, rb) = (a.count / a.exposure, b.count / b.exposure);
+        let r0 = (a.count + b.count) / (a.exposure + b.exposure);
+        let v0 = match model {
+            CountModel::Share => r0 * (1.0 - r0).max(0.0),
+            CountModel::Rate => r0,
+        };
+        let v = v0 * (1.0 / a.exposure + 1.0 / b.exposure);
+        if v > 0.0 {
+            terms.push(((rb - ra).powi(2), v, 2.0 * r0 * r0));
+        }
+    }
+    if terms.len() < 10 {
+        return 0.0;
+    }
+    const CHI2_1_MEDIAN: f64 = 0.454_936_423_119_572_8;
+    let med = |k: f64| -> f64 {
+        let z: Vec<f64> = terms.iter().map(|(d2, v, w)| d2 / (v + k * w)).collect();
+        median(&z).unwrap_or(0.0)
+    };
+    if med(0.0) <= CHI2_1_MEDIAN {
+        return 0.0;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    if med(hi) > CHI2_1_MEDIAN {
+        return hi;
+    }
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if med(mid) > CHI2_1_MEDIAN {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
 /// [`pooled_test`] with an optional dispersion prior: the entity's
 /// dispersion becomes `(df·phi_hat + d0·phi0) / (df + d0)` (floored at 1),
 /// where `phi0 = 1 + kappa·Σmu²/Σv` is what the common jitter predicts for
@@ -663,6 +711,24 @@ pub fn pooled_test_moderated(
     let se = (phi * v0 * (1.0 / ea + 1.0 / eb)).sqrt();
     let p_value = if ya + yb <= 0.0 {
         1.0
+    } else if df == 0 && prior.is_some_and(|p| p.kappa > 0.0) {
+        // One run per side, but a common jitter estimated across entities
+        // (`robust_kappa_single`): z-test with sampling + jitter variance.
+        // `prior.df` carries the effective degrees of freedom of the kappa
+        // estimate (a median-based scale: about 37% efficient).
+        let (kappa, kdf) = prior.map(|p| (p.kappa, p.df)).unwrap_or((0.0, 0.0));
+        let var = v0 * (1.0 / ea + 1.0 / eb) + 2.0 * kappa * r0 * r0;
+        if var <= 0.0 {
+            1.0
+        } else {
+            let z = ((rb - ra) / var.sqrt()).abs();
+            let tail = if kdf >= 1.0 {
+                student_t_sf(z, kdf)
+            } else {
+                normal_sf(z)
+            };
+            (2.0 * tail).min(1.0)
+        }
     } else if df == 0 {
         // Exact conditional binomial test on the two counts.
         let n = (ya + yb).round() as u64;
@@ -849,5 +915,26 @@ mod tests {
         .unwrap();
         assert!(wild.phi > 5.0, "{}", wild.phi);
         assert_eq!(wild.df, 6);
+    }
+
+    #[test]
+    fn robust_kappa_sees_common_jitter_not_one_change() {
+        let rc = |c: f64| RunCount {
+            count: c,
+            exposure: 100_000.0,
+        };
+        // 20 functions of 2,000 samples each; identical runs: no jitter.
+        let same: Vec<_> = (0..20).map(|_| (rc(2000.0), rc(2000.0))).collect();
+        assert_eq!(robust_kappa_single(&same, CountModel::Share), 0.0);
+        // Every function moves by ±10% (far beyond sampling noise): jitter.
+        let moved: Vec<_> = (0..20)
+            .map(|i| (rc(2000.0), rc(if i % 2 == 0 { 2200.0 } else { 1800.0 })))
+            .collect();
+        let k = robust_kappa_single(&moved, CountModel::Share);
+        assert!(k > 0.001 && k < 0.02, "{k}");
+        // One real change among steady functions does not count as jitter.
+        let mut one = same.clone();
+        one[0].1 = rc(4000.0);
+        assert_eq!(robust_kappa_single(&one, CountModel::Share), 0.0);
     }
 }

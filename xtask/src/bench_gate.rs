@@ -215,6 +215,8 @@ struct Scenario {
     /// Gate with one budgets rule naming the target (no default rule)
     /// instead of the default rule over every function.
     targeted: bool,
+    /// Runs per side (0: the report's default).
+    runs: usize,
 }
 
 fn gen_run(d: &Dist, sc: Scenario, candidate: bool, rng: &mut Rng) -> Profile {
@@ -287,6 +289,7 @@ struct Tally {
 }
 
 fn trials(d: &Dist, sc: Scenario, runs: usize, n: u32, seed: u64) -> Result<Tally> {
+    let runs = if sc.runs > 0 { sc.runs } else { runs };
     let mut rng = Rng::new(seed);
     let norm = Normalizer::new(NormalizeOptions::default());
     let budgets = if sc.targeted {
@@ -380,7 +383,9 @@ fn report(label: &str, d: &Dist, runs: usize, n: u32, seed: u64) -> Result<()> {
         added_total,
         jitter,
         targeted: false,
+        runs: 0,
     };
+    let one = |s: Scenario| Scenario { runs: 1, ..s };
     let tg = |s: Scenario| Scenario {
         targeted: true,
         ..s
@@ -415,6 +420,22 @@ fn report(label: &str, d: &Dist, runs: usize, n: u32, seed: u64) -> Result<()> {
         (
             "+10% of total CPU in target, 990/run",
             sc(990.0, 1.0, 0.10, 0.05),
+        ),
+        (
+            "1 run/side: A/A, 990 samples",
+            one(sc(990.0, 1.0, 0.0, 0.05)),
+        ),
+        (
+            "1 run/side: A/A, 15840 samples",
+            one(sc(15840.0, 1.0, 0.0, 0.05)),
+        ),
+        (
+            "1 run/side: A/A, 15840 samples, no jitter",
+            one(sc(15840.0, 1.0, 0.0, 0.0)),
+        ),
+        (
+            "1 run/side: +10%, 15840 samples, no jitter",
+            one(sc(15840.0, 1.1, 0.0, 0.0)),
         ),
         ("targeted rule: A/A, 990/run", tg(sc(990.0, 1.0, 0.0, 0.05))),
         (
