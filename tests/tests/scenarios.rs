@@ -49,38 +49,78 @@ const FAULTS: &[&str] = &["-error-rate", "0.2", "-error-window", "1s"];
 /// CPU sampling frequency: about 5x the default, for more samples per run.
 const FREQUENCY: &str = "499";
 
+/// Functions whose calls the calls profile counts: the typed API client's
+/// verbs and the reconcile itself.
+const COUNTED: &[&str] = &[
+    "main.(*Client).List",
+    "main.(*Client).Get",
+    "main.(*Client).PatchStatus",
+    "main.(*Client).Watch",
+    "*.Reconcile",
+];
+
 /// The signals a scenario can gate on; one profile directory each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Signal {
     /// `profiler record` CPU profile.
     Cpu,
+    /// `profiler record --profile goroutines`: live goroutines by creation site.
+    Goroutines,
+    /// `profiler record --profile allocs`: Go's sampled allocations.
+    Allocs,
+    /// `profiler record --profile calls`: exact call counts of [`COUNTED`].
+    Calls,
     /// apiserver-sim counters as a profile.
     Api,
 }
 
 impl Signal {
-    const ALL: [Signal; 2] = [Signal::Cpu, Signal::Api];
+    const ALL: [Signal; 5] = [
+        Signal::Cpu,
+        Signal::Goroutines,
+        Signal::Allocs,
+        Signal::Calls,
+        Signal::Api,
+    ];
+    /// The profile directory, also `profiler record`'s profile type name.
     fn dir(self) -> &'static str {
         match self {
             Signal::Cpu => "cpu",
+            Signal::Goroutines => "goroutines",
+            Signal::Allocs => "allocs",
+            Signal::Calls => "calls",
             Signal::Api => "api",
         }
     }
 }
 
-/// What must be true of a variant's gate: on `signal`, a failing finding of
-/// `rule` whose function or message contains `names`.
+/// What is expected of a variant's gate: on `signal`, a failing finding of
+/// `rule` whose function or message contains `names`. A `required` check
+/// fails the test when missing; the others are reported in the matrix.
 struct Check {
     signal: Signal,
     rule: &'static str,
     names: &'static str,
+    required: bool,
 }
 
+/// A required check.
 const fn c(signal: Signal, rule: &'static str, names: &'static str) -> Check {
     Check {
         signal,
         rule,
         names,
+        required: true,
+    }
+}
+
+/// A check that is reported but not required.
+const fn o(signal: Signal, rule: &'static str, names: &'static str) -> Check {
+    Check {
+        signal,
+        rule,
+        names,
+        required: false,
     }
 }
 
@@ -94,6 +134,11 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         &[
             c(Signal::Api, "api-list-per-reconcile", "LIST widgets"),
             c(Signal::Cpu, "api-list-under-reconcile", "groupSizeFromAPI"),
+            o(
+                Signal::Calls,
+                "api-client-read-calls",
+                "main.(*Client).List",
+            ),
         ],
     ),
     (
@@ -102,6 +147,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         &[
             c(Signal::Api, "api-get-per-reconcile", "GET widgets"),
             c(Signal::Cpu, "api-get-under-reconcile", "refetch"),
+            o(Signal::Calls, "api-client-read-calls", "main.(*Client).Get"),
         ],
     ),
     (
@@ -115,26 +161,50 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "api-list-under-reconcile",
                 "groupSizeFromFullList",
             ),
+            o(
+                Signal::Calls,
+                "api-client-read-calls",
+                "main.(*Client).List",
+            ),
+            o(
+                Signal::Allocs,
+                "controller-alloc-share",
+                "groupSizeFromFullList",
+            ),
         ],
     ),
     (
         "duplicate-watch",
         false,
-        &[c(Signal::Api, "api-watch-per-run", "WATCH widgets")],
+        &[
+            c(Signal::Api, "api-watch-per-run", "WATCH widgets"),
+            o(Signal::Cpu, "controller-function-share", "receive"),
+            o(Signal::Calls, "api-client-read-calls", "Watch"),
+        ],
     ),
     (
         "goroutine-leak",
         false,
-        &[c(
-            Signal::Cpu,
-            "goroutine-spawn-under-reconcile",
-            "runtime.newproc",
-        )],
+        &[
+            c(
+                Signal::Cpu,
+                "goroutine-spawn-under-reconcile",
+                "runtime.newproc",
+            ),
+            o(
+                Signal::Goroutines,
+                "goroutines-started-by-reconcile",
+                "Reconcile",
+            ),
+        ],
     ),
     (
         "unbounded-cache",
         false,
-        &[c(Signal::Cpu, "json-indent-under-reconcile", "remember")],
+        &[
+            c(Signal::Cpu, "json-indent-under-reconcile", "remember"),
+            o(Signal::Allocs, "controller-alloc-share", "remember"),
+        ],
     ),
     (
         "global-mutex",
@@ -159,6 +229,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "controller-function-share",
                 "patchStatusUntilSuccess",
             ),
+            o(Signal::Calls, "patch-calls-share", "PatchStatus"),
         ],
     ),
     (
@@ -171,6 +242,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "validateName",
             ),
             c(Signal::Cpu, "controller-function-share", "debugSnapshot"),
+            o(Signal::Allocs, "controller-alloc-share", "debugSnapshot"),
         ],
     ),
     (
@@ -183,6 +255,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "PATCH widgets/status",
             ),
             c(Signal::Cpu, "controller-function-share", "fanOut"),
+            o(Signal::Calls, "patch-calls-share", "PatchStatus"),
         ],
     ),
 ];
@@ -302,20 +375,32 @@ fn record_run(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) ->
 static UNSYMBOLIZED_RETRIES: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-/// Record one run of `variant` into `dir/{cpu,api}/run-<idx>.pb.gz` (and
+/// Record one run of `variant` into `dir/<signal>/run-<idx>.pb.gz` (and
 /// the profiler's stderr into `dir/logs/`).
 fn record_once(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -> RunInfo {
     let start = Instant::now();
-    let cpu = dir.join("cpu").join(format!("run-{idx}.pb.gz"));
-    let api = dir.join("api").join(format!("run-{idx}.pb.gz"));
-    for d in [cpu.parent().unwrap(), api.parent().unwrap()] {
-        std::fs::create_dir_all(d).unwrap();
+    for sig in Signal::ALL {
+        std::fs::create_dir_all(dir.join(sig.dir())).unwrap();
     }
+    let api = dir.join("api").join(format!("run-{idx}.pb.gz"));
+    // `profiler record` writes <type>.pb.gz into this directory.
+    let rec_dir = dir.join(format!("record-{idx}"));
+    let _ = std::fs::remove_dir_all(&rec_dir);
+    let types: Vec<&str> = Signal::ALL
+        .iter()
+        .filter(|s| **s != Signal::Api)
+        .map(|s| s.dir())
+        .collect();
     let (srv, addr, srv_out) = start_server(faults);
+    let mut cmd = Command::new(profiler_bin());
+    cmd.args(["record", "--quiet", "--frequency", FREQUENCY])
+        .args(["--profile", &types.join(",")]);
+    for f in COUNTED {
+        cmd.args(["--count", f]);
+    }
     let mut prof = Owned::spawn(
-        Command::new(profiler_bin())
-            .args(["record", "--quiet", "--frequency", FREQUENCY, "-o"])
-            .arg(&cpu)
+        cmd.arg("-o")
+            .arg(&rec_dir)
             .arg("--")
             .arg(workload("controller-sim"))
             .args(["-server", &format!("http://{addr}")])
@@ -345,6 +430,18 @@ fn record_once(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -
         status.success(),
         "{variant}: profiler record failed ({status}): {stderr}"
     );
+    for t in &types {
+        let from = rec_dir.join(format!("{t}.pb.gz"));
+        let to = dir.join(t).join(format!("run-{idx}.pb.gz"));
+        std::fs::rename(&from, &to).unwrap_or_else(|e| {
+            panic!(
+                "{variant}: moving {} to {}: {e}",
+                from.display(),
+                to.display()
+            )
+        });
+    }
+    let _ = std::fs::remove_dir(&rec_dir);
     let reconciles = apiload::reconciles(&stdout)
         .unwrap_or_else(|| panic!("{variant}: no reconciles= summary in {stdout:?}"));
     let counters = apiload::fetch(addr).unwrap_or_else(|e| panic!("{variant}: {e}"));
@@ -635,7 +732,7 @@ fn judge(variant: &str, res: &BTreeMap<Signal, GateResult>) -> (bool, Vec<String
     let (_, checks) = expect_of(variant);
     let mut ok = !checks.is_empty();
     let mut notes = Vec::new();
-    for ch in checks {
+    for ch in checks.iter().filter(|c| c.required) {
         let g = &res[&ch.signal];
         let hit = g.exit == 1 && g.has(ch.rule, ch.names);
         if !hit {
@@ -673,6 +770,26 @@ fn matrix_markdown(trial: &Trial, sides: &[Side]) -> String {
     row("A/A baseline", &trial.aa);
     for (v, res) in &trial.variants {
         row(v, res);
+    }
+    md.push_str(
+        "\n| variant | signal | rule | naming | required | found |\n|---|---|---|---|---|---|\n",
+    );
+    for (v, res) in &trial.variants {
+        for ch in expect_of(v).1 {
+            let g = &res[&ch.signal];
+            md.push_str(&format!(
+                "| {v} | {:?} | {} | {} | {} | {} |\n",
+                ch.signal,
+                ch.rule,
+                ch.names,
+                if ch.required { "yes" } else { "no" },
+                if g.exit == 1 && g.has(ch.rule, ch.names) {
+                    "yes"
+                } else {
+                    "NO"
+                }
+            ));
+        }
     }
     md.push_str("\n| side | reconciles/s | LIST/rec | GET/rec | PATCH/rec | WATCH/run |\n|---|---|---|---|---|---|\n");
     for s in sides {
