@@ -134,7 +134,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         &[
             c(Signal::Api, "api-list-per-reconcile", "LIST widgets"),
             c(Signal::Cpu, "api-list-under-reconcile", "groupSizeFromAPI"),
-            o(
+            c(
                 Signal::Calls,
                 "api-client-read-calls",
                 "main.(*Client).List",
@@ -147,7 +147,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         &[
             c(Signal::Api, "api-get-per-reconcile", "GET widgets"),
             c(Signal::Cpu, "api-get-under-reconcile", "refetch"),
-            o(Signal::Calls, "api-client-read-calls", "main.(*Client).Get"),
+            c(Signal::Calls, "api-client-read-calls", "main.(*Client).Get"),
         ],
     ),
     (
@@ -161,7 +161,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "api-list-under-reconcile",
                 "groupSizeFromFullList",
             ),
-            o(
+            c(
                 Signal::Calls,
                 "api-client-read-calls",
                 "main.(*Client).List",
@@ -179,7 +179,6 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         &[
             c(Signal::Api, "api-watch-per-run", "WATCH widgets"),
             o(Signal::Cpu, "controller-function-share", "receive"),
-            o(Signal::Calls, "api-client-read-calls", "Watch"),
         ],
     ),
     (
@@ -191,7 +190,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "goroutine-spawn-under-reconcile",
                 "runtime.newproc",
             ),
-            o(
+            c(
                 Signal::Goroutines,
                 "goroutines-started-by-reconcile",
                 "Reconcile",
@@ -203,7 +202,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         false,
         &[
             c(Signal::Cpu, "json-indent-under-reconcile", "remember"),
-            o(Signal::Allocs, "controller-alloc-share", "remember"),
+            c(Signal::Allocs, "controller-alloc-share", "remember"),
         ],
     ),
     (
@@ -229,7 +228,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "controller-function-share",
                 "patchStatusUntilSuccess",
             ),
-            o(Signal::Calls, "patch-calls-share", "PatchStatus"),
+            c(Signal::Calls, "patch-calls-share", "PatchStatus"),
         ],
     ),
     (
@@ -255,7 +254,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
                 "PATCH widgets/status",
             ),
             c(Signal::Cpu, "controller-function-share", "fanOut"),
-            o(Signal::Calls, "patch-calls-share", "PatchStatus"),
+            c(Signal::Calls, "patch-calls-share", "PatchStatus"),
         ],
     ),
 ];
