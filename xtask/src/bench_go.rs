@@ -10,7 +10,9 @@
 //!    counted-call case is repeated with the probe on the function's first
 //!    instruction (`PROFILER_GO_PROBE_AT_ENTRY=1`, single-stepped) to show
 //!    what the emulated `JBE` placement saves.
-//! 2. Throughput: the workload's controller-like load (1,000 goroutines/s,
+//! 2. CPU time of the controller-like background load alone (rusage, uprobe
+//!    traps included), with and without each probe set.
+//! 3. Throughput: the workload's controller-like load (1,000 goroutines/s,
 //!    10 MiB/s allocation, 2,000 counted calls/s beside a CPU-bound loop),
 //!    alone and under each probe set, alternated `RUNS` times; the median
 //!    ratio of the loop's rate is the slowdown.
@@ -178,6 +180,40 @@ fn work_rate(profiler: &Path, bin: &Path, probe: Option<&[&str]>, scratch: &Path
     field(&text, "units_per_sec=").with_context(|| format!("no units_per_sec in {text}"))
 }
 
+/// CPU time (user+sys, ms per second of run) the workload's background
+/// load alone costs, from its rusage; uprobe traps are charged to it.
+fn load_cpu(profiler: &Path, bin: &Path, probe: Option<&[&str]>, scratch: &Path) -> Result<f64> {
+    let secs = format!("{WORK_SECONDS}s");
+    let c = start_workload(
+        bin,
+        &[
+            "-work",
+            "-spin=false",
+            "-duration",
+            &secs,
+            "-start-delay",
+            "1s",
+        ],
+    )?;
+    let p = match probe {
+        Some(probe) => Some(start_profiler(profiler, c.id(), probe, scratch, false)?),
+        None => None,
+    };
+    let pid = c.id() as i32;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter; waiting for our child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    if r < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    if let Some(p) = p {
+        stop_profiler(p)?;
+    }
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    Ok((ms(ru.ru_utime) + ms(ru.ru_stime)) / (WORK_SECONDS as f64 + 1.0))
+}
+
 /// Run the benchmark and print its figures.
 pub fn run(root: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -242,9 +278,6 @@ pub fn run(root: &Path) -> Result<()> {
                 println!("    {l}");
             }
         }
-        println!(
-            "== controller-like load: work-loop rate probed/alone, median of {RUNS} alternated runs of {WORK_SECONDS}s"
-        );
         let all: &[&str] = &[
             "--profile",
             "goroutines,allocs,calls",
@@ -260,6 +293,25 @@ pub fn run(root: &Path) -> Result<()> {
             ),
             ("goroutines+allocs+calls", all),
         ];
+        println!(
+            "== controller-like load without the CPU-bound loop: its CPU time, median of {RUNS} alternated runs"
+        );
+        for (label, probe) in &sets {
+            let (mut alone, mut with) = (Vec::new(), Vec::new());
+            for _ in 0..RUNS {
+                alone.push(load_cpu(&profiler, &bin, None, &scratch)?);
+                with.push(load_cpu(&profiler, &bin, Some(probe), &scratch)?);
+            }
+            let (a, w) = (median(&mut alone), median(&mut with));
+            println!(
+                "{label}: {a:.1} ms/s alone, {w:.1} ms/s probed: +{:.1} ms CPU per second ({:+.2}% of one core)",
+                w - a,
+                (w - a) / 10.0
+            );
+        }
+        println!(
+            "== controller-like load: work-loop rate probed/alone, median of {RUNS} alternated runs of {WORK_SECONDS}s"
+        );
         for (label, probe) in sets {
             let mut ratios = Vec::new();
             for _ in 0..RUNS {

@@ -166,6 +166,7 @@ func main() {
 	benchGoroutines := flag.Int("bench-goroutines", 0, "time this many goroutine creations, print, exit")
 	benchAllocs := flag.Int("bench-allocs", 0, "time this many 4 KiB allocations, print, exit")
 	work := flag.Bool("work", false, "controller-like load (1000 goroutines/s, 10 MiB/s, 2000 calls/s) beside a CPU-bound loop; print work units/s")
+	spin := flag.Bool("spin", true, "with -work: run the CPU-bound loop (false: only the background load)")
 	flag.Parse()
 	if *memRate >= 0 {
 		runtime.MemProfileRate = *memRate
@@ -176,7 +177,7 @@ func main() {
 	fmt.Printf("ready pid=%d memprofilerate=%d\n", os.Getpid(), runtime.MemProfileRate)
 	time.Sleep(*startDelay)
 	if *work {
-		controllerLoad(*duration)
+		controllerLoad(*duration, *spin)
 		return
 	}
 	if *benchCalls+*benchGoroutines+*benchAllocs > 0 {
@@ -270,7 +271,7 @@ func bench(calls, goroutines, allocs int) {
 // rates (1,000 goroutines/s, 10 MiB/s of 4 KiB allocations, 2,000
 // countedTarget calls/s, each in 100 batches per second) beside a CPU-bound
 // loop on the main goroutine, and prints the loop's rate.
-func controllerLoad(d time.Duration) {
+func controllerLoad(d time.Duration, spin bool) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -289,6 +290,13 @@ func controllerLoad(d time.Duration) {
 		})
 		inner.Wait()
 	}()
+	if !spin {
+		time.Sleep(d)
+		close(stop)
+		wg.Wait()
+		fmt.Printf("work units_per_sec=0\n")
+		return
+	}
 	end := time.Now().Add(d)
 	units := 0
 	x := uint64(1)
