@@ -416,6 +416,19 @@ impl GoSession {
     /// that process. A process that is not Go (or cannot be probed) is
     /// skipped with a note, not an error; errors are kernel failures.
     pub fn add_process(&mut self, sampler: &mut Sampler, tgid: u32) -> Result<(), RecordError> {
+        match self.add_process_inner(sampler, tgid) {
+            // A process that exited while we attached is not an error.
+            Err(e) if !std::path::Path::new(&format!("/proc/{tgid}")).exists() => {
+                self.notes.push(format!(
+                    "pid {tgid} exited while Go probes were attached: {e}"
+                ));
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    fn add_process_inner(&mut self, sampler: &mut Sampler, tgid: u32) -> Result<(), RecordError> {
         if self.procs.contains_key(&tgid) || !self.opts.profiles.any() {
             return Ok(());
         }
