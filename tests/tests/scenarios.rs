@@ -136,7 +136,12 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         false,
         &[
             c(Signal::Api, "api-list-per-reconcile", "LIST widgets"),
-            c(Signal::Cpu, "api-list-under-reconcile", "groupSizeFromAPI"),
+            c(
+                Signal::Cpu,
+                "api-list-under-reconcile",
+                "main.(*Client).List",
+            ),
+            c(Signal::Cpu, "controller-function-share", "groupSizeFromAPI"),
             c(
                 Signal::Calls,
                 "api-client-read-calls",
@@ -149,7 +154,8 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         false,
         &[
             c(Signal::Api, "api-get-per-reconcile", "GET widgets"),
-            c(Signal::Cpu, "api-get-under-reconcile", "refetch"),
+            c(Signal::Cpu, "api-get-under-reconcile", "main.(*Client).Get"),
+            c(Signal::Cpu, "controller-function-share", "refetch"),
             c(Signal::Calls, "api-client-read-calls", "main.(*Client).Get"),
         ],
     ),
@@ -162,6 +168,11 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
             c(
                 Signal::Cpu,
                 "api-list-under-reconcile",
+                "main.(*Client).List",
+            ),
+            c(
+                Signal::Cpu,
+                "controller-function-share",
                 "groupSizeFromFullList",
             ),
             c(
