@@ -416,7 +416,18 @@ impl GoSession {
     /// that process. A process that is not Go (or cannot be probed) is
     /// skipped with a note, not an error; errors are kernel failures.
     pub fn add_process(&mut self, sampler: &mut Sampler, tgid: u32) -> Result<(), RecordError> {
-        match self.add_process_inner(sampler, tgid) {
+        let t = Instant::now();
+        let before = self.probes_attached;
+        let r = self.add_process_inner(sampler, tgid);
+        if self.probes_attached > before {
+            // Events before this point are not seen: say how long it took.
+            self.notes.push(format!(
+                "pid {tgid}: {} Go probes attached in {} ms (events before that are not counted)",
+                self.probes_attached - before,
+                t.elapsed().as_millis()
+            ));
+        }
+        match r {
             // A process that exited while we attached is not an error.
             Err(e) if !std::path::Path::new(&format!("/proc/{tgid}")).exists() => {
                 self.notes.push(format!(
@@ -894,6 +905,7 @@ impl GoSession {
                 sample_types: vec![("calls", "count")],
                 period_type: ("calls", "count"),
                 period: 1,
+                default_type: "calls",
             };
             let p = self.render(symbolizer, raws, &shape, meta, comments);
             out.push(("calls".to_string(), p, summary));
@@ -988,6 +1000,7 @@ impl GoSession {
                 ],
                 period_type: ("goroutine", "count"),
                 period: 1,
+                default_type: "goroutine",
             };
             let p = self.render(symbolizer, raws, &shape, meta, comments);
             out.push(("goroutines".to_string(), p, summary));
@@ -1100,6 +1113,7 @@ impl GoSession {
                 sample_types: vec![("alloc_objects", "count"), ("alloc_space", "bytes")],
                 period_type: ("space", "bytes"),
                 period: rate,
+                default_type: "alloc_space",
             };
             let p = self.render(symbolizer, raws, &shape, meta, comments);
             out.push(("allocs".to_string(), p, summary));

@@ -19,6 +19,8 @@ pub(crate) struct Shape {
     pub sample_types: Vec<(&'static str, &'static str)>,
     pub period_type: (&'static str, &'static str),
     pub period: i64,
+    /// The sample type `go tool pprof` shows by default.
+    pub default_type: &'static str,
 }
 
 #[derive(Default)]
@@ -69,6 +71,7 @@ pub(crate) fn build(
         unit: s.intern(shape.period_type.1),
     });
     p.period = shape.period;
+    p.default_sample_type = s.intern(shape.default_type);
     p.time_nanos = meta
         .start
         .duration_since(UNIX_EPOCH)
