@@ -856,6 +856,11 @@ impl GoSession {
         if losses > 0 {
             common_summary.push(format!("go probes lost data: {counter_line}"));
         }
+        if self.procs.is_empty() {
+            let line = "no Go program (Go 1.18+ with .gopclntab) among the targets: the Go profiles are empty".to_string();
+            base_comments.push(line.clone());
+            common_summary.push(line);
+        }
         if !cost.is_empty() {
             common_summary.push(format!(
                 "go probe program cost (bpf_stats): {}",
