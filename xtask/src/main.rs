@@ -179,18 +179,34 @@ fn test(root: &Path, rest: &[String]) -> Result<()> {
     // Library and CLI tests (no root needed), in parallel.
     let mut c = cargo();
     c.current_dir(root)
-        .args(["test", "--workspace", "--exclude", "integration-tests"])
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "integration-tests",
+            "--exclude",
+            "profiler-user",
+        ])
         .env("PATH", &path)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_os_str())));
     if !rest.is_empty() {
         c.arg("--").args(rest);
     }
     run(&mut c)?;
-    // eBPF integration tests: one at a time, so CPU shares are not skewed
-    // by other tests competing for the two cores.
+    // eBPF tests (profiler-user's Go-probe tests and the end-to-end suite):
+    // one at a time, so CPU shares and probe counts are not skewed by other
+    // tests competing for the two cores.
     let mut c = cargo();
     c.current_dir(root)
-        .args(["test", "-p", "integration-tests", "--", "--test-threads=1"])
+        .args([
+            "test",
+            "-p",
+            "profiler-user",
+            "-p",
+            "integration-tests",
+            "--",
+            "--test-threads=1",
+        ])
         .args(rest)
         .env("PATH", &path)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_os_str())));
