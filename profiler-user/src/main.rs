@@ -31,6 +31,8 @@ Examples:
   profiler record --pid 1234 --duration 30s -o cpu.pb.gz
   profiler record --cgroup /sys/fs/cgroup/unified/kubepods.slice/pod123 --duration 1m
   profiler record -o cpu.pb.gz --flamegraph cpu.svg -- ./my-controller --workers 4
+  profiler record --pid 1234 --duration 1m --profile cpu,goroutines,allocs,calls \
+      --count-preset go-controller -o out/      # out/{cpu,goroutines,allocs,calls}.pb.gz
   go tool pprof -top cpu.pb.gz
 
 Stops after --duration, on Ctrl-C/SIGTERM, or when the launched command exits;
