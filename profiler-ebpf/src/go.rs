@@ -38,9 +38,11 @@ static GO_PROCS: HashMap<u32, GoProcConfig> = HashMap::with_max_entries(GO_PROC_
 #[map]
 static GO_STACKS: StackTrace = StackTrace::with_max_entries(GO_STACK_ENTRIES, 0);
 #[map]
-static GO_CALLS: PerCpuHashMap<GoStackKey, u64> = PerCpuHashMap::with_max_entries(GO_CALL_ENTRIES, 0);
+static GO_CALLS: PerCpuHashMap<GoStackKey, u64> =
+    PerCpuHashMap::with_max_entries(GO_CALL_ENTRIES, 0);
 #[map]
-static GO_ALLOCS: PerCpuHashMap<GoStackKey, u64> = PerCpuHashMap::with_max_entries(GO_ALLOC_ENTRIES, 0);
+static GO_ALLOCS: PerCpuHashMap<GoStackKey, u64> =
+    PerCpuHashMap::with_max_entries(GO_ALLOC_ENTRIES, 0);
 #[map]
 static GO_SITES: PerCpuHashMap<GoStackKey, SiteCounts> =
     PerCpuHashMap::with_max_entries(GO_SITE_ENTRIES, 0);

@@ -17,9 +17,9 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod programs;
-#[cfg(target_arch = "bpf")]
 mod go;
+#[cfg(target_arch = "bpf")]
+mod programs;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

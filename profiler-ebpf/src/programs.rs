@@ -206,7 +206,9 @@ fn read_pid(ctx: &TracePointContext, slot: Config) -> Option<u32> {
         return None;
     }
     // SAFETY: offset comes from the tracepoint's format file.
-    unsafe { ctx.read_at::<i32>(off as usize) }.ok().map(|v| v as u32)
+    unsafe { ctx.read_at::<i32>(off as usize) }
+        .ok()
+        .map(|v| v as u32)
 }
 
 #[inline(always)]

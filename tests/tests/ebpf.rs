@@ -21,7 +21,12 @@ fn go_cpu_split_and_frameless_leaf() {
     let dir = TempDir::new("split");
     let out = dir.join("cpu.pb.gz");
     // Two workers keep both cores busy: ~990 samples in 5 s on an idle machine.
-    let w = Owned::spawn(Command::new(workload("cpusplit")).args(["-duration", "30s", "-threads", "2"]));
+    let w = Owned::spawn(Command::new(workload("cpusplit")).args([
+        "-duration",
+        "30s",
+        "-threads",
+        "2",
+    ]));
     std::thread::sleep(Duration::from_millis(200));
     let r = record(&[
         "--pid",
@@ -40,7 +45,10 @@ fn go_cpu_split_and_frameless_leaf() {
     let samples = flatten(&p);
     let t = total(&samples);
     // ±5 points needs a few hundred samples (binomial sd at 300: 2.6 points).
-    assert!(t > 300, "expected up to ~990 samples in 5 s at 99 Hz on 2 CPUs, got {t}");
+    assert!(
+        t > 300,
+        "expected up to ~990 samples in 5 s at 99 Hz on 2 CPUs, got {t}"
+    );
     let ours: Vec<FlatSample> = samples
         .iter()
         .filter(|s| s.pid == w.pid() as i64)
@@ -302,9 +310,12 @@ fn cgroup_target_samples_processes_below_it() {
     let _cleanup = Cleanup(base.clone(), dirs);
     let dir = TempDir::new("cg");
     let out = dir.join("cg.pb.gz");
-    let inside = Owned::spawn(
-        Command::new(workload("cpusplit")).args(["-duration", "10s", "-threads", "2"]),
-    );
+    let inside = Owned::spawn(Command::new(workload("cpusplit")).args([
+        "-duration",
+        "10s",
+        "-threads",
+        "2",
+    ]));
     let outside = Owned::spawn(Command::new(workload("demo")).args(["-duration", "10s"]));
     std::fs::write(container.join("cgroup.procs"), inside.pid().to_string())
         .expect("moving our workload into the test cgroup");

@@ -97,7 +97,11 @@ fn record_cli_writes_go_runtime_profiles() {
     assert_eq!(string(&p, p.sample_type[0].r#type), "calls");
     let flat = flatten(&p);
     assert_eq!(total(&flat), printed, "calls profile total");
-    assert_eq!(go_pprof_total(&calls), Some(printed), "go tool pprof total of calls");
+    assert_eq!(
+        go_pprof_total(&calls),
+        Some(printed),
+        "go tool pprof total of calls"
+    );
     // goroutines: the leak site holds the 40 leaked goroutines.
     let g = read_pprof(&out.join("goroutines.pb.gz"));
     let gflat = flatten(&g);
@@ -107,10 +111,16 @@ fn record_cli_writes_go_runtime_profiles() {
         .map(|s| s.count)
         .sum();
     assert_eq!(leak, 40, "live goroutines created at main.leakSite");
-    assert!(stderr.contains("main.leakSite"), "leak summary line: {stderr}");
+    assert!(
+        stderr.contains("main.leakSite"),
+        "leak summary line: {stderr}"
+    );
     // allocs: allocA's bytes are there, and the profile opens in pprof.
     let allocs = out.join("allocs.pb.gz");
     let a = read_pprof(&allocs);
-    assert!(cum(&flatten(&a), "main.allocA") > 0, "allocA in the allocs profile");
+    assert!(
+        cum(&flatten(&a), "main.allocA") > 0,
+        "allocA in the allocs profile"
+    );
     assert!(go_pprof_total(&allocs).is_some_and(|t| t > 0));
 }
