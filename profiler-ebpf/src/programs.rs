@@ -2,7 +2,8 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::{map, perf_event, tracepoint},
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
@@ -161,17 +162,28 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
         }
     };
 
+    // The user-mode IP and SP: the interrupted registers when the sample hit
+    // user code, else the task's saved user registers (a sample in a
+    // syscall, a page fault or a uprobe handler), so the frameless fix also
+    // applies to the user half of those stacks.
     // SAFETY: perf_event programs may read their context's registers.
     let regs = unsafe { (*ctx.ctx).regs };
+    let user_ip_sp = if regs.cs & 3 == 3 {
+        Some((regs.rip, regs.rsp))
+    } else {
+        user_regs()
+    };
     let mut frameless_ret = 0u64;
-    if regs.cs & 3 == 3 && in_frameless_range(tgid, regs.rip) {
-        // SAFETY: bpf_probe_read_user checks the address.
-        match unsafe { bpf_probe_read_user(regs.rsp as *const u64) } {
-            Ok(ret) => {
-                frameless_ret = ret;
-                bump(Counter::FramelessFixed);
+    if let Some((ip, sp)) = user_ip_sp {
+        if ip != 0 && in_frameless_range(tgid, ip) {
+            // SAFETY: bpf_probe_read_user checks the address.
+            match unsafe { bpf_probe_read_user(sp as *const u64) } {
+                Ok(ret) => {
+                    frameless_ret = ret;
+                    bump(Counter::FramelessFixed);
+                }
+                Err(_) => bump(Counter::FramelessReadFailed),
             }
-            Err(_) => bump(Counter::FramelessReadFailed),
         }
     }
 
@@ -197,6 +209,26 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// The current task's saved user-mode (IP, SP).
+#[inline(always)]
+fn user_regs() -> Option<(u64, u64)> {
+    // SAFETY: helpers valid in perf_event programs; the pt_regs pointer is
+    // only dereferenced through bpf_probe_read_kernel.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        if task.is_null() {
+            return None;
+        }
+        let regs = bpf_task_pt_regs(task) as *const aya_ebpf::bindings::pt_regs;
+        if regs.is_null() {
+            return None;
+        }
+        let ip = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)).ok()?;
+        let sp = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)).ok()?;
+        Some((ip, sp))
+    }
 }
 
 #[inline(always)]
