@@ -83,7 +83,8 @@ fn elf_info_from<'a, R: object::ReadRef<'a>>(
         .build_id()
         .ok()
         .flatten()
-        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>());
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        .or_else(|| go_build_id(&file));
     let mut loads = Vec::new();
     let phdrs = file
         .elf_header()
@@ -107,6 +108,30 @@ fn elf_info_from<'a, R: object::ReadRef<'a>>(
         loads,
         is_go,
     })
+}
+
+/// The Go build ID from `.note.go.buildid` (Go binaries carry no GNU
+/// build id unless linked with `-B`): note name "Go", type 4, the
+/// description is the ID string.
+fn go_build_id<'a, R: object::ReadRef<'a>>(
+    file: &ElfFile64<'a, object::Endianness, R>,
+) -> Option<String> {
+    let data = file.section_by_name(".note.go.buildid")?.data().ok()?;
+    let word = |i: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(data.get(i..i + 4)?.try_into().ok()?) as usize)
+    };
+    let (namesz, descsz, kind) = (word(0)?, word(4)?, word(8)?);
+    if kind != 4 || namesz > 64 || descsz > 4096 {
+        return None;
+    }
+    let name_end = 12 + namesz;
+    let desc_start = 12 + namesz.div_ceil(4) * 4;
+    if data.get(12..name_end)?.split(|&b| b == 0).next()? != b"Go" {
+        return None;
+    }
+    let desc = data.get(desc_start..desc_start + descsz)?;
+    let id = std::str::from_utf8(desc).ok()?.trim_end_matches('\0');
+    (!id.is_empty()).then(|| id.to_string())
 }
 
 fn pclntab_section<'a, 'f>(

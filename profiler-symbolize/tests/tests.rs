@@ -522,6 +522,21 @@ fn go_process_symbolizes_from_snapshot_after_exit() {
         );
         assert!(m.memory_start <= loc0.address && loc0.address < m.memory_limit);
         assert!(m.has_functions && m.has_line_numbers);
+        // Go binaries carry no GNU build id; the mapping gets the Go build
+        // ID, as `go tool buildid` prints it.
+        if let Some(go) = go_tool() {
+            let out = Command::new(go)
+                .args(["tool", "buildid"])
+                .arg(bin)
+                .output()
+                .unwrap();
+            let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(
+                !want.is_empty(),
+                "{variant}: go tool buildid printed nothing"
+            );
+            assert_eq!(p.string_table[m.build_id as usize], want, "{variant}");
+        }
         let st = sym.stats();
         assert_eq!(st.unknown_frames, 0, "{variant}: {st:?}");
         if variant.ends_with("stripped") {
