@@ -233,6 +233,13 @@ pub enum SymbolizeError {
     },
 }
 
+/// True for an ELF file with a Go pcln table (`.gopclntab`, or
+/// `.data.rel.ro.gopclntab` in PIE builds). Reads only the headers and the
+/// section table.
+pub fn is_go_binary(path: &Path) -> bool {
+    elf::elf_info_from_path(path).is_ok_and(|i| i.is_go)
+}
+
 /// ELF virtual-address ranges of an x86-64 binary where the return address
 /// is at `[RSP]` (SP delta 0), sorted and merged.
 ///

@@ -113,21 +113,6 @@ struct FramelessLoader {
     failures: u64,
 }
 
-/// True for ELF files with a `.gopclntab` section (read through a cache,
-/// not the whole file).
-fn is_go_binary(path: &Path) -> bool {
-    use object::Object as _;
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let cache = object::ReadCache::new(file);
-    let Ok(obj) = object::File::parse(&cache) else {
-        return false;
-    };
-    obj.section_by_name(".gopclntab").is_some()
-        || obj.section_by_name(".data.rel.ro.gopclntab").is_some()
-}
-
 impl FramelessLoader {
     fn load(&mut self, sampler: &mut Sampler, symbolizer: &Symbolizer, tgid: u32) {
         use std::os::unix::fs::MetadataExt as _;
@@ -143,31 +128,32 @@ impl FramelessLoader {
         let slice = match self.cache.get(&key) {
             Some(s) => *s,
             None => {
-                let slice = if is_go_binary(Path::new(&format!("/proc/{tgid}/exe"))) {
-                    match profiler_symbolize::frameless_ranges(Path::new(&format!(
-                        "/proc/{tgid}/exe"
-                    ))) {
-                        Ok(r) => {
-                            let ranges: Vec<AddrRange> = r
-                                .iter()
-                                .map(|r| AddrRange {
-                                    start: r.start,
-                                    end: r.end,
+                let slice =
+                    if profiler_symbolize::is_go_binary(Path::new(&format!("/proc/{tgid}/exe"))) {
+                        match profiler_symbolize::frameless_ranges(Path::new(&format!(
+                            "/proc/{tgid}/exe"
+                        ))) {
+                            Ok(r) => {
+                                let ranges: Vec<AddrRange> = r
+                                    .iter()
+                                    .map(|r| AddrRange {
+                                        start: r.start,
+                                        end: r.end,
+                                    })
+                                    .collect();
+                                sampler.store_frameless(&ranges).unwrap_or_else(|_| {
+                                    self.failures += 1;
+                                    None
                                 })
-                                .collect();
-                            sampler.store_frameless(&ranges).unwrap_or_else(|_| {
+                            }
+                            Err(_) => {
                                 self.failures += 1;
                                 None
-                            })
+                            }
                         }
-                        Err(_) => {
-                            self.failures += 1;
-                            None
-                        }
-                    }
-                } else {
-                    None
-                };
+                    } else {
+                        None
+                    };
                 self.cache.insert(key, slice);
                 slice
             }
