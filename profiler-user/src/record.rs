@@ -196,7 +196,8 @@ fn resolve_cgroup(path: &Path) -> Result<PathBuf, RecordError> {
     Ok(candidate)
 }
 
-/// Run a recording to completion. `stop` resolves when the user asks to stop.
+/// Run a recording to completion: until `duration`, SIGINT/SIGTERM, or the
+/// launched command exits, then write the profile(s).
 pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     crate::env::check()?;
     for &pid in &opts.pids {
