@@ -358,12 +358,18 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             }
             // Re-snapshot live processes now and then (dlopen, late maps).
             resnapshot_round += 1;
+            // Forget processes that are gone, so these sets hold live
+            // processes only (the symbolizer keeps their snapshots, bounded
+            // by its own limits).
             if resnapshot_round.is_multiple_of(10) {
-                for &tgid in &known {
-                    if Path::new(&format!("/proc/{tgid}")).exists() {
+                known.retain(|&tgid| {
+                    let alive = Path::new(&format!("/proc/{tgid}")).exists();
+                    if alive {
                         let _ = symbolizer.snapshot_process(tgid);
                     }
-                }
+                    alive
+                });
+                frameless.loaded.retain(|tgid| known.contains(tgid));
             }
             if progress {
                 let c = sampler.counters();
