@@ -5,9 +5,11 @@
 //! [`record::record`].
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod cgroup;
 pub mod env;
 pub mod error;
+pub mod fetch;
 pub mod flamegraph;
 pub mod go;
 pub mod record;

@@ -1,0 +1,1 @@
+//! `profiler fetch`: (being written)
