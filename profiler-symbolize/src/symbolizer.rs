@@ -324,6 +324,11 @@ impl Symbolizer {
         Ok(())
     }
 
+    /// Processes that have a mapping snapshot now.
+    pub fn snapshotted_pids(&self) -> Vec<u32> {
+        self.procs.keys().copied().collect()
+    }
+
     /// Drop the snapshot of `tgid` (for example once its samples have
     /// been written). Binaries and cached frames stay.
     pub fn forget_process(&mut self, tgid: u32) {

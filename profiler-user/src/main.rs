@@ -24,6 +24,10 @@ enum Cmd {
     /// Sample CPU stacks and write a gzip'd pprof profile.
     #[command(after_help = RECORD_EXAMPLES)]
     Record(RecordArgs),
+    /// Profile this node's pods continuously (the DaemonSet mode): one pprof
+    /// per pod, container and window in a local store, served over HTTP.
+    #[command(after_help = AGENT_EXAMPLES)]
+    Agent(AgentArgs),
 }
 
 const RECORD_EXAMPLES: &str = "\
@@ -41,6 +45,169 @@ the profile is written in every case.
 Exit codes: 0 ok, 1 failure, 2 usage, 3 permission (needs root or CAP_BPF+CAP_PERFMON),
 4 pid or cgroup not found, 5 kernel lacks a feature, 6 command could not start,
 7 output could not be written.";
+
+const AGENT_EXAMPLES: &str = "\
+Examples:
+  # In a cluster (DaemonSet; see deploy/kubernetes): every pod on this node
+  profiler agent --node-name \"$NODE_NAME\" --listen 0.0.0.0:7070 --token-file /var/run/profiler/token
+  # Only the controller's pods, 30 s windows
+  profiler agent --namespace my-system --selector app=my-controller --window 30s
+  # Outside a cluster: pods found from kubelet's cgroups alone (pod = pod uid)
+  profiler agent --no-kube --store /tmp/profiles
+  # Then, from CI:
+  profiler fetch --agent http://node-a:7070 --pod my-system/my-controller-0 --from -10m -o cpu.pb.gz
+
+API (see README): GET /healthz, /metrics (Prometheus), /targets (JSON),
+/profiles?namespace=&pod=&container=&type=cpu&from=&to= (merged gzip'd pprof).
+Windows are aligned to the wall clock; SIGTERM/SIGINT writes the partial window.
+
+Exit codes: 0 ok, 1 failure (API, Kubernetes client), 2 usage, 3 permission
+(needs root or CAP_BPF+CAP_PERFMON), 5 kernel lacks a feature, 7 store not writable.";
+
+/// `profiler agent` flags.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// This node's name: the pod watch only sees pods scheduled here.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// File holding the API's bearer token (required when --listen is not
+    /// a loopback address).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Store directory (one pprof per pod, container, type and window).
+    #[arg(long, default_value = "/var/lib/profiler-agent", value_name = "DIR")]
+    store: PathBuf,
+    /// Window length (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    window: Duration,
+    /// Delete windows older than this.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    retention_age: Duration,
+    /// Keep the store under this size (e.g. 1GiB, 500MiB); oldest first.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
+    retention_size: u64,
+    /// Samples per second per CPU.
+    #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    frequency: u64,
+    /// cgroup v2 root holding kubelet's hierarchy (default: the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+    /// Only pods in this namespace (repeatable).
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// Only pods whose labels match (kubectl syntax: app=foo,tier!=db).
+    #[arg(long, value_name = "SELECTOR")]
+    selector: Option<String>,
+    /// Only containers with this name (repeatable).
+    #[arg(long = "container", value_name = "NAME")]
+    containers: Vec<String>,
+    /// Only processes with this name (comm or executable file name; repeatable).
+    #[arg(long = "process-name", value_name = "NAME")]
+    process_names: Vec<String>,
+    /// Do not contact the Kubernetes API: name pods by uid from their cgroups.
+    #[arg(long)]
+    no_kube: bool,
+    /// How often the cgroup tree is scanned for new and gone containers.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    rescan: Duration,
+}
+
+/// Sizes like `1GiB`, `500MiB`, `10M`, `4096`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a size like 1GiB, 500MiB or 4096"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => return Err(format!("`{s}`: unknown unit `{u}` (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}`: too large"))
+}
+
+fn run_agent(a: AgentArgs) -> ExitCode {
+    use profiler_user::agent::{self, store::Retention, targets::Selection, AgentOptions};
+    let token = match &a.token_file {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => {
+                eprintln!("profiler: --token-file {}: the file is empty", p.display());
+                return ExitCode::from(exit::USAGE as u8);
+            }
+            Err(e) => {
+                eprintln!("profiler: --token-file {}: {e}", p.display());
+                return ExitCode::from(exit::USAGE as u8);
+            }
+        },
+        None => None,
+    };
+    let selector = match a.selector.as_deref().map(str::parse).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("profiler: --selector: {e}");
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    let opts = AgentOptions {
+        node_name: a.node_name,
+        listen: a.listen,
+        token,
+        store: a.store,
+        window: a.window,
+        retention: Retention {
+            max_age: a.retention_age,
+            max_bytes: a.retention_size,
+        },
+        frequency: a.frequency,
+        cgroup_root: a.cgroup_root,
+        selection: Selection {
+            namespaces: a.namespaces,
+            selector,
+            containers: a.containers,
+            process_names: a.process_names,
+        },
+        kube: !a.no_kube,
+        rescan: a.rescan,
+    };
+    // Two workers: the API and the pod watch run beside the sampling loop.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("profiler: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILURE as u8);
+        }
+    };
+    match rt.block_on(agent::run(opts)) {
+        Ok(s) => {
+            eprintln!(
+                "profiler agent: stopped after {:.1}s; wrote {} window profile(s), {} samples, {} container(s) seen",
+                s.elapsed.as_secs_f64(),
+                s.windows,
+                s.samples,
+                s.targets_seen
+            );
+            ExitCode::from(exit::OK as u8)
+        }
+        Err(e) => {
+            eprintln!("profiler agent: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
 
 #[derive(clap::Args)]
 struct RecordArgs {
@@ -93,6 +260,10 @@ struct RecordArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Cmd::Agent(a) => return run_agent(a),
+        other => Cli { command: other },
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -79,18 +79,18 @@ pub struct RecordSummary {
     pub outputs: Vec<PathBuf>,
 }
 
-type StackKey = (u32, String, Vec<u64>, Vec<u64>);
+pub(crate) type StackKey = (u32, String, Vec<u64>, Vec<u64>);
 
 /// Userspace aggregate of drained stacks, bounded by [`MAX_STACKS`].
 #[derive(Default)]
-struct Aggregate {
-    stacks: HashMap<StackKey, u64>,
-    dropped_samples: u64,
-    total: u64,
+pub(crate) struct Aggregate {
+    pub(crate) stacks: HashMap<StackKey, u64>,
+    pub(crate) dropped_samples: u64,
+    pub(crate) total: u64,
 }
 
 impl Aggregate {
-    fn add(&mut self, d: DrainedStack) {
+    pub(crate) fn add(&mut self, d: DrainedStack) {
         self.total += d.count;
         let key = (d.tgid, d.comm, d.user, d.kernel);
         if let Some(c) = self.stacks.get_mut(&key) {
@@ -106,15 +106,15 @@ impl Aggregate {
 /// Loads each Go binary's frameless ranges once and points every process
 /// running it at them.
 #[derive(Default)]
-struct FramelessLoader {
+pub(crate) struct FramelessLoader {
     /// (exe path, device, inode) -> stored slice (None: no ranges / not Go).
     cache: HashMap<(String, u64, u64), Option<FramelessSlice>>,
-    loaded: HashSet<u32>,
-    failures: u64,
+    pub(crate) loaded: HashSet<u32>,
+    pub(crate) failures: u64,
 }
 
 impl FramelessLoader {
-    fn load(&mut self, sampler: &mut Sampler, symbolizer: &Symbolizer, tgid: u32) {
+    pub(crate) fn load(&mut self, sampler: &mut Sampler, symbolizer: &Symbolizer, tgid: u32) {
         use std::os::unix::fs::MetadataExt as _;
         self.loaded.insert(tgid);
         let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) else {

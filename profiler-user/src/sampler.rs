@@ -256,6 +256,29 @@ impl Sampler {
         self.set_config(Config::CgroupFilter, 1)
     }
 
+    /// Remove a cgroup from the filter (missing entries are fine). The
+    /// filter stays on: with no cgroups and no pids nothing is sampled.
+    pub fn remove_cgroup(&mut self, id: u64) {
+        let _ = self.cgroups.remove(&id);
+    }
+
+    /// Turn the cgroup filter on even before any cgroup is added (the agent
+    /// samples nothing until it has found a target).
+    pub fn enable_cgroup_filter(&mut self) -> Result<(), RecordError> {
+        self.set_config(Config::CgroupFilter, 1)
+    }
+
+    /// Drop `tgid`'s frameless slice pointer (an exited process).
+    pub fn clear_frameless(&mut self, tgid: u32) {
+        let _ = self.frameless_index.remove(&tgid);
+    }
+
+    /// Entries in use of the frameless range table (of
+    /// [`profiler_common::FRAMELESS_ENTRIES`]).
+    pub fn frameless_used(&self) -> u32 {
+        self.frameless_used
+    }
+
     /// Store a binary's frameless ranges (ELF virtual addresses, sorted)
     /// in the shared table; returns the slice (bias 0), or `None` when the
     /// table is full (counted in [`Sampler::frameless_overflow`]).

@@ -3,6 +3,9 @@
 #![deny(missing_docs)]
 
 pub mod apiload;
+pub mod http;
+pub mod kubelet;
+pub mod kubesim;
 
 use std::{
     collections::HashMap,

@@ -3,8 +3,9 @@
 //! * `setup`: install what a fresh machine lacks (idempotent).
 //! * `demo`: record the bundled Go demo for 10 s into `demo-out/`.
 //! * `test`: build everything and run the whole suite (eBPF tests included).
-//! * `bench overhead|gate-accuracy|diff-vs-pprof`: print measured figures.
+//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent`: print measured figures.
 
+mod bench_agent;
 mod bench_diff;
 mod bench_gate;
 mod bench_go;
@@ -71,6 +72,12 @@ enum Bench {
     GoProbes,
     /// The controller workbench matrix: detection and false-alarm rates per variant.
     Scenarios,
+    /// `profiler agent`'s own CPU and peak RSS: 50 busy processes in 20 pod cgroups at 99 Hz.
+    Agent {
+        /// Seconds measured.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 /// The workspace root (parent of xtask/).
@@ -229,6 +236,7 @@ fn main() {
             Bench::DiffVsPprof => bench_diff::diff_vs_pprof(&root),
             Bench::GoProbes => bench_go::run(&root),
             Bench::Scenarios => bench_scenarios::run(&root),
+            Bench::Agent { seconds } => bench_agent::run(&root, seconds),
         },
     };
     if let Err(e) = result {

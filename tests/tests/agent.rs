@@ -1,0 +1,433 @@
+//! `profiler agent` end to end: real eBPF in the real kernel, real cgroup v2
+//! hierarchies laid out like kubelet's (systemd and cgroupfs drivers) with
+//! real processes inside, the agent's real HTTP API on loopback, and for
+//! the Kubernetes enrichment a loopback server speaking the pods list/watch
+//! protocol.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    can_run_ebpf, flatten, http,
+    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    kubesim::{KubeSim, SimPod},
+    profiler_bin, wait_until, workload, FlatSample, Owned, TempDir,
+};
+
+/// A running agent (killed by its PID on drop if still running).
+struct Agent {
+    proc: Option<Owned>,
+    port: u16,
+    stderr: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Agent {
+    fn start(store: &Path, args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Agent {
+        let port = free_port();
+        let mut cmd = Command::new(profiler_bin());
+        cmd.arg("agent")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--store")
+            .arg(store)
+            .args(args)
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut agent = Agent {
+            proc: Some(Owned::spawn(&mut cmd)),
+            port,
+            stderr: log,
+        };
+        let up = wait_until(Duration::from_secs(30), || {
+            http::get(port, "/healthz", None).is_ok_and(|r| r.status == 200)
+        });
+        if !up {
+            let status = agent.proc.as_mut().unwrap().0.try_wait();
+            panic!(
+                "agent did not answer /healthz within 30s (status {status:?}); stderr:\n{}",
+                agent.log()
+            );
+        }
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> http::Response {
+        http::get(self.port, path, None).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    fn targets(&self) -> serde_json::Value {
+        let r = self.get("/targets");
+        assert_eq!(r.status, 200, "/targets: {}", r.text());
+        serde_json::from_slice(&r.body).expect("/targets is JSON")
+    }
+
+    /// The merged CPU profile of `query` (e.g. `pod=...`) over the last hour.
+    fn profile(&self, query: &str) -> Vec<FlatSample> {
+        let r = self.get(&format!("/profiles?{query}&type=cpu&from=-1h"));
+        assert_eq!(r.status, 200, "/profiles?{query}: {}", r.text());
+        let dir = TempDir::new("agent-profile");
+        let p = dir.join("p.pb.gz");
+        std::fs::write(&p, &r.body).unwrap();
+        flatten(&integration_tests::read_pprof(&p))
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut owned = self.proc.take().unwrap();
+        // SAFETY: signalling the agent this test started, by its PID.
+        unsafe { libc::kill(owned.pid() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = owned.0.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < end, "agent did not exit within 20s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.proc.is_some() {
+            eprintln!("agent stderr:\n{}", self.log());
+        }
+    }
+}
+
+/// The pods (by `pod` or `pod_uid`) listed by /targets.
+fn target_pods(t: &serde_json::Value) -> Vec<String> {
+    let list = t
+        .as_array()
+        .cloned()
+        .or_else(|| t["targets"].as_array().cloned())
+        .or_else(|| t["live"].as_array().cloned())
+        .unwrap_or_default();
+    let mut v: Vec<String> = list
+        .iter()
+        .flat_map(|e| {
+            let t = if e["target"].is_object() { &e["target"] } else { e };
+            [
+                t["pod"].as_str().unwrap_or("").to_string(),
+                t["pod_uid"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn has_function(samples: &[FlatSample], name: &str) -> bool {
+    samples
+        .iter()
+        .any(|s| s.frames.iter().any(|f| f.0.contains(name)))
+}
+
+fn pids(samples: &[FlatSample]) -> Vec<i64> {
+    let mut v: Vec<i64> = samples.iter().map(|s| s.pid).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn busy(name: &str, args: &[&str]) -> Owned {
+    Owned::spawn(Command::new(workload(name)).args(args).stdout(Stdio::null()))
+}
+
+/// Two pods in the two drivers' layouts, one process outside any pod, and
+/// a pod that appears after the agent started: every window lands under the
+/// right pod and container, the outsider is never sampled, the late pod is
+/// picked up within seconds, and the API merges windows.
+#[test]
+fn agent_profiles_each_pod_from_kubelet_cgroups() {
+    if !can_run_ebpf("agent_profiles_each_pod_from_kubelet_cgroups") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("agent-layouts");
+    let (uid_a, cid_a) = (pod_uid(1), container_id(1));
+    let (uid_b, cid_b) = (pod_uid(2), container_id(2));
+    let (uid_c, cid_c) = (pod_uid(3), container_id(3));
+    let a_cg = cg.systemd_container(Qos::Burstable, &uid_a, "cri-containerd", &cid_a);
+    let b_cg = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
+    let a = busy("demo", &[]);
+    let b = busy("cpusplit", &["-duration", "0"]);
+    let outsider = busy("demo", &[]);
+    cg.add_process(&a_cg, a.pid());
+    cg.add_process(&b_cg, b.pid());
+
+    let store = TempDir::new("agent-store");
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--no-kube",
+            "--cgroup-root",
+            &root,
+            "--window",
+            "2s",
+            "--rescan",
+            "500ms",
+        ],
+        &[],
+        store.0.with_extension("log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let t = target_pods(&agent.targets());
+            t.contains(&uid_a) && t.contains(&uid_b)
+        }),
+        "both pods should be targets: {}",
+        agent.targets()
+    );
+
+    // A pod created after the agent started (guaranteed QoS, CRI-O naming).
+    let c_cg = cg.systemd_container(Qos::Guaranteed, &uid_c, "crio", &cid_c);
+    let c = busy("demo", &[]);
+    cg.add_process(&c_cg, c.pid());
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || target_pods(&agent.targets())
+            .contains(&uid_c)),
+        "the late pod was not picked up: {}",
+        agent.targets()
+    );
+    eprintln!("late pod picked up after {:?}", t0.elapsed());
+
+    // Let a few windows complete for every pod.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            [&uid_a, &uid_b, &uid_c].iter().all(|u| {
+                let r = agent.get(&format!("/profiles?pod={u}&type=cpu&from=-1h"));
+                r.status == 200
+                    && r.header("x-profile-windows")
+                        .and_then(|w| w.parse::<u64>().ok())
+                        .is_some_and(|w| w >= 2)
+            })
+        }),
+        "windows did not appear for every pod; targets: {}",
+        agent.targets()
+    );
+
+    let pa = agent.profile(&format!("pod={uid_a}"));
+    let pb = agent.profile(&format!("pod={uid_b}"));
+    let pc = agent.profile(&format!("pod={uid_c}"));
+    assert!(has_function(&pa, "main.hotParse"), "pod A runs demo");
+    assert!(!has_function(&pa, "main.heavyWork"), "pod A has pod B's code");
+    assert!(has_function(&pb, "main.heavyWork"), "pod B runs cpusplit");
+    assert!(!has_function(&pb, "main.hotParse"), "pod B has demo code");
+    assert!(has_function(&pc, "main.hotParse"), "late pod C runs demo");
+    assert_eq!(pids(&pa), vec![a.pid() as i64], "pod A: only its process");
+    assert_eq!(pids(&pb), vec![b.pid() as i64], "pod B: only its process");
+    assert_eq!(pids(&pc), vec![c.pid() as i64], "pod C: only its process");
+    for p in [&pa, &pb, &pc] {
+        assert!(!pids(p).contains(&(outsider.pid() as i64)));
+    }
+    // By container too (without Kubernetes the name is the short id).
+    let by_container = agent.profile(&format!("pod={uid_a}&container={}", &cid_a[..12]));
+    assert_eq!(
+        integration_tests::total(&by_container),
+        integration_tests::total(&pa)
+    );
+
+    // Bad requests: clear 400 and 404.
+    let r = agent.get(&format!("/profiles?pod={uid_a}&type=cpu&from=yesterday-ish"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("from"), "message names the parameter: {}", r.text());
+    let r = agent.get("/profiles?pod=no-such-pod&type=cpu&from=-1h");
+    assert_eq!(r.status, 404, "{}", r.text());
+    let m = agent.get("/metrics");
+    assert_eq!(m.status, 200);
+    let metrics = m.text();
+    for name in [
+        "profiler_agent_samples_total",
+        "profiler_agent_dropped_samples_total",
+        "profiler_agent_targets",
+        "profiler_agent_map_entries",
+        "profiler_agent_symbolizer_cache_hits_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
+    }
+    let st = agent.terminate();
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+    drop((a, b, c, outsider));
+}
+
+/// SIGTERM writes the partial window; a restarted agent (a rolling update)
+/// serves it from the same store.
+#[test]
+fn sigterm_flushes_the_partial_window() {
+    if !can_run_ebpf("sigterm_flushes_the_partial_window") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("agent-sigterm");
+    let (uid, cid) = (pod_uid(10), container_id(10));
+    let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
+    let w = busy("demo", &[]);
+    cg.add_process(&cgp, w.pid());
+    let store = TempDir::new("agent-sigterm-store");
+    let root = cg.root.display().to_string();
+    let args = [
+        "--no-kube",
+        "--cgroup-root",
+        &root,
+        "--window",
+        "1h",
+        "--rescan",
+        "500ms",
+    ];
+    let mut agent = Agent::start(&store.0, &args, &[], store.0.with_extension("log1"));
+    assert!(wait_until(Duration::from_secs(10), || target_pods(
+        &agent.targets()
+    )
+    .contains(&uid)));
+    std::thread::sleep(Duration::from_secs(3));
+    let r = agent.get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"));
+    assert_eq!(r.status, 404, "no window is complete before SIGTERM: {}", r.text());
+    let st = agent.terminate();
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+
+    let again = Agent::start(&store.0, &args, &[], store.0.with_extension("log2"));
+    let p = again.profile(&format!("pod={uid}"));
+    let n = integration_tests::total(&p);
+    // ~3 s at 99 Hz of one busy process.
+    assert!(n > 100, "only {n} samples in the flushed partial window");
+    assert!(has_function(&p, "main.hotParse"));
+    drop(w);
+}
+
+fn sim_pod(ns: &str, name: &str, uid: &str, node: &str, app: &str, cid: &str) -> SimPod {
+    SimPod {
+        namespace: ns.into(),
+        name: name.into(),
+        uid: uid.into(),
+        node: node.into(),
+        labels: [("app".to_string(), app.to_string())].into_iter().collect(),
+        containers: vec![("manager".into(), format!("containerd://{cid}"))],
+    }
+}
+
+/// With a pod watch: names come from Kubernetes, `--selector` excludes the
+/// other pod, the watch asks only for this node's pods (one LIST, not one per
+/// lookup), and after the watch breaks, a pod added later is still seen.
+#[test]
+fn agent_names_and_selects_pods_from_the_pod_watch() {
+    if !can_run_ebpf("agent_names_and_selects_pods_from_the_pod_watch") {
+        return;
+    }
+    let sim = KubeSim::start();
+    let mut cg = KubeletCgroups::new("agent-kube");
+    let (uid_a, cid_a) = (pod_uid(20), container_id(20));
+    let (uid_b, cid_b) = (pod_uid(21), container_id(21));
+    let (uid_c, cid_c) = (pod_uid(22), container_id(22));
+    sim.put(sim_pod("ctrl-system", "manager-0", &uid_a, "node-a", "ctrl", &cid_a));
+    sim.put(sim_pod("default", "other-0", &uid_b, "node-a", "other", &cid_b));
+    sim.put(sim_pod("ctrl-system", "manager-x", &pod_uid(29), "node-b", "ctrl", &container_id(29)));
+    let a_cg = cg.systemd_container(Qos::Burstable, &uid_a, "cri-containerd", &cid_a);
+    let b_cg = cg.systemd_container(Qos::Burstable, &uid_b, "cri-containerd", &cid_b);
+    let a = busy("demo", &[]);
+    let b = busy("demo", &[]);
+    cg.add_process(&a_cg, a.pid());
+    cg.add_process(&b_cg, b.pid());
+
+    let store = TempDir::new("agent-kube-store");
+    let kubeconfig = store.0.with_extension("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig);
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--node-name",
+            "node-a",
+            "--selector",
+            "app=ctrl",
+            "--cgroup-root",
+            &root,
+            "--window",
+            "2s",
+            "--rescan",
+            "500ms",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        store.0.with_extension("log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || target_pods(&agent.targets())
+            .contains(&"manager-0".to_string())),
+        "pod manager-0 should be a target: {}",
+        agent.targets()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            agent
+                .get("/profiles?namespace=ctrl-system&pod=manager-0&container=manager&type=cpu&from=-1h")
+                .status
+                == 200
+        }),
+        "no window for ctrl-system/manager-0/manager"
+    );
+    let p = agent.profile("namespace=ctrl-system&pod=manager-0&container=manager");
+    assert!(has_function(&p, "main.hotParse"));
+    assert_eq!(pids(&p), vec![a.pid() as i64]);
+    let t = target_pods(&agent.targets());
+    assert!(!t.contains(&"other-0".to_string()) && !t.contains(&uid_b), "selector let other-0 in: {t:?}");
+    let r = agent.get("/profiles?namespace=default&pod=other-0&type=cpu&from=-1h");
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let requests = sim.requests();
+    let lists: Vec<&String> = requests.iter().filter(|r| !r.contains("watch=")).collect();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a")
+                || r.contains("fieldSelector=spec.nodeName=node-a")),
+        "every request must be scoped to this node: {requests:?}"
+    );
+    assert!(lists.len() <= 2, "LISTs per lookup: {lists:?}");
+
+    // Break the watch, then add a pod: the agent resumes and finds it.
+    sim.break_watches();
+    std::thread::sleep(Duration::from_millis(500));
+    let c_cg = cg.systemd_container(Qos::Burstable, &uid_c, "cri-containerd", &cid_c);
+    let c = busy("demo", &[]);
+    cg.add_process(&c_cg, c.pid());
+    sim.put(sim_pod("ctrl-system", "manager-1", &uid_c, "node-a", "ctrl", &cid_c));
+    assert!(
+        wait_until(Duration::from_secs(30), || target_pods(&agent.targets())
+            .contains(&"manager-1".to_string())),
+        "pod added after the watch broke was not picked up: {}\nrequests: {:?}",
+        agent.targets(),
+        sim.requests()
+    );
+    let after = sim.requests();
+    assert!(
+        after.len() > requests.len(),
+        "the agent did not re-watch after the break"
+    );
+    let st = agent.terminate();
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+    drop((a, b, c));
+}

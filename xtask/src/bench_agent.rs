@@ -1,0 +1,241 @@
+//! `cargo xtask bench agent`: what `profiler agent` itself costs while it
+//! profiles 50 busy processes in 20 pod cgroups at 99 Hz.
+//!
+//! Lays out 20 pods in a bench-owned folder of the cgroup v2 mount (half in
+//! the systemd driver's layout, half in cgroupfs's, one to four containers
+//! each), starts 50 `demo` workloads inside them, runs the release agent
+//! (`--no-kube --cgroup-root <folder>`) for `seconds`, and reads the agent's
+//! own CPU time (`/proc/PID/stat` utime+stime, after start-up) and peak RSS
+//! (`VmHWM`), plus its `/metrics` (samples, drops, windows) and, with
+//! `kernel.bpf_stats_enabled=1` (set for the run, restored after), the
+//! sampling program's in-kernel cost per run. Goal: ≤2% of one core and
+//! ≤64 MiB RSS. Everything it started is ended by PID and every cgroup it
+//! made is removed.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+const PODS: usize = 20;
+const PROCESSES: usize = 50;
+
+fn cgroup2_mount() -> Result<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mounts")?;
+    text.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup v2 hierarchy is mounted")
+}
+
+/// Processes and cgroups the bench made; ended/removed on drop.
+struct Owned {
+    children: Vec<Child>,
+    dirs: Vec<PathBuf>,
+    mount: PathBuf,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for d in self.dirs.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = &self.mount;
+    }
+}
+
+fn mkdirs(owned: &mut Owned, base: &Path, rel: &str) -> Result<PathBuf> {
+    let mut p = base.to_path_buf();
+    for part in rel.split('/') {
+        p = p.join(part);
+        if !p.exists() {
+            std::fs::create_dir(&p).with_context(|| format!("creating cgroup {}", p.display()))?;
+            owned.dirs.push(p.clone());
+        }
+    }
+    Ok(p)
+}
+
+fn hex_id(i: usize) -> String {
+    format!("{:064x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.starts_with("HTTP/1.")
+        .then(|| out.split_once("\r\n\r\n").map(|x| x.1.to_string()))?
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Run the benchmark for `seconds`.
+pub fn run(root: &Path, seconds: u64) -> Result<()> {
+    crate::setup::setup(root)?;
+    let bins = crate::workloads::build_workloads(root)?;
+    let release = crate::build_release(root)?;
+    let mount = cgroup2_mount()?;
+    let base = mount.join(format!("profiler-bench-agent-{}", std::process::id()));
+    let mut owned = Owned {
+        children: Vec::new(),
+        dirs: Vec::new(),
+        mount: mount.clone(),
+    };
+    std::fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
+    owned.dirs.push(base.clone());
+
+    // 20 pods, 50 containers-with-a-process spread over them.
+    let mut containers = Vec::new();
+    for i in 0..PROCESSES {
+        let pod = i % PODS;
+        let uid = format!("{:08x}-0000-4000-8000-{:012x}", pod + 1, pod + 1);
+        let cid = hex_id(i);
+        let rel = if pod % 2 == 0 {
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+                uid.replace('-', "_")
+            )
+        } else {
+            format!("kubepods/besteffort/pod{uid}/{cid}")
+        };
+        containers.push(mkdirs(&mut owned, &base, &rel)?);
+    }
+    for cg in &containers {
+        let child = Command::new(bins.join("demo"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the demo workload")?;
+        std::fs::write(cg.join("cgroup.procs"), child.id().to_string())
+            .with_context(|| format!("moving a workload into {}", cg.display()))?;
+        owned.children.push(child);
+    }
+
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+
+    let store = std::env::temp_dir().join(format!("profiler-bench-agent-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut agent = Command::new(release.join("profiler"))
+        .args(["agent", "--no-kube", "--frequency", "99", "--window", "10s"])
+        .arg("--cgroup-root")
+        .arg(&base)
+        .arg("--store")
+        .arg(&store)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting profiler agent")?;
+    let pid = agent.id();
+    let up = Instant::now();
+    while http_get(port, "/healthz").is_none() {
+        if up.elapsed() > Duration::from_secs(30) || agent.try_wait()?.is_some() {
+            let _ = agent.kill();
+            let mut e = String::new();
+            if let Some(s) = agent.stderr.as_mut() {
+                let _ = s.read_to_string(&mut e);
+            }
+            bail!("the agent did not come up: {e}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let it find every container before measuring.
+    std::thread::sleep(Duration::from_secs(3));
+    let targets = http_get(port, "/metrics")
+        .map(|m| metric(&m, "profiler_agent_targets"))
+        .unwrap_or(0.0);
+    let hz = 100.0; // USER_HZ
+    let t0 = cpu_ticks(pid).context("reading the agent's CPU time")?;
+    let w0 = Instant::now();
+    let mut peak_rss = 0u64;
+    while w0.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(Duration::from_secs(1));
+        peak_rss = peak_rss.max(status_kib(pid, "VmRSS:").unwrap_or(0));
+        eprint!("\ragent bench: {:>3}/{seconds}s", w0.elapsed().as_secs());
+    }
+    eprintln!();
+    let t1 = cpu_ticks(pid).context("reading the agent's CPU time")?;
+    let wall = w0.elapsed().as_secs_f64();
+    let hwm = status_kib(pid, "VmHWM:").unwrap_or(0).max(peak_rss);
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    // SAFETY: signalling the agent this bench started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = agent.wait()?;
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.as_bytes());
+    let _ = std::fs::remove_dir_all(&store);
+    drop(owned);
+
+    let cpu_pct = (t1 - t0) as f64 / hz / wall * 100.0;
+    let samples = metric(&metrics, "profiler_agent_samples_total");
+    let dropped = metric(&metrics, "profiler_agent_dropped_samples_total");
+    let windows = metric(&metrics, "profiler_agent_windows_written_total");
+    let ns = metric(&metrics, "profiler_agent_bpf_run_time_ns_total");
+    let runs = metric(&metrics, "profiler_agent_bpf_runs_total");
+    println!("bench agent: {PROCESSES} busy processes in {PODS} pod cgroups, 99 Hz, {wall:.0} s measured");
+    println!("  targets found           {targets:.0}");
+    println!(
+        "  agent CPU               {cpu_pct:.2}% of one core   (goal <= 2%)"
+    );
+    println!(
+        "  agent peak RSS          {:.1} MiB            (goal <= 64 MiB)",
+        hwm as f64 / 1024.0
+    );
+    println!("  samples attributed      {samples:.0} (dropped {dropped:.0}), windows written {windows:.0}");
+    if runs > 0.0 {
+        println!(
+            "  in-kernel cost          {:.2} us per run of cpu_sample ({runs:.0} runs)",
+            ns / runs / 1000.0
+        );
+    }
+    println!("  agent exit              {status}");
+    Ok(())
+}
