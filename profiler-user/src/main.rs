@@ -28,6 +28,9 @@ enum Cmd {
     /// per pod, container and window in a local store, served over HTTP.
     #[command(after_help = AGENT_EXAMPLES)]
     Agent(AgentArgs),
+    /// Fetch a pod's merged profile over a time range from profiler agents.
+    #[command(after_help = FETCH_EXAMPLES)]
+    Fetch(FetchArgs),
 }
 
 const RECORD_EXAMPLES: &str = "\
@@ -258,11 +261,112 @@ struct RecordArgs {
     command: Vec<String>,
 }
 
+const FETCH_EXAMPLES: &str = "\
+Examples:
+  profiler fetch --agent http://node-a:7070 --agent http://node-b:7070 \\
+      --pod my-system/my-controller-0 --from -10m -o cpu.pb.gz --token-file token
+  profiler fetch --agent http://127.0.0.1:7070 --pod 0f3c2a9e-... --container manager \\
+      --from 2026-11-27T16:00:00Z --to 2026-11-27T16:05:00Z -o cpu.pb.gz
+  go tool pprof -top cpu.pb.gz
+
+Every agent is asked; an agent without the pod (404) is fine, but at least one
+must have it. The answers are merged into one profile. Times: RFC 3339, unix
+seconds, now, or -DURATION (relative to now, resolved once by fetch).
+
+Exit codes: 0 ok, 1 failure (agent unreachable, 401, no windows in range),
+2 usage, 4 no agent knows the pod, 7 output could not be written.";
+
+/// `profiler fetch` flags.
+#[derive(clap::Args)]
+struct FetchArgs {
+    /// Agent base URL, http(s)://HOST:PORT (repeatable: one per node).
+    #[arg(long = "agent", value_name = "URL", required = true)]
+    agents: Vec<String>,
+    /// Pod: NAMESPACE/NAME, NAME, or a pod uid.
+    #[arg(long, value_name = "POD")]
+    pod: String,
+    /// Only this container (name or id); default: all containers of the pod.
+    #[arg(long, value_name = "NAME")]
+    container: Option<String>,
+    /// Profile type.
+    #[arg(long = "type", default_value = "cpu", value_name = "TYPE")]
+    profile_type: String,
+    /// Range start: RFC 3339, unix seconds, now, or -DURATION (e.g. -10m).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    from: String,
+    /// Range end (default: now).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    to: Option<String>,
+    /// Output profile (gzip'd pprof).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// File holding the agents' bearer token.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Timeout of each agent's request.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    timeout: Duration,
+    /// Use the agents that answered even if others failed (unreachable, 5xx).
+    #[arg(long)]
+    allow_partial: bool,
+}
+
+fn run_fetch(a: FetchArgs) -> ExitCode {
+    let token = match &a.token_file {
+        None => None,
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                eprintln!(
+                    "profiler: --token-file {}: {e} (check the path and permissions)",
+                    p.display()
+                );
+                return ExitCode::from(exit::USAGE as u8);
+            }
+        },
+    };
+    let opts = profiler_user::fetch::FetchOptions {
+        agents: a.agents,
+        pod: a.pod,
+        container: a.container,
+        profile_type: a.profile_type,
+        from: a.from,
+        to: a.to,
+        output: a.output,
+        token,
+        timeout: a.timeout,
+        max_response_bytes: profiler_user::fetch::DEFAULT_MAX_RESPONSE_BYTES,
+        allow_partial: a.allow_partial,
+    };
+    match profiler_user::fetch::fetch(&opts) {
+        Ok(s) => {
+            for (agent, why) in &s.failed {
+                eprintln!("profiler: warning: agent {agent}: {why}");
+            }
+            eprintln!(
+                "profiler: {} window(s), {} samples from {} agent(s) ({} without the pod); wrote {} ({} bytes)",
+                s.windows,
+                s.samples,
+                s.answered.len(),
+                s.unknown_pod.len() + s.no_windows.len(),
+                s.output.display(),
+                s.bytes_written
+            );
+            ExitCode::from(exit::OK as u8)
+        }
+        Err(e) => {
+            eprintln!("profiler: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cli = match cli.command {
+    let a = match cli.command {
         Cmd::Agent(a) => return run_agent(a),
-        other => Cli { command: other },
+        Cmd::Fetch(a) => return run_fetch(a),
+        Cmd::Record(a) => a,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -274,8 +378,8 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE as u8);
         }
     };
-    match cli.command {
-        Cmd::Record(a) => {
+    {
+        {
             let calls = a.profiles.iter().any(|p| p == "calls");
             let counting = !a.count.is_empty() || a.count_preset.is_some();
             if calls != counting {
