@@ -199,8 +199,8 @@ impl Default for WatchLimits {
 /// Counters of a pod watch (see [`PodCache::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WatchStats {
-    /// Pod events applied to the cache: listed pods, added, modified and
-    /// deleted pods.
+    /// Pod events applied to the cache: listed, added, modified and
+    /// deleted pods (refused ones count in `overflow` instead).
     pub events: u64,
     /// (Re)lists started (watcher `Init` events), the first one included;
     /// more than one means the watch had to start over (`410 Gone`).
@@ -300,6 +300,21 @@ impl PodCache {
                 last_error: Mutex::new(None),
             }),
         }
+    }
+
+    /// A cache with fixed contents, already synced, that no watch updates:
+    /// for tests, and for callers that learn about pods another way. Later
+    /// pods with the UID of an earlier one replace it.
+    pub fn from_pods(pods: impl IntoIterator<Item = PodInfo>) -> Self {
+        let cache = PodCache::new();
+        {
+            let mut stored = cache.write();
+            for pod in pods {
+                stored.upsert(pod, usize::MAX);
+            }
+        }
+        cache.shared.synced.send_replace(true);
+        cache
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Pods> {
@@ -457,17 +472,19 @@ pub fn spawn_pod_watch(
 
 async fn run_watch(api: Api<Pod>, config: watcher::Config, cache: PodCache, max_pods: usize) {
     let counters = &cache.shared.counters;
-    let count_overflow = || {
-        counters.overflow.fetch_add(1, Ordering::Relaxed);
+    // Counts an applied pod event, or an overflow when the pod was refused.
+    let count = |stored: bool| {
+        let counter = if stored {
+            &counters.events
+        } else {
+            &counters.overflow
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     };
     // Pods of a list in progress, swapped in on `InitDone`.
     let mut pending: Option<Pods> = None;
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
-        let pod_event = matches!(
-            event,
-            Ok(Event::Apply(_) | Event::Delete(_) | Event::InitApply(_))
-        );
         match event {
             Ok(Event::Init) => {
                 counters.relists.fetch_add(1, Ordering::Relaxed);
@@ -476,9 +493,7 @@ async fn run_watch(api: Api<Pod>, config: watcher::Config, cache: PodCache, max_
             Ok(Event::InitApply(pod)) => {
                 if let Some(info) = PodInfo::from_pod(&pod) {
                     let pods = pending.get_or_insert_with(Pods::default);
-                    if !pods.upsert(info, max_pods) {
-                        count_overflow();
-                    }
+                    count(pods.upsert(info, max_pods));
                 }
             }
             Ok(Event::InitDone) => {
@@ -487,14 +502,13 @@ async fn run_watch(api: Api<Pod>, config: watcher::Config, cache: PodCache, max_
             }
             Ok(Event::Apply(pod)) => {
                 if let Some(info) = PodInfo::from_pod(&pod) {
-                    if !cache.write().upsert(info, max_pods) {
-                        count_overflow();
-                    }
+                    count(cache.write().upsert(info, max_pods));
                 }
             }
             Ok(Event::Delete(pod)) => {
                 if let Some(uid) = pod.metadata.uid.as_deref() {
                     cache.write().remove(uid);
+                    count(true);
                 }
             }
             Err(err) => {
@@ -505,9 +519,6 @@ async fn run_watch(api: Api<Pod>, config: watcher::Config, cache: PodCache, max_
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
             }
-        }
-        if pod_event {
-            counters.events.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -521,4 +532,125 @@ pub async fn client_from_env() -> Result<Client, KubeError> {
     Client::try_default()
         .await
         .map_err(|source| KubeError::NoClient { source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(value: serde_json::Value) -> Pod {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn status(name: &str, id: Option<&str>) -> serde_json::Value {
+        let mut s = serde_json::json!({
+            "name": name, "image": format!("{name}:1"), "imageID": "", "ready": true, "restartCount": 0,
+        });
+        if let Some(id) = id {
+            s["containerID"] = serde_json::json!(id);
+        }
+        s
+    }
+
+    const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    fn full_pod() -> Pod {
+        pod(serde_json::json!({
+            "metadata": {
+                "name": "ctl-0", "namespace": "ops", "uid": "11111111-2222-4333-8444-555555555555",
+                "labels": {"app": "ctl"},
+            },
+            "spec": {"nodeName": "node-a", "containers": [{"name": "main"}]},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [
+                    status("main", Some(&format!("docker://{A}"))),
+                    status("waiting", None),
+                ],
+                "initContainerStatuses": [status("setup", Some(&format!("containerd://{B}")))],
+                "ephemeralContainerStatuses": [status("debugger", Some(&format!("kata://{C}")))],
+            },
+        }))
+    }
+
+    #[test]
+    fn pod_info_from_pod() {
+        let info = PodInfo::from_pod(&full_pod()).unwrap();
+        assert_eq!(info.uid, "11111111-2222-4333-8444-555555555555");
+        assert_eq!(
+            (info.namespace.as_str(), info.name.as_str()),
+            ("ops", "ctl-0")
+        );
+        assert_eq!(info.labels["app"], "ctl");
+        assert_eq!(info.node_name.as_deref(), Some("node-a"));
+        assert_eq!(info.phase.as_deref(), Some("Pending"));
+        assert_eq!(info.static_uid, None);
+        let summary: Vec<_> = info
+            .containers
+            .iter()
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.container_id.as_deref(),
+                    c.runtime,
+                    c.kind,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("main", Some(A), Runtime::Docker, ContainerKind::Regular),
+                ("waiting", None, Runtime::Unknown, ContainerKind::Regular),
+                ("setup", Some(B), Runtime::Containerd, ContainerKind::Init),
+                (
+                    "debugger",
+                    Some(C),
+                    Runtime::Unknown,
+                    ContainerKind::Ephemeral
+                ),
+            ]
+        );
+        assert_eq!(info.containers[0].image, "main:1");
+        assert_eq!(info.container(B).unwrap().name, "setup");
+
+        assert!(PodInfo::from_pod(&pod(serde_json::json!({"metadata": {"name": "x"}}))).is_none());
+        let bare = PodInfo::from_pod(&pod(serde_json::json!({"metadata": {"uid": "u"}}))).unwrap();
+        assert!(bare.containers.is_empty() && bare.phase.is_none() && bare.node_name.is_none());
+    }
+
+    #[test]
+    fn cache_indexes_follow_updates() {
+        let info = PodInfo::from_pod(&full_pod()).unwrap();
+        let mut mirror = info.clone();
+        mirror.uid = "99999999-2222-4333-8444-555555555555".into();
+        mirror.static_uid = Some("0123456789abcdef0123456789abcdef".into());
+        mirror.containers.clear();
+        let cache = PodCache::from_pods([info.clone(), mirror]);
+        assert!(cache.is_synced());
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.find_container(A).unwrap().1.name, "main");
+        assert_eq!(
+            cache.get("0123456789ABCDEF0123456789ABCDEF").unwrap().uid,
+            "99999999-2222-4333-8444-555555555555"
+        );
+
+        // A restart replaces the container ID: the old one no longer resolves.
+        let mut restarted = info.clone();
+        restarted.containers[0].container_id = Some(C.into());
+        cache.write().upsert(restarted, usize::MAX);
+        assert!(cache.find_container(A).is_none());
+        assert_eq!(cache.find_container(C).unwrap().0.uid, info.uid);
+        assert_eq!(cache.find_container(B).unwrap().1.kind, ContainerKind::Init);
+
+        cache.write().remove(&info.uid);
+        assert!(cache.find_container(C).is_none() && cache.get(&info.uid).is_none());
+        assert_eq!(cache.len(), 1);
+
+        let mut full = Pods::default();
+        assert!(!full.upsert(info.clone(), 0), "over the limit");
+        assert!(full.by_uid.is_empty() && full.by_container.is_empty());
+    }
 }
