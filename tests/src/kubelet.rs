@@ -54,7 +54,8 @@ impl KubeletCgroups {
 
     fn mkdir(&mut self, p: &Path) {
         if !p.exists() {
-            std::fs::create_dir(p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
+            std::fs::create_dir(p)
+                .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
             self.made.push(p.to_path_buf());
         }
     }
@@ -70,7 +71,13 @@ impl KubeletCgroups {
 
     /// systemd driver: `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid_>.slice/<prefix>-<id>.scope`
     /// (`prefix`: `cri-containerd`, `crio` or `docker`).
-    pub fn systemd_container(&mut self, qos: Qos, pod_uid: &str, prefix: &str, id: &str) -> PathBuf {
+    pub fn systemd_container(
+        &mut self,
+        qos: Qos,
+        pod_uid: &str,
+        prefix: &str,
+        id: &str,
+    ) -> PathBuf {
         let uid = pod_uid.replace('-', "_");
         let rel = match qos {
             Qos::Guaranteed => format!("kubepods.slice/kubepods-pod{uid}.slice/{prefix}-{id}.scope"),
@@ -136,5 +143,12 @@ pub fn container_id(seed: u64) -> String {
 /// A pod uid (RFC 4122 shape) derived from `seed`.
 pub fn pod_uid(seed: u64) -> String {
     let h = container_id(seed ^ 0x5555);
-    format!("{}-{}-4{}-8{}-{}", &h[0..8], &h[8..12], &h[13..16], &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
 }

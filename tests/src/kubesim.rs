@@ -249,7 +249,14 @@ impl KubeSim {
 
     /// Delete a pod by uid: `DELETED` on open watches.
     pub fn delete(&self, uid: &str) {
-        let pod = self.state.0.lock().unwrap().pods.get(uid).map(|p| p.0.clone());
+        let pod = self
+            .state
+            .0
+            .lock()
+            .unwrap()
+            .pods
+            .get(uid)
+            .map(|p| p.0.clone());
         if let Some(p) = pod {
             self.change("DELETED", p);
         }

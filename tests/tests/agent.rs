@@ -34,8 +34,26 @@ fn free_port() -> u16 {
 
 impl Agent {
     fn start(store: &Path, args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Agent {
+        Agent::start_wrapped(&[], store, args, envs, log)
+    }
+
+    /// Start through `wrapper` (e.g. `setpriv ... --`), if not empty.
+    fn start_wrapped(
+        wrapper: &[String],
+        store: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Agent {
         let port = free_port();
-        let mut cmd = Command::new(profiler_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(profiler_bin());
+                c
+            }
+            None => Command::new(profiler_bin()),
+        };
         cmd.arg("agent")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
@@ -101,7 +119,10 @@ impl Agent {
             if let Some(st) = owned.0.try_wait().unwrap() {
                 return st;
             }
-            assert!(Instant::now() < end, "agent did not exit within 20s of SIGTERM");
+            assert!(
+                Instant::now() < end,
+                "agent did not exit within 20s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -126,7 +147,11 @@ fn target_pods(t: &serde_json::Value) -> Vec<String> {
     let mut v: Vec<String> = list
         .iter()
         .flat_map(|e| {
-            let t = if e["target"].is_object() { &e["target"] } else { e };
+            let t = if e["target"].is_object() {
+                &e["target"]
+            } else {
+                e
+            };
             [
                 t["pod"].as_str().unwrap_or("").to_string(),
                 t["pod_uid"].as_str().unwrap_or("").to_string(),
@@ -153,7 +178,11 @@ fn pids(samples: &[FlatSample]) -> Vec<i64> {
 }
 
 fn busy(name: &str, args: &[&str]) -> Owned {
-    Owned::spawn(Command::new(workload(name)).args(args).stdout(Stdio::null()))
+    Owned::spawn(
+        Command::new(workload(name))
+            .args(args)
+            .stdout(Stdio::null()),
+    )
 }
 
 /// Two pods in the two drivers' layouts, one process outside any pod, and
@@ -234,7 +263,10 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
     let pb = agent.profile(&format!("pod={uid_b}"));
     let pc = agent.profile(&format!("pod={uid_c}"));
     assert!(has_function(&pa, "main.hotParse"), "pod A runs demo");
-    assert!(!has_function(&pa, "main.heavyWork"), "pod A has pod B's code");
+    assert!(
+        !has_function(&pa, "main.heavyWork"),
+        "pod A has pod B's code"
+    );
     assert!(has_function(&pb, "main.heavyWork"), "pod B runs cpusplit");
     assert!(!has_function(&pb, "main.hotParse"), "pod B has demo code");
     assert!(has_function(&pc, "main.hotParse"), "late pod C runs demo");
@@ -251,10 +283,51 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
         integration_tests::total(&pa)
     );
 
+    // `profiler fetch` (what a CI job runs) gets the same pod's windows.
+    let fetched = store.0.with_extension("fetched.pb.gz");
+    let out = Command::new(profiler_bin())
+        .args([
+            "fetch",
+            "--agent",
+            &format!("http://127.0.0.1:{}", agent.port),
+        ])
+        .args(["--pod", &uid_a, "--from", "-1h", "-o"])
+        .arg(&fetched)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "profiler fetch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = flatten(&integration_tests::read_pprof(&fetched));
+    let _ = std::fs::remove_file(&fetched);
+    assert!(has_function(&f, "main.hotParse"));
+    assert_eq!(pids(&f), vec![a.pid() as i64]);
+    assert!(integration_tests::total(&f) >= integration_tests::total(&pa));
+    let out = Command::new(profiler_bin())
+        .args([
+            "fetch",
+            "--agent",
+            &format!("http://127.0.0.1:{}", agent.port),
+        ])
+        .args(["--pod", "no-such-pod", "--from", "-1h", "-o"])
+        .arg(&fetched)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "unknown pod: exit 4");
+    assert!(!fetched.exists());
+
     // Bad requests: clear 400 and 404.
-    let r = agent.get(&format!("/profiles?pod={uid_a}&type=cpu&from=yesterday-ish"));
+    let r = agent.get(&format!(
+        "/profiles?pod={uid_a}&type=cpu&from=yesterday-ish"
+    ));
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("from"), "message names the parameter: {}", r.text());
+    assert!(
+        r.text().contains("from"),
+        "message names the parameter: {}",
+        r.text()
+    );
     let r = agent.get("/profiles?pod=no-such-pod&type=cpu&from=-1h");
     assert_eq!(r.status, 404, "{}", r.text());
     let m = agent.get("/metrics");
@@ -306,7 +379,12 @@ fn sigterm_flushes_the_partial_window() {
     .contains(&uid)));
     std::thread::sleep(Duration::from_secs(3));
     let r = agent.get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"));
-    assert_eq!(r.status, 404, "no window is complete before SIGTERM: {}", r.text());
+    assert_eq!(
+        r.status,
+        404,
+        "no window is complete before SIGTERM: {}",
+        r.text()
+    );
     let st = agent.terminate();
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
 
@@ -343,9 +421,25 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
     let (uid_a, cid_a) = (pod_uid(20), container_id(20));
     let (uid_b, cid_b) = (pod_uid(21), container_id(21));
     let (uid_c, cid_c) = (pod_uid(22), container_id(22));
-    sim.put(sim_pod("ctrl-system", "manager-0", &uid_a, "node-a", "ctrl", &cid_a));
-    sim.put(sim_pod("default", "other-0", &uid_b, "node-a", "other", &cid_b));
-    sim.put(sim_pod("ctrl-system", "manager-x", &pod_uid(29), "node-b", "ctrl", &container_id(29)));
+    sim.put(sim_pod(
+        "ctrl-system",
+        "manager-0",
+        &uid_a,
+        "node-a",
+        "ctrl",
+        &cid_a,
+    ));
+    sim.put(sim_pod(
+        "default", "other-0", &uid_b, "node-a", "other", &cid_b,
+    ));
+    sim.put(sim_pod(
+        "ctrl-system",
+        "manager-x",
+        &pod_uid(29),
+        "node-b",
+        "ctrl",
+        &container_id(29),
+    ));
     let a_cg = cg.systemd_container(Qos::Burstable, &uid_a, "cri-containerd", &cid_a);
     let b_cg = cg.systemd_container(Qos::Burstable, &uid_b, "cri-containerd", &cid_b);
     let a = busy("demo", &[]);
@@ -393,7 +487,10 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
     assert!(has_function(&p, "main.hotParse"));
     assert_eq!(pids(&p), vec![a.pid() as i64]);
     let t = target_pods(&agent.targets());
-    assert!(!t.contains(&"other-0".to_string()) && !t.contains(&uid_b), "selector let other-0 in: {t:?}");
+    assert!(
+        !t.contains(&"other-0".to_string()) && !t.contains(&uid_b),
+        "selector let other-0 in: {t:?}"
+    );
     let r = agent.get("/profiles?namespace=default&pod=other-0&type=cpu&from=-1h");
     assert_eq!(r.status, 404, "{}", r.text());
 
@@ -414,7 +511,14 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
     let c_cg = cg.systemd_container(Qos::Burstable, &uid_c, "cri-containerd", &cid_c);
     let c = busy("demo", &[]);
     cg.add_process(&c_cg, c.pid());
-    sim.put(sim_pod("ctrl-system", "manager-1", &uid_c, "node-a", "ctrl", &cid_c));
+    sim.put(sim_pod(
+        "ctrl-system",
+        "manager-1",
+        &uid_c,
+        "node-a",
+        "ctrl",
+        &cid_c,
+    ));
     assert!(
         wait_until(Duration::from_secs(30), || target_pods(&agent.targets())
             .contains(&"manager-1".to_string())),
@@ -430,4 +534,171 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
     let st = agent.terminate();
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
     drop((a, b, c));
+}
+
+/// The capabilities the DaemonSet grants (deploy/kubernetes/daemonset.yaml,
+/// `capabilities.add`) are enough: the agent runs with exactly those in its
+/// bounding set (as a container's root user would) and still writes
+/// symbolized windows.
+#[test]
+fn agent_works_with_only_the_daemonsets_capabilities() {
+    if !can_run_ebpf("agent_works_with_only_the_daemonsets_capabilities") {
+        return;
+    }
+    let manifest = integration_tests::root().join("deploy/kubernetes/daemonset.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let ds: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let container = ds["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["name"].as_str() == Some("agent"))
+                .or(c.first())
+        })
+        .expect("the DaemonSet has a container")
+        .clone();
+    let caps = &container["securityContext"]["capabilities"];
+    assert_eq!(
+        caps["drop"].as_sequence().map(|d| d.len()),
+        Some(1),
+        "drop: [ALL] expected"
+    );
+    let add: Vec<String> = caps["add"]
+        .as_sequence()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    assert!(
+        !add.iter().any(|c| c == "sys_admin"),
+        "SYS_ADMIN must not be needed"
+    );
+    let bounding = format!(
+        "-all,{}",
+        add.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let wrapper: Vec<String> = vec![
+        "setpriv".into(),
+        "--bounding-set".into(),
+        bounding.clone(),
+        "--inh-caps".into(),
+        "-all".into(),
+        "--".into(),
+    ];
+
+    let mut cg = KubeletCgroups::new("agent-caps");
+    let (uid, cid) = (pod_uid(30), container_id(30));
+    let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
+    let w = busy("demo", &[]);
+    cg.add_process(&cgp, w.pid());
+    let store = TempDir::new("agent-caps-store");
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start_wrapped(
+        &wrapper,
+        &store.0,
+        &[
+            "--no-kube",
+            "--cgroup-root",
+            &root,
+            "--window",
+            "2s",
+            "--rescan",
+            "500ms",
+        ],
+        &[],
+        store.0.with_extension("log"),
+    );
+    // The agent really runs without the other capabilities.
+    let pid = agent.proc.as_ref().unwrap().pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    assert_eq!(
+        bnd & (1 << 21),
+        0,
+        "CAP_SYS_ADMIN still in the bounding set ({bounding})"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            agent
+                .get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"))
+                .status
+                == 200
+        }),
+        "no window with only {add:?}:\n{}",
+        agent.log()
+    );
+    let p = agent.profile(&format!("pod={uid}"));
+    assert!(
+        has_function(&p, "main.hotParse"),
+        "not symbolized with only {add:?}"
+    );
+    let st = agent.terminate();
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+    drop(w);
+}
+
+/// `--process-name` keeps only the named process of a container.
+#[test]
+fn process_name_selects_one_process_of_a_container() {
+    if !can_run_ebpf("process_name_selects_one_process_of_a_container") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("agent-procname");
+    let (uid, cid) = (pod_uid(40), container_id(40));
+    let cgp = cg.cgroupfs_container(Qos::Burstable, &uid, &cid);
+    let keep = busy("cpusplit", &["-duration", "0"]);
+    let other = busy("demo", &[]);
+    cg.add_process(&cgp, keep.pid());
+    cg.add_process(&cgp, other.pid());
+    let store = TempDir::new("agent-procname-store");
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--no-kube",
+            "--cgroup-root",
+            &root,
+            "--window",
+            "2s",
+            "--rescan",
+            "500ms",
+            "--process-name",
+            "cpusplit",
+        ],
+        &[],
+        store.0.with_extension("log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"))
+            .status
+            == 200),
+        "no window"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let p = agent.profile(&format!("pod={uid}"));
+    assert_eq!(pids(&p), vec![keep.pid() as i64], "only cpusplit is kept");
+    assert!(has_function(&p, "main.heavyWork"));
+    let m = agent.get("/metrics").text();
+    let filtered: f64 = m
+        .lines()
+        .find(|l| {
+            l.starts_with("profiler_agent_dropped_samples_total{reason=\"process_name_filtered\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        filtered > 0.0,
+        "the demo's samples are counted as filtered:\n{m}"
+    );
+    let st = agent.terminate();
+    assert!(st.success());
+    drop((keep, other));
 }

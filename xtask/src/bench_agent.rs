@@ -73,7 +73,10 @@ fn mkdirs(owned: &mut Owned, base: &Path, rel: &str) -> Result<PathBuf> {
 }
 
 fn hex_id(i: usize) -> String {
-    format!("{:064x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    format!(
+        "{:064x}",
+        (i as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+    )
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -161,9 +164,12 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
         .to_string();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
 
-    let store = std::env::temp_dir().join(format!("profiler-bench-agent-store-{}", std::process::id()));
+    let store =
+        std::env::temp_dir().join(format!("profiler-bench-agent-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let mut agent = Command::new(release.join("profiler"))
         .args(["agent", "--no-kube", "--frequency", "99", "--window", "10s"])
         .arg("--cgroup-root")
@@ -197,12 +203,17 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
     let t0 = cpu_ticks(pid).context("reading the agent's CPU time")?;
     let w0 = Instant::now();
     let mut peak_rss = 0u64;
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     while w0.elapsed() < Duration::from_secs(seconds) {
         std::thread::sleep(Duration::from_secs(1));
         peak_rss = peak_rss.max(status_kib(pid, "VmRSS:").unwrap_or(0));
-        eprint!("\ragent bench: {:>3}/{seconds}s", w0.elapsed().as_secs());
+        if progress {
+            eprint!("\ragent bench: {:>3}/{seconds}s", w0.elapsed().as_secs());
+        }
     }
-    eprintln!();
+    if progress {
+        eprintln!();
+    }
     let t1 = cpu_ticks(pid).context("reading the agent's CPU time")?;
     let wall = w0.elapsed().as_secs_f64();
     let hwm = status_kib(pid, "VmHWM:").unwrap_or(0).max(peak_rss);
@@ -210,7 +221,10 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
     // SAFETY: signalling the agent this bench started.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = agent.wait()?;
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.as_bytes());
+    let _ = std::fs::write(
+        "/proc/sys/kernel/bpf_stats_enabled",
+        stats_before.as_bytes(),
+    );
     let _ = std::fs::remove_dir_all(&store);
     drop(owned);
 
@@ -222,9 +236,7 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
     let runs = metric(&metrics, "profiler_agent_bpf_runs_total");
     println!("bench agent: {PROCESSES} busy processes in {PODS} pod cgroups, 99 Hz, {wall:.0} s measured");
     println!("  targets found           {targets:.0}");
-    println!(
-        "  agent CPU               {cpu_pct:.2}% of one core   (goal <= 2%)"
-    );
+    println!("  agent CPU               {cpu_pct:.2}% of one core   (goal <= 2%)");
     println!(
         "  agent peak RSS          {:.1} MiB            (goal <= 64 MiB)",
         hwm as f64 / 1024.0

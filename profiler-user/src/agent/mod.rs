@@ -215,6 +215,17 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
             profiler_kube::pods::WatchLimits::default(),
         );
         watch = Some(handle);
+        // Names from the first list before the first window, if it comes
+        // soon; the watch keeps trying in the background either way.
+        if !cache.wait_synced(Duration::from_secs(10)).await {
+            eprintln!(
+                "profiler agent: no pod list from the Kubernetes API yet ({}); \
+                 naming pods by uid until it arrives",
+                cache
+                    .last_error()
+                    .unwrap_or_else(|| "no answer within 10s".into())
+            );
+        }
         Some(cache)
     } else {
         None
@@ -395,6 +406,9 @@ async fn run_loop(
             &counters,
             &frameless,
         );
+        if let Some(p) = &pods {
+            watch_metrics(metrics, p);
+        }
         if stop {
             break;
         }
@@ -660,6 +674,46 @@ fn publish_live(live: &RwLock<Vec<LiveTarget>>, targets: &HashMap<String, Target
     if let Ok(mut l) = live.write() {
         *l = v;
     }
+}
+
+fn watch_metrics(m: &AgentMetrics, pods: &profiler_kube::pods::PodCache) {
+    let w = pods.stats();
+    for (name, help, v) in [
+        (
+            "profiler_agent_pod_watch_events_total",
+            "Pod events applied from the node-scoped watch.",
+            w.events,
+        ),
+        (
+            "profiler_agent_pod_watch_relists_total",
+            "Lists of this node's pods (the first one included).",
+            w.relists,
+        ),
+        (
+            "profiler_agent_pod_watch_errors_total",
+            "Errors from the Kubernetes API (each retried with backoff).",
+            w.errors,
+        ),
+        (
+            "profiler_agent_pod_watch_overflow_total",
+            "Pods not cached because the pod limit was reached.",
+            w.overflow,
+        ),
+    ] {
+        m.set_counter(name, help, &[], v);
+    }
+    m.set_gauge(
+        "profiler_agent_pods_cached",
+        "Pods of this node in the watch cache.",
+        &[],
+        pods.len() as f64,
+    );
+    m.set_gauge(
+        "profiler_agent_pod_watch_synced",
+        "1 once the first list of this node's pods has arrived.",
+        &[],
+        if pods.is_synced() { 1.0 } else { 0.0 },
+    );
 }
 
 fn update_metrics(
