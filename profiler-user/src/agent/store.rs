@@ -663,13 +663,20 @@ impl Store {
         }
         if let Err(e) = fs::rename(&tmp, path) {
             let _ = fs::remove_file(&tmp);
-            let _ = append_index(
-                inner,
-                &IndexLine::Del {
+            // Undo the index line: restore a previous window at the same
+            // path (its file is untouched), else record the deletion.
+            let previous = inner
+                .by_path
+                .get(&entry.path)
+                .and_then(|k| inner.entries.get(k))
+                .cloned();
+            let undo = match previous {
+                Some(prev) => IndexLine::Put(prev),
+                None => IndexLine::Del {
                     path: entry.path.clone(),
                 },
-            );
-            // Forget a previous entry at the same path only if the file is gone.
+            };
+            let _ = append_index(inner, &undo);
             return Err(io_err(path)(e));
         }
         sync_dir(dir);
