@@ -184,6 +184,13 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
             "--namespace, --selector and --container need pod metadata: drop --no-kube".into(),
         ));
     }
+    if !opts.listen.ip().is_loopback() && opts.token.is_none() {
+        return Err(AgentError::Usage(format!(
+            "--listen {} is not a loopback address: give --token-file so the API \
+             requires a bearer token",
+            opts.listen
+        )));
+    }
     if opts.window < Duration::from_secs(1) {
         return Err(AgentError::Usage("--window must be at least 1s".into()));
     }
@@ -198,17 +205,41 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
 
     // The pod watch (one list+watch on this node's pods).
     let mut watch = None;
-    let pods = if opts.kube {
-        let node = opts.node_name.clone().ok_or_else(|| {
-            AgentError::Usage(
-                "--node-name (or env NODE_NAME) is needed to watch this node's pods; \
-                 or run on cgroup identity alone with --no-kube"
+    let kube = match (opts.kube, &opts.node_name) {
+        (false, _) => None,
+        (true, None) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            return Err(AgentError::Usage(
+                "in a cluster the agent needs --node-name (or env NODE_NAME from the downward \
+                 API: fieldRef spec.nodeName) to watch this node's pods"
                     .into(),
-            )
-        })?;
-        let client = profiler_kube::pods::client_from_env()
-            .await
-            .map_err(|e| AgentError::Kube(e.to_string()))?;
+            ));
+        }
+        (true, None) => {
+            if opts.selection.needs_metadata() {
+                return Err(AgentError::Usage(
+                    "--namespace, --selector and --container need the pod watch: give \
+                     --node-name (or env NODE_NAME)"
+                        .into(),
+                ));
+            }
+            eprintln!(
+                "profiler agent: not in a cluster and no --node-name: running on cgroup \
+                 identity alone (pods named by uid; --no-kube silences this)"
+            );
+            None
+        }
+        (true, Some(node)) => match profiler_kube::pods::client_from_env().await {
+            Ok(c) => Some((c, node.clone())),
+            Err(e) if !opts.selection.needs_metadata() => {
+                eprintln!(
+                    "profiler agent: {e}; running on cgroup identity alone (pods named by uid)"
+                );
+                None
+            }
+            Err(e) => return Err(AgentError::Kube(e.to_string())),
+        },
+    };
+    let pods = if let Some((client, node)) = kube {
         let (cache, handle) = profiler_kube::pods::spawn_pod_watch(
             client,
             &node,
