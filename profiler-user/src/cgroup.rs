@@ -44,3 +44,29 @@ pub fn is_process(id: u32) -> bool {
         .and_then(|v| v.trim().parse::<u32>().ok())
         == Some(id)
 }
+
+/// True when `dir` is on a cgroup v1 hierarchy (not cgroup2): the eBPF
+/// cgroup-id filter only sees v2 ids, so v1 targets are followed by pid.
+pub fn is_cgroup_v1(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    const CGROUP_SUPER_MAGIC: i64 = 0x27e0eb;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: zeroed statfs is a valid out-parameter; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    st.f_type as i64 == CGROUP_SUPER_MAGIC
+}
+
+/// A cgroup v1 hierarchy to scan when no cgroup v2 is mounted (pure v1
+/// hosts): the first of pids, cpu,cpuacct, memory and name=systemd.
+pub fn cgroup1_default() -> Option<PathBuf> {
+    ["pids", "cpu,cpuacct", "cpu", "memory", "systemd"]
+        .iter()
+        .map(|d| Path::new("/sys/fs/cgroup").join(d))
+        .find(|p| p.join("cgroup.procs").exists() && is_cgroup_v1(p))
+}

@@ -40,7 +40,12 @@ pub enum Qos {
 impl KubeletCgroups {
     /// A fresh folder `profiler-test-<tag>-<pid>` under the cgroup v2 mount.
     pub fn new(tag: &str) -> KubeletCgroups {
-        let mount = cgroup2_mount();
+        KubeletCgroups::in_hierarchy(tag, cgroup2_mount())
+    }
+
+    /// The same under another mounted hierarchy, e.g. the cgroup v1
+    /// `/sys/fs/cgroup/pids` of a hybrid host.
+    pub fn in_hierarchy(tag: &str, mount: PathBuf) -> KubeletCgroups {
         let root = mount.join(format!("profiler-test-{tag}-{}", std::process::id()));
         let mut k = KubeletCgroups {
             root: root.clone(),

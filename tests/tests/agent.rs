@@ -702,3 +702,79 @@ fn process_name_selects_one_process_of_a_container() {
     assert!(st.success());
     drop((keep, other));
 }
+
+/// On a cgroup v1 hierarchy (here the `pids` controller of this hybrid
+/// host) the eBPF cgroup-id filter cannot apply: the agent follows the
+/// container's pids instead, and attribution reads the v1 lines of
+/// `/proc/PID/cgroup`.
+#[test]
+fn agent_follows_pods_on_a_cgroup_v1_hierarchy() {
+    if !can_run_ebpf("agent_follows_pods_on_a_cgroup_v1_hierarchy") {
+        return;
+    }
+    let pids_v1 = PathBuf::from("/sys/fs/cgroup/pids");
+    if !pids_v1.join("cgroup.procs").exists() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "no cgroup v1 pids hierarchy at /sys/fs/cgroup/pids"
+        );
+        eprintln!("skipped: no cgroup v1 pids hierarchy");
+        return;
+    }
+    let mut cg = KubeletCgroups::in_hierarchy("agent-v1", pids_v1);
+    let (uid, cid) = (pod_uid(50), container_id(50));
+    let (uid_b, cid_b) = (pod_uid(51), container_id(51));
+    let cgp = cg.cgroupfs_container(Qos::Burstable, &uid, &cid);
+    let cgb = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
+    let a = busy("demo", &[]);
+    let b = busy("cpusplit", &["-duration", "0"]);
+    let outsider = busy("demo", &[]);
+    cg.add_process(&cgp, a.pid());
+    cg.add_process(&cgb, b.pid());
+    let store = TempDir::new("agent-v1-store");
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--no-kube",
+            "--cgroup-root",
+            &root,
+            "--window",
+            "2s",
+            "--rescan",
+            "500ms",
+        ],
+        &[],
+        store.0.with_extension("log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || [&uid, &uid_b].iter().all(
+            |u| agent
+                .get(&format!("/profiles?pod={u}&type=cpu&from=-1h"))
+                .status
+                == 200
+        )),
+        "no windows on cgroup v1: {}",
+        agent.targets()
+    );
+    let pa = agent.profile(&format!("pod={uid}"));
+    let pb = agent.profile(&format!("pod={uid_b}"));
+    assert_eq!(pids(&pa), vec![a.pid() as i64]);
+    assert_eq!(pids(&pb), vec![b.pid() as i64]);
+    assert!(has_function(&pa, "main.hotParse"));
+    assert!(has_function(&pb, "main.heavyWork"));
+    // Only the pods' processes are sampled at all (pid filter in the kernel).
+    let m = agent.get("/metrics").text();
+    let unattributed: f64 = m
+        .lines()
+        .find(|l| l.starts_with("profiler_agent_dropped_samples_total{reason=\"unattributed\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(-1.0);
+    assert_eq!(
+        unattributed, 0.0,
+        "samples of other processes reached userspace:\n{m}"
+    );
+    let st = agent.terminate();
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+    drop((a, b, outsider));
+}

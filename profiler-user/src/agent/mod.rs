@@ -131,6 +131,28 @@ struct Target {
     found: Found,
     resolved: Resolved,
     since: SystemTime,
+    /// cgroup v1 only: the pids put in the eBPF pid filter for it.
+    pids: HashSet<u32>,
+}
+
+/// cgroup v1: make the eBPF pid filter hold exactly the container's
+/// processes (children forked between scans are added by the kernel).
+fn sync_pids(sampler: &mut Sampler, t: &mut Target, counters: &mut LoopCounters) {
+    let now: HashSet<u32> = crate::cgroup::procs_below(&t.found.path)
+        .into_iter()
+        .collect();
+    for pid in now.difference(&t.pids) {
+        if sampler
+            .add_tgid(*pid, crate::sampler::TARGET_SAMPLE)
+            .is_err()
+        {
+            counters.pid_filter_overflow += 1;
+        }
+    }
+    for pid in t.pids.difference(&now) {
+        sampler.remove_tgid(*pid);
+    }
+    t.pids = now;
 }
 
 /// Per-window state: one aggregate per container id.
@@ -160,6 +182,7 @@ struct LoopCounters {
     scans: u64,
     scan_truncated: u64,
     undecided: u64,
+    pid_filter_overflow: u64,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -167,12 +190,17 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
     crate::env::check()?;
     let root = match &opts.cgroup_root {
         Some(r) => r.clone(),
-        None => crate::cgroup::cgroup2_mount().ok_or_else(|| {
-            AgentError::Usage(
-                "no cgroup v2 hierarchy is mounted: mount one or pass --cgroup-root".into(),
-            )
-        })?,
+        None => crate::cgroup::cgroup2_mount()
+            .or_else(crate::cgroup::cgroup1_default)
+            .ok_or_else(|| {
+                AgentError::Usage(
+                    "no cgroup hierarchy is mounted under /sys/fs/cgroup: pass --cgroup-root"
+                        .into(),
+                )
+            })?,
     };
+    // On cgroup v1 the eBPF filter cannot match cgroup ids: follow pids.
+    let v1 = crate::cgroup::is_cgroup_v1(&root);
     if !root.is_dir() {
         return Err(AgentError::Usage(format!(
             "--cgroup-root {}: not a directory",
@@ -265,7 +293,9 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
     // Sampler before the API, so a kernel problem fails fast.
     let mut sampler = Sampler::start(opts.frequency)?;
     sampler.set_filter(true)?;
-    sampler.enable_cgroup_filter()?;
+    if !v1 {
+        sampler.enable_cgroup_filter()?;
+    }
 
     // The API, shut down through `stop_api`.
     let state = Arc::new(ApiState {
@@ -281,7 +311,17 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
         let _ = api_stopped.await;
     }));
 
-    let result = run_loop(&opts, &root, &mut sampler, &store, &metrics, &live, pods).await;
+    let result = run_loop(
+        &opts,
+        &root,
+        v1,
+        &mut sampler,
+        &store,
+        &metrics,
+        &live,
+        pods,
+    )
+    .await;
 
     let _ = stop_api.send(());
     match tokio::time::timeout(Duration::from_secs(5), api_task).await {
@@ -303,6 +343,7 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
 async fn run_loop(
     opts: &AgentOptions,
     root: &Path,
+    v1: bool,
     sampler: &mut Sampler,
     store: &Store,
     metrics: &AgentMetrics,
@@ -344,14 +385,20 @@ async fn run_loop(
             _ = sigint.recv() => true,
             _ = sigterm.recv() => true,
         };
-        // Lifecycle events only concern pid targets (none here): discard.
-        let _ = sampler.events();
+        // Lifecycle events concern pid targets (cgroup v1 only): forked
+        // children are added in the kernel; forget exited ones.
+        for (kind, tgid) in sampler.events() {
+            if v1 && kind == profiler_common::EventKind::Exit {
+                sampler.remove_tgid(tgid);
+            }
+        }
 
         if last_scan.is_none_or(|t| t.elapsed() >= opts.rescan) {
             last_scan = Some(Instant::now());
             rescan(
                 opts,
                 root,
+                v1,
                 sampler,
                 &mut targets,
                 &mut seen,
@@ -421,6 +468,8 @@ async fn run_loop(
                 &mut summary,
             );
             departed.clear();
+            // Age-based retention also when nothing new is written.
+            store.enforce_retention();
             // Release what exited processes held.
             for tgid in dead_frameless(&frameless) {
                 sampler.clear_frameless(tgid);
@@ -455,6 +504,7 @@ async fn run_loop(
 fn rescan(
     opts: &AgentOptions,
     root: &Path,
+    v1: bool,
     sampler: &mut Sampler,
     targets: &mut HashMap<String, Target>,
     seen: &mut HashSet<String>,
@@ -488,7 +538,9 @@ fn rescan(
         if let Some(t) = targets.get_mut(&cid) {
             // Names can arrive after the cgroup (pod watch lag).
             t.resolved = resolved;
-            if t.found.cgroup_id != f.cgroup_id {
+            if v1 {
+                sync_pids(sampler, t, counters);
+            } else if t.found.cgroup_id != f.cgroup_id {
                 sampler.remove_cgroup(t.found.cgroup_id);
                 let _ = sampler.add_cgroup(f.cgroup_id);
                 t.found = f;
@@ -499,7 +551,7 @@ fn rescan(
             counters.targets_overflow += 1;
             continue;
         }
-        if sampler.add_cgroup(f.cgroup_id).is_err() {
+        if !v1 && sampler.add_cgroup(f.cgroup_id).is_err() {
             counters.targets_overflow += 1;
             continue;
         }
@@ -509,14 +561,16 @@ fn rescan(
             frameless.load(sampler, symbolizer, pid);
         }
         seen.insert(cid.clone());
-        targets.insert(
-            cid,
-            Target {
-                found: f,
-                resolved,
-                since: SystemTime::now(),
-            },
-        );
+        let mut t = Target {
+            found: f,
+            resolved,
+            since: SystemTime::now(),
+            pids: HashSet::new(),
+        };
+        if v1 {
+            sync_pids(sampler, &mut t, counters);
+        }
+        targets.insert(cid, t);
     }
     let gone: Vec<String> = targets
         .keys()
@@ -526,6 +580,9 @@ fn rescan(
     for cid in gone {
         if let Some(t) = targets.remove(&cid) {
             sampler.remove_cgroup(t.found.cgroup_id);
+            for pid in &t.pids {
+                sampler.remove_tgid(*pid);
+            }
             // Its samples of the current window are still written.
             departed.insert(cid, t);
         }
@@ -776,6 +833,7 @@ fn update_metrics(
         ("process_name_filtered", c.not_selected),
         ("frameless_table_full", sampler.frameless_overflow),
         ("pid_memo_full", pidmap.overflow),
+        ("pid_filter_full", c.pid_filter_overflow),
     ] {
         m.set_counter(
             "profiler_agent_dropped_samples_total",
