@@ -138,7 +138,7 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
         let pod = i % PODS;
         let uid = format!("{:08x}-0000-4000-8000-{:012x}", pod + 1, pod + 1);
         let cid = hex_id(i);
-        let rel = if pod % 2 == 0 {
+        let rel = if pod.is_multiple_of(2) {
             format!(
                 "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
                 uid.replace('-', "_")
