@@ -303,13 +303,24 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
         metrics: metrics.clone(),
         live: live.clone(),
     });
-    let listener_check = std::net::TcpListener::bind(opts.listen)
-        .map_err(|e| AgentError::Api(format!("cannot listen on {}: {e}", opts.listen)))?;
-    drop(listener_check);
+    // Bound here so a taken port fails the start, not a background task.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| {
+            AgentError::Api(format!(
+                "cannot listen on {}: {e} (choose another --listen)",
+                opts.listen
+            ))
+        })?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api_task = tokio::spawn(api::serve(opts.listen, opts.token.clone(), state, async {
-        let _ = api_stopped.await;
-    }));
+    let api_task = tokio::spawn(api::serve_listener(
+        listener,
+        opts.token.clone(),
+        state,
+        async {
+            let _ = api_stopped.await;
+        },
+    ));
 
     let result = run_loop(
         &opts,
