@@ -74,8 +74,8 @@ use std::time::{Duration, SystemTime};
 
 pub use gofuncs::{go_functions, GoFunction};
 pub use pprof::{
-    build_profile_from_resolved, canonical_text, write_pprof_gz, FrameLine, MappingDesc,
-    ResolvedFrame, ResolvedSample,
+    build_profile, build_profile_from_resolved, canonical_text, write_pprof_gz, FrameLine,
+    MappingDesc, ProfileSample, ProfileShape, ResolvedFrame, ResolvedSample,
 };
 pub use symbolizer::{ProcessMapping, Symbolizer, KERNEL_MAPPING};
 

@@ -105,6 +105,69 @@ pub struct ResolvedSample {
     pub count: u64,
 }
 
+/// Sample types, period type and period of a profile (what
+/// [`build_profile`] writes besides the samples).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileShape {
+    /// (type, unit) of each sample value, e.g. `("alloc_space", "bytes")`.
+    pub sample_types: Vec<(String, String)>,
+    /// (type, unit) of the period, e.g. `("cpu", "nanoseconds")`.
+    pub period_type: (String, String),
+    /// The period (0 if none).
+    pub period: i64,
+    /// The sample type `go tool pprof` shows by default (`None`: the last).
+    pub default_sample_type: Option<String>,
+}
+
+impl ProfileShape {
+    /// A shape from string literals.
+    pub fn new(
+        sample_types: &[(&str, &str)],
+        period_type: (&str, &str),
+        period: i64,
+        default_sample_type: Option<&str>,
+    ) -> Self {
+        Self {
+            sample_types: sample_types
+                .iter()
+                .map(|(t, u)| (t.to_string(), u.to_string()))
+                .collect(),
+            period_type: (period_type.0.to_string(), period_type.1.to_string()),
+            period,
+            default_sample_type: default_sample_type.map(str::to_string),
+        }
+    }
+
+    /// The CPU profile's shape: `samples/count` and `cpu/nanoseconds`,
+    /// period type `cpu/nanoseconds`, period `1e9 / frequency_hz` (0 if the
+    /// frequency is 0).
+    pub fn cpu(frequency_hz: u64) -> Self {
+        let period = 1_000_000_000u64
+            .checked_div(frequency_hz)
+            .map_or(0, |p| p as i64);
+        Self::new(
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            period,
+            None,
+        )
+    }
+}
+
+/// A resolved sample with arbitrary values (one per sample type of the
+/// [`ProfileShape`]) and string labels, for [`build_profile`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileSample {
+    /// Frames, leaf first.
+    pub frames: Vec<ResolvedFrame>,
+    /// Process id (numeric label `pid`).
+    pub pid: u32,
+    /// Values, in the order of the shape's sample types.
+    pub values: Vec<i64>,
+    /// String labels (key, value), written after `pid`.
+    pub labels: Vec<(String, String)>,
+}
+
 #[derive(Default)]
 struct Strings {
     table: Vec<String>,
@@ -142,32 +205,41 @@ pub(crate) struct ProfileBuilder {
     /// (name, system name, file) string ids to function id.
     functions: HashMap<(i64, i64, i64), u64>,
     locations: HashMap<(u64, u64), u64>,
-    merged: HashMap<(Vec<u64>, u32, String), usize>,
+    /// (location ids, pid, string labels) to sample index.
+    merged: HashMap<(Vec<u64>, u32, Vec<(i64, i64)>), usize>,
 }
 
 impl ProfileBuilder {
-    /// A builder for `mapping_count` mappings (given at [`Self::finish`]).
+    /// A CPU-profile builder ([`ProfileShape::cpu`]) for `mapping_count`
+    /// mappings (given at [`Self::finish`]).
     pub(crate) fn new(meta: &ProfileMeta, mapping_count: usize) -> Self {
+        Self::with_shape(&ProfileShape::cpu(meta.frequency_hz), meta, mapping_count)
+    }
+
+    /// A builder writing `shape`'s sample types, period type and period.
+    pub(crate) fn with_shape(
+        shape: &ProfileShape,
+        meta: &ProfileMeta,
+        mapping_count: usize,
+    ) -> Self {
         let mut s = Strings::new();
         let mut p = Profile::default();
-        let period = 1_000_000_000u64
-            .checked_div(meta.frequency_hz)
-            .map_or(0, |p| p as i64);
-        p.sample_type = vec![
-            ValueType {
-                r#type: s.intern("samples"),
-                unit: s.intern("count"),
-            },
-            ValueType {
-                r#type: s.intern("cpu"),
-                unit: s.intern("nanoseconds"),
-            },
-        ];
+        p.sample_type = shape
+            .sample_types
+            .iter()
+            .map(|(t, u)| ValueType {
+                r#type: s.intern(t),
+                unit: s.intern(u),
+            })
+            .collect();
         p.period_type = Some(ValueType {
-            r#type: s.intern("cpu"),
-            unit: s.intern("nanoseconds"),
+            r#type: s.intern(&shape.period_type.0),
+            unit: s.intern(&shape.period_type.1),
         });
-        p.period = period;
+        p.period = shape.period;
+        if let Some(d) = &shape.default_sample_type {
+            p.default_sample_type = s.intern(d);
+        }
         p.time_nanos = meta
             .start
             .duration_since(UNIX_EPOCH)
@@ -178,7 +250,7 @@ impl ProfileBuilder {
         Self {
             s,
             p,
-            period,
+            period: shape.period,
             mapping_count,
             has_fn: vec![false; mapping_count],
             has_ln: vec![false; mapping_count],
@@ -249,33 +321,49 @@ impl ProfileBuilder {
         id
     }
 
-    /// Add a sample (location ids leaf first); merged with an earlier
-    /// sample of the same stack and labels.
+    /// Add a CPU sample (location ids leaf first): values `count` and
+    /// `count * period`, label `thread`; merged with an earlier sample of
+    /// the same stack and labels.
     pub(crate) fn sample(&mut self, location_ids: Vec<u64>, pid: u32, thread: &str, count: u64) {
         let count = i64::try_from(count).unwrap_or(i64::MAX);
         let ns = count.saturating_mul(self.period);
-        let key = (location_ids, pid, thread.to_string());
+        self.sample_values(location_ids, pid, &[("thread", thread)], &[count, ns]);
+    }
+
+    /// Add a sample with `values` (one per sample type) and string
+    /// `labels` after the numeric `pid`; merged (values added) with an
+    /// earlier sample of the same stack, pid and labels.
+    pub(crate) fn sample_values<K: AsRef<str>, V: AsRef<str>>(
+        &mut self,
+        location_ids: Vec<u64>,
+        pid: u32,
+        labels: &[(K, V)],
+        values: &[i64],
+    ) {
+        let interned: Vec<(i64, i64)> = labels
+            .iter()
+            .map(|(k, v)| (self.s.intern(k.as_ref()), self.s.intern(v.as_ref())))
+            .collect();
+        let key = (location_ids, pid, interned);
         if let Some(&i) = self.merged.get(&key) {
-            let v = &mut self.p.sample[i].value;
-            v[0] = v[0].saturating_add(count);
-            v[1] = v[1].saturating_add(ns);
+            for (v, add) in self.p.sample[i].value.iter_mut().zip(values) {
+                *v = v.saturating_add(*add);
+            }
             return;
         }
-        let label = vec![
-            Label {
-                key: self.s.intern("pid"),
-                num: i64::from(pid),
-                ..Default::default()
-            },
-            Label {
-                key: self.s.intern("thread"),
-                str: self.s.intern(thread),
-                ..Default::default()
-            },
-        ];
+        let mut label = vec![Label {
+            key: self.s.intern("pid"),
+            num: i64::from(pid),
+            ..Default::default()
+        }];
+        label.extend(key.2.iter().map(|&(key, str)| Label {
+            key,
+            str,
+            ..Default::default()
+        }));
         self.p.sample.push(Sample {
             location_id: key.0.clone(),
-            value: vec![count, ns],
+            value: values.to_vec(),
             label,
         });
         self.merged.insert(key, self.p.sample.len() - 1);
@@ -322,6 +410,29 @@ pub fn build_profile_from_resolved(
             .map(|f| b.location(f.mapping, f.address, &f.lines))
             .collect();
         b.sample(ids, s.pid, &s.thread, s.count);
+    }
+    b.finish(mappings)
+}
+
+/// Build a pprof profile of any shape from resolved samples: the sample
+/// types, period type and period of `shape`, each sample's `values` in that
+/// order, labels `pid` (numeric) and the sample's string labels. Mappings,
+/// locations, functions and merging as in [`build_profile_from_resolved`]
+/// (samples with the same stack, pid and labels add their values).
+pub fn build_profile(
+    mappings: &[MappingDesc],
+    samples: &[ProfileSample],
+    shape: &ProfileShape,
+    meta: &ProfileMeta,
+) -> Profile {
+    let mut b = ProfileBuilder::with_shape(shape, meta, mappings.len());
+    for s in samples {
+        let ids = s
+            .frames
+            .iter()
+            .map(|f| b.location(f.mapping, f.address, &f.lines))
+            .collect();
+        b.sample_values(ids, s.pid, &s.labels, &s.values);
     }
     b.finish(mappings)
 }
@@ -485,4 +596,94 @@ pub fn canonical_text(p: &Profile) -> String {
         out.push_str(&s);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn frame(address: u64, function: &str) -> ResolvedFrame {
+        ResolvedFrame {
+            mapping: Some(0),
+            address,
+            lines: vec![FrameLine {
+                function: function.to_string(),
+                system_name: function.to_string(),
+                file: "a.go".to_string(),
+                line: 1,
+                column: 0,
+            }],
+        }
+    }
+
+    /// Any shape: its types, period and default type are written, values
+    /// of samples with the same stack, pid and labels are added, a label
+    /// keeps samples apart.
+    #[test]
+    fn build_profile_writes_the_shape_and_merges_values() {
+        let mappings = [MappingDesc {
+            path: "/bin/x".into(),
+            build_id: "ab".into(),
+            memory_start: 0x1000,
+            memory_limit: 0x2000,
+            file_offset: 0,
+        }];
+        let stack = vec![frame(0x1010, "main.a"), frame(0x1020, "main.main")];
+        let sample = |values: Vec<i64>, labels: Vec<(String, String)>| ProfileSample {
+            frames: stack.clone(),
+            pid: 7,
+            values,
+            labels,
+        };
+        let origin = vec![("origin".to_string(), "before".to_string())];
+        let samples = [
+            sample(vec![1, 4096], vec![]),
+            sample(vec![2, 8192], vec![]),
+            sample(vec![5, 0], origin),
+        ];
+        let shape = ProfileShape::new(
+            &[("alloc_objects", "count"), ("alloc_space", "bytes")],
+            ("space", "bytes"),
+            524288,
+            Some("alloc_space"),
+        );
+        let meta = ProfileMeta {
+            frequency_hz: 0,
+            start: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+            duration: Duration::from_secs(2),
+            comments: vec!["c".into()],
+        };
+        let p = build_profile(&mappings, &samples, &shape, &meta);
+        assert_eq!(
+            p.string_table[p.default_sample_type as usize],
+            "alloc_space"
+        );
+        let text = canonical_text(&p);
+        assert!(
+            text.starts_with(
+                "sample_types: alloc_objects/count alloc_space/bytes\nperiod_type: space/bytes period: 524288\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  values=[3 12288] pid=[7]\n"), "{text}");
+        assert!(
+            text.contains("  values=[5 0] origin=[\"before\"] pid=[7]\n"),
+            "{text}"
+        );
+        assert_eq!(p.location.len(), 2);
+        assert_eq!(p.function.len(), 2);
+    }
+
+    /// The CPU shape is the one `build_profile_from_resolved` writes.
+    #[test]
+    fn cpu_shape() {
+        let s = ProfileShape::cpu(100);
+        assert_eq!(s.period, 10_000_000);
+        assert_eq!(
+            s.sample_types[1],
+            ("cpu".to_string(), "nanoseconds".to_string())
+        );
+        assert_eq!(ProfileShape::cpu(0).period, 0);
+    }
 }
