@@ -91,14 +91,24 @@ pub(crate) struct Aggregate {
 
 impl Aggregate {
     pub(crate) fn add(&mut self, d: DrainedStack) {
+        self.add_bounded(d, true);
+    }
+
+    /// Adds `d`; a stack not seen before is kept only when `allow_new`
+    /// (and below [`MAX_STACKS`]), else its samples are counted as
+    /// dropped. Returns whether a new stack was kept.
+    pub(crate) fn add_bounded(&mut self, d: DrainedStack, allow_new: bool) -> bool {
         self.total += d.count;
         let key = (d.tgid, d.comm, d.user, d.kernel);
         if let Some(c) = self.stacks.get_mut(&key) {
             *c += d.count;
-        } else if self.stacks.len() < MAX_STACKS {
+            false
+        } else if allow_new && self.stacks.len() < MAX_STACKS {
             self.stacks.insert(key, d.count);
+            true
         } else {
             self.dropped_samples += d.count;
+            false
         }
     }
 }

@@ -48,6 +48,10 @@ use self::{
 /// [`profiler_common::TARGET_CGROUP_ENTRIES`]); more are counted and skipped.
 pub const MAX_TARGETS: usize = 1000;
 
+/// Distinct stacks kept per window over all containers; beyond it, new
+/// stacks' samples are dropped and counted (`userspace_stack_table_full`).
+pub const MAX_WINDOW_STACKS: usize = crate::record::MAX_STACKS;
+
 /// The agent's settings (the flags of `profiler agent`).
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -160,6 +164,8 @@ struct Window {
     start: SystemTime,
     end: SystemTime,
     per_container: HashMap<String, Aggregate>,
+    /// Distinct stacks over all containers (bounded by [`MAX_WINDOW_STACKS`]).
+    distinct: usize,
 }
 
 /// The next wall-clock multiple of `window` after `t`.
@@ -183,6 +189,7 @@ struct LoopCounters {
     scan_truncated: u64,
     undecided: u64,
     pid_filter_overflow: u64,
+    stack_table_full: u64,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
@@ -383,6 +390,7 @@ async fn run_loop(
         start: now,
         end: next_boundary(now, opts.window),
         per_container: HashMap::new(),
+        distinct: 0,
     };
     let mut drained: Vec<DrainedStack> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -465,6 +473,7 @@ async fn run_loop(
                     start: next_start,
                     end: next_boundary(next_start, opts.window),
                     per_container: HashMap::new(),
+                    distinct: 0,
                 },
             );
             flush(
@@ -637,7 +646,15 @@ fn attribute(
             frameless.load(sampler, symbolizer, d.tgid);
         }
         counters.samples += d.count;
-        window.per_container.entry(cid).or_default().add(d);
+        let allow_new = window.distinct < MAX_WINDOW_STACKS;
+        if window
+            .per_container
+            .entry(cid)
+            .or_default()
+            .add_bounded(d, allow_new)
+        {
+            window.distinct += 1;
+        }
     }
 }
 
@@ -672,6 +689,7 @@ fn flush(
             })
             .collect();
         let written = agg.total - agg.dropped_samples;
+        counters.stack_table_full += agg.dropped_samples;
         let target = &t.resolved.target;
         let meta = ProfileMeta {
             frequency_hz: opts.frequency,
@@ -845,6 +863,7 @@ fn update_metrics(
         ("frameless_table_full", sampler.frameless_overflow),
         ("pid_memo_full", pidmap.overflow),
         ("pid_filter_full", c.pid_filter_overflow),
+        ("userspace_stack_table_full", c.stack_table_full),
     ] {
         m.set_counter(
             "profiler_agent_dropped_samples_total",
