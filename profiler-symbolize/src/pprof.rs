@@ -192,6 +192,9 @@ impl Strings {
     }
 }
 
+/// What merges samples: location ids, pid, string labels (interned).
+type SampleKey = (Vec<u64>, u32, Vec<(i64, i64)>);
+
 /// Incremental construction of a profile; the crate's one place that
 /// assigns ids and interns strings.
 pub(crate) struct ProfileBuilder {
@@ -205,8 +208,7 @@ pub(crate) struct ProfileBuilder {
     /// (name, system name, file) string ids to function id.
     functions: HashMap<(i64, i64, i64), u64>,
     locations: HashMap<(u64, u64), u64>,
-    /// (location ids, pid, string labels) to sample index.
-    merged: HashMap<(Vec<u64>, u32, Vec<(i64, i64)>), usize>,
+    merged: HashMap<SampleKey, usize>,
 }
 
 impl ProfileBuilder {
@@ -223,8 +225,7 @@ impl ProfileBuilder {
         mapping_count: usize,
     ) -> Self {
         let mut s = Strings::new();
-        let mut p = Profile::default();
-        p.sample_type = shape
+        let sample_type = shape
             .sample_types
             .iter()
             .map(|(t, u)| ValueType {
@@ -232,11 +233,16 @@ impl ProfileBuilder {
                 unit: s.intern(u),
             })
             .collect();
-        p.period_type = Some(ValueType {
+        let period_type = Some(ValueType {
             r#type: s.intern(&shape.period_type.0),
             unit: s.intern(&shape.period_type.1),
         });
-        p.period = shape.period;
+        let mut p = Profile {
+            sample_type,
+            period_type,
+            period: shape.period,
+            ..Default::default()
+        };
         if let Some(d) = &shape.default_sample_type {
             p.default_sample_type = s.intern(d);
         }
