@@ -56,11 +56,10 @@ use profiler_common::go::{
     reg, GoCounter, GoProcConfig, GoStackKey, GoidKey, SiteCounts, COOKIE_CHECK_FLAGS,
     GO_PROC_ENTRIES,
 };
-use profiler_symbolize::{ProfileMeta, RawSample, Symbolizer};
+use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
 use crate::{error::RecordError, sampler::Sampler};
 use binary::GoBinary;
-use profile::{OutSample, Shape};
 
 /// Errors of the Go binary analysis.
 #[derive(Debug, thiserror::Error)]
@@ -906,12 +905,8 @@ impl GoSession {
                     .filter(|n| n.starts_with("calls:"))
                     .cloned(),
             );
-            let shape = Shape {
-                sample_types: vec![("calls", "count")],
-                period_type: ("calls", "count"),
-                period: 1,
-                default_type: "calls",
-            };
+            let shape =
+                ProfileShape::new(&[("calls", "count")], ("calls", "count"), 1, Some("calls"));
             let p = self.render(symbolizer, raws, &shape, meta, comments);
             out.push(("calls".to_string(), p, summary));
         }
@@ -997,16 +992,16 @@ impl GoSession {
                 comments.push(line.clone());
                 summary.push(line);
             }
-            let shape = Shape {
-                sample_types: vec![
+            let shape = ProfileShape::new(
+                &[
                     ("goroutine", "count"),
                     ("created", "count"),
                     ("exited", "count"),
                 ],
-                period_type: ("goroutine", "count"),
-                period: 1,
-                default_type: "goroutine",
-            };
+                ("goroutine", "count"),
+                1,
+                Some("goroutine"),
+            );
             let p = self.render(symbolizer, raws, &shape, meta, comments);
             out.push(("goroutines".to_string(), p, summary));
         }
@@ -1114,12 +1109,12 @@ impl GoSession {
                 .find_map(|p| p.mem_rate)
                 .filter(|r| *r > 0)
                 .unwrap_or(0);
-            let shape = Shape {
-                sample_types: vec![("alloc_objects", "count"), ("alloc_space", "bytes")],
-                period_type: ("space", "bytes"),
-                period: rate,
-                default_type: "alloc_space",
-            };
+            let shape = ProfileShape::new(
+                &[("alloc_objects", "count"), ("alloc_space", "bytes")],
+                ("space", "bytes"),
+                rate,
+                Some("alloc_space"),
+            );
             let p = self.render(symbolizer, raws, &shape, meta, comments);
             out.push(("allocs".to_string(), p, summary));
         }
@@ -1188,7 +1183,7 @@ impl GoSession {
         &self,
         symbolizer: &mut Symbolizer,
         raws: Vec<(Vec<u64>, u32, Vec<i64>, Vec<(String, String)>)>,
-        shape: &Shape,
+        shape: &ProfileShape,
         meta: &ProfileMeta,
         comments: Vec<String>,
     ) -> Profile {
@@ -1204,10 +1199,10 @@ impl GoSession {
             })
             .collect();
         let (mappings, resolved) = symbolizer.resolve_samples(&raw);
-        let samples: Vec<OutSample> = resolved
+        let samples: Vec<ProfileSample> = resolved
             .into_iter()
             .zip(raws)
-            .map(|(r, (_, pid, values, labels))| OutSample {
+            .map(|(r, (_, pid, values, labels))| ProfileSample {
                 frames: r.frames,
                 pid,
                 values,
@@ -1218,6 +1213,6 @@ impl GoSession {
             comments,
             ..meta.clone()
         };
-        profile::build(&mappings, &samples, shape, &meta)
+        profiler_symbolize::build_profile(&mappings, &samples, shape, &meta)
     }
 }
