@@ -10,6 +10,8 @@
 pub const GO_STACK_ENTRIES: u32 = 16384;
 /// Capacity of the counted-call map.
 pub const GO_CALL_ENTRIES: u32 = 16384;
+/// Capacity of the per-caller exact count map of `--count-stacks caller`.
+pub const GO_CALL_SITE_ENTRIES: u32 = 16384;
 /// Capacity of the allocation map.
 pub const GO_ALLOC_ENTRIES: u32 = 16384;
 /// Capacity of the goroutine-creation-site map.
@@ -25,6 +27,27 @@ pub const GO_PROC_ENTRIES: u32 = 1024;
 /// stack-check `JBE`; skip the hit when the branch to `morestack` will be
 /// taken (`CF` or `ZF` set), because the function runs again afterwards.
 pub const COOKIE_CHECK_FLAGS: u64 = 1 << 63;
+
+/// Cookie bit of counted-call probes: count by caller (the return address
+/// at `[SP]`) exactly in `GO_CALL_SITES`, and take the full stack only for
+/// the first [`CALLER_MODE_FIRST_STACKS`] hits per caller and CPU, then one
+/// hit in [`CALLER_MODE_STACK_EVERY`] (counted in `GO_CALLS` as sampled
+/// stacks). Userspace spreads each caller's exact count over its sampled
+/// stacks.
+pub const COOKIE_CALLER_MODE: u64 = 1 << 62;
+/// Cookie bit, benchmark only: the counted-call program returns at once
+/// (what the uprobe trap alone costs).
+pub const COOKIE_BENCH_TRAP_ONLY: u64 = 1 << 61;
+/// Cookie bit, benchmark only: the counted-call program takes the stack id
+/// and the caller but updates no map (trap + unwinding).
+pub const COOKIE_BENCH_NO_COUNT: u64 = 1 << 60;
+/// Mask of a cookie's tag (counted-symbol index or register selector).
+pub const COOKIE_TAG_MASK: u64 = 0xffff_ffff;
+/// `--count-stacks caller`: hits per caller and CPU that always take a stack.
+pub const CALLER_MODE_FIRST_STACKS: u64 = 16;
+/// `--count-stacks caller`: after the first hits, one hit in this many
+/// (a power of two) takes a stack.
+pub const CALLER_MODE_STACK_EVERY: u64 = 256;
 
 /// Register selectors carried in the low bits of a cookie (which register
 /// holds the new g, or an allocation's size).

@@ -18,7 +18,7 @@ use std::{
 use diff::pprof::proto::Profile;
 use profiler_symbolize::{Limits, ProfileMeta, Symbolizer};
 use profiler_user::{
-    go::{GoOptions, GoProfiles, GoSession},
+    go::{CountStacks, GoOptions, GoProfiles, GoSession},
     sampler::{Sampler, TARGET_SAMPLE},
 };
 
@@ -158,11 +158,23 @@ impl Run {
 
 /// Attach to `pid` with `opts`, tick until `until` returns true (or the
 /// timeout), then finish while still attached.
-fn session(pid: u32, opts: &GoOptions, timeout: Duration, mut until: impl FnMut() -> bool) -> Run {
+fn session(pid: u32, opts: &GoOptions, timeout: Duration, until: impl FnMut() -> bool) -> Run {
+    session_with(pid, opts, CountStacks::Full, timeout, until)
+}
+
+/// [`session`] with the counted-call stack mode `mode`.
+fn session_with(
+    pid: u32,
+    opts: &GoOptions,
+    mode: CountStacks,
+    timeout: Duration,
+    mut until: impl FnMut() -> bool,
+) -> Run {
     let mut sampler = Sampler::start(49).expect("loading the sampler");
     sampler.set_filter(true).unwrap();
     sampler.add_tgid(pid, TARGET_SAMPLE).unwrap();
     let mut go = GoSession::start(&mut sampler, opts).expect("loading Go probes");
+    go.set_count_stacks(mode);
     let mut sym = Symbolizer::new(Limits::default());
     sym.snapshot_process(pid).unwrap();
     go.add_process(&mut sampler, pid)
@@ -227,6 +239,10 @@ fn comments(p: &Profile) -> Vec<&str> {
 }
 
 fn calls_exact(version: &str, stripped: bool) {
+    calls_exact_mode(version, stripped, CountStacks::Full)
+}
+
+fn calls_exact_mode(version: &str, stripped: bool, mode: CountStacks) {
     let Some(bin) = build(version, stripped) else {
         return;
     };
@@ -244,7 +260,7 @@ fn calls_exact(version: &str, stripped: bool) {
     };
     let pid = w.pid();
     let mut printed = None;
-    let run = session(pid, &opts, Duration::from_secs(60), || {
+    let run = session_with(pid, &opts, mode, Duration::from_secs(60), || {
         if printed.is_none() {
             if let Ok(l) = w.lines.try_recv() {
                 if let Some(n) = l.strip_prefix("calls=") {
@@ -278,6 +294,12 @@ fn calls_exact(version: &str, stripped: bool) {
         .map(|x| x.1[0])
         .sum();
     assert_eq!(via_recurse, 3000, "300000/100 calls go through recurse");
+    if mode == CountStacks::Caller {
+        assert!(
+            summary.iter().any(|l| l.contains("--count-stacks caller")),
+            "{summary:?}"
+        );
+    }
     assert!(summary
         .iter()
         .any(|l| l.contains("main.countedTarget") && l.contains(&printed.to_string())));
@@ -300,6 +322,16 @@ fn calls_exact(version: &str, stripped: bool) {
         skipped >= 100,
         "expected double firing to be exercised: {counters}"
     );
+}
+
+/// `--count-stacks caller`: counts stay exact (total, and the 3000 calls
+/// through recurse, which have their own immediate caller), with stacks
+/// taken for a sample of the calls only.
+#[test]
+fn calls_are_exact_caller_mode_go123() {
+    if can_run("calls_are_exact_caller_mode_go123") {
+        calls_exact_mode("1.23", false, CountStacks::Caller);
+    }
 }
 
 #[test]

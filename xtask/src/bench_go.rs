@@ -2,14 +2,21 @@
 //! `profiler record --profile goroutines,allocs,calls` cost.
 //!
 //! 1. Per event: the `goruntime` workload times a fixed amount of work
-//!    (2,000,000 counted calls; 200,000 goroutines; 1,000,000 4 KiB
-//!    allocations with `--allocs-exact`) alone and under the profiler;
-//!    the extra wall time divided by the events is the full cost of one
-//!    probe hit (trap + program). With `kernel.bpf_stats_enabled=1` the
-//!    profiler also reports the programs' own `run_time_ns/run_cnt`. The
-//!    counted-call case is repeated with the probe on the function's first
-//!    instruction (`PROFILER_GO_PROBE_AT_ENTRY=1`, single-stepped) to show
-//!    what the emulated `JBE` placement saves.
+//!    (counted calls, goroutines, 4 KiB allocations) alone and under the
+//!    profiler, alternated 3 times; the extra CPU time of the process
+//!    (rusage around the loop: uprobe traps are charged to it, and unlike
+//!    wall time it does not grow while waiting for a CPU on a busy machine)
+//!    divided by the events is the full cost of one event (trap +
+//!    program); the wall-time figure is printed beside it. The programs'
+//!    own `run_time_ns/run_cnt` come from `kernel.bpf_stats_enabled=1`.
+//!    Counted calls are measured side by side in stages (measurement knobs
+//!    `PROFILER_GO_CALL_STAGE=trap|unwind`: the trap alone, + stack id),
+//!    in both stack modes (`PROFILER_GO_COUNT_STACKS=full|caller`), 32
+//!    frames deeper, and with the probe on the first instruction
+//!    (`PROFILER_GO_PROBE_AT_ENTRY=1`, single-stepped); allocations with
+//!    `--allocs-exact`, `(*mcache).refill` (`PROFILER_GO_ALLOCS_PROBE=refill`)
+//!    and `--allocs-set-rate`. `GO_BENCH_PER_EVENT_ONLY=1` stops after this
+//!    part; `GO_BENCH_CASES=TEXT` keeps the cases whose label contains it.
 //! 2. CPU time of the controller-like background load alone (rusage, uprobe
 //!    traps included), with and without each probe set.
 //! 3. Throughput: the workload's controller-like load (1,000 goroutines/s,
@@ -97,13 +104,14 @@ fn fresh_out(scratch: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Start `profiler record` on `pid` with the probe flags `probe`.
+/// Start `profiler record` on `pid` with the probe flags `probe` and the
+/// environment `env` (measurement knobs).
 fn start_profiler(
     profiler: &Path,
     pid: u32,
     probe: &[&str],
     out: &Path,
-    at_entry: bool,
+    env: &[(&str, &str)],
 ) -> Result<Child> {
     let mut cmd = Command::new(profiler);
     cmd.args(["record", "--quiet", "--pid", &pid.to_string()])
@@ -112,8 +120,8 @@ fn start_profiler(
         .arg(fresh_out(out)?)
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
-    if at_entry {
-        cmd.env("PROFILER_GO_PROBE_AT_ENTRY", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     cmd.spawn().context("starting profiler record")
 }
@@ -130,46 +138,76 @@ fn stop_profiler(p: Child) -> Result<String> {
     Ok(text)
 }
 
-fn cost_lines(stderr: &str) -> Vec<String> {
+/// `ns_per_run` of program `prog` in the profiler's cost line.
+fn prog_ns(stderr: &str, prog: &str) -> Option<f64> {
+    let l = stderr.lines().find(|l| l.contains("ns_per_run"))?;
+    let at = l.find(&format!("{prog} runs="))?;
+    field(&l[at..], "ns_per_run=")
+}
+
+fn loss_lines(stderr: &str) -> Vec<String> {
     stderr
         .lines()
-        .filter(|l| l.contains("ns_per_run") || l.contains("lost data"))
+        .filter(|l| l.contains("lost data"))
         .map(|l| l.trim().to_string())
         .collect()
 }
 
-/// One fixed-work run; `probe` None = alone. Returns (elapsed ns, stderr).
+/// One fixed-work run; `probe` None = alone. Returns (elapsed ns, CPU ns
+/// of the process during the work, profiler stderr).
 fn fixed_work(
     profiler: &Path,
     bin: &Path,
     flag: &str,
     n: usize,
-    probe: Option<&[&str]>,
-    at_entry: bool,
+    probe: Option<(&[&str], &[(&str, &str)])>,
     scratch: &Path,
-) -> Result<(f64, String)> {
+) -> Result<(f64, f64, String)> {
     let n = n.to_string();
-    let Some(probe) = probe else {
-        let c = start_workload(bin, &[flag, &n, "-start-delay", "0s"])?;
-        let out = c.wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let ns = field(&text, "elapsed_ns=").with_context(|| format!("no elapsed_ns in {text}"))?;
-        return Ok((ns, String::new()));
+    let parse = |text: &str| -> Result<(f64, f64)> {
+        let ns = field(text, "elapsed_ns=").with_context(|| format!("no elapsed_ns in {text}"))?;
+        let cpu = field(text, "cpu_ns=").with_context(|| format!("no cpu_ns in {text}"))?;
+        Ok((ns, cpu))
     };
-    let c = start_workload(bin, &[flag, &n, "-start-delay", "3s"])?;
-    let p = start_profiler(profiler, c.id(), probe, scratch, at_entry)?;
+    // `flag` is the workload's counting flag, then optional extra flags.
+    let mut words = flag.split_whitespace();
+    let first = words.next().unwrap_or_default();
+    let args = |delay: &'static str| -> Vec<String> {
+        let mut a = vec![first.to_string(), n.clone()];
+        a.extend(words.clone().map(str::to_string));
+        a.extend(["-start-delay".to_string(), delay.to_string()]);
+        a
+    };
+    // Alone and probed runs wait the same 3 s before the work (the
+    // profiler attaches meanwhile), so both loops start from the same
+    // runtime state.
+    let Some((probe, env)) = probe else {
+        let a = args("3s");
+        let c = start_workload(bin, &a.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let out = c.wait_with_output()?;
+        let (ns, cpu) = parse(&String::from_utf8_lossy(&out.stdout))?;
+        return Ok((ns, cpu, String::new()));
+    };
+    let a = args("3s");
+    let c = start_workload(bin, &a.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let p = start_profiler(profiler, c.id(), probe, scratch, env)?;
     let out = c.wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = stop_profiler(p)?;
-    let ns = field(&text, "elapsed_ns=").with_context(|| format!("no elapsed_ns in {text}"))?;
-    Ok((ns, stderr))
+    let (ns, cpu) = parse(&String::from_utf8_lossy(&out.stdout))?;
+    Ok((ns, cpu, stderr))
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn work_rate(profiler: &Path, bin: &Path, probe: Option<&[&str]>, scratch: &Path) -> Result<f64> {
     let secs = format!("{WORK_SECONDS}s");
     let c = start_workload(bin, &["-work", "-duration", &secs, "-start-delay", "1s"])?;
     let p = match probe {
-        Some(probe) => Some(start_profiler(profiler, c.id(), probe, scratch, false)?),
+        Some(probe) => Some(start_profiler(profiler, c.id(), probe, scratch, &[])?),
         None => None,
     };
     let out = c.wait_with_output()?;
@@ -196,7 +234,7 @@ fn load_cpu(profiler: &Path, bin: &Path, probe: Option<&[&str]>, scratch: &Path)
         ],
     )?;
     let p = match probe {
-        Some(probe) => Some(start_profiler(profiler, c.id(), probe, scratch, false)?),
+        Some(probe) => Some(start_profiler(profiler, c.id(), probe, scratch, &[])?),
         None => None,
     };
     let pid = c.id() as i32;
@@ -214,6 +252,169 @@ fn load_cpu(profiler: &Path, bin: &Path, probe: Option<&[&str]>, scratch: &Path)
     Ok((ms(ru.ru_utime) + ms(ru.ru_stime)) / (WORK_SECONDS as f64 + 1.0))
 }
 
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    usize,
+    &'a [&'a str],
+    &'a [(&'a str, &'a str)],
+    &'a str,
+);
+
+/// Per-event cost, side by side: each case alternates `EVENT_RUNS` runs
+/// alone and probed; the extra CPU time (and wall time) of the probed runs
+/// over the median alone run, divided by the events, plus the program's
+/// own time from bpf_stats.
+fn per_event(
+    profiler: &Path,
+    bin: &Path,
+    scratch: &Path,
+    calls: &[&str],
+    gor: &[&str],
+    allocs: &[&str],
+) -> Result<()> {
+    const EVENT_RUNS: usize = 3;
+    println!(
+        "== per event: extra CPU time (wall time) of a tight loop / events, median of {EVENT_RUNS} alternated runs; load average {}",
+        load_avg()
+    );
+    let refill: &[&str] = &["--profile", "allocs"];
+    let set_rate: &[&str] = &["--profile", "allocs", "--allocs-set-rate", "524288"];
+    let cases: [Case; 11] = [
+        (
+            "counted call: trap only (program returns at once)",
+            "-bench-calls",
+            2_000_000,
+            calls,
+            &[("PROFILER_GO_CALL_STAGE", "trap")],
+            "go_call",
+        ),
+        (
+            "counted call: + stack id and [SP], no map update",
+            "-bench-calls",
+            2_000_000,
+            calls,
+            &[("PROFILER_GO_CALL_STAGE", "unwind")],
+            "go_call",
+        ),
+        (
+            "counted call: full stack per call (default)",
+            "-bench-calls",
+            2_000_000,
+            calls,
+            &[],
+            "go_call",
+        ),
+        (
+            "counted call: --count-stacks caller",
+            "-bench-calls",
+            2_000_000,
+            calls,
+            &[("PROFILER_GO_COUNT_STACKS", "caller")],
+            "go_call",
+        ),
+        (
+            "counted call: full stack per call, 32 frames deeper",
+            "-bench-calls -bench-depth=32",
+            1_000_000,
+            calls,
+            &[],
+            "go_call",
+        ),
+        (
+            "counted call: --count-stacks caller, 32 frames deeper",
+            "-bench-calls -bench-depth=32",
+            1_000_000,
+            calls,
+            &[("PROFILER_GO_COUNT_STACKS", "caller")],
+            "go_call",
+        ),
+        (
+            "counted call: probe on the first instruction (single-stepped)",
+            "-bench-calls",
+            500_000,
+            calls,
+            &[("PROFILER_GO_PROBE_AT_ENTRY", "1")],
+            "go_call",
+        ),
+        (
+            "goroutine create+exit (3 probes)",
+            "-bench-goroutines",
+            200_000,
+            gor,
+            &[],
+            "go_newproc",
+        ),
+        (
+            "4 KiB allocation: --allocs-exact (mallocgc)",
+            "-bench-allocs",
+            1_000_000,
+            allocs,
+            &[],
+            "go_alloc",
+        ),
+        (
+            "4 KiB allocation: (*mcache).refill (PROFILER_GO_ALLOCS_PROBE=refill)",
+            "-bench-allocs",
+            1_000_000,
+            refill,
+            &[("PROFILER_GO_ALLOCS_PROBE", "refill")],
+            "go_alloc",
+        ),
+        (
+            "4 KiB allocation: --allocs-set-rate 524288 (profilealloc)",
+            "-bench-allocs",
+            1_000_000,
+            set_rate,
+            &[],
+            "go_alloc",
+        ),
+    ];
+    let only = std::env::var("GO_BENCH_CASES").ok();
+    for (label, flag, n, probe, env, prog) in cases {
+        if only.as_deref().is_some_and(|o| !label.contains(o)) {
+            continue;
+        }
+        let (mut alone_cpu, mut alone_wall) = (Vec::new(), Vec::new());
+        let (mut with_cpu, mut with_wall, mut prog_cost) = (Vec::new(), Vec::new(), Vec::new());
+        let mut losses = Vec::new();
+        for _ in 0..EVENT_RUNS {
+            let (w, c, _) = fixed_work(profiler, bin, flag, n, None, scratch)?;
+            alone_wall.push(w);
+            alone_cpu.push(c);
+            let (w, c, stderr) = fixed_work(profiler, bin, flag, n, Some((probe, env)), scratch)?;
+            with_wall.push(w);
+            with_cpu.push(c);
+            if let Some(ns) = prog_ns(&stderr, prog) {
+                prog_cost.push(ns);
+            }
+            losses.extend(loss_lines(&stderr));
+        }
+        let (ac, aw) = (median(&mut alone_cpu), median(&mut alone_wall));
+        let per_cpu: Vec<f64> = with_cpu.iter().map(|c| (c - ac) / n as f64 / 1e3).collect();
+        let mut per = per_cpu.clone();
+        let m = median(&mut per);
+        let mw = (median(&mut with_wall) - aw) / n as f64 / 1e3;
+        let pc = median(&mut prog_cost);
+        let ratio = median(&mut with_cpu) / ac;
+        println!(
+            "{label}: {n} events: {m:.2} us/event CPU (runs {}), {mw:.2} us wall, loop CPU x{ratio:.2}; {prog} program {:.0} ns/run",
+            per_cpu
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join("/"),
+            pc
+        );
+        losses.dedup();
+        for l in losses {
+            println!("    {l}");
+        }
+    }
+    println!("   (load average after: {})", load_avg());
+    Ok(())
+}
+
 /// Run the benchmark and print its figures.
 pub fn run(root: &Path) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -226,57 +427,12 @@ pub fn run(root: &Path) -> Result<()> {
     let old_stats = std::fs::read_to_string(stats).unwrap_or_else(|_| "0".into());
     let _ = std::fs::write(stats, "1");
     let result = (|| -> Result<()> {
-        println!("== per event (extra wall time of a tight loop / events)");
         let calls: &[&str] = &["--profile", "calls", "--count", "main.countedTarget"];
         let gor: &[&str] = &["--profile", "goroutines"];
         let allocs: &[&str] = &["--profile", "allocs", "--allocs-exact"];
-        let cases: [(&str, &str, usize, &[&str], bool); 4] = [
-            (
-                "counted call (probe on the stack-check JBE)",
-                "-bench-calls",
-                2_000_000,
-                calls,
-                false,
-            ),
-            (
-                "counted call (probe on the first instruction)",
-                "-bench-calls",
-                500_000,
-                calls,
-                true,
-            ),
-            (
-                "goroutine create+exit (3 probes)",
-                "-bench-goroutines",
-                200_000,
-                gor,
-                false,
-            ),
-            (
-                "allocation (mallocgc, --allocs-exact)",
-                "-bench-allocs",
-                1_000_000,
-                allocs,
-                false,
-            ),
-        ];
-        for (label, flag, n, probe, at_entry) in cases {
-            let mut base = Vec::new();
-            for _ in 0..3 {
-                base.push(fixed_work(&profiler, &bin, flag, n, None, false, &scratch)?.0);
-            }
-            let base = base.into_iter().fold(f64::MAX, f64::min);
-            let (with, stderr) =
-                fixed_work(&profiler, &bin, flag, n, Some(probe), at_entry, &scratch)?;
-            println!(
-                "{label}: {n} events, alone {:.1} ms, probed {:.1} ms: {:.2} us per event",
-                base / 1e6,
-                with / 1e6,
-                (with - base) / n as f64 / 1e3
-            );
-            for l in cost_lines(&stderr) {
-                println!("    {l}");
-            }
+        per_event(&profiler, &bin, &scratch, calls, gor, allocs)?;
+        if std::env::var_os("GO_BENCH_PER_EVENT_ONLY").is_some() {
+            return Ok(());
         }
         let all: &[&str] = &[
             "--profile",

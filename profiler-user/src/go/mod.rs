@@ -53,8 +53,9 @@ use aya::{
 };
 use diff::pprof::proto::Profile;
 use profiler_common::go::{
-    reg, GoCounter, GoProcConfig, GoStackKey, GoidKey, SiteCounts, COOKIE_CHECK_FLAGS,
-    GO_PROC_ENTRIES,
+    reg, GoCounter, GoProcConfig, GoStackKey, GoidKey, SiteCounts, CALLER_MODE_FIRST_STACKS,
+    CALLER_MODE_STACK_EVERY, COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE,
+    COOKIE_CHECK_FLAGS, GO_PROC_ENTRIES,
 };
 use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
@@ -109,6 +110,31 @@ pub struct GoOptions {
     /// it (through `/proc/PID/mem`) so Go samples allocations again, and
     /// write 0 back at the end. An explicit opt-in: it changes the target.
     pub alloc_set_rate: Option<u64>,
+}
+
+/// How the calls profile attributes counted calls to stacks. Counts per
+/// counted function and per immediate caller are exact in both modes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CountStacks {
+    /// A full user stack (`bpf_get_stackid`) on every call.
+    #[default]
+    Full,
+    /// Count by immediate caller (the return address at `[SP]`); take the
+    /// full stack only for the first hits per caller and CPU, then one hit
+    /// in 256, and spread each caller's exact count over its sampled
+    /// stacks. Cheaper per call; stacks above the caller are sampled.
+    Caller,
+}
+
+impl CountStacks {
+    /// Parse `full` or `caller`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(Self::Full),
+            "caller" => Some(Self::Caller),
+            _ => None,
+        }
+    }
 }
 
 /// Names of the `--count-preset` sets.
@@ -177,6 +203,10 @@ pub struct GoSession {
     single_stepped: Vec<String>,
     prog_fds: Vec<(&'static str, i32)>,
     skipped: HashSet<(u32, String)>,
+    call_sites: PerCpuHashMap<MapData, GoStackKey, u64>,
+    count_stacks: CountStacks,
+    /// Benchmark-stage cookie bits of the counted-call probes.
+    bench_bits: u64,
 }
 
 fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
@@ -197,6 +227,67 @@ fn sum_sites(v: &aya::maps::PerCpuValues<SiteCounts>) -> SiteCounts {
         s.exited += c.exited;
     }
     s
+}
+
+/// Counted-call totals by stack. `stacks` are the stack-map counts (every
+/// call in full mode; sampled calls in caller mode); `exact` the caller-mode
+/// counts per (tgid, caller, tag) (key `stack_id` 0). Each exact count is
+/// spread over the stacks sampled for its caller in proportion to their
+/// samples (largest remainder, so the per-caller sums stay exact); stacks
+/// of callers without an exact count are kept as they are; an exact count
+/// without a sampled stack is kept with the caller frame only.
+fn spread_over_stacks(
+    stacks: Vec<(GoStackKey, u64)>,
+    exact: Vec<(GoStackKey, u64)>,
+) -> Vec<(GoStackKey, u64)> {
+    let site = |k: &GoStackKey| (k.tgid, k.caller, k.tag);
+    let exact: HashMap<(u32, u64, u64), u64> = exact.iter().map(|(k, n)| (site(k), *n)).collect();
+    let mut groups: HashMap<(u32, u64, u64), Vec<(GoStackKey, u64)>> = HashMap::new();
+    let mut out = Vec::new();
+    for (k, n) in stacks {
+        if exact.contains_key(&site(&k)) {
+            groups.entry(site(&k)).or_default().push((k, n));
+        } else {
+            out.push((k, n));
+        }
+    }
+    for (s, total) in exact {
+        let Some(mut g) = groups.remove(&s) else {
+            let key = GoStackKey {
+                tgid: s.0,
+                stack_id: -1,
+                caller: s.1,
+                tag: s.2,
+            };
+            out.push((key, total));
+            continue;
+        };
+        g.sort_by_key(|(k, _)| k.stack_id);
+        let sampled: u64 = g.iter().map(|(_, n)| n).sum::<u64>().max(1);
+        let mut shares: Vec<(u64, u128, usize)> = g
+            .iter()
+            .enumerate()
+            .map(|(i, (_, n))| {
+                let x = u128::from(total) * u128::from(*n);
+                ((x / u128::from(sampled)) as u64, x % u128::from(sampled), i)
+            })
+            .collect();
+        let mut left = total - shares.iter().map(|s| s.0).sum::<u64>();
+        shares.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        for sh in shares.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            sh.0 += 1;
+            left -= 1;
+        }
+        for (n, _, i) in shares {
+            if n > 0 {
+                out.push((g[i].0, n));
+            }
+        }
+    }
+    out
 }
 
 /// Load bias of `exe` in `pid` (0 for non-PIE binaries).
@@ -280,6 +371,28 @@ impl GoSession {
             }
         }
         let mut notes = Vec::new();
+        // Until `profiler record` has a flag for it, the mode is chosen
+        // from the environment (or with [`Self::set_count_stacks`]).
+        let count_stacks = match std::env::var("PROFILER_GO_COUNT_STACKS") {
+            Ok(v) => CountStacks::parse(&v).ok_or_else(|| {
+                RecordError::Ebpf(format!(
+                    "PROFILER_GO_COUNT_STACKS={v}: expected full or caller"
+                ))
+            })?,
+            Err(_) => CountStacks::default(),
+        };
+        // Measurement knob (cargo xtask bench go-probes): stop the
+        // counted-call program early to see where its time goes.
+        let bench_bits = match std::env::var("PROFILER_GO_CALL_STAGE").as_deref() {
+            Ok("trap") => COOKIE_BENCH_TRAP_ONLY,
+            Ok("unwind") => COOKIE_BENCH_NO_COUNT,
+            _ => 0,
+        };
+        if bench_bits != 0 {
+            notes.push(
+                "calls: PROFILER_GO_CALL_STAGE set: benchmark stage, calls NOT counted".into(),
+            );
+        }
         if opts.profiles.calls && patterns.is_empty() {
             notes.push(
                 "calls: no --count symbol or --count-preset given: nothing counted".to_string(),
@@ -308,6 +421,9 @@ impl GoSession {
             single_stepped: Vec::new(),
             prog_fds,
             skipped: HashSet::new(),
+            call_sites: take(sampler, "GO_CALL_SITES")?,
+            count_stacks,
+            bench_bits,
         })
     }
 
@@ -329,6 +445,12 @@ impl GoSession {
                 (*name, field("run_time_ns"), field("run_cnt"))
             })
             .collect()
+    }
+
+    /// Choose how counted calls get their stacks (before
+    /// [`Self::add_process`]; probes already attached keep their mode).
+    pub fn set_count_stacks(&mut self, mode: CountStacks) {
+        self.count_stacks = mode;
     }
 
     /// Notes gathered so far (binaries skipped, symbols not found, ...).
@@ -532,7 +654,12 @@ impl GoSession {
                     if idx == next {
                         self.symbols.push(name.clone());
                     }
-                    self.probe(sampler, &bin, &exe, tgid, "go_call", &name, idx)?;
+                    let mode = match self.count_stacks {
+                        CountStacks::Full => 0,
+                        CountStacks::Caller => COOKIE_CALLER_MODE,
+                    };
+                    let cookie = idx | mode | self.bench_bits;
+                    self.probe(sampler, &bin, &exe, tgid, "go_call", &name, cookie)?;
                 }
             }
         }
@@ -868,14 +995,23 @@ impl GoSession {
         }
 
         if self.opts.profiles.calls {
-            let keys: Vec<GoStackKey> = self.calls.keys().filter_map(Result::ok).collect();
+            let mut stacks: Vec<(GoStackKey, u64)> = Vec::new();
+            for k in self.calls.keys().filter_map(Result::ok) {
+                if let Ok(v) = self.calls.get(&k, 0) {
+                    stacks.push((k, v.iter().sum()));
+                }
+            }
+            let mut exact: Vec<(GoStackKey, u64)> = Vec::new();
+            for k in self.call_sites.keys().filter_map(Result::ok) {
+                if let Ok(v) = self.call_sites.get(&k, 0) {
+                    exact.push((k, v.iter().sum()));
+                }
+            }
+            let sampled_sites = exact.len();
+            let counted = spread_over_stacks(stacks, exact);
             let mut raws = Vec::new();
             let mut per_symbol: HashMap<u64, u64> = HashMap::new();
-            for k in keys {
-                let Ok(v) = self.calls.get(&k, 0) else {
-                    continue;
-                };
-                let n: u64 = v.iter().sum();
+            for (k, n) in counted {
                 *per_symbol.entry(k.tag).or_default() += n;
                 raws.push((self.frames(&k, &mut cache), k.tgid, vec![n as i64], vec![]));
             }
@@ -895,6 +1031,13 @@ impl GoSession {
                     } else {
                         self.patterns.join(", ")
                     }
+                );
+                comments.push(line.clone());
+                summary.push(line);
+            }
+            if sampled_sites > 0 {
+                let line = format!(
+                    "calls: --count-stacks caller: counts exact per (function, immediate caller) at {sampled_sites} call sites; stacks above the caller sampled (first {CALLER_MODE_FIRST_STACKS} calls per caller and CPU, then 1 in {CALLER_MODE_STACK_EVERY}) and each caller's count spread over them"
                 );
                 comments.push(line.clone());
                 summary.push(line);

@@ -166,6 +166,7 @@ func main() {
 	benchCalls := flag.Int("bench-calls", 0, "time this many countedTarget calls, print, exit")
 	benchGoroutines := flag.Int("bench-goroutines", 0, "time this many goroutine creations, print, exit")
 	benchAllocs := flag.Int("bench-allocs", 0, "time this many 4 KiB allocations, print, exit")
+	benchDepth := flag.Int("bench-depth", 0, "with -bench-calls: call countedTarget under this many extra frames")
 	work := flag.Bool("work", false, "controller-like load (1000 goroutines/s, 10 MiB/s, 2000 calls/s) beside a CPU-bound loop; print work units/s")
 	spin := flag.Bool("spin", true, "with -work: run the CPU-bound loop (false: only the background load)")
 	flag.Parse()
@@ -182,6 +183,17 @@ func main() {
 		return
 	}
 	if *benchCalls+*benchGoroutines+*benchAllocs > 0 {
+		if *benchDepth > 0 {
+			// One goroutine, a stack grown once: the probed calls below all
+			// sit under benchDepth recurse frames.
+			done := make(chan struct{})
+			go func() {
+				recurse(*benchDepth, func() { bench(*benchCalls, *benchGoroutines, *benchAllocs) })
+				close(done)
+			}()
+			<-done
+			return
+		}
 		bench(*benchCalls, *benchGoroutines, *benchAllocs)
 		return
 	}
