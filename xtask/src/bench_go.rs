@@ -153,6 +153,9 @@ fn loss_lines(stderr: &str) -> Vec<String> {
         .collect()
 }
 
+/// Profiler flags and environment of a probed run.
+type Probe<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+
 /// One fixed-work run; `probe` None = alone. Returns (elapsed ns, CPU ns
 /// of the process during the work, profiler stderr).
 fn fixed_work(
@@ -160,7 +163,7 @@ fn fixed_work(
     bin: &Path,
     flag: &str,
     n: usize,
-    probe: Option<(&[&str], &[(&str, &str)])>,
+    probe: Option<Probe>,
     scratch: &Path,
 ) -> Result<(f64, f64, String)> {
     let n = n.to_string();
