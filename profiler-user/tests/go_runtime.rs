@@ -597,6 +597,39 @@ fn allocs_exact_mode_go123() {
     assert!((b - 0.75).abs() <= 0.075, "allocB share {b:.3}");
 }
 
+/// `PROFILER_GO_ALLOCS_PROBE=refill` (a measurement mode for MemProfileRate
+/// 0, not a flag): one event per span handed to an mcache, weighted by the
+/// span's objects. Reports the shares on the known 25/75 split and the
+/// estimated volume (~160 MiB).
+#[test]
+fn allocs_refill_shares_go123() {
+    if !can_run("allocs_refill_shares_go123") || go_tool("1.23").is_none() {
+        return;
+    }
+    struct Unset;
+    impl Drop for Unset {
+        fn drop(&mut self) {
+            std::env::remove_var("PROFILER_GO_ALLOCS_PROBE");
+        }
+    }
+    let _unset = Unset;
+    std::env::set_var("PROFILER_GO_ALLOCS_PROBE", "refill");
+    let run = allocs_run("1.23", &[], false);
+    let (p, summary) = run.get("allocs");
+    let (a, b, total) = alloc_shares(p);
+    let mib = total as f64 / 1048576.0;
+    eprintln!("refill: allocA share {a:.3} allocB share {b:.3}, {mib:.1} MiB estimated");
+    assert!(
+        summary.iter().any(|l| l.contains("(*mcache).refill")),
+        "{summary:?}"
+    );
+    assert!(
+        (a - 0.25).abs() <= 0.025,
+        "allocA share {a:.3}; {summary:?}"
+    );
+    assert!((b - 0.75).abs() <= 0.075, "allocB share {b:.3}");
+}
+
 /// Run the workload's fixed-work benchmark (`flag` = `-bench-calls` etc.),
 /// optionally with the probes attached; returns (elapsed ns, session).
 fn bench_once(bin: &Path, flag: &str, n: usize, opts: Option<&GoOptions>) -> (f64, Option<Run>) {

@@ -229,6 +229,34 @@ fn sum_sites(v: &aya::maps::PerCpuValues<SiteCounts>) -> SiteCounts {
     s
 }
 
+/// The function `PROFILER_GO_ALLOCS_PROBE=refill` probes.
+const REFILL: &str = "runtime.(*mcache).refill";
+
+/// Object size and objects per span of a Go `spanClass` (size class << 1 |
+/// noscan); Go 1.19 to 1.23 share these tables (`runtime/sizeclasses.go`).
+fn span_class(spc: u64) -> (f64, f64) {
+    const SIZE: [u16; 68] = [
+        0, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240, 256, 288,
+        320, 352, 384, 416, 448, 480, 512, 576, 640, 704, 768, 896, 1024, 1152, 1280, 1408, 1536,
+        1792, 2048, 2304, 2688, 3072, 3200, 3456, 4096, 4864, 5376, 6144, 6528, 6784, 6912, 8192,
+        9472, 9728, 10240, 10880, 12288, 13568, 14336, 16384, 18432, 19072, 20480, 21760, 24576,
+        27264, 28672, 32768,
+    ];
+    const PAGES: [u8; 68] = [
+        0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 2, 1, 2, 1, 2, 1, 3, 2, 3, 1, 3, 2, 3, 4, 5, 6, 1, 7, 6, 5, 4, 3, 5, 7, 2,
+        9, 7, 5, 8, 3, 10, 7, 4,
+    ];
+    let class = ((spc & 0xff) >> 1) as usize;
+    match (SIZE.get(class), PAGES.get(class)) {
+        (Some(&s), Some(&p)) if s > 0 => {
+            let s = f64::from(s);
+            (s, (f64::from(p) * 8192.0 / s).floor())
+        }
+        _ => (0.0, 0.0),
+    }
+}
+
 /// Counted-call totals by stack. `stacks` are the stack-map counts (every
 /// call in full mode; sampled calls in caller mode); `exact` the caller-mode
 /// counts per (tgid, caller, tag) (key `stack_id` 0). Each exact count is
@@ -698,8 +726,13 @@ impl GoSession {
             }
         }
         if self.opts.profiles.allocs {
+            let refill = std::env::var("PROFILER_GO_ALLOCS_PROBE").as_deref() == Ok("refill");
             let (func, r) = if self.opts.alloc_exact {
                 ("runtime.mallocgc", reg::AX)
+            } else if refill {
+                // Measurement knob (cargo xtask bench go-probes, README):
+                // one event per span handed to an mcache; BX = spanClass.
+                (REFILL, reg::BX)
             } else {
                 ("runtime.profilealloc", reg::CX)
             };
@@ -1174,6 +1207,9 @@ impl GoSession {
             for (pid, p) in &self.procs {
                 rates.insert(*pid, p.mem_rate);
                 let line = match (p.alloc_probe, p.mem_rate) {
+                    (Some(REFILL), _) => format!(
+                        "allocs: pid {pid}: spans handed to mcaches probed at {REFILL} (PROFILER_GO_ALLOCS_PROBE=refill, a measurement mode): each event weighted by the span's objects; small objects only (no allocation > 32 KiB)"
+                    ),
                     (Some("runtime.mallocgc"), _) => format!(
                         "allocs: pid {pid}: every allocation probed at runtime.mallocgc (exact counts, unsampled; costly)"
                     ),
@@ -1202,9 +1238,13 @@ impl GoSession {
                 let n: u64 = v.iter().sum();
                 total_events += n;
                 let size = k.tag as f64;
-                let exact =
-                    self.procs.get(&k.tgid).and_then(|p| p.alloc_probe) == Some("runtime.mallocgc");
-                let (objects, bytes) = if exact {
+                let probe = self.procs.get(&k.tgid).and_then(|p| p.alloc_probe);
+                let exact = probe == Some("runtime.mallocgc");
+                let (objects, bytes) = if probe == Some(REFILL) {
+                    // A span of the class: weight by its objects.
+                    let (size, per_span) = span_class(k.tag);
+                    (n as f64 * per_span, n as f64 * per_span * size)
+                } else if exact {
                     (n as f64, n as f64 * size)
                 } else {
                     let rate = rates
