@@ -114,7 +114,7 @@ pub struct GoOptions {
 
 /// How the calls profile attributes counted calls to stacks. Counts per
 /// counted function and per immediate caller are exact in both modes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CountStacks {
     /// A full user stack (`bpf_get_stackid`) on every call.
     #[default]
