@@ -110,6 +110,8 @@ pub struct GoOptions {
     /// it (through `/proc/PID/mem`) so Go samples allocations again, and
     /// write 0 back at the end. An explicit opt-in: it changes the target.
     pub alloc_set_rate: Option<u64>,
+    /// How counted calls get their stacks (`--count-stacks`).
+    pub count_stacks: CountStacks,
 }
 
 /// How the calls profile attributes counted calls to stacks. Counts per
@@ -399,15 +401,14 @@ impl GoSession {
             }
         }
         let mut notes = Vec::new();
-        // Until `profiler record` has a flag for it, the mode is chosen
-        // from the environment (or with [`Self::set_count_stacks`]).
+        // `--count-stacks`; the environment overrides it (benchmarks).
         let count_stacks = match std::env::var("PROFILER_GO_COUNT_STACKS") {
             Ok(v) => CountStacks::parse(&v).ok_or_else(|| {
                 RecordError::Ebpf(format!(
                     "PROFILER_GO_COUNT_STACKS={v}: expected full or caller"
                 ))
             })?,
-            Err(_) => CountStacks::default(),
+            Err(_) => opts.count_stacks,
         };
         // Measurement knob (cargo xtask bench go-probes): stop the
         // counted-call program early to see where its time goes.
