@@ -433,7 +433,8 @@ async fn run_loop(
 
         let now_wall = SystemTime::now();
         let window_over = now_wall >= window.end;
-        if stop || window_over || last_drain.elapsed() >= Duration::from_secs(1) {
+        let drain_now = stop || window_over || last_drain.elapsed() >= Duration::from_secs(1);
+        if drain_now {
             last_drain = Instant::now();
             sampler.drain(&mut drained)?;
             attribute(
@@ -497,17 +498,20 @@ async fn run_loop(
             }
             symbolizer_forget_dead(&mut symbolizer, &mut pidmap);
         }
-        update_metrics(
-            metrics,
-            sampler,
-            &symbolizer,
-            &targets,
-            &pidmap,
-            &counters,
-            &frameless,
-        );
-        if let Some(p) = &pods {
-            watch_metrics(metrics, p);
+        // Metrics follow the drains (once a second).
+        if drain_now {
+            update_metrics(
+                metrics,
+                sampler,
+                &symbolizer,
+                &targets,
+                &pidmap,
+                &counters,
+                &frameless,
+            );
+            if let Some(p) = &pods {
+                watch_metrics(metrics, p);
+            }
         }
         if stop {
             break;
