@@ -8,6 +8,13 @@
 
 /// Capacity of the Go stack-trace map (shared by every Go event kind).
 pub const GO_STACK_ENTRIES: u32 = 16384;
+/// Capacity of the frame-pointer stack table (`GO_FP_STACKS`, stack hash
+/// -> [`GoFpStack`]), shared by every Go event kind.
+pub const GO_FP_STACK_ENTRIES: u32 = 16384;
+/// Frames kept per stack by the in-program frame-pointer walk (the IP and
+/// the return addresses from RBP up; the caller at `[SP]` is in the key).
+/// The kernel's default `perf_event_max_stack`.
+pub const GO_FP_MAX_FRAMES: usize = 127;
 /// Capacity of the counted-call map.
 pub const GO_CALL_ENTRIES: u32 = 16384;
 /// Capacity of the per-caller exact count map of `--count-stacks caller`.
@@ -41,6 +48,10 @@ pub const COOKIE_BENCH_TRAP_ONLY: u64 = 1 << 61;
 /// Cookie bit, benchmark only: the counted-call program takes the stack id
 /// and the caller but updates no map (trap + unwinding).
 pub const COOKIE_BENCH_NO_COUNT: u64 = 1 << 60;
+/// Cookie bit, benchmark only: take the stack with the kernel's
+/// `bpf_get_stackid(BPF_F_USER_STACK)` (into `GO_STACKS`) instead of the
+/// program's own frame-pointer walk, to measure both in one run.
+pub const COOKIE_BENCH_STACKID: u64 = 1 << 59;
 /// Mask of a cookie's tag (counted-symbol index or register selector).
 pub const COOKIE_TAG_MASK: u64 = 0xffff_ffff;
 /// `--count-stacks caller`: hits per caller and CPU that always take a stack.
@@ -76,21 +87,37 @@ pub struct GoProcConfig {
     pub _pad: u32,
 }
 
-/// Key of the counted-call, allocation and creation-site maps: a stack in
-/// `GO_STACKS` plus the caller frame-pointer unwinding skips at an entry
-/// probe (the return address at `[SP]`), plus a tag (counted-symbol index
-/// for calls, object size for allocations, 0 for sites).
+/// Key of the counted-call, allocation and creation-site maps: a stack
+/// (the hash of a stack in `GO_FP_STACKS`, or with the benchmark stage
+/// [`COOKIE_BENCH_STACKID`] a stack id in `GO_STACKS`) plus the caller
+/// frame-pointer unwinding skips at an entry probe (the return address at
+/// `[SP]`), plus a tag (counted-symbol index for calls, object size for
+/// allocations, 0 for sites).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GoStackKey {
     /// Process id.
     pub tgid: u32,
-    /// User stack id in `GO_STACKS`, or a negative errno.
+    /// User stack id in `GO_STACKS`, or a negative errno (no stack, or the
+    /// stack is in `GO_FP_STACKS` when `stack_hash` is non-zero).
     pub stack_id: i32,
+    /// Key of the stack in `GO_FP_STACKS` (0: none).
+    pub stack_hash: u64,
     /// The word at `[SP]` at the probe: the immediate caller.
     pub caller: u64,
     /// Kind-specific tag (see the type's doc).
     pub tag: u64,
+}
+
+/// A user stack taken by the programs' own frame-pointer walk
+/// (`GO_FP_STACKS`, keyed by a 64-bit hash of the frames).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GoFpStack {
+    /// Frames used.
+    pub len: u64,
+    /// The IP, then return addresses, innermost first.
+    pub frames: [u64; GO_FP_MAX_FRAMES],
 }
 
 /// Key of the live-goroutine map.
@@ -142,11 +169,17 @@ pub enum GoCounter {
     Allocs = 9,
     /// Reads of target memory (goid, `[SP]`) that failed.
     ReadFailed = 10,
+    /// Two different stacks with the same hash: the later one counts with
+    /// the immediate caller only.
+    StackCollision = 11,
+    /// Stacks not stored because `GO_FP_STACKS` was full: the event counts
+    /// with the immediate caller only.
+    StackTableFull = 12,
 }
 
 impl GoCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
     /// Every counter, in index order.
     pub const ALL: [GoCounter; Self::COUNT as usize] = [
         GoCounter::Calls,
@@ -160,6 +193,8 @@ impl GoCounter {
         GoCounter::GoroutineMapFull,
         GoCounter::Allocs,
         GoCounter::ReadFailed,
+        GoCounter::StackCollision,
+        GoCounter::StackTableFull,
     ];
 
     /// Stable snake_case name used in summaries and profile comments.
@@ -176,6 +211,8 @@ impl GoCounter {
             GoCounter::GoroutineMapFull => "goroutine_map_full",
             GoCounter::Allocs => "allocs",
             GoCounter::ReadFailed => "read_failed",
+            GoCounter::StackCollision => "stack_collision",
+            GoCounter::StackTableFull => "stack_table_full",
         }
     }
 
@@ -188,6 +225,8 @@ impl GoCounter {
                 | GoCounter::CreateUnmatched
                 | GoCounter::GoroutineMapFull
                 | GoCounter::ReadFailed
+                | GoCounter::StackCollision
+                | GoCounter::StackTableFull
         )
     }
 }
@@ -198,5 +237,6 @@ mod pod {
     unsafe impl aya::Pod for super::GoProcConfig {}
     unsafe impl aya::Pod for super::GoStackKey {}
     unsafe impl aya::Pod for super::GoidKey {}
+    unsafe impl aya::Pod for super::GoFpStack {}
     unsafe impl aya::Pod for super::SiteCounts {}
 }

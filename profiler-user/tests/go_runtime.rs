@@ -669,8 +669,8 @@ fn bench_once(
 /// Per-event cost of the probes, measured: extra CPU time per event of a
 /// tight loop with the probes attached (trap + program), and the
 /// programs' own time from bpf_stats. Goal ≤ 1.5 µs per counted call,
-/// met by `CountStacks::Caller` (~1.0 µs here; a full stack per call costs
-/// ~1.9 µs); asserted ≤ 3 µs (caller) and ≤ 8 µs (full) to stay robust on a
+/// met in both modes (~1.0 µs with `CountStacks::Caller`, ~1.2 µs with a
+/// full stack per call from the programs' frame-pointer walk); asserted ≤ 3 µs (caller) and ≤ 8 µs (full) to stay robust on a
 /// busy 2-core machine (a probe single-stepped on the first instruction
 /// costs over 10 µs here).
 #[test]

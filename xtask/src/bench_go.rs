@@ -10,7 +10,9 @@
 //!    program); the wall-time figure is printed beside it. The programs'
 //!    own `run_time_ns/run_cnt` come from `kernel.bpf_stats_enabled=1`.
 //!    Counted calls are measured side by side in stages (measurement knobs
-//!    `PROFILER_GO_CALL_STAGE=trap|unwind`: the trap alone, + stack id),
+//!    `PROFILER_GO_CALL_STAGE=trap|unwind|stackid-unwind|stackid`: the
+//!    trap alone, + the frame-pointer walk or the kernel's stack id without
+//!    a map update, the old kernel-stack-id path in full),
 //!    in both stack modes (`PROFILER_GO_COUNT_STACKS=full|caller`), 32
 //!    frames deeper, and with the probe on the first instruction
 //!    (`PROFILER_GO_PROBE_AT_ENTRY=1`, single-stepped); allocations with
@@ -283,7 +285,7 @@ fn per_event(
     );
     let refill: &[&str] = &["--profile", "allocs"];
     let set_rate: &[&str] = &["--profile", "allocs", "--allocs-set-rate", "524288"];
-    let cases: [Case; 11] = [
+    let cases: [Case; 14] = [
         (
             "counted call: trap only (program returns at once)",
             "-bench-calls",
@@ -293,7 +295,7 @@ fn per_event(
             "go_call",
         ),
         (
-            "counted call: + stack id and [SP], no map update",
+            "counted call: + frame-pointer walk and [SP], no map update",
             "-bench-calls",
             2_000_000,
             calls,
@@ -301,11 +303,27 @@ fn per_event(
             "go_call",
         ),
         (
-            "counted call: full stack per call (default)",
+            "counted call: + kernel stack id and [SP], no map update (old)",
+            "-bench-calls",
+            2_000_000,
+            calls,
+            &[("PROFILER_GO_CALL_STAGE", "stackid-unwind")],
+            "go_call",
+        ),
+        (
+            "counted call: full stack per call (default, frame-pointer walk)",
             "-bench-calls",
             2_000_000,
             calls,
             &[],
+            "go_call",
+        ),
+        (
+            "counted call: full stack per call, kernel stack id (old)",
+            "-bench-calls",
+            2_000_000,
+            calls,
+            &[("PROFILER_GO_CALL_STAGE", "stackid")],
             "go_call",
         ),
         (
@@ -322,6 +340,14 @@ fn per_event(
             1_000_000,
             calls,
             &[],
+            "go_call",
+        ),
+        (
+            "counted call: full stack per call, kernel stack id (old), 32 frames deeper",
+            "-bench-calls -bench-depth=32",
+            1_000_000,
+            calls,
+            &[("PROFILER_GO_CALL_STAGE", "stackid")],
             "go_call",
         ),
         (

@@ -53,9 +53,9 @@ use aya::{
 };
 use diff::pprof::proto::Profile;
 use profiler_common::go::{
-    reg, GoCounter, GoProcConfig, GoStackKey, GoidKey, SiteCounts, CALLER_MODE_FIRST_STACKS,
-    CALLER_MODE_STACK_EVERY, COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE,
-    COOKIE_CHECK_FLAGS, GO_PROC_ENTRIES,
+    reg, GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts,
+    CALLER_MODE_FIRST_STACKS, CALLER_MODE_STACK_EVERY, COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_STACKID,
+    COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE, COOKIE_CHECK_FLAGS, GO_PROC_ENTRIES,
 };
 use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
@@ -181,6 +181,9 @@ struct Proc {
     rate_written: bool,
 }
 
+/// Frames already read, by (stack id, stack hash) of a [`GoStackKey`].
+type StackCache = HashMap<(i32, u64), Vec<u64>>;
+
 /// The Go probes of one recording.
 pub struct GoSession {
     opts: GoOptions,
@@ -188,6 +191,7 @@ pub struct GoSession {
     counters: PerCpuArray<MapData, u64>,
     procs_map: AyaHashMap<MapData, u32, GoProcConfig>,
     stacks: StackTraceMap<MapData>,
+    fp_stacks: AyaHashMap<MapData, u64, GoFpStack>,
     calls: PerCpuHashMap<MapData, GoStackKey, u64>,
     allocs: PerCpuHashMap<MapData, GoStackKey, u64>,
     sites: PerCpuHashMap<MapData, GoStackKey, SiteCounts>,
@@ -286,13 +290,14 @@ fn spread_over_stacks(
             let key = GoStackKey {
                 tgid: s.0,
                 stack_id: -1,
+                stack_hash: 0,
                 caller: s.1,
                 tag: s.2,
             };
             out.push((key, total));
             continue;
         };
-        g.sort_by_key(|(k, _)| k.stack_id);
+        g.sort_by_key(|(k, _)| (k.stack_id, k.stack_hash));
         let sampled: u64 = g.iter().map(|(_, n)| n).sum::<u64>().max(1);
         let mut shares: Vec<(u64, u128, usize)> = g
             .iter()
@@ -411,15 +416,24 @@ impl GoSession {
             Err(_) => opts.count_stacks,
         };
         // Measurement knob (cargo xtask bench go-probes): stop the
-        // counted-call program early to see where its time goes.
+        // counted-call program early to see where its time goes, or take
+        // stacks with the kernel's bpf_get_stackid instead of the
+        // program's own frame-pointer walk.
         let bench_bits = match std::env::var("PROFILER_GO_CALL_STAGE").as_deref() {
             Ok("trap") => COOKIE_BENCH_TRAP_ONLY,
             Ok("unwind") => COOKIE_BENCH_NO_COUNT,
+            Ok("stackid-unwind") => COOKIE_BENCH_NO_COUNT | COOKIE_BENCH_STACKID,
+            Ok("stackid") => COOKIE_BENCH_STACKID,
             _ => 0,
         };
-        if bench_bits != 0 {
+        if bench_bits & !COOKIE_BENCH_STACKID != 0 {
             notes.push(
                 "calls: PROFILER_GO_CALL_STAGE set: benchmark stage, calls NOT counted".into(),
+            );
+        } else if bench_bits != 0 {
+            notes.push(
+                "calls: PROFILER_GO_CALL_STAGE=stackid: stacks from bpf_get_stackid (benchmark stage)"
+                    .into(),
             );
         }
         if opts.profiles.calls && patterns.is_empty() {
@@ -433,6 +447,7 @@ impl GoSession {
             counters: take(sampler, "GO_COUNTERS")?,
             procs_map: take(sampler, "GO_PROCS")?,
             stacks: take(sampler, "GO_STACKS")?,
+            fp_stacks: take(sampler, "GO_FP_STACKS")?,
             calls: take(sampler, "GO_CALLS")?,
             allocs: take(sampler, "GO_ALLOCS")?,
             sites: take(sampler, "GO_SITES")?,
@@ -880,10 +895,23 @@ impl GoSession {
     /// User stack of a key: the stack map's frames with the caller at
     /// `[SP]` inserted after the leaf (frame-pointer unwinding skips it at
     /// an entry probe).
-    fn frames(&self, key: &GoStackKey, cache: &mut HashMap<i32, Vec<u64>>) -> Vec<u64> {
-        let mut v = if key.stack_id >= 0 {
+    fn frames(&self, key: &GoStackKey, cache: &mut StackCache) -> Vec<u64> {
+        let mut v = if key.stack_hash != 0 {
             cache
-                .entry(key.stack_id)
+                .entry((-1, key.stack_hash))
+                .or_insert_with(|| {
+                    self.fp_stacks
+                        .get(&key.stack_hash, 0)
+                        .map(|s| {
+                            let n = (s.len as usize).min(s.frames.len());
+                            s.frames[..n].to_vec()
+                        })
+                        .unwrap_or_default()
+                })
+                .clone()
+        } else if key.stack_id >= 0 {
+            cache
+                .entry((key.stack_id, 0))
                 .or_insert_with(|| {
                     self.stacks
                         .get(&(key.stack_id as u32), 0)
@@ -1322,7 +1350,7 @@ impl GoSession {
         &self,
         symbolizer: &mut Symbolizer,
         keys: Vec<GoStackKey>,
-        cache: &mut HashMap<i32, Vec<u64>>,
+        cache: &mut StackCache,
     ) -> Vec<String> {
         let raws: Vec<RawSample> = keys
             .iter()
