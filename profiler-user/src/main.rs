@@ -183,16 +183,11 @@ fn run_agent(a: AgentArgs) -> ExitCode {
         rescan: a.rescan,
     };
     // Two workers: the API and the pod watch run beside the sampling loop.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2);
+    let rt = match runtime(builder) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("profiler: cannot start the runtime: {e}");
-            return ExitCode::from(exit::FAILURE as u8);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(agent::run(opts)) {
         Ok(s) => {
@@ -366,6 +361,14 @@ fn run_fetch(a: FetchArgs) -> ExitCode {
     }
 }
 
+/// Builds the async runtime, or says why not (exit 1).
+fn runtime(mut b: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    b.enable_all().build().map_err(|e| {
+        eprintln!("profiler: cannot start the runtime: {e}");
+        ExitCode::from(exit::FAILURE as u8)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let a = match cli.command {
@@ -373,15 +376,9 @@ fn main() -> ExitCode {
         Cmd::Fetch(a) => return run_fetch(a),
         Cmd::Record(a) => a,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("profiler: cannot start the runtime: {e}");
-            return ExitCode::from(exit::FAILURE as u8);
-        }
+        Err(code) => return code,
     };
     {
         {

@@ -90,6 +90,21 @@ pub(crate) struct Aggregate {
 }
 
 impl Aggregate {
+    /// The aggregate as the symbolizer's input.
+    pub(crate) fn into_raw_samples(self) -> Vec<RawSample> {
+        self.stacks
+            .into_iter()
+            .map(|((tgid, comm, user, kernel), count)| RawSample {
+                tgid,
+                tid: tgid,
+                comm,
+                user,
+                kernel,
+                count,
+            })
+            .collect()
+    }
+
     pub(crate) fn add(&mut self, d: DrainedStack) {
         self.add_bounded(d, true);
     }
@@ -484,18 +499,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let samples: Vec<RawSample> = agg
-        .stacks
-        .into_iter()
-        .map(|((tgid, comm, user, kernel), count)| RawSample {
-            tgid,
-            tid: tgid,
-            comm,
-            user,
-            kernel,
-            count,
-        })
-        .collect();
+    let samples = agg.into_raw_samples();
     let meta = ProfileMeta {
         frequency_hz: opts.frequency,
         start: start_wall,

@@ -37,6 +37,22 @@ impl Agent {
         Agent::start_wrapped(&[], store, args, envs, log)
     }
 
+    /// Start with `--no-kube` on `root` with 2 s windows and 500 ms scans
+    /// (log beside the store).
+    fn no_kube(store: &Path, root: &str, extra: &[&str]) -> Agent {
+        let mut args = vec![
+            "--no-kube",
+            "--cgroup-root",
+            root,
+            "--window",
+            "2s",
+            "--rescan",
+            "500ms",
+        ];
+        args.extend_from_slice(extra);
+        Agent::start(store, &args, &[], store.with_extension("log"))
+    }
+
     /// Start through `wrapper` (e.g. `setpriv ... --`), if not empty.
     fn start_wrapped(
         wrapper: &[String],
@@ -208,20 +224,7 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
 
     let store = TempDir::new("agent-store");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start(
-        &store.0,
-        &[
-            "--no-kube",
-            "--cgroup-root",
-            &root,
-            "--window",
-            "2s",
-            "--rescan",
-            "500ms",
-        ],
-        &[],
-        store.0.with_extension("log"),
-    );
+    let mut agent = Agent::no_kube(&store.0, &root, &[]);
     assert!(
         wait_until(Duration::from_secs(10), || {
             let t = target_pods(&agent.targets());
@@ -667,22 +670,7 @@ fn process_name_selects_one_process_of_a_container() {
     cg.add_process(&cgp, other.pid());
     let store = TempDir::new("agent-procname-store");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start(
-        &store.0,
-        &[
-            "--no-kube",
-            "--cgroup-root",
-            &root,
-            "--window",
-            "2s",
-            "--rescan",
-            "500ms",
-            "--process-name",
-            "cpusplit",
-        ],
-        &[],
-        store.0.with_extension("log"),
-    );
+    let mut agent = Agent::no_kube(&store.0, &root, &["--process-name", "cpusplit"]);
     assert!(
         wait_until(Duration::from_secs(20), || agent
             .get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"))
@@ -741,20 +729,7 @@ fn agent_follows_pods_on_a_cgroup_v1_hierarchy() {
     cg.add_process(&cgb, b.pid());
     let store = TempDir::new("agent-v1-store");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start(
-        &store.0,
-        &[
-            "--no-kube",
-            "--cgroup-root",
-            &root,
-            "--window",
-            "2s",
-            "--rescan",
-            "500ms",
-        ],
-        &[],
-        store.0.with_extension("log"),
-    );
+    let mut agent = Agent::no_kube(&store.0, &root, &[]);
     assert!(
         wait_until(Duration::from_secs(20), || [&uid, &uid_b].iter().all(
             |u| agent

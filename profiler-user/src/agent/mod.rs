@@ -29,7 +29,7 @@ use std::{
 };
 
 use profiler_common::Counter;
-use profiler_symbolize::{Limits, ProfileMeta, RawSample, Symbolizer};
+use profiler_symbolize::{Limits, ProfileMeta, Symbolizer};
 
 use crate::{
     error::exit,
@@ -434,8 +434,17 @@ async fn run_loop(
         let now_wall = SystemTime::now();
         let window_over = now_wall >= window.end;
         let drain_now = stop || window_over || last_drain.elapsed() >= Duration::from_secs(1);
+        // At a window's end both generations may hold its samples: drain
+        // twice.
+        let drains = if stop || window_over {
+            2
+        } else {
+            usize::from(drain_now)
+        };
         if drain_now {
             last_drain = Instant::now();
+        }
+        for _ in 0..drains {
             sampler.drain(&mut drained)?;
             attribute(
                 &mut drained,
@@ -453,20 +462,6 @@ async fn run_loop(
         if stop || window_over {
             // A stop flushes the partial window [start, now).
             let end = if stop { now_wall } else { window.end };
-            // Both generations may hold samples of this window.
-            sampler.drain(&mut drained)?;
-            attribute(
-                &mut drained,
-                &mut window,
-                &mut pidmap,
-                &targets,
-                &departed,
-                &opts.selection,
-                sampler,
-                &mut symbolizer,
-                &mut frameless,
-                &mut counters,
-            );
             let next_start = end;
             let done = std::mem::replace(
                 &mut window,
@@ -680,18 +675,6 @@ fn flush(
         let Some(t) = targets.get(&cid).or_else(|| departed.get(&cid)) else {
             continue;
         };
-        let samples: Vec<RawSample> = agg
-            .stacks
-            .into_iter()
-            .map(|((tgid, comm, user, kernel), count)| RawSample {
-                tgid,
-                tid: tgid,
-                comm,
-                user,
-                kernel,
-                count,
-            })
-            .collect();
         let written = agg.total - agg.dropped_samples;
         counters.stack_table_full += agg.dropped_samples;
         let target = &t.resolved.target;
@@ -718,7 +701,7 @@ fn flush(
                 format!("cgroup: {}", t.found.rel),
             ],
         };
-        let profile = symbolizer.build_profile(&samples, &meta);
+        let profile = symbolizer.build_profile(&agg.into_raw_samples(), &meta);
         let wm = WindowMeta {
             target: target.clone(),
             profile_type: "cpu".into(),
