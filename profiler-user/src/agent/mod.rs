@@ -329,6 +329,24 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
         },
     ));
 
+    eprintln!(
+        "profiler agent: listening on http://{} ({}); store {}; {} windows at {} Hz; cgroups under {}{}; {}",
+        opts.listen,
+        if opts.token.is_some() { "bearer token required" } else { "loopback, no token" },
+        opts.store.display(),
+        humantime::format_duration(opts.window),
+        opts.frequency,
+        root.display(),
+        if v1 { " (cgroup v1: following pids)" } else { "" },
+        if pods.is_some() {
+            format!(
+                "pod names from the Kubernetes API (node {})",
+                opts.node_name.as_deref().unwrap_or("")
+            )
+        } else {
+            "pods named by uid (no Kubernetes API)".to_string()
+        }
+    );
     let result = run_loop(
         &opts,
         &root,
@@ -671,6 +689,8 @@ fn flush(
     summary: &mut AgentSummary,
 ) {
     let duration = end.duration_since(window.start).unwrap_or_default();
+    let (windows_before, samples_before) = (summary.windows, summary.samples);
+    let started = Instant::now();
     for (cid, agg) in window.per_container {
         let Some(t) = targets.get(&cid).or_else(|| departed.get(&cid)) else {
             continue;
@@ -724,6 +744,14 @@ fn flush(
             }
         }
     }
+    eprintln!(
+        "profiler agent: window {} +{:.1}s: {} container profile(s), {} samples, written in {} ms",
+        humantime::format_rfc3339_seconds(window.start),
+        duration.as_secs_f64(),
+        summary.windows - windows_before,
+        summary.samples - samples_before,
+        started.elapsed().as_millis()
+    );
 }
 
 /// Pids whose frameless pointers can go (the process is gone).
