@@ -509,7 +509,7 @@ async fn run_loop(
                 sampler.clear_frameless(tgid);
                 frameless.loaded.remove(&tgid);
             }
-            symbolizer_forget_dead(&mut symbolizer, &mut pidmap);
+            symbolizer_forget_dead(&mut symbolizer);
         }
         // Metrics follow the drains (once a second).
         if drain_now {
@@ -766,7 +766,7 @@ fn dead_frameless(frameless: &FramelessLoader) -> Vec<u32> {
 
 /// Drop symbolizer snapshots of processes that exited (their last samples
 /// were just written) and release binaries nobody maps any more.
-fn symbolizer_forget_dead(symbolizer: &mut Symbolizer, pidmap: &mut PidMap) {
+fn symbolizer_forget_dead(symbolizer: &mut Symbolizer) {
     let gone: Vec<u32> = symbolizer
         .snapshotted_pids()
         .into_iter()
@@ -778,14 +778,18 @@ fn symbolizer_forget_dead(symbolizer: &mut Symbolizer, pidmap: &mut PidMap) {
     if !gone.is_empty() {
         symbolizer.prune();
     }
-    pidmap.retain_live();
 }
 
 fn publish_live(live: &RwLock<Vec<LiveTarget>>, targets: &HashMap<String, Target>) {
     let mut v: Vec<LiveTarget> = targets
         .values()
         .map(|t| {
-            let mut pids = crate::cgroup::procs_below(&t.found.path);
+            // cgroup v1: the scan just read them for the pid filter.
+            let mut pids: Vec<u32> = if t.pids.is_empty() {
+                crate::cgroup::procs_below(&t.found.path)
+            } else {
+                t.pids.iter().copied().collect()
+            };
             pids.sort_unstable();
             pids.truncate(1000);
             LiveTarget {

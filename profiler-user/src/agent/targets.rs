@@ -254,16 +254,4 @@ impl PidMap {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-
-    /// Pids currently attributed to `container_id`.
-    pub fn pids_of(&self, container_id: &str) -> Vec<u32> {
-        let mut v: Vec<u32> = self
-            .map
-            .iter()
-            .filter(|(_, c)| c.as_deref() == Some(container_id))
-            .map(|(p, _)| *p)
-            .collect();
-        v.sort_unstable();
-        v
-    }
 }
