@@ -168,6 +168,73 @@ pub struct GateReport {
     pub top: Vec<FunctionDelta>,
     /// Largest per-stack changes (folded, root first; share scale).
     pub stacks: Vec<crate::compare::StackDelta>,
+    /// The scale values were compared on (`share`, `rate`, `per reconciles`,
+    /// or the robust compositional scale), as shown in every report.
+    pub scale: String,
+    /// Introducing frames and new call edges that explain the significant
+    /// inclusive growth, most important first (empty when nothing grew).
+    pub culprits: Vec<Culprit>,
+}
+
+/// What a [`Culprit`] points at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CulpritKind {
+    /// A function whose inclusive (cumulative) value grew, and the deepest
+    /// frame that still explains most of the growth below it.
+    Frame,
+    /// A caller → callee edge absent (or negligible) in the baseline.
+    NewEdge {
+        /// The calling function.
+        caller: String,
+        /// The called function.
+        callee: String,
+    },
+}
+
+/// One frame on the path from the root to a culprit, with its inclusive
+/// values on the report's scale.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PathStep {
+    /// Normalized function name.
+    pub function: String,
+    /// Baseline inclusive value.
+    pub baseline: f64,
+    /// Candidate inclusive value.
+    pub candidate: f64,
+    /// `candidate - baseline`.
+    pub delta: f64,
+}
+
+/// The function (or new edge) that introduced a regression, with the path
+/// that leads to it and the callees its growth went to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Culprit {
+    /// Frame or new edge.
+    #[serde(flatten)]
+    pub kind: CulpritKind,
+    /// The introducing function (the callee for a new edge).
+    pub function: String,
+    /// Sample type (`kind/unit`).
+    pub sample_type: String,
+    /// Display unit of the values (`%` values are fractions).
+    pub unit: String,
+    /// Baseline inclusive value.
+    pub baseline: f64,
+    /// Candidate inclusive value.
+    pub candidate: f64,
+    /// `candidate - baseline`.
+    pub delta: f64,
+    /// BH-adjusted p-value of the inclusive change.
+    pub q_value: Option<f64>,
+    /// Verdict of the rule that judged it.
+    pub verdict: Verdict,
+    /// Root → culprit, each frame's inclusive values (the culprit last).
+    pub path: Vec<PathStep>,
+    /// Largest callees of the culprit by growth ("of which fmt.Sprintf +47 pt").
+    pub explained_by: Vec<PathStep>,
+    /// One-line human explanation.
+    pub message: String,
 }
 
 /// Cached comparison per requested sample type (error text when it failed).
@@ -334,6 +401,8 @@ impl<'a> Gate<'a> {
             findings,
             top,
             stacks,
+            scale: "share".into(),
+            culprits: Vec::new(),
         })
     }
 }
