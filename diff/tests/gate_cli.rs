@@ -167,12 +167,16 @@ fn regression_fails_with_exit_1_and_reference_reports() {
 
     // SVG: deterministic colours (red for the regression), tooltips with both values.
     let svg = std::fs::read_to_string(&s).unwrap();
-    assert!(svg.contains("self "), "tooltips carry function values");
-    assert!(svg.contains("rgb(255,"), "a significant growth is red");
+    assert!(svg.contains("| self "), "tooltips carry frame values");
+    assert!(
+        svg.contains("fill=\"rgb(215,38,38)\""),
+        "the largest significant growth is saturated red"
+    );
 
-    // HTML: self-contained, both graphs inline.
+    // HTML: self-contained, the frame tree embedded for the page's renderer.
     let html = std::fs::read_to_string(&h).unwrap();
-    assert_eq!(html.matches("<iframe srcdoc=").count(), 2);
+    assert!(html.contains("<script type=\"application/json\" id=\"pd-data\">"));
+    assert!(!html.contains("<iframe"));
     assert!(html.contains("no-pod-list-in-reconcile"));
 }
 

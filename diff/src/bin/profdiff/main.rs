@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use diff::budgets::Budgets;
-use diff::diffgraph::{self, DiffGraphOptions};
+use diff::diffgraph::{self, ColorBy, DiffGraphOptions, FrameTree};
 use diff::gate::{Gate, GateReport};
 use diff::normalize::{NormalizeOptions, Normalizer, Rewrite, Rule, Scale};
 use diff::{report, Profile};
@@ -90,6 +90,15 @@ enum ScaleArg {
     Rate,
 }
 
+#[derive(Copy, Clone, ValueEnum)]
+enum ColorArg {
+    /// Change of the frame's inclusive value.
+    Inclusive,
+    /// Change of the frame's self value.
+    #[value(name = "self")]
+    SelfValue,
+}
+
 #[derive(Args)]
 struct CommonArgs {
     /// Baseline profiles (files or directories).
@@ -147,10 +156,14 @@ struct CommonArgs {
     /// Write the baseline-width differential flame graph (vanished frames visible) to OUT.svg.
     #[arg(long, value_name = "OUT.svg")]
     flamegraph_base_width: Option<PathBuf>,
-    /// Colour flame graphs by cumulative instead of self change.
-    #[arg(long)]
+    /// What flame graph colours show: the significant change of each frame's
+    /// inclusive value (default) or of its self value.
+    #[arg(long, value_enum, default_value = "inclusive", value_name = "WHAT")]
+    flamegraph_color: ColorArg,
+    /// Colour by inclusive change (the default now; kept for old scripts).
+    #[arg(long, hide = true)]
     flamegraph_cum: bool,
-    /// Write a self-contained HTML report with both flame graphs to OUT.html.
+    /// Write a self-contained HTML report (interactive diff flame graph) to OUT.html.
     #[arg(long, value_name = "OUT.html")]
     html: Option<PathBuf>,
 }
@@ -342,47 +355,40 @@ fn run_compare(
             }
         }
     }
-    // Flame graphs.
-    let mut svgs: [Option<String>; 2] = [None, None];
-    let want_html = a.html.is_some();
-    for (i, (path, base_width)) in [(&a.flamegraph, false), (&a.flamegraph_base_width, true)]
-        .into_iter()
-        .enumerate()
-    {
-        if path.is_none() && !want_html {
+    // Flame graphs: one merged, tested frame tree for the SVGs and the HTML page.
+    let graph_opts = |base_width: bool, cmp: &diff::compare::Comparison| DiffGraphOptions {
+        base_width,
+        color_by: match a.flamegraph_color {
+            ColorArg::SelfValue if !a.flamegraph_cum => ColorBy::SelfValue,
+            _ => ColorBy::Inclusive,
+        },
+        alpha: budgets.settings.alpha,
+        noise_floor: budgets.settings.noise_floor,
+        candidate_scale: 1.0,
+        title: format!(
+            "profdiff: {} ({} width)",
+            cmp.sample_type,
+            if base_width { "baseline" } else { "candidate" }
+        ),
+    };
+    let mut tree = None;
+    for (path, base_width, flag) in [
+        (&a.flamegraph, false, "--flamegraph"),
+        (&a.flamegraph_base_width, true, "--flamegraph-base-width"),
+    ] {
+        let (Some(path), Some((cmp, _))) = (path, gate.primary()) else {
             continue;
-        }
-        let (cmp, funcs) = gate.primary().context("no comparison")?;
+        };
+        let opts = graph_opts(base_width, cmp);
+        let t = tree.get_or_insert_with(|| FrameTree::build(cmp, &opts));
         let mut buf = Vec::new();
-        diffgraph::render(
-            cmp,
-            funcs,
-            &DiffGraphOptions {
-                base_width,
-                color_by_cum: a.flamegraph_cum,
-                alpha: budgets.settings.alpha,
-                title: format!(
-                    "profdiff: {} ({} width)",
-                    cmp.sample_type,
-                    if base_width { "baseline" } else { "candidate" }
-                ),
-            },
-            &mut buf,
-        )
-        .context("rendering flame graph")?;
-        let svg = String::from_utf8_lossy(&buf).into_owned();
-        if let Some(p) = path {
-            write_file(
-                p,
-                &svg,
-                if base_width {
-                    "--flamegraph-base-width"
-                } else {
-                    "--flamegraph"
-                },
-            )?;
+        diffgraph::render_tree(t, &opts, &mut buf).context("rendering flame graph")?;
+        write_file(path, &String::from_utf8_lossy(&buf), flag)?;
+    }
+    if a.html.is_some() && tree.is_none() {
+        if let Some((cmp, _)) = gate.primary() {
+            tree = Some(FrameTree::build(cmp, &graph_opts(false, cmp)));
         }
-        svgs[i] = Some(svg);
     }
     if diff_args.is_some() {
         // `diff` reports without judging: drop nothing, but exit 0.
@@ -405,11 +411,7 @@ fn run_compare(
         write_file(p, &report::junit(&rep), "--junit")?;
     }
     if let Some(p) = &a.html {
-        write_file(
-            p,
-            &report::html(&rep, svgs[0].as_deref(), svgs[1].as_deref()),
-            "--html",
-        )?;
+        write_file(p, &report::html(&rep, tree.as_ref()), "--html")?;
     }
     Ok(if diff_args.is_some() {
         0

@@ -1,0 +1,381 @@
+//! The differential flame graph and the HTML report, on real `runtime/pprof`
+//! profiles (`tests/data/html/`): an A/A pair stays neutral, the function
+//! that regressed is red in the frame tree and in the SVG, and in a real
+//! headless Chromium the culprit's frame is visible, labelled with its name
+//! and red. The page's screenshot is kept under `target/tmp/` (path printed).
+//!
+//! Chromium: `$CHROMIUM`, else `chromium`, `chromium-browser` or
+//! `google-chrome` on PATH (`cargo xtask test` installs Debian's
+//! `chromium`). Without a browser the browser test is skipped, except under
+//! `CI=true`, where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diff::budgets::Budgets;
+use diff::diffgraph::{self, DiffGraphOptions, FrameTree};
+use diff::gate::{Culprit, CulpritKind, Gate, GateReport, PathStep, Verdict};
+use diff::normalize::{NormalizeOptions, Normalizer};
+use diff::Profile;
+
+/// The function the candidate changed.
+const CHANGED: &str = "main.auditTrail";
+
+fn data(side: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/html")
+        .join(side)
+}
+
+fn load(side: &str) -> Vec<(String, Profile)> {
+    diff::input::load_many(&[data(side)])
+        .unwrap_or_else(|e| panic!("{side}: {e}"))
+        .into_iter()
+        .map(|(p, prof)| (p.display().to_string(), prof))
+        .collect()
+}
+
+/// Gate report and frame tree of `base` vs `cand`.
+fn run_gate(base: &str, cand: &str) -> (GateReport, FrameTree) {
+    let (b, c) = (load(base), load(cand));
+    let norm = Normalizer::new(NormalizeOptions::default());
+    let br: Vec<(String, &Profile)> = b.iter().map(|(n, p)| (n.clone(), p)).collect();
+    let cr: Vec<(String, &Profile)> = c.iter().map(|(n, p)| (n.clone(), p)).collect();
+    let mut gate = Gate::new(br, cr, &norm, None);
+    let rep = gate.run(&Budgets::default()).expect("gate runs");
+    let (cmp, _) = gate.primary().expect("primary comparison");
+    let tree = FrameTree::build(cmp, &DiffGraphOptions::default());
+    (rep, tree)
+}
+
+fn is_red(c: (u8, u8, u8)) -> bool {
+    c.0 >= 180 && (c.0 as i32 - c.1 as i32) >= 60 && (c.0 as i32 - c.2 as i32) >= 60
+}
+
+#[test]
+fn aa_pair_flame_graph_is_all_neutral() {
+    let (_, tree) = run_gate("base", "aa");
+    assert!(tree.tested >= 5, "only {} frames tested", tree.tested);
+    let coloured: Vec<_> = tree
+        .nodes
+        .iter()
+        .filter(|n| n.change.is_some())
+        .map(|n| (&n.name, n.incl.delta, n.incl.q_value))
+        .collect();
+    assert!(coloured.is_empty(), "A/A frames coloured: {coloured:?}");
+}
+
+#[test]
+fn regressed_function_is_red_in_the_tree_and_the_svg() {
+    let (_, tree) = run_gate("base", "cand");
+    let n = tree
+        .nodes
+        .iter()
+        .filter(|n| n.name == CHANGED)
+        .max_by(|a, b| a.incl.candidate.total_cmp(&b.incl.candidate))
+        .expect("frame of the changed function");
+    assert!(
+        n.incl.delta > 0.3,
+        "inclusive growth of tens of points: {:?}",
+        n.incl
+    );
+    let c = n.color(tree.color_by);
+    assert!(is_red((c.r, c.g, c.b)), "{CHANGED} colour {c:?}");
+    assert!(n.change.is_some_and(|x| x > 0.5), "{:?}", n.change);
+
+    // SVG (inferno): the name comes first, the statistics sit in the last
+    // parenthesised group of the title (inferno's script strips it for the
+    // label), and the frame is red.
+    let mut svg = Vec::new();
+    diffgraph::render_tree(&tree, &DiffGraphOptions::default(), &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    let mut found = false;
+    for g in svg.split("<g><title>").skip(1) {
+        let title = &g[..g.find("</title>").unwrap()];
+        let open = title.rfind(" (").expect("statistics group");
+        let stats = &title[open + 2..];
+        assert!(
+            !stats.contains('(') && stats.ends_with(')'),
+            "label would include statistics: {title}"
+        );
+        if &title[..open] == CHANGED {
+            assert!(stats.contains("inclusive"), "{title}");
+            let fill = g.split("fill=\"rgb(").nth(1).unwrap();
+            let v: Vec<u8> = fill[..fill.find(')').unwrap()]
+                .split(',')
+                .map(|x| x.parse().unwrap())
+                .collect();
+            assert!(is_red((v[0], v[1], v[2])), "{title}: rgb{v:?}");
+            found = true;
+        }
+    }
+    assert!(found, "no frame titled {CHANGED} in the SVG");
+    assert!(svg.contains("red = grew"), "legend in the subtitle");
+}
+
+/// The culprit the gate reported, or (until the gate fills culprits) one
+/// built from the frame tree's widest frame of the changed function.
+fn culprit_of(rep: &GateReport, tree: &FrameTree) -> Culprit {
+    if let Some(c) = rep.culprits.first() {
+        return c.clone();
+    }
+    let (id, n) = tree
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.name == CHANGED)
+        .max_by(|a, b| a.1.incl.candidate.total_cmp(&b.1.incl.candidate))
+        .expect("changed function in the tree");
+    let mut path = Vec::new();
+    let mut p = Some(id as u32);
+    while let Some(x) = p {
+        let m = &tree.nodes[x as usize];
+        if x != 0 {
+            path.push(PathStep {
+                function: m.name.clone(),
+                baseline: m.incl.baseline,
+                candidate: m.incl.candidate,
+                delta: m.incl.delta,
+            });
+        }
+        p = m.parent;
+    }
+    path.reverse();
+    Culprit {
+        kind: CulpritKind::Frame,
+        function: n.name.clone(),
+        sample_type: rep.sample_type.clone(),
+        unit: "%".into(),
+        baseline: n.incl.baseline,
+        candidate: n.incl.candidate,
+        delta: n.incl.delta,
+        q_value: n.incl.q_value,
+        verdict: Verdict::Fail,
+        path,
+        explained_by: Vec::new(),
+        message: format!("{CHANGED} grew (filled by the test)"),
+    }
+}
+
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        let ok = Command::new(name)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(PathBuf::from(name));
+        }
+    }
+    None
+}
+
+/// Run headless Chromium with `args` and a fresh profile directory; kill it
+/// (by PID) after `limit`. Returns stdout.
+fn run_chromium(bin: &Path, work: &Path, args: &[String], limit: Duration) -> String {
+    let profile = work.join(format!("chrome-profile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&profile);
+    std::fs::create_dir_all(&profile).unwrap();
+    let out_path = work.join("chromium.stdout");
+    let err_path = work.join("chromium.stderr");
+    let mut child = Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1400,1400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_dir_all(&profile);
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    match status {
+        Some(s) if s.success() => std::fs::read_to_string(&out_path).unwrap(),
+        Some(s) => panic!("{} exited with {s}: {stderr}", bin.display()),
+        None => panic!("{} did not finish in {limit:?}: {stderr}", bin.display()),
+    }
+}
+
+/// Probe run in the browser after the page's own script: where the
+/// primary culprit frame is, what covers its centre, its computed colour and
+/// the extent of its label.
+const PROBE: &str = r#"<script>(function(){
+var o={};
+o.culprit_frames=document.querySelectorAll('#flame .fr.culprit').length;
+o.frames=document.querySelectorAll('#flame .fr').length;
+var e=document.querySelector('#flame .fr[data-primary="0"]');
+if(e){
+ var r=e.getBoundingClientRect(), s=getComputedStyle(e);
+ o.rect=[r.left,r.top,r.width,r.height];
+ o.name=e.getAttribute('data-name');
+ o.text=e.textContent;
+ o.bg=s.backgroundColor; o.opacity=s.opacity; o.visibility=s.visibility; o.display=s.display;
+ var h=document.elementFromPoint(r.left+r.width/2,r.top+r.height/2);
+ o.hit=!!(h&&h.closest&&h.closest('.fr')===e);
+ var g=document.createRange(); g.selectNodeContents(e); var t=g.getBoundingClientRect();
+ o.text_rect=[t.left,t.right];
+}
+o.viewport=[innerWidth,innerHeight];
+var p=document.createElement('pre'); p.id='probe'; p.textContent=JSON.stringify(o); document.body.appendChild(p);
+})();</script>"#;
+
+fn unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
+fn rgb(s: &str) -> (u8, u8, u8) {
+    let inner = s
+        .trim()
+        .trim_start_matches("rgba(")
+        .trim_start_matches("rgb(")
+        .trim_end_matches(')');
+    let v: Vec<u8> = inner
+        .split(',')
+        .take(3)
+        .map(|x| x.trim().parse().unwrap_or(0))
+        .collect();
+    (v[0], v[1], v[2])
+}
+
+#[test]
+fn html_report_shows_the_culprit_frame_named_and_red_in_chromium() {
+    let (mut rep, tree) = run_gate("base", "cand");
+    let culprit = culprit_of(&rep, &tree);
+    if rep.culprits.is_empty() {
+        rep.culprits.push(culprit.clone());
+    }
+    let page = diff::report::html(&rep, Some(&tree));
+    // Self-contained: no network resources.
+    for bad in [
+        "<script src",
+        "<link",
+        "@import",
+        "http://",
+        "https://",
+        "url(",
+    ] {
+        assert!(!page.contains(bad), "page references {bad:?}");
+    }
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("profdiff-html");
+    std::fs::create_dir_all(&work).unwrap();
+    let report = work.join("report.html");
+    std::fs::write(&report, &page).unwrap();
+    println!("report: {}", report.display());
+
+    let Some(bin) = chromium() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("no chromium found and CI=true: install it (`cargo xtask test` runs `apt-get install -y chromium`) or set CHROMIUM");
+        }
+        eprintln!("SKIP: no chromium (set CHROMIUM or install it; `cargo xtask test` does)");
+        return;
+    };
+    let probed = work.join("report-probe.html");
+    std::fs::write(&probed, page.replace("</body>", &format!("{PROBE}</body>"))).unwrap();
+    let dom = run_chromium(
+        &bin,
+        &work,
+        &[
+            "--virtual-time-budget=5000".into(),
+            "--dump-dom".into(),
+            format!("file://{}", probed.display()),
+        ],
+        Duration::from_secs(120),
+    );
+    let json = dom
+        .split("<pre id=\"probe\">")
+        .nth(1)
+        .and_then(|s| s.split("</pre>").next())
+        .unwrap_or_else(|| panic!("no probe output in the DOM dump ({} bytes)", dom.len()));
+    let v: serde_json::Value = serde_json::from_str(&unescape(json)).unwrap();
+    println!("probe: {v}");
+    assert!(v["frames"].as_u64().unwrap() > 5, "frames rendered: {v}");
+    assert!(v["culprit_frames"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["name"], culprit.function.as_str(), "{v}");
+    // The label is the whole function name (no package path to strip for `main.`).
+    assert_eq!(v["text"], CHANGED, "label of the culprit frame: {v}");
+    let r: Vec<f64> = v["rect"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let vp: Vec<f64> = v["viewport"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(
+        r[0] >= 0.0 && r[1] >= 0.0 && r[0] + r[2] <= vp[0] + 0.5 && r[1] + r[3] <= vp[1],
+        "culprit frame outside the first screen: {v}"
+    );
+    assert!(
+        r[2] >= 0.3 * vp[0],
+        "culprit frame is narrow ({} px): {v}",
+        r[2]
+    );
+    assert_eq!(v["hit"], true, "culprit frame covered by something: {v}");
+    assert_eq!(v["visibility"], "visible", "{v}");
+    assert_eq!(v["opacity"], "1", "{v}");
+    let t: Vec<f64> = v["text_rect"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(
+        t[1] <= r[0] + r[2] + 0.5 && t[1] > t[0],
+        "label overflows its frame: {v}"
+    );
+    let bg = rgb(v["bg"].as_str().unwrap());
+    assert!(is_red(bg), "culprit frame is not red: {bg:?} ({v})");
+
+    let shot = work.join("report.png");
+    let _ = std::fs::remove_file(&shot);
+    run_chromium(
+        &bin,
+        &work,
+        &[
+            "--virtual-time-budget=5000".into(),
+            format!("--screenshot={}", shot.display()),
+            format!("file://{}", report.display()),
+        ],
+        Duration::from_secs(120),
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
+    println!("screenshot: {}", shot.display());
+}
