@@ -245,6 +245,23 @@ if(e){
  o.text_rect=[t.left,t.right];
 }
 o.viewport=[innerWidth,innerHeight];
+var fl=document.getElementById('flame'), tip=document.getElementById('tip');
+o.flame_width=fl.clientWidth;
+if(e){
+ var c=e.getBoundingClientRect();
+ e.dispatchEvent(new MouseEvent('mousemove',{bubbles:true,clientX:c.left+c.width/2,clientY:c.top+5}));
+ o.tip=tip.hidden?'':tip.textContent;
+ e.dispatchEvent(new MouseEvent('click',{bubbles:true}));
+ var z=document.querySelector('#flame .fr[data-primary="0"]');
+ o.zoomed_width=z?z.getBoundingClientRect().width:0;
+ document.getElementById('reset').click();
+}
+var s=document.getElementById('search'); s.value='Sprintf'; s.dispatchEvent(new Event('input',{bubbles:true}));
+o.matches=document.querySelectorAll('#flame .fr.match').length; o.matched=document.getElementById('matched').textContent;
+s.value=''; s.dispatchEvent(new Event('input',{bubbles:true}));
+document.querySelector('input[name=view][value=base]').click();
+var b=document.querySelector('#flame .fr[data-primary="0"]');
+o.base_view_width=b?b.getBoundingClientRect().width:0;
 var p=document.createElement('pre'); p.id='probe'; p.textContent=JSON.stringify(o); document.body.appendChild(p);
 })();</script>"#;
 
@@ -362,6 +379,29 @@ fn html_report_shows_the_culprit_frame_named_and_red_in_chromium() {
     );
     let bg = rgb(v["bg"].as_str().unwrap());
     assert!(is_red(bg), "culprit frame is not red: {bg:?} ({v})");
+
+    // Interaction: hover shows the statistics, a click zooms the frame to the
+    // full width, search marks matches, the baseline view shrinks the frame
+    // (the function did almost nothing in the baseline).
+    let tip = v["tip"].as_str().unwrap_or("");
+    assert!(
+        tip.contains(CHANGED) && tip.contains("inclusive") && tip.contains("q = "),
+        "tooltip: {v}"
+    );
+    let fw = v["flame_width"].as_f64().unwrap();
+    assert!(
+        v["zoomed_width"].as_f64().unwrap() >= fw - 1.0,
+        "click did not zoom: {v}"
+    );
+    assert!(v["matches"].as_u64().unwrap() >= 1, "search: {v}");
+    assert!(
+        v["matched"].as_str().unwrap().starts_with("matched "),
+        "search: {v}"
+    );
+    assert!(
+        v["base_view_width"].as_f64().unwrap() < 0.1 * fw,
+        "baseline view: {v}"
+    );
 
     let shot = work.join("report.png");
     let _ = std::fs::remove_file(&shot);

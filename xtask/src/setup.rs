@@ -241,6 +241,34 @@ fn step_tools() {
     }
 }
 
+/// Browsers the HTML report's test looks for (diff/tests/html_browser.rs).
+const BROWSERS: &[&str] = &["chromium", "chromium-browser", "google-chrome"];
+
+/// Headless Chromium for the HTML report's browser test, from Debian.
+fn step_chromium() -> Result<()> {
+    if std::env::var_os("CHROMIUM").is_some()
+        || BROWSERS
+            .iter()
+            .any(|b| ok(Command::new(b).arg("--version")))
+    {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!("no chromium found and apt-get is unavailable: install Chromium and set CHROMIUM=/path/to/chromium (the HTML report test needs it)");
+    }
+    println!("setup: installing chromium (the HTML report's browser test)");
+    if !apt_install(&["chromium"]) {
+        let _ = ok(Command::new("apt-get").arg("update"));
+        if !apt_install(&["chromium"]) {
+            bail!("cannot install chromium: run `apt-get update && apt-get install -y chromium` or set CHROMIUM=/path/to/chromium");
+        }
+    }
+    if !ok(Command::new("chromium").arg("--version")) {
+        bail!("chromium was installed but does not run: try `chromium --headless --no-sandbox --version`");
+    }
+    Ok(())
+}
+
 fn step_tracefs() -> Result<()> {
     if Path::new("/sys/kernel/tracing/events").exists() {
         return Ok(());
@@ -259,7 +287,8 @@ pub fn setup(root: &Path) -> Result<()> {
     step_bpf_linker(root, &sysroot)?;
     step_go()?;
     step_tools();
+    step_chromium()?;
     step_tracefs()?;
-    println!("setup: ready (nightly rust-src, bpf-linker, Go, tracefs)");
+    println!("setup: ready (nightly rust-src, bpf-linker, Go, chromium, tracefs)");
     Ok(())
 }
