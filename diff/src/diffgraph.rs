@@ -505,14 +505,29 @@ impl FrameTree {
 
     /// One-line legend: what red, blue and grey mean.
     pub fn legend(&self) -> String {
+        let darkest = if self.max_change > 0.0 {
+            format!("darkest = {:.1} points", self.max_change * 100.0)
+        } else {
+            "no frame changed significantly".into()
+        };
         format!(
             "colour = significant change of the frame's {} value (BH q < {} over {} frames): red = grew, blue = shrank, \
-             darker = larger (darkest = {:.1} points); grey = no significant change (noise); light grey = under the {}% noise floor, not tested",
+             darker = larger ({darkest}); grey = no significant change (noise); light grey = under the {}% noise floor, not tested",
             self.color_by.as_str(),
             self.alpha,
             self.tested,
-            self.max_change * 100.0,
             self.noise_floor * 100.0
+        )
+    }
+
+    /// The legend in one short line (the SVG's subtitle).
+    pub fn short_legend(&self, base_width: bool) -> String {
+        format!(
+            "width = {}; colour = significant {} change (q < {}): red = grew, blue = shrank, darker = larger (max {:.1} pt), grey = noise",
+            if base_width { "baseline" } else { "candidate" },
+            self.color_by.as_str(),
+            self.alpha,
+            self.max_change * 100.0
         )
     }
 
@@ -561,59 +576,62 @@ pub fn render(cmp: &Comparison, opts: &DiffGraphOptions, out: impl Write) -> io:
 /// Render an already built tree as SVG (width from the candidate, or the
 /// baseline with [`DiffGraphOptions::base_width`]).
 pub fn render_tree(tree: &FrameTree, opts: &DiffGraphOptions, out: impl Write) -> io::Result<()> {
-    // Folded lines in the tree's order (so inferno's frames line up with
-    // our nodes), and each node's (depth, x offset) in sample units.
-    let mut lines: Vec<String> = Vec::new();
-    let mut at: HashMap<(u32, u64), usize> = HashMap::new();
+    // One folded line per node with self samples, with the node path
+    // behind it; inferno needs the lines sorted as strings.
+    let mut lines: Vec<(String, Vec<usize>, u64)> = Vec::new();
+    let mut path: Vec<usize> = Vec::new();
     let mut names: Vec<String> = Vec::new();
-    let mut x = 0u64;
-    // Iterative DFS: (node, entering?)
     let mut stack: Vec<(usize, bool)> = vec![(0, true)];
-    let mut start: Vec<u64> = vec![0; tree.nodes.len()];
     while let Some((id, enter)) = stack.pop() {
         let n = &tree.nodes[id];
-        if enter {
-            start[id] = x;
-            if id != 0 {
-                names.push(frame_name(&n.name));
-            }
-            let selfc = if opts.base_width {
-                n.base_self_samples
-            } else {
-                n.cand_self_samples
-            }
-            .round() as u64;
-            if selfc > 0 && id != 0 {
-                lines.push(format!("{} {selfc}", names.join(";")));
-                x += selfc;
-            }
+        if !enter {
+            path.pop();
+            names.pop();
+            continue;
+        }
+        if id != 0 {
+            path.push(id);
+            names.push(frame_name(&n.name));
             stack.push((id, false));
-            for &c in n.children.iter().rev() {
-                stack.push((c as usize, true));
-            }
+        }
+        let selfc = if opts.base_width {
+            n.base_self_samples
         } else {
-            if x > start[id] {
-                at.entry((n.depth, start[id])).or_insert(id);
-            }
-            if id != 0 {
-                names.pop();
-            }
+            n.cand_self_samples
+        }
+        .round() as u64;
+        if selfc > 0 && id != 0 {
+            lines.push((format!("{} {selfc}", names.join(";")), path.clone(), selfc));
+        }
+        for &c in n.children.iter().rev() {
+            stack.push((c as usize, true));
         }
     }
+    lines.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    // Replay inferno's merge of consecutive lines (frames are merged while
+    // the names agree): each frame's (depth, x offset) -> our node.
+    let mut at: HashMap<(u32, u64), usize> = HashMap::new();
+    at.insert((0, 0), 0);
+    let mut x = 0u64;
+    let mut prev: &[usize] = &[];
+    for (_, p, c) in &lines {
+        let same = p
+            .iter()
+            .zip(prev)
+            .take_while(|(a, b)| tree.nodes[**a].name == tree.nodes[**b].name)
+            .count();
+        for (d, &id) in p.iter().enumerate().skip(same) {
+            at.entry((d as u32 + 1, x)).or_insert(id);
+        }
+        x += c;
+        prev = p;
+    }
+    let mut lines: Vec<String> = lines.into_iter().map(|l| l.0).collect();
     let mut o = Options::default();
     o.title = opts.title.clone();
-    o.subtitle = Some(format!(
-        "width: {}; {}",
-        if opts.base_width {
-            "baseline"
-        } else {
-            "candidate"
-        },
-        tree.legend()
-    ));
+    o.subtitle = Some(tree.short_legend(opts.base_width));
     o.count_name = "samples".into();
     o.deterministic = true;
-    o.no_sort = true;
     o.text_truncate_direction = TextTruncateDirection::Left;
     let frame_height = o.frame_height;
     let mut svg = Vec::new();
