@@ -419,3 +419,119 @@ fn html_report_shows_the_culprit_frame_named_and_red_in_chromium() {
     assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
     println!("screenshot: {}", shot.display());
 }
+
+/// Regression: inferno rejects folded lines that are not sorted as strings,
+/// and a name that is a prefix of its sibling's (`f` and `f.x`, with `.`
+/// sorting before `;`) splits a frame in two; every frame must still get
+/// its own node's tooltip and colour.
+#[test]
+fn svg_frames_map_to_nodes_when_names_are_prefixes_of_siblings() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("profdiff-prefix-names");
+    let _ = std::fs::remove_dir_all(&dir);
+    for (side, grow) in [("base", 1), ("cand", 30)] {
+        std::fs::create_dir_all(dir.join(side)).unwrap();
+        for run in 1..=3 {
+            let text = format!(
+                "main;f;g 200\nmain;f 100\nmain;f.x;h {}\nmain;f.x 150\nmain;f;k 120\nmain;z 300\n",
+                50 * grow + run
+            );
+            std::fs::write(dir.join(side).join(format!("run{run}.folded")), text).unwrap();
+        }
+    }
+    let load = |s: &str| -> Vec<(String, Profile)> {
+        diff::input::load_many(&[dir.join(s)])
+            .unwrap()
+            .into_iter()
+            .map(|(p, prof)| (p.display().to_string(), prof))
+            .collect()
+    };
+    let (b, c) = (load("base"), load("cand"));
+    let norm = Normalizer::new(NormalizeOptions::default());
+    let mut gate = Gate::new(
+        b.iter().map(|(n, p)| (n.clone(), p)).collect(),
+        c.iter().map(|(n, p)| (n.clone(), p)).collect(),
+        &norm,
+        None,
+    );
+    gate.run(&Budgets::default()).unwrap();
+    let (cmp, _) = gate.primary().unwrap();
+    let tree = FrameTree::build(cmp, &DiffGraphOptions::default());
+    let mut svg = Vec::new();
+    diffgraph::render_tree(&tree, &DiffGraphOptions::default(), &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    let titles: Vec<&str> = svg
+        .split("<g><title>")
+        .skip(1)
+        .map(|g| &g[..g.find("</title>").unwrap()])
+        .collect();
+    // Every frame carries our tooltip (inferno's own ends in "%)").
+    for t in &titles {
+        assert!(t.contains("| inclusive "), "frame without a node: {t}");
+    }
+    // `f` is split around `f.x` by the string order: both parts are `f`.
+    assert_eq!(titles.iter().filter(|t| t.starts_with("f (")).count(), 2);
+    // `h` under `f.x` grew 30-fold: red.
+    let h = svg
+        .split("<g><title>")
+        .find(|g| g.starts_with("h ("))
+        .expect("frame h");
+    let fill = h.split("fill=\"rgb(").nth(1).unwrap();
+    let v: Vec<u8> = fill[..fill.find(')').unwrap()]
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(is_red((v[0], v[1], v[2])), "h: rgb{v:?}");
+}
+
+/// With a compositional scale (candidate values in baseline units, the
+/// size factor taken here from an unchanged function), the functions whose
+/// work per item did not change stay neutral while the regression stays red.
+#[test]
+fn compositional_scale_keeps_unchanged_frames_neutral() {
+    let (_, share_tree) = run_gate("base", "cand");
+    let widest = |t: &FrameTree, name: &str| -> usize {
+        t.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.name == name)
+            .max_by(|a, b| a.1.incl.baseline.total_cmp(&b.1.incl.baseline))
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("no frame {name}"))
+    };
+    let h = &share_tree.nodes[widest(&share_tree, "main.hashItem")];
+    assert!(
+        h.change.is_some_and(|x| x < 0.0),
+        "diluted in shares: {h:?}"
+    );
+    let size = h.incl.candidate / h.incl.baseline;
+
+    let (b, c) = (load("base"), load("cand"));
+    let norm = Normalizer::new(NormalizeOptions::default());
+    let mut gate = Gate::new(
+        b.iter().map(|(n, p)| (n.clone(), p)).collect(),
+        c.iter().map(|(n, p)| (n.clone(), p)).collect(),
+        &norm,
+        None,
+    );
+    gate.run(&Budgets::default()).unwrap();
+    let (cmp, _) = gate.primary().unwrap();
+    let tree = FrameTree::build(
+        cmp,
+        &DiffGraphOptions {
+            candidate_scale: size,
+            ..Default::default()
+        },
+    );
+    for name in ["main.hashItem", "main.parseItem", "main.sortVals"] {
+        let n = &tree.nodes[widest(&tree, name)];
+        assert!(n.change.is_none(), "{name} coloured: {:?}", n.incl);
+    }
+    let a = &tree.nodes[widest(&tree, CHANGED)];
+    assert!(
+        a.incl.delta > 1.0,
+        "{CHANGED} in baseline units: {:?}",
+        a.incl
+    );
+    let col = a.color(tree.color_by);
+    assert!(is_red((col.r, col.g, col.b)), "{col:?}");
+}
