@@ -563,6 +563,16 @@ impl FrameTree {
     }
 }
 
+/// The [`DiffGraphOptions::candidate_scale`] matching a comparison's scale:
+/// the candidate's size factor ([`Comparison::size`]) under
+/// [`Scale::Compositional`], else 1 (plain shares).
+pub fn candidate_scale(cmp: &Comparison, scale: Option<&Scale>) -> f64 {
+    match scale {
+        Some(Scale::Compositional) if cmp.size.factor > 0.0 => cmp.size.factor,
+        _ => 1.0,
+    }
+}
+
 fn frame_name(s: &str) -> String {
     s.replace(';', ":")
 }
