@@ -522,12 +522,16 @@ impl FrameTree {
 
     /// The legend in one short line (the SVG's subtitle).
     pub fn short_legend(&self, base_width: bool) -> String {
+        let darkest = if self.max_change > 0.0 {
+            format!("max {:.1} pt", self.max_change * 100.0)
+        } else {
+            "none significant".into()
+        };
         format!(
-            "width = {}; colour = significant {} change (q < {}): red = grew, blue = shrank, darker = larger (max {:.1} pt), grey = noise",
+            "width = {}; colour = significant {} change (q < {}): red = grew, blue = shrank, darker = larger ({darkest}), grey = noise",
             if base_width { "baseline" } else { "candidate" },
             self.color_by.as_str(),
             self.alpha,
-            self.max_change * 100.0
         )
     }
 
