@@ -272,6 +272,16 @@ s.value=''; s.dispatchEvent(new Event('input',{bubbles:true}));
 document.querySelector('input[name=view][value=base]').click();
 var b=document.querySelector(sel);
 o.base_view_width=b?b.getBoundingClientRect().width:0;
+document.querySelector('input[name=view][value=diff]').click();
+var d=document.querySelector(sel);
+o.diff_view_width=d?d.getBoundingClientRect().width:0;
+document.querySelector('input[name=view][value=cand]').click();
+var li=document.querySelector('ol.path li:last-child');
+if(li){
+ var want=li.querySelector('code').textContent; li.click();
+ var zs=Array.prototype.filter.call(document.querySelectorAll('#flame .fr'),function(f){return f.getAttribute('data-name')===want&&!f.classList.contains('anc');});
+ o.path_click={name:want,width:zs.length?zs[0].getBoundingClientRect().width:0};
+}
 var p=document.createElement('pre'); p.id='probe'; p.textContent=JSON.stringify(o); document.body.appendChild(p);
 })();</script>"#;
 
@@ -423,6 +433,14 @@ fn html_report_shows_the_culprit_frame_named_and_red_in_chromium() {
     assert!(
         v["base_view_width"].as_f64().unwrap() < 0.1 * fw,
         "baseline view: {v}"
+    );
+    // Diff width (both sides): visible, narrower than in the candidate view.
+    let dw = v["diff_view_width"].as_f64().unwrap();
+    assert!(dw > 0.1 * fw && dw < fw - 1.0, "diff view: {v}");
+    // A culprit path step zooms the graph to that frame.
+    assert!(
+        v["path_click"]["width"].as_f64().unwrap() >= fw - 1.0,
+        "path step click: {v}"
     );
 
     let shot = work.join("report.png");
