@@ -45,10 +45,10 @@ pub const MAX_TREE_NODES: usize = 500_000;
 pub enum ColorBy {
     /// The change of the frame's inclusive value (the default).
     #[default]
-    Inclusive,
+    Inclusive = 0,
     /// The change of the frame's self value.
     #[serde(rename = "self")]
-    SelfValue,
+    SelfValue = 1,
 }
 
 impl ColorBy {
@@ -175,8 +175,11 @@ pub struct FrameNode {
     /// Candidate samples whose stack is this path.
     pub cand_self_samples: f64,
     /// Significant change relative to the largest significant change of the
-    /// coloured metric, in [-1, 1]; None when not significant.
+    /// coloured metric ([`FrameTree::color_by`]), in [-1, 1]; None when not
+    /// significant.
     pub change: Option<f64>,
+    /// The same for each metric, indexed by [`ColorBy`] (inclusive, self).
+    pub changes: [Option<f64>; 2],
 }
 
 impl FrameNode {
@@ -188,9 +191,9 @@ impl FrameNode {
         }
     }
 
-    /// Fill colour of the frame.
+    /// Fill colour of the frame when colouring by `by`.
     pub fn color(&self, by: ColorBy) -> Color {
-        match self.change {
+        match self.changes[by as usize] {
             Some(x) => change_color(x),
             None if self.colored(by).p_value.is_none() => UNTESTED,
             None => NEUTRAL,
@@ -215,6 +218,10 @@ pub struct FrameTree {
     pub tested: usize,
     /// Largest significant |delta| of the coloured metric (0 when none).
     pub max_change: f64,
+    /// Nodes tested per metric, indexed by [`ColorBy`].
+    pub tested_by: [usize; 2],
+    /// Largest significant |delta| per metric, indexed by [`ColorBy`].
+    pub max_changes: [f64; 2],
     /// Stacks cut short because the tree reached [`MAX_TREE_NODES`].
     pub truncated_stacks: usize,
     /// Runs per side.
@@ -428,6 +435,7 @@ impl FrameTree {
                     base_self_samples: samples(&acc.selfv, id, 0..kb),
                     cand_self_samples: samples(&acc.selfv, id, kb..nruns),
                     change: None,
+                    changes: [None, None],
                 }
             })
             .collect();
@@ -465,20 +473,28 @@ impl FrameTree {
             });
             nodes[id].children = ch;
         }
-        // Colour: significant changes, graded against the largest.
-        let sig = |n: &FrameNode| {
-            let s = n.colored(opts.color_by);
-            matches!(s.q_value, Some(q) if q < opts.alpha) && s.delta != 0.0
-        };
-        let max_change = nodes
-            .iter()
-            .filter(|n| sig(n))
-            .map(|n| n.colored(opts.color_by).delta.abs())
-            .fold(0.0f64, f64::max);
-        for n in &mut nodes {
-            if sig(n) {
-                n.change = Some(n.colored(opts.color_by).delta / max_change.max(1e-300));
+        // Colour: significant changes, graded against the largest, for
+        // both metrics (the page can switch).
+        let mut max_changes = [0.0f64; 2];
+        for by in [ColorBy::Inclusive, ColorBy::SelfValue] {
+            let sig = |n: &FrameNode| {
+                let s = n.colored(by);
+                matches!(s.q_value, Some(q) if q < opts.alpha) && s.delta != 0.0
+            };
+            let max = nodes
+                .iter()
+                .filter(|n| sig(n))
+                .map(|n| n.colored(by).delta.abs())
+                .fold(0.0f64, f64::max);
+            for n in &mut nodes {
+                if sig(n) {
+                    n.changes[by as usize] = Some(n.colored(by).delta / max.max(1e-300));
+                }
             }
+            max_changes[by as usize] = max;
+        }
+        for n in &mut nodes {
+            n.change = n.changes[opts.color_by as usize];
         }
         FrameTree {
             nodes,
@@ -487,7 +503,9 @@ impl FrameTree {
             noise_floor: opts.noise_floor,
             candidate_scale: cscale,
             tested: tested[opts.color_by as usize].len(),
-            max_change,
+            max_change: max_changes[opts.color_by as usize],
+            tested_by: [tested[0].len(), tested[1].len()],
+            max_changes,
             truncated_stacks: acc.truncated,
             runs: (kb, nruns - kb),
             sample_type: cmp.sample_type.to_string(),
@@ -503,19 +521,25 @@ impl FrameTree {
         }
     }
 
-    /// One-line legend: what red, blue and grey mean.
+    /// One-line legend for the coloured metric: what red, blue and grey mean.
     pub fn legend(&self) -> String {
-        let darkest = if self.max_change > 0.0 {
-            format!("darkest = {:.1} points", self.max_change * 100.0)
+        self.legend_for(self.color_by)
+    }
+
+    /// One-line legend when colouring by `by`.
+    pub fn legend_for(&self, by: ColorBy) -> String {
+        let max = self.max_changes[by as usize];
+        let darkest = if max > 0.0 {
+            format!("darkest = {:.1} points", max * 100.0)
         } else {
             "no frame changed significantly".into()
         };
         format!(
             "colour = significant change of the frame's {} value (BH q < {} over {} frames): red = grew, blue = shrank, \
              darker = larger ({darkest}); grey = no significant change (noise); light grey = under the {}% noise floor, not tested",
-            self.color_by.as_str(),
+            by.as_str(),
             self.alpha,
-            self.tested,
+            self.tested_by[by as usize],
             self.noise_floor * 100.0
         )
     }

@@ -276,6 +276,10 @@ document.querySelector('input[name=view][value=diff]').click();
 var d=document.querySelector(sel);
 o.diff_view_width=d?d.getBoundingClientRect().width:0;
 document.querySelector('input[name=view][value=cand]').click();
+document.querySelector('input[name=color][value=self]').click();
+var sc=document.querySelector(sel);
+o.self_color={bg:sc?getComputedStyle(sc).backgroundColor:'',legend:document.getElementById('legend-text').textContent};
+document.querySelector('input[name=color][value=inclusive]').click();
 var li=document.querySelector('ol.path li:last-child');
 if(li){
  var want=li.querySelector('code').textContent; li.click();
@@ -437,6 +441,17 @@ fn html_report_shows_the_culprit_frame_named_and_red_in_chromium() {
     // Diff width (both sides): visible, narrower than in the candidate view.
     let dw = v["diff_view_width"].as_f64().unwrap();
     assert!(dw > 0.1 * fw && dw < fw - 1.0, "diff view: {v}");
+    // Colour by self change: the function's own (self) time barely changed,
+    // so its frame is not red there, and the legend says what it shows.
+    let sc = &v["self_color"];
+    assert!(
+        !is_red(rgb(sc["bg"].as_str().unwrap())),
+        "self colouring: {sc}"
+    );
+    assert!(
+        sc["legend"].as_str().unwrap().contains("self value"),
+        "{sc}"
+    );
     // A culprit path step zooms the graph to that frame.
     assert!(
         v["path_click"]["width"].as_f64().unwrap() >= fw - 1.0,

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::{fmt_delta, fmt_p, fmt_value, headline, needed_text, xml_escape};
-use crate::diffgraph::FrameTree;
+use crate::diffgraph::{ColorBy, FrameTree};
 use crate::gate::{Culprit, CulpritKind, GateReport, Verdict};
 
 const SCRIPT: &str = include_str!("html/flame.js");
@@ -24,14 +24,16 @@ fn class(v: Verdict) -> &'static str {
 
 /// One frame for the page: name index, parent (-1 root), baseline and
 /// candidate inclusive, baseline and candidate self, inclusive and self
-/// q-values (-1 untested), fill index, candidate and baseline samples.
-type PageFrame = (u32, i64, f64, f64, f64, f64, f64, f64, u32, f64, f64);
+/// q-values (-1 untested), fill index by inclusive change, candidate and
+/// baseline samples, fill index by self change.
+type PageFrame = (u32, i64, f64, f64, f64, f64, f64, f64, u32, f64, f64, u32);
 
 /// The frame tree as the page's script reads it.
 #[derive(Serialize)]
 struct PageData<'a> {
     color_by: &'static str,
     legend: String,
+    legend_self: String,
     unit: &'static str,
     max_change: f64,
     omitted: usize,
@@ -134,16 +136,19 @@ fn page_data<'a>(tree: &'a FrameTree, culprits: &[Culprit]) -> PageData<'a> {
             names.push(n.name.as_str());
             (names.len() - 1) as u32
         });
-        let c = n.color(tree.color_by);
-        let hex = format!("#{:02x}{:02x}{:02x}", c.r, c.g, c.b);
-        let fi = match fill_ix.get(&hex) {
-            Some(&f) => f,
-            None => {
-                fills.push(hex.clone());
-                fill_ix.insert(hex, (fills.len() - 1) as u32);
-                (fills.len() - 1) as u32
+        let mut fill = |by: ColorBy| -> u32 {
+            let c = n.color(by);
+            let hex = format!("#{:02x}{:02x}{:02x}", c.r, c.g, c.b);
+            match fill_ix.get(&hex) {
+                Some(&f) => f,
+                None => {
+                    fills.push(hex.clone());
+                    fill_ix.insert(hex, (fills.len() - 1) as u32);
+                    (fills.len() - 1) as u32
+                }
             }
         };
+        let (fi, fs) = (fill(ColorBy::Inclusive), fill(ColorBy::SelfValue));
         let parent = n.parent.map(|p| page_id[p as usize] as i64).unwrap_or(-1);
         frames.push((
             ni,
@@ -157,6 +162,7 @@ fn page_data<'a>(tree: &'a FrameTree, culprits: &[Culprit]) -> PageData<'a> {
             fi,
             n.cand_samples.round(),
             n.base_samples.round(),
+            fs,
         ));
         for &ch in n.children.iter().rev() {
             stack.push(ch as usize);
@@ -175,7 +181,8 @@ fn page_data<'a>(tree: &'a FrameTree, culprits: &[Culprit]) -> PageData<'a> {
         .collect();
     PageData {
         color_by: tree.color_by.as_str(),
-        legend: tree.legend(),
+        legend: tree.legend_for(ColorBy::Inclusive),
+        legend_self: tree.legend_for(ColorBy::SelfValue),
         unit: tree.unit_text(),
         max_change: tree.max_change,
         omitted: keep.iter().filter(|k| !**k).count(),
@@ -300,6 +307,9 @@ pub fn html(r: &GateReport, tree: Option<&FrameTree>) -> String {
              <label><input type=\"radio\" name=\"view\" value=\"cand\" checked> candidate</label>\
              <label><input type=\"radio\" name=\"view\" value=\"base\"> baseline</label>\
              <label><input type=\"radio\" name=\"view\" value=\"diff\"> diff (both sides)</label></span>\
+             <span class=\"views\">colour: \
+             <label><input type=\"radio\" name=\"color\" value=\"inclusive\"{}> inclusive change</label>\
+             <label><input type=\"radio\" name=\"color\" value=\"self\"{}> self change</label></span>\
              <input id=\"search\" type=\"search\" placeholder=\"search functions (regex)\" aria-label=\"search\">\
              <span id=\"matched\"></span>\
              <button id=\"reset\" type=\"button\">reset zoom</button></div>\
@@ -311,7 +321,9 @@ pub fn html(r: &GateReport, tree: Option<&FrameTree>) -> String {
              <div id=\"flame\" role=\"img\" aria-label=\"differential flame graph\"></div>\
              <div id=\"details\">hover a frame for details; click to zoom</div>\
              <div id=\"tip\" hidden></div>",
-            xml_escape(&format!("{} Values: {}.", data.legend, data.unit))
+            if tree.color_by == ColorBy::Inclusive { " checked" } else { "" },
+            if tree.color_by == ColorBy::SelfValue { " checked" } else { "" },
+            xml_escape(&format!("{} Values: {}.", tree.legend(), data.unit))
         );
         if data.omitted > 0 || tree.truncated_stacks > 0 {
             let _ = writeln!(

@@ -6,7 +6,7 @@
   "use strict";
   var D = JSON.parse(document.getElementById("pd-data").textContent);
   var F = D.frames;
-  var NAME = 0, PAR = 1, BI = 2, CI = 3, BS = 4, CS = 5, QI = 6, QS = 7, FILL = 8, CSAM = 9, BSAM = 10;
+  var NAME = 0, PAR = 1, BI = 2, CI = 3, BS = 4, CS = 5, QI = 6, QS = 7, FILL = 8, CSAM = 9, BSAM = 10, FILL_SELF = 11;
   var H = 18;
   var flame = document.getElementById("flame");
   var tip = document.getElementById("tip");
@@ -23,7 +23,8 @@
       if (k === 0) primary[f] = ci;
     });
   });
-  var view = "cand", zoom = 0, matches = null;
+  var view = "cand", zoom = 0, matches = null, color = D.color_by;
+  var legend = document.getElementById("legend-text");
   var dark = D.fills.map(function (h) {
     var r = parseInt(h.substr(1, 2), 16), g = parseInt(h.substr(3, 2), 16), b = parseInt(h.substr(5, 2), 16);
     return 0.299 * r + 0.587 * g + 0.114 * b < 140;
@@ -56,10 +57,12 @@
     return w > 0 ? w : 7.2;
   })();
 
+  function fill(i) { return F[i][color === "self" ? FILL_SELF : FILL]; }
+
   function box(frag, i, x, w, d, anc) {
     var e = document.createElement("div");
     var cls = "fr";
-    if (dark[F[i][FILL]]) cls += " dark";
+    if (dark[fill(i)]) cls += " dark";
     if (anc) cls += " anc";
     if (culprit[i]) cls += " culprit";
     if (matches && matches[i]) cls += " match";
@@ -67,7 +70,7 @@
     e.style.left = x.toFixed(1) + "px";
     e.style.top = d * H + "px";
     e.style.width = Math.max(w, 1).toFixed(1) + "px";
-    e.style.background = D.fills[F[i][FILL]];
+    e.style.background = D.fills[fill(i)];
     e.setAttribute("data-id", i);
     e.setAttribute("data-name", name(i));
     if (i in primary) e.setAttribute("data-primary", primary[i]);
@@ -144,6 +147,13 @@
   document.getElementById("reset").addEventListener("click", function () { zoom = 0; render(); });
   Array.prototype.forEach.call(document.querySelectorAll("input[name=view]"), function (r) {
     r.addEventListener("change", function () { view = r.value; render(); updateMatched(); });
+  });
+  Array.prototype.forEach.call(document.querySelectorAll("input[name=color]"), function (r) {
+    r.addEventListener("change", function () {
+      color = r.value;
+      legend.textContent = (color === "self" ? D.legend_self : D.legend) + " Values: " + D.unit + ".";
+      render();
+    });
   });
 
   function updateMatched() {
