@@ -323,7 +323,7 @@ pub fn html(r: &GateReport, tree: Option<&FrameTree>) -> String {
              <div id=\"tip\" hidden></div>",
             if tree.color_by == ColorBy::Inclusive { " checked" } else { "" },
             if tree.color_by == ColorBy::SelfValue { " checked" } else { "" },
-            xml_escape(&format!("{} Values: {}.", tree.legend(), data.unit))
+            xml_escape(&format!("{}. Values: {}.", tree.legend(), data.unit))
         );
         if data.omitted > 0 || tree.truncated_stacks > 0 {
             let _ = writeln!(

@@ -151,7 +151,7 @@
   Array.prototype.forEach.call(document.querySelectorAll("input[name=color]"), function (r) {
     r.addEventListener("change", function () {
       color = r.value;
-      legend.textContent = (color === "self" ? D.legend_self : D.legend) + " Values: " + D.unit + ".";
+      legend.textContent = (color === "self" ? D.legend_self : D.legend) + ". Values: " + D.unit + ".";
       render();
     });
   });
