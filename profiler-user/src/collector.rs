@@ -187,6 +187,39 @@ impl FramelessLoader {
     }
 }
 
+/// SIGTERM and SIGINT as one stream: both stop a recording or the agent
+/// (the profile or the partial window is written). Installed once, so a
+/// signal that arrives while a drain runs is seen at the next `select!`.
+pub struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Install the handlers (inside a tokio runtime).
+    pub fn install() -> Result<Self, RecordError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let handler = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|e| RecordError::Signal {
+                signal: name,
+                source: e,
+            })
+        };
+        Ok(StopSignals {
+            term: handler(SignalKind::terminate(), "SIGTERM")?,
+            int: handler(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    /// Wait for the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Per-drain bookkeeping of [`Collector::prepare`]: which processes were
 /// re-snapshotted in this drain (at most [`RESNAPSHOT_PER_DRAIN`]).
 #[derive(Default)]

@@ -16,7 +16,7 @@ use profiler_common::Counter;
 use profiler_symbolize::ProfileMeta;
 
 use crate::{
-    collector::{Aggregate, Collector, DrainPass, Snapshots},
+    collector::{Aggregate, Collector, DrainPass, Snapshots, StopSignals},
     error::RecordError,
     sampler::{cgroup_id, TARGET_PARENT_ONLY, TARGET_SAMPLE},
 };
@@ -157,15 +157,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Streams created once, so a signal that arrives while a drain runs is
     // still seen at the next select.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| RecordError::Signal {
-        signal: "SIGTERM",
-        source: e,
-    })?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| RecordError::Signal {
-        signal: "SIGINT",
-        source: e,
-    })?;
+    let mut signals = StopSignals::install()?;
     let deadline = opts.duration.map(|d| started + d);
     let mut last_drain = Instant::now();
     let progress = opts.progress && std::io::stderr().is_terminal();
@@ -180,8 +172,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         };
         let stop = tokio::select! {
             _ = tick.tick() => false,
-            _ = sigint.recv() => true,
-            _ = sigterm.recv() => true,
+            _ = signals.recv() => true,
             status = child_wait => { command_status = status; child = None; true }
         };
         // Process lifecycle events first: snapshots must beat exits.

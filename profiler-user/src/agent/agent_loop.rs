@@ -5,7 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -14,14 +14,14 @@ use profiler_kube::pods::PodCache;
 use profiler_symbolize::ProfileMeta;
 
 use super::{
-    api::LiveTarget,
-    metrics::{AgentMetrics, MetricDef},
-    store::{Store, WindowMeta},
+    api::{ApiState, LiveTarget},
+    metrics::MetricDef,
+    store::WindowMeta,
     targets::{self, Found, PidMap, Resolved},
     AgentError, AgentOptions, AgentSummary, MAX_TARGETS, MAX_WINDOW_STACKS,
 };
 use crate::{
-    collector::{Aggregate, Collector, DrainPass},
+    collector::{Aggregate, Collector, DrainPass, StopSignals},
     error::RecordError,
     sampler::DrainedStack,
 };
@@ -87,9 +87,8 @@ pub(super) struct AgentLoop<'a> {
     /// cgroup v1: the eBPF filter follows pids, not cgroup ids.
     v1: bool,
     collector: Collector,
-    store: Arc<Store>,
-    metrics: Arc<AgentMetrics>,
-    live: Arc<RwLock<Vec<LiveTarget>>>,
+    /// The store, metrics and live targets the API serves.
+    shared: Arc<ApiState>,
     pods: Option<PodCache>,
     targets: HashMap<String, Target>,
     /// Containers that went away during the current window (written at
@@ -103,16 +102,14 @@ pub(super) struct AgentLoop<'a> {
 }
 
 impl<'a> AgentLoop<'a> {
-    /// A loop over `collector` (sampler loaded, filter set up).
-    #[allow(clippy::too_many_arguments)] // the shared handles `run` set up
+    /// A loop over `collector` (sampler loaded, filter set up) that
+    /// writes to the store in `shared` and publishes there.
     pub(super) fn new(
         opts: &'a AgentOptions,
         root: PathBuf,
         v1: bool,
         collector: Collector,
-        store: Arc<Store>,
-        metrics: Arc<AgentMetrics>,
-        live: Arc<RwLock<Vec<LiveTarget>>>,
+        shared: Arc<ApiState>,
         pods: Option<PodCache>,
     ) -> Self {
         AgentLoop {
@@ -120,9 +117,7 @@ impl<'a> AgentLoop<'a> {
             root,
             v1,
             collector,
-            store,
-            metrics,
-            live,
+            shared,
             pods,
             targets: HashMap::new(),
             departed: HashMap::new(),
@@ -137,15 +132,7 @@ impl<'a> AgentLoop<'a> {
     /// Run until SIGTERM/SIGINT; the partial window is written on the way
     /// out.
     pub(super) async fn run(mut self) -> Result<AgentSummary, AgentError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| RecordError::Signal {
-            signal: "SIGTERM",
-            source: e,
-        })?;
-        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| RecordError::Signal {
-            signal: "SIGINT",
-            source: e,
-        })?;
+        let mut signals = StopSignals::install()?;
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -155,8 +142,7 @@ impl<'a> AgentLoop<'a> {
         loop {
             let stop = tokio::select! {
                 _ = tick.tick() => false,
-                _ = sigint.recv() => true,
-                _ = sigterm.recv() => true,
+                _ = signals.recv() => true,
             };
             // Lifecycle events concern pid targets (cgroup v1 only): forked
             // children are added in the kernel; exited ones leave.
@@ -193,7 +179,7 @@ impl<'a> AgentLoop<'a> {
                 self.flush(done, end);
                 self.departed.clear();
                 // Age-based retention also when nothing new is written.
-                self.store.enforce_retention();
+                self.shared.store.enforce_retention();
                 // Release what exited processes held.
                 self.collector.forget_dead();
             }
@@ -397,7 +383,7 @@ impl<'a> AgentLoop<'a> {
                 samples: written,
             };
             let profile = self.collector.build_profile(agg, &meta);
-            match self.store.put(&wm, &profile) {
+            match self.shared.store.put(&wm, &profile) {
                 Ok(_) => {
                     self.counters.windows += 1;
                     self.summary.windows += 1;
@@ -451,7 +437,7 @@ impl<'a> AgentLoop<'a> {
                 &b.target.container,
             ))
         });
-        if let Ok(mut l) = self.live.write() {
+        if let Ok(mut l) = self.shared.live.write() {
             *l = v;
         }
     }
@@ -546,7 +532,7 @@ impl<'a> AgentLoop<'a> {
                 Some(l) => std::slice::from_ref(l),
                 None => &[],
             };
-            self.metrics.set_def(def, labels, value);
+            self.shared.metrics.set_def(def, labels, value);
         }
     }
 }

@@ -24,12 +24,7 @@ pub mod metrics;
 pub mod store;
 pub mod targets;
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
     collector::{Collector, Snapshots},
@@ -38,7 +33,7 @@ use crate::{
 
 use self::{
     agent_loop::AgentLoop,
-    api::{ApiState, LiveTarget},
+    api::ApiState,
     metrics::AgentMetrics,
     store::{Retention, Store},
     targets::Selection,
@@ -183,8 +178,6 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
             source: e,
         })?,
     );
-    let metrics = Arc::new(AgentMetrics::new());
-    let live: Arc<RwLock<Vec<LiveTarget>>> = Arc::default();
 
     // The pod watch (one list+watch on this node's pods).
     let mut watch = None;
@@ -253,9 +246,9 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
 
     // The API, shut down through `stop_api`.
     let state = Arc::new(ApiState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        live: live.clone(),
+        store,
+        metrics: Arc::new(AgentMetrics::new()),
+        live: Arc::default(),
     });
     // Bound here so a taken port fails the start, not a background task.
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -268,7 +261,7 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
     let api_task = tokio::spawn(api::serve_listener(
         listener,
         opts.token.clone(),
-        state,
+        state.clone(),
         async {
             let _ = api_stopped.await;
         },
@@ -292,7 +285,7 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
             "pods named by uid (no Kubernetes API)".to_string()
         }
     );
-    let result = AgentLoop::new(&opts, root, v1, collector, store, metrics, live, pods)
+    let result = AgentLoop::new(&opts, root, v1, collector, state, pods)
         .run()
         .await;
 

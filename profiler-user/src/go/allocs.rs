@@ -47,13 +47,7 @@ impl GoSession {
         t: &ProbeTarget<'_>,
         proc: &mut Proc,
     ) -> Result<(), RecordError> {
-        let ProbeTarget {
-            bin,
-            exe,
-            tgid,
-            shown,
-            version,
-        } = *t;
+        let (bin, exe, tgid, shown, version) = (t.bin, t.exe, t.tgid, t.shown, t.version);
         let refill = self.opts.knobs.allocs_refill;
         let (func, r) = if self.opts.alloc_exact {
             ("runtime.mallocgc", reg::AX)
@@ -81,12 +75,8 @@ impl GoSession {
         symbolizer: &mut Symbolizer,
         f: &mut Finish,
     ) -> (String, Profile, Vec<String>) {
-        let base_comments = &f.meta.comments;
-        let common_summary = &f.common_summary;
-        let elapsed = f.elapsed;
-        let cache = &mut f.cache;
-        let mut comments = base_comments.clone();
-        let mut summary = common_summary.clone();
+        let mut comments = f.meta.comments.clone();
+        let mut summary = f.common_summary.clone();
         // Rates as now (the program may have set it in main).
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
@@ -156,7 +146,7 @@ impl GoSession {
             };
             total_bytes += bytes;
             raws.push((
-                self.frames(&k, cache),
+                self.frames(&k, &mut f.cache),
                 k.tgid,
                 vec![objects.round() as i64, bytes.round() as i64],
                 vec![],
@@ -165,7 +155,7 @@ impl GoSession {
         let line = format!(
             "allocs: {total_events} allocation events, estimated {:.1} MiB allocated ({:.2} MiB/s)",
             total_bytes / 1048576.0,
-            total_bytes / 1048576.0 / elapsed.max(1e-9)
+            total_bytes / 1048576.0 / f.elapsed.max(1e-9)
         );
         comments.push(line.clone());
         summary.push(line);

@@ -82,13 +82,7 @@ impl GoSession {
         sampler: &mut Sampler,
         t: &ProbeTarget<'_>,
     ) -> Result<(), RecordError> {
-        let ProbeTarget {
-            bin,
-            exe,
-            tgid,
-            shown,
-            version: _,
-        } = *t;
+        let (bin, exe, tgid, shown) = (t.bin, t.exe, t.tgid, t.shown);
         let patterns = self.patterns.clone();
         for pat in &patterns {
             let found: Vec<String> = bin.matching(pat).iter().map(|f| f.name.clone()).collect();
@@ -125,10 +119,6 @@ impl GoSession {
         symbolizer: &mut Symbolizer,
         f: &mut Finish,
     ) -> (String, Profile, Vec<String>) {
-        let base_comments = &f.meta.comments;
-        let common_summary = &f.common_summary;
-        let elapsed = f.elapsed;
-        let cache = &mut f.cache;
         let mut stacks: Vec<(GoStackKey, u64)> = Vec::new();
         for k in self.calls.keys().filter_map(Result::ok) {
             if let Ok(v) = self.calls.get(&k, 0) {
@@ -147,13 +137,18 @@ impl GoSession {
         let mut per_symbol: HashMap<u64, u64> = HashMap::new();
         for (k, n) in counted {
             *per_symbol.entry(k.tag).or_default() += n;
-            raws.push((self.frames(&k, cache), k.tgid, vec![n as i64], vec![]));
+            raws.push((
+                self.frames(&k, &mut f.cache),
+                k.tgid,
+                vec![n as i64],
+                vec![],
+            ));
         }
-        let mut summary = common_summary.clone();
-        let mut comments = base_comments.clone();
+        let mut summary = f.common_summary.clone();
+        let mut comments = f.meta.comments.clone();
         for (i, s) in self.symbols.iter().enumerate() {
             let n = per_symbol.get(&(i as u64)).copied().unwrap_or(0);
-            let line = format!("calls: {s}: {n} ({:.1}/s)", n as f64 / elapsed.max(1e-9));
+            let line = format!("calls: {s}: {n} ({:.1}/s)", n as f64 / f.elapsed.max(1e-9));
             comments.push(line.clone());
             summary.push(line);
         }

@@ -33,13 +33,7 @@ impl GoSession {
         sampler: &mut Sampler,
         t: &ProbeTarget<'_>,
     ) -> Result<(), RecordError> {
-        let ProbeTarget {
-            bin,
-            exe,
-            tgid,
-            shown,
-            version,
-        } = *t;
+        let (bin, exe, tgid, shown, version) = (t.bin, t.exe, t.tgid, t.shown, t.version);
         let newproc = self.probe(sampler, bin, exe, tgid, "go_newproc", "runtime.newproc", 0)?;
         let done = match (
             bin.func("runtime.newproc.func1"),
@@ -103,17 +97,13 @@ impl GoSession {
         symbolizer: &mut Symbolizer,
         f: &mut Finish,
     ) -> (String, Profile, Vec<String>) {
-        let base_comments = &f.meta.comments;
-        let common_summary = &f.common_summary;
-        let elapsed = f.elapsed;
-        let cache = &mut f.cache;
         let sites = self.read_sites();
         let mut raws = Vec::new();
-        let mut comments = base_comments.clone();
-        let mut summary = common_summary.clone();
+        let mut comments = f.meta.comments.clone();
+        let mut summary = f.common_summary.clone();
         for (k, c) in &sites {
             let live = c.created.saturating_sub(c.exited) as i64;
-            let mut frames = self.frames(k, cache);
+            let mut frames = self.frames(k, &mut f.cache);
             // Drop the runtime.newproc leaf: the creating function leads.
             if frames.len() > 1 {
                 frames.remove(0);
@@ -171,9 +161,13 @@ impl GoSession {
             leak_lines.push((slope, r2, live, *c, *k));
         }
         leak_lines.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal));
-        let names = self.site_names(symbolizer, leak_lines.iter().map(|l| l.4).collect(), cache);
+        let names = self.site_names(
+            symbolizer,
+            leak_lines.iter().map(|l| l.4).collect(),
+            &mut f.cache,
+        );
         for ((slope, r2, live, c, _), name) in leak_lines.iter().zip(names).take(20) {
-            let leaking = *slope > 0.0 && *r2 >= 0.8 && slope * elapsed >= 5.0;
+            let leaking = *slope > 0.0 && *r2 >= 0.8 && slope * f.elapsed >= 5.0;
             let line = format!(
                     "goroutines: site {name}: live={live} created={} exited={} slope={slope:+.2}/s r2={r2:.2}{}",
                     c.created,
