@@ -603,6 +603,29 @@ fn allocs_exact_mode_go123() {
     assert!((b - 0.75).abs() <= 0.075, "allocB share {b:.3}");
 }
 
+/// An unknown `--count-preset` reaching the library is a usage error
+/// (exit 2), not a kernel problem (exit 5).
+#[test]
+fn unknown_preset_is_a_usage_error() {
+    if !can_run("unknown_preset_is_a_usage_error") {
+        return;
+    }
+    let mut sampler = Sampler::start(49).expect("loading the sampler");
+    let opts = GoOptions {
+        profiles: GoProfiles {
+            calls: true,
+            ..Default::default()
+        },
+        preset: Some("no-such-preset".into()),
+        ..Default::default()
+    };
+    let Err(e) = GoSession::start(&mut sampler, &opts) else {
+        panic!("an unknown preset was accepted")
+    };
+    assert_eq!(e.exit_code(), profiler_user::error::exit::USAGE, "{e}");
+    assert!(e.to_string().contains("no-such-preset"), "{e}");
+}
+
 /// The refill probe (`BenchKnobs::allocs_refill`, `PROFILER_GO_ALLOCS_PROBE=refill`
 /// in a `bench-knobs` build; a measurement mode for MemProfileRate 0, not a
 /// flag): one event per span handed to an mcache, weighted by the

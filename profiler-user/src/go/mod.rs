@@ -117,7 +117,7 @@ pub struct GoOptions {
 /// counted function and per immediate caller are exact in both modes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum CountStacks {
-    /// A full user stack (`bpf_get_stackid`) on every call.
+    /// A full user stack on every call (the probe walks the frame pointers).
     #[default]
     Full,
     /// Count by immediate caller (the return address at `[SP]`); take the
