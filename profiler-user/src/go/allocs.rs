@@ -92,7 +92,7 @@ impl GoSession {
             rates.insert(*pid, p.mem_rate);
             let line = match (p.alloc_probe, p.mem_rate) {
                     (Some(REFILL), _) => format!(
-                        "allocs: pid {pid}: spans handed to mcaches probed at {REFILL} (PROFILER_GO_ALLOCS_PROBE=refill, a measurement mode): each event weighted by the span's objects; small objects only (no allocation > 32 KiB)"
+                        "allocs: pid {pid}: spans handed to mcaches probed at {REFILL} (bench-knobs allocs_refill, a measurement mode): each event weighted by the span's objects; small objects only (no allocation > 32 KiB)"
                     ),
                     (Some("runtime.mallocgc"), _) => format!(
                         "allocs: pid {pid}: every allocation probed at runtime.mallocgc (exact counts, unsampled; costly)"

@@ -78,11 +78,11 @@ impl BenchKnobs {
         let mut notes = Vec::new();
         if self.call_stage & !COOKIE_BENCH_STACKID != 0 {
             notes.push(
-                "calls: PROFILER_GO_CALL_STAGE set: benchmark stage, calls NOT counted".into(),
+                "calls: benchmark stage set (bench-knobs call_stage): calls NOT counted".into(),
             );
         } else if self.call_stage != 0 {
             notes.push(
-                "calls: PROFILER_GO_CALL_STAGE=stackid: stacks from bpf_get_stackid (benchmark stage)"
+                "calls: stacks from bpf_get_stackid (bench-knobs call_stage, a benchmark stage)"
                     .into(),
             );
         }
