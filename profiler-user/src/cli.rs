@@ -164,6 +164,8 @@ pub enum ProfileType {
 
 /// `profiler record` flags.
 #[derive(clap::Args, Debug)]
+// The doc comments are the flags' help: `<type>.pb.gz` is text, not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 pub struct RecordArgs {
     /// Process to profile (repeatable); its children are followed.
     #[arg(long = "pid", value_name = "PID")]
