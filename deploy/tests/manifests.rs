@@ -9,10 +9,12 @@
 //! of their schemas this repository uses.
 //!
 //! Command lines in the manifests and CI scripts are checked against the
-//! real flags, read from the clap definitions (`profdiff gate` in
-//! `diff/src/bin/profdiff/main.rs`, `profiler agent` and `profiler fetch`
-//! in `profiler-user/src/main.rs`), which must also offer every flag of the
-//! CLI contract the manifests were written against (constants below).
+//! real flags: `profiler agent` and `profiler fetch` through
+//! `clap::CommandFactory` on `profiler_user::cli::Cli` (the DaemonSet's
+//! arguments are also parsed by it), `profdiff gate` read from its clap
+//! definitions in `diff/src/bin/profdiff/main.rs` (a binary, so not
+//! importable). Both must also offer every flag of the CLI contract the
+//! manifests were written against (constants below).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -31,7 +33,7 @@ use serde_yaml_ng::Value;
 // Contract constants
 
 /// `profiler agent` flags of the CLI contract; the real definitions
-/// (`AgentArgs` in profiler-user/src/main.rs) must have at least these.
+/// (`profiler_user::cli::AgentArgs`) must have at least these.
 const AGENT_CONTRACT: &[&str] = &[
     "node-name",
     "listen",
@@ -698,6 +700,20 @@ fn daemonset_node_name_probes_resources_and_rollout() {
 fn daemonset_args_follow_the_agent_contract_and_match_the_mounts() {
     let m = Manifests::load();
     let flags = m.agent_args();
+    // The profiler's own parser accepts them, values included (durations,
+    // sizes, the listen address).
+    let args = m.agent().args.clone().unwrap_or_default();
+    let parsed = <profiler_user::cli::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("profiler".to_string()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("profiler {}: {e}", args.join(" ")));
+    let profiler_user::cli::Cmd::Agent(parsed) = parsed.command else {
+        panic!("the DaemonSet does not run `profiler agent`")
+    };
+    assert!(
+        parsed.token_file.is_some(),
+        "the agent off loopback needs --token-file"
+    );
 
     // The listener is on the pod network, so a token is required, and it is
     // the file the Secret provides.
@@ -854,7 +870,7 @@ fn rbac_is_read_only_on_pods_for_an_existing_service_account() {
 // ---------------------------------------------------------------------------
 // Command lines in CI scripts
 
-/// Flags of clap `Args` structs read from their source: (name without
+/// Flags of clap `Args` structs read from a binary's source: (name without
 /// dashes, takes a value), long and short names both listed, `help` and
 /// `h` included. `expected` names flags that must be found (a check on this
 /// small parser as much as on the CLI).
@@ -921,14 +937,41 @@ fn profdiff_gate_flags() -> Vec<(String, bool)> {
     )
 }
 
-/// `profiler agent` flags, from profiler-user/src/main.rs.
-fn agent_flags() -> Vec<(String, bool)> {
-    clap_flags("profiler-user/src/main.rs", &["AgentArgs"], AGENT_CONTRACT)
+/// Flags of `profiler SUB` from the real command (`clap::CommandFactory`):
+/// (name without dashes, takes a value), long and short names both
+/// listed, `help` and `h` included; every name of `expected` must be there.
+fn profiler_flags(sub: &str, expected: &[&str]) -> Vec<(String, bool)> {
+    use clap::CommandFactory as _;
+    let mut cli = profiler_user::cli::Cli::command();
+    cli.build();
+    let cmd = cli
+        .find_subcommand(sub)
+        .unwrap_or_else(|| panic!("profiler has no subcommand {sub}"));
+    let mut flags = vec![("help".to_string(), false), ("h".to_string(), false)];
+    for arg in cmd.get_arguments() {
+        let takes_value = arg.get_action().takes_values();
+        if let Some(long) = arg.get_long() {
+            flags.push((long.to_string(), takes_value));
+        }
+        if let Some(short) = arg.get_short() {
+            flags.push((short.to_string(), takes_value));
+        }
+    }
+    let names: BTreeSet<&str> = flags.iter().map(|(n, _)| n.as_str()).collect();
+    for e in expected {
+        assert!(names.contains(e), "profiler {sub}: no flag --{e}");
+    }
+    flags
 }
 
-/// `profiler fetch` flags, from profiler-user/src/main.rs.
+/// `profiler agent` flags.
+fn agent_flags() -> Vec<(String, bool)> {
+    profiler_flags("agent", AGENT_CONTRACT)
+}
+
+/// `profiler fetch` flags.
 fn fetch_table() -> Vec<(String, bool)> {
-    clap_flags("profiler-user/src/main.rs", &["FetchArgs"], FETCH_CONTRACT)
+    profiler_flags("fetch", FETCH_CONTRACT)
 }
 
 /// Shell words of a line, quotes removed (no expansion).

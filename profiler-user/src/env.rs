@@ -17,15 +17,11 @@ pub fn check() -> Result<(), RecordError> {
     if let Some(caps) = effective_caps() {
         let has = |c: u32| caps & (1u64 << c) != 0;
         if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
-            return Err(RecordError::Permission(
-                "profiler needs root or CAP_BPF and CAP_PERFMON: run it with sudo, or `setcap cap_bpf,cap_perfmon+ep $(which profiler)`".into(),
-            ));
+            return Err(RecordError::NoPrivileges);
         }
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err(RecordError::Kernel(
-            "this kernel has no BTF (/sys/kernel/btf/vmlinux missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into(),
-        ));
+        return Err(RecordError::NoBtf);
     }
     Ok(())
 }

@@ -1,94 +1,245 @@
 //! Errors of `profiler record` and the exit codes they map to.
+//!
+//! Each variant keeps the error it came from as its [`source`]
+//! (`std::error::Error::source`); [`report`] renders the chain on one line.
+//! Permission problems are recognised by the OS error number aya passes up
+//! (`EPERM`, `EACCES`), not by the text of a message.
+//!
+//! [`source`]: std::error::Error::source
+
+use std::{error::Error as StdError, io, path::PathBuf};
+
+/// A boxed error kept as the source of a [`RecordError`].
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Why a recording could not start or finish. Each variant's message is one
-/// line naming the cause and the fix.
+/// line naming the cause and the fix; the underlying error is its source.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordError {
-    /// Missing privileges.
+    /// A bad option value the command-line parser could not catch (an
+    /// unknown preset, an invalid benchmark knob); exit 2.
     #[error("{0}")]
-    Permission(String),
+    Usage(String),
+    /// Not root and without CAP_BPF and CAP_PERFMON (checked before
+    /// anything is loaded).
+    #[error("profiler needs root or CAP_BPF and CAP_PERFMON: run it with sudo, or `setcap cap_bpf,cap_perfmon+ep $(which profiler)`")]
+    NoPrivileges,
+    /// The kernel refused an eBPF operation with `EPERM` or `EACCES`.
+    #[error("{action} was refused (EPERM): run as root or grant CAP_BPF and CAP_PERFMON")]
+    Refused {
+        /// What was refused (e.g. "loading eBPF program cpu_sample").
+        action: String,
+        /// The kernel's answer.
+        #[source]
+        source: BoxError,
+    },
     /// A `--pid` that does not exist.
     #[error("pid {0} not found: check the process is running (ps -p {0})")]
     PidNotFound(u32),
     /// A `--cgroup` that does not exist or is not in the cgroup v2 hierarchy.
-    #[error("cgroup {path}: {why}")]
+    #[error("cgroup {}: {why}", path.display())]
     Cgroup {
         /// The path as given.
-        path: String,
+        path: PathBuf,
         /// What is wrong and what to do.
         why: String,
+        /// The OS error, if one caused it.
+        #[source]
+        source: Option<io::Error>,
     },
-    /// The kernel lacks something we need.
-    #[error("{0}")]
-    Kernel(String),
-    /// perf_event_open failed.
-    #[error("cannot open the CPU clock perf event ({0}); check kernel.perf_event_paranoid and CAP_PERFMON")]
-    PerfEvent(String),
-    /// Loading or talking to the eBPF object failed.
-    #[error("eBPF: {0}")]
-    Ebpf(String),
+    /// The kernel has no BTF.
+    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y")]
+    NoBtf,
+    /// `perf_event_open` of the CPU clock failed on a CPU.
+    #[error("cannot open the CPU clock perf event on cpu {cpu}; check kernel.perf_event_paranoid and CAP_PERFMON")]
+    PerfEvent {
+        /// The CPU.
+        cpu: u32,
+        /// aya's error (with the OS error below it).
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Parsing or loading the eBPF object failed.
+    #[error("loading the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    /// The verifier or the kernel rejected a program.
+    #[error("loading program {name}{}", verifier_tail(source))]
+    Program {
+        /// The program's name.
+        name: String,
+        /// aya's error.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Another eBPF operation failed: a map missing or refused, an attach.
+    #[error("eBPF: {what}")]
+    Ebpf {
+        /// What was being done.
+        what: String,
+        /// The error from aya or the OS, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The command to profile could not start.
-    #[error("cannot start command `{cmd}`: {why}")]
+    #[error("cannot start command `{cmd}` (check the program exists and is executable)")]
     Command {
         /// The command name.
         cmd: String,
         /// The OS error.
-        why: String,
+        #[source]
+        source: io::Error,
     },
-    /// Writing the output failed.
-    #[error("writing {path}: {why}")]
+    /// Writing an output failed.
+    #[error("writing {}", path.display())]
     Output {
         /// Output path.
-        path: String,
-        /// The OS error.
-        why: String,
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: BoxError,
     },
+    /// A signal handler could not be installed.
+    #[error("installing the {signal} handler")]
+    Signal {
+        /// The signal's name.
+        signal: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The last line of a verifier log, as " (verifier: ...)".
+fn verifier_tail(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+            match verifier_log
+                .to_string()
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+            {
+                Some(l) => format!(" (verifier: {l})"),
+                None => String::new(),
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+/// The OS error number found in `e` or its sources (aya keeps the
+/// syscall's `io::Error` as a source).
+pub fn errno(e: &(dyn StdError + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(n) = io.raw_os_error() {
+                return Some(n);
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// True if `e` (or a source of it) is `EPERM` or `EACCES`.
+fn refused(e: &(dyn StdError + 'static)) -> bool {
+    matches!(errno(e), Some(libc::EPERM | libc::EACCES))
+}
+
+/// `e` and its sources on one line, joined by ": " (only the first line of
+/// each message, so a verifier log does not spill over).
+pub fn report(e: &(dyn StdError + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        let first = text.lines().next().unwrap_or("").trim_end();
+        if !first.is_empty() && !out.contains(first) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(first);
+        }
+        cur = err.source();
+    }
+    out
 }
 
 impl RecordError {
     /// Documented exit code of this error (see README "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            RecordError::Permission(_) => exit::PERMISSION,
+            RecordError::Usage(_) => exit::USAGE,
+            RecordError::NoPrivileges | RecordError::Refused { .. } => exit::PERMISSION,
             RecordError::PidNotFound(_) | RecordError::Cgroup { .. } => exit::TARGET,
-            RecordError::Kernel(_) | RecordError::PerfEvent(_) | RecordError::Ebpf(_) => {
-                exit::KERNEL
-            }
+            RecordError::NoBtf
+            | RecordError::PerfEvent { .. }
+            | RecordError::Load(_)
+            | RecordError::Program { .. }
+            | RecordError::Ebpf { .. } => exit::KERNEL,
             RecordError::Command { .. } => exit::COMMAND,
             RecordError::Output { .. } => exit::OUTPUT,
+            RecordError::Signal { .. } => exit::FAILURE,
+        }
+    }
+
+    /// An eBPF operation `what` failed with `source`; a refusal (`EPERM`,
+    /// `EACCES`) becomes [`RecordError::Refused`].
+    pub fn ebpf(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        if refused(source.as_ref()) {
+            RecordError::Refused {
+                action: what.into(),
+                source,
+            }
+        } else {
+            RecordError::Ebpf {
+                what: what.into(),
+                source: Some(source),
+            }
+        }
+    }
+
+    /// Something the eBPF object should have is missing (no source).
+    pub fn missing(what: impl Into<String>) -> Self {
+        RecordError::Ebpf {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Writing `path` failed with `source`.
+    pub fn output(path: impl Into<PathBuf>, source: impl Into<BoxError>) -> Self {
+        RecordError::Output {
+            path: path.into(),
+            source: source.into(),
         }
     }
 
     pub(crate) fn from_load(e: aya::EbpfError) -> Self {
-        let text = e.to_string();
-        if text.contains("EPERM") || text.contains("Operation not permitted") {
-            RecordError::Permission(
-                "loading eBPF was refused (EPERM): run as root or grant CAP_BPF and CAP_PERFMON"
-                    .into(),
-            )
+        if refused(&e) {
+            RecordError::Refused {
+                action: "loading eBPF".into(),
+                source: Box::new(e),
+            }
         } else {
-            RecordError::Ebpf(format!("loading the eBPF object: {text}"))
+            RecordError::Load(e)
         }
     }
 
     pub(crate) fn from_program(name: &str, e: aya::programs::ProgramError) -> Self {
-        let text = format!("{e:#}");
-        if text.contains("EPERM") || text.contains("Operation not permitted") {
-            RecordError::Permission(format!(
-                "loading eBPF program {name} was refused: run as root or grant CAP_BPF and CAP_PERFMON"
-            ))
+        if refused(&e) {
+            RecordError::Refused {
+                action: format!("loading eBPF program {name}"),
+                source: Box::new(e),
+            }
         } else {
-            let detail = match &e {
-                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
-                    format!(
-                        " (verifier: {})",
-                        verifier_log.to_string().lines().last().unwrap_or("")
-                    )
-                }
-                _ => String::new(),
-            };
-            RecordError::Ebpf(format!("loading program {name}: {text}{detail}"))
+            RecordError::Program {
+                name: name.into(),
+                source: e,
+            }
         }
     }
 }
@@ -111,4 +262,30 @@ pub mod exit {
     pub const COMMAND: i32 = 6;
     /// The output could not be written.
     pub const OUTPUT: i32 = 7;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eperm_is_found_through_the_source_chain_not_the_text() {
+        let io = io::Error::from_raw_os_error(libc::EPERM);
+        let e = RecordError::ebpf("adding pid 1", io);
+        assert_eq!(e.exit_code(), exit::PERMISSION, "{e}");
+        // A message that merely mentions EPERM is not a refusal.
+        let text = io::Error::other("EPERM Operation not permitted");
+        let e = RecordError::ebpf("adding pid 1", text);
+        assert_eq!(e.exit_code(), exit::KERNEL, "{e}");
+        let e = RecordError::ebpf("map X", io::Error::from_raw_os_error(libc::E2BIG));
+        assert_eq!(
+            report(&e),
+            "eBPF: map X: Argument list too long (os error 7)"
+        );
+    }
+
+    #[test]
+    fn usage_is_exit_2() {
+        assert_eq!(RecordError::Usage("x".into()).exit_code(), exit::USAGE);
+    }
 }

@@ -112,8 +112,8 @@ where
 {
     let m = ebpf
         .take_map(name)
-        .ok_or_else(|| RecordError::Ebpf(format!("map {name} missing from the eBPF object")))?;
-    T::try_from(m).map_err(|e| RecordError::Ebpf(format!("map {name}: {e}")))
+        .ok_or_else(|| RecordError::missing(format!("map {name} missing from the eBPF object")))?;
+    T::try_from(m).map_err(|e| RecordError::ebpf(format!("map {name}"), e))
 }
 
 impl Sampler {
@@ -149,7 +149,7 @@ impl Sampler {
         for (slot, off) in offsets {
             config
                 .set(slot as u32, off.unwrap_or(u64::MAX), 0)
-                .map_err(|e| RecordError::Ebpf(format!("CONFIG: {e}")))?;
+                .map_err(|e| RecordError::ebpf("CONFIG", e))?;
         }
 
         let mut sampler = Sampler {
@@ -177,23 +177,22 @@ impl Sampler {
             let tp: &mut TracePoint = sampler
                 ._ebpf
                 .program_mut(prog)
-                .ok_or_else(|| RecordError::Ebpf(format!("program {prog} missing")))?
+                .ok_or_else(|| RecordError::missing(format!("program {prog} missing")))?
                 .try_into()
-                .map_err(|e| RecordError::Ebpf(format!("{prog}: {e}")))?;
+                .map_err(|e| RecordError::ebpf(prog, e))?;
             tp.load().map_err(|e| RecordError::from_program(prog, e))?;
-            tp.attach(category, name).map_err(|e| {
-                RecordError::Ebpf(format!("attach {prog} to {category}/{name}: {e}"))
-            })?;
+            tp.attach(category, name)
+                .map_err(|e| RecordError::ebpf(format!("attach {prog} to {category}/{name}"), e))?;
         }
 
         let cpus = aya::util::online_cpus()
-            .map_err(|(path, e)| RecordError::Ebpf(format!("reading {path}: {e}")))?;
+            .map_err(|(path, e)| RecordError::ebpf(format!("reading {path}"), e))?;
         let prog: &mut PerfEvent = sampler
             ._ebpf
             .program_mut("cpu_sample")
-            .ok_or_else(|| RecordError::Ebpf("program cpu_sample missing".into()))?
+            .ok_or_else(|| RecordError::missing("program cpu_sample missing"))?
             .try_into()
-            .map_err(|e| RecordError::Ebpf(format!("cpu_sample: {e}")))?;
+            .map_err(|e| RecordError::ebpf("cpu_sample", e))?;
         prog.load()
             .map_err(|e| RecordError::from_program("cpu_sample", e))?;
         {
@@ -209,7 +208,7 @@ impl Sampler {
                 SamplePolicy::Frequency(frequency),
                 false,
             )
-            .map_err(|e| RecordError::PerfEvent(format!("cpu {cpu}: {e}")))?;
+            .map_err(|e| RecordError::PerfEvent { cpu, source: e })?;
         }
         Ok(sampler)
     }
@@ -223,7 +222,7 @@ impl Sampler {
     fn set_config(&mut self, slot: Config, value: u64) -> Result<(), RecordError> {
         self.config
             .set(slot as u32, value, 0)
-            .map_err(|e| RecordError::Ebpf(format!("CONFIG[{slot:?}]: {e}")))
+            .map_err(|e| RecordError::ebpf(format!("CONFIG[{slot:?}]"), e))
     }
 
     /// Restrict sampling to targets (`true`) or sample the whole system.
@@ -235,7 +234,7 @@ impl Sampler {
     pub fn add_tgid(&mut self, tgid: u32, value: u8) -> Result<(), RecordError> {
         self.targets
             .insert(tgid, value, 0)
-            .map_err(|e| RecordError::Ebpf(format!("adding pid {tgid} to targets: {e}")))
+            .map_err(|e| RecordError::ebpf(format!("adding pid {tgid} to targets"), e))
     }
 
     /// Remove a process from the targets (missing entries are fine).
@@ -252,7 +251,7 @@ impl Sampler {
     pub fn add_cgroup(&mut self, id: u64) -> Result<(), RecordError> {
         self.cgroups
             .insert(id, 1u8, 0)
-            .map_err(|e| RecordError::Ebpf(format!("adding cgroup {id}: {e}")))?;
+            .map_err(|e| RecordError::ebpf(format!("adding cgroup {id}"), e))?;
         self.set_config(Config::CgroupFilter, 1)
     }
 
@@ -298,7 +297,7 @@ impl Sampler {
         for (i, r) in ranges.iter().enumerate() {
             self.frameless
                 .set(start + i as u32, r, 0)
-                .map_err(|e| RecordError::Ebpf(format!("FRAMELESS: {e}")))?;
+                .map_err(|e| RecordError::ebpf("FRAMELESS", e))?;
         }
         self.frameless_used += len;
         Ok(Some(FramelessSlice {
@@ -312,7 +311,7 @@ impl Sampler {
     pub fn set_frameless(&mut self, tgid: u32, slice: FramelessSlice) -> Result<(), RecordError> {
         self.frameless_index
             .insert(tgid, slice, 0)
-            .map_err(|e| RecordError::Ebpf(format!("FRAMELESS_INDEX: {e}")))
+            .map_err(|e| RecordError::ebpf("FRAMELESS_INDEX", e))
     }
 
     /// Pending process events (fork, exec, exit), bounded by the ring size.

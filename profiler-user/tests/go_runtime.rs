@@ -18,7 +18,7 @@ use std::{
 use diff::pprof::proto::Profile;
 use profiler_symbolize::{Limits, ProfileMeta, Symbolizer};
 use profiler_user::{
-    go::{CountStacks, GoOptions, GoProfiles, GoSession},
+    go::{BenchKnobs, CountStacks, GoOptions, GoProfiles, GoSession},
     sampler::{Sampler, TARGET_SAMPLE},
 };
 
@@ -494,6 +494,11 @@ fn alloc_shares(p: &Profile) -> (f64, f64, i64) {
 }
 
 fn allocs_run(version: &str, extra: &[&str], exact: bool) -> Run {
+    allocs_run_with(version, extra, exact, BenchKnobs::default())
+}
+
+/// [`allocs_run`] with measurement knobs set.
+fn allocs_run_with(version: &str, extra: &[&str], exact: bool, knobs: BenchKnobs) -> Run {
     let bin = build(version, false).unwrap();
     let mut args = vec![
         "-alloc-a",
@@ -513,6 +518,7 @@ fn allocs_run(version: &str, extra: &[&str], exact: bool) -> Run {
             ..Default::default()
         },
         alloc_exact: exact,
+        knobs,
         ..Default::default()
     };
     let start = Instant::now();
@@ -597,8 +603,32 @@ fn allocs_exact_mode_go123() {
     assert!((b - 0.75).abs() <= 0.075, "allocB share {b:.3}");
 }
 
-/// `PROFILER_GO_ALLOCS_PROBE=refill` (a measurement mode for MemProfileRate
-/// 0, not a flag): one event per span handed to an mcache, weighted by the
+/// An unknown `--count-preset` reaching the library is a usage error
+/// (exit 2), not a kernel problem (exit 5).
+#[test]
+fn unknown_preset_is_a_usage_error() {
+    if !can_run("unknown_preset_is_a_usage_error") {
+        return;
+    }
+    let mut sampler = Sampler::start(49).expect("loading the sampler");
+    let opts = GoOptions {
+        profiles: GoProfiles {
+            calls: true,
+            ..Default::default()
+        },
+        preset: Some("no-such-preset".into()),
+        ..Default::default()
+    };
+    let Err(e) = GoSession::start(&mut sampler, &opts) else {
+        panic!("an unknown preset was accepted")
+    };
+    assert_eq!(e.exit_code(), profiler_user::error::exit::USAGE, "{e}");
+    assert!(e.to_string().contains("no-such-preset"), "{e}");
+}
+
+/// The refill probe (`BenchKnobs::allocs_refill`, `PROFILER_GO_ALLOCS_PROBE=refill`
+/// in a `bench-knobs` build; a measurement mode for MemProfileRate 0, not a
+/// flag): one event per span handed to an mcache, weighted by the
 /// span's objects. Reports the shares on the known 25/75 split and the
 /// estimated volume (~160 MiB).
 #[test]
@@ -606,15 +636,11 @@ fn allocs_refill_shares_go123() {
     if !can_run("allocs_refill_shares_go123") || go_tool("1.23").is_none() {
         return;
     }
-    struct Unset;
-    impl Drop for Unset {
-        fn drop(&mut self) {
-            std::env::remove_var("PROFILER_GO_ALLOCS_PROBE");
-        }
-    }
-    let _unset = Unset;
-    std::env::set_var("PROFILER_GO_ALLOCS_PROBE", "refill");
-    let run = allocs_run("1.23", &[], false);
+    let knobs = BenchKnobs {
+        allocs_refill: true,
+        ..Default::default()
+    };
+    let run = allocs_run_with("1.23", &[], false, knobs);
     let (p, summary) = run.get("allocs");
     let (a, b, total) = alloc_shares(p);
     let mib = total as f64 / 1048576.0;

@@ -17,7 +17,9 @@
 //!    frames deeper, and with the probe on the first instruction
 //!    (`PROFILER_GO_PROBE_AT_ENTRY=1`, single-stepped); allocations with
 //!    `--allocs-exact`, `(*mcache).refill` (`PROFILER_GO_ALLOCS_PROBE=refill`)
-//!    and `--allocs-set-rate`. `GO_BENCH_PER_EVENT_ONLY=1` stops after this
+//!    and `--allocs-set-rate`. The knobs are read only by a profiler built
+//!    with the `bench-knobs` feature, which this bench builds (copied to
+//!    `target/go-bench/profiler`). `GO_BENCH_PER_EVENT_ONLY=1` stops after this
 //!    part; `GO_BENCH_CASES=TEXT` keeps the cases whose label contains it.
 //! 2. CPU time of the controller-like background load alone (rusage, uprobe
 //!    traps included), with and without each probe set.
@@ -60,14 +62,26 @@ fn field(text: &str, key: &str) -> Option<f64> {
 fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root)
-        .args(["build", "--release", "-p", "profiler-user"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "profiler-user",
+            "--features",
+            "bench-knobs",
+        ])
         .status()
         .context("running cargo build")?;
     if !st.success() {
-        bail!("cargo build --release -p profiler-user failed");
+        bail!("cargo build --release -p profiler-user --features bench-knobs failed");
     }
     let dir = root.join("target/go-bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The measurement knobs exist only in this build: run a copy, so the
+    // binary measured is the one built here whatever builds next.
+    let profiler = dir.join("profiler");
+    std::fs::copy(root.join("target/release/profiler"), &profiler)
+        .with_context(|| format!("copying the bench-knobs profiler to {}", profiler.display()))?;
     let bin = dir.join("goruntime");
     let st = Command::new(GO)
         .current_dir(root.join("tests/workloads"))
@@ -83,7 +97,7 @@ fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
     if !st.success() {
         bail!("go build ./goruntime failed");
     }
-    Ok((root.join("target/release/profiler"), bin))
+    Ok((profiler, bin))
 }
 
 fn start_workload(bin: &Path, args: &[&str]) -> Result<Child> {

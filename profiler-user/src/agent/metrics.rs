@@ -50,6 +50,42 @@ struct Registry {
     dropped: u64,
 }
 
+/// One metric family: its name, kind and help text, defined once in a
+/// table (the agent loop's `METRICS`) and set by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    /// Prometheus name.
+    pub name: &'static str,
+    /// HELP text.
+    pub help: &'static str,
+    kind: Kind,
+}
+
+impl MetricDef {
+    /// A counter (an absolute count kept by the caller).
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        MetricDef {
+            name,
+            help,
+            kind: Kind::Counter,
+        }
+    }
+
+    /// A gauge.
+    pub const fn gauge(name: &'static str, help: &'static str) -> Self {
+        MetricDef {
+            name,
+            help,
+            kind: Kind::Gauge,
+        }
+    }
+
+    /// True for a counter.
+    pub fn is_counter(&self) -> bool {
+        self.kind == Kind::Counter
+    }
+}
+
 /// The agent's metrics registry. `Send + Sync`: share it as
 /// `Arc<AgentMetrics>`.
 #[derive(Debug, Default)]
@@ -176,6 +212,11 @@ impl AgentMetrics {
         value: f64,
     ) {
         self.set(Kind::Gauge, name, help, labels, value);
+    }
+
+    /// Sets the series of `def` with `labels` to `value`.
+    pub fn set_def(&self, def: &MetricDef, labels: &[(&'static str, &str)], value: f64) {
+        self.set(def.kind, def.name, def.help, labels, value);
     }
 
     /// Number of series held.

@@ -104,7 +104,9 @@ impl GoBinary {
             .and_then(buildinfo_version);
         let funcs_list = profiler_symbolize::go_functions(path)
             .map_err(|e| bad(e.to_string()))?
-            .ok_or_else(|| bad("no .gopclntab section: not a Go binary".into()))?;
+            .ok_or_else(|| GoError::NotGo {
+                path: path.display().to_string(),
+            })?;
         let mut funcs = HashMap::with_capacity(funcs_list.len());
         for f in funcs_list {
             funcs.entry(f.name.clone()).or_insert(Func {
