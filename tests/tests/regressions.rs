@@ -311,6 +311,10 @@ fn check(dir: &Path, producer: Producer, case: &Case) -> Vec<String> {
         None => problems.push(format!("{tag}: no findings, want {}", case.changed)),
     }
     let unchanged = unchanged_functions(dir, case.changed);
+    eprintln!(
+        "{tag}: {} functions do the same work per item on both sides: {unchanged:?}",
+        unchanged.len()
+    );
     assert!(
         unchanged.contains("crypto/sha256.block"),
         "{tag}: the unchanged set misses crypto/sha256.block (under main.computeHash): {unchanged:?}"
