@@ -33,6 +33,10 @@
 //! one baseline, `GATE_ACCURACY_AA_GATES` (default 100) gates each of 3 v 3
 //! and 1 v 1 runs drawn without replacement.
 //!
+//! Recordings are kept in `target/gate-accuracy/`; `GATE_ACCURACY_REUSE=1`
+//! gates the runs already there (recording only missing ones), e.g. to
+//! compare two builds of the gate on the same recordings.
+//!
 //! Binaries: `PROFDIFF_BIN` and `PROFILER_BIN` when both are set, else a
 //! release build. `GATE_ACCURACY_ONLY=synthetic|real` runs one part;
 //! `GATE_ACCURACY_EBPF=0` skips the eBPF producer.
@@ -636,7 +640,18 @@ fn record_pool(
     runs: usize,
 ) -> Result<Vec<Vec<PathBuf>>> {
     let mut out: Vec<Vec<PathBuf>> = vec![Vec::new(); sides.len()];
+    let reuse = std::env::var("GATE_ACCURACY_REUSE").is_ok_and(|v| v == "1");
     for n in 1..=runs {
+        let existing: Vec<PathBuf> = sides
+            .iter()
+            .map(|(_, dir)| dir.join(format!("run{n}.pb.gz")))
+            .collect();
+        if reuse && existing.iter().all(|p| p.is_file()) {
+            for (i, p) in existing.into_iter().enumerate() {
+                out[i].push(p);
+            }
+            continue;
+        }
         let mut children = Vec::new();
         for (variant, dir) in sides {
             std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -790,7 +805,9 @@ fn real_workloads(root: &Path) -> Result<()> {
         }
     }
     let work = crate::target_dir(root).join("gate-accuracy");
-    let _ = std::fs::remove_dir_all(&work);
+    if std::env::var("GATE_ACCURACY_REUSE").map_or(true, |v| v != "1") {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     println!(
         "\nprofdiff: {}\nprofiler: {}\nrecordings: {}",
         bins.profdiff.display(),
