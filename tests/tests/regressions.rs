@@ -131,8 +131,13 @@ fn record_case(dir: &Path, producer: Producer, case: &Case) {
                 (side.to_string(), child)
             })
             .collect();
-        for (side, child) in procs {
-            let out = child.wait_with_output().expect("waiting for a recording");
+        // Wait for both before checking either, so no process outlives a failure.
+        let outs: Vec<_> = procs
+            .into_iter()
+            .map(|(side, child)| (side, child.wait_with_output()))
+            .collect();
+        for (side, out) in outs {
+            let out = out.expect("waiting for a recording");
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 out.status.success(),

@@ -680,10 +680,13 @@ fn record_pool(
                 .with_context(|| format!("starting {:?}", cmd.get_program()))?;
             children.push((path, child));
         }
-        for (i, (path, child)) in children.into_iter().enumerate() {
-            let o = child
-                .wait_with_output()
-                .context("waiting for a recording")?;
+        // Wait for every side before checking any, so none outlives an error.
+        let waited: Vec<_> = children
+            .into_iter()
+            .map(|(path, child)| (path, child.wait_with_output()))
+            .collect();
+        for (i, (path, o)) in waited.into_iter().enumerate() {
+            let o = o.context("waiting for a recording")?;
             if !o.status.success() || !path.is_file() {
                 bail!(
                     "recording {} failed ({}): {}",
