@@ -246,6 +246,29 @@ pub struct Budgets {
     pub allow: Vec<Allow>,
 }
 
+/// Name of the built-in cumulative rule ([`default_cum_rule`]).
+pub const DEFAULT_CUM_RULE: &str = "default-cum-growth";
+
+/// The built-in inclusive rule: every function's cumulative value may grow
+/// by at most `max_percent` of its own value (significance decides). Its
+/// findings are attributed to culprits by the gate.
+pub fn default_cum_rule(max_percent: f64) -> BudgetRule {
+    BudgetRule {
+        name: DEFAULT_CUM_RULE.into(),
+        sample_type: None,
+        severity: Severity::Fail,
+        kind: RuleKind::Relative {
+            function: Regex::new(".").expect("regex"),
+            metric: MetricKind::Cum,
+            max_points: None,
+            max_percent: Some(max_percent),
+            aggregate: false,
+        },
+        allow: Vec::new(),
+        line: 0,
+    }
+}
+
 /// The default gate rule: no function's flat share may grow significantly
 /// by more than `max_percent` percent of its own value.
 pub fn default_rule(max_percent: f64) -> BudgetRule {

@@ -129,6 +129,20 @@ impl Metric {
     }
 }
 
+/// The count model a scale's test uses, and whether its exposure is in
+/// samples (`denom / weight`) rather than in display units.
+///
+/// [`Scale::Compositional`] uses the Poisson model on samples: a candidate
+/// value is in baseline units and may exceed 1, which the binomial model
+/// cannot express.
+pub fn count_model(scale: &Scale) -> (CountModel, bool) {
+    match scale {
+        Scale::Share => (CountModel::Share, true),
+        Scale::Compositional => (CountModel::Rate, true),
+        _ => (CountModel::Rate, false),
+    }
+}
+
 /// Test one entity given per-run observations on both sides.
 pub fn test_entity(base: &[Obs], cand: &[Obs], scale: &Scale, confidence: f64) -> Metric {
     test_entity_moderated(base, cand, scale, confidence, None)
@@ -136,20 +150,14 @@ pub fn test_entity(base: &[Obs], cand: &[Obs], scale: &Scale, confidence: f64) -
 
 /// Count-model view of observations: (counts per run, model).
 pub fn run_counts(xs: &[Obs], scale: &Scale) -> (Vec<RunCount>, CountModel) {
-    let model = match scale {
-        Scale::Share => CountModel::Share,
-        _ => CountModel::Rate,
-    };
+    let (model, in_samples) = count_model(scale);
     let v = xs
         .iter()
         .map(|o| {
             let w = if o.weight > 0.0 { o.weight } else { 1.0 };
             RunCount {
                 count: o.value / w,
-                exposure: match model {
-                    CountModel::Share => o.denom / w,
-                    CountModel::Rate => o.denom,
-                },
+                exposure: if in_samples { o.denom / w } else { o.denom },
             }
         })
         .collect();
@@ -164,24 +172,8 @@ pub fn test_entity_moderated(
     confidence: f64,
     prior: Option<stats::DispersionPrior>,
 ) -> Metric {
-    let model = match scale {
-        Scale::Share => CountModel::Share,
-        _ => CountModel::Rate,
-    };
-    let counts = |xs: &[Obs]| -> Vec<RunCount> {
-        xs.iter()
-            .map(|o| {
-                let w = if o.weight > 0.0 { o.weight } else { 1.0 };
-                RunCount {
-                    count: o.value / w,
-                    exposure: match model {
-                        CountModel::Share => o.denom / w,
-                        CountModel::Rate => o.denom,
-                    },
-                }
-            })
-            .collect()
-    };
+    let (model, in_samples) = count_model(scale);
+    let counts = |xs: &[Obs]| -> Vec<RunCount> { run_counts(xs, scale).0 };
     let pooled = |xs: &[Obs]| {
         let (v, d) = xs
             .iter()
@@ -232,10 +224,7 @@ pub fn test_entity_moderated(
             all.iter().sum::<f64>() / all.len() as f64
         }
     };
-    let scale_factor = match model {
-        CountModel::Share => 1.0,
-        CountModel::Rate => wmean,
-    };
+    let scale_factor = if in_samples { 1.0 } else { wmean };
     let n_runs = (ca.len() + cb.len()).max(1) as f64;
     let exposure_per_run = ca.iter().chain(&cb).map(|r| r.exposure).sum::<f64>() / n_runs;
     let (p_value, dispersion, se, var_unit) = match t {
@@ -318,6 +307,155 @@ pub struct Comparison {
     pub cand: Vec<RunData>,
     /// Normalization applied (for reports).
     pub normalization: Vec<String>,
+    /// The candidate's size factor for [`Scale::Compositional`].
+    pub size: SizeFactor,
+}
+
+/// Weighted median of `(value, weight)` pairs (the lower one at a tie).
+fn weighted_median(mut v: Vec<(f64, f64)>) -> Option<f64> {
+    v.retain(|x| x.1 > 0.0 && x.0.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let half = v.iter().map(|x| x.1).sum::<f64>() / 2.0;
+    let mut acc = 0.0;
+    for (x, w) in &v {
+        acc += w;
+        if acc >= half {
+            return Some(*x);
+        }
+    }
+    v.last().map(|x| x.0)
+}
+
+/// The robust scale between the two sides used by [`Scale::Compositional`].
+///
+/// Estimated on pooled per-function self (flat) sample counts, which
+/// partition each side's total. Start: the median of the ratios
+/// `share_cand(f) / share_base(f)` weighted by the baseline count (the
+/// median-of-ratios idea of DESeq2). Refinement (three rounds): keep the
+/// functions whose candidate value, divided by the current factor, is
+/// consistent with their baseline value (|z| < 3 under a Poisson model with
+/// a dispersion estimated robustly from the median z²), and take the pooled
+/// ratio over them. When the consistent functions hold less than half of
+/// the baseline's samples the "most work did not change" assumption fails
+/// and the factor falls back to 1 (plain shares), flagged in `fallback`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SizeFactor {
+    /// Multiplier of the candidate's total: a candidate value in baseline
+    /// units is `value / (total * factor)`. Below 1 when the candidate does
+    /// more work per unit (its shares of unchanged functions shrank).
+    pub factor: f64,
+    /// Functions with self samples on both sides (the estimate's candidates).
+    pub functions: usize,
+    /// Of those, the functions judged unchanged (the reference set).
+    pub unchanged: usize,
+    /// Fraction of the baseline's samples in the reference set.
+    pub baseline_fraction: f64,
+    /// True when the estimate was not trusted and 1 was used.
+    pub fallback: bool,
+}
+
+impl Default for SizeFactor {
+    fn default() -> Self {
+        SizeFactor {
+            factor: 1.0,
+            functions: 0,
+            unchanged: 0,
+            baseline_fraction: 1.0,
+            fallback: true,
+        }
+    }
+}
+
+impl SizeFactor {
+    /// Estimate the candidate's size factor from pooled flat counts
+    /// (`b[i]`, `c[i]` per function, in samples) and the side totals.
+    pub fn estimate(b: &[f64], c: &[f64], tb: f64, tc: f64) -> SizeFactor {
+        let mut out = SizeFactor::default();
+        if tb <= 0.0 || tc <= 0.0 {
+            return out;
+        }
+        let idx: Vec<usize> = (0..b.len().min(c.len()))
+            .filter(|&i| b[i] + c[i] > 0.0)
+            .collect();
+        // Weighted median of the share ratios (baseline counts as weights).
+        let ratios: Vec<(f64, f64)> = idx
+            .iter()
+            .filter(|&&i| b[i] > 0.0)
+            .map(|&i| ((c[i] / tc) / (b[i] / tb), b[i]))
+            .collect();
+        let mut s = match weighted_median(ratios) {
+            Some(s) if s.is_finite() && s > 0.0 => s,
+            _ => return out,
+        };
+        const CHI2_1_MEDIAN: f64 = 0.454_936_423_119_572_8;
+        // Functions seen on both sides: one seen on a single side is either
+        // new work or sampling luck, and says nothing about the scale.
+        let both: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| b[i] > 0.0 && c[i] > 0.0)
+            .collect();
+        out.functions = both.len();
+        let mut kept = (0usize, 0.0f64);
+        for _ in 0..3 {
+            let ec = tc * s;
+            let z: Vec<(usize, f64)> = both
+                .iter()
+                .map(|&i| {
+                    let rbar = (b[i] + c[i]) / (tb + ec);
+                    let v = rbar * (1.0 / tb + 1.0 / ec);
+                    (i, (c[i] / ec - b[i] / tb) / v.sqrt().max(1e-300))
+                })
+                .collect();
+            // Extra-Poisson scatter: the baseline-weighted median of z²
+            // (robust to the changed functions while they are a minority
+            // of the baseline's samples).
+            let z2: Vec<(f64, f64)> = z.iter().map(|&(i, zi)| (zi * zi, b[i])).collect();
+            let phi = (weighted_median(z2).unwrap_or(0.0) / CHI2_1_MEDIAN).max(1.0);
+            let (mut sb, mut sc, mut n) = (0.0, 0.0, 0usize);
+            for (i, zi) in &z {
+                if zi.abs() < 3.0 * phi.sqrt() {
+                    sb += b[*i];
+                    sc += c[*i];
+                    n += 1;
+                }
+            }
+            if sb <= 0.0 || sc <= 0.0 {
+                return out;
+            }
+            s = (sc / tc) / (sb / tb);
+            kept = (n, sb / tb);
+        }
+        out.unchanged = kept.0;
+        out.baseline_fraction = kept.1;
+        if kept.1 >= 0.5 && s.is_finite() && s > 0.0 {
+            out.factor = s;
+            out.fallback = false;
+        }
+        out
+    }
+
+    /// One line for reports: what the scale is and how it was obtained.
+    pub fn describe(&self) -> String {
+        if self.fallback {
+            format!(
+                "compositional scale not estimable (the functions consistent with one scale hold {:.0}% of the baseline; need 50%): plain shares used",
+                self.baseline_fraction * 100.0
+            )
+        } else {
+            format!(
+                "compositional: candidate total = {:.1}% of the baseline's per unit of work (size factor {:.3} from {} of {} functions holding {:.0}% of the baseline)",
+                100.0 / self.factor,
+                self.factor,
+                self.unchanged,
+                self.functions,
+                self.baseline_fraction * 100.0
+            )
+        }
+    }
 }
 
 impl Comparison {
@@ -360,13 +498,37 @@ impl Comparison {
             Ok(out)
         };
         let b = side(base)?;
-        let c = side(cand)?;
+        let mut c = side(cand)?;
+        let size = {
+            let n = table.len();
+            let pool = |runs: &[RunData]| -> (Vec<f64>, f64) {
+                let mut acc = vec![0.0; n];
+                let mut tot = 0.0;
+                for r in runs {
+                    let w = if r.weight > 0.0 { r.weight } else { 1.0 };
+                    for (s, v) in &r.stacks {
+                        if let Some(&leaf) = s.last() {
+                            acc[leaf as usize] += v / w;
+                        }
+                    }
+                    tot += r.total / w;
+                }
+                (acc, tot)
+            };
+            let (fb, tb) = pool(&b);
+            let (fc, tc) = pool(&c);
+            SizeFactor::estimate(&fb, &fc, tb, tc)
+        };
+        for r in &mut c {
+            r.size_factor = size.factor;
+        }
         Ok(Comparison {
             table,
             sample_type: first.unwrap_or_default(),
             base: b,
             cand: c,
             normalization: norm.options().describe(),
+            size,
         })
     }
 
@@ -374,6 +536,7 @@ impl Comparison {
     pub fn denom(run: &RunData, scale: &Scale) -> Result<f64, CompareError> {
         match scale {
             Scale::Share => Ok(run.total),
+            Scale::Compositional => Ok(run.total * run.size_factor),
             Scale::Rate if run.duration_secs > 0.0 => Ok(run.duration_secs),
             Scale::Rate => Err(CompareError::Scale(
                 run.source.clone(),
@@ -528,10 +691,7 @@ impl Comparison {
                     items[fam].push((rb[0], rc[0]));
                 }
             }
-            let model = match opts.scale {
-                Scale::Share => CountModel::Share,
-                _ => CountModel::Rate,
-            };
+            let model = count_model(&opts.scale).0;
             for fam in 0..2 {
                 let kappa = stats::robust_kappa_single(&items[fam], model);
                 // Median-based scale: ~37% efficient, so worth 0.37 m degrees of freedom.
@@ -652,7 +812,7 @@ impl Comparison {
     /// Display unit for values under a scale.
     pub fn unit(&self, scale: &Scale) -> String {
         match scale {
-            Scale::Share => "%".into(),
+            Scale::Share | Scale::Compositional => "%".into(),
             Scale::Rate => format!("{}/s", self.sample_type.unit),
             Scale::PerUnit(n) => format!("{}/{n}", self.sample_type.unit),
             Scale::PerSampleType(t) => format!("{}/{t}", self.sample_type.unit),

@@ -25,7 +25,10 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde::Serialize;
 
-use crate::budgets::{default_rule, BudgetRule, Budgets, MetricKind, RuleKind, Settings, Severity};
+use crate::budgets::{
+    default_cum_rule, default_rule, BudgetRule, Budgets, MetricKind, RuleKind, Settings, Severity,
+    DEFAULT_CUM_RULE,
+};
 use crate::compare::{
     test_entity, CompareError, CompareOptions, Comparison, FunctionDelta, Metric,
 };
@@ -174,6 +177,9 @@ pub struct GateReport {
     /// Introducing frames and new call edges that explain the significant
     /// inclusive growth, most important first (empty when nothing grew).
     pub culprits: Vec<Culprit>,
+    /// The compositional size factor of the primary comparison (whether or
+    /// not it was used: see `scale`).
+    pub size_factor: crate::compare::SizeFactor,
 }
 
 /// What a [`Culprit`] points at.
@@ -235,10 +241,15 @@ pub struct Culprit {
     pub explained_by: Vec<PathStep>,
     /// One-line human explanation.
     pub message: String,
+    /// Set when an allow-list entry exempts the culprit's function; the reason.
+    pub allowed: Option<String>,
 }
 
+/// A comparison, its per-function statistics and the scale they are on.
+type Compared = (Comparison, Vec<FunctionDelta>, Scale);
+
 /// Cached comparison per requested sample type (error text when it failed).
-type CompareCache = HashMap<Option<String>, Result<(Comparison, Vec<FunctionDelta>), String>>;
+type CompareCache = HashMap<Option<String>, Result<Compared, String>>;
 
 /// Inputs and settings of a gate run.
 pub struct Gate<'a> {
@@ -254,6 +265,10 @@ pub struct Gate<'a> {
     pub default_max_percent: f64,
     /// How many functions to keep in [`GateReport::top`].
     pub top_n: usize,
+    /// Scale of relative rules and the top table: [`Scale::Compositional`]
+    /// (default) or [`Scale::Share`]. A compositional scale that cannot be
+    /// estimated for a sample type falls back to share for it.
+    pub scale: Scale,
 }
 
 impl<'a> Gate<'a> {
@@ -274,24 +289,22 @@ impl<'a> Gate<'a> {
             confidence: 0.95,
             default_max_percent: 5.0,
             top_n: 20,
+            scale: Scale::Compositional,
         }
     }
 
-    fn comparison(
-        &mut self,
-        st: Option<&str>,
-        settings: &Settings,
-    ) -> Result<&(Comparison, Vec<FunctionDelta>), String> {
+    fn comparison(&mut self, st: Option<&str>, settings: &Settings) -> Result<&Compared, String> {
         let key = st.map(str::to_string).or_else(|| self.sample_type.clone());
         if !self.cache.contains_key(&key) {
             let r = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)
                 .and_then(|c| {
+                    let scale = self.effective_scale(&c);
                     let f = c.functions(&CompareOptions {
-                        scale: Scale::Share,
+                        scale: scale.clone(),
                         noise_floor: settings.noise_floor,
                         confidence: self.confidence,
                     })?;
-                    Ok((c, f))
+                    Ok((c, f, scale))
                 })
                 .map_err(|e: CompareError| e.to_string());
             self.cache.insert(key.clone(), r);
@@ -299,12 +312,31 @@ impl<'a> Gate<'a> {
         self.cache[&key].as_ref().map_err(|e| e.clone())
     }
 
-    /// The primary comparison and its per-function statistics (share scale),
-    /// available after [`Gate::run`].
+    /// The scale used for a comparison: the gate's, except a compositional
+    /// scale that could not be estimated (then share).
+    fn effective_scale(&self, c: &Comparison) -> Scale {
+        match self.scale {
+            Scale::Compositional if c.size.fallback => Scale::Share,
+            Scale::Compositional => Scale::Compositional,
+            _ => Scale::Share,
+        }
+    }
+
+    /// The primary comparison and its per-function statistics (on
+    /// [`Gate::primary_scale`]), available after [`Gate::run`].
     pub fn primary(&self) -> Option<(&Comparison, &[FunctionDelta])> {
         let key = self.primary_key.as_ref()?;
         match self.cache.get(key)? {
-            Ok((c, f)) => Some((c, f.as_slice())),
+            Ok((c, f, _)) => Some((c, f.as_slice())),
+            Err(_) => None,
+        }
+    }
+
+    /// The scale of the primary comparison's statistics (after [`Gate::run`]).
+    pub fn primary_scale(&self) -> Option<&Scale> {
+        let key = self.primary_key.as_ref()?;
+        match self.cache.get(key)? {
+            Ok((_, _, s)) => Some(s),
             Err(_) => None,
         }
     }
@@ -320,21 +352,52 @@ impl<'a> Gate<'a> {
             .clone()
             .or_else(|| self.sample_type.clone());
         let primary = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?;
+        let pscale = self.effective_scale(&primary);
         let primary_top = primary.functions(&CompareOptions {
-            scale: Scale::Share,
+            scale: pscale.clone(),
             noise_floor: settings.noise_floor,
             confidence: self.confidence,
         })?;
         let sample_type = primary.sample_type.to_string();
-        let stacks = primary.stacks(&Scale::Share, self.top_n)?;
+        let stacks = primary.stacks(&pscale, self.top_n)?;
         let normalization = primary.normalization.clone();
+        let size_factor = primary.size.clone();
+        let scale_text = match (&self.scale, &pscale) {
+            (Scale::Compositional, Scale::Compositional) => format!(
+                "compositional (candidate total {:+.1}% of the baseline's per unit of work; size factor {:.3} from {} of {} functions)",
+                (1.0 / size_factor.factor - 1.0) * 100.0,
+                size_factor.factor,
+                size_factor.unchanged,
+                size_factor.functions
+            ),
+            (Scale::Compositional, _) => format!(
+                "share (compositional scale not estimable: the functions consistent with one scale hold {:.0}% of the baseline, need 50%)",
+                size_factor.baseline_fraction * 100.0
+            ),
+            _ => "share".to_string(),
+        };
+        let (mut culprits, residual) = attribute(
+            &primary,
+            &primary_top,
+            &pscale,
+            "%",
+            &settings,
+            self.default_max_percent,
+        );
+        // Allow-listed culprits (e.g. expected GC work) go after the others.
+        let cum_rule = default_cum_rule(self.default_max_percent);
+        for c in &mut culprits {
+            c.allowed = allowed(&cum_rule, &c.function, &budgets.allow);
+        }
+        culprits.sort_by_key(|c| c.allowed.is_some());
         self.cache
-            .insert(key.clone(), Ok((primary, primary_top.clone())));
+            .insert(key.clone(), Ok((primary, primary_top.clone(), pscale)));
         self.primary_key = Some(key.clone());
 
         let mut rules: Vec<BudgetRule> = Vec::new();
         if settings.default_rule {
             rules.push(default_rule(self.default_max_percent));
+            rules.push(default_cum_rule(self.default_max_percent));
         }
         rules.extend(budgets.rules.iter().cloned());
 
@@ -343,7 +406,7 @@ impl<'a> Gate<'a> {
         for rule in &rules {
             let st = rule.sample_type.clone().or_else(|| key.clone());
             let (res, mut f) = match self.comparison(st.as_deref(), &settings) {
-                Ok((cmp, funcs)) => eval_rule(rule, cmp, funcs, &settings, &budgets.allow),
+                Ok((cmp, funcs, sc)) => eval_rule(rule, cmp, funcs, sc, &settings, &budgets.allow),
                 Err(e) => (
                     RuleResult {
                         name: rule.name.clone(),
@@ -362,9 +425,52 @@ impl<'a> Gate<'a> {
             results.push(res);
             findings.append(&mut f);
         }
+        // The built-in cumulative rule: a function whose growth is mostly
+        // explained by a culprit (its ancestors carrying it, the library
+        // frames below it) is not a finding of its own; the culprit is.
+        let culprit_rank = |name: &str| {
+            culprits
+                .iter()
+                .position(|c| c.kind == CulpritKind::Frame && c.function == name)
+        };
+        if let Some((_, funcs)) = self.primary() {
+            let full: HashMap<&str, f64> = funcs
+                .iter()
+                .map(|d| (d.function.as_str(), d.cum.delta))
+                .collect();
+            let res: HashMap<&str, f64> = funcs
+                .iter()
+                .map(|d| (d.function.as_str(), residual[d.id as usize]))
+                .collect();
+            findings.retain(|f| {
+                if f.rule != DEFAULT_CUM_RULE || culprit_rank(&f.function).is_some() {
+                    return true;
+                }
+                match (full.get(f.function.as_str()), res.get(f.function.as_str())) {
+                    (Some(&d), Some(&r)) if d > 0.0 => r > EXPLAIN * d,
+                    _ => true,
+                }
+            });
+        }
+        for f in &mut findings {
+            if f.rule == DEFAULT_CUM_RULE {
+                if let Some(c) = culprit_rank(&f.function).map(|i| &culprits[i]) {
+                    f.message = format!("culprit: {}; q={}", c.message, fmt_p(f.q_value));
+                }
+            }
+        }
         findings.sort_by(|a, b| {
+            let ra = (a.rule == DEFAULT_CUM_RULE)
+                .then(|| culprit_rank(&a.function))
+                .flatten()
+                .unwrap_or(usize::MAX);
+            let rb = (b.rule == DEFAULT_CUM_RULE)
+                .then(|| culprit_rank(&b.function))
+                .flatten()
+                .unwrap_or(usize::MAX);
             b.verdict
                 .cmp(&a.verdict)
+                .then(ra.cmp(&rb))
                 .then((a.severity as u8).cmp(&(b.severity as u8)))
                 .then(b.delta.abs().total_cmp(&a.delta.abs()))
                 .then(a.function.cmp(&b.function))
@@ -401,8 +507,9 @@ impl<'a> Gate<'a> {
             findings,
             top,
             stacks,
-            scale: "share".into(),
-            culprits: Vec::new(),
+            scale: scale_text,
+            culprits,
+            size_factor,
         })
     }
 }
@@ -513,6 +620,7 @@ fn eval_rule(
     rule: &BudgetRule,
     cmp: &Comparison,
     funcs: &[FunctionDelta],
+    scale: &Scale,
     s: &Settings,
     allow: &[crate::budgets::Allow],
 ) -> (RuleResult, Vec<Finding>) {
@@ -588,11 +696,12 @@ fn eval_rule(
                     }
                 }
                 f.message = format!(
-                    "{} share {:.2}% -> {:.2}% ({:+.2} points, {}), q={}",
+                    "{} {} {:.2}% -> {:.2}% ({:+.2} points, {}), q={}",
                     match metric {
                         MetricKind::Flat => "flat",
                         MetricKind::Cum => "cum",
                     },
+                    scale_word(scale),
                     m.baseline * 100.0,
                     m.candidate * 100.0,
                     m.delta * 100.0,
@@ -613,8 +722,8 @@ fn eval_rule(
         } => {
             let flags = func_flags(cmp, function);
             let m = cmp
-                .observe(&Scale::Share, |r| sum_matching(r, &flags, *metric))
-                .map(|(b, c)| test_entity(&b, &c, &Scale::Share, 0.95));
+                .observe(scale, |r| sum_matching(r, &flags, *metric))
+                .map(|(b, c)| test_entity(&b, &c, scale, 0.95));
             match m {
                 Ok(m) => {
                     result.tested = 1;
@@ -645,7 +754,8 @@ fn eval_rule(
                             }
                         }
                         f.message = format!(
-                            "summed share {:.2}% -> {:.2}%, p={}",
+                            "summed {} {:.2}% -> {:.2}%, p={}",
+                            scale_word(scale),
                             m.baseline * 100.0,
                             m.candidate * 100.0,
                             fmt_p(m.p_value)
@@ -841,4 +951,449 @@ pub fn significant_functions(funcs: &[FunctionDelta], alpha: f64, cum: bool) -> 
             }
         })
         .collect()
+}
+
+// ------------------------------------------------------------ attribution
+
+/// Share of a function's inclusive growth a callee (or an ancestor's
+/// growth a culprit) must explain to be followed ("most of the growth").
+const EXPLAIN: f64 = 0.5;
+/// A caller → callee edge is *new* when its baseline value is at most this
+/// fraction of its candidate value (baseline units).
+const NEW_EDGE: f64 = 0.1;
+/// Smallest change of one part's fraction of a function's inclusive value
+/// (self or one callee) that counts as a change of the function's own
+/// composition.
+const COMPOSITION_SHIFT: f64 = 0.2;
+/// Most culprits reported.
+const MAX_CULPRITS: usize = 5;
+
+/// Pooled inclusive, self and edge values of both sides (index 0 baseline,
+/// 1 candidate) in display units of one scale, over the stacks that contain
+/// none of the excluded functions.
+struct Agg {
+    cum: [Vec<f64>; 2],
+    flat: [Vec<f64>; 2],
+    /// Inclusive samples (counts), for the composition test.
+    cum_n: [Vec<f64>; 2],
+    /// Caller → callee values, counted once per stack.
+    edges: crate::normalize::FxMap<(FuncId, FuncId), [f64; 2]>,
+    /// Callee → caller with the largest edge growth.
+    children: Vec<Vec<FuncId>>,
+    parents: Vec<Vec<FuncId>>,
+}
+
+impl Agg {
+    fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool]) -> Agg {
+        let n = cmp.table.len();
+        let mut a = Agg {
+            cum: [vec![0.0; n], vec![0.0; n]],
+            flat: [vec![0.0; n], vec![0.0; n]],
+            cum_n: [vec![0.0; n], vec![0.0; n]],
+            edges: Default::default(),
+            children: vec![Vec::new(); n],
+            parents: vec![Vec::new(); n],
+        };
+        let mut seen = vec![u32::MAX; n];
+        let mut pairs: Vec<(FuncId, FuncId)> = Vec::new();
+        let mut stamp = 0u32;
+        for (side, runs) in [&cmp.base, &cmp.cand].into_iter().enumerate() {
+            let den: f64 = runs
+                .iter()
+                .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
+                .sum::<f64>()
+                .max(1e-300);
+            for r in runs {
+                let w = if r.weight > 0.0 { r.weight } else { 1.0 };
+                for (s, &v) in &r.stacks {
+                    if s.iter().any(|&f| exclude[f as usize]) {
+                        continue;
+                    }
+                    stamp = stamp.wrapping_add(1);
+                    let x = v / den;
+                    for &f in s.iter() {
+                        if seen[f as usize] != stamp {
+                            seen[f as usize] = stamp;
+                            a.cum[side][f as usize] += x;
+                            a.cum_n[side][f as usize] += v / w;
+                        }
+                    }
+                    if let Some(&leaf) = s.last() {
+                        a.flat[side][leaf as usize] += x;
+                    }
+                    pairs.clear();
+                    for p in s.windows(2) {
+                        let e = (p[0], p[1]);
+                        if p[0] != p[1] && !pairs.contains(&e) {
+                            pairs.push(e);
+                            a.edges.entry(e).or_insert([0.0; 2])[side] += x;
+                        }
+                    }
+                }
+            }
+        }
+        for &(p, c) in a.edges.keys() {
+            a.children[p as usize].push(c);
+            a.parents[c as usize].push(p);
+        }
+        // Deterministic order.
+        for v in a.children.iter_mut().chain(a.parents.iter_mut()) {
+            v.sort_unstable();
+        }
+        a
+    }
+
+    fn d_cum(&self, f: FuncId) -> f64 {
+        self.cum[1][f as usize] - self.cum[0][f as usize]
+    }
+
+    fn edge(&self, p: FuncId, c: FuncId) -> [f64; 2] {
+        self.edges.get(&(p, c)).copied().unwrap_or([0.0; 2])
+    }
+
+    /// The callee whose edge grew most.
+    fn top_child(&self, f: FuncId) -> Option<(FuncId, [f64; 2])> {
+        self.children[f as usize]
+            .iter()
+            .map(|&c| (c, self.edge(f, c)))
+            .max_by(|a, b| (a.1[1] - a.1[0]).total_cmp(&(b.1[1] - b.1[0])))
+    }
+
+    /// The caller whose edge into `f` grew most.
+    fn top_parent(&self, f: FuncId) -> Option<FuncId> {
+        self.parents[f as usize]
+            .iter()
+            .map(|&p| (p, self.edge(p, f)))
+            .max_by(|a, b| (a.1[1] - a.1[0]).total_cmp(&(b.1[1] - b.1[0])))
+            .map(|x| x.0)
+    }
+
+    /// Did the function's own composition change: does one part (its self
+    /// value or one callee) take a clearly larger fraction of its inclusive
+    /// value than in the baseline? A function that is merely called more
+    /// keeps its composition; the one that changed does not.
+    fn composition_changed(&self, f: FuncId) -> bool {
+        let i = f as usize;
+        let (cb, cc) = (self.cum[0][i], self.cum[1][i]);
+        let (nb, nc) = (self.cum_n[0][i], self.cum_n[1][i]);
+        if cb <= 0.0 || cc <= 0.0 || nb <= 0.0 || nc <= 0.0 {
+            return false;
+        }
+        let mut parts: Vec<[f64; 2]> = vec![[self.flat[0][i], self.flat[1][i]]];
+        parts.extend(self.children[i].iter().map(|&c| self.edge(f, c)));
+        parts.iter().any(|p| {
+            let (fb, fc) = ((p[0] / cb).min(1.0), (p[1] / cc).min(1.0));
+            let pooled = (fb * nb + fc * nc) / (nb + nc);
+            let se = (pooled * (1.0 - pooled) * (1.0 / nb + 1.0 / nc)).sqrt();
+            fc - fb >= COMPOSITION_SHIFT && (se <= 0.0 || (fc - fb) / se >= 3.0)
+        })
+    }
+}
+
+/// A function whose inclusive growth is a candidate for attribution.
+struct Grown {
+    id: FuncId,
+    verdict: Verdict,
+    q: Option<f64>,
+}
+
+/// Find the culprits of the significant inclusive growth.
+///
+/// Repeatedly: among the significantly grown functions (cum q below the
+/// inconclusive level, growth above `max_percent` of their own value)
+/// whose growth is not yet explained, start at the one that grew most (the
+/// top of its chain); follow the callee that explains most of the growth
+/// (≥ half) until none does or the edge is new; the culprit is the deepest
+/// frame on that chain whose own composition changed (a part of it, self
+/// or a callee, grew as a fraction of it; or the new edge leaves it), or
+/// the start when none did (everything below was called more). Then drop
+/// the stacks through the culprit and look at what growth remains.
+/// Returns the culprits and, per function, the growth left unexplained.
+fn attribute(
+    cmp: &Comparison,
+    funcs: &[FunctionDelta],
+    scale: &Scale,
+    unit: &str,
+    s: &Settings,
+    max_percent: f64,
+) -> (Vec<Culprit>, Vec<f64>) {
+    let n = cmp.table.len();
+    let mut exclude = vec![false; n];
+    let full = Agg::new(cmp, scale, &exclude);
+    let grown: Vec<Grown> = funcs
+        .iter()
+        .filter_map(|d| {
+            let m = &d.cum;
+            let q = m.q_value?;
+            let up = breach(m.delta, m.relative, None, Some(max_percent));
+            let verdict = if q < s.alpha {
+                Verdict::Fail
+            } else if q < s.inconclusive_alpha {
+                Verdict::Inconclusive
+            } else {
+                return None;
+            };
+            up.then_some(Grown {
+                id: d.id,
+                verdict,
+                q: Some(q),
+            })
+        })
+        .collect();
+    let name = |f: FuncId| cmp.table.funcs[f as usize].name.clone();
+    let step = |a: &Agg, f: FuncId| PathStep {
+        function: name(f),
+        baseline: a.cum[0][f as usize],
+        candidate: a.cum[1][f as usize],
+        delta: a.d_cum(f),
+    };
+    let mut out: Vec<Culprit> = Vec::new();
+    let mut agg = full;
+    let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
+    let mut used = vec![false; n];
+    while out.len() < MAX_CULPRITS {
+        // The unexplained significant growth at the top of its chain.
+        let start = grown
+            .iter()
+            .filter(|g| !used[g.id as usize] && !exclude[g.id as usize])
+            .filter(|g| {
+                let d = agg.d_cum(g.id);
+                d > 0.0 && d >= EXPLAIN * full_delta[g.id as usize]
+            })
+            .max_by(|a, b| {
+                agg.d_cum(a.id)
+                    .total_cmp(&agg.d_cum(b.id))
+                    .then(b.id.cmp(&a.id))
+            });
+        let Some(start) = start else { break };
+        // Down: follow the callee that explains most of the growth; stop
+        // at an edge absent from the baseline or at a callee that is.
+        let mut chain = vec![start.id];
+        let mut x = start.id;
+        while chain.len() < 256 {
+            let dx = agg.d_cum(x);
+            let Some((c, e)) = agg.top_child(x) else {
+                break;
+            };
+            if e[1] - e[0] < EXPLAIN * dx || chain.contains(&c) {
+                break;
+            }
+            chain.push(c);
+            if e[0] <= 0.0 || agg.cum[0][c as usize] <= 0.0 {
+                break;
+            }
+            x = c;
+        }
+        // Up: callers whose edge carries most of the start's growth (with
+        // share values the ancestors need not grow), until a caller that
+        // did not call it in the baseline.
+        let mut x = start.id;
+        while chain.len() < 512 {
+            let dx = agg.d_cum(x);
+            let Some(p) = agg.top_parent(x) else { break };
+            let e = agg.edge(p, x);
+            if e[1] - e[0] < EXPLAIN * dx || chain.contains(&p) {
+                break;
+            }
+            chain.insert(0, p);
+            if is_new(&agg, p, x) {
+                break;
+            }
+            x = p;
+        }
+        // The introduction: the topmost new (absent or negligible) edge on
+        // the chain; its callee's own edge below, when absent from the
+        // baseline, moves it one frame down (the callee existed and began
+        // calling something new). Else the deepest frame whose own
+        // composition changed; else the top of the growth.
+        let top_new = (1..chain.len()).find(|&i| is_new(&agg, chain[i - 1], chain[i]));
+        let (culprit, new_edge) = match top_new {
+            Some(t) => {
+                let (p, c) = (chain[t - 1], chain[t]);
+                let dc = agg.d_cum(c);
+                let existed = agg.cum[0][c as usize] > 0.0;
+                let self_grew = agg.flat[1][c as usize] - agg.flat[0][c as usize] >= EXPLAIN * dc;
+                match chain.get(t + 1) {
+                    // The callee existed and its own code does the new work.
+                    _ if existed && self_grew => (c, Some((p, c))),
+                    // The callee existed and began calling something new.
+                    Some(&k)
+                        if existed
+                            && agg.edge(c, k)[0] <= 0.0
+                            && agg.edge(c, k)[1] >= EXPLAIN * dc =>
+                    {
+                        (c, Some((c, k)))
+                    }
+                    _ => (p, Some((p, c))),
+                }
+            }
+            None => (
+                chain
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|&f| agg.composition_changed(f))
+                    .unwrap_or(start.id),
+                None,
+            ),
+        };
+        let new_edge = new_edge.map(|(p, c)| (p, c, agg.edge(p, c)));
+        let idx = chain.iter().position(|&f| f == culprit).unwrap_or(0);
+        // Path from a root to the top of the chain (largest growing caller each step).
+        let mut up = Vec::new();
+        let mut p = chain[0];
+        while let Some(q) = agg.top_parent(p) {
+            if up.contains(&q) || chain.contains(&q) || up.len() > 256 {
+                break;
+            }
+            up.push(q);
+            p = q;
+        }
+        up.reverse();
+        let path: Vec<PathStep> = up
+            .iter()
+            .chain(chain[..=idx].iter())
+            .map(|&f| step(&agg, f))
+            .collect();
+        let mut kids: Vec<(FuncId, [f64; 2])> = agg.children[culprit as usize]
+            .iter()
+            .map(|&c| (c, agg.edge(culprit, c)))
+            .filter(|(_, e)| e[1] > e[0])
+            .collect();
+        kids.sort_by(|a, b| {
+            (b.1[1] - b.1[0])
+                .total_cmp(&(a.1[1] - a.1[0]))
+                .then(a.0.cmp(&b.0))
+        });
+        let explained_by: Vec<PathStep> = kids
+            .iter()
+            .take(3)
+            .map(|&(c, e)| PathStep {
+                function: name(c),
+                baseline: e[0],
+                candidate: e[1],
+                delta: e[1] - e[0],
+            })
+            .collect();
+        let g = grown.iter().find(|g| g.id == culprit);
+        let (verdict, q) = match g {
+            Some(g) => (g.verdict, g.q),
+            None => (start.verdict, start.q),
+        };
+        let cs = step(&agg, culprit);
+        let pt = |v: f64| fmt_points(v, unit);
+        let mut msg = format!(
+            "{} {} cum ({} -> {}){}",
+            cs.function,
+            pt(cs.delta),
+            crate::report::format_value(cs.baseline, unit),
+            crate::report::format_value(cs.candidate, unit),
+            match explained_by.first() {
+                Some(k) => format!(", of which {} {}", k.function, pt(k.delta)),
+                None => String::new(),
+            }
+        );
+        let ne = new_edge;
+        let edge_share = |caller: FuncId, e: [f64; 2]| {
+            let c = agg.cum[1][caller as usize];
+            if c > 0.0 {
+                e[1] / c
+            } else {
+                0.0
+            }
+        };
+        if let Some((caller, callee, e)) = ne {
+            msg.push_str(&format!(
+                "; new call {} -> {} ({:.0}% of {}'s samples)",
+                name(caller),
+                name(callee),
+                edge_share(caller, e) * 100.0,
+                name(caller)
+            ));
+        }
+        out.push(Culprit {
+            kind: CulpritKind::Frame,
+            function: cs.function.clone(),
+            sample_type: cmp.sample_type.to_string(),
+            unit: unit.to_string(),
+            baseline: cs.baseline,
+            candidate: cs.candidate,
+            delta: cs.delta,
+            q_value: q,
+            verdict,
+            path: path.clone(),
+            explained_by: explained_by.clone(),
+            message: msg,
+            allowed: None,
+        });
+        if let Some((caller, callee, e)) = ne {
+            let share = edge_share(caller, e);
+            let mut path: Vec<PathStep> = match path.iter().position(|p| p.function == name(caller))
+            {
+                Some(i) => path[..=i].to_vec(),
+                None => path.clone(),
+            };
+            path.push(PathStep {
+                function: name(callee),
+                baseline: e[0],
+                candidate: e[1],
+                delta: e[1] - e[0],
+            });
+            out.push(Culprit {
+                kind: CulpritKind::NewEdge {
+                    caller: name(caller),
+                    callee: name(callee),
+                },
+                function: name(callee),
+                sample_type: cmp.sample_type.to_string(),
+                unit: unit.to_string(),
+                baseline: e[0],
+                candidate: e[1],
+                delta: e[1] - e[0],
+                q_value: q,
+                verdict,
+                path,
+                allowed: None,
+                explained_by: Vec::new(),
+                message: format!(
+                    "{} -> {}: new, {} ({:.0}% of {}'s samples)",
+                    name(caller),
+                    name(callee),
+                    pt(e[1] - e[0]),
+                    share * 100.0,
+                    name(caller)
+                ),
+            });
+        }
+        used[culprit as usize] = true;
+        used[start.id as usize] = true;
+        exclude[culprit as usize] = true;
+        agg = Agg::new(cmp, scale, &exclude);
+    }
+    let residual: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
+    (out, residual)
+}
+
+/// Is the edge `p -> c` new: absent or negligible in the baseline (at most
+/// [`NEW_EDGE`] of its candidate value) while the caller was there?
+fn is_new(agg: &Agg, p: FuncId, c: FuncId) -> bool {
+    let e = agg.edge(p, c);
+    e[1] > 0.0 && e[0] <= NEW_EDGE * e[1] && agg.cum[0][p as usize] > 0.0
+}
+
+/// A delta in points (for `%` units) or in the unit.
+fn fmt_points(v: f64, unit: &str) -> String {
+    if unit == "%" {
+        format!("{:+.1} pt", v * 100.0)
+    } else {
+        format!("{:+} {unit}", fmt_num(v))
+    }
+}
+
+/// How a relative finding names its values.
+fn scale_word(scale: &Scale) -> &'static str {
+    match scale {
+        Scale::Compositional => "value (baseline units)",
+        _ => "share",
+    }
 }

@@ -114,6 +114,13 @@ pub enum Scale {
     /// Divided by the profile's total of another (counter) sample type,
     /// e.g. `reconciles`: "CPU per reconcile".
     PerSampleType(String),
+    /// Compositional: share of the total, with the candidate's total
+    /// rescaled by a size factor estimated from the functions that did not
+    /// change (median of ratios refined on the consistent functions, see
+    /// [`crate::compare::SizeFactor`]). Values are fractions of the
+    /// *baseline's* total per unit of work: an unchanged function keeps its
+    /// value, a regression adds to the candidate's sum.
+    Compositional,
 }
 
 impl std::fmt::Display for Scale {
@@ -123,6 +130,7 @@ impl std::fmt::Display for Scale {
             Scale::Rate => write!(f, "rate"),
             Scale::PerUnit(n) => write!(f, "per {n}"),
             Scale::PerSampleType(t) => write!(f, "per {t}"),
+            Scale::Compositional => write!(f, "compositional"),
         }
     }
 }
@@ -456,6 +464,10 @@ pub struct RunData {
     pub type_totals: Vec<(String, f64)>,
     /// Value per normalized stack, root first.
     pub stacks: FxMap<Box<[FuncId]>, f64>,
+    /// Multiplier of `total` under [`Scale::Compositional`]: 1 for baseline
+    /// runs, the estimated size factor for candidate runs (set by
+    /// [`crate::compare::Comparison::new`]).
+    pub size_factor: f64,
 }
 
 impl RunData {
@@ -641,6 +653,7 @@ pub fn reduce(
         duration_secs: p.duration_nanos as f64 / 1e9,
         type_totals,
         stacks,
+        size_factor: 1.0,
     }
 }
 

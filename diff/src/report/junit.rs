@@ -81,9 +81,19 @@ pub fn junit(r: &GateReport) -> String {
     );
     let _ = writeln!(
         o,
-        "    <properties>\n      <property name=\"verdict\" value=\"{}\"/>\n      <property name=\"normalization\" value=\"{}\"/>\n    </properties>",
+        "    <properties>\n      <property name=\"verdict\" value=\"{}\"/>\n      <property name=\"normalization\" value=\"{}\"/>\n      <property name=\"scale\" value=\"{}\"/>\n{}    </properties>",
         r.verdict.as_str(),
-        xml_escape(&r.normalization.join(", "))
+        xml_escape(&r.normalization.join(", ")),
+        xml_escape(&r.scale),
+        r.culprits
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(
+                "      <property name=\"culprit.{}\" value=\"{}\"/>\n",
+                i + 1,
+                xml_escape(&c.message)
+            ))
+            .collect::<String>()
     );
     o.push_str(&cases);
     let _ = writeln!(o, "  </testsuite>");

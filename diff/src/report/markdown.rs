@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::{fmt_delta, fmt_p, fmt_value, headline, needed_text};
+use super::{
+    culprit_title, fmt_delta, fmt_p, fmt_points, fmt_value, headline, needed_text, of_which,
+    scale_note,
+};
 use crate::gate::{GateReport, Verdict};
 
 fn icon(v: Verdict) -> &'static str {
@@ -23,6 +26,50 @@ fn cell(s: &str) -> String {
 pub fn markdown(r: &GateReport) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "## {} profdiff: {}\n", icon(r.verdict), headline(r));
+    if !r.culprits.is_empty() {
+        let _ = writeln!(o, "**Culprits** (inclusive values, {}):\n", scale_note(r));
+        for (i, c) in r.culprits.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "{}. {} `{}` (q={}){}",
+                i + 1,
+                if c.allowed.is_some() {
+                    "☑️"
+                } else {
+                    icon(c.verdict)
+                },
+                cell(&culprit_title(c)),
+                fmt_p(c.q_value),
+                c.allowed
+                    .as_ref()
+                    .map(|a| format!(" — allowed: {}", cell(a)))
+                    .unwrap_or_default()
+            );
+            if matches!(c.kind, crate::gate::CulpritKind::NewEdge { .. }) {
+                continue;
+            }
+            let _ = writeln!(o, "   ```");
+            let last = c.path.len().saturating_sub(1);
+            for (d, st) in c.path.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "   {}{}{}  {} -> {} ({}){}",
+                    "  ".repeat(d),
+                    if d == 0 { "" } else { "└ " },
+                    st.function,
+                    fmt_value(st.baseline, &c.unit),
+                    fmt_value(st.candidate, &c.unit),
+                    fmt_points(st.delta, &c.unit),
+                    if d == last { "  ← culprit" } else { "" }
+                );
+            }
+            if let Some(w) = of_which(&c.explained_by, &c.unit) {
+                let _ = writeln!(o, "   {w}");
+            }
+            let _ = writeln!(o, "   ```");
+        }
+        let _ = writeln!(o);
+    }
     if r.findings.is_empty() {
         let _ = writeln!(o, "No rule was breached.\n");
     } else {
@@ -78,7 +125,11 @@ pub fn markdown(r: &GateReport) -> String {
     }
     let _ = writeln!(o, "\n</details>\n");
     if !r.top.is_empty() {
-        let _ = writeln!(o, "<details><summary>Top changes (flat share)</summary>\n");
+        let _ = writeln!(
+            o,
+            "<details><summary>Top changes (flat, {})</summary>\n",
+            scale_note(r)
+        );
         let _ = writeln!(
             o,
             "| function | flat base | flat cand | delta | cum base | cum cand | q |"
@@ -99,6 +150,7 @@ pub fn markdown(r: &GateReport) -> String {
         }
         let _ = writeln!(o, "\n</details>\n");
     }
+    let _ = writeln!(o, "Scale: {}.\n", r.scale);
     let _ = writeln!(
         o,
         "Normalization: {}. Significance: BH q < {} (inconclusive < {}); noise floor {}%.",

@@ -16,7 +16,7 @@ pub use junit::junit;
 pub use markdown::markdown;
 pub use terminal::terminal;
 
-use crate::gate::{Finding, GateReport};
+use crate::gate::{Culprit, CulpritKind, Finding, GateReport, PathStep};
 
 /// Format a value in a display unit (`%` values are fractions of the total).
 pub fn format_value(v: f64, unit: &str) -> String {
@@ -94,4 +94,56 @@ pub(crate) fn headline(r: &GateReport) -> String {
         r.baseline.len(),
         r.candidate.len()
     )
+}
+
+/// A delta in points (`%` units) or in the unit, signed.
+pub(crate) fn fmt_points(v: f64, unit: &str) -> String {
+    if unit == "%" {
+        format!("{:+.1} pt", v * 100.0)
+    } else {
+        format!("{:+} {unit}", crate::gate::fmt_num(v))
+    }
+}
+
+/// What the values of a report are: the unit line shared by the renderers.
+pub(crate) fn scale_note(r: &GateReport) -> &'static str {
+    if r.scale.starts_with("compositional") {
+        "% of the baseline's total per unit of work"
+    } else {
+        "% of each side's total"
+    }
+}
+
+/// One line naming a culprit: kind, function and how much it grew.
+pub(crate) fn culprit_title(c: &Culprit) -> String {
+    match &c.kind {
+        CulpritKind::Frame => format!(
+            "{} {} cum ({} -> {})",
+            c.function,
+            fmt_points(c.delta, &c.unit),
+            fmt_value(c.baseline, &c.unit),
+            fmt_value(c.candidate, &c.unit)
+        ),
+        CulpritKind::NewEdge { caller, callee } => format!(
+            "new call {caller} -> {callee}: {} ({} -> {})",
+            fmt_points(c.delta, &c.unit),
+            fmt_value(c.baseline, &c.unit),
+            fmt_value(c.candidate, &c.unit)
+        ),
+    }
+}
+
+/// "of which X +47 pt, Y +3 pt".
+pub(crate) fn of_which(steps: &[PathStep], unit: &str) -> Option<String> {
+    if steps.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "of which {}",
+        steps
+            .iter()
+            .map(|s| format!("{} {}", s.function, fmt_points(s.delta, unit)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }

@@ -2,7 +2,10 @@
 
 use std::fmt::Write;
 
-use super::{fmt_delta, fmt_p, fmt_value, headline, needed_text};
+use super::{
+    culprit_title, fmt_delta, fmt_p, fmt_points, fmt_value, headline, needed_text, of_which,
+    scale_note,
+};
 use crate::gate::{GateReport, Verdict};
 
 fn paint(s: &str, v: Verdict, color: bool) -> String {
@@ -39,6 +42,7 @@ fn trunc(s: &str, n: usize) -> String {
 pub fn terminal(r: &GateReport, color: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "profdiff: {}", paint(&headline(r), r.verdict, color));
+    let _ = writeln!(o, "scale: {}", r.scale);
     let _ = writeln!(o, "normalization: {}", r.normalization.join(", "));
     let _ = writeln!(
         o,
@@ -47,6 +51,49 @@ pub fn terminal(r: &GateReport, color: bool) -> String {
         r.inconclusive_alpha,
         r.noise_floor * 100.0
     );
+    if !r.culprits.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "culprits (inclusive values, {}):", scale_note(r));
+        for (i, c) in r.culprits.iter().enumerate() {
+            let v = if c.allowed.is_some() {
+                "allowed"
+            } else {
+                c.verdict.as_str()
+            };
+            let _ = writeln!(
+                o,
+                "{}. {}  {}  q={}{}",
+                i + 1,
+                culprit_title(c),
+                paint(v, c.verdict, color && c.allowed.is_none()),
+                fmt_p(c.q_value),
+                c.allowed
+                    .as_ref()
+                    .map(|a| format!(" ({a})"))
+                    .unwrap_or_default()
+            );
+            if matches!(c.kind, crate::gate::CulpritKind::NewEdge { .. }) {
+                continue;
+            }
+            let last = c.path.len().saturating_sub(1);
+            for (d, st) in c.path.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "   {:>10}  {:>9} -> {:<9} {}{}{}{}",
+                    fmt_points(st.delta, &c.unit),
+                    fmt_value(st.baseline, &c.unit),
+                    fmt_value(st.candidate, &c.unit),
+                    "  ".repeat(d),
+                    if d == 0 { "" } else { "└ " },
+                    st.function,
+                    if d == last { "   <- culprit" } else { "" }
+                );
+            }
+            if let Some(w) = of_which(&c.explained_by, &c.unit) {
+                let _ = writeln!(o, "   {w}");
+            }
+        }
+    }
     let _ = writeln!(o);
     let _ = writeln!(
         o,
@@ -76,8 +123,8 @@ pub fn terminal(r: &GateReport, color: bool) -> String {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
-            "{:<13} {:<5} {:<48} {:>12} {:>12} {:>22} {:>8} {:>8}",
-            "VERDICT", "SEV", "FUNCTION", "BASELINE", "CANDIDATE", "DELTA", "P", "Q"
+            "{:<13} {:<5} {:<4} {:<48} {:>12} {:>12} {:>22} {:>8} {:>8}",
+            "VERDICT", "SEV", "OF", "FUNCTION", "BASELINE", "CANDIDATE", "DELTA", "P", "Q"
         );
         for f in &r.findings {
             let v = if f.allowed.is_some() {
@@ -87,11 +134,16 @@ pub fn terminal(r: &GateReport, color: bool) -> String {
             };
             let _ = writeln!(
                 o,
-                "{} {:<5} {:<48} {:>12} {:>12} {:>22} {:>8} {:>8}",
+                "{} {:<5} {:<4} {:<48} {:>12} {:>12} {:>22} {:>8} {:>8}",
                 paint(&format!("{v:<13}"), f.verdict, color && f.allowed.is_none()),
                 match f.severity {
                     crate::budgets::Severity::Fail => "fail",
                     crate::budgets::Severity::Warn => "warn",
+                },
+                match f.metric {
+                    Some(crate::budgets::MetricKind::Flat) => "flat",
+                    Some(crate::budgets::MetricKind::Cum) => "cum",
+                    None => "-",
                 },
                 trunc(&f.function, 48),
                 fmt_value(f.baseline, &f.unit),
@@ -101,16 +153,16 @@ pub fn terminal(r: &GateReport, color: bool) -> String {
                 fmt_p(f.q_value)
             );
             if let Some(n) = needed_text(f) {
-                let _ = writeln!(o, "{:<13} {:<5} {n}", "", "");
+                let _ = writeln!(o, "{:<13} {:<5} {:<4} {n}", "", "", "");
             }
             if let Some(a) = &f.allowed {
-                let _ = writeln!(o, "{:<13} {:<5} {a}", "", "");
+                let _ = writeln!(o, "{:<13} {:<5} {:<4} {a}", "", "", "");
             }
         }
     }
     if !r.top.is_empty() {
         let _ = writeln!(o);
-        let _ = writeln!(o, "top changes (share of {}):", r.sample_type);
+        let _ = writeln!(o, "top changes ({} of {}):", scale_note(r), r.sample_type);
         let _ = writeln!(
             o,
             "{:<56} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}",

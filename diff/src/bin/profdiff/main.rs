@@ -82,11 +82,17 @@ const DIFF_HELP: &str = "Examples:
   profdiff diff -b a.pb.gz -c b.pb.gz --per-sample-type reconciles --sample-type cpu
   profdiff diff -b a.pb.gz -c b.pb.gz --no-normalize go-closure --rewrite 'v2\\.=>'";
 
-#[derive(Copy, Clone, ValueEnum)]
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
 enum ScaleArg {
-    /// Fraction of the profile's total.
+    /// Share of the baseline's total per unit of work, the candidate's
+    /// total rescaled by a size factor estimated from the functions that
+    /// did not change: unchanged functions stay unchanged.
+    #[value(alias = "robust")]
+    Compositional,
+    /// Fraction of each profile's own total (zero-sum: when one function
+    /// grows, every other share shrinks).
     Share,
-    /// Per second of profile duration.
+    /// Per second of profile duration (`diff` tables only).
     Rate,
 }
 
@@ -120,13 +126,16 @@ struct CommonArgs {
     /// Drop callees of the leaf-most frame matching REGEX.
     #[arg(long, value_name = "REGEX")]
     prune: Option<String>,
+    /// Scale of values: compositional (default), share, or rate (`diff` only).
+    #[arg(long = "normalize", value_enum, default_value = "compositional")]
+    scale: ScaleArg,
     /// Significance level (Benjamini-Hochberg FDR).
     #[arg(long, default_value_t = 0.01)]
     alpha: f64,
     /// Functions below this share (percent) on both sides are not tested.
     #[arg(long, default_value_t = 0.5, value_name = "PERCENT")]
     noise_floor: f64,
-    /// Default rule: allowed growth of a function's flat share, percent of its own value.
+    /// Default rules: allowed growth of a function's flat and cumulative value, percent of its own value.
     #[arg(long, default_value_t = 5.0, value_name = "PERCENT")]
     max_growth: f64,
     /// Functions listed in the top-changes table.
@@ -168,9 +177,6 @@ struct GateArgs {
 struct DiffArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Scale of values in the table: share of total or rate per second.
-    #[arg(long = "normalize", value_enum, default_value = "share")]
-    scale: ScaleArg,
     /// Divide values by N units of work per profile.
     #[arg(long, value_name = "N", conflicts_with = "per_sample_type")]
     per: Option<f64>,
@@ -282,20 +288,30 @@ fn run_compare(
     let bref: Vec<(String, &Profile)> = base.iter().map(|(n, p)| (n.clone(), p)).collect();
     let cref: Vec<(String, &Profile)> = cand.iter().map(|(n, p)| (n.clone(), p)).collect();
     let mut gate = Gate::new(bref, cref, &norm, a.sample_type.clone());
+    gate.scale = match a.scale {
+        ScaleArg::Share => Scale::Share,
+        ScaleArg::Compositional => Scale::Compositional,
+        ScaleArg::Rate if diff_args.is_some() => Scale::Share,
+        ScaleArg::Rate => bail!(
+            "--normalize rate: the gate's relative rules compare shares; use share or compositional (absolute rules take `per` in the budgets file)"
+        ),
+    };
     gate.default_max_percent = a.max_growth;
     gate.top_n = a.top;
     let mut rep: GateReport = gate.run(&budgets)?;
 
     let mut stacks_text = String::new();
     if let Some(d) = diff_args {
-        let scale = match (d.per, &d.per_sample_type, d.scale) {
+        let scale = match (d.per, &d.per_sample_type, a.scale) {
             (Some(n), _, _) => Scale::PerUnit(n),
             (None, Some(t), _) => Scale::PerSampleType(t.clone()),
             (None, None, ScaleArg::Rate) => Scale::Rate,
             (None, None, ScaleArg::Share) => Scale::Share,
+            (None, None, ScaleArg::Compositional) => Scale::Compositional,
         };
         let (cmp, _) = gate.primary().context("no comparison")?;
-        if scale != Scale::Share {
+        let tabled = gate.primary_scale().cloned().unwrap_or_default();
+        if scale != tabled && scale != Scale::Compositional {
             let mut f = cmp.functions(&diff::compare::CompareOptions {
                 scale: scale.clone(),
                 noise_floor: budgets.settings.noise_floor,
