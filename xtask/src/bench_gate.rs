@@ -708,6 +708,27 @@ fn record_pool(
     Ok(out)
 }
 
+/// Mean samples per run (the `samples/count` value, else the first value)
+/// over `paths`.
+fn mean_samples(paths: &[PathBuf]) -> Result<f64> {
+    let mut sum = 0i64;
+    for p in paths {
+        let prof =
+            diff::input::load_profile(p).with_context(|| format!("reading {}", p.display()))?;
+        let col = prof
+            .sample_types
+            .iter()
+            .position(|t| t.kind == "samples")
+            .unwrap_or(0);
+        sum += prof
+            .samples
+            .iter()
+            .map(|s| s.values.get(col).copied().unwrap_or(0))
+            .sum::<i64>();
+    }
+    Ok(sum as f64 / paths.len().max(1) as f64)
+}
+
 /// `k` distinct indices out of `n` (partial Fisher–Yates).
 fn draw(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..n).collect();
@@ -824,14 +845,15 @@ fn real_workloads(root: &Path) -> Result<()> {
             producer.label()
         );
         println!(
-            "{:<34} {:<20} {:>7} {:>8} {:>7} {:>8} {:>22}",
+            "{:<34} {:<20} {:>7} {:>8} {:>7} {:>8} {:>22} {:>16}",
             "case",
             "changed function",
             "fail",
             "inconcl",
             "pass",
             "caught",
-            "other per-item flagged"
+            "other per-item flagged",
+            "samples/run b|c"
         );
         for case in REAL_CASES {
             let dir = work.join(producer.dir()).join(case.name);
@@ -863,14 +885,19 @@ fn real_workloads(root: &Path) -> Result<()> {
             }
             let n = trials as u32;
             println!(
-                "{:<34} {:<20} {:>6.0}% {:>7.0}% {:>6.0}% {:>7.0}% {:>21.0}%",
+                "{:<34} {:<20} {:>6.0}% {:>7.0}% {:>6.0}% {:>7.0}% {:>21.0}% {:>16}",
                 case.class,
                 case.changed,
                 pct(fail, n),
                 pct(inc, n),
                 pct(pass, n),
                 pct(caught, n),
-                pct(other, n)
+                pct(other, n),
+                format!(
+                    "{:.0}|{:.0}",
+                    mean_samples(&runs[0])?,
+                    mean_samples(&runs[1])?
+                )
             );
         }
         // A/A: the same program (case "format", baseline) on both sides.
@@ -881,6 +908,11 @@ fn real_workloads(root: &Path) -> Result<()> {
             .into_iter()
             .flatten()
             .collect();
+        println!(
+            "A/A pool: {} runs, {:.0} samples/run",
+            runs.len(),
+            mean_samples(&runs)?
+        );
         for per_side in [3usize, 1] {
             let (mut fail, mut inc, mut pass) = (0, 0, 0);
             for _ in 0..aa_gates {
