@@ -1508,3 +1508,21 @@ fn scale_word(scale: &Scale) -> &'static str {
         _ => "share",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::package_of;
+
+    #[test]
+    fn package_of_go_rust_and_bare_names() {
+        assert_eq!(package_of("main.reconcile"), "main");
+        assert_eq!(package_of("fmt.(*pp).doPrintf"), "fmt");
+        assert_eq!(
+            package_of("k8s.io/client-go/rest.(*Request).Do"),
+            "k8s.io/client-go/rest"
+        );
+        assert_eq!(package_of("regexp/syntax.Parse"), "regexp/syntax");
+        assert_eq!(package_of("std::fmt::write"), "std");
+        assert_eq!(package_of("memeqbody"), "");
+    }
+}
