@@ -243,6 +243,10 @@ pub struct Culprit {
     pub message: String,
     /// Set when an allow-list entry exempts the culprit's function; the reason.
     pub allowed: Option<String>,
+    /// Per function id: the flat and cum growth of the stacks through the
+    /// culprit (what it explains), for ordering and verdicts.
+    #[serde(skip)]
+    pub(crate) explains: Option<std::sync::Arc<[Vec<f64>; 2]>>,
 }
 
 /// What [`Gate::analyse`] found in one comparison.
@@ -520,22 +524,75 @@ impl<'a> Gate<'a> {
                 }
             }
         }
+        // A culprit carries the verdict of the default-rule findings it
+        // explains (the leaves below it whose growth runs through it), and
+        // its own finding comes first: culprits, then leaves.
+        let mut culprits = culprits;
+        if let Some((_, funcs)) = self.primary() {
+            let by_name: HashMap<&str, &FunctionDelta> =
+                funcs.iter().map(|d| (d.function.as_str(), d)).collect();
+            for f in &findings {
+                let default = f.rule == DEFAULT_CUM_RULE || f.rule == "default-share-growth";
+                if !default || f.allowed.is_some() || f.verdict < Verdict::Inconclusive {
+                    continue;
+                }
+                let Some(d) = by_name.get(f.function.as_str()) else {
+                    continue;
+                };
+                let (k, full) = match f.metric {
+                    Some(MetricKind::Flat) => (0, d.flat.delta),
+                    _ => (1, d.cum.delta),
+                };
+                for c in culprits.iter_mut().filter(|c| c.kind == CulpritKind::Frame) {
+                    let part = c.explains.as_ref().map_or(0.0, |e| e[k][d.id as usize]);
+                    if full > 0.0 && part >= EXPLAIN * full && f.verdict > c.verdict {
+                        c.verdict = f.verdict;
+                    }
+                }
+            }
+            // The new-edge entry shares its frame's verdict.
+            let mut last = Verdict::Pass;
+            for c in culprits.iter_mut() {
+                match c.kind {
+                    CulpritKind::Frame => last = c.verdict,
+                    CulpritKind::NewEdge { .. } => c.verdict = c.verdict.max(last),
+                }
+            }
+        }
+        let culprit_rank = |name: &str| {
+            culprits.iter().position(|c| {
+                c.kind == CulpritKind::Frame && c.function == name && c.allowed.is_none()
+            })
+        };
+        for f in &mut findings {
+            if f.rule == DEFAULT_CUM_RULE && f.allowed.is_none() {
+                if let Some(c) = culprit_rank(&f.function).map(|i| &culprits[i]) {
+                    f.verdict = f.verdict.max(c.verdict);
+                }
+            }
+        }
         findings.sort_by(|a, b| {
-            let ra = (a.rule == DEFAULT_CUM_RULE)
-                .then(|| culprit_rank(&a.function))
-                .flatten()
-                .unwrap_or(usize::MAX);
-            let rb = (b.rule == DEFAULT_CUM_RULE)
-                .then(|| culprit_rank(&b.function))
-                .flatten()
-                .unwrap_or(usize::MAX);
-            b.verdict
-                .cmp(&a.verdict)
-                .then(ra.cmp(&rb))
+            let rank = |f: &Finding| {
+                (f.rule == DEFAULT_CUM_RULE)
+                    .then(|| culprit_rank(&f.function))
+                    .flatten()
+                    .unwrap_or(usize::MAX)
+            };
+            rank(a)
+                .cmp(&rank(b))
+                .then(b.verdict.cmp(&a.verdict))
                 .then((a.severity as u8).cmp(&(b.severity as u8)))
                 .then(b.delta.abs().total_cmp(&a.delta.abs()))
                 .then(a.function.cmp(&b.function))
         });
+        for r in results.iter_mut().filter(|r| r.name == DEFAULT_CUM_RULE) {
+            r.verdict = findings
+                .iter()
+                .filter(|f| f.rule == DEFAULT_CUM_RULE && f.allowed.is_none())
+                .map(|f| f.verdict)
+                .max()
+                .unwrap_or(Verdict::Pass);
+        }
         let counted = |v: Verdict| {
             findings
                 .iter()
@@ -1415,6 +1472,7 @@ fn attribute(
             explained_by: explained_by.clone(),
             message: msg,
             allowed: None,
+            explains: None,
         });
         if let Some((caller, callee, e)) = ne {
             let share = edge_share(caller, e);
@@ -1444,6 +1502,7 @@ fn attribute(
                 verdict,
                 path,
                 allowed: None,
+                explains: None,
                 explained_by: Vec::new(),
                 message: format!(
                     "{} -> {}: new, {} ({:.0}% of {}'s samples)",
@@ -1458,7 +1517,27 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        agg = Agg::new(cmp, scale, &exclude);
+        let next = Agg::new(cmp, scale, &exclude);
+        let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    let (x, y) = if k == 0 {
+                        (&a.flat, &b.flat)
+                    } else {
+                        (&a.cum, &b.cum)
+                    };
+                    (x[1][i] - x[0][i]) - (y[1][i] - y[0][i])
+                })
+                .collect()
+        };
+        let explains = std::sync::Arc::new([part(&agg, &next, 0), part(&agg, &next, 1)]);
+        for c in out.iter_mut().rev() {
+            if c.explains.is_some() {
+                break;
+            }
+            c.explains = Some(explains.clone());
+        }
+        agg = next;
     }
     let residual: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     (out, residual)
