@@ -355,6 +355,12 @@ pub struct SizeFactor {
     pub baseline_fraction: f64,
     /// True when the estimate was not trusted and 1 was used.
     pub fallback: bool,
+    /// How the factor was obtained: `median-of-ratios` (the first
+    /// estimate) or `reference` (the pooled ratio of every stack outside
+    /// the culprits' subtrees, see [`SizeFactor::from_reference`]).
+    pub method: String,
+    /// For `reference`: the functions whose stacks were left out.
+    pub excluded: Vec<String>,
 }
 
 impl Default for SizeFactor {
@@ -365,6 +371,8 @@ impl Default for SizeFactor {
             unchanged: 0,
             baseline_fraction: 1.0,
             fallback: true,
+            method: "median-of-ratios".into(),
+            excluded: Vec::new(),
         }
     }
 }
@@ -438,21 +446,79 @@ impl SizeFactor {
         out
     }
 
+    /// The factor as the pooled ratio of shares of every stack through none
+    /// of the `excluded` functions (the culprits found on a first pass):
+    /// what is outside the regression's subtrees did the same work per
+    /// unit. Falls back (returns `None`) when the reference holds less than
+    /// 10% or fewer than 30 samples of either side.
+    pub fn from_reference(cmp: &Comparison, exclude: &[bool]) -> Option<SizeFactor> {
+        let mut kept = [0.0f64; 2];
+        let mut tot = [0.0f64; 2];
+        for (side, runs) in [&cmp.base, &cmp.cand].into_iter().enumerate() {
+            for r in runs.iter() {
+                let w = if r.weight > 0.0 { r.weight } else { 1.0 };
+                for (st, v) in &r.stacks {
+                    if !st
+                        .iter()
+                        .any(|&f| exclude.get(f as usize).copied().unwrap_or(false))
+                    {
+                        kept[side] += v / w;
+                    }
+                }
+                tot[side] += r.total / w;
+            }
+        }
+        let ok = (0..2).all(|i| kept[i] >= 30.0 && tot[i] > 0.0 && kept[i] >= 0.1 * tot[i]);
+        if !ok {
+            return None;
+        }
+        let factor = (kept[1] / tot[1]) / (kept[0] / tot[0]);
+        let excluded: Vec<String> = {
+            let mut v: Vec<String> = cmp
+                .table
+                .funcs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| exclude.get(*i).copied().unwrap_or(false))
+                .map(|(_, f)| f.name.clone())
+                .collect();
+            v.dedup();
+            v
+        };
+        Some(SizeFactor {
+            factor,
+            functions: 0,
+            unchanged: 0,
+            baseline_fraction: kept[0] / tot[0],
+            fallback: false,
+            method: "reference".into(),
+            excluded,
+        })
+    }
+
     /// One line for reports: what the scale is and how it was obtained.
     pub fn describe(&self) -> String {
         if self.fallback {
+            return format!(
+                "share (compositional scale not estimable: the functions consistent with one scale hold {:.0}% of the baseline, need 50%)",
+                self.baseline_fraction * 100.0
+            );
+        }
+        let head = format!(
+            "compositional (candidate total {:+.1}% of the baseline's per unit of work; size factor {:.3}",
+            (1.0 / self.factor - 1.0) * 100.0,
+            self.factor
+        );
+        if self.method == "reference" {
             format!(
-                "compositional scale not estimable (the functions consistent with one scale hold {:.0}% of the baseline; need 50%): plain shares used",
+                "{head} from the stacks outside {}, {:.0}% of the baseline)",
+                self.excluded.join(", "),
                 self.baseline_fraction * 100.0
             )
         } else {
             format!(
-                "compositional: candidate total = {:.1}% of the baseline's per unit of work (size factor {:.3} from {} of {} functions holding {:.0}% of the baseline)",
-                100.0 / self.factor,
-                self.factor,
-                self.unchanged,
-                self.functions,
-                self.baseline_fraction * 100.0
+                "{head}, median of ratios over {} of {} functions)",
+                self.unchanged, self.functions
             )
         }
     }
@@ -530,6 +596,15 @@ impl Comparison {
             normalization: norm.options().describe(),
             size,
         })
+    }
+
+    /// Use another size factor for [`Scale::Compositional`] (its factor
+    /// multiplies every candidate run's total).
+    pub fn set_size_factor(&mut self, size: SizeFactor) {
+        for r in &mut self.cand {
+            r.size_factor = size.factor;
+        }
+        self.size = size;
     }
 
     /// Denominator of a run for a scale (display units), or an error naming the run.
