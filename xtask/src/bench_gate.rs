@@ -28,8 +28,9 @@
 //! side drawn without replacement from that pool with the real `profdiff
 //! gate --json -`. A trial "caught" the regression when the gate exits 1 and
 //! its top finding (the first culprit, else the first finding) names the
-//! changed function or a new edge from it. With a pool of 60 every trial
-//! uses fresh recordings. A/A: `GATE_ACCURACY_AA_RUNS` (default 12) runs of
+//! changed function or a new edge from it. With a pool of at least 3 runs
+//! per trial (60 for 20 trials) the trials use disjoint runs: fresh
+//! recordings per trial. A/A: `GATE_ACCURACY_AA_RUNS` (default 12) runs of
 //! one baseline, `GATE_ACCURACY_AA_GATES` (default 100) gates each of 3 v 3
 //! and 1 v 1 runs drawn without replacement.
 //!
@@ -838,10 +839,17 @@ fn real_workloads(root: &Path) -> Result<()> {
         bins.profiler.display(),
         work.display()
     );
+    // With at least 3 runs per side per trial, trials use disjoint runs.
+    let fresh = pool >= 3 * trials;
     let mut rng = Rng::new(0x5eed);
     for producer in producers {
+        let draw_text = if fresh {
+            format!("fresh recordings per trial ({pool} runs recorded per side)")
+        } else {
+            format!("each gating 3 v 3 runs drawn without replacement from {pool} recorded runs per side")
+        };
         println!(
-            "\n== regress workload, {}: {trials} trials per case, each gating 3 v 3 runs drawn without replacement from {pool} recorded runs per side ==",
+            "\n== regress workload, {}: {trials} trials per case, {draw_text} ==",
             producer.label()
         );
         println!(
@@ -860,15 +868,25 @@ fn real_workloads(root: &Path) -> Result<()> {
             let sides = [("base", dir.join("base")), ("cand", dir.join("cand"))];
             let runs = record_pool(&bins, producer, case.name, &sides, pool)?;
             let (mut fail, mut inc, mut pass, mut caught, mut other) = (0, 0, 0, 0, 0);
-            for _ in 0..trials {
-                let b: Vec<&PathBuf> = draw(&mut rng, pool, 3)
-                    .into_iter()
-                    .map(|i| &runs[0][i])
-                    .collect();
-                let c: Vec<&PathBuf> = draw(&mut rng, pool, 3)
-                    .into_iter()
-                    .map(|i| &runs[1][i])
-                    .collect();
+            for t in 0..trials {
+                let (b, c): (Vec<&PathBuf>, Vec<&PathBuf>) = if fresh {
+                    // Disjoint runs per trial: every trial gates fresh recordings.
+                    (
+                        runs[0][3 * t..3 * t + 3].iter().collect(),
+                        runs[1][3 * t..3 * t + 3].iter().collect(),
+                    )
+                } else {
+                    (
+                        draw(&mut rng, pool, 3)
+                            .into_iter()
+                            .map(|i| &runs[0][i])
+                            .collect(),
+                        draw(&mut rng, pool, 3)
+                            .into_iter()
+                            .map(|i| &runs[1][i])
+                            .collect(),
+                    )
+                };
                 let o = run_gate(&bins.profdiff, &b, &c, case.changed)?;
                 match o.code {
                     1 => fail += 1,
