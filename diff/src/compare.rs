@@ -311,6 +311,11 @@ pub struct Comparison {
     pub size: SizeFactor,
 }
 
+/// Fewest functions seen on both sides for a compositional scale: a
+/// profile of a handful of entities (API-load counters, call counts) has
+/// no "most functions did not change" to lean on, and keeps plain shares.
+pub const MIN_FUNCTIONS: usize = 10;
+
 /// Weighted median of `(value, weight)` pairs (the lower one at a tie).
 fn weighted_median(mut v: Vec<(f64, f64)>) -> Option<f64> {
     v.retain(|x| x.1 > 0.0 && x.0.is_finite());
@@ -439,7 +444,7 @@ impl SizeFactor {
         }
         out.unchanged = kept.0;
         out.baseline_fraction = kept.1;
-        if kept.1 >= 0.5 && s.is_finite() && s > 0.0 {
+        if kept.1 >= 0.5 && out.functions >= MIN_FUNCTIONS && s.is_finite() && s > 0.0 {
             out.factor = s;
             out.fallback = false;
         }
@@ -498,6 +503,12 @@ impl SizeFactor {
 
     /// One line for reports: what the scale is and how it was obtained.
     pub fn describe(&self) -> String {
+        if self.fallback && self.functions < MIN_FUNCTIONS {
+            return format!(
+                "share (compositional scale not estimable: {} functions on both sides, need {MIN_FUNCTIONS})",
+                self.functions
+            );
+        }
         if self.fallback {
             return format!(
                 "share (compositional scale not estimable: the functions consistent with one scale hold {:.0}% of the baseline, need 50%)",
