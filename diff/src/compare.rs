@@ -774,6 +774,13 @@ impl Comparison {
                     }
                     let (rb, _) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
                     let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
+                    // A function seen on one side only is new (or gone)
+                    // work, not jitter: a regression brings dozens of them
+                    // (its library subtree), which would otherwise set the
+                    // common jitter and hide the regression itself.
+                    if rb[0].count <= 0.0 || rc[0].count <= 0.0 {
+                        continue;
+                    }
                     items[fam].push((rb[0], rc[0]));
                 }
             }

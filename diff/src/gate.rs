@@ -1250,20 +1250,32 @@ fn attribute(
     let n = cmp.table.len();
     let mut exclude = vec![false; n];
     let full = Agg::new(cmp, scale, &exclude);
+    // Significant growth of a cumulative value, or of a self value (a leaf
+    // whose growth is significant while the inclusive values above it,
+    // noisier, are not yet: the attribution walks up from it).
+    let judge = |m: &Metric| -> Option<(Verdict, f64)> {
+        let q = m.q_value?;
+        if !breach(m.delta, m.relative, None, Some(max_percent)) {
+            return None;
+        }
+        if q < s.alpha {
+            Some((Verdict::Fail, q))
+        } else if q < s.inconclusive_alpha {
+            Some((Verdict::Inconclusive, q))
+        } else {
+            None
+        }
+    };
     let grown: Vec<Grown> = funcs
         .iter()
         .filter_map(|d| {
-            let m = &d.cum;
-            let q = m.q_value?;
-            let up = breach(m.delta, m.relative, None, Some(max_percent));
-            let verdict = if q < s.alpha {
-                Verdict::Fail
-            } else if q < s.inconclusive_alpha {
-                Verdict::Inconclusive
-            } else {
-                return None;
+            let (verdict, q) = match (judge(&d.cum), judge(&d.flat)) {
+                (Some(c), Some(f)) if f.0 > c.0 => f,
+                (Some(c), _) => c,
+                (None, Some(f)) => f,
+                (None, None) => return None,
             };
-            up.then_some(Grown {
+            Some(Grown {
                 id: d.id,
                 verdict,
                 q: Some(q),
