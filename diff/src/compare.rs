@@ -311,6 +311,11 @@ pub struct Comparison {
     pub size: SizeFactor,
 }
 
+/// Fewest functions seen on both sides for a compositional scale: a
+/// profile of a handful of entities (API-load counters, call counts) has
+/// no "most functions did not change" to lean on, and keeps plain shares.
+pub const MIN_FUNCTIONS: usize = 10;
+
 /// Weighted median of `(value, weight)` pairs (the lower one at a tie).
 fn weighted_median(mut v: Vec<(f64, f64)>) -> Option<f64> {
     v.retain(|x| x.1 > 0.0 && x.0.is_finite());
@@ -439,7 +444,7 @@ impl SizeFactor {
         }
         out.unchanged = kept.0;
         out.baseline_fraction = kept.1;
-        if kept.1 >= 0.5 && s.is_finite() && s > 0.0 {
+        if kept.1 >= 0.5 && out.functions >= MIN_FUNCTIONS && s.is_finite() && s > 0.0 {
             out.factor = s;
             out.fallback = false;
         }
@@ -498,6 +503,12 @@ impl SizeFactor {
 
     /// One line for reports: what the scale is and how it was obtained.
     pub fn describe(&self) -> String {
+        if self.fallback && self.functions < MIN_FUNCTIONS {
+            return format!(
+                "share (compositional scale not estimable: {} functions on both sides, need {MIN_FUNCTIONS})",
+                self.functions
+            );
+        }
         if self.fallback {
             return format!(
                 "share (compositional scale not estimable: the functions consistent with one scale hold {:.0}% of the baseline, need 50%)",
@@ -763,6 +774,13 @@ impl Comparison {
                     }
                     let (rb, _) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
                     let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
+                    // A function seen on one side only is new (or gone)
+                    // work, not jitter: a regression brings dozens of them
+                    // (its library subtree), which would otherwise set the
+                    // common jitter and hide the regression itself.
+                    if rb[0].count <= 0.0 || rc[0].count <= 0.0 {
+                        continue;
+                    }
                     items[fam].push((rb[0], rc[0]));
                 }
             }

@@ -1103,7 +1103,10 @@ struct Agg {
 }
 
 impl Agg {
-    fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool]) -> Agg {
+    /// `focus`: edges are collected only from stacks through a flagged
+    /// function (the grown ones: every chain the attribution walks lies in
+    /// those stacks), which keeps the pass cheap on large profiles.
+    fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool], focus: &[bool]) -> Agg {
         let n = cmp.table.len();
         let mut a = Agg {
             cum: [vec![0.0; n], vec![0.0; n]],
@@ -1113,6 +1116,7 @@ impl Agg {
             children: vec![Vec::new(); n],
             parents: vec![Vec::new(); n],
         };
+        let any_excluded = exclude.iter().any(|&x| x);
         let mut seen = vec![u32::MAX; n];
         let mut pairs: Vec<(FuncId, FuncId)> = Vec::new();
         let mut stamp = 0u32;
@@ -1125,7 +1129,7 @@ impl Agg {
             for r in runs {
                 let w = if r.weight > 0.0 { r.weight } else { 1.0 };
                 for (s, &v) in &r.stacks {
-                    if s.iter().any(|&f| exclude[f as usize]) {
+                    if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
                         continue;
                     }
                     stamp = stamp.wrapping_add(1);
@@ -1142,6 +1146,9 @@ impl Agg {
                     }
                     if let Some(&leaf) = s.last() {
                         a.flat[side][leaf as usize] += x;
+                    }
+                    if !s.iter().any(|&f| focus[f as usize]) {
+                        continue;
                     }
                     // An edge repeats within a stack only under recursion;
                     // only then is the (short) list of pairs consulted.
@@ -1249,21 +1256,32 @@ fn attribute(
 ) -> (Vec<Culprit>, Vec<f64>) {
     let n = cmp.table.len();
     let mut exclude = vec![false; n];
-    let full = Agg::new(cmp, scale, &exclude);
+    // Significant growth of a cumulative value, or of a self value (a leaf
+    // whose growth is significant while the inclusive values above it,
+    // noisier, are not yet: the attribution walks up from it).
+    let judge = |m: &Metric| -> Option<(Verdict, f64)> {
+        let q = m.q_value?;
+        if !breach(m.delta, m.relative, None, Some(max_percent)) {
+            return None;
+        }
+        if q < s.alpha {
+            Some((Verdict::Fail, q))
+        } else if q < s.inconclusive_alpha {
+            Some((Verdict::Inconclusive, q))
+        } else {
+            None
+        }
+    };
     let grown: Vec<Grown> = funcs
         .iter()
         .filter_map(|d| {
-            let m = &d.cum;
-            let q = m.q_value?;
-            let up = breach(m.delta, m.relative, None, Some(max_percent));
-            let verdict = if q < s.alpha {
-                Verdict::Fail
-            } else if q < s.inconclusive_alpha {
-                Verdict::Inconclusive
-            } else {
-                return None;
+            let (verdict, q) = match (judge(&d.cum), judge(&d.flat)) {
+                (Some(c), Some(f)) if f.0 > c.0 => f,
+                (Some(c), _) => c,
+                (None, Some(f)) => f,
+                (None, None) => return None,
             };
-            up.then_some(Grown {
+            Some(Grown {
                 id: d.id,
                 verdict,
                 q: Some(q),
@@ -1288,6 +1306,23 @@ fn attribute(
         !x.is_empty() && x == y
     };
     let mut out: Vec<Culprit> = Vec::new();
+    let cum_delta: HashMap<FuncId, f64> = funcs.iter().map(|d| (d.id, d.cum.delta)).collect();
+    if grown
+        .iter()
+        .all(|g| cum_delta.get(&g.id).copied().unwrap_or(0.0) <= 0.0)
+    {
+        // Nothing grew significantly: the residual is the full growth.
+        let residual = funcs.iter().fold(vec![0.0; n], |mut v, d| {
+            v[d.id as usize] = d.cum.delta;
+            v
+        });
+        return (Vec::new(), residual);
+    }
+    let mut focus = vec![false; n];
+    for g in &grown {
+        focus[g.id as usize] = true;
+    }
+    let full = Agg::new(cmp, scale, &exclude, &focus);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1517,7 +1552,7 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, scale, &exclude);
+        let next = Agg::new(cmp, scale, &exclude, &focus);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {
