@@ -9,7 +9,8 @@
 //! The workload prints the changed function (ground truth); which functions
 //! are unchanged is derived from the recorded stacks (see
 //! [`unchanged_functions`]). All cases and producers run before the test
-//! reports, so one run shows every miss.
+//! reports, so one run shows every miss. A case that misses is recorded
+//! and gated once more (see [`TRIALS`]); both trials' misses are printed.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -359,17 +360,37 @@ fn check(dir: &Path, producer: Producer, case: &Case) -> Vec<String> {
     problems
 }
 
+/// Trials per case: the acceptance rate is at least 19 of 20 per case
+/// (measured by `cargo xtask bench gate-accuracy`), so one miss in twelve
+/// case-producer pairs is expected about half the time; a case fails here
+/// only when a second trial on fresh recordings misses too (at a 95% rate,
+/// 0.25% per case).
+const TRIALS: usize = 2;
+
 fn run_suite(producer: Producer) {
     let dir = TempDir::new(&format!("regressions-{producer:?}"));
     let mut problems = Vec::new();
     for case in CASES {
-        let d = dir.0.join(case.name);
-        record_case(&d, producer, case);
-        problems.extend(check(&d, producer, case));
+        for trial in 1..=TRIALS {
+            let d = dir.0.join(format!("{}-{trial}", case.name));
+            record_case(&d, producer, case);
+            let found = check(&d, producer, case);
+            if found.is_empty() {
+                break;
+            }
+            eprintln!(
+                "{producer:?} {}: trial {trial} of {TRIALS} missed:\n{}",
+                case.name,
+                found.join("\n")
+            );
+            if trial == TRIALS {
+                problems.extend(found);
+            }
+        }
     }
     assert!(
         problems.is_empty(),
-        "{} problem(s):\n{}",
+        "{} problem(s) in the last of {TRIALS} trials:\n{}",
         problems.len(),
         problems.join("\n")
     );
