@@ -311,6 +311,11 @@ pub struct Comparison {
     pub size: SizeFactor,
 }
 
+/// Fewest functions seen on both sides for a compositional scale: a
+/// profile of a handful of entities (API-load counters, call counts) has
+/// no "most functions did not change" to lean on, and keeps plain shares.
+pub const MIN_FUNCTIONS: usize = 10;
+
 /// Weighted median of `(value, weight)` pairs (the lower one at a tie).
 fn weighted_median(mut v: Vec<(f64, f64)>) -> Option<f64> {
     v.retain(|x| x.1 > 0.0 && x.0.is_finite());
@@ -355,6 +360,12 @@ pub struct SizeFactor {
     pub baseline_fraction: f64,
     /// True when the estimate was not trusted and 1 was used.
     pub fallback: bool,
+    /// How the factor was obtained: `median-of-ratios` (the first
+    /// estimate) or `reference` (the pooled ratio of every stack outside
+    /// the culprits' subtrees, see [`SizeFactor::from_reference`]).
+    pub method: String,
+    /// For `reference`: the functions whose stacks were left out.
+    pub excluded: Vec<String>,
 }
 
 impl Default for SizeFactor {
@@ -365,6 +376,8 @@ impl Default for SizeFactor {
             unchanged: 0,
             baseline_fraction: 1.0,
             fallback: true,
+            method: "median-of-ratios".into(),
+            excluded: Vec::new(),
         }
     }
 }
@@ -431,28 +444,92 @@ impl SizeFactor {
         }
         out.unchanged = kept.0;
         out.baseline_fraction = kept.1;
-        if kept.1 >= 0.5 && s.is_finite() && s > 0.0 {
+        if kept.1 >= 0.5 && out.functions >= MIN_FUNCTIONS && s.is_finite() && s > 0.0 {
             out.factor = s;
             out.fallback = false;
         }
         out
     }
 
+    /// The factor as the pooled ratio of shares of every stack through none
+    /// of the `excluded` functions (the culprits found on a first pass):
+    /// what is outside the regression's subtrees did the same work per
+    /// unit. Falls back (returns `None`) when the reference holds less than
+    /// 10% or fewer than 30 samples of either side.
+    pub fn from_reference(cmp: &Comparison, exclude: &[bool]) -> Option<SizeFactor> {
+        let mut kept = [0.0f64; 2];
+        let mut tot = [0.0f64; 2];
+        for (side, runs) in [&cmp.base, &cmp.cand].into_iter().enumerate() {
+            for r in runs.iter() {
+                let w = if r.weight > 0.0 { r.weight } else { 1.0 };
+                for (st, v) in &r.stacks {
+                    if !st
+                        .iter()
+                        .any(|&f| exclude.get(f as usize).copied().unwrap_or(false))
+                    {
+                        kept[side] += v / w;
+                    }
+                }
+                tot[side] += r.total / w;
+            }
+        }
+        let ok = (0..2).all(|i| kept[i] >= 30.0 && tot[i] > 0.0 && kept[i] >= 0.1 * tot[i]);
+        if !ok {
+            return None;
+        }
+        let factor = (kept[1] / tot[1]) / (kept[0] / tot[0]);
+        let excluded: Vec<String> = {
+            let mut v: Vec<String> = cmp
+                .table
+                .funcs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| exclude.get(*i).copied().unwrap_or(false))
+                .map(|(_, f)| f.name.clone())
+                .collect();
+            v.dedup();
+            v
+        };
+        Some(SizeFactor {
+            factor,
+            functions: 0,
+            unchanged: 0,
+            baseline_fraction: kept[0] / tot[0],
+            fallback: false,
+            method: "reference".into(),
+            excluded,
+        })
+    }
+
     /// One line for reports: what the scale is and how it was obtained.
     pub fn describe(&self) -> String {
+        if self.fallback && self.functions < MIN_FUNCTIONS {
+            return format!(
+                "share (compositional scale not estimable: {} functions on both sides, need {MIN_FUNCTIONS})",
+                self.functions
+            );
+        }
         if self.fallback {
+            return format!(
+                "share (compositional scale not estimable: the functions consistent with one scale hold {:.0}% of the baseline, need 50%)",
+                self.baseline_fraction * 100.0
+            );
+        }
+        let head = format!(
+            "compositional (candidate total {:+.1}% of the baseline's per unit of work; size factor {:.3}",
+            (1.0 / self.factor - 1.0) * 100.0,
+            self.factor
+        );
+        if self.method == "reference" {
             format!(
-                "compositional scale not estimable (the functions consistent with one scale hold {:.0}% of the baseline; need 50%): plain shares used",
+                "{head} from the stacks outside {}, {:.0}% of the baseline)",
+                self.excluded.join(", "),
                 self.baseline_fraction * 100.0
             )
         } else {
             format!(
-                "compositional: candidate total = {:.1}% of the baseline's per unit of work (size factor {:.3} from {} of {} functions holding {:.0}% of the baseline)",
-                100.0 / self.factor,
-                self.factor,
-                self.unchanged,
-                self.functions,
-                self.baseline_fraction * 100.0
+                "{head}, median of ratios over {} of {} functions)",
+                self.unchanged, self.functions
             )
         }
     }
@@ -530,6 +607,15 @@ impl Comparison {
             normalization: norm.options().describe(),
             size,
         })
+    }
+
+    /// Use another size factor for [`Scale::Compositional`] (its factor
+    /// multiplies every candidate run's total).
+    pub fn set_size_factor(&mut self, size: SizeFactor) {
+        for r in &mut self.cand {
+            r.size_factor = size.factor;
+        }
+        self.size = size;
     }
 
     /// Denominator of a run for a scale (display units), or an error naming the run.
@@ -688,6 +774,13 @@ impl Comparison {
                     }
                     let (rb, _) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
                     let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
+                    // A function seen on one side only is new (or gone)
+                    // work, not jitter: a regression brings dozens of them
+                    // (its library subtree), which would otherwise set the
+                    // common jitter and hide the regression itself.
+                    if rb[0].count <= 0.0 || rc[0].count <= 0.0 {
+                        continue;
+                    }
                     items[fam].push((rb[0], rc[0]));
                 }
             }

@@ -243,6 +243,18 @@ pub struct Culprit {
     pub message: String,
     /// Set when an allow-list entry exempts the culprit's function; the reason.
     pub allowed: Option<String>,
+    /// Per function id: the flat and cum growth of the stacks through the
+    /// culprit (what it explains), for ordering and verdicts.
+    #[serde(skip)]
+    pub(crate) explains: Option<std::sync::Arc<[Vec<f64>; 2]>>,
+}
+
+/// What [`Gate::analyse`] found in one comparison.
+struct Analysis {
+    funcs: Vec<FunctionDelta>,
+    scale: Scale,
+    culprits: Vec<Culprit>,
+    residual: Vec<f64>,
 }
 
 /// A comparison, its per-function statistics and the scale they are on.
@@ -297,14 +309,9 @@ impl<'a> Gate<'a> {
         let key = st.map(str::to_string).or_else(|| self.sample_type.clone());
         if !self.cache.contains_key(&key) {
             let r = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)
-                .and_then(|c| {
-                    let scale = self.effective_scale(&c);
-                    let f = c.functions(&CompareOptions {
-                        scale: scale.clone(),
-                        noise_floor: settings.noise_floor,
-                        confidence: self.confidence,
-                    })?;
-                    Ok((c, f, scale))
+                .and_then(|mut c| {
+                    let a = self.analyse(&mut c, settings, &[])?;
+                    Ok((c, a.funcs, a.scale))
                 })
                 .map_err(|e: CompareError| e.to_string());
             self.cache.insert(key.clone(), r);
@@ -312,13 +319,70 @@ impl<'a> Gate<'a> {
         self.cache[&key].as_ref().map_err(|e| e.clone())
     }
 
-    /// The scale used for a comparison: the gate's, except a compositional
-    /// scale that could not be estimated (then share).
-    fn effective_scale(&self, c: &Comparison) -> Scale {
-        match self.scale {
-            Scale::Compositional if c.size.fallback => Scale::Share,
-            Scale::Compositional => Scale::Compositional,
+    /// Per-function statistics on the gate's scale, and the culprits.
+    ///
+    /// Compositional scale, two passes: the first on the median-of-ratios
+    /// size factor finds the culprits of significant growth; the second
+    /// uses the size factor of everything outside their subtrees (the
+    /// stacks through no failing or inconclusive culprit), so that what did not change
+    /// compares equal. Without a failing culprit the first pass stands.
+    fn analyse(
+        &self,
+        cmp: &mut Comparison,
+        settings: &Settings,
+        allow: &[crate::budgets::Allow],
+    ) -> Result<Analysis, CompareError> {
+        let opts = |scale: &Scale| CompareOptions {
+            scale: scale.clone(),
+            noise_floor: settings.noise_floor,
+            confidence: self.confidence,
+        };
+        let scale = match self.scale {
+            Scale::Compositional if !cmp.size.fallback => Scale::Compositional,
             _ => Scale::Share,
+        };
+        let pass = |cmp: &Comparison, scale: &Scale| -> Result<Analysis, CompareError> {
+            let funcs = cmp.functions(&opts(scale))?;
+            let (mut culprits, residual) =
+                attribute(cmp, &funcs, scale, "%", settings, self.default_max_percent);
+            let cum_rule = default_cum_rule(self.default_max_percent);
+            for c in &mut culprits {
+                c.allowed = allowed(&cum_rule, &c.function, allow);
+            }
+            // Allow-listed culprits (e.g. expected GC work) go after the others.
+            culprits.sort_by_key(|c| c.allowed.is_some());
+            Ok(Analysis {
+                funcs,
+                scale: scale.clone(),
+                culprits,
+                residual,
+            })
+        };
+        let first = pass(cmp, &scale)?;
+        if scale != Scale::Compositional {
+            return Ok(first);
+        }
+        let failing: Vec<&str> = first
+            .culprits
+            .iter()
+            .filter(|c| c.kind == CulpritKind::Frame && c.verdict >= Verdict::Inconclusive)
+            .map(|c| c.function.as_str())
+            .collect();
+        if failing.is_empty() {
+            return Ok(first);
+        }
+        let exclude: Vec<bool> = cmp
+            .table
+            .funcs
+            .iter()
+            .map(|f| failing.contains(&f.name.as_str()))
+            .collect();
+        match crate::compare::SizeFactor::from_reference(cmp, &exclude) {
+            Some(sf) => {
+                cmp.set_size_factor(sf);
+                pass(cmp, &scale)
+            }
+            None => Ok(first),
         }
     }
 
@@ -351,45 +415,22 @@ impl<'a> Gate<'a> {
             .sample_type
             .clone()
             .or_else(|| self.sample_type.clone());
-        let primary = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?;
-        let pscale = self.effective_scale(&primary);
-        let primary_top = primary.functions(&CompareOptions {
-            scale: pscale.clone(),
-            noise_floor: settings.noise_floor,
-            confidence: self.confidence,
-        })?;
+        let mut primary = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?;
+        let Analysis {
+            funcs: primary_top,
+            scale: pscale,
+            culprits,
+            residual,
+        } = self.analyse(&mut primary, &settings, &budgets.allow)?;
         let sample_type = primary.sample_type.to_string();
         let stacks = primary.stacks(&pscale, self.top_n)?;
         let normalization = primary.normalization.clone();
         let size_factor = primary.size.clone();
-        let scale_text = match (&self.scale, &pscale) {
-            (Scale::Compositional, Scale::Compositional) => format!(
-                "compositional (candidate total {:+.1}% of the baseline's per unit of work; size factor {:.3} from {} of {} functions)",
-                (1.0 / size_factor.factor - 1.0) * 100.0,
-                size_factor.factor,
-                size_factor.unchanged,
-                size_factor.functions
-            ),
-            (Scale::Compositional, _) => format!(
-                "share (compositional scale not estimable: the functions consistent with one scale hold {:.0}% of the baseline, need 50%)",
-                size_factor.baseline_fraction * 100.0
-            ),
+        let scale_text = match self.scale {
+            Scale::Compositional => size_factor.describe(),
             _ => "share".to_string(),
         };
-        let (mut culprits, residual) = attribute(
-            &primary,
-            &primary_top,
-            &pscale,
-            "%",
-            &settings,
-            self.default_max_percent,
-        );
-        // Allow-listed culprits (e.g. expected GC work) go after the others.
         let cum_rule = default_cum_rule(self.default_max_percent);
-        for c in &mut culprits {
-            c.allowed = allowed(&cum_rule, &c.function, &budgets.allow);
-        }
-        culprits.sort_by_key(|c| c.allowed.is_some());
         self.cache
             .insert(key.clone(), Ok((primary, primary_top.clone(), pscale)));
         self.primary_key = Some(key.clone());
@@ -452,6 +493,30 @@ impl<'a> Gate<'a> {
                 }
             });
         }
+        // Every culprit of the built-in rule is a finding (a culprit found
+        // by composition need not breach the limit itself: it carries the
+        // growth it explains).
+        if settings.default_rule {
+            if let Some((cmp, funcs)) = self.primary() {
+                for c in culprits.iter().filter(|c| c.kind == CulpritKind::Frame) {
+                    if findings
+                        .iter()
+                        .any(|f| f.rule == DEFAULT_CUM_RULE && f.function == c.function)
+                    {
+                        continue;
+                    }
+                    if let Some(d) = funcs.iter().find(|d| d.function == c.function) {
+                        let mut f = base_finding(&cum_rule, "relative", cmp, &d.cum, "%".into());
+                        f.function = c.function.clone();
+                        f.metric = Some(MetricKind::Cum);
+                        f.verdict = c.verdict;
+                        f.q_value = c.q_value;
+                        f.allowed = c.allowed.clone();
+                        findings.push(f);
+                    }
+                }
+            }
+        }
         for f in &mut findings {
             if f.rule == DEFAULT_CUM_RULE {
                 if let Some(c) = culprit_rank(&f.function).map(|i| &culprits[i]) {
@@ -459,22 +524,75 @@ impl<'a> Gate<'a> {
                 }
             }
         }
+        // A culprit carries the verdict of the default-rule findings it
+        // explains (the leaves below it whose growth runs through it), and
+        // its own finding comes first: culprits, then leaves.
+        let mut culprits = culprits;
+        if let Some((_, funcs)) = self.primary() {
+            let by_name: HashMap<&str, &FunctionDelta> =
+                funcs.iter().map(|d| (d.function.as_str(), d)).collect();
+            for f in &findings {
+                let default = f.rule == DEFAULT_CUM_RULE || f.rule == "default-share-growth";
+                if !default || f.allowed.is_some() || f.verdict < Verdict::Inconclusive {
+                    continue;
+                }
+                let Some(d) = by_name.get(f.function.as_str()) else {
+                    continue;
+                };
+                let (k, full) = match f.metric {
+                    Some(MetricKind::Flat) => (0, d.flat.delta),
+                    _ => (1, d.cum.delta),
+                };
+                for c in culprits.iter_mut().filter(|c| c.kind == CulpritKind::Frame) {
+                    let part = c.explains.as_ref().map_or(0.0, |e| e[k][d.id as usize]);
+                    if full > 0.0 && part >= EXPLAIN * full && f.verdict > c.verdict {
+                        c.verdict = f.verdict;
+                    }
+                }
+            }
+            // The new-edge entry shares its frame's verdict.
+            let mut last = Verdict::Pass;
+            for c in culprits.iter_mut() {
+                match c.kind {
+                    CulpritKind::Frame => last = c.verdict,
+                    CulpritKind::NewEdge { .. } => c.verdict = c.verdict.max(last),
+                }
+            }
+        }
+        let culprit_rank = |name: &str| {
+            culprits.iter().position(|c| {
+                c.kind == CulpritKind::Frame && c.function == name && c.allowed.is_none()
+            })
+        };
+        for f in &mut findings {
+            if f.rule == DEFAULT_CUM_RULE && f.allowed.is_none() {
+                if let Some(c) = culprit_rank(&f.function).map(|i| &culprits[i]) {
+                    f.verdict = f.verdict.max(c.verdict);
+                }
+            }
+        }
         findings.sort_by(|a, b| {
-            let ra = (a.rule == DEFAULT_CUM_RULE)
-                .then(|| culprit_rank(&a.function))
-                .flatten()
-                .unwrap_or(usize::MAX);
-            let rb = (b.rule == DEFAULT_CUM_RULE)
-                .then(|| culprit_rank(&b.function))
-                .flatten()
-                .unwrap_or(usize::MAX);
-            b.verdict
-                .cmp(&a.verdict)
-                .then(ra.cmp(&rb))
+            let rank = |f: &Finding| {
+                (f.rule == DEFAULT_CUM_RULE)
+                    .then(|| culprit_rank(&f.function))
+                    .flatten()
+                    .unwrap_or(usize::MAX)
+            };
+            rank(a)
+                .cmp(&rank(b))
+                .then(b.verdict.cmp(&a.verdict))
                 .then((a.severity as u8).cmp(&(b.severity as u8)))
                 .then(b.delta.abs().total_cmp(&a.delta.abs()))
                 .then(a.function.cmp(&b.function))
         });
+        for r in results.iter_mut().filter(|r| r.name == DEFAULT_CUM_RULE) {
+            r.verdict = findings
+                .iter()
+                .filter(|f| f.rule == DEFAULT_CUM_RULE && f.allowed.is_none())
+                .map(|f| f.verdict)
+                .max()
+                .unwrap_or(Verdict::Pass);
+        }
         let counted = |v: Verdict| {
             findings
                 .iter()
@@ -971,6 +1089,7 @@ const MAX_CULPRITS: usize = 5;
 /// Pooled inclusive, self and edge values of both sides (index 0 baseline,
 /// 1 candidate) in display units of one scale, over the stacks that contain
 /// none of the excluded functions.
+#[derive(Clone)]
 struct Agg {
     cum: [Vec<f64>; 2],
     flat: [Vec<f64>; 2],
@@ -984,7 +1103,10 @@ struct Agg {
 }
 
 impl Agg {
-    fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool]) -> Agg {
+    /// `focus`: edges are collected only from stacks through a flagged
+    /// function (the grown ones: every chain the attribution walks lies in
+    /// those stacks), which keeps the pass cheap on large profiles.
+    fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool], focus: &[bool]) -> Agg {
         let n = cmp.table.len();
         let mut a = Agg {
             cum: [vec![0.0; n], vec![0.0; n]],
@@ -994,6 +1116,7 @@ impl Agg {
             children: vec![Vec::new(); n],
             parents: vec![Vec::new(); n],
         };
+        let any_excluded = exclude.iter().any(|&x| x);
         let mut seen = vec![u32::MAX; n];
         let mut pairs: Vec<(FuncId, FuncId)> = Vec::new();
         let mut stamp = 0u32;
@@ -1006,28 +1129,42 @@ impl Agg {
             for r in runs {
                 let w = if r.weight > 0.0 { r.weight } else { 1.0 };
                 for (s, &v) in &r.stacks {
-                    if s.iter().any(|&f| exclude[f as usize]) {
+                    if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
                         continue;
                     }
                     stamp = stamp.wrapping_add(1);
                     let x = v / den;
+                    let mut recursive = false;
                     for &f in s.iter() {
                         if seen[f as usize] != stamp {
                             seen[f as usize] = stamp;
                             a.cum[side][f as usize] += x;
                             a.cum_n[side][f as usize] += v / w;
+                        } else {
+                            recursive = true;
                         }
                     }
                     if let Some(&leaf) = s.last() {
                         a.flat[side][leaf as usize] += x;
                     }
+                    if !s.iter().any(|&f| focus[f as usize]) {
+                        continue;
+                    }
+                    // An edge repeats within a stack only under recursion;
+                    // only then is the (short) list of pairs consulted.
                     pairs.clear();
                     for p in s.windows(2) {
                         let e = (p[0], p[1]);
-                        if p[0] != p[1] && !pairs.contains(&e) {
-                            pairs.push(e);
-                            a.edges.entry(e).or_insert([0.0; 2])[side] += x;
+                        if p[0] == p[1] {
+                            continue;
                         }
+                        if recursive {
+                            if pairs.contains(&e) {
+                                continue;
+                            }
+                            pairs.push(e);
+                        }
+                        a.edges.entry(e).or_insert([0.0; 2])[side] += x;
                     }
                 }
             }
@@ -1119,21 +1256,32 @@ fn attribute(
 ) -> (Vec<Culprit>, Vec<f64>) {
     let n = cmp.table.len();
     let mut exclude = vec![false; n];
-    let full = Agg::new(cmp, scale, &exclude);
+    // Significant growth of a cumulative value, or of a self value (a leaf
+    // whose growth is significant while the inclusive values above it,
+    // noisier, are not yet: the attribution walks up from it).
+    let judge = |m: &Metric| -> Option<(Verdict, f64)> {
+        let q = m.q_value?;
+        if !breach(m.delta, m.relative, None, Some(max_percent)) {
+            return None;
+        }
+        if q < s.alpha {
+            Some((Verdict::Fail, q))
+        } else if q < s.inconclusive_alpha {
+            Some((Verdict::Inconclusive, q))
+        } else {
+            None
+        }
+    };
     let grown: Vec<Grown> = funcs
         .iter()
         .filter_map(|d| {
-            let m = &d.cum;
-            let q = m.q_value?;
-            let up = breach(m.delta, m.relative, None, Some(max_percent));
-            let verdict = if q < s.alpha {
-                Verdict::Fail
-            } else if q < s.inconclusive_alpha {
-                Verdict::Inconclusive
-            } else {
-                return None;
+            let (verdict, q) = match (judge(&d.cum), judge(&d.flat)) {
+                (Some(c), Some(f)) if f.0 > c.0 => f,
+                (Some(c), _) => c,
+                (None, Some(f)) => f,
+                (None, None) => return None,
             };
-            up.then_some(Grown {
+            Some(Grown {
                 id: d.id,
                 verdict,
                 q: Some(q),
@@ -1147,8 +1295,35 @@ fn attribute(
         candidate: a.cum[1][f as usize],
         delta: a.d_cum(f),
     };
+    let pkgs: Vec<&str> = cmp
+        .table
+        .funcs
+        .iter()
+        .map(|f| package_of(&f.name))
+        .collect();
+    let pkg_same = |a: FuncId, b: FuncId| {
+        let (x, y) = (pkgs[a as usize], pkgs[b as usize]);
+        !x.is_empty() && x == y
+    };
     let mut out: Vec<Culprit> = Vec::new();
-    let mut agg = full;
+    let cum_delta: HashMap<FuncId, f64> = funcs.iter().map(|d| (d.id, d.cum.delta)).collect();
+    if grown
+        .iter()
+        .all(|g| cum_delta.get(&g.id).copied().unwrap_or(0.0) <= 0.0)
+    {
+        // Nothing grew significantly: the residual is the full growth.
+        let residual = funcs.iter().fold(vec![0.0; n], |mut v, d| {
+            v[d.id as usize] = d.cum.delta;
+            v
+        });
+        return (Vec::new(), residual);
+    }
+    let mut focus = vec![false; n];
+    for g in &grown {
+        focus[g.id as usize] = true;
+    }
+    let full = Agg::new(cmp, scale, &exclude, &focus);
+    let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
     while out.len() < MAX_CULPRITS {
@@ -1167,7 +1342,8 @@ fn attribute(
             });
         let Some(start) = start else { break };
         // Down: follow the callee that explains most of the growth; stop
-        // at an edge absent from the baseline or at a callee that is.
+        // at an edge absent from the baseline (or a callee that is) into
+        // another package: the library below only does what it was asked.
         let mut chain = vec![start.id];
         let mut x = start.id;
         while chain.len() < 256 {
@@ -1179,7 +1355,7 @@ fn attribute(
                 break;
             }
             chain.push(c);
-            if e[0] <= 0.0 || agg.cum[0][c as usize] <= 0.0 {
+            if (e[0] <= 0.0 || agg.cum[0][c as usize] <= 0.0) && !pkg_same(x, c) {
                 break;
             }
             x = c;
@@ -1209,23 +1385,29 @@ fn attribute(
         let top_new = (1..chain.len()).find(|&i| is_new(&agg, chain[i - 1], chain[i]));
         let (culprit, new_edge) = match top_new {
             Some(t) => {
-                let (p, c) = (chain[t - 1], chain[t]);
-                let dc = agg.d_cum(c);
-                let existed = agg.cum[0][c as usize] > 0.0;
-                let self_grew = agg.flat[1][c as usize] - agg.flat[0][c as usize] >= EXPLAIN * dc;
-                match chain.get(t + 1) {
-                    // The callee existed and its own code does the new work.
-                    _ if existed && self_grew => (c, Some((p, c))),
-                    // The callee existed and began calling something new.
-                    Some(&k)
-                        if existed
-                            && agg.edge(c, k)[0] <= 0.0
-                            && agg.edge(c, k)[1] >= EXPLAIN * dc =>
-                    {
-                        (c, Some((c, k)))
+                // The caller of the first new edge, or a callee of the same
+                // package below it that does the new work itself (its self
+                // value grew) or began a new call of its own.
+                let mut culprit = chain[t - 1];
+                let mut edge = (chain[t - 1], chain[t]);
+                let mut i = t;
+                while i < chain.len() && pkg_same(chain[i - 1], chain[i]) {
+                    let c = chain[i];
+                    let dc = agg.d_cum(c);
+                    if agg.flat[1][c as usize] - agg.flat[0][c as usize] >= EXPLAIN * dc {
+                        culprit = c;
+                        break;
                     }
-                    _ => (p, Some((p, c))),
+                    match chain.get(i + 1) {
+                        Some(&k) if negligible(&agg, c, k) => {
+                            culprit = c;
+                            edge = (c, k);
+                            i += 1;
+                        }
+                        _ => break,
+                    }
                 }
+                (culprit, Some(edge))
             }
             None => (
                 chain
@@ -1237,7 +1419,7 @@ fn attribute(
                 None,
             ),
         };
-        let new_edge = new_edge.map(|(p, c)| (p, c, agg.edge(p, c)));
+        let new_edge = new_edge.map(|(p, c)| (p, c, full.edge(p, c)));
         let idx = chain.iter().position(|&f| f == culprit).unwrap_or(0);
         // Path from a root to the top of the chain (largest growing caller each step).
         let mut up = Vec::new();
@@ -1253,11 +1435,11 @@ fn attribute(
         let path: Vec<PathStep> = up
             .iter()
             .chain(chain[..=idx].iter())
-            .map(|&f| step(&agg, f))
+            .map(|&f| step(&full, f))
             .collect();
-        let mut kids: Vec<(FuncId, [f64; 2])> = agg.children[culprit as usize]
+        let mut kids: Vec<(FuncId, [f64; 2])> = full.children[culprit as usize]
             .iter()
-            .map(|&c| (c, agg.edge(culprit, c)))
+            .map(|&c| (c, full.edge(culprit, c)))
             .filter(|(_, e)| e[1] > e[0])
             .collect();
         kids.sort_by(|a, b| {
@@ -1280,7 +1462,7 @@ fn attribute(
             Some(g) => (g.verdict, g.q),
             None => (start.verdict, start.q),
         };
-        let cs = step(&agg, culprit);
+        let cs = step(&full, culprit);
         let pt = |v: f64| fmt_points(v, unit);
         let mut msg = format!(
             "{} {} cum ({} -> {}){}",
@@ -1295,7 +1477,7 @@ fn attribute(
         );
         let ne = new_edge;
         let edge_share = |caller: FuncId, e: [f64; 2]| {
-            let c = agg.cum[1][caller as usize];
+            let c = full.cum[1][caller as usize];
             if c > 0.0 {
                 e[1] / c
             } else {
@@ -1325,6 +1507,7 @@ fn attribute(
             explained_by: explained_by.clone(),
             message: msg,
             allowed: None,
+            explains: None,
         });
         if let Some((caller, callee, e)) = ne {
             let share = edge_share(caller, e);
@@ -1354,6 +1537,7 @@ fn attribute(
                 verdict,
                 path,
                 allowed: None,
+                explains: None,
                 explained_by: Vec::new(),
                 message: format!(
                     "{} -> {}: new, {} ({:.0}% of {}'s samples)",
@@ -1368,17 +1552,58 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        agg = Agg::new(cmp, scale, &exclude);
+        let next = Agg::new(cmp, scale, &exclude, &focus);
+        let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
+            (0..n)
+                .map(|i| {
+                    let (x, y) = if k == 0 {
+                        (&a.flat, &b.flat)
+                    } else {
+                        (&a.cum, &b.cum)
+                    };
+                    (x[1][i] - x[0][i]) - (y[1][i] - y[0][i])
+                })
+                .collect()
+        };
+        let explains = std::sync::Arc::new([part(&agg, &next, 0), part(&agg, &next, 1)]);
+        for c in out.iter_mut().rev() {
+            if c.explains.is_some() {
+                break;
+            }
+            c.explains = Some(explains.clone());
+        }
+        agg = next;
     }
     let residual: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     (out, residual)
 }
 
-/// Is the edge `p -> c` new: absent or negligible in the baseline (at most
-/// [`NEW_EDGE`] of its candidate value) while the caller was there?
-fn is_new(agg: &Agg, p: FuncId, c: FuncId) -> bool {
+/// Is the edge `p -> c` absent or negligible in the baseline (at most
+/// [`NEW_EDGE`] of its candidate value)?
+fn negligible(agg: &Agg, p: FuncId, c: FuncId) -> bool {
     let e = agg.edge(p, c);
-    e[1] > 0.0 && e[0] <= NEW_EDGE * e[1] && agg.cum[0][p as usize] > 0.0
+    e[1] > 0.0 && e[0] <= NEW_EDGE * e[1]
+}
+
+/// Is the edge `p -> c` new: negligible in the baseline while the caller
+/// was there?
+fn is_new(agg: &Agg, p: FuncId, c: FuncId) -> bool {
+    negligible(agg, p, c) && agg.cum[0][p as usize] > 0.0
+}
+
+/// The package (or crate, or namespace) of a normalized function name:
+/// `k8s.io/client-go/rest.(*Request).Do` -> `k8s.io/client-go/rest`,
+/// `main.reconcile` -> `main`, `std::fmt::write` -> `std`; empty for a bare
+/// symbol (`memeqbody`).
+pub fn package_of(name: &str) -> &str {
+    if let Some(i) = name.find("::") {
+        return &name[..i];
+    }
+    let slash = name.rfind('/').map_or(0, |i| i + 1);
+    match name[slash..].find('.') {
+        Some(d) => &name[..slash + d],
+        None => "",
+    }
 }
 
 /// A delta in points (for `%` units) or in the unit.
@@ -1395,5 +1620,23 @@ fn scale_word(scale: &Scale) -> &'static str {
     match scale {
         Scale::Compositional => "value (baseline units)",
         _ => "share",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::package_of;
+
+    #[test]
+    fn package_of_go_rust_and_bare_names() {
+        assert_eq!(package_of("main.reconcile"), "main");
+        assert_eq!(package_of("fmt.(*pp).doPrintf"), "fmt");
+        assert_eq!(
+            package_of("k8s.io/client-go/rest.(*Request).Do"),
+            "k8s.io/client-go/rest"
+        );
+        assert_eq!(package_of("regexp/syntax.Parse"), "regexp/syntax");
+        assert_eq!(package_of("std::fmt::write"), "std");
+        assert_eq!(package_of("memeqbody"), "");
     }
 }

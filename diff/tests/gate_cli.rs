@@ -189,6 +189,11 @@ fn inconclusive_exits_3_and_says_what_would_decide() {
         "incon_base",
         "-c",
         "incon_cand",
+        // Plain shares: b's 45% growth is diluted by the share of a, which
+        // is what keeps this one-run fixture undecidable. (On the default
+        // compositional scale `a` anchors the scale and b fails.)
+        "--normalize",
+        "share",
         "--json",
         j.to_str().unwrap(),
     ]);

@@ -17,10 +17,35 @@
 //! Environment: `GATE_ACCURACY_TRIALS` (default 500), `GATE_ACCURACY_DIR`
 //! (optional directory of real pprof profiles: each one's stack distribution
 //! is used in place of the synthetic one).
+//!
+//! Then real recordings (issue 10's acceptance): the `regress` workload
+//! (tests/workloads/regress), one case per regression class (a)–(g), a
+//! baseline and a candidate in which one known function does more work per
+//! item. Per producer (Go's runtime/pprof, 2 s per run; `profiler record`,
+//! 3 s per run, when root), each case records `GATE_ACCURACY_POOL` runs per
+//! side (default 10; baseline and candidate run side by side, one per core),
+//! then `GATE_ACCURACY_REAL_TRIALS` trials (default 20) each gate 3 runs per
+//! side drawn without replacement from that pool with the real `profdiff
+//! gate --json -`. A trial "caught" the regression when the gate exits 1 and
+//! its top finding (the first culprit, else the first finding) names the
+//! changed function or a new edge from it. With a pool of at least 3 runs
+//! per trial (60 for 20 trials) the trials use disjoint runs: fresh
+//! recordings per trial. A/A: `GATE_ACCURACY_AA_RUNS` (default 12) runs of
+//! one baseline, `GATE_ACCURACY_AA_GATES` (default 100) gates each of 3 v 3
+//! and 1 v 1 runs drawn without replacement.
+//!
+//! Recordings are kept in `target/gate-accuracy/`; `GATE_ACCURACY_REUSE=1`
+//! gates the runs already there (recording only missing ones), e.g. to
+//! compare two builds of the gate on the same recordings.
+//!
+//! Binaries: `PROFDIFF_BIN` and `PROFILER_BIN` when both are set, else a
+//! release build. `GATE_ACCURACY_ONLY=synthetic|real` runs one part;
+//! `GATE_ACCURACY_EBPF=0` skips the eBPF producer.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use diff::budgets::Budgets;
 use diff::gate::{Gate, Verdict};
 use diff::normalize::{NormalizeOptions, Normalizer};
@@ -479,21 +504,458 @@ fn report(label: &str, d: &Dist, runs: usize, n: u32, seed: u64) -> Result<()> {
 }
 
 /// Run the gate-accuracy benchmark and print the rates.
-pub fn gate_accuracy(_root: &Path) -> Result<()> {
-    let n: u32 = std::env::var("GATE_ACCURACY_TRIALS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500);
-    report("synthetic controller profile", &synthetic(), 5, n, 1)?;
-    if let Ok(dir) = std::env::var("GATE_ACCURACY_DIR") {
-        let profiles = diff::input::load_many(&[dir.clone().into()])
-            .with_context(|| format!("GATE_ACCURACY_DIR={dir}"))?;
-        for (path, p) in profiles.iter().take(5) {
-            match from_profile(p) {
-                Some(d) => report(&path.display().to_string(), &d, 5, n, 7)?,
-                None => println!("{}: no usable samples, skipped", path.display()),
+pub fn gate_accuracy(root: &Path) -> Result<()> {
+    let only = std::env::var("GATE_ACCURACY_ONLY").unwrap_or_default();
+    if only != "real" {
+        let n: u32 = std::env::var("GATE_ACCURACY_TRIALS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(500);
+        report("synthetic controller profile", &synthetic(), 5, n, 1)?;
+        if let Ok(dir) = std::env::var("GATE_ACCURACY_DIR") {
+            let profiles = diff::input::load_many(&[dir.clone().into()])
+                .with_context(|| format!("GATE_ACCURACY_DIR={dir}"))?;
+            for (path, p) in profiles.iter().take(5) {
+                match from_profile(p) {
+                    Some(d) => report(&path.display().to_string(), &d, 5, n, 7)?,
+                    None => println!("{}: no usable samples, skipped", path.display()),
+                }
             }
         }
     }
+    if only != "synthetic" {
+        real_workloads(root)?;
+    }
+    Ok(())
+}
+
+/// One case of the `regress` workload (tests/workloads/regress).
+struct RealCase {
+    /// `regress -case` name.
+    name: &'static str,
+    /// Regression class, as in issue 10's acceptance list.
+    class: &'static str,
+    /// The function the candidate changes (the program prints it too).
+    changed: &'static str,
+}
+
+/// Cases (a)–(g); (g) is reported, not required.
+const REAL_CASES: &[RealCase] = &[
+    RealCase {
+        name: "format",
+        class: "(a) per-call formatting",
+        changed: "main.auditTrail",
+    },
+    RealCase {
+        name: "regexp",
+        class: "(b) regexp compiled per call",
+        changed: "main.matchOwner",
+    },
+    RealCase {
+        name: "quadratic",
+        class: "(c) quadratic algorithm",
+        changed: "main.dedupeRefs",
+    },
+    RealCase {
+        name: "apicall",
+        class: "(d) extra client-library call",
+        changed: "main.refreshStatus",
+    },
+    RealCase {
+        name: "alloc",
+        class: "(e) allocation-heavy path",
+        changed: "main.buildEvents",
+    },
+    RealCase {
+        name: "table",
+        class: "(f) table rebuilt per call",
+        changed: "main.classify",
+    },
+    RealCase {
+        name: "small",
+        class: "(g) +10% in a >=5% function",
+        changed: "main.scoreSpec",
+    },
+];
+
+/// The functions the workload calls once per item; in each case all but
+/// the changed one do the same work per item on both sides.
+const PER_ITEM: &[&str] = &[
+    "main.refreshStatus",
+    "main.computeHash",
+    "main.scoreSpec",
+    "main.classify",
+    "main.buildEvents",
+    "main.matchOwner",
+    "main.dedupeRefs",
+    "main.auditTrail",
+    "main.patchStatus",
+];
+
+/// Who records the profiles.
+#[derive(Clone, Copy, PartialEq)]
+enum Producer {
+    /// The workload's own `-cpuprofile` (Go's runtime/pprof, 100 Hz), 2 s per run.
+    GoPprof,
+    /// `profiler record -- regress ...` (eBPF, 99 Hz), 3 s per run.
+    Ebpf,
+}
+
+impl Producer {
+    fn label(self) -> &'static str {
+        match self {
+            Producer::GoPprof => "runtime/pprof, 2 s/run",
+            Producer::Ebpf => "profiler record, 3 s/run",
+        }
+    }
+    fn dir(self) -> &'static str {
+        match self {
+            Producer::GoPprof => "pprof",
+            Producer::Ebpf => "ebpf",
+        }
+    }
+}
+
+/// Binaries the real-workload part runs.
+struct Bins {
+    profdiff: PathBuf,
+    profiler: PathBuf,
+    regress: PathBuf,
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Records `runs` runs of `case` for each `(variant, dir)` of `sides` into
+/// `dir/run<N>.pb.gz`, the sides of run N at the same time (one process per
+/// core; shares are within one process), and returns the paths per side.
+fn record_pool(
+    bins: &Bins,
+    producer: Producer,
+    case: &str,
+    sides: &[(&str, PathBuf)],
+    runs: usize,
+) -> Result<Vec<Vec<PathBuf>>> {
+    let mut out: Vec<Vec<PathBuf>> = vec![Vec::new(); sides.len()];
+    let reuse = std::env::var("GATE_ACCURACY_REUSE").is_ok_and(|v| v == "1");
+    for n in 1..=runs {
+        let existing: Vec<PathBuf> = sides
+            .iter()
+            .map(|(_, dir)| dir.join(format!("run{n}.pb.gz")))
+            .collect();
+        if reuse && existing.iter().all(|p| p.is_file()) {
+            for (i, p) in existing.into_iter().enumerate() {
+                out[i].push(p);
+            }
+            continue;
+        }
+        let mut children = Vec::new();
+        for (variant, dir) in sides {
+            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            let path = dir.join(format!("run{n}.pb.gz"));
+            let mut cmd = match producer {
+                Producer::GoPprof => {
+                    let mut c = Command::new(&bins.regress);
+                    c.args(["-case", case, "-variant", variant, "-duration", "2s"])
+                        .arg("-cpuprofile")
+                        .arg(&path);
+                    c
+                }
+                Producer::Ebpf => {
+                    let mut c = Command::new(&bins.profiler);
+                    c.args(["record", "--quiet", "--duration", "20s", "-o"])
+                        .arg(&path)
+                        .arg("--")
+                        .arg(&bins.regress)
+                        .args(["-case", case, "-variant", variant, "-duration", "3s"]);
+                    c
+                }
+            };
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+            children.push((path, child));
+        }
+        // Wait for every side before checking any, so none outlives an error.
+        let waited: Vec<_> = children
+            .into_iter()
+            .map(|(path, child)| (path, child.wait_with_output()))
+            .collect();
+        for (i, (path, o)) in waited.into_iter().enumerate() {
+            let o = o.context("waiting for a recording")?;
+            if !o.status.success() || !path.is_file() {
+                bail!(
+                    "recording {} failed ({}): {}",
+                    path.display(),
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+            }
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            if !stdout.contains(&format!("case={case} ")) {
+                bail!(
+                    "{}: the workload printed no ground truth: {stdout}",
+                    path.display()
+                );
+            }
+            out[i].push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Mean samples per run (the `samples/count` value, else the first value)
+/// over `paths`.
+fn mean_samples(paths: &[PathBuf]) -> Result<f64> {
+    let mut sum = 0i64;
+    for p in paths {
+        let prof =
+            diff::input::load_profile(p).with_context(|| format!("reading {}", p.display()))?;
+        let col = prof
+            .sample_types
+            .iter()
+            .position(|t| t.kind == "samples")
+            .unwrap_or(0);
+        sum += prof
+            .samples
+            .iter()
+            .map(|s| s.values.get(col).copied().unwrap_or(0))
+            .sum::<i64>();
+    }
+    Ok(sum as f64 / paths.len().max(1) as f64)
+}
+
+/// `k` distinct indices out of `n` (partial Fisher–Yates).
+fn draw(rng: &mut Rng, n: usize, k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in 0..k {
+        let j = i + (rng.next() % (n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(k);
+    idx
+}
+
+/// One gate run's outcome.
+struct Outcome {
+    code: i32,
+    /// The top finding (first culprit, else first finding) names the changed
+    /// function or is a new edge from it.
+    top_names_changed: bool,
+    /// Some other per-item function is reported `fail` or `improved`.
+    other_flagged: bool,
+}
+
+fn run_gate(
+    profdiff: &Path,
+    base: &[&PathBuf],
+    cand: &[&PathBuf],
+    changed: &str,
+) -> Result<Outcome> {
+    let o = Command::new(profdiff)
+        .arg("gate")
+        .arg("-b")
+        .args(base)
+        .arg("-c")
+        .args(cand)
+        .args(["--json", "-"])
+        .output()
+        .with_context(|| format!("running {}", profdiff.display()))?;
+    let code = o.status.code().unwrap_or(-1);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).with_context(|| {
+        format!(
+            "profdiff gate printed no JSON (exit {code}): {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )
+    })?;
+    let top = report["culprits"]
+        .as_array()
+        .and_then(|c| c.first())
+        .or_else(|| report["findings"].as_array().and_then(|f| f.first()));
+    let top_names_changed = top.is_some_and(|t| {
+        t["function"].as_str() == Some(changed) || t["caller"].as_str() == Some(changed)
+    });
+    let other_flagged = report["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(report["culprits"].as_array().into_iter().flatten())
+        .any(|f| {
+            let v = f["verdict"].as_str().unwrap_or("");
+            let name = f["function"].as_str().unwrap_or("");
+            (v == "fail" || v == "improved") && name != changed && PER_ITEM.contains(&name)
+        });
+    Ok(Outcome {
+        code,
+        top_names_changed,
+        other_flagged,
+    })
+}
+
+/// Gate-accuracy figures on real recordings of the `regress` workload.
+fn real_workloads(root: &Path) -> Result<()> {
+    let trials = env_usize("GATE_ACCURACY_REAL_TRIALS", 20);
+    let pool = env_usize("GATE_ACCURACY_POOL", 10).max(3);
+    let aa_pool = env_usize("GATE_ACCURACY_AA_RUNS", 12).max(6);
+    let aa_gates = env_usize("GATE_ACCURACY_AA_GATES", 100);
+    let workloads = crate::workloads::build_workloads(root)?;
+    let (profdiff, profiler) = match (
+        std::env::var_os("PROFDIFF_BIN"),
+        std::env::var_os("PROFILER_BIN"),
+    ) {
+        (Some(d), Some(p)) => (PathBuf::from(d), PathBuf::from(p)),
+        _ => {
+            let release = crate::build_release(root)?;
+            (release.join("profdiff"), release.join("profiler"))
+        }
+    };
+    let bins = Bins {
+        profdiff,
+        profiler,
+        regress: workloads.join("regress"),
+    };
+    // SAFETY: geteuid has no preconditions.
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let mut producers = vec![Producer::GoPprof];
+    if std::env::var("GATE_ACCURACY_EBPF").map_or(true, |v| v != "0") {
+        if is_root {
+            producers.push(Producer::Ebpf);
+        } else {
+            println!("\n(eBPF producer skipped: needs root)");
+        }
+    }
+    let work = crate::target_dir(root).join("gate-accuracy");
+    if std::env::var("GATE_ACCURACY_REUSE").map_or(true, |v| v != "1") {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    println!(
+        "\nprofdiff: {}\nprofiler: {}\nrecordings: {}",
+        bins.profdiff.display(),
+        bins.profiler.display(),
+        work.display()
+    );
+    // With at least 3 runs per side per trial, trials use disjoint runs.
+    let fresh = pool >= 3 * trials;
+    let mut rng = Rng::new(0x5eed);
+    for producer in producers {
+        let draw_text = if fresh {
+            format!("fresh recordings per trial ({pool} runs recorded per side)")
+        } else {
+            format!("each gating 3 v 3 runs drawn without replacement from {pool} recorded runs per side")
+        };
+        println!(
+            "\n== regress workload, {}: {trials} trials per case, {draw_text} ==",
+            producer.label()
+        );
+        println!(
+            "{:<34} {:<20} {:>7} {:>8} {:>7} {:>8} {:>22} {:>16}",
+            "case",
+            "changed function",
+            "fail",
+            "inconcl",
+            "pass",
+            "caught",
+            "other per-item flagged",
+            "samples/run b|c"
+        );
+        for case in REAL_CASES {
+            let dir = work.join(producer.dir()).join(case.name);
+            let sides = [("base", dir.join("base")), ("cand", dir.join("cand"))];
+            let runs = record_pool(&bins, producer, case.name, &sides, pool)?;
+            let (mut fail, mut inc, mut pass, mut caught, mut other) = (0, 0, 0, 0, 0);
+            for t in 0..trials {
+                let (b, c): (Vec<&PathBuf>, Vec<&PathBuf>) = if fresh {
+                    // Disjoint runs per trial: every trial gates fresh recordings.
+                    (
+                        runs[0][3 * t..3 * t + 3].iter().collect(),
+                        runs[1][3 * t..3 * t + 3].iter().collect(),
+                    )
+                } else {
+                    (
+                        draw(&mut rng, pool, 3)
+                            .into_iter()
+                            .map(|i| &runs[0][i])
+                            .collect(),
+                        draw(&mut rng, pool, 3)
+                            .into_iter()
+                            .map(|i| &runs[1][i])
+                            .collect(),
+                    )
+                };
+                let o = run_gate(&bins.profdiff, &b, &c, case.changed)?;
+                match o.code {
+                    1 => fail += 1,
+                    3 => inc += 1,
+                    0 => pass += 1,
+                    code => bail!("profdiff gate exited {code} on {b:?} vs {c:?}"),
+                }
+                if o.code == 1 && o.top_names_changed {
+                    caught += 1;
+                }
+                if o.other_flagged {
+                    other += 1;
+                }
+            }
+            let n = trials as u32;
+            println!(
+                "{:<34} {:<20} {:>6.0}% {:>7.0}% {:>6.0}% {:>7.0}% {:>21.0}% {:>16}",
+                case.class,
+                case.changed,
+                pct(fail, n),
+                pct(inc, n),
+                pct(pass, n),
+                pct(caught, n),
+                pct(other, n),
+                format!(
+                    "{:.0}|{:.0}",
+                    mean_samples(&runs[0])?,
+                    mean_samples(&runs[1])?
+                )
+            );
+        }
+        // A/A: the same program (case "format", baseline) on both sides.
+        let dir = work.join(producer.dir()).join("aa");
+        let half = aa_pool.div_ceil(2);
+        let pair = [("base", dir.join("a")), ("base", dir.join("b"))];
+        let runs: Vec<PathBuf> = record_pool(&bins, producer, "format", &pair, half)?
+            .into_iter()
+            .flatten()
+            .collect();
+        println!(
+            "A/A pool: {} runs, {:.0} samples/run",
+            runs.len(),
+            mean_samples(&runs)?
+        );
+        for per_side in [3usize, 1] {
+            let (mut fail, mut inc, mut pass) = (0, 0, 0);
+            for _ in 0..aa_gates {
+                let idx = draw(&mut rng, runs.len(), 2 * per_side);
+                let b: Vec<&PathBuf> = idx[..per_side].iter().map(|&i| &runs[i]).collect();
+                let c: Vec<&PathBuf> = idx[per_side..].iter().map(|&i| &runs[i]).collect();
+                let o = run_gate(&bins.profdiff, &b, &c, "")?;
+                match o.code {
+                    1 => fail += 1,
+                    3 => inc += 1,
+                    _ => pass += 1,
+                }
+            }
+            let n = aa_gates as u32;
+            println!(
+                "A/A {per_side} v {per_side} ({aa_gates} gates, runs drawn without replacement from {} runs of the same baseline): fail {:.1}%, inconclusive {:.1}%, pass {:.1}%",
+                runs.len(),
+                pct(fail, n),
+                pct(inc, n),
+                pct(pass, n)
+            );
+        }
+    }
+    println!(
+        "\n\"caught\": the gate failed (exit 1) and its top finding (first culprit, else first finding) names the changed function or a new edge from it.\n\"other per-item flagged\": another main.* per-item function (same work per item on both sides) was reported fail or improved."
+    );
     Ok(())
 }

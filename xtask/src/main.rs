@@ -64,7 +64,7 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// False-fail and detection rates of `profdiff gate` on generated profiles.
+    /// False-fail and detection rates of `profdiff gate`: generated profiles, then the regress workload recorded.
     GateAccuracy,
     /// `profdiff diff` against `go tool pprof -top -diff_base` on the same pair.
     DiffVsPprof,

@@ -26,6 +26,7 @@ const GO_PROGRAMS: &[&str] = &[
     "apiserver-sim",
     "controller-sim",
     "workbench-smoke",
+    "regress",
 ];
 
 /// Fallback Go toolchains tried after `$GO` and `go` on `PATH`.
@@ -35,7 +36,7 @@ const GO_FALLBACKS: &[&str] = &["/usr/lib/go-1.23/bin/go", "/usr/lib/go-1.19/bin
 /// directory.
 ///
 /// `root` is the workspace root. Binaries: `demo`, `cpusplit`, `syscalls`,
-/// `exiter`, `apiserver-sim`, `controller-sim`, `workbench-smoke` and any
+/// `exiter`, `apiserver-sim`, `controller-sim`, `workbench-smoke`, `regress` and any
 /// other `tests/workloads/<dir>/main.go` (Go), `cprog` (C) and `rustprog`
 /// (Rust). Prints one line per program it
 /// (re)builds and nothing for programs that are up to date. Go's build cache
