@@ -428,7 +428,9 @@ fn main() -> ExitCode {
                     let lost: Vec<String> = s
                         .counters
                         .iter()
-                        .filter(|(n, _)| *n != "samples" && *n != "frameless_fixed")
+                        .filter(|(n, _)| {
+                            !matches!(*n, "samples" | "frameless_fixed" | "filtered_out")
+                        })
                         .chain(s.user_losses.iter())
                         .filter(|(_, v)| *v > 0)
                         .map(|(n, v)| format!("{n}={v}"))

@@ -428,7 +428,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             let _ = c.kill().await;
         }
     }
-    // Both generations may hold samples: drain twice.
+    // Stop sampling first, so the counters and the drained counts describe
+    // the same runs. Both generations may hold samples: drain twice.
+    sampler.stop();
     for _ in 0..2 {
         sampler.drain(&mut drained)?;
         for d in drained.drain(..) {
