@@ -455,9 +455,17 @@ fn main() -> ExitCode {
                         eprintln!("profiler: {line}");
                     }
                     if let Some((ns, runs)) = s.prog_stats.filter(|(_, r)| *r > 0) {
+                        let counter = |name: &str| {
+                            s.counters
+                                .iter()
+                                .find(|(n, _)| *n == name)
+                                .map_or(0, |c| c.1)
+                        };
                         eprintln!(
-                            "profiler: cpu_sample program: runs={runs} run_time_ns={ns} ns_per_run={}",
-                            ns / runs
+                            "profiler: cpu_sample program: runs={runs} run_time_ns={ns} ns_per_run={} samples={} filtered_out={}",
+                            ns / runs,
+                            counter("samples"),
+                            counter("filtered_out")
                         );
                     }
                     ExitCode::from(exit::OK as u8)
