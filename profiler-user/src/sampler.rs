@@ -128,7 +128,10 @@ where
 
 impl Sampler {
     /// Load the programs, attach the CPU sampler at `frequency` Hz to every
-    /// online CPU and the process-lifecycle tracepoints.
+    /// online CPU and the process-lifecycle tracepoints. The target filter
+    /// starts on with no targets (nothing is sampled) until
+    /// [`Sampler::set_filter`] or targets are set, so no sample of another
+    /// process (or of the profiler itself) slips in before that.
     pub fn start(frequency: u64) -> Result<Self, RecordError> {
         crate::env::ensure_tracefs();
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(RecordError::from_load)?;
@@ -156,7 +159,10 @@ impl Sampler {
                 tracepoint_offset("sched", "sched_process_exit", "group_dead"),
             ),
         ];
-        for (slot, off) in offsets {
+        for (slot, off) in offsets
+            .into_iter()
+            .chain([(Config::FilterEnabled, Some(1))])
+        {
             config
                 .set(slot as u32, off.unwrap_or(u64::MAX), 0)
                 .map_err(|e| RecordError::Ebpf(format!("CONFIG: {e}")))?;

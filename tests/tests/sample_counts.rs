@@ -117,12 +117,10 @@ fn every_sampled_run_is_in_the_profile() {
         .filter(|s| s.pid == i64::from(pid))
         .map(|s| s.count)
         .sum();
-    // Now and then a sample of another process passes the pid filter (the
-    // profiler's own threads, an unrelated process; seen with the sampler
-    // before this test too, 1 to 3 samples in most runs here, once 4%; not
-    // yet explained). Such samples are counted on both sides of the exact
-    // comparison below, so they are reported, not asserted on.
-    eprintln!("samples: {ours} of {t} from the target {pid}");
+    assert_eq!(
+        ours, t,
+        "samples from processes other than the target {pid} (the filter must be on before the sampler is attached)"
+    );
     assert_eq!(
         t as u64,
         hit,
