@@ -1,5 +1,5 @@
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
@@ -37,10 +37,15 @@ static COUNTS1: HashMap<SampleKey, u64> = HashMap::with_max_entries(COUNT_MAP_EN
 static STACKS0: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 #[map]
 static STACKS1: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+// User stacks (1 KiB each) are inserted only for a new count key, so they
+// are allocated on insert (`BPF_F_NO_PREALLOC`) instead of 2 x 16 MiB up
+// front; a failed allocation counts as `user_stack_missing`.
 #[map]
-static USER_STACKS0: HashMap<u64, FpStack> = HashMap::with_max_entries(USER_STACK_ENTRIES, 0);
+static USER_STACKS0: HashMap<u64, FpStack> =
+    HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static USER_STACKS1: HashMap<u64, FpStack> = HashMap::with_max_entries(USER_STACK_ENTRIES, 0);
+static USER_STACKS1: HashMap<u64, FpStack> =
+    HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 static FRAMELESS: Array<AddrRange> = Array::with_max_entries(FRAMELESS_ENTRIES, 0);
 #[map]
