@@ -14,7 +14,7 @@ pub const GO_FP_STACK_ENTRIES: u32 = 16384;
 /// Frames kept per stack by the in-program frame-pointer walk (the IP and
 /// the return addresses from RBP up; the caller at `[SP]` is in the key).
 /// The kernel's default `perf_event_max_stack`.
-pub const GO_FP_MAX_FRAMES: usize = 127;
+pub const GO_FP_MAX_FRAMES: usize = crate::FP_MAX_FRAMES;
 /// Capacity of the counted-call map.
 pub const GO_CALL_ENTRIES: u32 = 16384;
 /// Capacity of the per-caller exact count map of `--count-stacks caller`.
@@ -110,15 +110,9 @@ pub struct GoStackKey {
 }
 
 /// A user stack taken by the programs' own frame-pointer walk
-/// (`GO_FP_STACKS`, keyed by a 64-bit hash of the frames).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GoFpStack {
-    /// Frames used.
-    pub len: u64,
-    /// The IP, then return addresses, innermost first.
-    pub frames: [u64; GO_FP_MAX_FRAMES],
-}
+/// (`GO_FP_STACKS`, keyed by a 64-bit hash of the frames): the same type
+/// as the CPU sampler's user stacks.
+pub type GoFpStack = crate::FpStack;
 
 /// Key of the live-goroutine map.
 #[repr(C)]
@@ -237,6 +231,5 @@ mod pod {
     unsafe impl aya::Pod for super::GoProcConfig {}
     unsafe impl aya::Pod for super::GoStackKey {}
     unsafe impl aya::Pod for super::GoidKey {}
-    unsafe impl aya::Pod for super::GoFpStack {}
     unsafe impl aya::Pod for super::SiteCounts {}
 }

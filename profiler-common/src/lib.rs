@@ -12,8 +12,23 @@ pub mod go;
 /// `PERF_MAX_STACK_DEPTH`).
 pub const MAX_STACK_DEPTH: usize = 127;
 
-/// Capacity of each stack-trace map (one per generation).
+/// Capacity of each stack-trace map (one per generation; kernel stacks,
+/// and user stacks only with the benchmark knob [`USER_STACK_MODE_STACKID`]).
 pub const STACK_MAP_ENTRIES: u32 = 16384;
+/// Capacity of each user-stack table (`USER_STACKS0/1`, stack hash ->
+/// [`FpStack`], one per generation).
+pub const USER_STACK_ENTRIES: u32 = 16384;
+/// Frames kept per stack by the programs' own frame-pointer walk (the IP,
+/// then return addresses): the kernel's default `perf_event_max_stack`.
+pub const FP_MAX_FRAMES: usize = 127;
+/// `CONFIG[UserStackMode]` value: user stacks by the programs' own
+/// frame-pointer walk (the default).
+pub const USER_STACK_MODE_WALK: u64 = 0;
+/// `CONFIG[UserStackMode]` value, benchmark only: user stacks with the
+/// kernel's `bpf_get_stackid(BPF_F_USER_STACK)` (the sampler before the
+/// walk), to measure both in one run. Only a `profiler` built with the
+/// `bench-sampler` cargo feature sets it.
+pub const USER_STACK_MODE_STACKID: u64 = 1;
 /// Capacity of each sample-count map (one per generation).
 pub const COUNT_MAP_ENTRIES: u32 = 32768;
 /// Capacity of the target-tgid map (targets plus followed children).
@@ -29,6 +44,18 @@ pub const FRAMELESS_SEARCH_STEPS: u32 = 17;
 /// Deepest cgroup level examined when matching a target cgroup.
 pub const MAX_CGROUP_LEVELS: i32 = 16;
 
+/// A user stack taken by the programs' own frame-pointer walk, stored in a
+/// table keyed by a 64-bit hash of its frames (`USER_STACKS0/1` of the CPU
+/// sampler, `GO_FP_STACKS` of the Go probes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FpStack {
+    /// Frames used.
+    pub len: u64,
+    /// The IP, then return addresses, innermost first.
+    pub frames: [u64; FP_MAX_FRAMES],
+}
+
 /// Key of the in-kernel sample-count maps: one entry per distinct
 /// (process, thread name, user stack, kernel stack, frameless return address).
 #[repr(C)]
@@ -36,10 +63,16 @@ pub const MAX_CGROUP_LEVELS: i32 = 16;
 pub struct SampleKey {
     /// Process id (tgid).
     pub tgid: u32,
-    /// Id of the user stack in the generation's stack map, or negative errno.
-    pub user_stack_id: i32,
-    /// Id of the kernel stack in the generation's stack map, or negative errno.
+    /// Id of the kernel stack in the generation's stack map, or negative errno
+    /// (`-EFAULT` for a sample taken in user mode).
     pub kernel_stack_id: i32,
+    /// Hash of the user stack in the generation's user-stack table
+    /// ([`FpStack`]); 0: no user stack (or, with the benchmark knob
+    /// [`USER_STACK_MODE_STACKID`], see `user_stack_id`).
+    pub user_stack: u64,
+    /// Only with the benchmark knob [`USER_STACK_MODE_STACKID`]: id of the
+    /// user stack in the generation's stack map; otherwise -1.
+    pub user_stack_id: i32,
     /// Padding, always zero.
     pub _pad: u32,
     /// When the sampled user IP lies in a frameless range (return address at
@@ -74,11 +107,15 @@ pub enum Counter {
     EventsLost = 8,
     /// Samples that got the frameless-leaf fix.
     FramelessFixed = 9,
+    /// Runs of the sampling program that returned at the filter (an idle
+    /// CPU, or a process that is not a target). With [`Counter::Samples`]
+    /// it adds up to the program's `run_cnt` (`bpf_stats`).
+    FilteredOut = 10,
 }
 
 impl Counter {
     /// Number of counters.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     /// Every counter, in index order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Samples,
@@ -91,6 +128,7 @@ impl Counter {
         Counter::FramelessReadFailed,
         Counter::EventsLost,
         Counter::FramelessFixed,
+        Counter::FilteredOut,
     ];
 
     /// Stable snake_case name used in reports and pprof comments.
@@ -106,12 +144,16 @@ impl Counter {
             Counter::FramelessReadFailed => "frameless_read_failed",
             Counter::EventsLost => "events_lost",
             Counter::FramelessFixed => "frameless_fixed",
+            Counter::FilteredOut => "filtered_out",
         }
     }
 
     /// True for counters that count lost data (as opposed to activity).
     pub const fn is_loss(self) -> bool {
-        !matches!(self, Counter::Samples | Counter::FramelessFixed)
+        !matches!(
+            self,
+            Counter::Samples | Counter::FramelessFixed | Counter::FilteredOut
+        )
     }
 }
 
@@ -136,11 +178,14 @@ pub enum Config {
     ExitPidOffset = 6,
     /// Offset of `group_dead` in the `sched_process_exit` record (or u64::MAX).
     ExitGroupDeadOffset = 7,
+    /// How `cpu_sample` takes user stacks: [`USER_STACK_MODE_WALK`] (the
+    /// default) or, benchmark only, [`USER_STACK_MODE_STACKID`].
+    UserStackMode = 8,
 }
 
 impl Config {
     /// Number of config slots.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Where a tgid's frameless ranges sit in the shared `FRAMELESS` table.
@@ -197,6 +242,7 @@ mod pod {
     // SAFETY: all types are repr(C) plain data with no padding holes that
     // could be uninitialised (explicit `_pad` fields).
     unsafe impl aya::Pod for super::SampleKey {}
+    unsafe impl aya::Pod for super::FpStack {}
     unsafe impl aya::Pod for super::FramelessSlice {}
     unsafe impl aya::Pod for super::AddrRange {}
     unsafe impl aya::Pod for super::ProcessEvent {}

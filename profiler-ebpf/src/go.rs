@@ -5,7 +5,7 @@
 //!   [`COOKIE_CHECK_FLAGS`]: hits where `CF|ZF` is set go to `morestack`
 //!   and re-run the function, so they are skipped and counts are exact.
 //!   By default every hit takes the full user stack with the program's own
-//!   frame-pointer walk ([`fp_walk`]; ~0.4 µs of program time for a
+//!   frame-pointer walk ([`fpwalk::walk`], shared with `cpu_sample`; ~0.4 µs of program time for a
 //!   5-frame Go stack, ~0.9 µs 32 frames deeper, against ~1.2 µs and
 //!   ~3.2 µs for `bpf_get_stackid`, whose walk ends in a page fault at
 //!   address 0 on every Go stack). With [`COOKIE_CALLER_MODE`] the exact count is kept per
@@ -25,6 +25,7 @@
 //! At all these probes the return address is at `[SP]` (SP delta 0), so
 //! frame-pointer unwinding skips the immediate caller; it is stored in the
 //! key's `caller` and inserted by userspace.
+use crate::fpwalk::{self, Stored, SLOT_UPROBE};
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -37,7 +38,7 @@ use profiler_common::go::{
     reg, GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts,
     CALLER_MODE_FIRST_STACKS, CALLER_MODE_STACK_EVERY, COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_STACKID,
     COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE, COOKIE_CHECK_FLAGS, COOKIE_TAG_MASK,
-    GO_ALLOC_ENTRIES, GO_CALL_ENTRIES, GO_CALL_SITE_ENTRIES, GO_FP_MAX_FRAMES, GO_FP_STACK_ENTRIES,
+    GO_ALLOC_ENTRIES, GO_CALL_ENTRIES, GO_CALL_SITE_ENTRIES, GO_FP_STACK_ENTRIES,
     GO_GOROUTINE_ENTRIES, GO_PENDING_ENTRIES, GO_PROC_ENTRIES, GO_SITE_ENTRIES, GO_STACK_ENTRIES,
 };
 
@@ -49,10 +50,6 @@ static GO_PROCS: HashMap<u32, GoProcConfig> = HashMap::with_max_entries(GO_PROC_
 static GO_STACKS: StackTrace = StackTrace::with_max_entries(GO_STACK_ENTRIES, 0);
 #[map]
 static GO_FP_STACKS: HashMap<u64, GoFpStack> = HashMap::with_max_entries(GO_FP_STACK_ENTRIES, 0);
-/// Scratch for the frame-pointer walk (one slot per CPU; the BPF stack is
-/// 512 bytes).
-#[map]
-static GO_FP_SCRATCH: PerCpuArray<FpScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static GO_CALLS: PerCpuHashMap<GoStackKey, u64> =
     PerCpuHashMap::with_max_entries(GO_CALL_ENTRIES, 0);
@@ -74,18 +71,17 @@ static GO_GOROUTINES: HashMap<GoidKey, GoStackKey> =
 #[inline(always)]
 fn bump(counter: GoCounter) {
     if let Some(p) = GO_COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot.
-        unsafe { *p += 1 };
+        add(p, 1);
     }
 }
 
-/// Add to this CPU's slot of a per-CPU map value. Exact without atomics:
-/// uprobe programs run with preemption disabled (`trace_call_bpf`).
+/// Add to this CPU's slot of a per-CPU map value, atomically: uprobe
+/// programs run with interrupts on (a perf_event program may run in
+/// between) and, on a preemptible kernel, may be preempted by another
+/// task's probe on the same CPU.
 #[inline(always)]
 fn add(p: *mut u64, v: u64) {
-    // SAFETY: `p` points into this CPU's copy of a map value, valid for
-    // this program run.
-    unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p) + v) };
+    fpwalk::atomic_add(p, v);
 }
 
 #[inline(always)]
@@ -145,7 +141,8 @@ fn read_u64(addr: u64) -> Option<u64> {
 }
 
 /// The key of the current user stack at an entry probe: the program's own
-/// frame-pointer walk ([`fp_walk`]), or with [`COOKIE_BENCH_STACKID`] the
+/// frame-pointer walk ([`fpwalk::walk`], from the caller's RBP: the probes
+/// sit before the function pushes RBP), or with [`COOKIE_BENCH_STACKID`] the
 /// kernel's `bpf_get_stackid`.
 #[inline(always)]
 fn stack_key(ctx: &ProbeContext, tgid: u32, tag: u64, cookie: u64) -> GoStackKey {
@@ -167,7 +164,7 @@ fn stack_key(ctx: &ProbeContext, tgid: u32, tag: u64, cookie: u64) -> GoStackKey
             tag,
         };
     }
-    let (stack_id, stack_hash) = match fp_walk(r.rip, r.rbp) {
+    let (stack_id, stack_hash) = match fpwalk::walk::<SLOT_UPROBE, true>(r.rip, r.rbp) {
         Some(h) => (-1, h),
         None => {
             bump(GoCounter::StackLost);
@@ -183,155 +180,23 @@ fn stack_key(ctx: &ProbeContext, tgid: u32, tag: u64, cookie: u64) -> GoStackKey
     }
 }
 
-/// Words of the stack window [`fp_walk`] copies per user read.
-const WIN_WORDS: usize = 128;
-
-/// Per-CPU scratch of the frame-pointer walk. The walk's state lives here,
-/// not on the BPF stack: the verifier does not track map contents, so the
-/// `bpf_loop` step converges after one pass instead of being verified for
-/// every frame count and window state.
-#[repr(C)]
-pub struct FpScratch {
-    stack: GoFpStack,
-    /// The next frame to read.
-    fp: u64,
-    /// The window holds [base, base + have) of the user stack.
-    base: u64,
-    have: u64,
-    /// Hash of the frames so far.
-    h: u64,
-    /// A copy of user stack memory from `base`.
-    win: [u64; WIN_WORDS],
-}
-
-/// Walk the frame pointers from `fp` (the caller's frame at an entry
-/// probe, before the function pushes RBP) into this CPU's scratch stack:
-/// frame 0 is `ip`, then the return address of each frame. Stops at a
-/// saved frame pointer of 0 (the end of every Go stack; the kernel's walker
-/// reads address 0 there and takes a page fault), a failed read, a frame
-/// pointer that does not grow, or [`GO_FP_MAX_FRAMES`]. Frames are adjacent
-/// on a goroutine stack, so the walk copies the stack in windows of up to
-/// 1 KiB (never across a page boundary, so a window never faults where the
-/// frames themselves would not) and reads the (saved RBP, return address)
-/// pairs from the copy: one user read covers several frames. Returns the
-/// stack's hash (never 0), or None without scratch space.
-#[inline(always)]
-fn fp_walk(ip: u64, fp: u64) -> Option<u64> {
-    let s = GO_FP_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch slot, valid for this program run
-    // (uprobe programs run with preemption disabled).
-    let s = unsafe { &mut *s };
-    s.stack.frames[0] = ip;
-    s.stack.len = 1;
-    s.fp = fp;
-    s.base = 0;
-    s.have = 0;
-    s.h = (ip ^ HASH_M).wrapping_mul(HASH_M);
-    // SAFETY: the callback takes no context.
-    unsafe {
-        aya_ebpf::helpers::generated::bpf_loop(
-            (GO_FP_MAX_FRAMES - 1) as u32,
-            fp_step as *mut core::ffi::c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
-    let h = s.h ^ s.stack.len;
-    Some(if h == 0 { 1 } else { h })
-}
-
-const HASH_M: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// One frame of [`fp_walk`] (a `bpf_loop` callback): 0 = go on, 1 = stop.
-#[inline(never)]
-extern "C" fn fp_step(_i: u64, _ctx: *mut core::ffi::c_void) -> i64 {
-    let Some(s) = GO_FP_SCRATCH.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: this CPU's scratch slot, valid for this program run.
-    let s = unsafe { &mut *s };
-    let fp = s.fp;
-    let n = s.stack.len as usize;
-    if fp == 0 || fp & 7 != 0 || n >= GO_FP_MAX_FRAMES {
-        return 1;
-    }
-    let (next, ret);
-    let off = fp.wrapping_sub(s.base);
-    if fp >= s.base && off + 16 <= s.have {
-        let k = (off >> 3) as usize;
-        next = s.win[k & (WIN_WORDS - 1)];
-        ret = s.win[(k + 1) & (WIN_WORDS - 1)];
-    } else {
-        let len = (4096 - (fp & 4095)).min((WIN_WORDS * 8) as u64);
-        // SAFETY: reads at most the window's size into it;
-        // bpf_probe_read_user checks the user address.
-        let r = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_user(
-                s.win.as_mut_ptr() as *mut core::ffi::c_void,
-                len as u32,
-                fp as *const core::ffi::c_void,
-            )
-        };
-        if r == 0 && len >= 16 {
-            s.base = fp;
-            s.have = len;
-            (next, ret) = (s.win[0], s.win[1]);
-        } else {
-            s.have = 0;
-            // SAFETY: bpf_probe_read_user checks the address.
-            let Ok([a, b]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-                return 1;
-            };
-            (next, ret) = (a, b);
-        }
-    }
-    s.stack.frames[n] = ret;
-    let h = (s.h ^ ret).wrapping_mul(HASH_M);
-    s.h = h ^ (h >> 32);
-    s.stack.len = n as u64 + 1;
-    if next <= fp {
-        return 1;
-    }
-    s.fp = next;
-    0
-}
-
 /// Store this CPU's scratch stack under `hash` in `GO_FP_STACKS` (a new
 /// count key: the first time this CPU sees the stack). False when the
 /// stack cannot be stored (table full, or a different stack with the same
 /// hash).
 #[inline(always)]
 fn store_fp_stack(hash: u64) -> bool {
-    let Some(s) = GO_FP_SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's scratch slot, valid for this program run.
-    let s = unsafe { &(*s).stack };
-    if GO_FP_STACKS.insert(&hash, s, BPF_NOEXIST as u64).is_ok() {
-        return true;
-    }
-    let Some(old) = GO_FP_STACKS.get_ptr(&hash) else {
-        bump(GoCounter::StackTableFull);
-        return false;
-    };
-    // SAFETY: map value pointer valid for this run (entries are never
-    // deleted while the probes are attached).
-    let old = unsafe { &*old };
-    let len = s.len as usize;
-    if old.len as usize != len {
-        bump(GoCounter::StackCollision);
-        return false;
-    }
-    for i in 0..GO_FP_MAX_FRAMES {
-        if i >= len {
-            break;
-        }
-        if old.frames[i] != s.frames[i] {
+    match fpwalk::store::<SLOT_UPROBE>(&GO_FP_STACKS, hash) {
+        Stored::Yes => true,
+        Stored::Collision => {
             bump(GoCounter::StackCollision);
-            return false;
+            false
+        }
+        Stored::Full => {
+            bump(GoCounter::StackTableFull);
+            false
         }
     }
-    true
 }
 
 /// A key seen for the first time on this CPU: store its frame-pointer
@@ -410,10 +275,11 @@ fn count_by_caller(ctx: &ProbeContext, tgid: u32, tag: u64, cookie: u64) {
     };
     let n = match GO_CALL_SITES.get_ptr_mut(&site) {
         Some(p) => {
+            // The count is exact (atomic add); the value read back only
+            // picks which hits take a stack. (BPF v1 has no fetch-add.)
+            add(p, 1);
             // SAFETY: this CPU's slot, valid for this run.
-            let n = unsafe { core::ptr::read_volatile(p) } + 1;
-            unsafe { core::ptr::write_volatile(p, n) };
-            n
+            unsafe { core::ptr::read_volatile(p) }
         }
         None => {
             if GO_CALL_SITES

@@ -1,5 +1,5 @@
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
@@ -10,12 +10,16 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, PerfEventContext, TracePointContext},
 };
 use profiler_common::{
-    AddrRange, Config, Counter, EventKind, FramelessSlice, ProcessEvent, SampleKey,
+    AddrRange, Config, Counter, EventKind, FpStack, FramelessSlice, ProcessEvent, SampleKey,
     COUNT_MAP_ENTRIES, FRAMELESS_ENTRIES, FRAMELESS_INDEX_ENTRIES, FRAMELESS_SEARCH_STEPS,
     MAX_CGROUP_LEVELS, STACK_MAP_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_TGID_ENTRIES,
+    USER_STACK_ENTRIES, USER_STACK_MODE_STACKID,
 };
 
+use crate::fpwalk::{self, atomic_add, Stored, SLOT_PERF};
+
 const EEXIST: i64 = 17;
+const EFAULT: i32 = 14;
 
 #[map]
 static CONFIG: Array<u64> = Array::with_max_entries(Config::COUNT, 0);
@@ -33,6 +37,15 @@ static COUNTS1: HashMap<SampleKey, u64> = HashMap::with_max_entries(COUNT_MAP_EN
 static STACKS0: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 #[map]
 static STACKS1: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+// User stacks (1 KiB each) are inserted only for a new count key, so they
+// are allocated on insert (`BPF_F_NO_PREALLOC`) instead of 2 x 16 MiB up
+// front; a failed allocation counts as `user_stack_missing`.
+#[map]
+static USER_STACKS0: HashMap<u64, FpStack> =
+    HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+static USER_STACKS1: HashMap<u64, FpStack> =
+    HashMap::with_max_entries(USER_STACK_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
 static FRAMELESS: Array<AddrRange> = Array::with_max_entries(FRAMELESS_ENTRIES, 0);
 #[map]
@@ -49,8 +62,8 @@ fn config(slot: Config) -> u64 {
 #[inline(always)]
 fn bump(counter: Counter) {
     if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *p += 1 };
+        // Per-CPU slot, but the tracepoint programs bump it too.
+        atomic_add(p, 1);
     }
 }
 
@@ -127,83 +140,130 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
     let tgid = (pid_tgid >> 32) as u32;
     let pid = pid_tgid as u32;
     if pid == 0 || !is_target(tgid) {
+        bump(Counter::FilteredOut);
         return Ok(());
     }
     bump(Counter::Samples);
 
     let generation = config(Config::Generation) & 1;
-    let (counts, stacks) = if generation == 0 {
-        (&COUNTS0, &STACKS0)
+    let (counts, stacks, user_stacks) = if generation == 0 {
+        (&COUNTS0, &STACKS0, &USER_STACKS0)
     } else {
-        (&COUNTS1, &STACKS1)
+        (&COUNTS1, &STACKS1, &USER_STACKS1)
     };
 
-    let user_stack_id = match ctx.get_stackid(stacks, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            if -(e as i64) == EEXIST {
-                bump(Counter::UserStackCollision);
-            } else {
-                bump(Counter::UserStackMissing);
-            }
-            e
-        }
-    };
-    let kernel_stack_id = match ctx.get_stackid(stacks, 0) {
-        Ok(id) => id as i32,
-        Err(e) => {
-            if -(e as i64) == EEXIST {
-                bump(Counter::KernelStackCollision);
-            } else if e != -14 {
-                // -EFAULT is a sample taken in user mode: no kernel stack.
-                bump(Counter::KernelStackMissing);
-            }
-            e
-        }
-    };
-
-    // The user-mode IP and SP: the interrupted registers when the sample hit
-    // user code, else the task's saved user registers (a sample in a
-    // syscall, a page fault or a uprobe handler), so the frameless fix also
-    // applies to the user half of those stacks.
     // SAFETY: perf_event programs may read their context's registers.
     let regs = unsafe { (*ctx.ctx).regs };
-    let user_ip_sp = if regs.cs & 3 == 3 {
-        Some((regs.rip, regs.rsp))
+    let in_user = regs.cs & 3 == 3;
+    // A sample taken in user mode has no kernel stack (what
+    // bpf_get_stackid would say: -EFAULT, not counted as missing).
+    let kernel_stack_id = if in_user {
+        -EFAULT
+    } else {
+        match ctx.get_stackid(stacks, 0) {
+            Ok(id) => id as i32,
+            Err(e) => {
+                if -(e as i64) == EEXIST {
+                    bump(Counter::KernelStackCollision);
+                } else if e != -14 {
+                    bump(Counter::KernelStackMissing);
+                }
+                e as i32
+            }
+        }
+    };
+
+    // The user-mode IP, SP and frame pointer: the interrupted registers
+    // when the sample hit user code, else the task's saved user registers
+    // (a sample in a syscall, a page fault or a uprobe handler; none for a
+    // kernel thread).
+    let user = if in_user {
+        Some((regs.rip, regs.rsp, regs.rbp))
     } else {
         user_regs()
     };
     let mut frameless_ret = 0u64;
-    if let Some((ip, sp)) = user_ip_sp {
-        if ip != 0 && in_frameless_range(tgid, ip) {
-            // SAFETY: bpf_probe_read_user checks the address.
-            match unsafe { bpf_probe_read_user(sp as *const u64) } {
-                Ok(ret) => {
-                    frameless_ret = ret;
-                    bump(Counter::FramelessFixed);
+    let mut user_stack = 0u64;
+    let mut user_stack_id = -1i32;
+    let stackid_mode = config(Config::UserStackMode) == USER_STACK_MODE_STACKID;
+    if stackid_mode {
+        // Benchmark only: the kernel's walk, as before the programs' own.
+        user_stack_id = match ctx.get_stackid(stacks, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as i32,
+            Err(e) => {
+                if -(e as i64) == EEXIST {
+                    bump(Counter::UserStackCollision);
+                } else {
+                    bump(Counter::UserStackMissing);
                 }
-                Err(_) => bump(Counter::FramelessReadFailed),
+                e as i32
+            }
+        };
+    }
+    match user {
+        Some((ip, sp, bp)) if ip != 0 => {
+            if in_frameless_range(tgid, ip) {
+                // SAFETY: bpf_probe_read_user checks the address.
+                match unsafe { bpf_probe_read_user(sp as *const u64) } {
+                    Ok(ret) => {
+                        frameless_ret = ret;
+                        bump(Counter::FramelessFixed);
+                    }
+                    Err(_) => bump(Counter::FramelessReadFailed),
+                }
+            }
+            if !stackid_mode {
+                match fpwalk::walk::<SLOT_PERF, false>(ip, bp) {
+                    Some(h) => user_stack = h,
+                    None => bump(Counter::UserStackMissing),
+                }
+            }
+        }
+        _ => {
+            if !stackid_mode {
+                bump(Counter::UserStackMissing);
             }
         }
     }
 
-    let key = SampleKey {
+    let mut key = SampleKey {
         tgid,
-        user_stack_id,
         kernel_stack_id,
+        user_stack,
+        user_stack_id,
         _pad: 0,
         frameless_ret,
         comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
     };
     if let Some(count) = counts.get_ptr_mut(&key) {
-        // SAFETY: map value pointer valid for this program run.
-        unsafe { core::ptr::write_volatile(count, core::ptr::read_volatile(count) + 1) };
+        atomic_add(count, 1);
         return Ok(());
+    }
+    // A new key: store its user stack first, so a key that userspace can
+    // see always has its stack.
+    if key.user_stack != 0 {
+        match fpwalk::store::<SLOT_PERF>(user_stacks, key.user_stack) {
+            Stored::Yes => {}
+            Stored::Collision => {
+                bump(Counter::UserStackCollision);
+                key.user_stack = 0;
+            }
+            Stored::Full => {
+                bump(Counter::UserStackMissing);
+                key.user_stack = 0;
+            }
+        }
+        if key.user_stack == 0 {
+            if let Some(count) = counts.get_ptr_mut(&key) {
+                atomic_add(count, 1);
+                return Ok(());
+            }
+        }
     }
     if counts.insert(&key, &1u64, BPF_NOEXIST as u64).is_err() {
         // Either full, or another CPU inserted the key in between.
         if let Some(count) = counts.get_ptr_mut(&key) {
-            unsafe { core::ptr::write_volatile(count, core::ptr::read_volatile(count) + 1) };
+            atomic_add(count, 1);
         } else {
             bump(Counter::CountMapFull);
         }
@@ -211,9 +271,9 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
     Ok(())
 }
 
-/// The current task's saved user-mode (IP, SP).
+/// The current task's saved user-mode (IP, SP, frame pointer).
 #[inline(always)]
-fn user_regs() -> Option<(u64, u64)> {
+fn user_regs() -> Option<(u64, u64, u64)> {
     // SAFETY: helpers valid in perf_event programs; the pt_regs pointer is
     // only dereferenced through bpf_probe_read_kernel.
     unsafe {
@@ -227,7 +287,8 @@ fn user_regs() -> Option<(u64, u64)> {
         }
         let ip = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rip)).ok()?;
         let sp = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsp)).ok()?;
-        Some((ip, sp))
+        let bp = bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rbp)).ok()?;
+        Some((ip, sp, bp))
     }
 }
 

@@ -456,10 +456,12 @@ impl Collector {
         }
     }
 
-    /// The last drains of a recording (both generations may hold samples):
-    /// every stack into `agg`, a process seen for the first time
-    /// snapshotted (no probes any more).
+    /// The last drains of a recording: CPU sampling is stopped first, so
+    /// the counters and the drained counts describe the same runs; then both
+    /// generations (which may hold samples) go into `agg`, a process seen for
+    /// the first time snapshotted (no probes any more).
     pub fn drain_last(&mut self, agg: &mut Aggregate) -> Result<(), RecordError> {
+        self.sampler.stop();
         for _ in 0..2 {
             let mut buf = self.drain()?;
             for d in buf.drain(..) {

@@ -93,7 +93,7 @@ fn run_record(a: RecordArgs) -> ExitCode {
             let lost: Vec<String> = s
                 .counters
                 .iter()
-                .filter(|(n, _)| *n != "samples" && *n != "frameless_fixed")
+                .filter(|(n, _)| !matches!(*n, "samples" | "frameless_fixed" | "filtered_out"))
                 .chain(s.user_losses.iter())
                 .filter(|(_, v)| *v > 0)
                 .map(|(n, v)| format!("{n}={v}"))
@@ -118,9 +118,17 @@ fn run_record(a: RecordArgs) -> ExitCode {
                 eprintln!("profiler: {line}");
             }
             if let Some((ns, runs)) = s.prog_stats.filter(|(_, r)| *r > 0) {
+                let counter = |name: &str| {
+                    s.counters
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map_or(0, |c| c.1)
+                };
                 eprintln!(
-                    "profiler: cpu_sample program: runs={runs} run_time_ns={ns} ns_per_run={}",
-                    ns / runs
+                    "profiler: cpu_sample program: runs={runs} run_time_ns={ns} ns_per_run={} samples={} filtered_out={}",
+                    ns / runs,
+                    counter("samples"),
+                    counter("filtered_out")
                 );
             }
             code(exit::OK)

@@ -4,9 +4,17 @@
 //! Count and stack maps come in two generations. [`Sampler::drain`] flips
 //! the generation the programs write to, then reads and clears the idle
 //! one, so nothing is lost to a race between reading and clearing.
+//!
+//! User stacks come from the program's own frame-pointer walk, stored per
+//! generation in `USER_STACKS0/1` (stack hash -> frames); kernel stacks
+//! from `bpf_get_stackid` in `STACKS0/1`. With the `bench-sampler` cargo
+//! feature (benchmarks only), `PROFILER_BENCH_USER_STACKS=stackid` makes
+//! the program take user stacks with `bpf_get_stackid` as it did before
+//! the walk, so `cargo xtask bench overhead` measures both in one run.
 
 use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
 
+use aya::programs::perf_event::PerfEventLinkId;
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
@@ -16,7 +24,7 @@ use aya::{
     Ebpf,
 };
 use profiler_common::{
-    AddrRange, Config, Counter, EventKind, FramelessSlice, ProcessEvent, SampleKey,
+    AddrRange, Config, Counter, EventKind, FpStack, FramelessSlice, ProcessEvent, SampleKey,
     FRAMELESS_ENTRIES,
 };
 
@@ -74,6 +82,7 @@ pub struct Sampler {
     cgroups: HashMap<MapData, u64, u8>,
     counts: [HashMap<MapData, SampleKey, u64>; 2],
     stacks: [StackTraceMap<MapData>; 2],
+    user_stacks: [HashMap<MapData, u64, FpStack>; 2],
     frameless: Array<MapData, AddrRange>,
     frameless_index: HashMap<MapData, u32, FramelessSlice>,
     frameless_used: u32,
@@ -82,6 +91,7 @@ pub struct Sampler {
     events: RingBuf<MapData>,
     generation: u64,
     sample_prog_fd: i32,
+    sample_links: Vec<PerfEventLinkId>,
 }
 
 fn tracepoint_offset(category: &str, name: &str, field: &str) -> Option<u64> {
@@ -118,7 +128,10 @@ where
 
 impl Sampler {
     /// Load the programs, attach the CPU sampler at `frequency` Hz to every
-    /// online CPU and the process-lifecycle tracepoints.
+    /// online CPU and the process-lifecycle tracepoints. The target filter
+    /// starts on with no targets (nothing is sampled) until
+    /// [`Sampler::set_filter`] or targets are set, so no sample of another
+    /// process (or of the profiler itself) slips in before that.
     pub fn start(frequency: u64) -> Result<Self, RecordError> {
         crate::env::ensure_tracefs();
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(RecordError::from_load)?;
@@ -146,7 +159,10 @@ impl Sampler {
                 tracepoint_offset("sched", "sched_process_exit", "group_dead"),
             ),
         ];
-        for (slot, off) in offsets {
+        for (slot, off) in offsets
+            .into_iter()
+            .chain([(Config::FilterEnabled, Some(1))])
+        {
             config
                 .set(slot as u32, off.unwrap_or(u64::MAX), 0)
                 .map_err(|e| RecordError::ebpf("CONFIG", e))?;
@@ -159,6 +175,10 @@ impl Sampler {
             cgroups: map(&mut ebpf, "TARGET_CGROUPS")?,
             counts: [map(&mut ebpf, "COUNTS0")?, map(&mut ebpf, "COUNTS1")?],
             stacks: [map(&mut ebpf, "STACKS0")?, map(&mut ebpf, "STACKS1")?],
+            user_stacks: [
+                map(&mut ebpf, "USER_STACKS0")?,
+                map(&mut ebpf, "USER_STACKS1")?,
+            ],
             frameless: map(&mut ebpf, "FRAMELESS")?,
             frameless_index: map(&mut ebpf, "FRAMELESS_INDEX")?,
             frameless_used: 0,
@@ -166,8 +186,16 @@ impl Sampler {
             events: map(&mut ebpf, "EVENTS")?,
             generation: 0,
             sample_prog_fd: -1,
+            sample_links: Vec::new(),
             _ebpf: ebpf,
         };
+        #[cfg(feature = "bench-sampler")]
+        if std::env::var("PROFILER_BENCH_USER_STACKS").as_deref() == Ok("stackid") {
+            sampler.set_config(
+                Config::UserStackMode,
+                profiler_common::USER_STACK_MODE_STACKID,
+            )?;
+        }
 
         for (prog, category, name) in [
             ("sched_fork", "sched", "sched_process_fork"),
@@ -202,15 +230,41 @@ impl Sampler {
             }
         }
         for cpu in cpus {
-            prog.attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(frequency),
-                false,
-            )
-            .map_err(|e| RecordError::PerfEvent { cpu, source: e })?;
+            let link = prog
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(frequency),
+                    false,
+                )
+                .map_err(|e| RecordError::PerfEvent { cpu, source: e })?;
+            sampler.sample_links.push(link);
         }
         Ok(sampler)
+    }
+
+    /// Stop sampling (detach `cpu_sample` from every CPU; the lifecycle
+    /// tracepoints and any Go probes stay attached). Call it before the
+    /// final drains: then the counters, `bpf_stats` and the drained counts
+    /// all describe the same runs, and the profile holds exactly
+    /// [`Counter::Samples`] samples minus the counted losses.
+    pub fn stop(&mut self) {
+        let links = std::mem::take(&mut self.sample_links);
+        if links.is_empty() {
+            return;
+        }
+        if let Some(Ok(prog)) = self
+            ._ebpf
+            .program_mut("cpu_sample")
+            .map(<&mut PerfEvent>::try_from)
+        {
+            for link in links {
+                let _ = prog.detach(link);
+            }
+        }
+        // Let runs that started before the detach finish (microseconds,
+        // with preemption disabled).
+        std::thread::sleep(Duration::from_millis(2));
     }
 
     /// The loaded eBPF object, for attaching further programs (Go runtime
@@ -379,6 +433,25 @@ impl Sampler {
             }
             let _ = counts.remove(key);
         }
+        let user_stacks = &mut self.user_stacks[idle];
+        let mut user_cache: StdHashMap<u64, Vec<u64>> = StdHashMap::new();
+        let mut resolve_user = |hash: u64| -> Vec<u64> {
+            if hash == 0 {
+                return Vec::new();
+            }
+            user_cache
+                .entry(hash)
+                .or_insert_with(|| {
+                    user_stacks
+                        .get(&hash, 0)
+                        .map(|s| {
+                            let n = (s.len as usize).min(s.frames.len());
+                            s.frames[..n].to_vec()
+                        })
+                        .unwrap_or_default()
+                })
+                .clone()
+        };
         let stacks = &mut self.stacks[idle];
         let mut cache: StdHashMap<i32, Vec<u64>> = StdHashMap::new();
         let mut resolve = |id: i32| -> Vec<u64> {
@@ -396,7 +469,11 @@ impl Sampler {
                 .clone()
         };
         for (key, count) in entries {
-            let mut user = resolve(key.user_stack_id);
+            let mut user = if key.user_stack != 0 {
+                resolve_user(key.user_stack)
+            } else {
+                resolve(key.user_stack_id)
+            };
             if key.frameless_ret != 0 && !user.is_empty() {
                 user.insert(1, key.frameless_ret);
             }
@@ -413,6 +490,11 @@ impl Sampler {
         let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
         for id in ids {
             let _ = stacks.remove(&id);
+        }
+        let user_stacks = &mut self.user_stacks[idle];
+        let hashes: Vec<u64> = user_stacks.keys().filter_map(Result::ok).collect();
+        for hash in hashes {
+            let _ = user_stacks.remove(&hash);
         }
         Ok(())
     }

@@ -1,30 +1,51 @@
-//! `cargo xtask bench overhead`: how much `profiler record` at 99 Hz slows a
-//! Go workload, and what the profiler itself costs.
+//! `cargo xtask bench overhead`: what `profiler record` costs a busy Go
+//! program with a deep stack, at 99 Hz and at 999 Hz, and what the
+//! in-kernel sampler costs per run, old user-stack path against new.
 //!
-//! Runs the `cpusplit` workload alone and under `profiler record --pid`,
-//! alternated back to back, and prints the median throughput ratio, the
-//! profiler's CPU time (as % of one core) and peak RSS (from `wait4`
-//! rusage of the profiler process only), and the in-kernel cost per sample
-//! (`run_time_ns / run_cnt` with `kernel.bpf_stats_enabled=1`, as reported
-//! by the profiler).
+//! The workload is `samestack -depth 40` (one thread per CPU, each 45 Go
+//! frames deep, spinning). Each round runs, back to back:
+//!
+//! * the workload alone (throughput reference);
+//! * at each frequency: under `profiler record --pid` with the sampler's
+//!   own frame-pointer walk (the shipped path), with the old path
+//!   (`bpf_get_stackid(BPF_F_USER_STACK)`, selected in a profiler built
+//!   with the `bench-sampler` feature), and targeting an idle process while
+//!   the workload runs (every run of the program returns at the filter);
+//! * at 99 Hz, whole-system mode (no target filter), new and old.
+//!
+//! Per profiled run the profiler reports `run_cnt` and `run_time_ns` of
+//! `cpu_sample` (`bpf_stats`), and its counters `samples` (runs that hit a
+//! target) and `filtered_out`. The idle-target runs give the cost of a
+//! filtered-out run `b = run_time_ns / filtered_out`; a targeted run gives
+//! the cost of a sampled run `(run_time_ns - b * filtered_out) / samples`.
+//! Throughput ratios, the profiler's CPU time (% of one core) and peak RSS
+//! (`wait4` rusage of the profiler process only) are medians over rounds.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
 
-fn units_per_sec(out: &str) -> Option<f64> {
-    out.split_whitespace()
-        .find_map(|w| w.strip_prefix("units_per_sec="))
+/// Extra frames of the workload's stack (a Kubernetes controller's stacks
+/// are 30-60 frames deep).
+const DEPTH: &str = "40";
+
+fn field(text: &str, name: &str) -> Option<f64> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
         .and_then(|v| v.parse().ok())
 }
 
-fn median(v: &mut [f64]) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
     if n % 2 == 1 {
         v[n / 2]
     } else {
@@ -55,6 +76,9 @@ fn wait_usage(child: std::process::Child) -> Result<Usage> {
     if r < 0 {
         bail!("wait4 failed: {}", std::io::Error::last_os_error());
     }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("profiler failed: {text}");
+    }
     let tv = |t: libc::timeval| {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
@@ -66,96 +90,239 @@ fn wait_usage(child: std::process::Child) -> Result<Usage> {
 }
 
 fn run_workload(bin: &Path, seconds: u64) -> Result<std::process::Child> {
-    Command::new(bin.join("cpusplit"))
-        .args(["-duration", &format!("{seconds}s")])
+    Command::new(bin.join("samestack"))
+        .args(["-duration", &format!("{seconds}s"), "-depth", DEPTH])
         .stdout(Stdio::piped())
         .spawn()
-        .context("starting cpusplit")
+        .context("starting samestack")
 }
 
 fn workload_result(child: std::process::Child) -> Result<f64> {
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    units_per_sec(&text).with_context(|| format!("cpusplit printed no units_per_sec: {text}"))
+    field(&text, "units_per_sec")
+        .with_context(|| format!("samestack printed no units_per_sec: {text}"))
+}
+
+/// The `profiler` release binary with the `bench-sampler` feature (the
+/// old user-stack path selectable), copied out so a later default build
+/// does not replace it under us.
+fn build_bench_profiler(root: &Path, out_dir: &Path) -> Result<PathBuf> {
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "profiler-user",
+            "--features",
+            "bench-sampler",
+        ])
+        .env("PATH", crate::setup::path_with_tools())
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building profiler with --features bench-sampler failed");
+    }
+    let bin = out_dir.join("profiler-bench-sampler");
+    std::fs::copy(crate::target_dir(root).join("release/profiler"), &bin)
+        .context("copying the bench profiler")?;
+    Ok(bin)
+}
+
+/// Which user-stack path and which target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The shipped path (frame-pointer walk in the program), target = workload.
+    New,
+    /// `bpf_get_stackid(BPF_F_USER_STACK)`, target = workload.
+    Old,
+    /// The shipped path, target = an idle process (all runs filtered out).
+    Idle,
+    /// No target filter (whole system), shipped path.
+    WholeNew,
+    /// No target filter, old path.
+    WholeOld,
+}
+
+#[derive(Default)]
+struct Run {
+    ratio: f64,
+    cpu_pct: f64,
+    rss_kib: f64,
+    run_time_ns: f64,
+    samples: f64,
+    filtered_out: f64,
+}
+
+fn profiled(
+    profiler: &Path,
+    bins: &Path,
+    out_dir: &Path,
+    seconds: u64,
+    freq: u64,
+    mode: Mode,
+    alone: f64,
+) -> Result<Run> {
+    let w = run_workload(bins, seconds)?;
+    let mut idle = None;
+    let mut cmd = Command::new(profiler);
+    cmd.args(["record", "--quiet", "--frequency", &freq.to_string()])
+        .args(["--duration", &format!("{seconds}s")])
+        .args(["-o", out_dir.join("cpu.pb.gz").to_str().unwrap()])
+        .stderr(Stdio::piped());
+    match mode {
+        Mode::New | Mode::Old => {
+            cmd.args(["--pid", &w.id().to_string()]);
+        }
+        Mode::Idle => {
+            let s = Command::new("sleep")
+                .arg(format!("{}", seconds + 5))
+                .spawn()
+                .context("starting sleep")?;
+            cmd.args(["--pid", &s.id().to_string()]);
+            idle = Some(s);
+        }
+        Mode::WholeNew | Mode::WholeOld => {}
+    }
+    if matches!(mode, Mode::Old | Mode::WholeOld) {
+        cmd.env("PROFILER_BENCH_USER_STACKS", "stackid");
+    }
+    let p = cmd.spawn().context("starting profiler")?;
+    let under = workload_result(w)?;
+    let usage = wait_usage(p);
+    if let Some(mut s) = idle {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let usage = usage?;
+    let line = usage
+        .stderr
+        .lines()
+        .find(|l| l.contains("cpu_sample program:"))
+        .with_context(|| format!("no bpf_stats line from the profiler: {}", usage.stderr))?;
+    let get = |name: &str| field(line, name).with_context(|| format!("{name} missing: {line}"));
+    Ok(Run {
+        ratio: under / alone,
+        cpu_pct: usage.cpu.as_secs_f64() / seconds as f64 * 100.0,
+        rss_kib: usage.max_rss_kib as f64,
+        run_time_ns: get("run_time_ns")?,
+        samples: get("samples")?,
+        filtered_out: get("filtered_out")?,
+    })
 }
 
 /// Run the benchmark.
 pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<()> {
     crate::setup::setup(root)?;
     let bins = crate::workloads::build_workloads(root)?;
-    let release = crate::build_release(root)?;
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     let out_dir = crate::target_dir(root).join("bench-overhead");
     std::fs::create_dir_all(&out_dir)?;
+    let profiler = build_bench_profiler(root, &out_dir)?;
+    let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+        .context("enabling kernel.bpf_stats_enabled (run as root)")?;
+    let result = rounds(&profiler, &bins, &out_dir, runs, seconds);
+    if let Some(v) = stats_before {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", v.trim());
+    }
+    result
+}
 
-    let mut base = Vec::new();
-    let mut prof = Vec::new();
-    let mut cpu_pct = Vec::new();
-    let mut rss = Vec::new();
-    let mut per_sample_ns = Vec::new();
-    println!("bench overhead: {runs} alternated pairs of {seconds}s cpusplit runs (alone / under profiler record at 99 Hz)");
-    for i in 0..runs {
-        let w = run_workload(&bins, seconds)?;
-        let alone = workload_result(w)?;
-        let w = run_workload(&bins, seconds)?;
-        let p = Command::new(release.join("profiler"))
-            .args([
-                "record",
-                "--quiet",
-                "--frequency",
-                "99",
-                "--pid",
-                &w.id().to_string(),
-            ])
-            .args(["--duration", &format!("{seconds}s")])
-            .args(["-o", out_dir.join("cpu.pb.gz").to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting profiler")?;
-        let under = workload_result(w)?;
-        let usage = wait_usage(p)?;
-        let pct = usage.cpu.as_secs_f64() / seconds as f64 * 100.0;
-        if let Some(ns) = usage
-            .stderr
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("ns_per_run="))
-            .and_then(|v| v.parse::<f64>().ok())
-        {
-            per_sample_ns.push(ns);
+fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u64) -> Result<()> {
+    let freqs = [99u64, 999];
+    let plan: Vec<(u64, Mode)> = freqs
+        .iter()
+        .flat_map(|&f| [(f, Mode::New), (f, Mode::Old), (f, Mode::Idle)])
+        .chain([(99, Mode::WholeNew), (99, Mode::WholeOld)])
+        .collect();
+    let mut results: Vec<Vec<Run>> = plan.iter().map(|_| Vec::new()).collect();
+    println!(
+        "bench overhead: {runs} rounds of {seconds}s runs of samestack -depth {DEPTH} (one thread per CPU): alone, then per frequency {freqs:?} under profiler record --pid with the new and the old user-stack path and with an idle target, and whole-system new/old at 99 Hz"
+    );
+    for round in 0..runs {
+        let alone = workload_result(run_workload(bins, seconds)?)?;
+        println!("  round {}: alone {alone:.0} units/s", round + 1);
+        for (i, &(freq, mode)) in plan.iter().enumerate() {
+            let r = profiled(profiler, bins, out_dir, seconds, freq, mode, alone)?;
+            println!(
+                "    {freq:>3} Hz {:<10} ratio {:.4}  profiler cpu {:.2}%  rss {:.0} KiB  runs: {} sampled, {} filtered out, {:.0} ns per run",
+                name(mode),
+                r.ratio,
+                r.cpu_pct,
+                r.rss_kib,
+                r.samples,
+                r.filtered_out,
+                r.run_time_ns / (r.samples + r.filtered_out).max(1.0)
+            );
+            results[i].push(r);
         }
-        println!(
-            "  pair {}: alone {:.0} units/s, profiled {:.0} units/s (ratio {:.4}); profiler cpu {:.2}% of a core, peak RSS {} KiB",
-            i + 1,
-            alone,
-            under,
-            under / alone,
-            pct,
-            usage.max_rss_kib
-        );
-        base.push(alone);
-        prof.push(under);
-        cpu_pct.push(pct);
-        rss.push(usage.max_rss_kib as f64);
     }
-    let mut ratios: Vec<f64> = base.iter().zip(&prof).map(|(a, b)| b / a).collect();
-    let ratio = median(&mut ratios);
-    println!(
-        "median throughput ratio (profiled / alone): {ratio:.4} => slowdown {:.2}%",
-        (1.0 - ratio) * 100.0
-    );
-    println!(
-        "median profiler CPU: {:.2}% of one core",
-        median(&mut cpu_pct)
-    );
-    println!(
-        "max profiler peak RSS: {:.1} MiB",
-        rss.iter().cloned().fold(0.0, f64::max) / 1024.0
-    );
-    if !per_sample_ns.is_empty() {
+    let find = |freq: u64, mode: Mode| {
+        plan.iter()
+            .position(|&p| p == (freq, mode))
+            .map(|i| &results[i])
+            .expect("planned")
+    };
+    // Cost of a filtered-out run at each frequency, from the idle-target
+    // runs (every run filtered out). It differs by frequency: at 99 Hz the
+    // program's code and maps are colder at each run.
+    let filtered_ns = |freq: u64| {
+        median(
+            &find(freq, Mode::Idle)
+                .iter()
+                .filter(|r| r.filtered_out > 0.0)
+                .map(|r| r.run_time_ns / (r.filtered_out + r.samples))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let per_sampled = |rs: &[Run], b: f64| {
+        median(
+            &rs.iter()
+                .filter(|r| r.samples > 0.0)
+                .map(|r| (r.run_time_ns - b * r.filtered_out) / r.samples)
+                .collect::<Vec<_>>(),
+        )
+    };
+    for &freq in &freqs {
+        let b = filtered_ns(freq);
+        let new = find(freq, Mode::New);
+        let old = find(freq, Mode::Old);
+        let col = |rs: &[Run], f: fn(&Run) -> f64| median(&rs.iter().map(f).collect::<Vec<_>>());
         println!(
-            "median in-kernel cost of cpu_sample: {:.0} ns per run (run_time_ns/run_cnt)",
-            median(&mut per_sample_ns)
+            "{freq} Hz: sampled run {:.0} ns new vs {:.0} ns old; filtered-out run {b:.0} ns; throughput ratio profiled/alone {:.4} new (slowdown {:.2}%), {:.4} old; profiler cpu {:.2}% of a core, peak RSS {:.1} MiB (new; medians of {runs} rounds)",
+            per_sampled(new, b),
+            per_sampled(old, b),
+            col(new, |r| r.ratio),
+            (1.0 - col(new, |r| r.ratio)) * 100.0,
+            col(old, |r| r.ratio),
+            col(new, |r| r.cpu_pct),
+            new.iter().map(|r| r.rss_kib).fold(0.0, f64::max) / 1024.0,
         );
     }
+    let whole = |rs: &[Run]| {
+        median(
+            &rs.iter()
+                .map(|r| r.run_time_ns / (r.samples + r.filtered_out).max(1.0))
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!(
+        "whole system, 99 Hz: {:.0} ns per run new vs {:.0} ns old (all runs); sampled run {:.0} ns new vs {:.0} ns old",
+        whole(find(99, Mode::WholeNew)),
+        whole(find(99, Mode::WholeOld)),
+        per_sampled(find(99, Mode::WholeNew), filtered_ns(99)),
+        per_sampled(find(99, Mode::WholeOld), filtered_ns(99)),
+    );
     Ok(())
+}
+
+fn name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::New => "new",
+        Mode::Old => "old",
+        Mode::Idle => "idle-tgt",
+        Mode::WholeNew => "whole-new",
+        Mode::WholeOld => "whole-old",
+    }
 }
