@@ -12,7 +12,7 @@ use blazesym::symbolize::evict::{Elf as EvictElf, Evict};
 use blazesym::symbolize::source::{Elf as ElfSource, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
-use diff::pprof::proto::Profile;
+use profiler_pprof::proto::Profile;
 
 use crate::elf::{self, ElfInfo};
 use crate::gopclntab::Pclntab;
