@@ -220,22 +220,52 @@ pub fn load_many_with(
     paths: &[PathBuf],
     limits: &Limits,
 ) -> Result<Vec<(PathBuf, Profile)>, InputError> {
-    let mut out = Vec::new();
+    let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let files = scan_dir(p)?;
-            if files.is_empty() {
+            let found = scan_dir(p)?;
+            if found.is_empty() {
                 return Err(InputError::EmptyDirectory { path: p.clone() });
             }
-            for f in files {
-                let prof = load_profile_with(&f, limits)?;
-                out.push((f, prof));
-            }
+            files.extend(found);
         } else {
-            out.push((p.clone(), load_profile_with(p, limits)?));
+            files.push(p.clone());
         }
     }
-    Ok(out)
+    // Files decode on up to one thread per core; results (and the error
+    // reported, the first in file order) do not depend on the scheduling.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    let mut loaded: Vec<Option<Result<Profile, InputError>>> =
+        (0..files.len()).map(|_| None).collect();
+    if threads <= 1 {
+        for (slot, f) in loaded.iter_mut().zip(&files) {
+            *slot = Some(load_profile_with(f, limits));
+        }
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(&mut loaded);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    let r = load_profile_with(f, limits);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                });
+            }
+        });
+    }
+    files
+        .into_iter()
+        .zip(loaded)
+        .map(|(f, r)| {
+            // Every slot is filled above; a missing one is loaded here.
+            let r = r.unwrap_or_else(|| load_profile_with(&f, limits));
+            r.map(|p| (f, p))
+        })
+        .collect()
 }
 
 /// Chooses a sample type, returning its index into `sample_types`.

@@ -216,11 +216,17 @@ impl Budget {
     }
 }
 
-/// A sample: ranges into [`RawProfile`]'s flat vectors.
+/// A sample: ranges into [`RawProfile`]'s flat vectors. Its location ids
+/// are read with [`RawProfile::sample_locations`].
 #[derive(Default, Debug, Clone, Copy)]
-pub struct RawSample {
-    /// `start..end` in [`RawProfile::loc_ids`].
+pub struct RawSample<'a> {
+    /// `start..end` in [`RawProfile::loc_ids`] (ids not in `packed_locs`).
     pub locs: (u32, u32),
+    /// The location ids as one packed varint field, borrowed from the
+    /// input and validated (the usual encoding: kept as bytes, so the
+    /// largest array of a profile is never copied); empty when the ids are
+    /// in `locs`.
+    pub packed_locs: &'a [u8],
     /// `start..end` in [`RawProfile::values`].
     pub values: (u32, u32),
     /// `start..end` in [`RawProfile::labels`].
@@ -307,8 +313,8 @@ pub struct RawProfile<'a> {
     /// Sample types as (type, unit) string indexes.
     pub sample_types: Vec<(i64, i64)>,
     /// Samples.
-    pub samples: Vec<RawSample>,
-    /// Location ids of every sample, leaf first.
+    pub samples: Vec<RawSample<'a>>,
+    /// Location ids of samples not written as one packed field, leaf first.
     pub loc_ids: Vec<u64>,
     /// Values of every sample.
     pub values: Vec<i64>,
@@ -356,9 +362,6 @@ pub fn parse<'a>(data: &'a [u8], limits: &Limits) -> Result<RawProfile<'a>, RawE
         limit: max_entries,
     };
     let mut p = RawProfile::default();
-    // Sample location ids dominate real profiles (about one byte each);
-    // reserving avoids repeated regrowth. Untouched capacity costs no memory.
-    p.loc_ids.reserve(data.len() / 2);
     let mut r = Reader::new(data, 0);
     let mut n_messages: u64 = 0;
     while !r.at_end() {
@@ -461,20 +464,40 @@ fn parse_value_type(m: &[u8], base: usize) -> Result<(i64, i64), RawError> {
     Ok((t, u))
 }
 
-fn parse_sample(
-    m: &[u8],
+fn parse_sample<'a>(
+    m: &'a [u8],
     base: usize,
-    p: &mut RawProfile<'_>,
+    p: &mut RawProfile<'a>,
     budget: &mut Budget,
-) -> Result<RawSample, RawError> {
+) -> Result<RawSample<'a>, RawError> {
     let mut r = Reader::new(m, base);
     let l0 = u32_len(&p.loc_ids);
     let v0 = u32_len(&p.values);
     let lab0 = u32_len(&p.labels);
+    let mut packed: Option<&'a [u8]> = None;
     while !r.at_end() {
         let (f, wt) = r.key()?;
         match f {
-            1 => r.repeated(f, wt, &mut p.loc_ids, |v| v, budget)?,
+            1 if wt == 2 && packed.is_none() && u32_len(&p.loc_ids) == l0 => {
+                let (payload, pbase) = r.bytes()?;
+                // Each varint is at least one byte: this bounds the count.
+                budget.take(payload.len() as u64)?;
+                let mut pr = Reader::new(payload, pbase);
+                while !pr.at_end() {
+                    pr.varint()?;
+                }
+                packed = Some(payload);
+            }
+            1 => {
+                // A second field for the same ids (rare): unpack both.
+                if let Some(pk) = packed.take() {
+                    let mut pr = Reader::new(pk, 0);
+                    while !pr.at_end() {
+                        p.loc_ids.push(pr.varint()?);
+                    }
+                }
+                r.repeated(f, wt, &mut p.loc_ids, |v| v, budget)?
+            }
             2 => r.repeated(f, wt, &mut p.values, |v| v as i64, budget)?,
             3 => {
                 r.expect(f, wt, 2)?;
@@ -499,6 +522,7 @@ fn parse_sample(
     }
     Ok(RawSample {
         locs: (l0, u32_len(&p.loc_ids)),
+        packed_locs: packed.unwrap_or_default(),
         values: (v0, u32_len(&p.values)),
         labels: (lab0, u32_len(&p.labels)),
     })
@@ -635,7 +659,48 @@ impl IdIndex {
     }
 }
 
-impl RawProfile<'_> {
+/// The location ids of a sample ([`RawProfile::sample_locations`]).
+#[derive(Debug, Clone)]
+pub enum SampleLocations<'r> {
+    /// Decoding a validated packed field.
+    Packed(&'r [u8], usize),
+    /// From [`RawProfile::loc_ids`].
+    Unpacked(std::slice::Iter<'r, u64>),
+}
+
+impl Iterator for SampleLocations<'_> {
+    type Item = u64;
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        match self {
+            SampleLocations::Packed(buf, pos) => {
+                let mut v = 0u64;
+                let mut shift = 0;
+                loop {
+                    let &b = buf.get(*pos)?;
+                    *pos += 1;
+                    v |= u64::from(b & 0x7f) << shift;
+                    if b < 0x80 {
+                        return Some(v);
+                    }
+                    shift += 7;
+                }
+            }
+            SampleLocations::Unpacked(it) => it.next().copied(),
+        }
+    }
+}
+
+impl<'a> RawProfile<'a> {
+    /// The location ids of `s` (a sample of this profile), leaf first.
+    pub fn sample_locations<'r>(&'r self, s: &RawSample<'a>) -> SampleLocations<'r> {
+        if s.packed_locs.is_empty() {
+            SampleLocations::Unpacked(self.loc_ids[s.locs.0 as usize..s.locs.1 as usize].iter())
+        } else {
+            SampleLocations::Packed(s.packed_locs, 0)
+        }
+    }
+
     /// The string at `index` (lossy UTF-8), or an error naming `what`.
     pub fn string(&self, index: i64, what: &dyn std::fmt::Display) -> Result<String, String> {
         self.str_bytes(index, what)
@@ -667,7 +732,7 @@ impl RawProfile<'_> {
                 .samples
                 .iter()
                 .map(|s| proto::Sample {
-                    location_id: self.loc_ids[s.locs.0 as usize..s.locs.1 as usize].to_vec(),
+                    location_id: self.sample_locations(s).collect(),
                     value: self.values[s.values.0 as usize..s.values.1 as usize].to_vec(),
                     label: self.labels[s.labels.0 as usize..s.labels.1 as usize]
                         .iter()

@@ -20,8 +20,14 @@ impl std::hash::Hasher for FxHasher {
         for c in &mut chunks {
             self.write_u64(u64::from_le_bytes(c.try_into().expect("8 bytes")));
         }
-        for &b in chunks.remainder() {
-            self.write_u64(u64::from(b));
+        // The tail as one zero-padded little-endian word.
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let w = rest
+                .iter()
+                .enumerate()
+                .fold(0u64, |w, (i, &b)| w | (u64::from(b) << (8 * i)));
+            self.write_u64(w);
         }
     }
     #[inline]

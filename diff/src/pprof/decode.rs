@@ -150,6 +150,7 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
     let n_types = sample_types.len();
     let mut samples = Vec::with_capacity(raw.samples.len());
     let mut label_keys: FxHashMap<i64, String> = FxHashMap::default();
+    let mut loc_buf: Vec<usize> = Vec::with_capacity(128);
     for (si, s) in raw.samples.iter().enumerate() {
         let values = &raw.values[s.values.0 as usize..s.values.1 as usize];
         if values.len() != n_types {
@@ -158,19 +159,20 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
                 values.len()
             ));
         }
-        let ids = &raw.loc_ids[s.locs.0 as usize..s.locs.1 as usize];
+        // Location indexes into a reused buffer, then one exact allocation.
+        loc_buf.clear();
         let mut depth = 0usize;
-        for &id in ids {
+        for id in raw.sample_locations(s) {
             let li = lidx.get(id).ok_or_else(|| {
                 format!("sample {si} refers to location id {id} which does not exist")
             })?;
             let (a, b) = loc_ranges[li];
             depth += (b - a) as usize;
+            loc_buf.push(li);
         }
         let mut stack = Vec::with_capacity(depth);
-        for &id in ids {
-            // Checked in the loop above.
-            let (a, b) = loc_ranges[lidx.get(id).unwrap_or_default()];
+        for &li in &loc_buf {
+            let (a, b) = loc_ranges[li];
             stack.extend_from_slice(&loc_frames[a as usize..b as usize]);
         }
         let mut labels = Vec::new();
