@@ -53,22 +53,8 @@ pub use profiler_pprof::{gunzip_bounded, is_gzip};
 
 /// Decodes a profile from bytes in any supported encoding (see the module docs).
 pub fn decode_bytes(data: &[u8], limits: &Limits) -> Result<(Profile, Encoding), DecodeError> {
-    if data.len() as u64 > limits.max_input_bytes {
-        return Err(DecodeError::TooLarge {
-            size: data.len() as u64,
-            limit: limits.max_input_bytes,
-        });
-    }
-    let unzipped;
-    let data = if is_gzip(data) {
-        unzipped = gunzip_bounded(data, limits.max_decompressed_bytes)?;
-        &unzipped[..]
-    } else {
-        data
-    };
-    if data.is_empty() {
-        return Err(DecodeError::Empty);
-    }
+    let data = profiler_pprof::decompress(data, limits)?;
+    let data = &data[..];
     let wire_err = match crate::pprof::decode_raw(data, limits) {
         Ok(p) => return Ok((p, Encoding::Pprof)),
         Err(RawError::Limit(e)) => return Err(e),

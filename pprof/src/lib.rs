@@ -152,27 +152,37 @@ pub fn gunzip_into(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), Dec
     Ok(())
 }
 
-/// Decodes gzip'd or raw pprof protobuf into the lossless model, bounded
-/// by `limits`. References between messages (ids, string indexes) are
-/// kept as they are; [`Merger::add`] checks them.
-pub fn decode(data: &[u8], limits: &Limits) -> Result<proto::Profile, DecodeError> {
+/// The raw bytes of an input: its size checked against
+/// [`Limits::max_input_bytes`], gunzipped (bounded by
+/// [`Limits::max_decompressed_bytes`]) when it starts with the gzip magic,
+/// and an empty result rejected. Every reader starts here.
+pub fn decompress<'a>(
+    data: &'a [u8],
+    limits: &Limits,
+) -> Result<std::borrow::Cow<'a, [u8]>, DecodeError> {
     if data.len() as u64 > limits.max_input_bytes {
         return Err(DecodeError::TooLarge {
             size: data.len() as u64,
             limit: limits.max_input_bytes,
         });
     }
-    let unzipped;
     let data = if is_gzip(data) {
-        unzipped = gunzip_bounded(data, limits.max_decompressed_bytes)?;
-        &unzipped[..]
+        std::borrow::Cow::Owned(gunzip_bounded(data, limits.max_decompressed_bytes)?)
     } else {
-        data
+        std::borrow::Cow::Borrowed(data)
     };
     if data.is_empty() {
         return Err(DecodeError::Empty);
     }
-    Ok(decode::parse(data, limits)
+    Ok(data)
+}
+
+/// Decodes gzip'd or raw pprof protobuf into the lossless model, bounded
+/// by `limits`. References between messages (ids, string indexes) are
+/// kept as they are; [`Merger::add`] checks them.
+pub fn decode(data: &[u8], limits: &Limits) -> Result<proto::Profile, DecodeError> {
+    let data = decompress(data, limits)?;
+    Ok(decode::parse(&data, limits)
         .map_err(decode::RawError::into_decode_error)?
         .to_proto())
 }

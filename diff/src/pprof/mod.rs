@@ -21,15 +21,6 @@ use crate::profile::Profile;
 
 /// Decodes pprof protobuf only (gzip'd or raw), not the legacy formats.
 pub fn decode(data: &[u8], limits: &Limits) -> Result<Profile, DecodeError> {
-    let unzipped;
-    let data = if crate::input::is_gzip(data) {
-        unzipped = crate::input::gunzip_bounded(data, limits.max_decompressed_bytes)?;
-        &unzipped[..]
-    } else {
-        data
-    };
-    if data.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    decode_raw(data, limits).map_err(|e| e.into_decode_error())
+    let data = profiler_pprof::decompress(data, limits)?;
+    decode_raw(&data, limits).map_err(|e| e.into_decode_error())
 }
