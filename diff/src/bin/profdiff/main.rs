@@ -284,7 +284,12 @@ fn run_compare(
         let cand = cand.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (base, cand)
     });
-    let (base, cand) = (base?, cand?);
+    // Never freed: the process ends after the reports, and freeing millions
+    // of small stacks one by one only costs time.
+    let (base, cand) = (
+        std::mem::ManuallyDrop::new(base?),
+        std::mem::ManuallyDrop::new(cand?),
+    );
     let bref: Vec<(String, &Profile)> = base.iter().map(|(n, p)| (n.clone(), p)).collect();
     let cref: Vec<(String, &Profile)> = cand.iter().map(|(n, p)| (n.clone(), p)).collect();
     let mut gate = Gate::new(bref, cref, &norm, a.sample_type.clone());
