@@ -61,23 +61,32 @@ pub(crate) trait LineLike {
     fn column(&self) -> i64;
 }
 
-impl LineLike for FrameLine {
-    fn function(&self) -> &str {
-        &self.function
-    }
-    fn system_name(&self) -> &str {
-        &self.system_name
-    }
-    fn file(&self) -> &str {
-        &self.file
-    }
-    fn line(&self) -> i64 {
-        self.line
-    }
-    fn column(&self) -> i64 {
-        self.column
-    }
+/// Implements [`LineLike`] for a struct with fields `function`,
+/// `system_name`, `file` (anything that derefs to `str`), `line`, `column`.
+macro_rules! impl_line_like {
+    ($t:ty) => {
+        impl $crate::pprof::LineLike for $t {
+            fn function(&self) -> &str {
+                &self.function
+            }
+            fn system_name(&self) -> &str {
+                &self.system_name
+            }
+            fn file(&self) -> &str {
+                &self.file
+            }
+            fn line(&self) -> i64 {
+                self.line
+            }
+            fn column(&self) -> i64 {
+                self.column
+            }
+        }
+    };
 }
+pub(crate) use impl_line_like;
+
+impl_line_like!(FrameLine);
 
 /// A resolved stack frame.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -247,6 +256,14 @@ impl ProfileBuilder {
         })
     }
 
+    /// The location ids of resolved frames (leaf first).
+    fn locations(&mut self, frames: &[ResolvedFrame]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| self.location(f.mapping, f.address, &f.lines))
+            .collect()
+    }
+
     /// Add a CPU sample (location ids leaf first): values `count` and
     /// `count * period`, label `thread`; merged with an earlier sample of
     /// the same stack and labels.
@@ -307,11 +324,7 @@ pub fn build_profile_from_resolved(
 ) -> Profile {
     let mut b = ProfileBuilder::new(meta, mappings.len());
     for s in samples {
-        let ids = s
-            .frames
-            .iter()
-            .map(|f| b.location(f.mapping, f.address, &f.lines))
-            .collect();
+        let ids = b.locations(&s.frames);
         b.sample(ids, s.pid, &s.thread, s.count);
     }
     b.finish(mappings)
@@ -330,11 +343,7 @@ pub fn build_profile(
 ) -> Profile {
     let mut b = ProfileBuilder::with_shape(shape, meta, mappings.len());
     for s in samples {
-        let ids = s
-            .frames
-            .iter()
-            .map(|f| b.location(f.mapping, f.address, &f.lines))
-            .collect();
+        let ids = b.locations(&s.frames);
         b.sample_values(ids, s.pid, &s.labels, &s.values);
     }
     b.finish(mappings)
