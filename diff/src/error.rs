@@ -7,53 +7,9 @@
 
 use std::path::PathBuf;
 
-/// What went wrong decoding a buffer, independent of where it came from.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// The input has no bytes at all.
-    #[error("empty input")]
-    Empty,
-    /// No reader recognized the bytes; the detail is the protobuf decoder's complaint.
-    #[error("not a pprof profile: {0} (expected gzip'd or raw pprof, legacy text/binary, or folded stacks)")]
-    NotAProfile(String),
-    /// The protobuf decoded but its content is inconsistent (bad id, bad string index, ...).
-    #[error("malformed pprof profile: {0}")]
-    MalformedPprof(String),
-    /// A legacy format was recognized by its header but its body is malformed.
-    #[error("malformed {format} profile: {detail}")]
-    MalformedLegacy {
-        /// Which legacy format, e.g. `legacy heap`.
-        format: &'static str,
-        /// What is wrong, with the line number where known.
-        detail: String,
-    },
-    /// The gzip stream is corrupt.
-    #[error("corrupt gzip stream: {0}")]
-    Gzip(String),
-    /// Decompressing would exceed the configured limit (a decompression bomb, or a limit set too low).
-    #[error("decompressed size exceeds the limit of {limit} bytes (decompression bomb?); raise Limits::max_decompressed_bytes if the profile is genuine")]
-    DecompressionBomb {
-        /// The limit in bytes.
-        limit: u64,
-    },
-    /// The input is larger than the configured limit.
-    #[error("input is {size} bytes, more than the limit of {limit} bytes")]
-    TooLarge {
-        /// Size of the input in bytes.
-        size: u64,
-        /// The limit in bytes.
-        limit: u64,
-    },
-    /// A repeated field has more entries than the configured limit.
-    #[error("too many {what}: more than the limit of {limit}")]
-    TooMany {
-        /// What was counted (`samples`, `locations`, ...).
-        what: &'static str,
-        /// The limit.
-        limit: u64,
-    },
-}
+/// What went wrong decoding a buffer (defined by the pprof crate, which
+/// every reader of the workspace shares).
+pub use profiler_pprof::DecodeError;
 
 /// An error loading or using a profile file; `Display` names the file.
 #[derive(Debug, thiserror::Error)]

@@ -28,42 +28,15 @@
 //! least one byte on the wire). Use [`load_profile_with`] to change them.
 
 use std::fs;
-use std::io::Read;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use profiler_pprof::decode::RawError;
+
 use crate::error::{DecodeError, InputError};
-use crate::pprof::decode::RawError;
 use crate::profile::Profile;
 
-/// Bounds on what a decoder accepts, so hostile input fails fast instead
-/// of exhausting memory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest input file (or buffer), in bytes.
-    pub max_input_bytes: u64,
-    /// Largest decompressed size of a gzip'd input, in bytes.
-    pub max_decompressed_bytes: u64,
-    /// Most samples in one profile.
-    pub max_samples: u64,
-    /// Most top-level protobuf messages (samples, locations, functions,
-    /// mappings, strings, sample types together).
-    pub max_messages: u64,
-    /// Most repeated entries (sample location ids, values, labels, location
-    /// lines, comments together).
-    pub max_entries: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_input_bytes: 1 << 30,
-            max_decompressed_bytes: 512 << 20,
-            max_samples: 50_000_000,
-            max_messages: 100_000_000,
-            max_entries: 400_000_000,
-        }
-    }
-}
+pub use profiler_pprof::Limits;
 
 /// The encoding a profile was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,43 +49,13 @@ pub enum Encoding {
     Folded,
 }
 
-/// Returns true when `data` starts with the gzip magic bytes.
-pub fn is_gzip(data: &[u8]) -> bool {
-    data.len() >= 2 && data[0] == 0x1f && data[1] == 0x8b
-}
-
-/// Decompresses gzip (all members), failing beyond `limit` bytes.
-pub fn gunzip_bounded(data: &[u8], limit: u64) -> Result<Vec<u8>, DecodeError> {
-    let mut out = Vec::with_capacity((data.len() * 4).min(limit as usize));
-    let dec = flate2::read::MultiGzDecoder::new(data);
-    dec.take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Gzip(e.to_string()))?;
-    if out.len() as u64 > limit {
-        return Err(DecodeError::DecompressionBomb { limit });
-    }
-    Ok(out)
-}
+pub use profiler_pprof::{gunzip_bounded, is_gzip};
 
 /// Decodes a profile from bytes in any supported encoding (see the module docs).
 pub fn decode_bytes(data: &[u8], limits: &Limits) -> Result<(Profile, Encoding), DecodeError> {
-    if data.len() as u64 > limits.max_input_bytes {
-        return Err(DecodeError::TooLarge {
-            size: data.len() as u64,
-            limit: limits.max_input_bytes,
-        });
-    }
-    let unzipped;
-    let data = if is_gzip(data) {
-        unzipped = gunzip_bounded(data, limits.max_decompressed_bytes)?;
-        &unzipped[..]
-    } else {
-        data
-    };
-    if data.is_empty() {
-        return Err(DecodeError::Empty);
-    }
-    let wire_err = match crate::pprof::decode::decode_raw(data, limits) {
+    let data = profiler_pprof::decompress(data, limits)?;
+    let data = &data[..];
+    let wire_err = match crate::pprof::decode_raw(data, limits) {
         Ok(p) => return Ok((p, Encoding::Pprof)),
         Err(RawError::Limit(e)) => return Err(e),
         Err(RawError::Concatenated) => {
@@ -263,22 +206,52 @@ pub fn load_many_with(
     paths: &[PathBuf],
     limits: &Limits,
 ) -> Result<Vec<(PathBuf, Profile)>, InputError> {
-    let mut out = Vec::new();
+    let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let files = scan_dir(p)?;
-            if files.is_empty() {
+            let found = scan_dir(p)?;
+            if found.is_empty() {
                 return Err(InputError::EmptyDirectory { path: p.clone() });
             }
-            for f in files {
-                let prof = load_profile_with(&f, limits)?;
-                out.push((f, prof));
-            }
+            files.extend(found);
         } else {
-            out.push((p.clone(), load_profile_with(p, limits)?));
+            files.push(p.clone());
         }
     }
-    Ok(out)
+    // Files decode on up to one thread per core; results (and the error
+    // reported, the first in file order) do not depend on the scheduling.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    let mut loaded: Vec<Option<Result<Profile, InputError>>> =
+        (0..files.len()).map(|_| None).collect();
+    if threads <= 1 {
+        for (slot, f) in loaded.iter_mut().zip(&files) {
+            *slot = Some(load_profile_with(f, limits));
+        }
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(&mut loaded);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(f) = files.get(i) else { break };
+                    let r = load_profile_with(f, limits);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                });
+            }
+        });
+    }
+    files
+        .into_iter()
+        .zip(loaded)
+        .map(|(f, r)| {
+            // Every slot is filled above; a missing one is loaded here.
+            let r = r.unwrap_or_else(|| load_profile_with(&f, limits));
+            r.map(|p| (f, p))
+        })
+        .collect()
 }
 
 /// Chooses a sample type, returning its index into `sample_types`.

@@ -25,7 +25,7 @@
 //! `[kernel]`).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 
 use regex::Regex;
 
@@ -360,38 +360,9 @@ impl Normalizer {
     }
 }
 
-/// FxHash: fast non-cryptographic hashing for integer keys.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(b));
-        }
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.add(i as u64);
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-}
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
+/// FxHash: fast non-cryptographic hashing for integer keys (the pprof
+/// crate's, shared by the decoder and the comparison).
+pub use profiler_pprof::hash::FxHasher;
 
 /// A `HashMap` with [`FxHasher`].
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
@@ -541,14 +512,31 @@ pub fn reduce(
     let opts = norm.options();
     // Per-frame function id (None = dropped kernel frame).
     let mut frame_func: Vec<Option<FuncId>> = Vec::with_capacity(p.frames.len());
+    // Frames differing only by line or address normalize alike: normalize
+    // each (function, mapping, file) once (the address matters only for
+    // unnamed frames).
+    let mut memo: FxMap<(&str, &str, &str, u64), FuncId> = FxMap::default();
     for f in &p.frames {
         if opts.no_kernel && f.kind == FrameKind::Kernel {
             frame_func.push(None);
             continue;
         }
-        let name = norm.function_name(f);
-        let file = norm.file(f);
-        frame_func.push(Some(table.intern(name, file)));
+        let addr = if f.function.is_empty() { f.address } else { 0 };
+        let key = (
+            f.function.as_str(),
+            f.mapping.as_str(),
+            f.file.as_str(),
+            addr,
+        );
+        let id = match memo.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = table.intern(norm.function_name(f), norm.file(f));
+                memo.insert(key, id);
+                id
+            }
+        };
+        frame_func.push(Some(id));
     }
     // Per-function flags (table may hold functions from other profiles).
     let n = table.len();

@@ -8,7 +8,7 @@
 //! cum; or cum, name, flat with `by_cum`). Values are formatted with
 //! pprof's unit scaling ([`format_value`]).
 
-use crate::pprof::decode::FxHashMap;
+use profiler_pprof::hash::FxHashMap;
 use std::fmt::Write as _;
 
 use crate::profile::{FrameId, Profile, ValueType};

@@ -1,8 +1,16 @@
-//! Every profile of the shared pprof corpus, against `go tool pprof`.
+//! Every profile of the pprof corpus, against `go tool pprof`.
 //!
-//! The corpus (`/work/shared/corpus/pprof`, or `$PROFDIFF_CORPUS`) has a
-//! `MANIFEST.tsv` with, per file, whether `go tool pprof` (Go 1.23) parses
-//! it and the per-sample-type totals it decodes. For every row:
+//! Two corpora, each a directory with a `MANIFEST.tsv` holding, per file,
+//! whether `go tool pprof` (Go 1.23) parses it and the per-sample-type
+//! totals it decodes:
+//!
+//! - the in-repo subset, `tests/data/corpus/` (76 permissively licensed
+//!   files covering every format and producer the reader handles; sources
+//!   and licences in its `NOTICE.md`), always;
+//! - the full shared corpus (128 files, `../shared/corpus/pprof` beside the
+//!   repository, or `$PROFDIFF_CORPUS`), in addition when it is present.
+//!
+//! Each test says on stderr which corpora it ran. For every row:
 //!
 //! - `go_pprof_parses=yes`: we must load it and our totals, per sample type
 //!   in order, must equal `decoded_totals` exactly, and our sample type
@@ -14,13 +22,60 @@
 //!
 //! Failures are collected and reported together.
 
-use std::path::PathBuf;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
-fn corpus_dir() -> PathBuf {
-    if let Ok(d) = std::env::var("PROFDIFF_CORPUS") {
-        return PathBuf::from(d);
+/// A corpus directory and the number of rows its manifest must list.
+struct Corpus {
+    name: &'static str,
+    dir: PathBuf,
+    rows: usize,
+}
+
+/// The in-repo subset always, the shared corpus when present. An explicit
+/// `$PROFDIFF_CORPUS` that does not exist is an error, not a skip.
+fn corpora() -> Vec<Corpus> {
+    let mut out = vec![Corpus {
+        name: "in-repo subset (tests/data/corpus)",
+        dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/corpus"),
+        rows: 76,
+    }];
+    let shared = match std::env::var("PROFDIFF_CORPUS") {
+        Ok(d) => {
+            let d = PathBuf::from(d);
+            assert!(
+                d.join("MANIFEST.tsv").is_file(),
+                "PROFDIFF_CORPUS={} has no MANIFEST.tsv",
+                d.display()
+            );
+            Some(d)
+        }
+        Err(_) => Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pprof"))
+            .filter(|d| d.join("MANIFEST.tsv").is_file()),
+    };
+    if let Some(dir) = shared {
+        out.push(Corpus {
+            name: "full shared corpus",
+            dir,
+            rows: 128,
+        });
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pprof")
+    out
+}
+
+/// Tells which corpora ran, on stderr even when the harness captures output.
+fn say(test: &str, ran: &[Corpus]) {
+    let names: Vec<String> = ran
+        .iter()
+        .map(|c| format!("{} ({} files, {})", c.name, c.rows, c.dir.display()))
+        .collect();
+    let mut line = format!("{test}: ran {}", names.join(" and "));
+    if ran.len() == 1 {
+        line.push_str(
+            "; the full shared corpus is absent (../shared/corpus/pprof or $PROFDIFF_CORPUS)",
+        );
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 struct Row {
@@ -31,8 +86,7 @@ struct Row {
     notes: String,
 }
 
-fn manifest() -> Vec<Row> {
-    let dir = corpus_dir();
+fn manifest(dir: &Path) -> Vec<Row> {
     let text = std::fs::read_to_string(dir.join("MANIFEST.tsv"))
         .unwrap_or_else(|e| panic!("cannot read {}/MANIFEST.tsv: {e}", dir.display()));
     let mut lines = text.lines();
@@ -73,9 +127,23 @@ fn manifest() -> Vec<Row> {
 
 #[test]
 fn corpus_totals_match_go_tool_pprof() {
-    let rows = manifest();
-    assert_eq!(rows.len(), 128, "the manifest should list 128 profiles");
-    let dir = corpus_dir();
+    let corpora = corpora();
+    for c in &corpora {
+        check_totals(c);
+    }
+    say("corpus_totals_match_go_tool_pprof", &corpora);
+}
+
+fn check_totals(c: &Corpus) {
+    let rows = manifest(&c.dir);
+    assert_eq!(
+        rows.len(),
+        c.rows,
+        "the manifest of the {} should list {} profiles",
+        c.name,
+        c.rows
+    );
+    let dir = &c.dir;
     let mut failures = Vec::new();
     let (mut ok_yes, mut ok_no) = (0, 0);
     for row in &rows {
@@ -129,32 +197,41 @@ fn corpus_totals_match_go_tool_pprof() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} corpus files mismatch:\n{}",
+        "{}: {} of {} corpus files mismatch:\n{}",
+        c.name,
         failures.len(),
         rows.len(),
         failures.join("\n")
     );
-    assert_eq!(ok_yes + ok_no, 128);
+    assert_eq!(ok_yes + ok_no, c.rows);
 }
 
 #[test]
 fn corpus_directory_load_skips_manifest_and_sorts() {
     // Loading a directory of the corpus: the MANIFEST is skipped, files come sorted.
-    let dir = corpus_dir().join("jerrinot__ap-query");
-    let loaded = diff::input::load_many(&[dir]).expect("load directory");
-    let names: Vec<_> = loaded.iter().map(|(p, _)| p.clone()).collect();
-    let mut sorted = names.clone();
-    sorted.sort();
-    assert_eq!(names, sorted);
-    assert_eq!(loaded.len(), 5);
+    let corpora = corpora();
+    for c in &corpora {
+        let dir = c.dir.join("jerrinot__ap-query");
+        let loaded = diff::input::load_many(&[dir]).expect("load directory");
+        let names: Vec<_> = loaded.iter().map(|(p, _)| p.clone()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        assert_eq!(loaded.len(), 5);
+    }
+    say("corpus_directory_load_skips_manifest_and_sorts", &corpora);
 }
 
 #[test]
 fn corpus_round_trips_through_our_encoder() {
     // Every profile we accept re-encodes to pprof that decodes to the same totals and stacks.
-    let dir = corpus_dir();
+    let corpora = corpora();
     let mut failures = Vec::new();
-    for row in manifest().iter().filter(|r| r.parses) {
+    for (dir, row) in corpora
+        .iter()
+        .flat_map(|c| manifest(&c.dir).into_iter().map(|r| (&c.dir, r)))
+        .filter(|(_, r)| r.parses)
+    {
         let p = diff::input::load_profile(dir.join(&row.path)).expect("loads (checked above)");
         // Raw protobuf: gzip is covered elsewhere and slow in debug builds.
         let bytes = diff::pprof::encode_raw(&p);
@@ -182,4 +259,43 @@ fn corpus_round_trips_through_our_encoder() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    say("corpus_round_trips_through_our_encoder", &corpora);
+}
+
+#[test]
+fn in_repo_corpus_lists_every_file_and_stays_small() {
+    // Every file carried in the repository has a manifest row and a NOTICE
+    // entry (source and licence), and the subset stays under 3 MB.
+    let c = &corpora()[0];
+    let notice = std::fs::read_to_string(c.dir.join("NOTICE.md")).expect("NOTICE.md");
+    let rows = manifest(&c.dir);
+    let mut total = 0u64;
+    let mut files = Vec::new();
+    for repo in std::fs::read_dir(&c.dir).expect("corpus dir").flatten() {
+        if !repo.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(repo.path()).expect("repo dir").flatten() {
+            total += f.metadata().expect("metadata").len();
+            files.push(format!(
+                "{}/{}",
+                repo.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            ));
+        }
+    }
+    files.sort();
+    let mut listed: Vec<String> = rows.iter().map(|r| r.path.clone()).collect();
+    listed.sort();
+    assert_eq!(files, listed, "files and MANIFEST.tsv rows differ");
+    for f in &files {
+        assert!(
+            notice.contains(&format!("`{f}`")),
+            "{f} is not in NOTICE.md"
+        );
+    }
+    assert!(
+        total <= 3 << 20,
+        "in-repo corpus is {total} bytes, over 3 MiB"
+    );
 }

@@ -3,7 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A corpus file: from the in-repo subset (`tests/data/corpus`), else from
+/// `$PROFDIFF_CORPUS` or the shared corpus beside the repository.
 fn corpus(rel: &str) -> PathBuf {
+    let in_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/corpus")
+        .join(rel);
+    if in_repo.exists() {
+        return in_repo;
+    }
     std::env::var_os("PROFDIFF_CORPUS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

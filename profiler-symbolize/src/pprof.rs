@@ -1,16 +1,18 @@
-//! Building pprof profiles from resolved frames, writing them, and a
-//! canonical text dump for reference tests.
+//! Building pprof profiles from resolved frames. Ids, interning and
+//! merging are the `profiler-pprof` crate's [`Builder`]; writing
+//! ([`write_pprof_gz`]) and the canonical text dump ([`canonical_text`])
+//! are that crate's too, re-exported.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
-use diff::pprof::proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
-use prost::Message as _;
+use profiler_pprof::proto::{Mapping, Profile};
+use profiler_pprof::{Builder, LabelSpec, LineSpec};
 
 use crate::ProfileMeta;
+
+pub use profiler_pprof::canonical_text;
 
 /// A binary (or the kernel) as it appears in a pprof `Mapping`.
 ///
@@ -59,23 +61,32 @@ pub(crate) trait LineLike {
     fn column(&self) -> i64;
 }
 
-impl LineLike for FrameLine {
-    fn function(&self) -> &str {
-        &self.function
-    }
-    fn system_name(&self) -> &str {
-        &self.system_name
-    }
-    fn file(&self) -> &str {
-        &self.file
-    }
-    fn line(&self) -> i64 {
-        self.line
-    }
-    fn column(&self) -> i64 {
-        self.column
-    }
+/// Implements [`LineLike`] for a struct with fields `function`,
+/// `system_name`, `file` (anything that derefs to `str`), `line`, `column`.
+macro_rules! impl_line_like {
+    ($t:ty) => {
+        impl $crate::pprof::LineLike for $t {
+            fn function(&self) -> &str {
+                &self.function
+            }
+            fn system_name(&self) -> &str {
+                &self.system_name
+            }
+            fn file(&self) -> &str {
+                &self.file
+            }
+            fn line(&self) -> i64 {
+                self.line
+            }
+            fn column(&self) -> i64 {
+                self.column
+            }
+        }
+    };
 }
+pub(crate) use impl_line_like;
+
+impl_line_like!(FrameLine);
 
 /// A resolved stack frame.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -168,47 +179,14 @@ pub struct ProfileSample {
     pub labels: Vec<(String, String)>,
 }
 
-#[derive(Default)]
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
-}
-
-impl Strings {
-    fn new() -> Self {
-        let mut s = Self::default();
-        s.intern("");
-        s
-    }
-
-    fn intern(&mut self, v: &str) -> i64 {
-        if let Some(&i) = self.index.get(v) {
-            return i;
-        }
-        let i = self.table.len() as i64;
-        self.table.push(v.to_string());
-        self.index.insert(v.to_string(), i);
-        i
-    }
-}
-
-/// What merges samples: location ids, pid, string labels (interned).
-type SampleKey = (Vec<u64>, u32, Vec<(i64, i64)>);
-
-/// Incremental construction of a profile; the crate's one place that
-/// assigns ids and interns strings.
+/// Incremental construction of a profile for the symbolizer: mapping
+/// indexes known up front (their descriptions given at [`Self::finish`]),
+/// locations keyed by (mapping, address) with the lines of the first frame
+/// seen, numeric label `pid` first.
 pub(crate) struct ProfileBuilder {
-    s: Strings,
-    p: Profile,
+    b: Builder,
     period: i64,
     mapping_count: usize,
-    has_fn: Vec<bool>,
-    has_ln: Vec<bool>,
-    has_inl: Vec<bool>,
-    /// (name, system name, file) string ids to function id.
-    functions: HashMap<(i64, i64, i64), u64>,
-    locations: HashMap<(u64, u64), u64>,
-    merged: HashMap<SampleKey, usize>,
 }
 
 impl ProfileBuilder {
@@ -224,46 +202,33 @@ impl ProfileBuilder {
         meta: &ProfileMeta,
         mapping_count: usize,
     ) -> Self {
-        let mut s = Strings::new();
-        let sample_type = shape
+        let types: Vec<(&str, &str)> = shape
             .sample_types
             .iter()
-            .map(|(t, u)| ValueType {
-                r#type: s.intern(t),
-                unit: s.intern(u),
-            })
+            .map(|(t, u)| (t.as_str(), u.as_str()))
             .collect();
-        let period_type = Some(ValueType {
-            r#type: s.intern(&shape.period_type.0),
-            unit: s.intern(&shape.period_type.1),
-        });
-        let mut p = Profile {
-            sample_type,
-            period_type,
-            period: shape.period,
-            ..Default::default()
-        };
-        if let Some(d) = &shape.default_sample_type {
-            p.default_sample_type = s.intern(d);
-        }
-        p.time_nanos = meta
+        let mut b = Builder::new(&types);
+        b.set_period(
+            Some((&shape.period_type.0, &shape.period_type.1)),
+            shape.period,
+        );
+        b.set_default_sample_type(shape.default_sample_type.as_deref());
+        let time = meta
             .start
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        p.duration_nanos = i64::try_from(meta.duration.as_nanos()).unwrap_or(i64::MAX);
-        p.comment = meta.comments.iter().map(|c| s.intern(c)).collect();
+        b.set_time(
+            time,
+            i64::try_from(meta.duration.as_nanos()).unwrap_or(i64::MAX),
+        );
+        for c in &meta.comments {
+            b.comment(c);
+        }
         Self {
-            s,
-            p,
+            b,
             period: shape.period,
             mapping_count,
-            has_fn: vec![false; mapping_count],
-            has_ln: vec![false; mapping_count],
-            has_inl: vec![false; mapping_count],
-            functions: HashMap::new(),
-            locations: HashMap::new(),
-            merged: HashMap::new(),
         }
     }
 
@@ -279,52 +244,24 @@ impl ProfileBuilder {
             Some(i) if i < self.mapping_count => i as u64 + 1,
             _ => 0,
         };
-        if let Some(&id) = self.locations.get(&(mapping_id, address)) {
-            return id;
-        }
-        let mut out = Vec::with_capacity(lines.len());
-        for l in lines {
-            let (name, system_name, filename) = (
-                self.s.intern(l.function()),
-                self.s.intern(l.system_name()),
-                self.s.intern(l.file()),
-            );
-            let next = self.functions.len() as u64 + 1;
-            let fid = *self
-                .functions
-                .entry((name, system_name, filename))
-                .or_insert_with(|| {
-                    self.p.function.push(Function {
-                        id: next,
-                        name,
-                        system_name,
-                        filename,
-                        start_line: 0,
-                    });
-                    next
-                });
-            out.push(Line {
-                function_id: fid,
-                line: l.line(),
-                column: l.column(),
-            });
-        }
-        if mapping_id != 0 {
-            let m = (mapping_id - 1) as usize;
-            self.has_fn[m] |= !lines.is_empty();
-            self.has_ln[m] |= lines.iter().any(|l| l.line() != 0);
-            self.has_inl[m] |= lines.len() > 1;
-        }
-        let id = self.p.location.len() as u64 + 1;
-        self.p.location.push(Location {
-            id,
-            mapping_id,
-            address,
-            line: out,
-            is_folded: false,
-        });
-        self.locations.insert((mapping_id, address), id);
-        id
+        self.b.location_at(mapping_id, address, |b| {
+            lines
+                .iter()
+                .map(|l| LineSpec {
+                    function_id: b.function(l.function(), l.system_name(), l.file(), 0),
+                    line: l.line(),
+                    column: l.column(),
+                })
+                .collect()
+        })
+    }
+
+    /// The location ids of resolved frames (leaf first).
+    fn locations(&mut self, frames: &[ResolvedFrame]) -> Vec<u64> {
+        frames
+            .iter()
+            .map(|f| self.location(f.mapping, f.address, &f.lines))
+            .collect()
     }
 
     /// Add a CPU sample (location ids leaf first): values `count` and
@@ -346,53 +283,30 @@ impl ProfileBuilder {
         labels: &[(K, V)],
         values: &[i64],
     ) {
-        let interned: Vec<(i64, i64)> = labels
-            .iter()
-            .map(|(k, v)| (self.s.intern(k.as_ref()), self.s.intern(v.as_ref())))
-            .collect();
-        let key = (location_ids, pid, interned);
-        if let Some(&i) = self.merged.get(&key) {
-            for (v, add) in self.p.sample[i].value.iter_mut().zip(values) {
-                *v = v.saturating_add(*add);
-            }
-            return;
-        }
-        let mut label = vec![Label {
-            key: self.s.intern("pid"),
-            num: i64::from(pid),
-            ..Default::default()
-        }];
-        label.extend(key.2.iter().map(|&(key, str)| Label {
-            key,
-            str,
-            ..Default::default()
-        }));
-        self.p.sample.push(Sample {
-            location_id: key.0.clone(),
-            value: values.to_vec(),
-            label,
-        });
-        self.merged.insert(key, self.p.sample.len() - 1);
+        let mut all = Vec::with_capacity(labels.len() + 1);
+        all.push(LabelSpec::Num("pid", i64::from(pid), ""));
+        all.extend(
+            labels
+                .iter()
+                .map(|(k, v)| LabelSpec::Str(k.as_ref(), v.as_ref())),
+        );
+        self.b.sample(location_ids, &all, values);
     }
 
-    /// Emit the mappings (ids 1.. in order) and the string table.
+    /// Emit the mappings (ids 1.. in order, `has_*` flags from their
+    /// locations).
     pub(crate) fn finish(mut self, mappings: &[MappingDesc]) -> Profile {
-        for (i, m) in mappings.iter().enumerate().take(self.mapping_count) {
-            self.p.mapping.push(Mapping {
-                id: i as u64 + 1,
+        for m in mappings.iter().take(self.mapping_count) {
+            let wire = Mapping {
                 memory_start: m.memory_start,
                 memory_limit: m.memory_limit,
                 file_offset: m.file_offset,
-                filename: self.s.intern(&m.path),
-                build_id: self.s.intern(&m.build_id),
-                has_functions: self.has_fn[i],
-                has_filenames: self.has_ln[i],
-                has_line_numbers: self.has_ln[i],
-                has_inline_frames: self.has_inl[i],
-            });
+                ..Default::default()
+            };
+            self.b.push_mapping(&wire, &m.path, &m.build_id);
         }
-        self.p.string_table = self.s.table;
-        self.p
+        self.b.derive_mapping_flags();
+        self.b.finish()
     }
 }
 
@@ -410,11 +324,7 @@ pub fn build_profile_from_resolved(
 ) -> Profile {
     let mut b = ProfileBuilder::new(meta, mappings.len());
     for s in samples {
-        let ids = s
-            .frames
-            .iter()
-            .map(|f| b.location(f.mapping, f.address, &f.lines))
-            .collect();
+        let ids = b.locations(&s.frames);
         b.sample(ids, s.pid, &s.thread, s.count);
     }
     b.finish(mappings)
@@ -433,11 +343,7 @@ pub fn build_profile(
 ) -> Profile {
     let mut b = ProfileBuilder::with_shape(shape, meta, mappings.len());
     for s in samples {
-        let ids = s
-            .frames
-            .iter()
-            .map(|f| b.location(f.mapping, f.address, &f.lines))
-            .collect();
+        let ids = b.locations(&s.frames);
         b.sample_values(ids, s.pid, &s.labels, &s.values);
     }
     b.finish(mappings)
@@ -445,163 +351,9 @@ pub fn build_profile(
 
 /// Write `profile` as gzip'd protobuf to `path`, atomically: the bytes go
 /// to a temporary file in the same directory, which is synced and then
-/// renamed over `path`.
+/// renamed over `path` ([`profiler_pprof::write_gzip_atomic`]).
 pub fn write_pprof_gz(profile: &Profile, path: &Path) -> io::Result<()> {
-    let bytes = profile.encode_to_vec();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name")
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let file = std::fs::File::create(&tmp)?;
-        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-        gz.write_all(&bytes)?;
-        let file = gz.finish()?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// A deterministic text dump of a profile for reference tests, in the
-/// spirit of google/pprof's `Profile.String()` but independent of id
-/// assignment and order: header fields, mappings sorted by file name,
-/// then samples sorted by their rendered text, each sample listing its
-/// frames leaf first as `address mapping-file function file:line`, with
-/// inlined functions joined by ` <- ` (innermost first). Addresses are
-/// printed as stored (normalized ELF addresses for mapped frames).
-pub fn canonical_text(p: &Profile) -> String {
-    let st = |i: i64| -> &str {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| p.string_table.get(i))
-            .map(String::as_str)
-            .unwrap_or("?")
-    };
-    let vt = |v: &ValueType| format!("{}/{}", st(v.r#type), st(v.unit));
-    let mut out = String::new();
-    let types: Vec<String> = p.sample_type.iter().map(vt).collect();
-    let _ = writeln!(out, "sample_types: {}", types.join(" "));
-    let _ = writeln!(
-        out,
-        "period_type: {} period: {}",
-        p.period_type.as_ref().map(vt).unwrap_or_default(),
-        p.period
-    );
-    let _ = writeln!(
-        out,
-        "time_nanos: {} duration_nanos: {}",
-        p.time_nanos, p.duration_nanos
-    );
-    for c in &p.comment {
-        let _ = writeln!(out, "comment: {}", st(*c));
-    }
-    let mappings: HashMap<u64, &Mapping> = p.mapping.iter().map(|m| (m.id, m)).collect();
-    let functions: HashMap<u64, &Function> = p.function.iter().map(|f| (f.id, f)).collect();
-    let locations: HashMap<u64, &Location> = p.location.iter().map(|l| (l.id, l)).collect();
-    let mut ms: Vec<String> = p
-        .mapping
-        .iter()
-        .map(|m| {
-            let mut flags = String::new();
-            for (b, f) in [
-                (m.has_functions, "[FN]"),
-                (m.has_filenames, "[FL]"),
-                (m.has_line_numbers, "[LN]"),
-                (m.has_inline_frames, "[IN]"),
-            ] {
-                if b {
-                    flags.push_str(f);
-                }
-            }
-            format!(
-                "  {} build_id={} {:#x}/{:#x}/{:#x} {}",
-                st(m.filename),
-                st(m.build_id),
-                m.memory_start,
-                m.memory_limit,
-                m.file_offset,
-                flags
-            )
-        })
-        .collect();
-    ms.sort();
-    let _ = writeln!(out, "mappings:");
-    for m in ms {
-        let _ = writeln!(out, "{}", m.trim_end());
-    }
-    let mut samples: Vec<String> = p
-        .sample
-        .iter()
-        .map(|s| {
-            let mut t = String::new();
-            let vals: Vec<String> = s.value.iter().map(i64::to_string).collect();
-            let mut labels: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-            for l in &s.label {
-                let v = if l.str != 0 {
-                    format!("{:?}", st(l.str))
-                } else {
-                    l.num.to_string()
-                };
-                labels.entry(st(l.key)).or_default().push(v);
-            }
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=[{}]", v.join(",")))
-                .collect();
-            let _ = writeln!(t, "  values=[{}] {}", vals.join(" "), labels.join(" "));
-            for id in &s.location_id {
-                let Some(loc) = locations.get(id) else {
-                    let _ = writeln!(t, "    <missing location {id}>");
-                    continue;
-                };
-                let file = mappings
-                    .get(&loc.mapping_id)
-                    .map(|m| st(m.filename))
-                    .unwrap_or("?");
-                let lines: Vec<String> = loc
-                    .line
-                    .iter()
-                    .map(|l| match functions.get(&l.function_id) {
-                        Some(f) => {
-                            let mut x = st(f.name).to_string();
-                            if f.system_name != f.name {
-                                let _ = write!(x, "[{}]", st(f.system_name));
-                            }
-                            if f.filename != 0 || l.line != 0 {
-                                let _ = write!(x, " {}:{}", st(f.filename), l.line);
-                            }
-                            x
-                        }
-                        None => format!("<missing function {}>", l.function_id),
-                    })
-                    .collect();
-                let sym = if lines.is_empty() {
-                    "??".to_string()
-                } else {
-                    lines.join(" <- ")
-                };
-                let _ = writeln!(t, "    {:#x} {} {}", loc.address, file, sym);
-            }
-            t
-        })
-        .collect();
-    samples.sort();
-    let _ = writeln!(out, "samples:");
-    for s in samples {
-        out.push_str(&s);
-    }
-    out
+    profiler_pprof::write_gzip_atomic(profile, path)
 }
 
 #[cfg(test)]

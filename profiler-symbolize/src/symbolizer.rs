@@ -12,13 +12,11 @@ use blazesym::symbolize::evict::{Elf as EvictElf, Evict};
 use blazesym::symbolize::source::{Elf as ElfSource, Kernel, Source};
 use blazesym::symbolize::{CodeInfo, Input, Symbolized, Symbolizer as Blaze};
 use blazesym::MaybeDefault;
-use diff::pprof::proto::Profile;
+use profiler_pprof::proto::Profile;
 
 use crate::elf::{self, ElfInfo};
 use crate::gopclntab::Pclntab;
-use crate::pprof::{
-    FrameLine, LineLike, MappingDesc, ProfileBuilder, ResolvedFrame, ResolvedSample,
-};
+use crate::pprof::{FrameLine, MappingDesc, ProfileBuilder, ResolvedFrame, ResolvedSample};
 use crate::procmaps::{parse_maps, MapsEntry, VDSO};
 use crate::{Limits, ProfileMeta, RawSample, SymbolizeError, SymbolizeStats};
 
@@ -201,23 +199,7 @@ impl CachedLine {
     }
 }
 
-impl LineLike for CachedLine {
-    fn function(&self) -> &str {
-        &self.function
-    }
-    fn system_name(&self) -> &str {
-        &self.system_name
-    }
-    fn file(&self) -> &str {
-        &self.file
-    }
-    fn line(&self) -> i64 {
-        self.line
-    }
-    fn column(&self) -> i64 {
-        self.column
-    }
-}
+crate::pprof::impl_line_like!(CachedLine);
 
 /// What a frame resolves through.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use diff::pprof::proto::Profile;
 use object::{Object as _, ObjectSymbol as _};
+use profiler_pprof::proto::Profile;
 use profiler_symbolize::*;
 use prost::Message as _;
 
@@ -256,7 +256,7 @@ fn names(p: &Profile, loc_id: u64) -> Vec<(String, String, i64)> {
         .collect()
 }
 
-fn mapping_of(p: &Profile, loc_id: u64) -> Option<&diff::pprof::proto::Mapping> {
+fn mapping_of(p: &Profile, loc_id: u64) -> Option<&profiler_pprof::proto::Mapping> {
     let loc = p.location.iter().find(|l| l.id == loc_id).unwrap();
     p.mapping.iter().find(|m| m.id == loc.mapping_id)
 }

@@ -5,7 +5,7 @@
 //! [`crate::agent::api`]). An agent answering 404 does not have the pod
 //! (it runs on another node) or has no window in the range; that is fine
 //! as long as at least one agent answers with a profile. All profiles
-//! received are merged ([`PprofMerger`]: identical samples summed,
+//! received are merged ([`profiler_pprof::Merger`]: identical samples summed,
 //! mappings with build ids kept). Relative times (`-10m`) are resolved
 //! once, here, so every agent is asked for the same range.
 //!
@@ -18,8 +18,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use profiler_pprof::Merger;
+
 use crate::agent::api::parse_time;
-use crate::agent::store::{decode_pprof, encode_pprof_gz, PprofMerger};
+use crate::agent::store::decode_pprof;
 use crate::error::exit;
 
 /// Default bound on one agent's response body.
@@ -365,7 +367,7 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchSummary, FetchError> {
         output: opts.output.clone(),
         bytes_written: 0,
     };
-    let mut merger = PprofMerger::new();
+    let mut merger = Merger::new();
     let mut no_windows_detail = None;
     for (agent, o) in outcomes {
         match o {
@@ -435,7 +437,7 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchSummary, FetchError> {
         merged.comment.push(merged.string_table.len() as i64);
         merged.string_table.push(note);
     }
-    let gz = encode_pprof_gz(&merged);
+    let gz = profiler_pprof::encode_gzip(&merged);
     write_output(&opts.output, &gz).map_err(|why| FetchError::Output {
         path: opts.output.display().to_string(),
         why,
@@ -446,28 +448,8 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchSummary, FetchError> {
 
 /// Writes atomically: temporary file next to `path`, fsync, rename.
 fn write_output(path: &Path, data: &[u8]) -> Result<(), String> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| "the output path has no file name".to_string())?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.map_err(|e| format!("{e} (check the directory exists and is writable)"))
+    profiler_pprof::write_atomic(path, data)
+        .map_err(|e| format!("{e} (check the directory exists and is writable)"))
 }
 
 #[cfg(test)]

@@ -14,8 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diff::pprof::proto;
-use prost::Message as _;
+use profiler_pprof::proto;
 
 /// Workspace root.
 pub fn root() -> PathBuf {
@@ -141,20 +140,12 @@ pub fn record(args: &[&str]) -> Output {
     out
 }
 
-/// Read a gzip'd (or plain) pprof file into its wire form.
+/// Read a gzip'd (or plain) pprof file into its wire form (the pprof
+/// crate's bounded decoder).
 pub fn read_pprof(path: &Path) -> proto::Profile {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        use std::io::Read as _;
-        flate2::read::GzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .unwrap();
-        out
-    } else {
-        bytes
-    };
-    proto::Profile::decode(&raw[..]).expect("valid pprof protobuf")
+    profiler_pprof::decode(&bytes, &profiler_pprof::Limits::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// One sample flattened: its pid label, frames (leaf first, inlined lines

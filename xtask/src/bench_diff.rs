@@ -1,14 +1,16 @@
-//! `cargo xtask bench diff-vs-pprof`: wall time of `profdiff diff` against
-//! `go tool pprof -top -diff_base=BASE CAND` on the same pair of profiles.
+//! `cargo xtask bench diff-vs-pprof`: wall time and peak RSS of `profdiff
+//! gate` and `profdiff diff` against `go tool pprof -top -diff_base=BASE
+//! CAND` on the same pair of profiles.
 //!
-//! The pair is the largest Go CPU profile of the shared corpus
-//! (`google__pprof/internal__proftest__testdata__large.cpu`, or
-//! `$DIFF_BENCH_PROFILE`) and a copy written by our encoder where every
-//! sample whose stack contains `time.now` is scaled by 1.5 (a plausible
-//! regression, so both tools have real differences to report). Runs
-//! alternate between the tools (≥5 each, `$DIFF_BENCH_RUNS`), output goes to
-//! /dev/null, and the medians and their ratio are printed.
+//! The pair is the shared corpus' two largest Pyroscope CPU profiles
+//! (`grafana__pyroscope/ingesters.pb.gz` as the baseline,
+//! `distributors.pb.gz` as the candidate; `$DIFF_BENCH_BASE` and
+//! `$DIFF_BENCH_CAND` override them). Without the shared corpus (a user's
+//! clone) the bench says so and skips. Runs alternate between the three
+//! commands (≥5 each, `$DIFF_BENCH_RUNS`), output goes to /dev/null, and
+//! the medians and the ratios pprof / profdiff are printed.
 
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,78 +18,73 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 const GO: &str = "/usr/lib/go-1.23/bin/go";
+const PAIR: [&str; 2] = [
+    "shared/corpus/pprof/grafana__pyroscope/ingesters.pb.gz",
+    "shared/corpus/pprof/grafana__pyroscope/distributors.pb.gz",
+];
 
-fn corpus_profile(root: &Path) -> PathBuf {
-    if let Some(p) = std::env::var_os("DIFF_BENCH_PROFILE") {
-        return PathBuf::from(p);
+/// The pair, from the environment or the shared corpus beside the repository.
+fn pair(root: &Path) -> Option<(PathBuf, PathBuf)> {
+    if let (Some(b), Some(c)) = (
+        std::env::var_os("DIFF_BENCH_BASE"),
+        std::env::var_os("DIFF_BENCH_CAND"),
+    ) {
+        return Some((PathBuf::from(b), PathBuf::from(c)));
     }
-    let rel = "shared/corpus/pprof/google__pprof/internal__proftest__testdata__large.cpu";
-    for base in [root.join(".."), PathBuf::from("/work")] {
-        let p = base.join(rel);
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from("/work").join(rel)
+    [root.join(".."), PathBuf::from("/work")]
+        .into_iter()
+        .map(|base| (base.join(PAIR[0]), base.join(PAIR[1])))
+        .find(|(b, c)| b.is_file() && c.is_file())
 }
 
-fn time(cmd: &mut Command) -> Result<Duration> {
+/// Runs `cmd` (stdout to /dev/null); wall time and peak RSS of the child.
+/// Exit codes in `ok` count as success.
+fn measure(cmd: &mut Command, ok: &[i32]) -> Result<(Duration, u64)> {
     let t = Instant::now();
-    let st = cmd
+    let child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+        .stderr(Stdio::null())
+        .spawn()
         .with_context(|| format!("running {cmd:?}"))?;
+    let mut status = 0;
+    // SAFETY: plain wait4 on our own child with valid out-pointers.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
     let d = t.elapsed();
-    if !st.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&st.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-        );
+    if r < 0 {
+        bail!("wait4 for {cmd:?}: {}", std::io::Error::last_os_error());
     }
-    Ok(d)
+    let st = std::process::ExitStatus::from_raw(status);
+    match st.code() {
+        Some(c) if ok.contains(&c) => {}
+        _ => bail!("{cmd:?} failed: {st}"),
+    }
+    Ok((d, ru.ru_maxrss as u64 * 1024))
 }
 
-fn median(v: &mut [Duration]) -> Duration {
+fn median<T: Ord + Copy>(v: &[T]) -> T {
+    let mut v = v.to_vec();
     v.sort();
     v[v.len() / 2]
 }
 
-/// Run the comparison and print medians and the ratio.
+/// Run the comparison and print medians and the ratios.
 pub fn diff_vs_pprof(root: &Path) -> Result<()> {
     let runs: usize = std::env::var("DIFF_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5)
         .max(5);
-    let base = corpus_profile(root);
-    let profile =
-        diff::input::load_profile(&base).with_context(|| format!("loading {}", base.display()))?;
-    // Candidate: scale samples through time.now by 1.5.
-    let mut cand = profile.clone();
-    let hot: Vec<bool> = cand
-        .frames
-        .iter()
-        .map(|f| f.function.contains("time.now"))
-        .collect();
-    let mut scaled = 0usize;
-    for s in &mut cand.samples {
-        if s.stack.iter().any(|&f| hot[f as usize]) {
-            for v in &mut s.values {
-                *v = *v * 3 / 2;
-            }
-            scaled += 1;
-        }
+    let Some((base, cand)) = pair(root) else {
+        println!(
+            "diff-vs-pprof: skipped: the shared corpus is absent ({} and {} not found beside the repository or under /work; set DIFF_BENCH_BASE and DIFF_BENCH_CAND to two pprof files to run it)",
+            PAIR[0], PAIR[1]
+        );
+        return Ok(());
+    };
+    if !Path::new(GO).exists() {
+        bail!("{GO} not found: run `cargo xtask setup` first");
     }
-    let dir = std::env::temp_dir().join(format!("profdiff-bench-diff-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let cand_path = dir.join("candidate.pb.gz");
-    std::fs::write(&cand_path, diff::pprof::encode_gzip(&cand))
-        .with_context(|| format!("writing {}", cand_path.display()))?;
-
     println!("building profdiff (release)...");
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
@@ -109,48 +106,65 @@ pub fn diff_vs_pprof(root: &Path) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let profdiff = target.join("release/profdiff");
-
     println!(
-        "base: {} ({} samples, {} frames); candidate: {} ({} samples scaled x1.5)",
+        "baseline:  {}\ncandidate: {}",
         base.display(),
-        profile.samples.len(),
-        profile.frames.len(),
-        cand_path.display(),
-        scaled
+        cand.display()
     );
+
     let go_cmd = || {
         let mut c = Command::new(GO);
         c.args(["tool", "pprof", "-top"])
             .arg(format!("-diff_base={}", base.display()))
-            .arg(&cand_path);
+            .arg(&cand);
         c
     };
-    let pd_cmd = || {
+    let pd_cmd = |sub: &str| {
         let mut c = Command::new(&profdiff);
-        c.args(["diff", "-b"]).arg(&base).arg("-c").arg(&cand_path);
+        c.args([sub, "-b"]).arg(&base).arg("-c").arg(&cand);
         c
     };
+    // gate: 0 pass, 1 regression, 3 inconclusive are all answers.
+    let gate_ok = [0, 1, 3];
     // Warm-up (page cache, Go build cache for `go tool pprof`).
-    time(&mut go_cmd())?;
-    time(&mut pd_cmd())?;
-    let (mut go_t, mut pd_t) = (Vec::new(), Vec::new());
+    measure(&mut go_cmd(), &[0])?;
+    measure(&mut pd_cmd("gate"), &gate_ok)?;
+    measure(&mut pd_cmd("diff"), &[0])?;
+    let (mut go_t, mut gate_t, mut diff_t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut go_m, mut gate_m, mut diff_m) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        go_t.push(time(&mut go_cmd())?);
-        pd_t.push(time(&mut pd_cmd())?);
+        let (t, m) = measure(&mut go_cmd(), &[0])?;
+        go_t.push(t);
+        go_m.push(m);
+        let (t, m) = measure(&mut pd_cmd("gate"), &gate_ok)?;
+        gate_t.push(t);
+        gate_m.push(m);
+        let (t, m) = measure(&mut pd_cmd("diff"), &[0])?;
+        diff_t.push(t);
+        diff_m.push(m);
         println!(
-            "run {}: go tool pprof {:.1} ms, profdiff diff {:.1} ms",
+            "run {}: go tool pprof {:.0} ms, profdiff gate {:.0} ms, profdiff diff {:.0} ms",
             i + 1,
             go_t[i].as_secs_f64() * 1e3,
-            pd_t[i].as_secs_f64() * 1e3
+            gate_t[i].as_secs_f64() * 1e3,
+            diff_t[i].as_secs_f64() * 1e3
         );
     }
-    let (g, p) = (median(&mut go_t), median(&mut pd_t));
+    let (g, gt, dt) = (median(&go_t), median(&gate_t), median(&diff_t));
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     println!(
-        "median: go tool pprof -top -diff_base {:.1} ms, profdiff diff {:.1} ms, ratio {:.1}x",
+        "median of {runs}: go tool pprof -top -diff_base {:.0} ms ({:.0} MiB peak RSS), profdiff gate {:.0} ms ({:.0} MiB), profdiff diff {:.0} ms ({:.0} MiB)",
         g.as_secs_f64() * 1e3,
-        p.as_secs_f64() * 1e3,
-        g.as_secs_f64() / p.as_secs_f64()
+        mib(median(&go_m)),
+        gt.as_secs_f64() * 1e3,
+        mib(median(&gate_m)),
+        dt.as_secs_f64() * 1e3,
+        mib(median(&diff_m)),
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "ratio pprof/profdiff: gate {:.1}x, diff {:.1}x (goal: gate >= 20x)",
+        g.as_secs_f64() / gt.as_secs_f64(),
+        g.as_secs_f64() / dt.as_secs_f64()
+    );
     Ok(())
 }

@@ -66,7 +66,7 @@ enum Bench {
     },
     /// False-fail and detection rates of `profdiff gate`: generated profiles, then the regress workload recorded.
     GateAccuracy,
-    /// `profdiff diff` against `go tool pprof -top -diff_base` on the same pair.
+    /// `profdiff gate` and `diff` against `go tool pprof -top -diff_base` on the Pyroscope pair.
     DiffVsPprof,
     /// Slowdown and per-event cost of the Go runtime probes (goroutines, allocs, calls).
     GoProbes,

@@ -1,35 +1,8 @@
-//! [`Profile`] to pprof protobuf (the prost types in [`super::proto`]).
+//! [`Profile`] to pprof protobuf, through the pprof crate's [`Builder`].
 
-use std::collections::HashMap;
-use std::io::Write;
+use profiler_pprof::{proto, Builder, LabelSpec, LineSpec};
 
-use prost::Message;
-
-use super::proto;
-use crate::profile::{FrameId, FrameKind, LabelValue, Profile};
-
-#[derive(Default)]
-struct StringTable {
-    strings: Vec<String>,
-    index: HashMap<String, i64>,
-}
-
-impl StringTable {
-    fn new() -> Self {
-        let mut t = StringTable::default();
-        t.intern("");
-        t
-    }
-    fn intern(&mut self, s: &str) -> i64 {
-        if let Some(&i) = self.index.get(s) {
-            return i;
-        }
-        let i = self.strings.len() as i64;
-        self.strings.push(s.to_owned());
-        self.index.insert(s.to_owned(), i);
-        i
-    }
-}
+use crate::profile::{FrameKind, LabelValue, Profile};
 
 /// Converts a profile to the pprof wire type.
 ///
@@ -38,44 +11,33 @@ impl StringTable {
 /// inlining chain read from pprof is written back the same way. Every
 /// frame gets a `Function` (unsymbolized `0x...` frames too, so names
 /// round-trip exactly); mappings are recreated from frame mapping names
-/// with zero address ranges, and `Location.address` is the frame's
-/// mapping-relative address. Kernel frames without a mapping name get
-/// the mapping `[kernel.kallsyms]`.
+/// with zero address ranges (the diff model keeps no build ids or
+/// ranges), and `Location.address` is the frame's mapping-relative
+/// address. Kernel frames without a mapping name get the mapping
+/// `[kernel.kallsyms]`. Samples are written one for one (not merged).
 ///
 /// The profile must be valid ([`Profile::check_valid`]): a stack entry
 /// naming a frame that does not exist panics.
 pub fn to_proto(p: &Profile) -> proto::Profile {
-    let mut st = StringTable::new();
-    let mut out = proto::Profile {
-        sample_type: p
-            .sample_types
-            .iter()
-            .map(|t| proto::ValueType {
-                r#type: st.intern(&t.kind),
-                unit: st.intern(&t.unit),
-            })
-            .collect(),
+    let types: Vec<(&str, &str)> = p
+        .sample_types
+        .iter()
+        .map(|t| (t.kind.as_str(), t.unit.as_str()))
+        .collect();
+    let mut b = Builder::new(&types);
+    let frame_fn: Vec<u64> = p
+        .frames
+        .iter()
+        .map(|f| b.function(&f.function, &f.function, &f.file, 0))
+        .collect();
+    let all_flags = proto::Mapping {
+        has_functions: true,
+        has_filenames: true,
+        has_line_numbers: true,
+        has_inline_frames: true,
         ..Default::default()
     };
-    let mut functions: HashMap<(&str, &str), u64> = HashMap::new();
-    let mut mappings: HashMap<&str, u64> = HashMap::new();
-    let mut locations: HashMap<Vec<FrameId>, u64> = HashMap::new();
-    let mut frame_fn: Vec<u64> = vec![0; p.frames.len()];
-    for (i, f) in p.frames.iter().enumerate() {
-        let key = (f.function.as_str(), f.file.as_str());
-        let next = functions.len() as u64 + 1;
-        let id = *functions.entry(key).or_insert_with(|| {
-            out.function.push(proto::Function {
-                id: next,
-                name: st.intern(&f.function),
-                system_name: st.intern(&f.function),
-                filename: st.intern(&f.file),
-                start_line: 0,
-            });
-            next
-        });
-        frame_fn[i] = id;
-    }
+    let mut lines = Vec::new();
     for s in &p.samples {
         let mut loc_ids = Vec::with_capacity(s.stack.len());
         let mut start = 0;
@@ -86,108 +48,56 @@ pub fn to_proto(p: &Profile) -> proto::Profile {
             }
             let group = &s.stack[start..=i];
             start = i + 1;
-            let id = match locations.get(group) {
-                Some(&id) => id,
-                None => {
-                    let id = out.location.len() as u64 + 1;
-                    let outer = &p.frames[fid as usize];
-                    let mname = if outer.mapping.is_empty() && outer.kind == FrameKind::Kernel {
-                        "[kernel.kallsyms]"
-                    } else {
-                        outer.mapping.as_str()
-                    };
-                    let mapping_id = if mname.is_empty() {
-                        0
-                    } else {
-                        let next = mappings.len() as u64 + 1;
-                        *mappings.entry(mname).or_insert_with(|| {
-                            out.mapping.push(proto::Mapping {
-                                id: next,
-                                filename: st.intern(mname),
-                                has_functions: true,
-                                has_filenames: true,
-                                has_line_numbers: true,
-                                has_inline_frames: true,
-                                ..Default::default()
-                            });
-                            next
-                        })
-                    };
-                    out.location.push(proto::Location {
-                        id,
-                        mapping_id,
-                        address: outer.address,
-                        line: group
-                            .iter()
-                            .map(|&g| proto::Line {
-                                function_id: frame_fn[g as usize],
-                                line: p.frames[g as usize].line,
-                                column: 0,
-                            })
-                            .collect(),
-                        is_folded: false,
-                    });
-                    locations.insert(group.to_vec(), id);
-                    id
-                }
+            let outer = &p.frames[fid as usize];
+            let mname = if outer.mapping.is_empty() && outer.kind == FrameKind::Kernel {
+                "[kernel.kallsyms]"
+            } else {
+                outer.mapping.as_str()
             };
-            loc_ids.push(id);
+            let mapping_id = if mname.is_empty() {
+                0
+            } else {
+                b.mapping(&all_flags, mname, "")
+            };
+            lines.clear();
+            lines.extend(group.iter().map(|&g| LineSpec {
+                function_id: frame_fn[g as usize],
+                line: p.frames[g as usize].line,
+                column: 0,
+            }));
+            loc_ids.push(b.location(mapping_id, outer.address, &lines, false));
         }
-        let label = s
+        let labels: Vec<LabelSpec<'_>> = s
             .labels
             .iter()
             .map(|(k, v)| match v {
-                LabelValue::Str(v) => proto::Label {
-                    key: st.intern(k),
-                    str: st.intern(v),
-                    num: 0,
-                    num_unit: 0,
-                },
-                LabelValue::Num(n, u) => proto::Label {
-                    key: st.intern(k),
-                    str: 0,
-                    num: *n,
-                    num_unit: st.intern(u),
-                },
+                LabelValue::Str(v) => LabelSpec::Str(k, v),
+                LabelValue::Num(n, u) => LabelSpec::Num(k, *n, u),
             })
             .collect();
-        out.sample.push(proto::Sample {
-            location_id: loc_ids,
-            value: s.values.clone(),
-            label,
-        });
+        b.push_sample(loc_ids, &labels, &s.values);
     }
-    if let Some(pt) = &p.period_type {
-        out.period_type = Some(proto::ValueType {
-            r#type: st.intern(&pt.kind),
-            unit: st.intern(&pt.unit),
-        });
+    b.set_period(
+        p.period_type
+            .as_ref()
+            .map(|t| (t.kind.as_str(), t.unit.as_str())),
+        p.period,
+    );
+    b.set_time(p.time_nanos, p.duration_nanos);
+    for c in &p.comments {
+        b.comment(c);
     }
-    out.period = p.period;
-    out.time_nanos = p.time_nanos;
-    out.duration_nanos = p.duration_nanos;
-    out.comment = p.comments.iter().map(|c| st.intern(c)).collect();
-    if let Some(d) = &p.default_sample_type {
-        out.default_sample_type = st.intern(d);
-    }
-    out.string_table = st.strings;
-    out
+    b.set_default_sample_type(p.default_sample_type.as_deref());
+    b.finish()
 }
 
 /// Encodes a profile as raw (uncompressed) pprof protobuf bytes.
 pub fn encode_raw(p: &Profile) -> Vec<u8> {
-    to_proto(p).encode_to_vec()
+    profiler_pprof::encode_raw(&to_proto(p))
 }
 
 /// Encodes a profile as gzip'd pprof, the form `go tool pprof` and most
 /// tools write and read.
 pub fn encode_gzip(p: &Profile) -> Vec<u8> {
-    let raw = encode_raw(p);
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    gz.write_all(&raw).expect("write to Vec");
-    gz.finish().expect("write to Vec")
+    profiler_pprof::encode_gzip(&to_proto(p))
 }

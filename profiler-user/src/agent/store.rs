@@ -42,12 +42,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use diff::pprof::proto;
-use prost::Message;
+use profiler_pprof::{proto, AtomicFile, Merger};
 use serde::{Deserialize, Serialize};
 
 /// Hard cap on the number of windows in the index, whatever the retention.
@@ -58,8 +56,6 @@ pub const MAX_QUERY_WINDOWS: usize = 10_000;
 pub const MAX_QUERY_BYTES: u64 = 512 << 20;
 /// Largest decompressed size of one stored or fetched profile.
 pub const MAX_PROFILE_BYTES: u64 = 512 << 20;
-/// Most distinct comments carried into a merged profile.
-const MAX_COMMENTS: usize = 32;
 
 const INDEX: &str = "index.jsonl";
 const DATA: &str = "data";
@@ -342,7 +338,6 @@ pub struct Store {
     root: PathBuf,
     retention: Retention,
     inner: Mutex<Inner>,
-    tmp_counter: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -403,41 +398,6 @@ fn target_dir(t: &TargetId) -> String {
 
 fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(".tmp")
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: makes renames durable; not every file system supports it.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Writes `data` to `path` atomically: hidden temporary file in the same
-/// directory, fsync, rename, fsync of the directory.
-fn write_atomic(path: &Path, data: &[u8], counter: u64) -> io::Result<()> {
-    let tmp = temp_path(path, counter);
-    let res = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(d) = path.parent() {
-            sync_dir(d);
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
-fn temp_path(path: &Path, counter: u64) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp.{}.{counter}", std::process::id()))
 }
 
 fn parse_window_name(name: &str) -> Option<(u64, u64)> {
@@ -550,8 +510,15 @@ impl Store {
             stats.index_recoveries += 1;
             insert(e, &mut entries, &mut by_path, &mut seq);
         }
-        if fs::remove_file(root.join(format!(".{INDEX}.tmp"))).is_ok() {
-            stats.temp_files_removed += 1;
+        // Leftover temporary index files (`.index.jsonl.tmp.PID.N`).
+        if let Ok(rd) = fs::read_dir(root) {
+            for ent in rd.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!(".{INDEX}.tmp")) && fs::remove_file(ent.path()).is_ok()
+                {
+                    stats.temp_files_removed += 1;
+                }
+            }
         }
         // Rewrite the index compactly (also drops a torn last line, so the
         // next append starts on a fresh line).
@@ -570,7 +537,6 @@ impl Store {
                 index,
                 stats,
             }),
-            tmp_counter: AtomicU64::new(0),
         };
         store.enforce_retention();
         Ok(store)
@@ -596,7 +562,7 @@ impl Store {
     /// then the retention applied (which may evict this very window if it
     /// is already older than the retention). Returns the file's path.
     pub fn put(&self, meta: &WindowMeta, profile: &proto::Profile) -> Result<PathBuf, StoreError> {
-        let gz = gzip(&profile.encode_to_vec());
+        let gz = profiler_pprof::encode_gzip(profile);
         let (s, e) = (
             unix_ms(meta.start),
             unix_ms(meta.end).max(unix_ms(meta.start)),
@@ -607,7 +573,6 @@ impl Store {
             sanitize_component(&meta.profile_type)
         );
         let path = self.root.join(&rel);
-        let counter = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let entry = Entry {
             path: rel.clone(),
             target: meta.target.clone(),
@@ -618,7 +583,7 @@ impl Store {
             bytes: gz.len() as u64,
         };
         let mut inner = self.lock();
-        let res = self.put_locked(&mut inner, &path, &gz, &entry, counter);
+        let res = self.put_locked(&mut inner, &path, &gz, &entry);
         if res.is_err() {
             inner.stats.write_errors += 1;
             return res.map(|_| path);
@@ -634,7 +599,6 @@ impl Store {
         path: &Path,
         gz: &[u8],
         entry: &Entry,
-        counter: u64,
     ) -> Result<(), StoreError> {
         let dir = path.parent().unwrap_or(&self.root);
         fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -645,24 +609,17 @@ impl Store {
             .unwrap_or_else(|| dir.join(TARGET_JSON));
         let tj_bytes = serde_json::to_vec(&entry.target).unwrap_or_default();
         if fs::read(&tj).ok().as_deref() != Some(&tj_bytes[..]) {
-            write_atomic(&tj, &tj_bytes, counter).map_err(io_err(&tj))?;
+            profiler_pprof::write_atomic(&tj, &tj_bytes).map_err(io_err(&tj))?;
         }
-        let tmp = temp_path(path, counter);
-        let write = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(gz)?;
-            f.sync_all()
-        })();
-        if let Err(e) = write {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&tmp)(e));
+        // Dropping `file` before the commit removes the temporary file.
+        let mut file = AtomicFile::create(path).map_err(io_err(path))?;
+        if let Err(e) = file.write_all(gz).and_then(|()| file.sync()) {
+            return Err(io_err(file.temp_path())(e));
         }
         if let Err(e) = append_index(inner, &IndexLine::Put(entry.clone())) {
-            let _ = fs::remove_file(&tmp);
             return Err(io_err(&self.root.join(INDEX))(e));
         }
-        if let Err(e) = fs::rename(&tmp, path) {
-            let _ = fs::remove_file(&tmp);
+        if let Err(e) = file.commit() {
             // Undo the index line: restore a previous window at the same
             // path (its file is untouched), else record the deletion.
             let previous = inner
@@ -679,7 +636,6 @@ impl Store {
             let _ = append_index(inner, &undo);
             return Err(io_err(path)(e));
         }
-        sync_dir(dir);
         if let Some(old) = inner.by_path.remove(&entry.path) {
             if let Some(o) = inner.entries.remove(&old) {
                 inner.bytes = inner.bytes.saturating_sub(o.bytes);
@@ -754,7 +710,7 @@ impl Store {
     }
 
     /// Merges every window of the matching targets and type that overlaps
-    /// `[from, to]` into one gzip'd pprof (see [`PprofMerger`]): sample
+    /// `[from, to]` into one gzip'd pprof (see [`Merger`]): sample
     /// types kept, identical samples summed, `time_nanos`/`duration_nanos`
     /// set to the covered span, a comment naming the windows merged.
     pub fn query(&self, q: &Query) -> Result<QueryResult, StoreError> {
@@ -830,7 +786,7 @@ impl Store {
             });
         }
         picked.sort_by_key(|e| (e.start_ms, e.end_ms));
-        let mut merger = PprofMerger::new();
+        let mut merger = Merger::new();
         let mut used: Vec<&Entry> = Vec::new();
         let mut skipped = 0;
         for e in &picked {
@@ -850,7 +806,7 @@ impl Store {
             })?;
             merger.add(&p).map_err(|why| StoreError::Profile {
                 path: path.display().to_string(),
-                why,
+                why: why.to_string(),
             })?;
             used.push(e);
         }
@@ -884,7 +840,7 @@ impl Store {
         );
         add_comment(&mut out, &note);
         Ok(QueryResult {
-            profile_gz: gzip(&out.encode_to_vec()),
+            profile_gz: profiler_pprof::encode_gzip(&out),
             windows: used.len(),
             start: from_ms(start),
             end: from_ms(end),
@@ -1032,373 +988,32 @@ fn rewrite_index<'a>(
     entries: impl Iterator<Item = &'a Entry>,
 ) -> Result<fs::File, StoreError> {
     let path = root.join(INDEX);
-    let tmp = root.join(format!(".{INDEX}.tmp"));
     let res = (|| {
-        let mut w = io::BufWriter::new(fs::File::create(&tmp)?);
+        let mut w = io::BufWriter::new(AtomicFile::create(&path)?);
         for e in entries {
             serde_json::to_writer(&mut w, &IndexLine::Put(e.clone())).map_err(io::Error::other)?;
             w.write_all(b"\n")?;
         }
-        let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        sync_dir(root);
+        w.into_inner().map_err(|e| e.into_error())?.commit()?;
         fs::OpenOptions::new().append(true).open(&path)
     })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
     res.map_err(io_err(&path))
 }
 
-fn gzip(raw: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4 + 64),
-        flate2::Compression::default(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = gz.write_all(raw);
-    gz.finish().unwrap_or_default()
-}
-
-/// Decodes gzip'd (or raw) pprof into the wire type, bounded by
-/// [`MAX_PROFILE_BYTES`] decompressed.
+/// Decodes gzip'd (or raw) pprof into the wire type with the pprof
+/// crate's bounded decoder, at most [`MAX_PROFILE_BYTES`] decompressed.
 pub fn decode_pprof(data: &[u8]) -> Result<proto::Profile, String> {
-    let unzipped;
-    let raw = if diff::input::is_gzip(data) {
-        unzipped =
-            diff::input::gunzip_bounded(data, MAX_PROFILE_BYTES).map_err(|e| e.to_string())?;
-        &unzipped[..]
-    } else {
-        data
+    let limits = profiler_pprof::Limits {
+        max_decompressed_bytes: MAX_PROFILE_BYTES,
+        ..Default::default()
     };
-    proto::Profile::decode(raw).map_err(|e| format!("not a pprof protobuf: {e}"))
-}
-
-/// Encodes a wire profile as gzip'd pprof.
-pub fn encode_pprof_gz(p: &proto::Profile) -> Vec<u8> {
-    gzip(&p.encode_to_vec())
+    profiler_pprof::decode(data, &limits).map_err(|e| e.to_string())
 }
 
 fn add_comment(p: &mut proto::Profile, text: &str) {
     let i = p.string_table.len() as i64;
     p.string_table.push(text.to_owned());
     p.comment.push(i);
-}
-
-/// (file name, build id, start, limit, offset, has_* flags), strings interned.
-type MappingKey = (i64, i64, u64, u64, u64, [bool; 4]);
-/// (mapping id, address, lines as (function id, line, column), is_folded).
-type LocationKey = (u64, u64, Vec<(u64, i64, i64)>, bool);
-/// (location ids, labels as (key, str, num, num_unit)).
-type SampleKey = (Vec<u64>, Vec<(i64, i64, i64, i64)>);
-
-/// Merges pprof profiles at the wire level, keeping everything `go tool
-/// pprof` shows: mappings (file, build id, ranges, offsets), functions
-/// (name, system name, file, start line), locations (address, lines with
-/// columns, folding) and labels.
-///
-/// Unlike [`diff::Profile::merge_from`] (whose model keeps only mapping
-/// file names and relative addresses, no build ids), nothing is lost.
-/// Equal mappings, functions and locations are shared; samples with the
-/// same locations and labels are summed (saturating). All profiles must
-/// have the same sample types (type and unit, in order). Period type,
-/// period, default sample type and drop/keep frames come from the first
-/// profile; distinct comments are kept (at most 32);
-/// `time_nanos`/`duration_nanos` cover the earliest start to the latest
-/// end. References to missing strings, mappings, functions or locations
-/// are errors, never panics.
-#[derive(Debug, Default)]
-pub struct PprofMerger {
-    out: proto::Profile,
-    strings: HashMap<String, i64>,
-    mappings: HashMap<MappingKey, u64>,
-    functions: HashMap<(i64, i64, i64, i64), u64>,
-    locations: HashMap<LocationKey, u64>,
-    samples: HashMap<SampleKey, usize>,
-    sample_types: Option<Vec<(String, String)>>,
-    span: Option<(i64, i64)>,
-    profiles: usize,
-}
-
-impl PprofMerger {
-    /// An empty merger.
-    pub fn new() -> Self {
-        let mut m = PprofMerger::default();
-        m.intern("");
-        m
-    }
-
-    /// Number of profiles added so far.
-    pub fn profiles(&self) -> usize {
-        self.profiles
-    }
-
-    fn intern(&mut self, s: &str) -> i64 {
-        if let Some(&i) = self.strings.get(s) {
-            return i;
-        }
-        let i = self.out.string_table.len() as i64;
-        self.out.string_table.push(s.to_owned());
-        self.strings.insert(s.to_owned(), i);
-        i
-    }
-
-    /// Adds one profile. On error the merger is unchanged except for
-    /// strings, mappings, functions and locations that may have been
-    /// added (harmless: unreferenced entries).
-    pub fn add(&mut self, p: &proto::Profile) -> Result<(), String> {
-        let st = |i: i64| -> Result<&str, String> {
-            usize::try_from(i)
-                .ok()
-                .and_then(|i| p.string_table.get(i))
-                .map(String::as_str)
-                .ok_or_else(|| format!("string index {i} out of range"))
-        };
-        let types = p
-            .sample_type
-            .iter()
-            .map(|t| Ok((st(t.r#type)?.to_owned(), st(t.unit)?.to_owned())))
-            .collect::<Result<Vec<_>, String>>()?;
-        match &self.sample_types {
-            Some(first) if *first != types => {
-                let show = |v: &[(String, String)]| {
-                    v.iter()
-                        .map(|(t, u)| format!("{t}/{u}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
-                return Err(format!(
-                    "sample types {} differ from {} of the profiles merged before",
-                    show(&types),
-                    show(first)
-                ));
-            }
-            Some(_) => {}
-            None => {
-                self.out.sample_type = types
-                    .iter()
-                    .map(|(t, u)| proto::ValueType {
-                        r#type: self.intern(t),
-                        unit: self.intern(u),
-                    })
-                    .collect();
-                if let Some(pt) = &p.period_type {
-                    let (t, u) = (st(pt.r#type)?.to_owned(), st(pt.unit)?.to_owned());
-                    self.out.period_type = Some(proto::ValueType {
-                        r#type: self.intern(&t),
-                        unit: self.intern(&u),
-                    });
-                }
-                self.out.period = p.period;
-                for (field, v) in [
-                    (0, p.default_sample_type),
-                    (1, p.drop_frames),
-                    (2, p.keep_frames),
-                ] {
-                    let s = st(v)?.to_owned();
-                    let id = if s.is_empty() { 0 } else { self.intern(&s) };
-                    match field {
-                        0 => self.out.default_sample_type = id,
-                        1 => self.out.drop_frames = id,
-                        _ => self.out.keep_frames = id,
-                    }
-                }
-                self.sample_types = Some(types.clone());
-            }
-        }
-        for &c in &p.comment {
-            let s = st(c)?.to_owned();
-            let id = self.intern(&s);
-            if !self.out.comment.contains(&id) && self.out.comment.len() < MAX_COMMENTS {
-                self.out.comment.push(id);
-            }
-        }
-        let mut mapping_ids: HashMap<u64, u64> = HashMap::new();
-        for m in &p.mapping {
-            let key = (
-                self.intern(st(m.filename)?),
-                self.intern(st(m.build_id)?),
-                m.memory_start,
-                m.memory_limit,
-                m.file_offset,
-                [
-                    m.has_functions,
-                    m.has_filenames,
-                    m.has_line_numbers,
-                    m.has_inline_frames,
-                ],
-            );
-            let id = match self.mappings.get(&key) {
-                Some(&id) => id,
-                None => {
-                    let id = self.out.mapping.len() as u64 + 1;
-                    self.out.mapping.push(proto::Mapping {
-                        id,
-                        filename: key.0,
-                        build_id: key.1,
-                        ..m.clone()
-                    });
-                    self.mappings.insert(key, id);
-                    id
-                }
-            };
-            mapping_ids.insert(m.id, id);
-        }
-        let mut function_ids: HashMap<u64, u64> = HashMap::new();
-        for f in &p.function {
-            let key = (
-                self.intern(st(f.name)?),
-                self.intern(st(f.system_name)?),
-                self.intern(st(f.filename)?),
-                f.start_line,
-            );
-            let next = self.out.function.len() as u64 + 1;
-            let id = *self.functions.entry(key).or_insert_with(|| {
-                self.out.function.push(proto::Function {
-                    id: next,
-                    name: key.0,
-                    system_name: key.1,
-                    filename: key.2,
-                    start_line: key.3,
-                });
-                next
-            });
-            function_ids.insert(f.id, id);
-        }
-        let mut location_ids: HashMap<u64, u64> = HashMap::new();
-        for l in &p.location {
-            let mapping_id = if l.mapping_id == 0 {
-                0
-            } else {
-                *mapping_ids.get(&l.mapping_id).ok_or_else(|| {
-                    format!(
-                        "location {} refers to missing mapping {}",
-                        l.id, l.mapping_id
-                    )
-                })?
-            };
-            let lines = l
-                .line
-                .iter()
-                .map(|ln| {
-                    let f = function_ids.get(&ln.function_id).ok_or_else(|| {
-                        format!(
-                            "location {} refers to missing function {}",
-                            l.id, ln.function_id
-                        )
-                    })?;
-                    Ok((*f, ln.line, ln.column))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let key = (mapping_id, l.address, lines, l.is_folded);
-            let next = self.out.location.len() as u64 + 1;
-            let id = match self.locations.get(&key) {
-                Some(&id) => id,
-                None => {
-                    self.out.location.push(proto::Location {
-                        id: next,
-                        mapping_id,
-                        address: l.address,
-                        line: key
-                            .2
-                            .iter()
-                            .map(|&(function_id, line, column)| proto::Line {
-                                function_id,
-                                line,
-                                column,
-                            })
-                            .collect(),
-                        is_folded: l.is_folded,
-                    });
-                    self.locations.insert(key, next);
-                    next
-                }
-            };
-            location_ids.insert(l.id, id);
-        }
-        let n = types.len();
-        for (i, s) in p.sample.iter().enumerate() {
-            if s.value.len() != n {
-                return Err(format!(
-                    "sample {i} has {} values for {n} sample types",
-                    s.value.len()
-                ));
-            }
-            let locs = s
-                .location_id
-                .iter()
-                .map(|id| {
-                    location_ids
-                        .get(id)
-                        .copied()
-                        .ok_or_else(|| format!("sample {i} refers to missing location {id}"))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let labels = s
-                .label
-                .iter()
-                .map(|l| {
-                    Ok((
-                        self.intern(st(l.key)?),
-                        if l.str == 0 {
-                            0
-                        } else {
-                            self.intern(st(l.str)?)
-                        },
-                        l.num,
-                        if l.num_unit == 0 {
-                            0
-                        } else {
-                            self.intern(st(l.num_unit)?)
-                        },
-                    ))
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            match self.samples.get(&(locs.clone(), labels.clone())) {
-                Some(&idx) => {
-                    for (a, b) in self.out.sample[idx].value.iter_mut().zip(&s.value) {
-                        *a = a.saturating_add(*b);
-                    }
-                }
-                None => {
-                    self.out.sample.push(proto::Sample {
-                        location_id: locs.clone(),
-                        value: s.value.clone(),
-                        label: labels
-                            .iter()
-                            .map(|&(key, str, num, num_unit)| proto::Label {
-                                key,
-                                str,
-                                num,
-                                num_unit,
-                            })
-                            .collect(),
-                    });
-                    self.samples
-                        .insert((locs, labels), self.out.sample.len() - 1);
-                }
-            }
-        }
-        if p.time_nanos != 0 {
-            let end = p.time_nanos.saturating_add(p.duration_nanos.max(0));
-            self.span = Some(match self.span {
-                Some((a, b)) => (a.min(p.time_nanos), b.max(end)),
-                None => (p.time_nanos, end),
-            });
-        }
-        self.profiles += 1;
-        Ok(())
-    }
-
-    /// The merged profile.
-    pub fn finish(mut self) -> proto::Profile {
-        if let Some((a, b)) = self.span {
-            self.out.time_nanos = a;
-            self.out.duration_nanos = b.saturating_sub(a);
-        }
-        self.out
-    }
 }
 
 #[cfg(test)]
@@ -1425,27 +1040,5 @@ mod tests {
         assert!(valid_rel_path("data/_/p/u/c/cpu/1-2.pb.gz"));
         assert!(!valid_rel_path("data/../x"));
         assert!(!valid_rel_path("/etc/passwd"));
-    }
-
-    #[test]
-    fn merger_rejects_bad_references_without_panicking() {
-        let p = proto::Profile {
-            sample_type: vec![proto::ValueType { r#type: 5, unit: 0 }],
-            string_table: vec![String::new()],
-            ..Default::default()
-        };
-        assert!(PprofMerger::new().add(&p).is_err());
-        let p = proto::Profile {
-            sample_type: vec![proto::ValueType { r#type: 1, unit: 2 }],
-            sample: vec![proto::Sample {
-                location_id: vec![9],
-                value: vec![1],
-                label: vec![],
-            }],
-            string_table: vec![String::new(), "samples".into(), "count".into()],
-            ..Default::default()
-        };
-        let e = PprofMerger::new().add(&p).unwrap_err();
-        assert!(e.contains("missing location 9"), "{e}");
     }
 }

@@ -296,8 +296,19 @@ fn run_compare(
     if budgets.settings.noise_floor == diff::budgets::Settings::default().noise_floor {
         budgets.settings.noise_floor = a.noise_floor / 100.0;
     }
-    let base = load(&a.baseline, "baseline")?;
-    let cand = load(&a.candidate, "candidate")?;
+    // Both sides decode at the same time (errors: the baseline's first).
+    let (base, cand) = std::thread::scope(|s| {
+        let cand = s.spawn(|| load(&a.candidate, "candidate"));
+        let base = load(&a.baseline, "baseline");
+        let cand = cand.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (base, cand)
+    });
+    // Never freed: the process ends after the reports, and freeing millions
+    // of small stacks one by one only costs time.
+    let (base, cand) = (
+        std::mem::ManuallyDrop::new(base?),
+        std::mem::ManuallyDrop::new(cand?),
+    );
     let bref: Vec<(String, &Profile)> = base.iter().map(|(n, p)| (n.clone(), p)).collect();
     let cref: Vec<(String, &Profile)> = cand.iter().map(|(n, p)| (n.clone(), p)).collect();
     let mut gate = Gate::new(bref, cref, &norm, a.sample_type.clone());

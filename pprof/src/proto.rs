@@ -1,8 +1,13 @@
 //! The pprof protobuf messages (`perftools.profiles`, profile.proto), as
 //! prost structs. Field numbers follow google/pprof's `proto/profile.proto`.
 //!
-//! These are the wire types: ids and string-table indexes as the format
-//! has them. [`crate::Profile`] is the resolved model built from them.
+//! These messages are also the crate's model: lossless by construction
+//! (mappings with build ids and ranges, functions, locations with every
+//! inlined line and column, labels with units, comments), with ids and
+//! string-table indexes as the format has them. The operations live in the
+//! other modules: [`crate::decode()`] (bounded), [`crate::Builder`],
+//! [`crate::Merger`], [`crate::canonical_text`], [`crate::encode_gzip`] and
+//! [`crate::write_gzip_atomic`]; [`Profile::string`] resolves a string index.
 #![allow(missing_docs)] // field docs live in profile.proto; names match it 1:1
 
 /// `perftools.profiles.Profile`.
@@ -137,4 +142,15 @@ pub struct Function {
     pub filename: i64,
     #[prost(int64, tag = "5")]
     pub start_line: i64,
+}
+
+impl Profile {
+    /// The string at `index` of the string table, or `None` when the
+    /// index is out of range.
+    pub fn string(&self, index: i64) -> Option<&str> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.string_table.get(i))
+            .map(String::as_str)
+    }
 }

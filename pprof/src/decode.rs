@@ -1,0 +1,815 @@
+//! A hand-written, bounded decoder for raw (uncompressed) pprof protobuf.
+//!
+//! It does not go through prost for three reasons: it reports the byte
+//! offset of a wire-format error, it bounds every repeated field before it
+//! allocates (see [`Limits`]), and it keeps the string table as borrowed
+//! byte slices so invalid UTF-8 is accepted (replaced lossily) the way
+//! `go tool pprof` accepts it. Sample data lands in flat vectors
+//! ([`RawProfile`]): no per-sample allocation. [`RawProfile::to_proto`]
+//! makes the owned, lossless [`proto::Profile`]; readers with their own
+//! model resolve the view directly (the `diff` crate does) and skip the
+//! owned copy. [`IdIndex`] maps wire ids to positions.
+
+use crate::hash::{FxBuild, FxHashMap};
+use crate::proto;
+use crate::{DecodeError, Limits};
+
+/// Why the raw protobuf could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawError {
+    /// Wire-format problem: the bytes are not a pprof protobuf (a caller
+    /// may try other formats).
+    Wire(String),
+    /// Decoded, but two `time_nanos` fields: concatenated profiles.
+    Concatenated,
+    /// A configured bound was exceeded.
+    Limit(DecodeError),
+}
+
+impl RawError {
+    /// The error as a [`DecodeError`] for a caller that reads pprof only.
+    pub fn into_decode_error(self) -> DecodeError {
+        match self {
+            RawError::Wire(w) => DecodeError::NotAProfile(w),
+            RawError::Concatenated => DecodeError::MalformedPprof(
+                "concatenated profiles detected (time_nanos appears twice)".into(),
+            ),
+            RawError::Limit(e) => e,
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    /// Absolute offset of `buf[0]` in the whole input, for messages.
+    base: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Self {
+        Reader { buf, pos: 0, base }
+    }
+    fn at_end(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+    fn off(&self) -> usize {
+        self.base + self.pos
+    }
+    fn truncated(&self) -> RawError {
+        RawError::Wire(format!("truncated protobuf at byte {}", self.off()))
+    }
+    #[inline]
+    fn varint(&mut self) -> Result<u64, RawError> {
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, RawError> {
+        let mut v: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(self.truncated());
+            };
+            self.pos += 1;
+            if shift == 63 && b > 1 {
+                return Err(RawError::Wire(format!(
+                    "varint overflows 64 bits at byte {}",
+                    self.off() - 1
+                )));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(RawError::Wire(format!(
+                    "varint longer than 10 bytes at byte {}",
+                    self.off()
+                )));
+            }
+        }
+    }
+    fn key(&mut self) -> Result<(u64, u8), RawError> {
+        let at = self.off();
+        let k = self.varint()?;
+        let field = k >> 3;
+        let wt = (k & 7) as u8;
+        if field == 0 {
+            return Err(RawError::Wire(format!("field number 0 at byte {at}")));
+        }
+        Ok((field, wt))
+    }
+    /// Reads a length-delimited payload; returns it and its absolute offset.
+    fn bytes(&mut self) -> Result<(&'a [u8], usize), RawError> {
+        let len = self.varint()?;
+        let start = self.pos;
+        if len > (self.buf.len() - start) as u64 {
+            return Err(RawError::Wire(format!(
+                "truncated protobuf at byte {}: length {len} runs past the end",
+                self.off()
+            )));
+        }
+        self.pos = start + len as usize;
+        Ok((&self.buf[start..self.pos], self.base + start))
+    }
+    fn skip(&mut self, wt: u8) -> Result<(), RawError> {
+        match wt {
+            0 => {
+                self.varint()?;
+            }
+            1 => self.advance(8)?,
+            2 => {
+                self.bytes()?;
+            }
+            5 => self.advance(4)?,
+            _ => {
+                return Err(RawError::Wire(format!(
+                    "invalid wire type {wt} at byte {}",
+                    self.off()
+                )))
+            }
+        }
+        Ok(())
+    }
+    fn advance(&mut self, n: usize) -> Result<(), RawError> {
+        if self.buf.len() - self.pos < n {
+            return Err(self.truncated());
+        }
+        self.pos += n;
+        Ok(())
+    }
+    fn expect(&self, field: u64, wt: u8, want: u8) -> Result<(), RawError> {
+        if wt != want {
+            return Err(RawError::Wire(format!(
+                "field {field} has wire type {wt}, expected {want} (near byte {})",
+                self.off()
+            )));
+        }
+        Ok(())
+    }
+    fn int(&mut self, field: u64, wt: u8) -> Result<i64, RawError> {
+        self.expect(field, wt, 0)?;
+        Ok(self.varint()? as i64)
+    }
+    fn boolean(&mut self, field: u64, wt: u8) -> Result<bool, RawError> {
+        Ok(self.int(field, wt)? != 0)
+    }
+    /// A repeated varint field, packed or not, appended to `out`.
+    #[inline]
+    fn repeated<T, F: Fn(u64) -> T>(
+        &mut self,
+        field: u64,
+        wt: u8,
+        out: &mut Vec<T>,
+        conv: F,
+        budget: &mut Budget,
+    ) -> Result<(), RawError> {
+        match wt {
+            0 => {
+                budget.take(1)?;
+                out.push(conv(self.varint()?));
+            }
+            2 => {
+                let (payload, base) = self.bytes()?;
+                // Each varint is at least one byte: this bounds the count.
+                budget.take(payload.len() as u64)?;
+                let mut r = Reader::new(payload, base);
+                while !r.at_end() {
+                    out.push(conv(r.varint()?));
+                }
+            }
+            _ => {
+                return Err(RawError::Wire(format!(
+                    "field {field} has wire type {wt}, expected 0 or 2 (near byte {})",
+                    self.off()
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts entries against [`Limits::max_entries`].
+struct Budget {
+    left: u64,
+    limit: u64,
+}
+
+impl Budget {
+    fn take(&mut self, n: u64) -> Result<(), RawError> {
+        if n > self.left {
+            return Err(RawError::Limit(DecodeError::TooMany {
+                what: "repeated entries (sample location ids, values, labels, lines)",
+                limit: self.limit,
+            }));
+        }
+        self.left -= n;
+        Ok(())
+    }
+}
+
+/// A sample: ranges into [`RawProfile`]'s flat vectors. Its location ids
+/// are read with [`RawProfile::sample_locations`].
+#[derive(Default, Debug, Clone, Copy)]
+pub struct RawSample<'a> {
+    /// `start..end` in [`RawProfile::loc_ids`] (ids not in `packed_locs`).
+    pub locs: (u32, u32),
+    /// The location ids as one packed varint field, borrowed from the
+    /// input and validated (the usual encoding: kept as bytes, so the
+    /// largest array of a profile is never copied); empty when the ids are
+    /// in `locs`.
+    pub packed_locs: &'a [u8],
+    /// `start..end` in [`RawProfile::values`].
+    pub values: (u32, u32),
+    /// `start..end` in [`RawProfile::labels`].
+    pub labels: (u32, u32),
+}
+
+/// A label as on the wire (string indexes).
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawLabel {
+    /// Key (string index).
+    pub key: i64,
+    /// String value (string index, 0 for none).
+    pub str: i64,
+    /// Numeric value.
+    pub num: i64,
+    /// Unit of `num` (string index, 0 for none).
+    pub num_unit: i64,
+}
+
+/// A mapping as on the wire.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct RawMapping {
+    /// Id (non-zero).
+    pub id: u64,
+    /// Start address.
+    pub start: u64,
+    /// Limit address (exclusive).
+    pub limit: u64,
+    /// File offset of `start`.
+    pub offset: u64,
+    /// File name (string index).
+    pub filename: i64,
+    /// Build id (string index).
+    pub build_id: i64,
+    /// `has_functions`, `has_filenames`, `has_line_numbers`, `has_inline_frames`.
+    pub flags: [bool; 4],
+}
+
+/// A location as on the wire.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct RawLocation {
+    /// Id (non-zero).
+    pub id: u64,
+    /// Mapping id (0: none).
+    pub mapping_id: u64,
+    /// Address.
+    pub address: u64,
+    /// `start..end` in [`RawProfile::lines`].
+    pub lines: (u32, u32),
+    /// `is_folded`.
+    pub is_folded: bool,
+}
+
+/// A location line as on the wire.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RawLine {
+    /// Function id.
+    pub function_id: u64,
+    /// Line number.
+    pub line: i64,
+    /// Column.
+    pub column: i64,
+}
+
+/// A function as on the wire.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct RawFunction {
+    /// Id (non-zero).
+    pub id: u64,
+    /// Name (string index).
+    pub name: i64,
+    /// System (mangled) name (string index).
+    pub system_name: i64,
+    /// Source file (string index).
+    pub filename: i64,
+    /// First line of the function.
+    pub start_line: i64,
+}
+
+/// A decoded profile borrowing its strings from the input: every field of
+/// the message, repeated fields in flat vectors indexed by ranges.
+#[derive(Default, Debug)]
+pub struct RawProfile<'a> {
+    /// Sample types as (type, unit) string indexes.
+    pub sample_types: Vec<(i64, i64)>,
+    /// Samples.
+    pub samples: Vec<RawSample<'a>>,
+    /// Location ids of samples not written as one packed field, leaf first.
+    pub loc_ids: Vec<u64>,
+    /// Values of every sample.
+    pub values: Vec<i64>,
+    /// Labels of every sample.
+    pub labels: Vec<RawLabel>,
+    /// Mappings.
+    pub mappings: Vec<RawMapping>,
+    /// Locations.
+    pub locations: Vec<RawLocation>,
+    /// Lines of every location, innermost first.
+    pub lines: Vec<RawLine>,
+    /// Functions.
+    pub functions: Vec<RawFunction>,
+    /// The string table, as bytes (may be invalid UTF-8).
+    pub strings: Vec<&'a [u8]>,
+    /// `drop_frames` (string index).
+    pub drop_frames: i64,
+    /// `keep_frames` (string index).
+    pub keep_frames: i64,
+    /// `time_nanos`.
+    pub time_nanos: i64,
+    time_seen: bool,
+    /// `duration_nanos`.
+    pub duration_nanos: i64,
+    /// Period type as (type, unit) string indexes.
+    pub period_type: Option<(i64, i64)>,
+    /// `period`.
+    pub period: i64,
+    /// Comments (string indexes).
+    pub comments: Vec<i64>,
+    /// `default_sample_type` (string index).
+    pub default_sample_type: i64,
+    /// `doc_url` (string index).
+    pub doc_url: i64,
+}
+
+/// Parses raw (not gzip'd) protobuf into a [`RawProfile`], bounded by
+/// `limits` (samples, messages, repeated entries; the caller checks the
+/// input and decompressed sizes). Only the wire format and the limits are
+/// checked here; references between messages are not.
+pub fn parse<'a>(data: &'a [u8], limits: &Limits) -> Result<RawProfile<'a>, RawError> {
+    let max_entries = limits.max_entries.min(u64::from(u32::MAX) - 1);
+    let mut budget = Budget {
+        left: max_entries,
+        limit: max_entries,
+    };
+    let mut p = RawProfile::default();
+    let mut r = Reader::new(data, 0);
+    let mut n_messages: u64 = 0;
+    while !r.at_end() {
+        let (field, wt) = r.key()?;
+        if matches!(field, 1..=5 | 11) || field == 6 {
+            n_messages += 1;
+            if n_messages > limits.max_messages {
+                return Err(RawError::Limit(DecodeError::TooMany {
+                    what: "messages (samples, locations, functions, mappings, strings)",
+                    limit: limits.max_messages,
+                }));
+            }
+        }
+        match field {
+            1 | 11 => {
+                r.expect(field, wt, 2)?;
+                let (m, base) = r.bytes()?;
+                let vt = parse_value_type(m, base)?;
+                if field == 1 {
+                    p.sample_types.push(vt);
+                } else {
+                    p.period_type = Some(vt);
+                }
+            }
+            2 => {
+                r.expect(field, wt, 2)?;
+                let (m, base) = r.bytes()?;
+                if p.samples.len() as u64 >= limits.max_samples {
+                    return Err(RawError::Limit(DecodeError::TooMany {
+                        what: "samples",
+                        limit: limits.max_samples,
+                    }));
+                }
+                let s = parse_sample(m, base, &mut p, &mut budget)?;
+                p.samples.push(s);
+            }
+            3 => {
+                r.expect(field, wt, 2)?;
+                let (m, base) = r.bytes()?;
+                p.mappings.push(parse_mapping(m, base)?);
+            }
+            4 => {
+                r.expect(field, wt, 2)?;
+                let (m, base) = r.bytes()?;
+                let l = parse_location(m, base, &mut p.lines, &mut budget)?;
+                p.locations.push(l);
+            }
+            5 => {
+                r.expect(field, wt, 2)?;
+                let (m, base) = r.bytes()?;
+                p.functions.push(parse_function(m, base)?);
+            }
+            6 => {
+                r.expect(field, wt, 2)?;
+                let at = r.off();
+                let (s, _) = r.bytes()?;
+                if p.strings.is_empty() && !s.is_empty() {
+                    return Err(RawError::Wire(format!(
+                        "string_table[0] must be empty (byte {at})"
+                    )));
+                }
+                p.strings.push(s);
+            }
+            7 => p.drop_frames = r.int(field, wt)?,
+            8 => p.keep_frames = r.int(field, wt)?,
+            15 => p.doc_url = r.int(field, wt)?,
+            9 => {
+                if p.time_seen {
+                    return Err(RawError::Concatenated);
+                }
+                p.time_seen = true;
+                p.time_nanos = r.int(field, wt)?;
+            }
+            10 => p.duration_nanos = r.int(field, wt)?,
+            12 => p.period = r.int(field, wt)?,
+            13 => r.repeated(field, wt, &mut p.comments, |v| v as i64, &mut budget)?,
+            14 => p.default_sample_type = r.int(field, wt)?,
+            _ => r.skip(wt)?,
+        }
+    }
+    if p.strings.is_empty() {
+        return Err(RawError::Wire(
+            "no string table (every pprof profile has one starting with \"\")".into(),
+        ));
+    }
+    Ok(p)
+}
+
+fn parse_value_type(m: &[u8], base: usize) -> Result<(i64, i64), RawError> {
+    let mut r = Reader::new(m, base);
+    let (mut t, mut u) = (0, 0);
+    while !r.at_end() {
+        let (f, wt) = r.key()?;
+        match f {
+            1 => t = r.int(f, wt)?,
+            2 => u = r.int(f, wt)?,
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok((t, u))
+}
+
+fn parse_sample<'a>(
+    m: &'a [u8],
+    base: usize,
+    p: &mut RawProfile<'a>,
+    budget: &mut Budget,
+) -> Result<RawSample<'a>, RawError> {
+    let mut r = Reader::new(m, base);
+    let l0 = u32_len(&p.loc_ids);
+    let v0 = u32_len(&p.values);
+    let lab0 = u32_len(&p.labels);
+    let mut packed: Option<&'a [u8]> = None;
+    while !r.at_end() {
+        let (f, wt) = r.key()?;
+        match f {
+            1 if wt == 2 && packed.is_none() && u32_len(&p.loc_ids) == l0 => {
+                let (payload, pbase) = r.bytes()?;
+                // Each varint is at least one byte: this bounds the count.
+                budget.take(payload.len() as u64)?;
+                let mut pr = Reader::new(payload, pbase);
+                while !pr.at_end() {
+                    pr.varint()?;
+                }
+                packed = Some(payload);
+            }
+            1 => {
+                // A second field for the same ids (rare): unpack both.
+                if let Some(pk) = packed.take() {
+                    let mut pr = Reader::new(pk, 0);
+                    while !pr.at_end() {
+                        p.loc_ids.push(pr.varint()?);
+                    }
+                }
+                r.repeated(f, wt, &mut p.loc_ids, |v| v, budget)?
+            }
+            2 => r.repeated(f, wt, &mut p.values, |v| v as i64, budget)?,
+            3 => {
+                r.expect(f, wt, 2)?;
+                budget.take(1)?;
+                let (lm, lbase) = r.bytes()?;
+                let mut lr = Reader::new(lm, lbase);
+                let mut l = RawLabel::default();
+                while !lr.at_end() {
+                    let (lf, lwt) = lr.key()?;
+                    match lf {
+                        1 => l.key = lr.int(lf, lwt)?,
+                        2 => l.str = lr.int(lf, lwt)?,
+                        3 => l.num = lr.int(lf, lwt)?,
+                        4 => l.num_unit = lr.int(lf, lwt)?,
+                        _ => lr.skip(lwt)?,
+                    }
+                }
+                p.labels.push(l);
+            }
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(RawSample {
+        locs: (l0, u32_len(&p.loc_ids)),
+        packed_locs: packed.unwrap_or_default(),
+        values: (v0, u32_len(&p.values)),
+        labels: (lab0, u32_len(&p.labels)),
+    })
+}
+
+fn parse_mapping(m: &[u8], base: usize) -> Result<RawMapping, RawError> {
+    let mut r = Reader::new(m, base);
+    let mut out = RawMapping::default();
+    while !r.at_end() {
+        let (f, wt) = r.key()?;
+        match f {
+            1 => out.id = r.int(f, wt)? as u64,
+            2 => out.start = r.int(f, wt)? as u64,
+            3 => out.limit = r.int(f, wt)? as u64,
+            4 => out.offset = r.int(f, wt)? as u64,
+            5 => out.filename = r.int(f, wt)?,
+            6 => out.build_id = r.int(f, wt)?,
+            7..=10 => out.flags[f as usize - 7] = r.boolean(f, wt)?,
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(out)
+}
+
+fn parse_location(
+    m: &[u8],
+    base: usize,
+    lines: &mut Vec<RawLine>,
+    budget: &mut Budget,
+) -> Result<RawLocation, RawError> {
+    let mut r = Reader::new(m, base);
+    let mut out = RawLocation::default();
+    let l0 = u32_len(lines);
+    while !r.at_end() {
+        let (f, wt) = r.key()?;
+        match f {
+            1 => out.id = r.int(f, wt)? as u64,
+            2 => out.mapping_id = r.int(f, wt)? as u64,
+            3 => out.address = r.int(f, wt)? as u64,
+            4 => {
+                r.expect(f, wt, 2)?;
+                budget.take(1)?;
+                let (lm, lbase) = r.bytes()?;
+                let mut lr = Reader::new(lm, lbase);
+                let mut line = RawLine::default();
+                while !lr.at_end() {
+                    let (lf, lwt) = lr.key()?;
+                    match lf {
+                        1 => line.function_id = lr.int(lf, lwt)? as u64,
+                        2 => line.line = lr.int(lf, lwt)?,
+                        3 => line.column = lr.int(lf, lwt)?,
+                        _ => lr.skip(lwt)?,
+                    }
+                }
+                lines.push(line);
+            }
+            5 => out.is_folded = r.boolean(f, wt)?,
+            _ => r.skip(wt)?,
+        }
+    }
+    out.lines = (l0, u32_len(lines));
+    Ok(out)
+}
+
+fn parse_function(m: &[u8], base: usize) -> Result<RawFunction, RawError> {
+    let mut r = Reader::new(m, base);
+    let mut out = RawFunction::default();
+    while !r.at_end() {
+        let (f, wt) = r.key()?;
+        match f {
+            1 => out.id = r.int(f, wt)? as u64,
+            2 => out.name = r.int(f, wt)?,
+            3 => out.system_name = r.int(f, wt)?,
+            4 => out.filename = r.int(f, wt)?,
+            5 => out.start_line = r.int(f, wt)?,
+            _ => r.skip(wt)?,
+        }
+    }
+    Ok(out)
+}
+
+/// Maps pprof ids (u64, 0 reserved) to indexes; dense when ids are small.
+pub enum IdIndex {
+    /// `ids[id]` is the index, `u32::MAX` for none.
+    Dense(Vec<u32>),
+    /// A hash map from id to index.
+    Sparse(FxHashMap<u64, u32>),
+}
+
+impl IdIndex {
+    /// Indexes `ids` by position; an id 0 or a repeated id is an error
+    /// (`what` names the message in it).
+    pub fn build(
+        ids: impl ExactSizeIterator<Item = u64> + Clone,
+        what: &str,
+    ) -> Result<Self, String> {
+        let n = ids.len();
+        let max = ids.clone().max().unwrap_or(0);
+        let mut idx = if max <= (n as u64).saturating_mul(4).saturating_add(64) {
+            IdIndex::Dense(vec![u32::MAX; max as usize + 1])
+        } else {
+            IdIndex::Sparse(FxHashMap::with_capacity_and_hasher(n, FxBuild::default()))
+        };
+        for (i, id) in ids.enumerate() {
+            if id == 0 {
+                return Err(format!("{what} with reserved id 0"));
+            }
+            let dup = match &mut idx {
+                IdIndex::Dense(v) => {
+                    let slot = &mut v[id as usize];
+                    let dup = *slot != u32::MAX;
+                    *slot = i as u32;
+                    dup
+                }
+                IdIndex::Sparse(m) => m.insert(id, i as u32).is_some(),
+            };
+            if dup {
+                return Err(format!("several {what}s with id {id}"));
+            }
+        }
+        Ok(idx)
+    }
+    /// The index of `id`, if it was indexed.
+    #[inline]
+    pub fn get(&self, id: u64) -> Option<usize> {
+        match self {
+            IdIndex::Dense(v) => v
+                .get(id as usize)
+                .copied()
+                .filter(|&i| i != u32::MAX)
+                .map(|i| i as usize),
+            IdIndex::Sparse(m) => m.get(&id).map(|&i| i as usize),
+        }
+    }
+}
+
+/// The location ids of a sample ([`RawProfile::sample_locations`]).
+#[derive(Debug, Clone)]
+pub enum SampleLocations<'r> {
+    /// Decoding a validated packed field.
+    Packed(&'r [u8], usize),
+    /// From [`RawProfile::loc_ids`].
+    Unpacked(std::slice::Iter<'r, u64>),
+}
+
+impl Iterator for SampleLocations<'_> {
+    type Item = u64;
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        match self {
+            SampleLocations::Packed(buf, pos) => {
+                let mut v = 0u64;
+                let mut shift = 0;
+                loop {
+                    let &b = buf.get(*pos)?;
+                    *pos += 1;
+                    v |= u64::from(b & 0x7f) << shift;
+                    if b < 0x80 {
+                        return Some(v);
+                    }
+                    shift += 7;
+                }
+            }
+            SampleLocations::Unpacked(it) => it.next().copied(),
+        }
+    }
+}
+
+impl<'a> RawProfile<'a> {
+    /// The location ids of `s` (a sample of this profile), leaf first.
+    pub fn sample_locations<'r>(&'r self, s: &RawSample<'a>) -> SampleLocations<'r> {
+        if s.packed_locs.is_empty() {
+            SampleLocations::Unpacked(self.loc_ids[s.locs.0 as usize..s.locs.1 as usize].iter())
+        } else {
+            SampleLocations::Packed(s.packed_locs, 0)
+        }
+    }
+
+    /// The string at `index` (lossy UTF-8), or an error naming `what`.
+    pub fn string(&self, index: i64, what: &dyn std::fmt::Display) -> Result<String, String> {
+        self.str_bytes(index, what)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+    }
+
+    /// The bytes of string `index`, or an error naming `what`.
+    pub fn str_bytes(&self, index: i64, what: &dyn std::fmt::Display) -> Result<&[u8], String> {
+        match usize::try_from(index)
+            .ok()
+            .and_then(|i| self.strings.get(i))
+        {
+            Some(s) => Ok(s),
+            None => Err(format!(
+                "{what}: string index {index} out of range (string table has {} entries)",
+                self.strings.len()
+            )),
+        }
+    }
+
+    /// The owned, lossless profile: every field and id as decoded, strings
+    /// made valid UTF-8 (invalid sequences replaced, as `go tool pprof`
+    /// shows them).
+    pub fn to_proto(&self) -> proto::Profile {
+        let vt = |&(t, u): &(i64, i64)| proto::ValueType { r#type: t, unit: u };
+        proto::Profile {
+            sample_type: self.sample_types.iter().map(vt).collect(),
+            sample: self
+                .samples
+                .iter()
+                .map(|s| proto::Sample {
+                    location_id: self.sample_locations(s).collect(),
+                    value: self.values[s.values.0 as usize..s.values.1 as usize].to_vec(),
+                    label: self.labels[s.labels.0 as usize..s.labels.1 as usize]
+                        .iter()
+                        .map(|l| proto::Label {
+                            key: l.key,
+                            str: l.str,
+                            num: l.num,
+                            num_unit: l.num_unit,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            mapping: self
+                .mappings
+                .iter()
+                .map(|m| proto::Mapping {
+                    id: m.id,
+                    memory_start: m.start,
+                    memory_limit: m.limit,
+                    file_offset: m.offset,
+                    filename: m.filename,
+                    build_id: m.build_id,
+                    has_functions: m.flags[0],
+                    has_filenames: m.flags[1],
+                    has_line_numbers: m.flags[2],
+                    has_inline_frames: m.flags[3],
+                })
+                .collect(),
+            location: self
+                .locations
+                .iter()
+                .map(|l| proto::Location {
+                    id: l.id,
+                    mapping_id: l.mapping_id,
+                    address: l.address,
+                    line: self.lines[l.lines.0 as usize..l.lines.1 as usize]
+                        .iter()
+                        .map(|ln| proto::Line {
+                            function_id: ln.function_id,
+                            line: ln.line,
+                            column: ln.column,
+                        })
+                        .collect(),
+                    is_folded: l.is_folded,
+                })
+                .collect(),
+            function: self
+                .functions
+                .iter()
+                .map(|f| proto::Function {
+                    id: f.id,
+                    name: f.name,
+                    system_name: f.system_name,
+                    filename: f.filename,
+                    start_line: f.start_line,
+                })
+                .collect(),
+            string_table: self
+                .strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect(),
+            drop_frames: self.drop_frames,
+            keep_frames: self.keep_frames,
+            time_nanos: self.time_nanos,
+            duration_nanos: self.duration_nanos,
+            period_type: self.period_type.as_ref().map(vt),
+            period: self.period,
+            comment: self.comments.clone(),
+            default_sample_type: self.default_sample_type,
+            doc_url: self.doc_url,
+        }
+    }
+}
+
+/// Length of a flat vector as a range bound.
+pub fn u32_len<T>(v: &[T]) -> u32 {
+    // Bounded by Limits::max_entries, which is checked to fit in u32.
+    v.len() as u32
+}
