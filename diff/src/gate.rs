@@ -324,7 +324,7 @@ impl<'a> Gate<'a> {
     /// Compositional scale, two passes: the first on the median-of-ratios
     /// size factor finds the culprits of significant growth; the second
     /// uses the size factor of everything outside their subtrees (the
-    /// stacks through no failing or inconclusive culprit), so that what did not change
+    /// stacks through no failing culprit), so that what did not change
     /// compares equal. Without a failing culprit the first pass stands.
     fn analyse(
         &self,
@@ -365,7 +365,7 @@ impl<'a> Gate<'a> {
         let failing: Vec<&str> = first
             .culprits
             .iter()
-            .filter(|c| c.kind == CulpritKind::Frame && c.verdict >= Verdict::Inconclusive)
+            .filter(|c| c.kind == CulpritKind::Frame && c.verdict == Verdict::Fail)
             .map(|c| c.function.as_str())
             .collect();
         if failing.is_empty() {
@@ -1415,7 +1415,21 @@ fn attribute(
                     .rev()
                     .copied()
                     .find(|&f| agg.composition_changed(f))
-                    .unwrap_or(start.id),
+                    .unwrap_or_else(|| {
+                        // Nothing changed shape: the growth is the chain's
+                        // end doing more in its own code (a slower leaf),
+                        // else everything below the start was called more.
+                        // (Within its caller's package: a runtime or
+                        // library leaf is more likely called more.)
+                        let end = *chain.last().unwrap_or(&start.id);
+                        let e = end as usize;
+                        let same = chain.len() >= 2 && pkg_same(chain[chain.len() - 2], end);
+                        if same && agg.flat[1][e] - agg.flat[0][e] >= EXPLAIN * agg.d_cum(end) {
+                            end
+                        } else {
+                            start.id
+                        }
+                    }),
                 None,
             ),
         };
