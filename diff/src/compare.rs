@@ -802,6 +802,16 @@ impl Comparison {
                 let df = (0.37 * items[fam].len() as f64).max(1.0);
                 priors[fam] = (kappa > 0.0).then_some(stats::DispersionPrior { kappa, df });
             }
+            // The cum family (aggregates only, see `leaf_only`) may be too
+            // small for its own robust estimate: its jitter is at least
+            // what the self values show.
+            if let Some(f) = priors[0] {
+                match priors[1].as_mut() {
+                    Some(c) if c.kappa >= f.kappa => {}
+                    Some(c) => c.kappa = f.kappa,
+                    None => priors[1] = Some(f),
+                }
+            }
         }
         // Pass 2: the tests.
         let mut out = Vec::with_capacity(ids.len());
