@@ -726,6 +726,14 @@ impl Comparison {
         };
         let col =
             |vals: &[Vec<f64>], id: usize| -> Vec<f64> { vals.iter().map(|v| v[id]).collect() };
+        // A function whose cumulative value equals its self value in every
+        // run (a leaf) has its cum test in the flat family already; testing
+        // it twice would only add tests (and the leaves' jitter would skew
+        // the cum family's common estimate, which is made for aggregates).
+        let leaf_only = |id: usize| -> bool {
+            flat_b.iter().zip(&cum_b).all(|(f, c)| f[id] == c[id])
+                && flat_c.iter().zip(&cum_c).all(|(f, c)| f[id] == c[id])
+        };
         let mut ids = Vec::new();
         let mut moments = [(0.0f64, 0.0f64); 2];
         for id in 0..n {
@@ -739,7 +747,7 @@ impl Comparison {
                 .enumerate()
             {
                 let (sb, sc) = (col(vb, id), col(vc, id));
-                if !above(&sb, &sc) {
+                if !above(&sb, &sc) || (fam == 1 && leaf_only(id)) {
                     continue;
                 }
                 let (rb, model) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
@@ -769,7 +777,10 @@ impl Comparison {
                     .enumerate()
                 {
                     let (sb, sc) = (col(vb, id), col(vc, id));
-                    if sb.iter().chain(&sc).all(|&x| x == 0.0) || !above(&sb, &sc) {
+                    if sb.iter().chain(&sc).all(|&x| x == 0.0)
+                        || !above(&sb, &sc)
+                        || (fam == 1 && leaf_only(id))
+                    {
                         continue;
                     }
                     let (rb, _) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
@@ -791,10 +802,21 @@ impl Comparison {
                 let df = (0.37 * items[fam].len() as f64).max(1.0);
                 priors[fam] = (kappa > 0.0).then_some(stats::DispersionPrior { kappa, df });
             }
+            // The cum family (aggregates only, see `leaf_only`) may be too
+            // small for its own robust estimate: its jitter is at least
+            // what the self values show.
+            if let Some(f) = priors[0] {
+                match priors[1].as_mut() {
+                    Some(c) if c.kappa >= f.kappa => {}
+                    Some(c) => c.kappa = f.kappa,
+                    None => priors[1] = Some(f),
+                }
+            }
         }
         // Pass 2: the tests.
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
+            let leaf = leaf_only(id);
             let metric = |vb: &[Vec<f64>], vc: &[Vec<f64>], fam: usize| {
                 let (sb, sc) = (col(vb, id), col(vc, id));
                 let mut m = test_entity_moderated(
@@ -807,7 +829,7 @@ impl Comparison {
                 let (x, y) = self.shares(&sb, &sc);
                 m.baseline_share = x;
                 m.candidate_share = y;
-                if x < opts.noise_floor && y < opts.noise_floor {
+                if (x < opts.noise_floor && y < opts.noise_floor) || (fam == 1 && leaf) {
                     m.p_value = None;
                 }
                 m

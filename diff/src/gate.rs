@@ -324,7 +324,7 @@ impl<'a> Gate<'a> {
     /// Compositional scale, two passes: the first on the median-of-ratios
     /// size factor finds the culprits of significant growth; the second
     /// uses the size factor of everything outside their subtrees (the
-    /// stacks through no failing or inconclusive culprit), so that what did not change
+    /// stacks through no failing culprit), so that what did not change
     /// compares equal. Without a failing culprit the first pass stands.
     fn analyse(
         &self,
@@ -365,7 +365,7 @@ impl<'a> Gate<'a> {
         let failing: Vec<&str> = first
             .culprits
             .iter()
-            .filter(|c| c.kind == CulpritKind::Frame && c.verdict >= Verdict::Inconclusive)
+            .filter(|c| c.kind == CulpritKind::Frame && c.verdict == Verdict::Fail)
             .map(|c| c.function.as_str())
             .collect();
         if failing.is_empty() {
@@ -499,13 +499,16 @@ impl<'a> Gate<'a> {
         if settings.default_rule {
             if let Some((cmp, funcs)) = self.primary() {
                 for c in culprits.iter().filter(|c| c.kind == CulpritKind::Frame) {
-                    if findings
-                        .iter()
-                        .any(|f| f.rule == DEFAULT_CUM_RULE && f.function == c.function)
-                    {
+                    if findings.iter().any(|f| {
+                        (f.rule == DEFAULT_CUM_RULE || f.rule == DEFAULT_FLAT_RULE)
+                            && f.function == c.function
+                    }) {
                         continue;
                     }
-                    if let Some(d) = funcs.iter().find(|d| d.function == c.function) {
+                    if let Some(d) = funcs
+                        .iter()
+                        .find(|d| d.function == c.function && d.cum.delta > 0.0)
+                    {
                         let mut f = base_finding(&cum_rule, "relative", cmp, &d.cum, "%".into());
                         f.function = c.function.clone();
                         f.metric = Some(MetricKind::Cum);
@@ -532,7 +535,7 @@ impl<'a> Gate<'a> {
             let by_name: HashMap<&str, &FunctionDelta> =
                 funcs.iter().map(|d| (d.function.as_str(), d)).collect();
             for f in &findings {
-                let default = f.rule == DEFAULT_CUM_RULE || f.rule == "default-share-growth";
+                let default = f.rule == DEFAULT_CUM_RULE || f.rule == DEFAULT_FLAT_RULE;
                 if !default || f.allowed.is_some() || f.verdict < Verdict::Inconclusive {
                     continue;
                 }
@@ -565,7 +568,7 @@ impl<'a> Gate<'a> {
             })
         };
         for f in &mut findings {
-            if f.rule == DEFAULT_CUM_RULE && f.allowed.is_none() {
+            if f.rule == DEFAULT_CUM_RULE && f.allowed.is_none() && f.delta > 0.0 {
                 if let Some(c) = culprit_rank(&f.function).map(|i| &culprits[i]) {
                     f.verdict = f.verdict.max(c.verdict);
                 }
@@ -573,13 +576,14 @@ impl<'a> Gate<'a> {
         }
         findings.sort_by(|a, b| {
             let rank = |f: &Finding| {
-                (f.rule == DEFAULT_CUM_RULE)
+                ((f.rule == DEFAULT_CUM_RULE || f.rule == DEFAULT_FLAT_RULE) && f.delta > 0.0)
                     .then(|| culprit_rank(&f.function))
                     .flatten()
                     .unwrap_or(usize::MAX)
             };
             rank(a)
                 .cmp(&rank(b))
+                .then((b.rule == DEFAULT_CUM_RULE).cmp(&(a.rule == DEFAULT_CUM_RULE)))
                 .then(b.verdict.cmp(&a.verdict))
                 .then((a.severity as u8).cmp(&(b.severity as u8)))
                 .then(b.delta.abs().total_cmp(&a.delta.abs()))
@@ -1415,7 +1419,21 @@ fn attribute(
                     .rev()
                     .copied()
                     .find(|&f| agg.composition_changed(f))
-                    .unwrap_or(start.id),
+                    .unwrap_or_else(|| {
+                        // Nothing changed shape: the growth is the chain's
+                        // end doing more in its own code (a slower leaf),
+                        // else everything below the start was called more.
+                        // (Within its caller's package: a runtime or
+                        // library leaf is more likely called more.)
+                        let end = *chain.last().unwrap_or(&start.id);
+                        let e = end as usize;
+                        let same = chain.len() >= 2 && pkg_same(chain[chain.len() - 2], end);
+                        if same && agg.flat[1][e] - agg.flat[0][e] >= EXPLAIN * agg.d_cum(end) {
+                            end
+                        } else {
+                            start.id
+                        }
+                    }),
                 None,
             ),
         };
@@ -1614,6 +1632,9 @@ fn fmt_points(v: f64, unit: &str) -> String {
         format!("{:+} {unit}", fmt_num(v))
     }
 }
+
+/// Name of the built-in flat rule ([`default_rule`]).
+const DEFAULT_FLAT_RULE: &str = "default-share-growth";
 
 /// How a relative finding names its values.
 fn scale_word(scale: &Scale) -> &'static str {
