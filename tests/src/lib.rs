@@ -6,6 +6,7 @@ pub mod apiload;
 pub mod http;
 pub mod kubelet;
 pub mod kubesim;
+pub mod regress;
 
 use std::{
     collections::HashMap,

@@ -18,64 +18,8 @@ use std::{
     process::Command,
 };
 
+use integration_tests::regress::{Case, CASES, PER_ITEM};
 use integration_tests::*;
-
-/// One regression class: the `regress -case` name and the function its
-/// candidate changes.
-struct Case {
-    name: &'static str,
-    class: &'static str,
-    changed: &'static str,
-}
-
-/// Cases (a)–(f); (g), a 10% change, is below the noise at these sample
-/// counts and is measured by `cargo xtask bench gate-accuracy` instead.
-const CASES: &[Case] = &[
-    Case {
-        name: "format",
-        class: "(a) per-call formatting",
-        changed: "main.auditTrail",
-    },
-    Case {
-        name: "regexp",
-        class: "(b) regexp compiled per call",
-        changed: "main.matchOwner",
-    },
-    Case {
-        name: "quadratic",
-        class: "(c) quadratic algorithm",
-        changed: "main.dedupeRefs",
-    },
-    Case {
-        name: "apicall",
-        class: "(d) extra client-library call",
-        changed: "main.refreshStatus",
-    },
-    Case {
-        name: "alloc",
-        class: "(e) allocation-heavy path",
-        changed: "main.buildEvents",
-    },
-    Case {
-        name: "table",
-        class: "(f) table rebuilt per call",
-        changed: "main.classify",
-    },
-];
-
-/// The functions `main.reconcile` calls once per item; in each case all but
-/// the changed one do the same work per item in both variants.
-const PER_ITEM: &[&str] = &[
-    "main.refreshStatus",
-    "main.computeHash",
-    "main.scoreSpec",
-    "main.classify",
-    "main.buildEvents",
-    "main.matchOwner",
-    "main.dedupeRefs",
-    "main.auditTrail",
-    "main.patchStatus",
-];
 
 const RUNS: usize = 3;
 
@@ -370,7 +314,7 @@ const TRIALS: usize = 2;
 fn run_suite(producer: Producer) {
     let dir = TempDir::new(&format!("regressions-{producer:?}"));
     let mut problems = Vec::new();
-    for case in CASES {
+    for case in CASES.iter().filter(|c| c.required()) {
         for trial in 1..=TRIALS {
             let d = dir.0.join(format!("{}-{trial}", case.name));
             record_case(&d, producer, case);

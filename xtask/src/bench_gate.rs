@@ -42,6 +42,7 @@
 //! release build. `GATE_ACCURACY_ONLY=synthetic|real` runs one part;
 //! `GATE_ACCURACY_EBPF=0` skips the eBPF producer.
 
+use integration_tests::regress::{CASES, PER_ITEM};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -529,69 +530,6 @@ pub fn gate_accuracy(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One case of the `regress` workload (tests/workloads/regress).
-struct RealCase {
-    /// `regress -case` name.
-    name: &'static str,
-    /// Regression class, as in issue 10's acceptance list.
-    class: &'static str,
-    /// The function the candidate changes (the program prints it too).
-    changed: &'static str,
-}
-
-/// Cases (a)–(g); (g) is reported, not required.
-const REAL_CASES: &[RealCase] = &[
-    RealCase {
-        name: "format",
-        class: "(a) per-call formatting",
-        changed: "main.auditTrail",
-    },
-    RealCase {
-        name: "regexp",
-        class: "(b) regexp compiled per call",
-        changed: "main.matchOwner",
-    },
-    RealCase {
-        name: "quadratic",
-        class: "(c) quadratic algorithm",
-        changed: "main.dedupeRefs",
-    },
-    RealCase {
-        name: "apicall",
-        class: "(d) extra client-library call",
-        changed: "main.refreshStatus",
-    },
-    RealCase {
-        name: "alloc",
-        class: "(e) allocation-heavy path",
-        changed: "main.buildEvents",
-    },
-    RealCase {
-        name: "table",
-        class: "(f) table rebuilt per call",
-        changed: "main.classify",
-    },
-    RealCase {
-        name: "small",
-        class: "(g) +10% in a >=5% function",
-        changed: "main.scoreSpec",
-    },
-];
-
-/// The functions the workload calls once per item; in each case all but
-/// the changed one do the same work per item on both sides.
-const PER_ITEM: &[&str] = &[
-    "main.refreshStatus",
-    "main.computeHash",
-    "main.scoreSpec",
-    "main.classify",
-    "main.buildEvents",
-    "main.matchOwner",
-    "main.dedupeRefs",
-    "main.auditTrail",
-    "main.patchStatus",
-];
-
 /// Who records the profiles.
 #[derive(Clone, Copy, PartialEq)]
 enum Producer {
@@ -863,7 +801,7 @@ fn real_workloads(root: &Path) -> Result<()> {
             "other per-item flagged",
             "samples/run b|c"
         );
-        for case in REAL_CASES {
+        for case in CASES {
             let dir = work.join(producer.dir()).join(case.name);
             let sides = [("base", dir.join("base")), ("cand", dir.join("cand"))];
             let runs = record_pool(&bins, producer, case.name, &sides, pool)?;
