@@ -60,28 +60,9 @@ fn field(text: &str, key: &str) -> Option<f64> {
 }
 
 fn build(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "profiler-user",
-            "--features",
-            "bench-knobs",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !st.success() {
-        bail!("cargo build --release -p profiler-user --features bench-knobs failed");
-    }
     let dir = root.join("target/go-bench");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // The measurement knobs exist only in this build: run a copy, so the
-    // binary measured is the one built here whatever builds next.
     let profiler = dir.join("profiler");
-    std::fs::copy(root.join("target/release/profiler"), &profiler)
-        .with_context(|| format!("copying the bench-knobs profiler to {}", profiler.display()))?;
+    crate::build_bench_profiler(root, "bench-knobs", &profiler)?;
     let bin = dir.join("goruntime");
     let st = Command::new(GO)
         .current_dir(root.join("tests/workloads"))

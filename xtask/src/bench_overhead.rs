@@ -22,7 +22,7 @@
 //! (`wait4` rusage of the profiler process only) are medians over rounds.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -102,32 +102,6 @@ fn workload_result(child: std::process::Child) -> Result<f64> {
     let text = String::from_utf8_lossy(&out.stdout);
     field(&text, "units_per_sec")
         .with_context(|| format!("samestack printed no units_per_sec: {text}"))
-}
-
-/// The `profiler` release binary with the `bench-sampler` feature (the
-/// old user-stack path selectable), copied out so a later default build
-/// does not replace it under us.
-fn build_bench_profiler(root: &Path, out_dir: &Path) -> Result<PathBuf> {
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "profiler-user",
-            "--features",
-            "bench-sampler",
-        ])
-        .env("PATH", crate::setup::path_with_tools())
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building profiler with --features bench-sampler failed");
-    }
-    let bin = out_dir.join("profiler-bench-sampler");
-    std::fs::copy(crate::target_dir(root).join("release/profiler"), &bin)
-        .context("copying the bench profiler")?;
-    Ok(bin)
 }
 
 /// Which user-stack path and which target.
@@ -218,7 +192,9 @@ pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<()> {
     let bins = crate::workloads::build_workloads(root)?;
     let out_dir = crate::target_dir(root).join("bench-overhead");
     std::fs::create_dir_all(&out_dir)?;
-    let profiler = build_bench_profiler(root, &out_dir)?;
+    // The old user-stack path is selectable only in this build.
+    let profiler = out_dir.join("profiler-bench-sampler");
+    crate::build_bench_profiler(root, "bench-sampler", &profiler)?;
     let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
         .context("enabling kernel.bpf_stats_enabled (run as root)")?;

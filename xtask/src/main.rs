@@ -113,6 +113,29 @@ pub fn build_release(root: &Path) -> Result<PathBuf> {
     Ok(target_dir(root).join("release"))
 }
 
+/// A release `profiler` built with a benchmark-only cargo `feature`,
+/// copied to `out` so the binary measured is the one built here whatever
+/// builds next (shipped builds carry no such knobs).
+pub fn build_bench_profiler(root: &Path, feature: &str, out: &Path) -> Result<()> {
+    run(cargo()
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "profiler-user",
+            "--features",
+            feature,
+        ])
+        .env("PATH", setup::path_with_tools()))?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::copy(target_dir(root).join("release/profiler"), out)
+        .with_context(|| format!("copying the {feature} profiler to {}", out.display()))?;
+    Ok(())
+}
+
 /// The Cargo target directory.
 pub fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
