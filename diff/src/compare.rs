@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use crate::normalize::{
-    reduce, select_sample_type, FuncId, FuncTable, NormalizeError, Normalizer, RunData, Scale,
+    select_sample_type, FuncId, FuncTable, NormalizeError, Normalizer, Prepared, RunData, Scale,
 };
 use crate::profile::{Profile, ValueType};
 use crate::stats::{self, CountModel, RunCount, ShiftEstimate};
@@ -535,11 +535,52 @@ impl SizeFactor {
     }
 }
 
+/// One run to reduce: the profile, its sample type, its source and its
+/// prepared functions.
+type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
+
+/// Runs the per-sample passes of `jobs` on up to one thread per core;
+/// the result is in job order and does not depend on the scheduling.
+fn reduce_all<'a, 'p: 'a>(jobs: impl Iterator<Item = &'a Job<'p>>) -> Vec<RunData> {
+    let jobs: Vec<&Job<'p>> = jobs.collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len());
+    let one = |j: &Job<'p>| j.3.reduce(j.0, j.1, j.2);
+    if threads <= 1 {
+        return jobs.into_iter().map(one).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<RunData>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(j) = jobs.get(i) else { break };
+                let r = one(j);
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .zip(jobs)
+        .map(|(slot, j)| {
+            // Every slot is filled above (a panic in a thread propagates
+            // out of the scope); a missing one is reduced here.
+            slot.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| one(j))
+        })
+        .collect()
+}
+
 impl Comparison {
     /// Reduce both sides for `sample_type` (None: each profile's default).
-    pub fn new(
-        base: &[(String, &Profile)],
-        cand: &[(String, &Profile)],
+    pub fn new<'p>(
+        base: &'p [(String, &'p Profile)],
+        cand: &'p [(String, &'p Profile)],
         sample_type: Option<&str>,
         norm: &Normalizer,
     ) -> Result<Comparison, CompareError> {
@@ -551,7 +592,9 @@ impl Comparison {
         }
         let mut table = FuncTable::default();
         let mut first: Option<ValueType> = None;
-        let mut side = |xs: &[(String, &Profile)]| -> Result<Vec<RunData>, CompareError> {
+        // Functions are interned run by run, in order (ids do not depend on
+        // threads); the per-sample passes then run in parallel.
+        let mut side = |xs: &'p [(String, &'p Profile)]| -> Result<Vec<Job<'p>>, CompareError> {
             let mut out = Vec::with_capacity(xs.len());
             for (path, p) in xs {
                 // Once the first profile fixed the type, match the rest by kind.
@@ -570,12 +613,15 @@ impl Comparison {
                     }
                     _ => {}
                 }
-                out.push(reduce(p, st, path, norm, &mut table));
+                out.push((*p, st, path.as_str(), Prepared::new(p, norm, &mut table)));
             }
             Ok(out)
         };
-        let b = side(base)?;
-        let mut c = side(cand)?;
+        let jb = side(base)?;
+        let jc = side(cand)?;
+        let mut runs = reduce_all(jb.iter().chain(&jc));
+        let mut c = runs.split_off(jb.len());
+        let b = runs;
         let size = {
             let n = table.len();
             let pool = |runs: &[RunData]| -> (Vec<f64>, f64) {

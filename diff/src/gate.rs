@@ -1106,73 +1106,106 @@ struct Agg {
     parents: Vec<Vec<FuncId>>,
 }
 
+/// One side's part of an [`Agg`].
+struct SideAgg {
+    cum: Vec<f64>,
+    flat: Vec<f64>,
+    cum_n: Vec<f64>,
+    edges: crate::normalize::FxMap<(FuncId, FuncId), f64>,
+}
+
+impl SideAgg {
+    fn new(runs: &[RunData], n: usize, scale: &Scale, exclude: &[bool], focus: &[bool]) -> Self {
+        let mut a = SideAgg {
+            cum: vec![0.0; n],
+            flat: vec![0.0; n],
+            cum_n: vec![0.0; n],
+            edges: Default::default(),
+        };
+        let any_excluded = exclude.iter().any(|&x| x);
+        let mut seen = vec![u32::MAX; n];
+        let mut pairs: Vec<(FuncId, FuncId)> = Vec::new();
+        let mut stamp = 0u32;
+        let den: f64 = runs
+            .iter()
+            .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
+            .sum::<f64>()
+            .max(1e-300);
+        for r in runs {
+            let w = if r.weight > 0.0 { r.weight } else { 1.0 };
+            for (s, &v) in &r.stacks {
+                if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
+                    continue;
+                }
+                stamp = stamp.wrapping_add(1);
+                let x = v / den;
+                let mut recursive = false;
+                for &f in s.iter() {
+                    if seen[f as usize] != stamp {
+                        seen[f as usize] = stamp;
+                        a.cum[f as usize] += x;
+                        a.cum_n[f as usize] += v / w;
+                    } else {
+                        recursive = true;
+                    }
+                }
+                if let Some(&leaf) = s.last() {
+                    a.flat[leaf as usize] += x;
+                }
+                if !s.iter().any(|&f| focus[f as usize]) {
+                    continue;
+                }
+                // An edge repeats within a stack only under recursion;
+                // only then is the (short) list of pairs consulted.
+                pairs.clear();
+                for p in s.windows(2) {
+                    let e = (p[0], p[1]);
+                    if p[0] == p[1] {
+                        continue;
+                    }
+                    if recursive {
+                        if pairs.contains(&e) {
+                            continue;
+                        }
+                        pairs.push(e);
+                    }
+                    *a.edges.entry(e).or_insert(0.0) += x;
+                }
+            }
+        }
+        a
+    }
+}
+
 impl Agg {
     /// `focus`: edges are collected only from stacks through a flagged
     /// function (the grown ones: every chain the attribution walks lies in
     /// those stacks), which keeps the pass cheap on large profiles.
     fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool], focus: &[bool]) -> Agg {
         let n = cmp.table.len();
+        // The two sides are independent passes (the same sums in the same
+        // order as one after the other): one thread each.
+        let one = |runs: &[RunData]| SideAgg::new(runs, n, scale, exclude, focus);
+        let (b, c) = std::thread::scope(|s| {
+            let c = s.spawn(|| one(&cmp.cand));
+            let b = one(&cmp.base);
+            (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
+        let mut edges: crate::normalize::FxMap<(FuncId, FuncId), [f64; 2]> = Default::default();
+        edges.reserve(b.edges.len().max(c.edges.len()));
+        for (side, m) in [&b.edges, &c.edges].into_iter().enumerate() {
+            for (&e, &x) in m {
+                edges.entry(e).or_insert([0.0; 2])[side] = x;
+            }
+        }
         let mut a = Agg {
-            cum: [vec![0.0; n], vec![0.0; n]],
-            flat: [vec![0.0; n], vec![0.0; n]],
-            cum_n: [vec![0.0; n], vec![0.0; n]],
-            edges: Default::default(),
+            cum: [b.cum, c.cum],
+            flat: [b.flat, c.flat],
+            cum_n: [b.cum_n, c.cum_n],
+            edges,
             children: vec![Vec::new(); n],
             parents: vec![Vec::new(); n],
         };
-        let any_excluded = exclude.iter().any(|&x| x);
-        let mut seen = vec![u32::MAX; n];
-        let mut pairs: Vec<(FuncId, FuncId)> = Vec::new();
-        let mut stamp = 0u32;
-        for (side, runs) in [&cmp.base, &cmp.cand].into_iter().enumerate() {
-            let den: f64 = runs
-                .iter()
-                .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
-                .sum::<f64>()
-                .max(1e-300);
-            for r in runs {
-                let w = if r.weight > 0.0 { r.weight } else { 1.0 };
-                for (s, &v) in &r.stacks {
-                    if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
-                        continue;
-                    }
-                    stamp = stamp.wrapping_add(1);
-                    let x = v / den;
-                    let mut recursive = false;
-                    for &f in s.iter() {
-                        if seen[f as usize] != stamp {
-                            seen[f as usize] = stamp;
-                            a.cum[side][f as usize] += x;
-                            a.cum_n[side][f as usize] += v / w;
-                        } else {
-                            recursive = true;
-                        }
-                    }
-                    if let Some(&leaf) = s.last() {
-                        a.flat[side][leaf as usize] += x;
-                    }
-                    if !s.iter().any(|&f| focus[f as usize]) {
-                        continue;
-                    }
-                    // An edge repeats within a stack only under recursion;
-                    // only then is the (short) list of pairs consulted.
-                    pairs.clear();
-                    for p in s.windows(2) {
-                        let e = (p[0], p[1]);
-                        if p[0] == p[1] {
-                            continue;
-                        }
-                        if recursive {
-                            if pairs.contains(&e) {
-                                continue;
-                            }
-                            pairs.push(e);
-                        }
-                        a.edges.entry(e).or_insert([0.0; 2])[side] += x;
-                    }
-                }
-            }
-        }
         for &(p, c) in a.edges.keys() {
             a.children[p as usize].push(c);
             a.parents[c as usize].push(p);
