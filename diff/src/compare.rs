@@ -739,10 +739,18 @@ impl Comparison {
     /// p-value; q-values are BH-adjusted within flat and within cum.
     pub fn functions(&self, opts: &CompareOptions) -> Result<Vec<FunctionDelta>, CompareError> {
         let n = self.table.len();
-        let flat_b: Vec<Vec<f64>> = self.base.iter().map(|r| r.flat(n)).collect();
-        let flat_c: Vec<Vec<f64>> = self.cand.iter().map(|r| r.flat(n)).collect();
-        let cum_b: Vec<Vec<f64>> = self.base.iter().map(|r| r.cum(n)).collect();
-        let cum_c: Vec<Vec<f64>> = self.cand.iter().map(|r| r.cum(n)).collect();
+        // Per-run flat and cum values: the candidate's on a second thread.
+        let sums = |runs: &[RunData]| -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+            (
+                runs.iter().map(|r| r.flat(n)).collect(),
+                runs.iter().map(|r| r.cum(n)).collect(),
+            )
+        };
+        let ((flat_b, cum_b), (flat_c, cum_c)) = std::thread::scope(|s| {
+            let c = s.spawn(|| sums(&self.cand));
+            let b = sums(&self.base);
+            (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
         let denb: Vec<f64> = self
             .base
             .iter()
@@ -945,13 +953,21 @@ impl Comparison {
             .into_iter()
             .map(|(s, (b, c))| (s, b / db.max(1e-300), c / dc.max(1e-300)))
             .collect();
-        v.sort_by(|a, b| {
+        // A total order (stacks are distinct): the `limit` first of all,
+        // without sorting the rest.
+        let order = |a: &(&[FuncId], f64, f64), b: &(&[FuncId], f64, f64)| {
             (b.2 - b.1)
                 .abs()
                 .total_cmp(&(a.2 - a.1).abs())
                 .then_with(|| a.0.cmp(b.0))
-        });
-        v.truncate(limit);
+        };
+        if limit < v.len() {
+            if limit > 0 {
+                v.select_nth_unstable_by(limit - 1, order);
+            }
+            v.truncate(limit);
+        }
+        v.sort_by(order);
         Ok(v.into_iter()
             .map(|(s, b, c)| StackDelta {
                 stack: self.folded(s),

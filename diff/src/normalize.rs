@@ -382,7 +382,7 @@ pub struct Func {
 /// Interner for normalized functions shared by every profile of a comparison.
 #[derive(Debug, Default, Clone)]
 pub struct FuncTable {
-    map: HashMap<(String, String), FuncId>,
+    map: FxMap<(String, String), FuncId>,
     /// Functions by id.
     pub funcs: Vec<Func>,
 }
@@ -390,16 +390,16 @@ pub struct FuncTable {
 impl FuncTable {
     /// Intern a function.
     pub fn intern(&mut self, name: String, file: String) -> FuncId {
-        if let Some(&id) = self.map.get(&(name.clone(), file.clone())) {
-            return id;
+        let next = self.funcs.len() as FuncId;
+        match self.map.entry((name, file)) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let (name, file) = e.key().clone();
+                self.funcs.push(Func { name, file });
+                e.insert(next);
+                next
+            }
         }
-        let id = self.funcs.len() as FuncId;
-        self.funcs.push(Func {
-            name: name.clone(),
-            file: file.clone(),
-        });
-        self.map.insert((name, file), id);
-        id
     }
 
     /// Number of functions.

@@ -173,7 +173,11 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
         let mut stack = Vec::with_capacity(depth);
         for &li in &loc_buf {
             let (a, b) = loc_ranges[li];
-            stack.extend_from_slice(&loc_frames[a as usize..b as usize]);
+            // Usually one frame (two or three when inlined): pushes, not a
+            // memcpy call per location.
+            for &f in &loc_frames[a as usize..b as usize] {
+                stack.push(f);
+            }
         }
         let mut labels = Vec::new();
         for l in &raw.labels[s.labels.0 as usize..s.labels.1 as usize] {
