@@ -13,7 +13,8 @@
 use serde::Serialize;
 
 use crate::normalize::{
-    select_sample_type, FuncId, FuncTable, NormalizeError, Normalizer, Prepared, RunData, Scale,
+    select_sample_type, FuncId, FuncTable, Names, NormalizeError, Normalizer, Prepared, RunData,
+    Scale,
 };
 use crate::profile::{Profile, ValueType};
 use crate::stats::{self, CountModel, RunCount, ShiftEstimate};
@@ -539,39 +540,37 @@ impl SizeFactor {
 /// prepared functions.
 type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
 
-/// Runs the per-sample passes of `jobs` on up to one thread per core;
-/// the result is in job order and does not depend on the scheduling.
-fn reduce_all<'a, 'p: 'a>(jobs: impl Iterator<Item = &'a Job<'p>>) -> Vec<RunData> {
-    let jobs: Vec<&Job<'p>> = jobs.collect();
+/// `f` over `items` on up to one thread per core; the result is in item
+/// order and does not depend on the scheduling.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(jobs.len());
-    let one = |j: &Job<'p>| j.3.reduce(j.0, j.1, j.2);
+        .min(items.len());
     if threads <= 1 {
-        return jobs.into_iter().map(one).collect();
+        return items.iter().map(f).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<RunData>>> =
-        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let slots: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(j) = jobs.get(i) else { break };
-                let r = one(j);
+                let Some(x) = items.get(i) else { break };
+                let r = f(x);
                 *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             });
         }
     });
     slots
         .into_iter()
-        .zip(jobs)
-        .map(|(slot, j)| {
+        .zip(items)
+        .map(|(slot, x)| {
             // Every slot is filled above (a panic in a thread propagates
-            // out of the scope); a missing one is reduced here.
+            // out of the scope); a missing one is computed here.
             slot.into_inner()
                 .unwrap_or_else(|e| e.into_inner())
-                .unwrap_or_else(|| one(j))
+                .unwrap_or_else(|| f(x))
         })
         .collect()
 }
@@ -592,6 +591,9 @@ impl Comparison {
         }
         let mut table = FuncTable::default();
         let mut first: Option<ValueType> = None;
+        // Frame names normalized per run in parallel, interned below in order.
+        let profiles: Vec<&Profile> = base.iter().chain(cand).map(|(_, p)| *p).collect();
+        let mut names = par_map(&profiles, |p| Names::new(p, norm)).into_iter();
         // Functions are interned run by run, in order (ids do not depend on
         // threads); the per-sample passes then run in parallel.
         let mut side = |xs: &'p [(String, &'p Profile)]| -> Result<Vec<Job<'p>>, CompareError> {
@@ -613,13 +615,20 @@ impl Comparison {
                     }
                     _ => {}
                 }
-                out.push((*p, st, path.as_str(), Prepared::new(p, norm, &mut table)));
+                let names = names.next().unwrap_or_else(|| Names::new(p, norm));
+                out.push((
+                    *p,
+                    st,
+                    path.as_str(),
+                    Prepared::from_names(names, norm, &mut table),
+                ));
             }
             Ok(out)
         };
         let jb = side(base)?;
         let jc = side(cand)?;
-        let mut runs = reduce_all(jb.iter().chain(&jc));
+        let jobs: Vec<&Job<'p>> = jb.iter().chain(&jc).collect();
+        let mut runs = par_map(&jobs, |j| j.3.reduce(j.0, j.1, j.2));
         let mut c = runs.split_off(jb.len());
         let b = runs;
         let size = {
@@ -928,7 +937,15 @@ impl Comparison {
     /// The `limit` stacks with the largest |delta|, folded root first.
     pub fn stacks(&self, scale: &Scale, limit: usize) -> Result<Vec<StackDelta>, CompareError> {
         use crate::normalize::FxMap;
+        // Sized once (its order does not matter: the result is sorted).
         let mut acc: FxMap<&[FuncId], (f64, f64)> = FxMap::default();
+        acc.reserve(
+            self.base
+                .iter()
+                .chain(&self.cand)
+                .map(|r| r.stacks.len())
+                .sum(),
+        );
         let db: f64 = self
             .base
             .iter()

@@ -1134,7 +1134,13 @@ impl SideAgg {
         for r in runs {
             let w = if r.weight > 0.0 { r.weight } else { 1.0 };
             for (s, &v) in &r.stacks {
-                if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
+                // One pass for both flags.
+                let (mut excluded, mut focused) = (false, false);
+                for &f in s.iter() {
+                    excluded |= any_excluded && exclude[f as usize];
+                    focused |= focus[f as usize];
+                }
+                if excluded {
                     continue;
                 }
                 stamp = stamp.wrapping_add(1);
@@ -1152,7 +1158,7 @@ impl SideAgg {
                 if let Some(&leaf) = s.last() {
                     a.flat[leaf as usize] += x;
                 }
-                if !s.iter().any(|&f| focus[f as usize]) {
+                if !focused {
                     continue;
                 }
                 // An edge repeats within a stack only under recursion;

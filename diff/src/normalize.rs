@@ -528,20 +528,29 @@ pub(crate) struct Prepared {
     root_id: FuncId,
 }
 
-impl Prepared {
-    /// Interns `p`'s functions into `table` (in frame order, then
-    /// `[kernel]` with `--no-kernel`, then `[root]`).
-    pub(crate) fn new(p: &Profile, norm: &Normalizer, table: &mut FuncTable) -> Prepared {
+/// A profile's frames normalized to (name, file), each distinct one once,
+/// in first-seen order: the part of [`Prepared::new`] that does not need
+/// the shared [`FuncTable`], so it can run on any thread.
+pub(crate) struct Names {
+    /// Index into `distinct` per frame (`u32::MAX` = dropped kernel frame).
+    frame_name: Vec<u32>,
+    /// Normalized (name, file), in first-seen order.
+    distinct: Vec<(String, String)>,
+}
+
+impl Names {
+    /// Normalizes the frames of `p`.
+    pub(crate) fn new(p: &Profile, norm: &Normalizer) -> Names {
         let opts = norm.options();
-        // Per-frame function id (None = dropped kernel frame).
-        let mut frame_func: Vec<Option<FuncId>> = Vec::with_capacity(p.frames.len());
+        let mut frame_name: Vec<u32> = Vec::with_capacity(p.frames.len());
+        let mut distinct: Vec<(String, String)> = Vec::new();
         // Frames differing only by line or address normalize alike: normalize
         // each (function, mapping, file) once (the address matters only for
-        // unnamed frames).
-        let mut memo: FxMap<(&str, &str, &str, u64), FuncId> = FxMap::default();
+        // unnamed frames). Two keys may normalize alike: interning merges them.
+        let mut memo: FxMap<(&str, &str, &str, u64), u32> = FxMap::default();
         for f in &p.frames {
             if opts.no_kernel && f.kind == FrameKind::Kernel {
-                frame_func.push(None);
+                frame_name.push(u32::MAX);
                 continue;
             }
             let addr = if f.function.is_empty() { f.address } else { 0 };
@@ -551,16 +560,40 @@ impl Prepared {
                 f.file.as_str(),
                 addr,
             );
-            let id = match memo.get(&key) {
-                Some(&id) => id,
-                None => {
-                    let id = table.intern(norm.function_name(f), norm.file(f));
-                    memo.insert(key, id);
-                    id
-                }
-            };
-            frame_func.push(Some(id));
+            let k = *memo.entry(key).or_insert_with(|| {
+                distinct.push((norm.function_name(f), norm.file(f)));
+                (distinct.len() - 1) as u32
+            });
+            frame_name.push(k);
         }
+        Names {
+            frame_name,
+            distinct,
+        }
+    }
+}
+
+impl Prepared {
+    /// Interns `p`'s functions into `table` (in frame order, then
+    /// `[kernel]` with `--no-kernel`, then `[root]`).
+    pub(crate) fn new(p: &Profile, norm: &Normalizer, table: &mut FuncTable) -> Prepared {
+        Prepared::from_names(Names::new(p, norm), norm, table)
+    }
+
+    /// [`Prepared::new`] from names normalized beforehand (on any thread).
+    pub(crate) fn from_names(names: Names, norm: &Normalizer, table: &mut FuncTable) -> Prepared {
+        let opts = norm.options();
+        // Interned in first-seen order: the ids a frame-by-frame pass gives.
+        let ids: Vec<FuncId> = names
+            .distinct
+            .into_iter()
+            .map(|(name, file)| table.intern(name, file))
+            .collect();
+        let frame_func: Vec<Option<FuncId>> = names
+            .frame_name
+            .iter()
+            .map(|&k| (k != u32::MAX).then(|| ids[k as usize]))
+            .collect();
         // Per-function flags (table may hold functions from other profiles).
         let flag = |re: &Option<Regex>| -> Option<Vec<bool>> {
             re.as_ref()
