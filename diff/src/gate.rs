@@ -1106,34 +1106,120 @@ struct Agg {
     parents: Vec<Vec<FuncId>>,
 }
 
+/// The caller → callee edges of one run's stacks, in the order its stack
+/// map iterates: for stack `i`, `ids[offsets[i]..offsets[i + 1]]`, each
+/// edge once per stack, self-calls left out.
+struct RunEdges {
+    offsets: Vec<u32>,
+    ids: Vec<u32>,
+}
+
+/// Every stack's edges as ids into one table of distinct edges, hashed
+/// once per attribution instead of once per aggregation round.
+struct EdgeIndex {
+    /// Distinct edges by id.
+    pairs: Vec<(FuncId, FuncId)>,
+    /// Per side (baseline, candidate), per run.
+    runs: [Vec<RunEdges>; 2],
+}
+
+impl EdgeIndex {
+    fn new(cmp: &Comparison) -> EdgeIndex {
+        let n = cmp.table.len();
+        let mut map: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
+        let mut pairs = Vec::new();
+        let mut seen = vec![u32::MAX; n];
+        let mut stamp = 0u32;
+        let mut local: Vec<(FuncId, FuncId)> = Vec::new();
+        let mut side = |runs: &[RunData]| -> Vec<RunEdges> {
+            runs.iter()
+                .map(|r| {
+                    let mut offsets = Vec::with_capacity(r.stacks.len() + 1);
+                    let mut ids = Vec::new();
+                    offsets.push(0u32);
+                    for s in r.stacks.keys() {
+                        stamp = stamp.wrapping_add(1);
+                        let mut recursive = false;
+                        for &f in s.iter() {
+                            if seen[f as usize] == stamp {
+                                recursive = true;
+                            }
+                            seen[f as usize] = stamp;
+                        }
+                        // An edge repeats within a stack only under
+                        // recursion; only then is the list consulted.
+                        local.clear();
+                        for p in s.windows(2) {
+                            let e = (p[0], p[1]);
+                            if p[0] == p[1] {
+                                continue;
+                            }
+                            if recursive {
+                                if local.contains(&e) {
+                                    continue;
+                                }
+                                local.push(e);
+                            }
+                            let id = *map.entry(e).or_insert_with(|| {
+                                pairs.push(e);
+                                (pairs.len() - 1) as u32
+                            });
+                            ids.push(id);
+                        }
+                        offsets.push(ids.len() as u32);
+                    }
+                    RunEdges { offsets, ids }
+                })
+                .collect()
+        };
+        let b = side(&cmp.base);
+        let c = side(&cmp.cand);
+        EdgeIndex {
+            pairs,
+            runs: [b, c],
+        }
+    }
+}
+
 /// One side's part of an [`Agg`].
 struct SideAgg {
     cum: Vec<f64>,
     flat: Vec<f64>,
     cum_n: Vec<f64>,
-    edges: crate::normalize::FxMap<(FuncId, FuncId), f64>,
+    /// Value per edge id of the [`EdgeIndex`], and whether any stack
+    /// counted added to it.
+    edges: Vec<f64>,
+    hit: Vec<bool>,
 }
 
 impl SideAgg {
-    fn new(runs: &[RunData], n: usize, scale: &Scale, exclude: &[bool], focus: &[bool]) -> Self {
+    fn new(
+        runs: &[RunData],
+        index: &[RunEdges],
+        n_edges: usize,
+        n: usize,
+        scale: &Scale,
+        exclude: &[bool],
+        focus: &[bool],
+    ) -> Self {
         let mut a = SideAgg {
             cum: vec![0.0; n],
             flat: vec![0.0; n],
             cum_n: vec![0.0; n],
-            edges: Default::default(),
+            edges: vec![0.0; n_edges],
+            hit: vec![false; n_edges],
         };
         let any_excluded = exclude.iter().any(|&x| x);
         let mut seen = vec![u32::MAX; n];
-        let mut pairs: Vec<(FuncId, FuncId)> = Vec::new();
         let mut stamp = 0u32;
         let den: f64 = runs
             .iter()
             .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
             .sum::<f64>()
             .max(1e-300);
-        for r in runs {
+        for (r, re) in runs.iter().zip(index) {
             let w = if r.weight > 0.0 { r.weight } else { 1.0 };
-            for (s, &v) in &r.stacks {
+            for (i, (s, &v)) in r.stacks.iter().enumerate() {
                 // One pass for both flags.
                 let (mut excluded, mut focused) = (false, false);
                 for &f in s.iter() {
@@ -1145,14 +1231,11 @@ impl SideAgg {
                 }
                 stamp = stamp.wrapping_add(1);
                 let x = v / den;
-                let mut recursive = false;
                 for &f in s.iter() {
                     if seen[f as usize] != stamp {
                         seen[f as usize] = stamp;
                         a.cum[f as usize] += x;
                         a.cum_n[f as usize] += v / w;
-                    } else {
-                        recursive = true;
                     }
                 }
                 if let Some(&leaf) = s.last() {
@@ -1161,21 +1244,10 @@ impl SideAgg {
                 if !focused {
                     continue;
                 }
-                // An edge repeats within a stack only under recursion;
-                // only then is the (short) list of pairs consulted.
-                pairs.clear();
-                for p in s.windows(2) {
-                    let e = (p[0], p[1]);
-                    if p[0] == p[1] {
-                        continue;
-                    }
-                    if recursive {
-                        if pairs.contains(&e) {
-                            continue;
-                        }
-                        pairs.push(e);
-                    }
-                    *a.edges.entry(e).or_insert(0.0) += x;
+                let ids = &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize];
+                for &e in ids {
+                    a.edges[e as usize] += x;
+                    a.hit[e as usize] = true;
                 }
             }
         }
@@ -1187,21 +1259,30 @@ impl Agg {
     /// `focus`: edges are collected only from stacks through a flagged
     /// function (the grown ones: every chain the attribution walks lies in
     /// those stacks), which keeps the pass cheap on large profiles.
-    fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool], focus: &[bool]) -> Agg {
+    fn new(
+        cmp: &Comparison,
+        index: &EdgeIndex,
+        scale: &Scale,
+        exclude: &[bool],
+        focus: &[bool],
+    ) -> Agg {
         let n = cmp.table.len();
         // The two sides are independent passes (the same sums in the same
         // order as one after the other): one thread each.
-        let one = |runs: &[RunData]| SideAgg::new(runs, n, scale, exclude, focus);
+        let one = |runs: &[RunData], side: &[RunEdges]| {
+            SideAgg::new(runs, side, index.pairs.len(), n, scale, exclude, focus)
+        };
         let (b, c) = std::thread::scope(|s| {
-            let c = s.spawn(|| one(&cmp.cand));
-            let b = one(&cmp.base);
+            let c = s.spawn(|| one(&cmp.cand, &index.runs[1]));
+            let b = one(&cmp.base, &index.runs[0]);
             (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         });
         let mut edges: crate::normalize::FxMap<(FuncId, FuncId), [f64; 2]> = Default::default();
-        edges.reserve(b.edges.len().max(c.edges.len()));
-        for (side, m) in [&b.edges, &c.edges].into_iter().enumerate() {
-            for (&e, &x) in m {
-                edges.entry(e).or_insert([0.0; 2])[side] = x;
+        for (side, a) in [&b, &c].into_iter().enumerate() {
+            for (e, (&x, &hit)) in a.edges.iter().zip(&a.hit).enumerate() {
+                if hit {
+                    edges.entry(index.pairs[e]).or_insert([0.0; 2])[side] = x;
+                }
             }
         }
         let mut a = Agg {
@@ -1365,7 +1446,8 @@ fn attribute(
     for g in &grown {
         focus[g.id as usize] = true;
     }
-    let full = Agg::new(cmp, scale, &exclude, &focus);
+    let index = EdgeIndex::new(cmp);
+    let full = Agg::new(cmp, &index, scale, &exclude, &focus);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1609,7 +1691,7 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, scale, &exclude, &focus);
+        let next = Agg::new(cmp, &index, scale, &exclude, &focus);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {
