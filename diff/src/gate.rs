@@ -341,10 +341,20 @@ impl<'a> Gate<'a> {
             Scale::Compositional if !cmp.size.fallback => Scale::Compositional,
             _ => Scale::Share,
         };
+        // The stacks' edges, indexed when the first pass needs them (both
+        // passes read the same stacks).
+        let index = std::cell::OnceCell::new();
         let pass = |cmp: &Comparison, scale: &Scale| -> Result<Analysis, CompareError> {
             let funcs = cmp.functions(&opts(scale))?;
-            let (mut culprits, residual) =
-                attribute(cmp, &funcs, scale, "%", settings, self.default_max_percent);
+            let (mut culprits, residual) = attribute(
+                cmp,
+                &index,
+                &funcs,
+                scale,
+                "%",
+                settings,
+                self.default_max_percent,
+            );
             let cum_rule = default_cum_rule(self.default_max_percent);
             for c in &mut culprits {
                 c.allowed = allowed(&cum_rule, &c.function, allow);
@@ -1114,70 +1124,73 @@ struct RunEdges {
     ids: Vec<u32>,
 }
 
-/// Every stack's edges as ids into one table of distinct edges, hashed
-/// once per attribution instead of once per aggregation round.
+/// Every stack's edges as ids into a table of distinct edges per side,
+/// hashed once per comparison instead of once per aggregation round.
 struct EdgeIndex {
-    /// Distinct edges by id.
-    pairs: Vec<(FuncId, FuncId)>,
-    /// Per side (baseline, candidate), per run.
-    runs: [Vec<RunEdges>; 2],
+    /// Per side (baseline, candidate): distinct edges by id, and per run
+    /// the ids of its stacks.
+    sides: [SideEdges; 2],
 }
+
+/// One side's distinct edges by id, and per run the ids of its stacks.
+type SideEdges = (Vec<(FuncId, FuncId)>, Vec<RunEdges>);
 
 impl EdgeIndex {
     fn new(cmp: &Comparison) -> EdgeIndex {
         let n = cmp.table.len();
-        let mut map: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
-        let mut pairs = Vec::new();
-        let mut seen = vec![u32::MAX; n];
-        let mut stamp = 0u32;
-        let mut local: Vec<(FuncId, FuncId)> = Vec::new();
-        let mut side = |runs: &[RunData]| -> Vec<RunEdges> {
-            runs.iter()
-                .map(|r| {
-                    let mut offsets = Vec::with_capacity(r.stacks.len() + 1);
-                    let mut ids = Vec::new();
-                    offsets.push(0u32);
-                    for s in r.stacks.keys() {
-                        stamp = stamp.wrapping_add(1);
-                        let mut recursive = false;
-                        for &f in s.iter() {
-                            if seen[f as usize] == stamp {
-                                recursive = true;
-                            }
-                            seen[f as usize] = stamp;
+        let side = |runs: &[RunData]| -> SideEdges {
+            let mut map: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
+            let mut pairs = Vec::new();
+            let mut seen = vec![u32::MAX; n];
+            let mut stamp = 0u32;
+            let mut local: Vec<(FuncId, FuncId)> = Vec::new();
+            let mut out = Vec::with_capacity(runs.len());
+            for r in runs {
+                let mut offsets = Vec::with_capacity(r.stacks.len() + 1);
+                let mut ids = Vec::new();
+                offsets.push(0u32);
+                for s in r.stacks.keys() {
+                    stamp = stamp.wrapping_add(1);
+                    let mut recursive = false;
+                    for &f in s.iter() {
+                        if seen[f as usize] == stamp {
+                            recursive = true;
                         }
-                        // An edge repeats within a stack only under
-                        // recursion; only then is the list consulted.
-                        local.clear();
-                        for p in s.windows(2) {
-                            let e = (p[0], p[1]);
-                            if p[0] == p[1] {
+                        seen[f as usize] = stamp;
+                    }
+                    // An edge repeats within a stack only under recursion;
+                    // only then is the list consulted.
+                    local.clear();
+                    for p in s.windows(2) {
+                        let e = (p[0], p[1]);
+                        if p[0] == p[1] {
+                            continue;
+                        }
+                        if recursive {
+                            if local.contains(&e) {
                                 continue;
                             }
-                            if recursive {
-                                if local.contains(&e) {
-                                    continue;
-                                }
-                                local.push(e);
-                            }
-                            let id = *map.entry(e).or_insert_with(|| {
-                                pairs.push(e);
-                                (pairs.len() - 1) as u32
-                            });
-                            ids.push(id);
+                            local.push(e);
                         }
-                        offsets.push(ids.len() as u32);
+                        let id = *map.entry(e).or_insert_with(|| {
+                            pairs.push(e);
+                            (pairs.len() - 1) as u32
+                        });
+                        ids.push(id);
                     }
-                    RunEdges { offsets, ids }
-                })
-                .collect()
+                    offsets.push(ids.len() as u32);
+                }
+                out.push(RunEdges { offsets, ids });
+            }
+            (pairs, out)
         };
-        let b = side(&cmp.base);
-        let c = side(&cmp.cand);
-        EdgeIndex {
-            pairs,
-            runs: [b, c],
-        }
+        // Ids are per side, so the sides index on one thread each.
+        let (b, c) = std::thread::scope(|s| {
+            let c = s.spawn(|| side(&cmp.cand));
+            let b = side(&cmp.base);
+            (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
+        EdgeIndex { sides: [b, c] }
     }
 }
 
@@ -1269,19 +1282,21 @@ impl Agg {
         let n = cmp.table.len();
         // The two sides are independent passes (the same sums in the same
         // order as one after the other): one thread each.
-        let one = |runs: &[RunData], side: &[RunEdges]| {
-            SideAgg::new(runs, side, index.pairs.len(), n, scale, exclude, focus)
+        let one = |runs: &[RunData], side: usize| {
+            let (pairs, edges) = &index.sides[side];
+            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, focus)
         };
         let (b, c) = std::thread::scope(|s| {
-            let c = s.spawn(|| one(&cmp.cand, &index.runs[1]));
-            let b = one(&cmp.base, &index.runs[0]);
+            let c = s.spawn(|| one(&cmp.cand, 1));
+            let b = one(&cmp.base, 0);
             (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         });
         let mut edges: crate::normalize::FxMap<(FuncId, FuncId), [f64; 2]> = Default::default();
         for (side, a) in [&b, &c].into_iter().enumerate() {
+            let pairs = &index.sides[side].0;
             for (e, (&x, &hit)) in a.edges.iter().zip(&a.hit).enumerate() {
                 if hit {
-                    edges.entry(index.pairs[e]).or_insert([0.0; 2])[side] = x;
+                    edges.entry(pairs[e]).or_insert([0.0; 2])[side] = x;
                 }
             }
         }
@@ -1372,6 +1387,7 @@ struct Grown {
 /// Returns the culprits and, per function, the growth left unexplained.
 fn attribute(
     cmp: &Comparison,
+    index: &std::cell::OnceCell<EdgeIndex>,
     funcs: &[FunctionDelta],
     scale: &Scale,
     unit: &str,
@@ -1446,8 +1462,8 @@ fn attribute(
     for g in &grown {
         focus[g.id as usize] = true;
     }
-    let index = EdgeIndex::new(cmp);
-    let full = Agg::new(cmp, &index, scale, &exclude, &focus);
+    let index = index.get_or_init(|| EdgeIndex::new(cmp));
+    let full = Agg::new(cmp, index, scale, &exclude, &focus);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1691,7 +1707,7 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, &index, scale, &exclude, &focus);
+        let next = Agg::new(cmp, index, scale, &exclude, &focus);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {
