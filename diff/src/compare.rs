@@ -13,7 +13,8 @@
 use serde::Serialize;
 
 use crate::normalize::{
-    reduce, select_sample_type, FuncId, FuncTable, NormalizeError, Normalizer, RunData, Scale,
+    select_sample_type, FuncId, FuncTable, Names, NormalizeError, Normalizer, Prepared, RunData,
+    Scale,
 };
 use crate::profile::{Profile, ValueType};
 use crate::stats::{self, CountModel, RunCount, ShiftEstimate};
@@ -535,11 +536,50 @@ impl SizeFactor {
     }
 }
 
+/// One run to reduce: the profile, its sample type, its source and its
+/// prepared functions.
+type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
+
+/// `f` over `items` on up to one thread per core; the result is in item
+/// order and does not depend on the scheduling.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(x) = items.get(i) else { break };
+                let r = f(x);
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .zip(items)
+        .map(|(slot, x)| {
+            // Every slot is filled above (a panic in a thread propagates
+            // out of the scope); a missing one is computed here.
+            slot.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| f(x))
+        })
+        .collect()
+}
+
 impl Comparison {
     /// Reduce both sides for `sample_type` (None: each profile's default).
-    pub fn new(
-        base: &[(String, &Profile)],
-        cand: &[(String, &Profile)],
+    pub fn new<'p>(
+        base: &'p [(String, &'p Profile)],
+        cand: &'p [(String, &'p Profile)],
         sample_type: Option<&str>,
         norm: &Normalizer,
     ) -> Result<Comparison, CompareError> {
@@ -551,7 +591,12 @@ impl Comparison {
         }
         let mut table = FuncTable::default();
         let mut first: Option<ValueType> = None;
-        let mut side = |xs: &[(String, &Profile)]| -> Result<Vec<RunData>, CompareError> {
+        // Frame names normalized per run in parallel, interned below in order.
+        let profiles: Vec<&Profile> = base.iter().chain(cand).map(|(_, p)| *p).collect();
+        let mut names = par_map(&profiles, |p| Names::new(p, norm)).into_iter();
+        // Functions are interned run by run, in order (ids do not depend on
+        // threads); the per-sample passes then run in parallel.
+        let mut side = |xs: &'p [(String, &'p Profile)]| -> Result<Vec<Job<'p>>, CompareError> {
             let mut out = Vec::with_capacity(xs.len());
             for (path, p) in xs {
                 // Once the first profile fixed the type, match the rest by kind.
@@ -570,12 +615,22 @@ impl Comparison {
                     }
                     _ => {}
                 }
-                out.push(reduce(p, st, path, norm, &mut table));
+                let names = names.next().unwrap_or_else(|| Names::new(p, norm));
+                out.push((
+                    *p,
+                    st,
+                    path.as_str(),
+                    Prepared::from_names(names, norm, &mut table),
+                ));
             }
             Ok(out)
         };
-        let b = side(base)?;
-        let mut c = side(cand)?;
+        let jb = side(base)?;
+        let jc = side(cand)?;
+        let jobs: Vec<&Job<'p>> = jb.iter().chain(&jc).collect();
+        let mut runs = par_map(&jobs, |j| j.3.reduce(j.0, j.1, j.2));
+        let mut c = runs.split_off(jb.len());
+        let b = runs;
         let size = {
             let n = table.len();
             let pool = |runs: &[RunData]| -> (Vec<f64>, f64) {
@@ -693,10 +748,18 @@ impl Comparison {
     /// p-value; q-values are BH-adjusted within flat and within cum.
     pub fn functions(&self, opts: &CompareOptions) -> Result<Vec<FunctionDelta>, CompareError> {
         let n = self.table.len();
-        let flat_b: Vec<Vec<f64>> = self.base.iter().map(|r| r.flat(n)).collect();
-        let flat_c: Vec<Vec<f64>> = self.cand.iter().map(|r| r.flat(n)).collect();
-        let cum_b: Vec<Vec<f64>> = self.base.iter().map(|r| r.cum(n)).collect();
-        let cum_c: Vec<Vec<f64>> = self.cand.iter().map(|r| r.cum(n)).collect();
+        // Per-run flat and cum values: the candidate's on a second thread.
+        let sums = |runs: &[RunData]| -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+            (
+                runs.iter().map(|r| r.flat(n)).collect(),
+                runs.iter().map(|r| r.cum(n)).collect(),
+            )
+        };
+        let ((flat_b, cum_b), (flat_c, cum_c)) = std::thread::scope(|s| {
+            let c = s.spawn(|| sums(&self.cand));
+            let b = sums(&self.base);
+            (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
         let denb: Vec<f64> = self
             .base
             .iter()
@@ -874,7 +937,15 @@ impl Comparison {
     /// The `limit` stacks with the largest |delta|, folded root first.
     pub fn stacks(&self, scale: &Scale, limit: usize) -> Result<Vec<StackDelta>, CompareError> {
         use crate::normalize::FxMap;
+        // Sized once (its order does not matter: the result is sorted).
         let mut acc: FxMap<&[FuncId], (f64, f64)> = FxMap::default();
+        acc.reserve(
+            self.base
+                .iter()
+                .chain(&self.cand)
+                .map(|r| r.stacks.len())
+                .sum(),
+        );
         let db: f64 = self
             .base
             .iter()
@@ -899,13 +970,21 @@ impl Comparison {
             .into_iter()
             .map(|(s, (b, c))| (s, b / db.max(1e-300), c / dc.max(1e-300)))
             .collect();
-        v.sort_by(|a, b| {
+        // A total order (stacks are distinct): the `limit` first of all,
+        // without sorting the rest.
+        let order = |a: &(&[FuncId], f64, f64), b: &(&[FuncId], f64, f64)| {
             (b.2 - b.1)
                 .abs()
                 .total_cmp(&(a.2 - a.1).abs())
                 .then_with(|| a.0.cmp(b.0))
-        });
-        v.truncate(limit);
+        };
+        if limit < v.len() {
+            if limit > 0 {
+                v.select_nth_unstable_by(limit - 1, order);
+            }
+            v.truncate(limit);
+        }
+        v.sort_by(order);
         Ok(v.into_iter()
             .map(|(s, b, c)| StackDelta {
                 stack: self.folded(s),

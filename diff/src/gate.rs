@@ -341,10 +341,20 @@ impl<'a> Gate<'a> {
             Scale::Compositional if !cmp.size.fallback => Scale::Compositional,
             _ => Scale::Share,
         };
+        // The stacks' edges, indexed when the first pass needs them (both
+        // passes read the same stacks).
+        let index = std::cell::OnceCell::new();
         let pass = |cmp: &Comparison, scale: &Scale| -> Result<Analysis, CompareError> {
             let funcs = cmp.functions(&opts(scale))?;
-            let (mut culprits, residual) =
-                attribute(cmp, &funcs, scale, "%", settings, self.default_max_percent);
+            let (mut culprits, residual) = attribute(
+                cmp,
+                &index,
+                &funcs,
+                scale,
+                "%",
+                settings,
+                self.default_max_percent,
+            );
             let cum_rule = default_cum_rule(self.default_max_percent);
             for c in &mut culprits {
                 c.allowed = allowed(&cum_rule, &c.function, allow);
@@ -1106,73 +1116,198 @@ struct Agg {
     parents: Vec<Vec<FuncId>>,
 }
 
-impl Agg {
-    /// `focus`: edges are collected only from stacks through a flagged
-    /// function (the grown ones: every chain the attribution walks lies in
-    /// those stacks), which keeps the pass cheap on large profiles.
-    fn new(cmp: &Comparison, scale: &Scale, exclude: &[bool], focus: &[bool]) -> Agg {
+/// The caller → callee edges of one run's stacks, in the order its stack
+/// map iterates: for stack `i`, `ids[offsets[i]..offsets[i + 1]]`, each
+/// edge once per stack, self-calls left out.
+struct RunEdges {
+    offsets: Vec<u32>,
+    ids: Vec<u32>,
+}
+
+/// Every stack's edges as ids into a table of distinct edges per side,
+/// hashed once per comparison instead of once per aggregation round.
+struct EdgeIndex {
+    /// Per side (baseline, candidate): distinct edges by id, and per run
+    /// the ids of its stacks.
+    sides: [SideEdges; 2],
+}
+
+/// One side's distinct edges by id, and per run the ids of its stacks.
+type SideEdges = (Vec<(FuncId, FuncId)>, Vec<RunEdges>);
+
+impl EdgeIndex {
+    fn new(cmp: &Comparison) -> EdgeIndex {
         let n = cmp.table.len();
-        let mut a = Agg {
-            cum: [vec![0.0; n], vec![0.0; n]],
-            flat: [vec![0.0; n], vec![0.0; n]],
-            cum_n: [vec![0.0; n], vec![0.0; n]],
-            edges: Default::default(),
-            children: vec![Vec::new(); n],
-            parents: vec![Vec::new(); n],
-        };
-        let any_excluded = exclude.iter().any(|&x| x);
-        let mut seen = vec![u32::MAX; n];
-        let mut pairs: Vec<(FuncId, FuncId)> = Vec::new();
-        let mut stamp = 0u32;
-        for (side, runs) in [&cmp.base, &cmp.cand].into_iter().enumerate() {
-            let den: f64 = runs
-                .iter()
-                .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
-                .sum::<f64>()
-                .max(1e-300);
+        let side = |runs: &[RunData]| -> SideEdges {
+            let mut map: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
+            let mut pairs = Vec::new();
+            let mut seen = vec![u32::MAX; n];
+            let mut stamp = 0u32;
+            let mut local: Vec<(FuncId, FuncId)> = Vec::new();
+            let mut out = Vec::with_capacity(runs.len());
             for r in runs {
-                let w = if r.weight > 0.0 { r.weight } else { 1.0 };
-                for (s, &v) in &r.stacks {
-                    if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
-                        continue;
-                    }
+                let mut offsets = Vec::with_capacity(r.stacks.len() + 1);
+                let mut ids = Vec::new();
+                offsets.push(0u32);
+                for s in r.stacks.keys() {
                     stamp = stamp.wrapping_add(1);
-                    let x = v / den;
                     let mut recursive = false;
                     for &f in s.iter() {
-                        if seen[f as usize] != stamp {
-                            seen[f as usize] = stamp;
-                            a.cum[side][f as usize] += x;
-                            a.cum_n[side][f as usize] += v / w;
-                        } else {
+                        if seen[f as usize] == stamp {
                             recursive = true;
                         }
-                    }
-                    if let Some(&leaf) = s.last() {
-                        a.flat[side][leaf as usize] += x;
-                    }
-                    if !s.iter().any(|&f| focus[f as usize]) {
-                        continue;
+                        seen[f as usize] = stamp;
                     }
                     // An edge repeats within a stack only under recursion;
-                    // only then is the (short) list of pairs consulted.
-                    pairs.clear();
+                    // only then is the list consulted.
+                    local.clear();
                     for p in s.windows(2) {
                         let e = (p[0], p[1]);
                         if p[0] == p[1] {
                             continue;
                         }
                         if recursive {
-                            if pairs.contains(&e) {
+                            if local.contains(&e) {
                                 continue;
                             }
-                            pairs.push(e);
+                            local.push(e);
                         }
-                        a.edges.entry(e).or_insert([0.0; 2])[side] += x;
+                        let id = *map.entry(e).or_insert_with(|| {
+                            pairs.push(e);
+                            (pairs.len() - 1) as u32
+                        });
+                        ids.push(id);
                     }
+                    offsets.push(ids.len() as u32);
+                }
+                out.push(RunEdges { offsets, ids });
+            }
+            (pairs, out)
+        };
+        // Ids are per side, so the sides index on one thread each.
+        let (b, c) = std::thread::scope(|s| {
+            let c = s.spawn(|| side(&cmp.cand));
+            let b = side(&cmp.base);
+            (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
+        EdgeIndex { sides: [b, c] }
+    }
+}
+
+/// One side's part of an [`Agg`].
+struct SideAgg {
+    cum: Vec<f64>,
+    flat: Vec<f64>,
+    cum_n: Vec<f64>,
+    /// Value per edge id of the [`EdgeIndex`], and whether any stack
+    /// counted added to it.
+    edges: Vec<f64>,
+    hit: Vec<bool>,
+}
+
+impl SideAgg {
+    fn new(
+        runs: &[RunData],
+        index: &[RunEdges],
+        n_edges: usize,
+        n: usize,
+        scale: &Scale,
+        exclude: &[bool],
+        focus: &[bool],
+    ) -> Self {
+        let mut a = SideAgg {
+            cum: vec![0.0; n],
+            flat: vec![0.0; n],
+            cum_n: vec![0.0; n],
+            edges: vec![0.0; n_edges],
+            hit: vec![false; n_edges],
+        };
+        let any_excluded = exclude.iter().any(|&x| x);
+        let mut seen = vec![u32::MAX; n];
+        let mut stamp = 0u32;
+        let den: f64 = runs
+            .iter()
+            .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
+            .sum::<f64>()
+            .max(1e-300);
+        for (r, re) in runs.iter().zip(index) {
+            let w = if r.weight > 0.0 { r.weight } else { 1.0 };
+            for (i, (s, &v)) in r.stacks.iter().enumerate() {
+                // One pass for both flags.
+                let (mut excluded, mut focused) = (false, false);
+                for &f in s.iter() {
+                    excluded |= any_excluded && exclude[f as usize];
+                    focused |= focus[f as usize];
+                }
+                if excluded {
+                    continue;
+                }
+                stamp = stamp.wrapping_add(1);
+                let x = v / den;
+                for &f in s.iter() {
+                    if seen[f as usize] != stamp {
+                        seen[f as usize] = stamp;
+                        a.cum[f as usize] += x;
+                        a.cum_n[f as usize] += v / w;
+                    }
+                }
+                if let Some(&leaf) = s.last() {
+                    a.flat[leaf as usize] += x;
+                }
+                if !focused {
+                    continue;
+                }
+                let ids = &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize];
+                for &e in ids {
+                    a.edges[e as usize] += x;
+                    a.hit[e as usize] = true;
                 }
             }
         }
+        a
+    }
+}
+
+impl Agg {
+    /// `focus`: edges are collected only from stacks through a flagged
+    /// function (the grown ones: every chain the attribution walks lies in
+    /// those stacks), which keeps the pass cheap on large profiles.
+    fn new(
+        cmp: &Comparison,
+        index: &EdgeIndex,
+        scale: &Scale,
+        exclude: &[bool],
+        focus: &[bool],
+    ) -> Agg {
+        let n = cmp.table.len();
+        // The two sides are independent passes (the same sums in the same
+        // order as one after the other): one thread each.
+        let one = |runs: &[RunData], side: usize| {
+            let (pairs, edges) = &index.sides[side];
+            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, focus)
+        };
+        let (b, c) = std::thread::scope(|s| {
+            let c = s.spawn(|| one(&cmp.cand, 1));
+            let b = one(&cmp.base, 0);
+            (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
+        let mut edges: crate::normalize::FxMap<(FuncId, FuncId), [f64; 2]> = Default::default();
+        for (side, a) in [&b, &c].into_iter().enumerate() {
+            let pairs = &index.sides[side].0;
+            for (e, (&x, &hit)) in a.edges.iter().zip(&a.hit).enumerate() {
+                if hit {
+                    edges.entry(pairs[e]).or_insert([0.0; 2])[side] = x;
+                }
+            }
+        }
+        let mut a = Agg {
+            cum: [b.cum, c.cum],
+            flat: [b.flat, c.flat],
+            cum_n: [b.cum_n, c.cum_n],
+            edges,
+            children: vec![Vec::new(); n],
+            parents: vec![Vec::new(); n],
+        };
         for &(p, c) in a.edges.keys() {
             a.children[p as usize].push(c);
             a.parents[c as usize].push(p);
@@ -1252,6 +1387,7 @@ struct Grown {
 /// Returns the culprits and, per function, the growth left unexplained.
 fn attribute(
     cmp: &Comparison,
+    index: &std::cell::OnceCell<EdgeIndex>,
     funcs: &[FunctionDelta],
     scale: &Scale,
     unit: &str,
@@ -1326,7 +1462,8 @@ fn attribute(
     for g in &grown {
         focus[g.id as usize] = true;
     }
-    let full = Agg::new(cmp, scale, &exclude, &focus);
+    let index = index.get_or_init(|| EdgeIndex::new(cmp));
+    let full = Agg::new(cmp, index, scale, &exclude, &focus);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1570,7 +1707,7 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, scale, &exclude, &focus);
+        let next = Agg::new(cmp, index, scale, &exclude, &focus);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {

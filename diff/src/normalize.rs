@@ -382,7 +382,7 @@ pub struct Func {
 /// Interner for normalized functions shared by every profile of a comparison.
 #[derive(Debug, Default, Clone)]
 pub struct FuncTable {
-    map: HashMap<(String, String), FuncId>,
+    map: FxMap<(String, String), FuncId>,
     /// Functions by id.
     pub funcs: Vec<Func>,
 }
@@ -390,16 +390,16 @@ pub struct FuncTable {
 impl FuncTable {
     /// Intern a function.
     pub fn intern(&mut self, name: String, file: String) -> FuncId {
-        if let Some(&id) = self.map.get(&(name.clone(), file.clone())) {
-            return id;
+        let next = self.funcs.len() as FuncId;
+        match self.map.entry((name, file)) {
+            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let (name, file) = e.key().clone();
+                self.funcs.push(Func { name, file });
+                e.insert(next);
+                next
+            }
         }
-        let id = self.funcs.len() as FuncId;
-        self.funcs.push(Func {
-            name: name.clone(),
-            file: file.clone(),
-        });
-        self.map.insert((name, file), id);
-        id
     }
 
     /// Number of functions.
@@ -509,139 +509,216 @@ pub fn reduce(
     norm: &Normalizer,
     table: &mut FuncTable,
 ) -> RunData {
-    let opts = norm.options();
-    // Per-frame function id (None = dropped kernel frame).
-    let mut frame_func: Vec<Option<FuncId>> = Vec::with_capacity(p.frames.len());
-    // Frames differing only by line or address normalize alike: normalize
-    // each (function, mapping, file) once (the address matters only for
-    // unnamed frames).
-    let mut memo: FxMap<(&str, &str, &str, u64), FuncId> = FxMap::default();
-    for f in &p.frames {
-        if opts.no_kernel && f.kind == FrameKind::Kernel {
-            frame_func.push(None);
-            continue;
-        }
-        let addr = if f.function.is_empty() { f.address } else { 0 };
-        let key = (
-            f.function.as_str(),
-            f.mapping.as_str(),
-            f.file.as_str(),
-            addr,
-        );
-        let id = match memo.get(&key) {
-            Some(&id) => id,
-            None => {
-                let id = table.intern(norm.function_name(f), norm.file(f));
-                memo.insert(key, id);
-                id
-            }
-        };
-        frame_func.push(Some(id));
-    }
-    // Per-function flags (table may hold functions from other profiles).
-    let n = table.len();
-    let flag = |re: &Option<Regex>| -> Option<Vec<bool>> {
-        re.as_ref()
-            .map(|re| table.funcs.iter().map(|f| re.is_match(&f.name)).collect())
-    };
-    let focus = flag(&opts.focus);
-    let ignore = flag(&opts.ignore);
-    let prune = flag(&opts.prune);
-    let noise: Vec<bool> = table
-        .funcs
-        .iter()
-        .map(|f| norm.is_root_noise(&f.name))
-        .collect();
-    let kernel_id = opts
-        .no_kernel
-        .then(|| table.intern("[kernel]".into(), String::new()));
-    let root_id = table.intern("[root]".into(), String::new());
-    let _ = n;
+    Prepared::new(p, norm, table).reduce(p, st, source)
+}
 
-    let weight = {
-        let t = &p.sample_types[st];
-        match &p.period_type {
-            Some(pt) if pt.unit == t.unit && p.period > 0 => p.period as f64,
-            _ => p
-                .samples
-                .iter()
-                .filter_map(|s| s.values.get(st).copied())
-                .filter(|&v| v > 0)
-                .min()
-                .unwrap_or(1) as f64,
-        }
-    };
-    let mut type_totals: Vec<(String, f64)> = p
-        .sample_types
-        .iter()
-        .map(|t| (t.kind.clone(), 0.0))
-        .collect();
-    let mut stacks: FxMap<Box<[FuncId]>, f64> = FxMap::default();
-    let mut buf: Vec<FuncId> = Vec::with_capacity(128);
-    let mut total = 0.0;
-    for s in &p.samples {
-        for (i, v) in s.values.iter().enumerate() {
-            if let Some(t) = type_totals.get_mut(i) {
-                t.1 += *v as f64;
-            }
-        }
-        let v = match s.values.get(st) {
-            Some(&v) if v != 0 => v as f64,
-            _ => continue,
-        };
-        buf.clear();
-        let mut dropped_kernel = false;
-        for &fid in &s.stack {
-            match frame_func.get(fid as usize).copied().flatten() {
-                Some(f) => buf.push(f),
-                None => dropped_kernel = true,
-            }
-        }
-        // Root noise at the root end (buf is leaf first).
-        while let Some(&last) = buf.last() {
-            if noise.get(last as usize).copied().unwrap_or(false) {
-                buf.pop();
-            } else {
-                break;
-            }
-        }
-        if let Some(f) = &focus {
-            if !buf.iter().any(|&x| f[x as usize]) {
+/// A profile's frames mapped to interned functions, with the per-function
+/// flags of the normalizer's filters: the part of [`reduce`] that needs the
+/// shared [`FuncTable`]. The per-sample pass ([`Prepared::reduce`]) reads
+/// only the profile and this, so runs can reduce on several threads while
+/// function ids stay those of a sequential [`reduce`].
+pub(crate) struct Prepared {
+    /// Function id per frame (None = dropped kernel frame).
+    frame_func: Vec<Option<FuncId>>,
+    focus: Option<Vec<bool>>,
+    ignore: Option<Vec<bool>>,
+    prune: Option<Vec<bool>>,
+    noise: Vec<bool>,
+    kernel_id: Option<FuncId>,
+    root_id: FuncId,
+}
+
+/// A profile's frames normalized to (name, file), each distinct one once,
+/// in first-seen order: the part of [`Prepared::new`] that does not need
+/// the shared [`FuncTable`], so it can run on any thread.
+pub(crate) struct Names {
+    /// Index into `distinct` per frame (`u32::MAX` = dropped kernel frame).
+    frame_name: Vec<u32>,
+    /// Normalized (name, file), in first-seen order.
+    distinct: Vec<(String, String)>,
+}
+
+impl Names {
+    /// Normalizes the frames of `p`.
+    pub(crate) fn new(p: &Profile, norm: &Normalizer) -> Names {
+        let opts = norm.options();
+        let mut frame_name: Vec<u32> = Vec::with_capacity(p.frames.len());
+        let mut distinct: Vec<(String, String)> = Vec::new();
+        // Frames differing only by line or address normalize alike: normalize
+        // each (function, mapping, file) once (the address matters only for
+        // unnamed frames). Two keys may normalize alike: interning merges them.
+        let mut memo: FxMap<(&str, &str, &str, u64), u32> = FxMap::default();
+        for f in &p.frames {
+            if opts.no_kernel && f.kind == FrameKind::Kernel {
+                frame_name.push(u32::MAX);
                 continue;
             }
-        }
-        if let Some(f) = &ignore {
-            if buf.iter().any(|&x| f[x as usize]) {
-                continue;
-            }
-        }
-        if let Some(f) = &prune {
-            if let Some(i) = buf.iter().position(|&x| f[x as usize]) {
-                buf.drain(..i);
-            }
-        }
-        if buf.is_empty() {
-            buf.push(match (dropped_kernel, kernel_id) {
-                (true, Some(k)) => k,
-                _ => root_id,
+            let addr = if f.function.is_empty() { f.address } else { 0 };
+            let key = (
+                f.function.as_str(),
+                f.mapping.as_str(),
+                f.file.as_str(),
+                addr,
+            );
+            let k = *memo.entry(key).or_insert_with(|| {
+                distinct.push((norm.function_name(f), norm.file(f)));
+                (distinct.len() - 1) as u32
             });
+            frame_name.push(k);
         }
-        buf.reverse();
-        total += v;
-        if let Some(e) = stacks.get_mut(buf.as_slice()) {
-            *e += v;
-        } else {
-            stacks.insert(buf.clone().into_boxed_slice(), v);
+        Names {
+            frame_name,
+            distinct,
         }
     }
-    RunData {
-        source: source.to_string(),
-        total,
-        weight,
-        duration_secs: p.duration_nanos as f64 / 1e9,
-        type_totals,
-        stacks,
-        size_factor: 1.0,
+}
+
+impl Prepared {
+    /// Interns `p`'s functions into `table` (in frame order, then
+    /// `[kernel]` with `--no-kernel`, then `[root]`).
+    pub(crate) fn new(p: &Profile, norm: &Normalizer, table: &mut FuncTable) -> Prepared {
+        Prepared::from_names(Names::new(p, norm), norm, table)
+    }
+
+    /// [`Prepared::new`] from names normalized beforehand (on any thread).
+    pub(crate) fn from_names(names: Names, norm: &Normalizer, table: &mut FuncTable) -> Prepared {
+        let opts = norm.options();
+        // Interned in first-seen order: the ids a frame-by-frame pass gives.
+        let ids: Vec<FuncId> = names
+            .distinct
+            .into_iter()
+            .map(|(name, file)| table.intern(name, file))
+            .collect();
+        let frame_func: Vec<Option<FuncId>> = names
+            .frame_name
+            .iter()
+            .map(|&k| (k != u32::MAX).then(|| ids[k as usize]))
+            .collect();
+        // Per-function flags (table may hold functions from other profiles).
+        let flag = |re: &Option<Regex>| -> Option<Vec<bool>> {
+            re.as_ref()
+                .map(|re| table.funcs.iter().map(|f| re.is_match(&f.name)).collect())
+        };
+        let focus = flag(&opts.focus);
+        let ignore = flag(&opts.ignore);
+        let prune = flag(&opts.prune);
+        let noise: Vec<bool> = table
+            .funcs
+            .iter()
+            .map(|f| norm.is_root_noise(&f.name))
+            .collect();
+        let kernel_id = opts
+            .no_kernel
+            .then(|| table.intern("[kernel]".into(), String::new()));
+        let root_id = table.intern("[root]".into(), String::new());
+        Prepared {
+            frame_func,
+            focus,
+            ignore,
+            prune,
+            noise,
+            kernel_id,
+            root_id,
+        }
+    }
+
+    /// The per-sample pass of [`reduce`].
+    pub(crate) fn reduce(&self, p: &Profile, st: usize, source: &str) -> RunData {
+        let Prepared {
+            frame_func,
+            focus,
+            ignore,
+            prune,
+            noise,
+            kernel_id,
+            root_id,
+        } = self;
+        let (kernel_id, root_id) = (*kernel_id, *root_id);
+        let weight = {
+            let t = &p.sample_types[st];
+            match &p.period_type {
+                Some(pt) if pt.unit == t.unit && p.period > 0 => p.period as f64,
+                _ => p
+                    .samples
+                    .iter()
+                    .filter_map(|s| s.values.get(st).copied())
+                    .filter(|&v| v > 0)
+                    .min()
+                    .unwrap_or(1) as f64,
+            }
+        };
+        let mut type_totals: Vec<(String, f64)> = p
+            .sample_types
+            .iter()
+            .map(|t| (t.kind.clone(), 0.0))
+            .collect();
+        let mut stacks: FxMap<Box<[FuncId]>, f64> = FxMap::default();
+        let mut buf: Vec<FuncId> = Vec::with_capacity(128);
+        let mut total = 0.0;
+        for s in &p.samples {
+            for (i, v) in s.values.iter().enumerate() {
+                if let Some(t) = type_totals.get_mut(i) {
+                    t.1 += *v as f64;
+                }
+            }
+            let v = match s.values.get(st) {
+                Some(&v) if v != 0 => v as f64,
+                _ => continue,
+            };
+            buf.clear();
+            let mut dropped_kernel = false;
+            for &fid in &s.stack {
+                match frame_func.get(fid as usize).copied().flatten() {
+                    Some(f) => buf.push(f),
+                    None => dropped_kernel = true,
+                }
+            }
+            // Root noise at the root end (buf is leaf first).
+            while let Some(&last) = buf.last() {
+                if noise.get(last as usize).copied().unwrap_or(false) {
+                    buf.pop();
+                } else {
+                    break;
+                }
+            }
+            if let Some(f) = focus {
+                if !buf.iter().any(|&x| f[x as usize]) {
+                    continue;
+                }
+            }
+            if let Some(f) = ignore {
+                if buf.iter().any(|&x| f[x as usize]) {
+                    continue;
+                }
+            }
+            if let Some(f) = prune {
+                if let Some(i) = buf.iter().position(|&x| f[x as usize]) {
+                    buf.drain(..i);
+                }
+            }
+            if buf.is_empty() {
+                buf.push(match (dropped_kernel, kernel_id) {
+                    (true, Some(k)) => k,
+                    _ => root_id,
+                });
+            }
+            buf.reverse();
+            total += v;
+            if let Some(e) = stacks.get_mut(buf.as_slice()) {
+                *e += v;
+            } else {
+                stacks.insert(buf.clone().into_boxed_slice(), v);
+            }
+        }
+        RunData {
+            source: source.to_string(),
+            total,
+            weight,
+            duration_secs: p.duration_nanos as f64 / 1e9,
+            type_totals,
+            stacks,
+            size_factor: 1.0,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! [`Profile`]: frames named by strings, deduplicated once, stacks as
 //! frame ids. The bounded wire decoding itself is the pprof crate's.
 
-use profiler_pprof::decode::{u32_len, IdIndex, RawError, RawProfile};
+use profiler_pprof::decode::{u32_len, IdIndex, RawError, RawProfile, RawSample};
 use profiler_pprof::hash::FxHashMap;
 use profiler_pprof::Limits;
 
@@ -146,12 +146,61 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
     }
     drop(interned);
 
-    // Samples.
+    // Samples: a large profile resolves its two halves on two threads
+    // (the first error in sample order wins either way).
     let n_types = sample_types.len();
-    let mut samples = Vec::with_capacity(raw.samples.len());
+    let run = |first: usize, chunk: &[RawSample<'_>]| {
+        resolve_samples(&raw, first, chunk, n_types, &lidx, &loc_ranges, &loc_frames)
+    };
+    let samples = if raw.samples.len() >= PARALLEL_SAMPLES {
+        let (a, b) = raw.samples.split_at(raw.samples.len() / 2);
+        let (ra, rb) = std::thread::scope(|s| {
+            let rb = s.spawn(|| run(a.len(), b));
+            let ra = run(0, a);
+            (
+                ra,
+                rb.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            )
+        });
+        let mut samples = ra?;
+        samples.append(&mut rb?);
+        samples
+    } else {
+        run(0, &raw.samples)?
+    };
+
+    Ok(Profile {
+        sample_types,
+        default_sample_type: (!default_sample_type.is_empty()).then_some(default_sample_type),
+        period_type,
+        period: raw.period,
+        time_nanos: raw.time_nanos,
+        duration_nanos: raw.duration_nanos,
+        comments,
+        frames,
+        samples,
+    })
+}
+
+/// Fewest samples for which [`resolve`] uses a second thread.
+const PARALLEL_SAMPLES: usize = 20_000;
+
+/// Resolves `chunk`, the samples of `raw` from index `first` on.
+fn resolve_samples(
+    raw: &RawProfile<'_>,
+    first: usize,
+    chunk: &[RawSample<'_>],
+    n_types: usize,
+    lidx: &IdIndex,
+    loc_ranges: &[(u32, u32)],
+    loc_frames: &[FrameId],
+) -> Result<Vec<Sample>, String> {
+    let strings = raw;
+    let mut samples = Vec::with_capacity(chunk.len());
     let mut label_keys: FxHashMap<i64, String> = FxHashMap::default();
     let mut loc_buf: Vec<usize> = Vec::with_capacity(128);
-    for (si, s) in raw.samples.iter().enumerate() {
+    for (i, s) in chunk.iter().enumerate() {
+        let si = first + i;
         let values = &raw.values[s.values.0 as usize..s.values.1 as usize];
         if values.len() != n_types {
             return Err(format!(
@@ -173,7 +222,11 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
         let mut stack = Vec::with_capacity(depth);
         for &li in &loc_buf {
             let (a, b) = loc_ranges[li];
-            stack.extend_from_slice(&loc_frames[a as usize..b as usize]);
+            // Usually one frame (two or three when inlined): pushes, not a
+            // memcpy call per location.
+            for &f in &loc_frames[a as usize..b as usize] {
+                stack.push(f);
+            }
         }
         let mut labels = Vec::new();
         for l in &raw.labels[s.labels.0 as usize..s.labels.1 as usize] {
@@ -200,16 +253,5 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
             labels,
         });
     }
-
-    Ok(Profile {
-        sample_types,
-        default_sample_type: (!default_sample_type.is_empty()).then_some(default_sample_type),
-        period_type,
-        period: raw.period,
-        time_nanos: raw.time_nanos,
-        duration_nanos: raw.duration_nanos,
-        comments,
-        frames,
-        samples,
-    })
+    Ok(samples)
 }

@@ -311,7 +311,8 @@ fn run_compare(
     );
     let bref: Vec<(String, &Profile)> = base.iter().map(|(n, p)| (n.clone(), p)).collect();
     let cref: Vec<(String, &Profile)> = cand.iter().map(|(n, p)| (n.clone(), p)).collect();
-    let mut gate = Gate::new(bref, cref, &norm, a.sample_type.clone());
+    // Never freed either (its comparison holds one boxed slice per stack).
+    let mut gate = std::mem::ManuallyDrop::new(Gate::new(bref, cref, &norm, a.sample_type.clone()));
     gate.scale = match a.scale {
         ScaleArg::Share => Scale::Share,
         ScaleArg::Compositional => Scale::Compositional,
