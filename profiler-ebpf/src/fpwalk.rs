@@ -54,14 +54,17 @@ const HASH_M: u64 = 0x9e37_79b9_7f4a_7c15;
 pub const STOP_END: u64 = 0;
 /// The walk kept [`FP_MAX_FRAMES`] frames (a deeper stack is truncated).
 pub const STOP_MAX_FRAMES: u64 = 1;
+/// The Go probes' walk (`GROWING`) met a saved frame pointer below the
+/// current one: the chain moves to another stack (Go's `systemstack`, e.g.
+/// in `mallocgc`), where these walks stop by design.
+pub const STOP_STACK_SWITCH: u64 = 2;
 /// Unexpected frame: a frame pointer that is not 8-byte aligned (code
 /// without frame pointers using RBP for data, or a corrupt stack).
-pub const STOP_MISALIGNED: u64 = 2;
+pub const STOP_MISALIGNED: u64 = 3;
 /// Unexpected frame: the frame pointer points at unreadable memory.
-pub const STOP_READ_FAILED: u64 = 3;
-/// Unexpected frame: the saved frame pointer repeats the current one (or,
-/// for the Go probes, does not grow).
-pub const STOP_LOOP: u64 = 4;
+pub const STOP_READ_FAILED: u64 = 4;
+/// Unexpected frame: the saved frame pointer repeats the current one.
+pub const STOP_LOOP: u64 = 5;
 
 /// A finished [`walk`].
 #[derive(Clone, Copy)]
@@ -204,8 +207,12 @@ extern "C" fn step<const SLOT: u32, const GROWING: bool>(
     let h = (s.h ^ ret).wrapping_mul(HASH_M);
     s.h = h ^ (h >> 32);
     s.stack.len = n as u64 + 1;
-    if next == fp || (GROWING && next < fp) {
+    if next == fp {
         s.stop = STOP_LOOP;
+        return 1;
+    }
+    if GROWING && next < fp {
+        s.stop = STOP_STACK_SWITCH;
         s.fp = next;
         return 1;
     }

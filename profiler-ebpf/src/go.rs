@@ -173,7 +173,7 @@ fn stack_key(ctx: &ProbeContext, tgid: u32, tag: u64, cookie: u64) -> GoStackKey
             if w.unexpected() && diag::enabled() {
                 warn!(
                     ctx,
-                    "go probe (tag {}): user stack of tgid {} stopped at an unexpected frame pointer 0x{:x} after {} frame(s), ip 0x{:x}, reason {} (2 misaligned, 3 unreadable, 4 not growing)",
+                    "go probe (tag {}): user stack of tgid {} stopped at an unexpected frame pointer 0x{:x} after {} frame(s), ip 0x{:x}, reason {} (3 misaligned, 4 unreadable, 5 repeating)",
                     tag,
                     tgid,
                     w.fp,

@@ -225,7 +225,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
                         if w.unexpected() && diag::enabled() {
                             warn!(
                                 ctx,
-                                "cpu_sample: user stack of tgid {} stopped at an unexpected frame pointer 0x{:x} after {} frame(s), ip 0x{:x}, reason {} (2 misaligned, 3 unreadable, 4 repeating)",
+                                "cpu_sample: user stack of tgid {} stopped at an unexpected frame pointer 0x{:x} after {} frame(s), ip 0x{:x}, reason {} (3 misaligned, 4 unreadable, 5 repeating)",
                                 tgid,
                                 w.fp,
                                 w.frames,
