@@ -181,11 +181,42 @@ pub enum Config {
     /// How `cpu_sample` takes user stacks: [`USER_STACK_MODE_WALK`] (the
     /// default) or, benchmark only, [`USER_STACK_MODE_STACKID`].
     UserStackMode = 8,
+    /// Non-zero: the programs report rare events (a map that filled, an
+    /// unwind that stopped at an unexpected frame, a failed attach-time
+    /// check) through aya-log (`--ebpf-log`). Read only after such an event
+    /// was detected, so the sampling path does not change when it is off.
+    EbpfLog = 9,
 }
 
 impl Config {
     /// Number of config slots.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
+}
+
+/// Minimum time between two aya-log messages from one CPU (`--ebpf-log`):
+/// at most 10 messages per second per CPU reach the 128 KiB ring buffer
+/// aya-log-ebpf writes to; the others are counted in
+/// [`LogState::Suppressed`].
+pub const EBPF_LOG_INTERVAL_NS: u64 = 100_000_000;
+
+/// Indexes of the per-CPU `LOG_STATE` array of the `--ebpf-log`
+/// diagnostics ([`LogState::COUNT`] u64 entries).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogState {
+    /// `bpf_ktime_get_ns` of this CPU's last message.
+    LastNs = 0,
+    /// Messages this CPU tried to write (a full ring buffer drops them
+    /// silently: userspace compares with the records it read).
+    Emitted = 1,
+    /// Rare events not reported because of the rate limit
+    /// ([`EBPF_LOG_INTERVAL_NS`]).
+    Suppressed = 2,
+}
+
+impl LogState {
+    /// Number of slots.
+    pub const COUNT: u32 = 3;
 }
 
 /// Where a tgid's frameless ranges sit in the shared `FRAMELESS` table.

@@ -38,6 +38,8 @@ pub struct FpScratch {
     have: u64,
     /// Hash of the frames so far.
     h: u64,
+    /// Why the walk stopped (`STOP_*`).
+    stop: u64,
     /// A copy of user stack memory from `base`.
     win: [u64; WIN_WORDS],
 }
@@ -47,6 +49,45 @@ pub struct FpScratch {
 static FP_SCRATCH: PerCpuArray<FpScratch> = PerCpuArray::with_max_entries(2, 0);
 
 const HASH_M: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The walk reached a saved frame pointer of 0: the end of the chain.
+pub const STOP_END: u64 = 0;
+/// The walk kept [`FP_MAX_FRAMES`] frames (a deeper stack is truncated).
+pub const STOP_MAX_FRAMES: u64 = 1;
+/// The Go probes' walk (`GROWING`) met a saved frame pointer below the
+/// current one: the chain moves to another stack (Go's `systemstack`, e.g.
+/// in `mallocgc`), where these walks stop by design.
+pub const STOP_STACK_SWITCH: u64 = 2;
+/// Unexpected frame: a frame pointer that is not 8-byte aligned (code
+/// without frame pointers using RBP for data, or a corrupt stack).
+pub const STOP_MISALIGNED: u64 = 3;
+/// Unexpected frame: the frame pointer points at unreadable memory.
+pub const STOP_READ_FAILED: u64 = 4;
+/// Unexpected frame: the saved frame pointer repeats the current one.
+pub const STOP_LOOP: u64 = 5;
+
+/// A finished [`walk`].
+#[derive(Clone, Copy)]
+pub struct Walked {
+    /// The stack's hash (never 0).
+    pub hash: u64,
+    /// Why it stopped (`STOP_*`); [`Walked::unexpected`] says whether that
+    /// is a rare event worth a `--ebpf-log` message.
+    pub stop: u64,
+    /// The frame pointer it stopped at.
+    pub fp: u64,
+    /// Frames kept.
+    pub frames: u64,
+}
+
+impl Walked {
+    /// True when the walk stopped at an unexpected frame
+    /// ([`STOP_MISALIGNED`], [`STOP_READ_FAILED`], [`STOP_LOOP`]).
+    #[inline(always)]
+    pub fn unexpected(&self) -> bool {
+        self.stop >= STOP_MISALIGNED
+    }
+}
 
 /// Add `v` to the u64 at `p` with one atomic instruction (BPF `lock add`):
 /// exact when several CPUs update the same map value, and when a program
@@ -72,10 +113,10 @@ pub fn atomic_add(p: *mut u64, v: u64) {
 /// frame pointer that does not grow (the Go probes); without, only at one
 /// that repeats, so a chain that moves to another stack (Go's
 /// `systemstack`, a signal stack) is followed as the kernel's walker
-/// follows it (`cpu_sample`). Returns the stack's hash (never 0), or None
-/// without scratch space.
+/// follows it (`cpu_sample`). Returns the stack's hash (never 0) and why
+/// the walk stopped, or None without scratch space.
 #[inline(always)]
-pub fn walk<const SLOT: u32, const GROWING: bool>(ip: u64, fp: u64) -> Option<u64> {
+pub fn walk<const SLOT: u32, const GROWING: bool>(ip: u64, fp: u64) -> Option<Walked> {
     let s = FP_SCRATCH.get_ptr_mut(SLOT)?;
     // SAFETY: this CPU's scratch slot for this program kind, valid for this
     // program run; programs of one kind do not nest on a CPU.
@@ -86,6 +127,7 @@ pub fn walk<const SLOT: u32, const GROWING: bool>(ip: u64, fp: u64) -> Option<u6
     s.base = 0;
     s.have = 0;
     s.h = (ip ^ HASH_M).wrapping_mul(HASH_M);
+    s.stop = STOP_MAX_FRAMES;
     // SAFETY: the callback takes no context.
     unsafe {
         aya_ebpf::helpers::generated::bpf_loop(
@@ -96,7 +138,12 @@ pub fn walk<const SLOT: u32, const GROWING: bool>(ip: u64, fp: u64) -> Option<u6
         )
     };
     let h = s.h ^ s.stack.len;
-    Some(if h == 0 { 1 } else { h })
+    Some(Walked {
+        hash: if h == 0 { 1 } else { h },
+        stop: s.stop,
+        fp: s.fp,
+        frames: s.stack.len,
+    })
 }
 
 /// One frame of [`walk`] (a `bpf_loop` callback): 0 = go on, 1 = stop.
@@ -112,7 +159,15 @@ extern "C" fn step<const SLOT: u32, const GROWING: bool>(
     let s = unsafe { &mut *s };
     let fp = s.fp;
     let n = s.stack.len as usize;
-    if fp == 0 || fp & 7 != 0 || n >= FP_MAX_FRAMES {
+    if n >= FP_MAX_FRAMES {
+        return 1;
+    }
+    if fp == 0 {
+        s.stop = STOP_END;
+        return 1;
+    }
+    if fp & 7 != 0 {
+        s.stop = STOP_MISALIGNED;
         return 1;
     }
     let (next, ret);
@@ -142,6 +197,7 @@ extern "C" fn step<const SLOT: u32, const GROWING: bool>(
             let Ok([a, b]) =
                 (unsafe { aya_ebpf::helpers::bpf_probe_read_user(fp as *const [u64; 2]) })
             else {
+                s.stop = STOP_READ_FAILED;
                 return 1;
             };
             (next, ret) = (a, b);
@@ -151,7 +207,13 @@ extern "C" fn step<const SLOT: u32, const GROWING: bool>(
     let h = (s.h ^ ret).wrapping_mul(HASH_M);
     s.h = h ^ (h >> 32);
     s.stack.len = n as u64 + 1;
-    if next == fp || (GROWING && next < fp) {
+    if next == fp {
+        s.stop = STOP_LOOP;
+        return 1;
+    }
+    if GROWING && next < fp {
+        s.stop = STOP_STACK_SWITCH;
+        s.fp = next;
         return 1;
     }
     s.fp = next;

@@ -25,7 +25,10 @@
 //! At all these probes the return address is at `[SP]` (SP delta 0), so
 //! frame-pointer unwinding skips the immediate caller; it is stored in the
 //! key's `caller` and inserted by userspace.
-use crate::fpwalk::{self, Stored, SLOT_UPROBE};
+use crate::{
+    diag,
+    fpwalk::{self, Stored, SLOT_UPROBE},
+};
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -34,6 +37,7 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, ProbeContext},
     EbpfContext as _,
 };
+use aya_log_ebpf::{error, warn};
 use profiler_common::go::{
     reg, GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts,
     CALLER_MODE_FIRST_STACKS, CALLER_MODE_STACK_EVERY, COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_STACKID,
@@ -165,7 +169,21 @@ fn stack_key(ctx: &ProbeContext, tgid: u32, tag: u64, cookie: u64) -> GoStackKey
         };
     }
     let (stack_id, stack_hash) = match fpwalk::walk::<SLOT_UPROBE, true>(r.rip, r.rbp) {
-        Some(h) => (-1, h),
+        Some(w) => {
+            if w.unexpected() && diag::enabled() {
+                warn!(
+                    ctx,
+                    "go probe (tag {}): user stack of tgid {} stopped at an unexpected frame pointer 0x{:x} after {} frame(s), ip 0x{:x}, reason {} (3 misaligned, 4 unreadable, 5 repeating)",
+                    tag,
+                    tgid,
+                    w.fp,
+                    w.frames,
+                    r.rip,
+                    w.stop
+                );
+            }
+            (-1, w.hash)
+        }
         None => {
             bump(GoCounter::StackLost);
             (-1, 0)
@@ -194,6 +212,13 @@ fn store_fp_stack(hash: u64) -> bool {
         }
         Stored::Full => {
             bump(GoCounter::StackTableFull);
+            if diag::enabled() {
+                error!(
+                    &(),
+                    "go probes: stack table GO_FP_STACKS is full ({} stacks): counting under the immediate caller only",
+                    GO_FP_STACK_ENTRIES
+                );
+            }
             false
         }
     }
@@ -226,11 +251,22 @@ fn count(map: &PerCpuHashMap<GoStackKey, u64>, key: &GoStackKey) {
             return;
         }
     }
-    if map.insert(key, &1u64, BPF_NOEXIST as u64).is_err() {
+    if let Err(e) = map.insert(key, &1u64, BPF_NOEXIST as u64) {
         // Full (per-CPU maps: no other CPU can insert our slot).
         match map.get_ptr_mut(key) {
             Some(p) => add(p, 1),
-            None => bump(GoCounter::MapFull),
+            None => {
+                bump(GoCounter::MapFull);
+                if diag::enabled() {
+                    error!(
+                        &(),
+                        "go probes: count map full (insert error {}): an event of tgid {} (tag {}) is lost",
+                        e,
+                        key.tgid,
+                        key.tag
+                    );
+                }
+            }
         }
     }
 }
@@ -358,6 +394,14 @@ pub fn go_newproc_done(ctx: ProbeContext) -> u32 {
     let _ = GO_PENDING.remove(&pid_tgid);
     let g = select(regs(&ctx), c & 0xff);
     let Some(goid) = goid_of(tgid, g) else {
+        if diag::enabled() {
+            error!(
+                &ctx,
+                "go_newproc_done: no goid for tgid {} (g 0x{:x}): the attach-time GO_PROCS entry is missing or g is unreadable",
+                tgid,
+                g
+            );
+        }
         return 0;
     };
     let gk = GoidKey {
@@ -365,8 +409,18 @@ pub fn go_newproc_done(ctx: ProbeContext) -> u32 {
         _pad: 0,
         goid,
     };
-    if GO_GOROUTINES.insert(&gk, &site, 0).is_err() {
+    if let Err(e) = GO_GOROUTINES.insert(&gk, &site, 0) {
         bump(GoCounter::GoroutineMapFull);
+        if diag::enabled() {
+            error!(
+                &ctx,
+                "go_newproc_done: goroutine map GO_GOROUTINES is full ({} goroutines, insert error {}): goroutine {} of tgid {} is not tracked",
+                GO_GOROUTINE_ENTRIES,
+                e,
+                goid,
+                tgid
+            );
+        }
         return 0;
     }
     if let Some(p) = GO_SITES.get_ptr_mut(&site) {

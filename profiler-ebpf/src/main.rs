@@ -15,6 +15,11 @@
 //! Count and stack maps come in two generations; userspace flips
 //! `CONFIG[Generation]` and drains the idle one, so draining never races
 //! with updates. Every loss is counted in the per-CPU `COUNTERS` array.
+//!
+//! With `--ebpf-log` (`CONFIG[EbpfLog]`), rare events are also reported
+//! through aya-log (`diag`): a map that filled, an unwind that stopped at an
+//! unexpected frame, a failed attach-time check. Off by default, and tested
+//! only on the failure branches.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds on map values: `AtomicU64::fetch_add` is not available on the
@@ -22,6 +27,8 @@
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
+#[cfg(target_arch = "bpf")]
+mod diag;
 #[cfg(target_arch = "bpf")]
 mod fpwalk;
 #[cfg(target_arch = "bpf")]

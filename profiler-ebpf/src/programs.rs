@@ -16,7 +16,12 @@ use profiler_common::{
     USER_STACK_ENTRIES, USER_STACK_MODE_STACKID,
 };
 
-use crate::fpwalk::{self, atomic_add, Stored, SLOT_PERF};
+use aya_log_ebpf::{error, warn};
+
+use crate::{
+    diag,
+    fpwalk::{self, atomic_add, Stored, SLOT_PERF},
+};
 
 const EEXIST: i64 = 17;
 const EFAULT: i32 = 14;
@@ -54,8 +59,9 @@ static FRAMELESS_INDEX: HashMap<u32, FramelessSlice> =
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+/// A `CONFIG` slot (0 when unset).
 #[inline(always)]
-fn config(slot: Config) -> u64 {
+pub(crate) fn config(slot: Config) -> u64 {
     CONFIG.get(slot as u32).copied().unwrap_or(0)
 }
 
@@ -214,7 +220,20 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
             }
             if !stackid_mode {
                 match fpwalk::walk::<SLOT_PERF, false>(ip, bp) {
-                    Some(h) => user_stack = h,
+                    Some(w) => {
+                        user_stack = w.hash;
+                        if w.unexpected() && diag::enabled() {
+                            warn!(
+                                ctx,
+                                "cpu_sample: user stack of tgid {} stopped at an unexpected frame pointer 0x{:x} after {} frame(s), ip 0x{:x}, reason {} (3 misaligned, 4 unreadable, 5 repeating)",
+                                tgid,
+                                w.fp,
+                                w.frames,
+                                ip,
+                                w.stop
+                            );
+                        }
+                    }
                     None => bump(Counter::UserStackMissing),
                 }
             }
@@ -250,6 +269,15 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
             }
             Stored::Full => {
                 bump(Counter::UserStackMissing);
+                if diag::enabled() {
+                    error!(
+                        ctx,
+                        "cpu_sample: user-stack table USER_STACKS{} is full ({} stacks): a stack of tgid {} is counted without its frames",
+                        generation,
+                        USER_STACK_ENTRIES,
+                        tgid
+                    );
+                }
                 key.user_stack = 0;
             }
         }
@@ -260,12 +288,22 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
             }
         }
     }
-    if counts.insert(&key, &1u64, BPF_NOEXIST as u64).is_err() {
+    if let Err(e) = counts.insert(&key, &1u64, BPF_NOEXIST as u64) {
         // Either full, or another CPU inserted the key in between.
         if let Some(count) = counts.get_ptr_mut(&key) {
             atomic_add(count, 1);
         } else {
             bump(Counter::CountMapFull);
+            if diag::enabled() {
+                error!(
+                    ctx,
+                    "cpu_sample: count map COUNTS{} is full ({} keys, insert error {}): a sample of tgid {} is lost",
+                    generation,
+                    COUNT_MAP_ENTRIES,
+                    e,
+                    tgid
+                );
+            }
         }
     }
     Ok(())
@@ -305,13 +343,22 @@ fn read_pid(ctx: &TracePointContext, slot: Config) -> Option<u32> {
 }
 
 #[inline(always)]
-fn emit(kind: EventKind, tgid: u32) {
+fn emit(ctx: &TracePointContext, kind: EventKind, tgid: u32) {
     let event = ProcessEvent {
         kind: kind as u32,
         tgid,
     };
-    if EVENTS.output::<ProcessEvent>(&event, 0).is_err() {
+    if let Err(e) = EVENTS.output::<ProcessEvent>(&event, 0) {
         bump(Counter::EventsLost);
+        if diag::enabled() {
+            error!(
+                ctx,
+                "sched events: ring buffer EVENTS is full (error {}): event {} of tgid {} is lost",
+                e,
+                kind as u32,
+                tgid
+            );
+        }
     }
 }
 
@@ -326,6 +373,14 @@ pub fn sched_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(child) = read_pid(&ctx, Config::ForkChildPidOffset) else {
+        if diag::enabled() {
+            error!(
+                &ctx,
+                "sched_fork: no usable child_pid offset (0x{:x}) from the tracepoint format: children of target {} are not followed",
+                config(Config::ForkChildPidOffset),
+                tgid
+            );
+        }
         return 0;
     };
     // Thread creation fires this tracepoint too; a thread's id is not a
@@ -334,11 +389,21 @@ pub fn sched_fork(ctx: TracePointContext) -> u32 {
     if unsafe { TARGET_TGIDS.get(&child) }.is_some() {
         return 0;
     }
-    if TARGET_TGIDS.insert(&child, &1u8, 0).is_err() {
+    if let Err(e) = TARGET_TGIDS.insert(&child, &1u8, 0) {
         bump(Counter::TargetMapFull);
+        if diag::enabled() {
+            error!(
+                &ctx,
+                "sched_fork: target map TARGET_TGIDS is full ({} processes, insert error {}): child {} of {} is not followed",
+                TARGET_TGID_ENTRIES,
+                e,
+                child,
+                tgid
+            );
+        }
         return 0;
     }
-    emit(EventKind::Fork, child);
+    emit(&ctx, EventKind::Fork, child);
     0
 }
 
@@ -349,7 +414,7 @@ pub fn sched_exec(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = read_pid(&ctx, Config::ExecPidOffset);
-    emit(EventKind::Exec, tgid);
+    emit(&ctx, EventKind::Exec, tgid);
     0
 }
 
@@ -366,7 +431,7 @@ pub fn sched_exit(ctx: TracePointContext) -> u32 {
     if !group_dead || !is_target(tgid) {
         return 0;
     }
-    emit(EventKind::Exit, tgid);
+    emit(&ctx, EventKind::Exit, tgid);
     0
 }
 

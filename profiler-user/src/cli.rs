@@ -127,6 +127,12 @@ pub struct AgentArgs {
     /// How often the cgroup tree is scanned for new and gone containers.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub rescan: Duration,
+    /// Report rare events inside the eBPF programs (a map that filled, a
+    /// stack walk that stopped at an unexpected frame, a failed attach-time
+    /// check) on stderr, through aya-log. Off by default; costs nothing on
+    /// the sampling path when off.
+    #[arg(long)]
+    pub ebpf_log: bool,
 }
 
 /// Sizes like `1GiB`, `500MiB`, `10M`, `4096`.
@@ -188,6 +194,12 @@ pub struct RecordArgs {
     /// Hide the progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Report rare events inside the eBPF programs (a map that filled, a
+    /// stack walk that stopped at an unexpected frame, a failed attach-time
+    /// check) on stderr, through aya-log. Off by default; costs nothing on
+    /// the sampling path when off.
+    #[arg(long)]
+    pub ebpf_log: bool,
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
     /// calls. With more than one, -o is a directory holding <type>.pb.gz.
     #[arg(
@@ -325,6 +337,7 @@ impl RecordArgs {
             command: self.command,
             drain_interval: Duration::from_secs(1),
             progress: !self.quiet,
+            ebpf_log: self.ebpf_log,
             go: crate::go::GoOptions {
                 profiles,
                 count: self.count,
@@ -373,6 +386,7 @@ impl AgentArgs {
             },
             kube: !self.no_kube,
             rescan: self.rescan,
+            ebpf_log: self.ebpf_log,
         })
     }
 }

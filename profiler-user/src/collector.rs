@@ -246,14 +246,17 @@ pub struct Collector {
 
 impl Collector {
     /// Load the sampler at `frequency` Hz, with the target filter on
-    /// (`filtered`) or off (whole system), and the Go probes `go` asks for.
+    /// (`filtered`) or off (whole system), and the Go probes `go` asks for;
+    /// with `ebpf_log`, the programs' rare events go to stderr
+    /// ([`Sampler::start_with_log`]).
     pub fn start(
         frequency: u64,
         filtered: bool,
         go: Option<&GoOptions>,
         snapshots: Snapshots,
+        ebpf_log: bool,
     ) -> Result<Self, RecordError> {
-        let mut sampler = Sampler::start(frequency)?;
+        let mut sampler = Sampler::start_with_log(frequency, ebpf_log)?;
         sampler.set_filter(filtered)?;
         let go = match go.filter(|g| g.profiles.any()) {
             Some(g) => Some(GoSession::start(&mut sampler, g)?),

@@ -44,6 +44,8 @@ pub struct RecordOptions {
     pub drain_interval: Duration,
     /// Show a progress line (only honoured on a terminal).
     pub progress: bool,
+    /// Report the eBPF programs' rare events on stderr (`--ebpf-log`).
+    pub ebpf_log: bool,
     /// Write the CPU profile (`--profile cpu`, the default).
     pub cpu: bool,
     /// Go runtime profiles (`--profile goroutines,allocs,calls`). With more
@@ -113,7 +115,13 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
     let filtered = !opts.pids.is_empty() || cgroup.is_some() || !opts.command.is_empty();
     let go = opts.go.profiles.any().then_some(&opts.go);
-    let mut c = Collector::start(opts.frequency, filtered, go, Snapshots::EachDrain)?;
+    let mut c = Collector::start(
+        opts.frequency,
+        filtered,
+        go,
+        Snapshots::EachDrain,
+        opts.ebpf_log,
+    )?;
 
     for &pid in &opts.pids {
         c.add_pid(pid)?;

@@ -11,8 +11,21 @@
 //! feature (benchmarks only), `PROFILER_BENCH_USER_STACKS=stackid` makes
 //! the program take user stacks with `bpf_get_stackid` as it did before
 //! the walk, so `cargo xtask bench overhead` measures both in one run.
+//!
+//! `--ebpf-log` ([`EbpfLog`]): the programs report rare events (a map that
+//! filled, a stack walk that stopped at an unexpected frame, a failed
+//! attach-time check) through aya-log; a thread forwards the records to
+//! stderr. Off by default: the programs then never write a record.
 
-use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
+use std::{
+    collections::HashMap as StdHashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use aya::programs::perf_event::PerfEventLinkId;
 use aya::{
@@ -24,8 +37,8 @@ use aya::{
     Ebpf,
 };
 use profiler_common::{
-    AddrRange, Config, Counter, EventKind, FpStack, FramelessSlice, ProcessEvent, SampleKey,
-    FRAMELESS_ENTRIES,
+    AddrRange, Config, Counter, EventKind, FpStack, FramelessSlice, LogState, ProcessEvent,
+    SampleKey, EBPF_LOG_INTERVAL_NS, FRAMELESS_ENTRIES,
 };
 
 use crate::error::RecordError;
@@ -75,6 +88,9 @@ impl Counters {
 
 /// A loaded and attached sampler.
 pub struct Sampler {
+    /// `--ebpf-log`: the thread forwarding the programs' records (stopped,
+    /// with a last read of the ring buffer, before the programs unload).
+    _ebpf_log: Option<EbpfLog>,
     _ebpf: Ebpf,
     config: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
@@ -133,8 +149,20 @@ impl Sampler {
     /// [`Sampler::set_filter`] or targets are set, so no sample of another
     /// process (or of the profiler itself) slips in before that.
     pub fn start(frequency: u64) -> Result<Self, RecordError> {
+        Self::start_with_log(frequency, false)
+    }
+
+    /// [`Sampler::start`], and with `ebpf_log` (`--ebpf-log`) the programs
+    /// report rare events, forwarded to stderr ([`EbpfLog`]) from before
+    /// the first program is attached.
+    pub fn start_with_log(frequency: u64, ebpf_log: bool) -> Result<Self, RecordError> {
         crate::env::ensure_tracefs();
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(RecordError::from_load)?;
+        let ebpf_log = if ebpf_log {
+            Some(EbpfLog::start(&mut ebpf)?)
+        } else {
+            None
+        };
 
         let mut config: Array<MapData, u64> = map(&mut ebpf, "CONFIG")?;
         let offsets = [
@@ -159,9 +187,11 @@ impl Sampler {
                 tracepoint_offset("sched", "sched_process_exit", "group_dead"),
             ),
         ];
+        let log_flag = [(Config::EbpfLog, Some(ebpf_log.is_some() as u64))];
         for (slot, off) in offsets
             .into_iter()
             .chain([(Config::FilterEnabled, Some(1))])
+            .chain(log_flag)
         {
             config
                 .set(slot as u32, off.unwrap_or(u64::MAX), 0)
@@ -187,6 +217,7 @@ impl Sampler {
             generation: 0,
             sample_prog_fd: -1,
             sample_links: Vec::new(),
+            _ebpf_log: ebpf_log,
             _ebpf: ebpf,
         };
         #[cfg(feature = "bench-sampler")]
@@ -504,4 +535,105 @@ impl Sampler {
 pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path)?.ino())
+}
+
+/// How often the `--ebpf-log` thread reads aya-log's ring buffer.
+const EBPF_LOG_POLL: Duration = Duration::from_millis(100);
+
+/// `--ebpf-log`: reads the records the eBPF programs write through
+/// aya-log-ebpf (its `AYA_LOGS` ring buffer, 128 KiB) every 100 ms on a
+/// thread and prints each as one `profiler: ebpf <level>: <message>` line on
+/// stderr.
+///
+/// Bounded twice: the programs write at most one record per CPU per
+/// [`EBPF_LOG_INTERVAL_NS`] (the rest are counted as suppressed), and a
+/// record that does not fit in the ring buffer is dropped by aya-log-ebpf
+/// (counted here as lost: written minus read). Both counts are printed
+/// when the sampler stops, if not zero.
+pub struct EbpfLog {
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    state: PerCpuArray<MapData, u64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The `log::Log` that aya-log hands the programs' records to: one line on
+/// stderr per record, counted.
+struct StderrLog {
+    received: Arc<AtomicU64>,
+}
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let level = record.level().as_str().to_ascii_lowercase();
+        eprintln!("profiler: ebpf {level}: {}", record.args());
+    }
+
+    fn flush(&self) {}
+}
+
+impl EbpfLog {
+    /// Take aya-log's ring buffer and the programs' `LOG_STATE` out of the
+    /// loaded (not yet attached) object and start the reader thread.
+    fn start(ebpf: &mut Ebpf) -> Result<Self, RecordError> {
+        let received = Arc::new(AtomicU64::new(0));
+        let mut logger = aya_log::EbpfLogger::init_with_logger(
+            ebpf,
+            StderrLog {
+                received: received.clone(),
+            },
+        )
+        .map_err(|e| RecordError::ebpf("--ebpf-log: aya-log ring buffer AYA_LOGS", e))?;
+        let state = map(ebpf, "LOG_STATE")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ebpf-log".into())
+            .spawn(move || loop {
+                let last = stop2.load(Ordering::Acquire);
+                logger.flush();
+                if last {
+                    break;
+                }
+                std::thread::sleep(EBPF_LOG_POLL);
+            })
+            .map_err(|e| RecordError::ebpf("--ebpf-log: starting the reader thread", e))?;
+        Ok(Self {
+            stop,
+            received,
+            state,
+            thread: Some(thread),
+        })
+    }
+
+    fn total(&self, slot: LogState) -> u64 {
+        self.state
+            .get(&(slot as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for EbpfLog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let written = self.total(LogState::Emitted);
+        let suppressed = self.total(LogState::Suppressed);
+        let lost = written.saturating_sub(self.received.load(Ordering::Relaxed));
+        if suppressed > 0 || lost > 0 {
+            eprintln!(
+                "profiler: ebpf log: {suppressed} more rare events not reported (at most one \
+                 message per CPU per {} ms), {lost} messages lost (ring buffer full)",
+                EBPF_LOG_INTERVAL_NS / 1_000_000
+            );
+        }
+    }
 }

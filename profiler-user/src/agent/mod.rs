@@ -72,6 +72,8 @@ pub struct AgentOptions {
     pub kube: bool,
     /// How often the cgroup tree is scanned for new and gone containers.
     pub rescan: Duration,
+    /// Report the eBPF programs' rare events on stderr (`--ebpf-log`).
+    pub ebpf_log: bool,
 }
 
 /// Why the agent could not start or had to stop.
@@ -239,7 +241,13 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
     };
 
     // Sampler before the API, so a kernel problem fails fast.
-    let mut collector = Collector::start(opts.frequency, true, None, Snapshots::FirstSample)?;
+    let mut collector = Collector::start(
+        opts.frequency,
+        true,
+        None,
+        Snapshots::FirstSample,
+        opts.ebpf_log,
+    )?;
     if !v1 {
         collector.sampler_mut().enable_cgroup_filter()?;
     }
