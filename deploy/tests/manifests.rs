@@ -11,10 +11,10 @@
 //! Command lines in the manifests and CI scripts are checked against the
 //! real flags: `profiler agent` and `profiler fetch` through
 //! `clap::CommandFactory` on `profiler_user::cli::Cli` (the DaemonSet's
-//! arguments are also parsed by it), `profdiff gate` read from its clap
-//! definitions in `diff/src/bin/profdiff/main.rs` (a binary, so not
-//! importable). Both must also offer every flag of the CLI contract the
-//! manifests were written against (constants below).
+//! arguments are also parsed by it), `profdiff gate` the same way on
+//! `diff::cli::Cli` (the `diff` crate's `cli` feature). Both must also offer
+//! every flag of the CLI contract the manifests were written against
+//! (constants below).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -870,60 +870,38 @@ fn rbac_is_read_only_on_pods_for_an_existing_service_account() {
 // ---------------------------------------------------------------------------
 // Command lines in CI scripts
 
-/// Flags of clap `Args` structs read from a binary's source: (name without
-/// dashes, takes a value), long and short names both listed, `help` and
-/// `h` included. `expected` names flags that must be found (a check on this
-/// small parser as much as on the CLI).
-fn clap_flags(source: &str, structs: &[&str], expected: &[&str]) -> Vec<(String, bool)> {
-    let src = read(&deploy_dir().join("..").join(source));
+/// Flags of subcommand `sub` of a real command line (`clap::CommandFactory`):
+/// (name without dashes, takes a value), long and short names both listed,
+/// `help` and `h` included; every name of `expected` must be there.
+fn subcommand_flags(mut cli: clap::Command, sub: &str, expected: &[&str]) -> Vec<(String, bool)> {
+    cli.build();
+    let bin = cli.get_name().to_string();
+    let cmd = cli
+        .find_subcommand(sub)
+        .unwrap_or_else(|| panic!("{bin} has no subcommand {sub}"));
     let mut flags = vec![("help".to_string(), false), ("h".to_string(), false)];
-    for name in structs {
-        let block = format!("struct {name} {{");
-        let start = src
-            .find(&block)
-            .unwrap_or_else(|| panic!("{source}: no {block}"));
-        let body = &src[start + block.len()..];
-        let body = &body[..body.find("\n}").unwrap()];
-        let mut attr: Option<&str> = None;
-        for line in body.lines().map(str::trim) {
-            if line.starts_with("//") {
-                continue;
-            }
-            if let Some(a) = line.strip_prefix("#[arg(") {
-                attr = Some(a);
-            } else if line.starts_with("#[command(flatten)]") {
-                attr = None;
-            } else if let Some((field, ty)) = line.trim_end_matches(',').split_once(": ") {
-                let Some(a) = attr.take() else { continue };
-                let long = a
-                    .split("long = \"")
-                    .nth(1)
-                    .map(|s| s[..s.find('"').unwrap()].to_string())
-                    .unwrap_or_else(|| field.replace('_', "-"));
-                let takes_value = ty.trim() != "bool";
-                let options: Vec<&str> =
-                    a.trim_end_matches(")]").split(',').map(str::trim).collect();
-                if let Some(s) = a.split("short = '").nth(1) {
-                    flags.push((s[..1].to_string(), takes_value));
-                } else if options.contains(&"short") {
-                    flags.push((field[..1].to_string(), takes_value));
-                }
-                flags.push((long, takes_value));
-            }
+    for arg in cmd.get_arguments() {
+        let takes_value = arg.get_action().takes_values();
+        if let Some(long) = arg.get_long() {
+            flags.push((long.to_string(), takes_value));
+        }
+        if let Some(short) = arg.get_short() {
+            flags.push((short.to_string(), takes_value));
         }
     }
     let names: BTreeSet<&str> = flags.iter().map(|(n, _)| n.as_str()).collect();
     for e in expected {
-        assert!(names.contains(e), "{source}: no flag --{e} in {structs:?}");
+        assert!(names.contains(e), "{bin} {sub}: no flag --{e}");
     }
     flags
 }
 
-/// `profdiff gate` flags, from diff/src/bin/profdiff/main.rs.
+/// `profdiff gate` flags, from the real command (`diff::cli`).
 fn profdiff_gate_flags() -> Vec<(String, bool)> {
-    clap_flags(
-        "diff/src/bin/profdiff/main.rs",
-        &["CommonArgs", "GateArgs"],
+    use clap::CommandFactory as _;
+    subcommand_flags(
+        diff::cli::Cli::command(),
+        "gate",
         &[
             "baseline",
             "b",
@@ -937,31 +915,10 @@ fn profdiff_gate_flags() -> Vec<(String, bool)> {
     )
 }
 
-/// Flags of `profiler SUB` from the real command (`clap::CommandFactory`):
-/// (name without dashes, takes a value), long and short names both
-/// listed, `help` and `h` included; every name of `expected` must be there.
+/// Flags of `profiler SUB`; see [`subcommand_flags`].
 fn profiler_flags(sub: &str, expected: &[&str]) -> Vec<(String, bool)> {
     use clap::CommandFactory as _;
-    let mut cli = profiler_user::cli::Cli::command();
-    cli.build();
-    let cmd = cli
-        .find_subcommand(sub)
-        .unwrap_or_else(|| panic!("profiler has no subcommand {sub}"));
-    let mut flags = vec![("help".to_string(), false), ("h".to_string(), false)];
-    for arg in cmd.get_arguments() {
-        let takes_value = arg.get_action().takes_values();
-        if let Some(long) = arg.get_long() {
-            flags.push((long.to_string(), takes_value));
-        }
-        if let Some(short) = arg.get_short() {
-            flags.push((short.to_string(), takes_value));
-        }
-    }
-    let names: BTreeSet<&str> = flags.iter().map(|(n, _)| n.as_str()).collect();
-    for e in expected {
-        assert!(names.contains(e), "profiler {sub}: no flag --{e}");
-    }
-    flags
+    subcommand_flags(profiler_user::cli::Cli::command(), sub, expected)
 }
 
 /// `profiler agent` flags.

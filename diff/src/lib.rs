@@ -4,6 +4,8 @@
 //! and no async dependencies so that any CI runner can use it.
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod error;
 pub mod folded;
 pub mod input;

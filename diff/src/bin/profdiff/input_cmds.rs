@@ -3,119 +3,18 @@
 //! `run_*` functions, which return the process exit code (0 on success;
 //! errors are returned for `main` to print).
 
-use std::path::{Path, PathBuf};
-
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use diff::cli::{ConvertArgs, FlamegraphArgs, MergeArgs, OutputArgs, OutputFormat, TopArgs};
 use diff::input::{self, load_many, load_profile, sample_types_string, select_sample_type_for};
 use diff::Profile;
 
-/// `profdiff top`: the functions with the largest values, like `go tool pprof -top`.
-#[derive(Args, Debug, Clone)]
-pub struct TopArgs {
-    /// Profile file (pprof, gzip'd or not; legacy pprof formats; folded stacks).
-    pub file: PathBuf,
-    /// Sample type: a name (`cpu`, `alloc_space`), `type/unit` or an index.
-    /// Default: the profile's default sample type, else the last one.
-    #[arg(long, short = 's')]
-    pub sample_type: Option<String>,
-    /// Sort by cumulative value instead of flat value.
-    #[arg(long)]
-    pub cum: bool,
-    /// Show only the first N rows (default: all).
-    #[arg(short = 'n', long = "nodes")]
-    pub n: Option<usize>,
-    /// Drop rows whose cumulative value is below this fraction of the total
-    /// (pprof's `-nodefraction`).
-    #[arg(long, default_value_t = diff::top::DEFAULT_NODE_FRACTION)]
-    pub node_fraction: f64,
-}
-
-/// Output encoding of `merge` and `convert`.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputFormat {
-    /// gzip'd pprof protobuf.
-    Pprof,
-    /// Folded stacks (`a;b;c 12`), one sample type.
-    Folded,
-}
-
-/// `profdiff merge`: add several profiles into one.
-#[derive(Args, Debug, Clone)]
-pub struct MergeArgs {
-    /// Profile files or directories (scanned recursively, sorted). All must
-    /// have the same sample types.
-    #[arg(required = true)]
-    pub files: Vec<PathBuf>,
-    /// Output file.
-    #[arg(short = 'o', long)]
-    pub output: PathBuf,
-    /// Output format (default: folded for `.folded`, `.collapsed` or `.txt`
-    /// outputs, pprof otherwise).
-    #[arg(long = "to")]
-    pub to: Option<OutputFormat>,
-    /// Sample type written when the output is folded (default as for `top`).
-    #[arg(long, short = 's')]
-    pub sample_type: Option<String>,
-}
-
-/// `profdiff convert`: pprof <-> folded stacks (and legacy formats to either).
-#[derive(Args, Debug, Clone)]
-pub struct ConvertArgs {
-    /// Input profile.
-    pub input: PathBuf,
-    /// Output file.
-    #[arg(short = 'o', long)]
-    pub output: PathBuf,
-    /// Output format (default: folded for `.folded`, `.collapsed` or `.txt`
-    /// outputs, pprof otherwise).
-    #[arg(long = "to")]
-    pub to: Option<OutputFormat>,
-    /// Sample type written when the output is folded (default as for `top`).
-    #[arg(long, short = 's')]
-    pub sample_type: Option<String>,
-}
-
-/// `profdiff flamegraph`: a plain (non-differential) flame graph SVG.
-#[derive(Args, Debug, Clone)]
-pub struct FlamegraphArgs {
-    /// Profile file.
-    pub file: PathBuf,
-    /// Output SVG file.
-    #[arg(short = 'o', long)]
-    pub output: PathBuf,
-    /// Sample type (default as for `top`).
-    #[arg(long, short = 's')]
-    pub sample_type: Option<String>,
-    /// Title (default: the file name and sample type).
-    #[arg(long)]
-    pub title: Option<String>,
-}
-
-fn output_format(to: Option<OutputFormat>, out: &Path) -> OutputFormat {
-    to.unwrap_or_else(|| {
-        let name = out.to_string_lossy().to_ascii_lowercase();
-        if [".folded", ".collapsed", ".txt"]
-            .iter()
-            .any(|e| name.ends_with(e))
-        {
-            OutputFormat::Folded
-        } else {
-            OutputFormat::Pprof
-        }
-    })
-}
-
-fn write_profile(
-    p: &Profile,
-    out: &Path,
-    format: OutputFormat,
-    sample_type: Option<&str>,
-) -> anyhow::Result<()> {
-    let bytes = match format {
+/// Writes `p` where and how `o` says.
+fn write_profile(p: &Profile, o: &OutputArgs) -> anyhow::Result<()> {
+    let out = &o.output;
+    let bytes = match o.format() {
         OutputFormat::Pprof => diff::pprof::encode_gzip(p),
         OutputFormat::Folded => {
-            let idx = select_sample_type_for(p, sample_type, out)?;
+            let idx = select_sample_type_for(p, o.sample_type.as_deref(), out)?;
             diff::folded::write(p, idx).into_bytes()
         }
     };
@@ -147,17 +46,12 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
 pub fn run_merge(a: &MergeArgs) -> anyhow::Result<i32> {
     let loaded = load_many(&a.files)?;
     let merged = input::merge(&loaded)?;
-    write_profile(
-        &merged,
-        &a.output,
-        output_format(a.to, &a.output),
-        a.sample_type.as_deref(),
-    )?;
+    write_profile(&merged, &a.out)?;
     eprintln!(
         "merged {} profiles ({} samples) into {}",
         loaded.len(),
         merged.samples.len(),
-        a.output.display()
+        a.out.output.display()
     );
     Ok(0)
 }
@@ -165,12 +59,7 @@ pub fn run_merge(a: &MergeArgs) -> anyhow::Result<i32> {
 /// Runs `profdiff convert`.
 pub fn run_convert(a: &ConvertArgs) -> anyhow::Result<i32> {
     let p = load_profile(&a.input)?;
-    write_profile(
-        &p,
-        &a.output,
-        output_format(a.to, &a.output),
-        a.sample_type.as_deref(),
-    )?;
+    write_profile(&p, &a.out)?;
     Ok(0)
 }
 
