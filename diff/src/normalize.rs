@@ -99,6 +99,28 @@ impl Rule {
     pub fn from_name(name: &str) -> Option<Rule> {
         Rule::ALL.into_iter().find(|r| r.name() == name)
     }
+
+    /// The rules named in `names` (`all` for every rule), in the order
+    /// given; an unknown name is [`NormalizeError::UnknownRule`].
+    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<Vec<Rule>, NormalizeError> {
+        let mut rules = Vec::new();
+        for n in names {
+            match n.as_ref() {
+                "all" => rules.extend(Rule::ALL),
+                n => rules.push(
+                    Rule::from_name(n).ok_or_else(|| NormalizeError::UnknownRule(n.to_string()))?,
+                ),
+            }
+        }
+        Ok(rules)
+    }
+}
+
+/// The known rule names, comma-separated, then `all`.
+fn known_rules() -> String {
+    let mut s = Rule::ALL.map(Rule::name).join(", ");
+    s.push_str(", all");
+    s
 }
 
 /// How values are scaled before comparison.
@@ -161,8 +183,9 @@ impl Rewrite {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NormalizeError {
-    /// An unknown rule name was given to `--no-normalize`.
-    #[error("unknown normalization rule {0:?} (known: go-closure, go-generic, go-wrapper, rust-hash, vendor, module-version, hex-address, root-noise)")]
+    /// An unknown rule name was given to `--no-normalize` (the message
+    /// lists [`Rule::ALL`]'s names and `all`).
+    #[error("unknown rule {name:?} (known: {known})", name = .0, known = known_rules())]
     UnknownRule(String),
     /// A rewrite lacked `=>`.
     #[error("rewrite {0:?} is not of the form REGEX=>REPLACEMENT")]
@@ -736,6 +759,26 @@ mod tests {
 
     fn n(name: &str) -> String {
         Normalizer::new(NormalizeOptions::default()).function_name(&frame(name, ""))
+    }
+
+    #[test]
+    fn rule_lists_parse_names_and_all_and_name_every_rule_when_unknown() {
+        assert_eq!(
+            Rule::parse_list(&["vendor", "go-closure"]).unwrap(),
+            [Rule::Vendor, Rule::GoClosure]
+        );
+        assert_eq!(Rule::parse_list(&["all"]).unwrap(), Rule::ALL);
+        let e = Rule::parse_list(&["vendor", "bogus"]).unwrap_err();
+        assert!(
+            matches!(&e, NormalizeError::UnknownRule(n) if n == "bogus"),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.starts_with("unknown rule \"bogus\" (known: "), "{msg}");
+        for r in Rule::ALL {
+            assert!(msg.contains(r.name()), "{msg} lacks {}", r.name());
+        }
+        assert!(msg.ends_with(", all)"), "{msg}");
     }
 
     #[test]

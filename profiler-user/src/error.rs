@@ -38,12 +38,12 @@ pub enum RecordError {
     #[error("pid {0} not found: check the process is running (ps -p {0})")]
     PidNotFound(u32),
     /// A `--cgroup` that does not exist or is not in the cgroup v2 hierarchy.
-    #[error("cgroup {}: {why}", path.display())]
+    #[error("cgroup {}: {problem}", path.display())]
     Cgroup {
         /// The path as given.
         path: PathBuf,
-        /// What is wrong and what to do.
-        why: String,
+        /// What is wrong (its message says what to do).
+        problem: CgroupProblem,
         /// The OS error, if one caused it.
         #[source]
         source: Option<io::Error>,
@@ -108,6 +108,29 @@ pub enum RecordError {
         #[source]
         source: io::Error,
     },
+}
+
+/// What is wrong with a `--cgroup` path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CgroupProblem {
+    /// No cgroup v2 hierarchy is mounted.
+    #[error("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)")]
+    NoV2Mount,
+    /// The path is not a directory of the cgroup v2 hierarchy.
+    #[error(
+        "not found under the cgroup v2 mount {}: give a path like {}/kubepods.slice/...",
+        mount.display(),
+        mount.display()
+    )]
+    NotFound {
+        /// Where the cgroup v2 hierarchy is mounted.
+        mount: PathBuf,
+    },
+    /// The cgroup's id (the inode of its directory) could not be read; the
+    /// OS error is the [`RecordError::Cgroup`]'s source.
+    #[error("cannot read its cgroup id")]
+    NoId,
 }
 
 /// The last line of a verifier log, as " (verifier: ...)".
@@ -281,6 +304,32 @@ mod tests {
         assert_eq!(
             report(&e),
             "eBPF: map X: Argument list too long (os error 7)"
+        );
+    }
+
+    #[test]
+    fn cgroup_errors_name_the_path_and_the_fix() {
+        let e = RecordError::Cgroup {
+            path: "kubepods.slice/x".into(),
+            problem: CgroupProblem::NotFound {
+                mount: "/sys/fs/cgroup/unified".into(),
+            },
+            source: None,
+        };
+        assert_eq!(e.exit_code(), exit::TARGET);
+        assert_eq!(
+            report(&e),
+            "cgroup kubepods.slice/x: not found under the cgroup v2 mount /sys/fs/cgroup/unified: \
+             give a path like /sys/fs/cgroup/unified/kubepods.slice/..."
+        );
+        let e = RecordError::Cgroup {
+            path: "/sys/fs/cgroup/unified/a".into(),
+            problem: CgroupProblem::NoId,
+            source: Some(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        assert_eq!(
+            report(&e),
+            "cgroup /sys/fs/cgroup/unified/a: cannot read its cgroup id: No such file or directory (os error 2)"
         );
     }
 

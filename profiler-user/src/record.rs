@@ -17,7 +17,7 @@ use profiler_symbolize::ProfileMeta;
 
 use crate::{
     collector::{Aggregate, Collector, DrainPass, Snapshots, StopSignals},
-    error::RecordError,
+    error::{CgroupProblem, RecordError},
     sampler::{cgroup_id, TARGET_PARENT_ONLY, TARGET_SAMPLE},
 };
 
@@ -79,25 +79,19 @@ pub struct RecordSummary {
 }
 
 fn resolve_cgroup(path: &Path) -> Result<PathBuf, RecordError> {
-    let err = |why: &str| RecordError::Cgroup {
+    let err = |problem| RecordError::Cgroup {
         path: path.to_path_buf(),
-        why: why.to_string(),
+        problem,
         source: None,
     };
-    let mount = crate::cgroup::cgroup2_mount().ok_or_else(|| {
-        err("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)")
-    })?;
+    let mount = crate::cgroup::cgroup2_mount().ok_or_else(|| err(CgroupProblem::NoV2Mount))?;
     let candidate = if path.is_absolute() && path.starts_with(&mount) {
         path.to_path_buf()
     } else {
         mount.join(path.strip_prefix("/").unwrap_or(path))
     };
     if !candidate.is_dir() {
-        return Err(err(&format!(
-            "not found under the cgroup v2 mount {}: give a path like {}/kubepods.slice/...",
-            mount.display(),
-            mount.display()
-        )));
+        return Err(err(CgroupProblem::NotFound { mount }));
     }
     Ok(candidate)
 }
@@ -129,7 +123,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     if let Some(cg) = &cgroup {
         let id = cgroup_id(cg).map_err(|e| RecordError::Cgroup {
             path: cg.clone(),
-            why: "cannot read its cgroup id".into(),
+            problem: CgroupProblem::NoId,
             source: Some(e),
         })?;
         c.sampler_mut().add_cgroup(id)?;

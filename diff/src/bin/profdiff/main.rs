@@ -21,19 +21,7 @@ use diff::{report, Profile};
 mod input_cmds;
 
 fn normalizer(a: &CommonArgs) -> Result<Normalizer> {
-    let mut disabled = Vec::new();
-    for n in &a.no_normalize {
-        if n == "all" {
-            disabled.extend(Rule::ALL);
-            continue;
-        }
-        disabled.push(Rule::from_name(n).with_context(|| {
-            format!(
-                "--no-normalize: unknown rule {n:?} (known: {}, all)",
-                Rule::ALL.map(|r| r.name()).join(", ")
-            )
-        })?);
-    }
+    let disabled = Rule::parse_list(&a.no_normalize).context("--no-normalize")?;
     let re = |flag: &str, s: &Option<String>| -> Result<Option<regex::Regex>> {
         s.as_deref()
             .map(|s| regex::Regex::new(s).with_context(|| format!("{flag}: invalid regex {s:?}")))
