@@ -17,10 +17,16 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordError {
-    /// A bad option value the command-line parser could not catch (an
-    /// unknown preset, an invalid benchmark knob); exit 2.
+    /// A bad option value the command-line parser could not catch and no
+    /// typed variant below covers; exit 2.
     #[error("{0}")]
     Usage(String),
+    /// `--count-preset` names no preset; exit 2.
+    #[error("--count-preset {name}: unknown preset (known: {known})", known = crate::go::PRESETS.join(", "))]
+    UnknownPreset {
+        /// The name given.
+        name: String,
+    },
     /// Not root and without CAP_BPF and CAP_PERFMON (checked before
     /// anything is loaded).
     #[error("profiler needs root or CAP_BPF and CAP_PERFMON: run it with sudo, or `setcap cap_bpf,cap_perfmon+ep $(which profiler)`")]
@@ -194,7 +200,7 @@ impl RecordError {
     /// Documented exit code of this error (see README "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            RecordError::Usage(_) => exit::USAGE,
+            RecordError::Usage(_) | RecordError::UnknownPreset { .. } => exit::USAGE,
             RecordError::NoPrivileges | RecordError::Refused { .. } => exit::PERMISSION,
             RecordError::PidNotFound(_) | RecordError::Cgroup { .. } => exit::TARGET,
             RecordError::NoBtf
@@ -336,5 +342,13 @@ mod tests {
     #[test]
     fn usage_is_exit_2() {
         assert_eq!(RecordError::Usage("x".into()).exit_code(), exit::USAGE);
+        let e = RecordError::UnknownPreset {
+            name: "nope".into(),
+        };
+        assert_eq!(e.exit_code(), exit::USAGE);
+        assert_eq!(
+            e.to_string(),
+            "--count-preset nope: unknown preset (known: go-controller)"
+        );
     }
 }

@@ -12,7 +12,7 @@ use diff::pprof::proto::Profile;
 use profiler_common::go::{GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts};
 use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
-use super::{preset, CountStacks, GoOptions, Proc, StackCache, PRESETS, SERIES_INTERVAL};
+use super::{preset, CountStacks, GoOptions, Proc, StackCache, SERIES_INTERVAL};
 use crate::{error::RecordError, sampler::Sampler};
 
 /// The Go probes of one recording.
@@ -73,12 +73,7 @@ impl GoSession {
     pub fn start(sampler: &mut Sampler, opts: &GoOptions) -> Result<Self, RecordError> {
         let mut patterns = opts.count.clone();
         if let Some(p) = &opts.preset {
-            let set = preset(p).ok_or_else(|| {
-                RecordError::Usage(format!(
-                    "--count-preset {p}: unknown preset (known: {})",
-                    PRESETS.join(", ")
-                ))
-            })?;
+            let set = preset(p).ok_or_else(|| RecordError::UnknownPreset { name: p.clone() })?;
             patterns.extend(set.iter().map(|s| s.to_string()));
         }
         let mut progs = Vec::new();
