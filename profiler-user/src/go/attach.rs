@@ -194,9 +194,9 @@ impl GoSession {
         let bin = match GoBinary::open(&exe) {
             Ok(b) => b,
             Err(GoError::NotGo { .. }) => return Ok(()),
-            Err(e) => {
-                let text = e.to_string().replace(&exe.display().to_string(), &shown);
-                self.notes.push(format!("pid {tgid}: {text}"));
+            Err(GoError::Binary { why, .. }) => {
+                // Named as the user knows it, not by its /proc path.
+                self.notes.push(format!("pid {tgid}: {shown}: {why}"));
                 return Ok(());
             }
         };
