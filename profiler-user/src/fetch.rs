@@ -15,7 +15,7 @@
 //! [`FetchOptions::allow_partial`] is set, in which case it is reported in
 //! [`FetchSummary::failed`] and the other answers are used.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use profiler_pprof::Merger;
@@ -130,16 +130,34 @@ pub enum FetchError {
         /// What went wrong and what to do.
         why: String,
     },
+    /// An agent answered 200 with something that is not a profile.
+    #[error(
+        "agent {agent}: the answer is not a profile ({source}): is this URL a profiler agent?"
+    )]
+    NotAProfile {
+        /// The agent's URL.
+        agent: String,
+        /// The decoder's answer.
+        #[source]
+        source: profiler_pprof::DecodeError,
+    },
     /// The answers could not be merged.
-    #[error("merging the agents' profiles: {0}")]
-    Merge(String),
+    #[error("merging the agents' profiles: profile from {agent}: {source}")]
+    Merge {
+        /// The agent whose profile did not merge.
+        agent: String,
+        /// The merger's answer.
+        #[source]
+        source: profiler_pprof::MergeError,
+    },
     /// Writing the output failed.
-    #[error("writing {path}: {why}")]
+    #[error("writing {}: {source} (check the directory exists and is writable)", path.display())]
     Output {
         /// The output path.
-        path: String,
+        path: PathBuf,
         /// The OS error.
-        why: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -376,15 +394,14 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchSummary, FetchError> {
                 windows,
                 samples,
             } => {
-                let p = decode_pprof(&body).map_err(|e| FetchError::Agent {
+                let p = decode_pprof(&body).map_err(|source| FetchError::NotAProfile {
                     agent: agent.clone(),
-                    why: format!(
-                        "the answer is not a profile ({e}): is this URL a profiler agent?"
-                    ),
+                    source,
                 })?;
-                merger
-                    .add(&p)
-                    .map_err(|e| FetchError::Merge(format!("profile from {agent}: {e}")))?;
+                merger.add(&p).map_err(|source| FetchError::Merge {
+                    agent: agent.clone(),
+                    source,
+                })?;
                 summary.windows += windows;
                 summary.samples += samples;
                 summary.answered.push(AgentAnswer {
@@ -438,23 +455,59 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchSummary, FetchError> {
         merged.string_table.push(note);
     }
     let gz = profiler_pprof::encode_gzip(&merged);
-    write_output(&opts.output, &gz).map_err(|why| FetchError::Output {
-        path: opts.output.display().to_string(),
-        why,
+    profiler_pprof::write_atomic(&opts.output, &gz).map_err(|source| FetchError::Output {
+        path: opts.output.clone(),
+        source,
     })?;
     summary.bytes_written = gz.len() as u64;
     Ok(summary)
 }
 
-/// Writes atomically: temporary file next to `path`, fsync, rename.
-fn write_output(path: &Path, data: &[u8]) -> Result<(), String> {
-    profiler_pprof::write_atomic(path, data)
-        .map_err(|e| format!("{e} (check the directory exists and is writable)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_and_answer_errors_keep_their_typed_source() {
+        use std::error::Error as _;
+        let path = PathBuf::from("/nonexistent-profiler-dir/out.pb.gz");
+        let e = profiler_pprof::write_atomic(&path, b"x")
+            .map_err(|source| FetchError::Output {
+                path: path.clone(),
+                source,
+            })
+            .unwrap_err();
+        assert_eq!(e.exit_code(), exit::OUTPUT);
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|io| io.kind()),
+            Some(std::io::ErrorKind::NotFound),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("writing /nonexistent-profiler-dir/out.pb.gz: ")
+                && msg.ends_with("(check the directory exists and is writable)"),
+            "{msg}"
+        );
+        let e = decode_pprof(b"<html>not a profile</html>")
+            .map_err(|source| FetchError::NotAProfile {
+                agent: "http://a:7070".into(),
+                source,
+            })
+            .unwrap_err();
+        assert_eq!(e.exit_code(), exit::FAILURE);
+        assert!(
+            e.source()
+                .is_some_and(|s| s.is::<profiler_pprof::DecodeError>()),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("agent http://a:7070: the answer is not a profile ("),
+            "{e}"
+        );
+    }
 
     #[test]
     fn urls_are_checked() {

@@ -252,13 +252,23 @@ pub enum StoreError {
         /// The limit.
         limit: u64,
     },
-    /// A stored or given profile could not be decoded or merged.
-    #[error("profile {path}: {why}")]
-    Profile {
-        /// The file (or a description of the source).
+    /// A stored profile could not be decoded.
+    #[error("profile {path}: {source}")]
+    Decode {
+        /// The file.
         path: String,
-        /// What is wrong.
-        why: String,
+        /// The decoder's answer.
+        #[source]
+        source: profiler_pprof::DecodeError,
+    },
+    /// A stored profile could not be merged with the others of the query.
+    #[error("profile {path}: {source}")]
+    Merge {
+        /// The file.
+        path: String,
+        /// The merger's answer.
+        #[source]
+        source: profiler_pprof::MergeError,
     },
 }
 
@@ -800,13 +810,13 @@ impl Store {
                 }
                 Err(err) => return Err(io_err(&path)(err)),
             };
-            let p = decode_pprof(&data).map_err(|why| StoreError::Profile {
+            let p = decode_pprof(&data).map_err(|source| StoreError::Decode {
                 path: path.display().to_string(),
-                why,
+                source,
             })?;
-            merger.add(&p).map_err(|why| StoreError::Profile {
+            merger.add(&p).map_err(|source| StoreError::Merge {
                 path: path.display().to_string(),
-                why: why.to_string(),
+                source,
             })?;
             used.push(e);
         }
@@ -1002,12 +1012,12 @@ fn rewrite_index<'a>(
 
 /// Decodes gzip'd (or raw) pprof into the wire type with the pprof
 /// crate's bounded decoder, at most [`MAX_PROFILE_BYTES`] decompressed.
-pub fn decode_pprof(data: &[u8]) -> Result<proto::Profile, String> {
+pub fn decode_pprof(data: &[u8]) -> Result<proto::Profile, profiler_pprof::DecodeError> {
     let limits = profiler_pprof::Limits {
         max_decompressed_bytes: MAX_PROFILE_BYTES,
         ..Default::default()
     };
-    profiler_pprof::decode(data, &limits).map_err(|e| e.to_string())
+    profiler_pprof::decode(data, &limits)
 }
 
 fn add_comment(p: &mut proto::Profile, text: &str) {
