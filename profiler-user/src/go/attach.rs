@@ -194,9 +194,9 @@ impl GoSession {
         let bin = match GoBinary::open(&exe) {
             Ok(b) => b,
             Err(GoError::NotGo { .. }) => return Ok(()),
-            Err(GoError::Binary { why, .. }) => {
+            Err(GoError::Binary { problem, .. }) => {
                 // Named as the user knows it, not by its /proc path.
-                self.notes.push(format!("pid {tgid}: {shown}: {why}"));
+                self.notes.push(format!("pid {tgid}: {shown}: {problem}"));
                 return Ok(());
             }
         };

@@ -6,7 +6,7 @@ use std::{collections::HashMap, path::Path};
 
 use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
-use super::GoError;
+use super::{BinaryProblem, GoError};
 
 /// Field offsets in `runtime.g` the probes and the goroutine walk need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,25 +85,25 @@ pub struct GoBinary {
 impl GoBinary {
     /// Analyse the ELF file at `path` (read whole; at most 2 GiB).
     pub fn open(path: &Path) -> Result<Self, GoError> {
-        let bad = |why: String| GoError::Binary {
+        let bad = |problem| GoError::Binary {
             path: path.display().to_string(),
-            why,
+            problem,
         };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        let meta = std::fs::metadata(path).map_err(|e| bad(BinaryProblem::Read(e)))?;
         if meta.len() > 2 << 30 {
-            return Err(bad(format!("{} bytes: larger than 2 GiB", meta.len())));
+            return Err(bad(BinaryProblem::TooLarge(meta.len())));
         }
-        let data = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let file = object::File::parse(&*data).map_err(|e| bad(format!("not ELF: {e}")))?;
+        let data = std::fs::read(path).map_err(|e| bad(BinaryProblem::Read(e)))?;
+        let file = object::File::parse(&*data).map_err(|e| bad(BinaryProblem::NotElf(e)))?;
         if file.architecture() != object::Architecture::X86_64 {
-            return Err(bad("not an x86-64 binary".into()));
+            return Err(bad(BinaryProblem::NotX86_64));
         }
         let version = file
             .section_by_name(".go.buildinfo")
             .and_then(|s| s.data().ok())
             .and_then(buildinfo_version);
         let funcs_list = profiler_symbolize::go_functions(path)
-            .map_err(|e| bad(e.to_string()))?
+            .map_err(|e| bad(BinaryProblem::Pclntab(e)))?
             .ok_or_else(|| GoError::NotGo {
                 path: path.display().to_string(),
             })?;
@@ -143,17 +143,11 @@ impl GoBinary {
         let (offsets, offsets_source) = match dwarf_offsets(&file) {
             Some(o) => (o, "DWARF".to_string()),
             None => {
-                let v = version.clone().ok_or_else(|| {
-                    bad(
-                        "no DWARF and no Go version in the buildinfo: runtime.g offsets unknown"
-                            .into(),
-                    )
-                })?;
-                let o = fallback_offsets(&v).ok_or_else(|| {
-                    bad(format!(
-                        "no DWARF (built with -w?) and no built-in runtime.g offsets for {v} (known: go1.19, go1.23); rebuild without -w"
-                    ))
-                })?;
+                let v = version
+                    .clone()
+                    .ok_or_else(|| bad(BinaryProblem::NoGoVersion))?;
+                let o = fallback_offsets(&v)
+                    .ok_or_else(|| bad(BinaryProblem::NoOffsets { version: v.clone() }))?;
                 (o, format!("table for {v}"))
             }
         };
@@ -341,6 +335,36 @@ fn dwarf_offsets(file: &object::File<'_>) -> Option<GOffsets> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_files_are_typed_problems_with_sources() {
+        use std::error::Error as _;
+        let dir = std::env::temp_dir().join(format!("profiler-gobinary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = dir.join("script.sh");
+        std::fs::write(&text, "#!/bin/sh\necho not elf\n").unwrap();
+        let problem = |p: &Path| match GoBinary::open(p) {
+            Err(GoError::Binary { path, problem }) => {
+                assert_eq!(path, p.display().to_string());
+                problem
+            }
+            Err(e) => panic!("{}: {e:?}", p.display()),
+            Ok(_) => panic!("{} accepted", p.display()),
+        };
+        let e = problem(&dir.join("missing"));
+        assert!(
+            matches!(&e, BinaryProblem::Read(io) if io.kind() == std::io::ErrorKind::NotFound),
+            "{e:?}"
+        );
+        let e = problem(&text);
+        assert!(matches!(e, BinaryProblem::NotElf(_)), "{e:?}");
+        assert!(e.source().is_some_and(|s| s.is::<object::Error>()), "{e:?}");
+        assert!(e.to_string().starts_with("not ELF: "), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // An x86-64 ELF file without `.gopclntab` is not Go (no note).
+        let exe = std::env::current_exe().unwrap();
+        assert!(matches!(GoBinary::open(&exe), Err(GoError::NotGo { .. })));
+    }
 
     #[test]
     fn globs() {

@@ -59,12 +59,12 @@ pub use session::GoSession;
 #[non_exhaustive]
 pub enum GoError {
     /// The binary cannot be used for Go probes.
-    #[error("{path}: {why}")]
+    #[error("{path}: {problem}")]
     Binary {
         /// The binary's path.
         path: String,
-        /// What is wrong.
-        why: String,
+        /// What is wrong (with the error that caused it as its source).
+        problem: BinaryProblem,
     },
     /// The binary has no `.gopclntab`: it is not a Go program.
     #[error("{path}: no .gopclntab section: not a Go binary")]
@@ -73,6 +73,36 @@ pub enum GoError {
         path: String,
     },
 }
+/// Why a Go binary cannot be used for the Go probes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BinaryProblem {
+    /// The file could not be read.
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    /// The file is larger than the 2 GiB read whole.
+    #[error("{0} bytes: larger than 2 GiB")]
+    TooLarge(u64),
+    /// The file is not ELF.
+    #[error("not ELF: {0}")]
+    NotElf(#[source] object::Error),
+    /// The ELF file is not for x86-64.
+    #[error("not an x86-64 binary")]
+    NotX86_64,
+    /// The function table (`.gopclntab`) could not be read.
+    #[error("{0}")]
+    Pclntab(#[source] profiler_symbolize::SymbolizeError),
+    /// No DWARF and no Go version: the `runtime.g` offsets are unknown.
+    #[error("no DWARF and no Go version in the buildinfo: runtime.g offsets unknown")]
+    NoGoVersion,
+    /// No DWARF and no built-in `runtime.g` offsets for this Go version.
+    #[error("no DWARF (built with -w?) and no built-in runtime.g offsets for {version} (known: go1.19, go1.23); rebuild without -w")]
+    NoOffsets {
+        /// The Go version from the buildinfo.
+        version: String,
+    },
+}
+
 /// Which Go profile types to collect.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GoProfiles {
