@@ -387,6 +387,7 @@ fn api_serves_health_metrics_targets_and_merged_profiles() {
         pids: vec![4242],
         cgroup: "kubepods.slice/x".into(),
         since: t0,
+        absent: Vec::new(),
     });
     let b = &srv.base;
 
