@@ -385,3 +385,100 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
         Some(1.0)
     );
 }
+
+/// The DaemonSet's capabilities (deploy/kubernetes/daemonset.yaml,
+/// `capabilities.add`, no SYS_ADMIN) do not allow uprobes: an agent asked
+/// for `--profile cpu,goroutines` under exactly that bounding set keeps
+/// writing cpu windows, writes no goroutines window, and /targets says the
+/// Go types need CAP_SYS_ADMIN. (This is why the DaemonSet's default is
+/// `--profile=cpu`.)
+#[test]
+fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
+    if !can_run_ebpf("agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks") {
+        return;
+    }
+    let Some(bin) = build_goruntime() else { return };
+    let manifest = root().join("deploy/kubernetes/daemonset.yaml");
+    let ds: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let add: Vec<String> = ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+        ["capabilities"]["add"]
+        .as_sequence()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    assert!(!add.iter().any(|c| c == "sys_admin"));
+    let bounding = format!(
+        "-all,{}",
+        add.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+
+    let mut cg = KubeletCgroups::new("agent-go-caps");
+    let (uid, cid) = (pod_uid(21), container_id(21));
+    let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
+    let w = Owned::spawn(
+        Command::new(&bin)
+            .args([
+                "-start-delay",
+                "0s",
+                "-work",
+                "-spin=false",
+                "-duration",
+                "10m",
+            ])
+            .stdout(Stdio::null()),
+    );
+    cg.add_process(&cgp, w.pid());
+    let store = TempDir::new("agent-go-caps-store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = store.0.with_extension("log");
+    let root_s = cg.root.display().to_string();
+    let _agent = Owned::spawn(
+        Command::new("setpriv")
+            .args(["--bounding-set", &bounding, "--inh-caps", "-all", "--"])
+            .arg(profiler_bin())
+            .args(["agent", "--listen", &format!("127.0.0.1:{port}"), "--store"])
+            .arg(&store.0)
+            .args([
+                "--no-kube",
+                "--cgroup-root",
+                &root_s,
+                "--window",
+                "2s",
+                "--rescan",
+                "500ms",
+                "--profile",
+                "cpu,goroutines",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let get = |path: &str| http::get(port, path, None);
+    let absent = || -> String {
+        get("/targets")
+            .ok()
+            .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .map(|t| t["targets"][0]["absent"].to_string())
+            .unwrap_or_default()
+    };
+    let ok = wait_until(Duration::from_secs(30), || {
+        get(&format!("/profiles?pod={uid}&type=cpu&from=-1h")).is_ok_and(|r| r.status == 200)
+            && absent().contains("CAP_SYS_ADMIN")
+    });
+    assert!(
+        ok,
+        "cpu windows and an absent reason naming CAP_SYS_ADMIN expected; /targets absent: {}; log:\n{}",
+        absent(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let r = get(&format!("/profiles?pod={uid}&type=goroutines&from=-1h")).unwrap();
+    assert_eq!(r.status, 404, "no goroutines windows without uprobes");
+}

@@ -113,8 +113,26 @@ struct GoTargets {
     absent: HashMap<String, String>,
     /// Processes the Go probes could not be attached to (kernel errors).
     attach_errors: u64,
+    /// Container id -> the last attach error of one of its processes.
+    errors: HashMap<String, String>,
     /// Go processes not remembered because a container had too many.
     members_overflow: u64,
+}
+
+/// Why the Go probes of `pid` could not be attached, for the log and
+/// `/targets`. Measured (tests/tests/agent_go.rs): with the DaemonSet's
+/// capabilities (BPF, PERFMON, SYS_PTRACE, ... but not SYS_ADMIN),
+/// `perf_event_open` of the `uprobe` PMU is refused with EACCES while the
+/// CPU sampler works.
+fn attach_error_text(pid: u32, e: &RecordError) -> String {
+    if e.exit_code() == crate::error::exit::PERMISSION {
+        format!(
+            "Go probes for pid {pid}: permission denied: attaching uprobes needs CAP_SYS_ADMIN \
+             (CAP_BPF and CAP_PERFMON are not enough); the Go profile types stay absent, cpu is unaffected"
+        )
+    } else {
+        format!("Go probes for pid {pid} could not be attached: {e}")
+    }
 }
 
 /// Go processes remembered per container and window.
@@ -210,6 +228,7 @@ impl<'a> AgentLoop<'a> {
                 let live: HashSet<&String> = self.targets.keys().collect();
                 self.go.members.retain(|cid, _| live.contains(cid));
                 self.go.absent.retain(|cid, _| live.contains(cid));
+                self.go.errors.retain(|cid, _| live.contains(cid));
             }
             // Metrics follow the drains (once a second).
             if drain_now {
@@ -362,9 +381,11 @@ impl<'a> AgentLoop<'a> {
                     Ok(false) => {}
                     Err(e) => {
                         self.go.attach_errors += 1;
+                        let why = attach_error_text(pid, &e);
                         if self.go.attach_errors <= 10 {
-                            eprintln!("profiler agent: Go probes for pid {pid}: {e}");
+                            eprintln!("profiler agent: {why}");
                         }
+                        self.go.errors.insert(cid.clone(), why);
                     }
                 }
             }
@@ -399,6 +420,10 @@ impl<'a> AgentLoop<'a> {
         for (cid, g) in out {
             match g.absent {
                 Some(why) => {
+                    let why = match self.go.errors.get(&cid) {
+                        Some(e) => e.clone(),
+                        None => why,
+                    };
                     self.go.absent.insert(cid.clone(), why);
                 }
                 None => {
