@@ -482,3 +482,169 @@ fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
     let r = get(&format!("/profiles?pod={uid}&type=goroutines&from=-1h")).unwrap();
     assert_eq!(r.status, 404, "no goroutines windows without uprobes");
 }
+
+/// Starts `apiserver-sim` on a random loopback port: the process and its
+/// address.
+fn start_apiserver() -> (Owned, String) {
+    use std::io::BufRead as _;
+    let mut srv = Owned::spawn(
+        Command::new(integration_tests::workload("apiserver-sim"))
+            .args(["-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let mut out = std::io::BufReader::new(srv.0.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line)
+        .expect("reading apiserver-sim stdout");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("apiserver-sim: unexpected first line {line:?}"))
+        .to_string();
+    // Keep reading so the pipe never fills.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut sink);
+    });
+    (srv, addr)
+}
+
+/// The workbench through the DaemonSet path: two kubelet-like pods, each
+/// with an `apiserver-sim` container and a `controller-sim` container
+/// (baseline and the goroutine-leak variant), profiled by `profiler agent`;
+/// `profiler fetch` of each pod's controller container for cpu, goroutines
+/// and allocs; `profdiff gate --budgets budgets/go-controller.toml` per
+/// type. The goroutines gate fails and names the culprit (the leak's
+/// creation site under Reconcile); cpu and allocs gates run on the fetched
+/// profiles.
+#[test]
+fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
+    if !can_run_ebpf("agent_go_workbench_goroutine_leak_caught_through_the_agent") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("agent-go-bench");
+    let store = TempDir::new("agent-go-bench-store");
+    let root_s = cg.root.display().to_string();
+    let agent = Agent::start(
+        &store.0,
+        &root_s,
+        &["--profile", "cpu,goroutines,allocs", "--frequency", "499"],
+    );
+    let mut pods = Vec::new();
+    let mut procs = Vec::new();
+    for (i, variant) in [(31u64, "baseline"), (32, "goroutine-leak")] {
+        let uid = pod_uid(i);
+        let (api_id, mgr_id) = (container_id(i * 10), container_id(i * 10 + 1));
+        let api_cg = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &api_id);
+        let mgr_cg = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &mgr_id);
+        let (srv, addr) = start_apiserver();
+        cg.add_process(&api_cg, srv.pid());
+        let ctl = Owned::spawn(
+            Command::new(integration_tests::workload("controller-sim"))
+                .args(["-server", &format!("http://{addr}")])
+                .args(["-duration", "0", "-variant", variant, "-report", "0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        cg.add_process(&mgr_cg, ctl.pid());
+        pods.push((variant, uid, mgr_id[..12].to_string()));
+        procs.push((srv, ctl));
+    }
+    // Let the controllers run for a few windows.
+    let base = &pods[0];
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            pods.iter().all(|(_, uid, _)| {
+                agent
+                    .profile(uid, "goroutines")
+                    .is_some_and(|(_, _, w)| w >= 4)
+            })
+        }),
+        "goroutine windows for both controllers; log:\n{}",
+        agent.log()
+    );
+    let out = TempDir::new("agent-go-bench-out");
+    let fetch = |uid: &str, container: &str, kind: &str, to: &Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        let o = Command::new(profiler_bin())
+            .args([
+                "fetch",
+                "--agent",
+                &format!("http://127.0.0.1:{}", agent.port),
+            ])
+            .args(["--pod", uid, "--container", container, "--type", kind])
+            .args(["--from", "-1h", "-o"])
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "profiler fetch {kind} of {uid}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    for (side, (_, uid, ctr)) in [("base", &pods[0]), ("cand", &pods[1])] {
+        for kind in ["cpu", "goroutines", "allocs"] {
+            fetch(
+                uid,
+                ctr,
+                kind,
+                &out.join(&format!("{side}/{kind}/run-1.pb.gz")),
+            );
+        }
+    }
+    drop(procs);
+    let gate = |kind: &str| {
+        let json = out.join(&format!("{kind}.json"));
+        let o = Command::new(integration_tests::profdiff_bin())
+            .arg("gate")
+            .arg("-b")
+            .arg(out.join(&format!("base/{kind}")))
+            .arg("-c")
+            .arg(out.join(&format!("cand/{kind}")))
+            .arg("--budgets")
+            .arg(root().join("budgets/go-controller.toml"))
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        let text = std::fs::read_to_string(&json).unwrap_or_default();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            text,
+        )
+    };
+    let (code, stdout, json) = gate("goroutines");
+    assert_eq!(code, Some(1), "goroutines gate must fail:\n{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("gate JSON");
+    let failing: Vec<&serde_json::Value> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["verdict"] == "fail")
+        .collect();
+    assert!(
+        failing
+            .iter()
+            .any(|f| f["rule"] == "goroutines-live-under-reconcile"
+                && (f["function"].to_string().contains("Reconcile")
+                    || f["message"].to_string().contains("Reconcile"))),
+        "the leak rule names Reconcile: {failing:#?}\n{stdout}"
+    );
+    assert!(
+        stdout.contains("waitForRollout") || json.contains("waitForRollout"),
+        "the culprit (the goroutine started in Reconcile runs waitForRollout) is named:\n{stdout}"
+    );
+    // The other types' gates run on the agent's profiles (verdicts depend
+    // on noise with one window range per side; they must not error).
+    for kind in ["cpu", "allocs"] {
+        let (code, stdout, _) = gate(kind);
+        assert!(
+            matches!(code, Some(0 | 1 | 3)),
+            "{kind} gate exit {code:?}:\n{stdout}"
+        );
+    }
+    let _ = base;
+}
