@@ -52,6 +52,11 @@ pub const COOKIE_BENCH_NO_COUNT: u64 = 1 << 60;
 /// `bpf_get_stackid(BPF_F_USER_STACK)` (into `GO_STACKS`) instead of the
 /// program's own frame-pointer walk, to measure both in one run.
 pub const COOKIE_BENCH_STACKID: u64 = 1 << 59;
+/// Cookie bit of every probe the agent attaches once per binary (for all
+/// processes running it): the program first checks that the calling
+/// process is in `GO_PROCS` (a selected target) and returns at once
+/// otherwise, counting [`GoCounter::NotTarget`].
+pub const COOKIE_FILTER_PROCS: u64 = 1 << 58;
 /// Mask of a cookie's tag (counted-symbol index or register selector).
 pub const COOKIE_TAG_MASK: u64 = 0xffff_ffff;
 /// `--count-stacks caller`: hits per caller and CPU that always take a stack.
@@ -169,11 +174,14 @@ pub enum GoCounter {
     /// Stacks not stored because `GO_FP_STACKS` was full: the event counts
     /// with the immediate caller only.
     StackTableFull = 12,
+    /// Hits of a shared (per-binary) probe by a process that is not a
+    /// target (not in `GO_PROCS`): returned at once.
+    NotTarget = 13,
 }
 
 impl GoCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// Every counter, in index order.
     pub const ALL: [GoCounter; Self::COUNT as usize] = [
         GoCounter::Calls,
@@ -189,6 +197,7 @@ impl GoCounter {
         GoCounter::ReadFailed,
         GoCounter::StackCollision,
         GoCounter::StackTableFull,
+        GoCounter::NotTarget,
     ];
 
     /// Stable snake_case name used in summaries and profile comments.
@@ -207,6 +216,7 @@ impl GoCounter {
             GoCounter::ReadFailed => "read_failed",
             GoCounter::StackCollision => "stack_collision",
             GoCounter::StackTableFull => "stack_table_full",
+            GoCounter::NotTarget => "not_target",
         }
     }
 

@@ -41,8 +41,8 @@ use aya_log_ebpf::{error, warn};
 use profiler_common::go::{
     reg, GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts,
     CALLER_MODE_FIRST_STACKS, CALLER_MODE_STACK_EVERY, COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_STACKID,
-    COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE, COOKIE_CHECK_FLAGS, COOKIE_TAG_MASK,
-    GO_ALLOC_ENTRIES, GO_CALL_ENTRIES, GO_CALL_SITE_ENTRIES, GO_FP_STACK_ENTRIES,
+    COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE, COOKIE_CHECK_FLAGS, COOKIE_FILTER_PROCS,
+    COOKIE_TAG_MASK, GO_ALLOC_ENTRIES, GO_CALL_ENTRIES, GO_CALL_SITE_ENTRIES, GO_FP_STACK_ENTRIES,
     GO_GOROUTINE_ENTRIES, GO_PENDING_ENTRIES, GO_PROC_ENTRIES, GO_SITE_ENTRIES, GO_STACK_ENTRIES,
 };
 
@@ -123,6 +123,19 @@ fn select(r: &pt_regs, which: u64) -> u64 {
         reg::SI => v[4],
         _ => v[5],
     }
+}
+
+/// A shared (per-binary) probe hit by a process that is not a target:
+/// true (counted) when the cookie asks for the `GO_PROCS` check and
+/// `tgid` is not there.
+#[inline(always)]
+fn not_target(cookie: u64, tgid: u32) -> bool {
+    // SAFETY: only the presence of the entry is used.
+    if cookie & COOKIE_FILTER_PROCS != 0 && unsafe { GO_PROCS.get(&tgid) }.is_none() {
+        bump(GoCounter::NotTarget);
+        return true;
+    }
+    false
 }
 
 /// True when the probe sits on the stack-check `JBE` and the branch to
@@ -282,6 +295,9 @@ pub fn go_call(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if not_target(c, tgid) {
+        return 0;
+    }
     let tag = c & COOKIE_TAG_MASK;
     if c & COOKIE_CALLER_MODE != 0 {
         count_by_caller(&ctx, tgid, tag, c);
@@ -345,8 +361,11 @@ pub fn go_alloc(ctx: ProbeContext) -> u32 {
         bump(GoCounter::MorestackSkipped);
         return 0;
     }
-    let size = select(r, c & 0xff);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if not_target(c, tgid) {
+        return 0;
+    }
+    let size = select(r, c & 0xff);
     let key = stack_key(&ctx, tgid, size, c);
     count(&GO_ALLOCS, &key);
     bump(GoCounter::Allocs);
@@ -361,6 +380,9 @@ pub fn go_newproc(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    if not_target(c, (pid_tgid >> 32) as u32) {
+        return 0;
+    }
     let mut key = stack_key(&ctx, (pid_tgid >> 32) as u32, 0, c);
     // A new creation site: store its stack now (the scratch stack is gone
     // by `go_newproc_done`).
@@ -385,6 +407,9 @@ pub fn go_newproc_done(ctx: ProbeContext) -> u32 {
     let c = cookie(&ctx);
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    if not_target(c, tgid) {
+        return 0;
+    }
     bump(GoCounter::Created);
     // SAFETY: plain-data value copied out.
     let Some(site) = (unsafe { GO_PENDING.get(&pid_tgid) }).copied() else {
@@ -453,6 +478,9 @@ pub fn go_exit(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if not_target(c, tgid) {
+        return 0;
+    }
     let Some(goid) = goid_of(tgid, r.r14) else {
         return 0;
     };

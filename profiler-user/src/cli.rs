@@ -133,6 +133,9 @@ pub struct AgentArgs {
     /// the sampling path when off.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Profile types and the Go probes' settings (as in `record`).
+    #[command(flatten)]
+    pub go: GoProfileArgs,
 }
 
 /// Sizes like `1GiB`, `500MiB`, `10M`, `4096`.
@@ -168,6 +171,85 @@ pub enum ProfileType {
     Calls,
 }
 
+/// The profile-type flags shared by `profiler record` and `profiler agent`:
+/// which types, which Go functions to count, and the allocation opt-ins.
+#[derive(clap::Args, Debug, Clone)]
+// The doc comments are the flags' help: `<type>.pb.gz` is text, not HTML.
+#[allow(rustdoc::invalid_html_tags)]
+pub struct GoProfileArgs {
+    /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
+    /// calls. record: with more than one, -o is a directory holding
+    /// <type>.pb.gz; agent: one profile per type, container and window.
+    #[arg(
+        long = "profile",
+        value_delimiter = ',',
+        default_value = "cpu",
+        value_name = "TYPES"
+    )]
+    pub profiles: Vec<ProfileType>,
+    /// Count calls of this Go function for the calls profile (repeatable;
+    /// globs allowed, e.g. 'net/http.(*Client).do' or '*.Reconcile').
+    #[arg(long = "count", value_name = "SYMBOL")]
+    pub count: Vec<String>,
+    /// A named set of functions to count (go-controller: client-go REST
+    /// requests, net/http.(*Client).do, reconciles).
+    #[arg(long = "count-preset", value_name = "NAME",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::go::PRESETS))]
+    pub count_preset: Option<String>,
+    /// allocs: probe every allocation (runtime.mallocgc; exact but costly)
+    /// instead of Go's own samples (free, empty when MemProfileRate is 0).
+    #[arg(long)]
+    pub allocs_exact: bool,
+    /// allocs: when a target's runtime.MemProfileRate is 0, write this rate
+    /// (bytes, e.g. 524288) into it so Go samples again; undone at the end.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub allocs_set_rate: Option<u64>,
+    /// calls: `full` takes the whole stack on every counted call (≈1.3 µs
+    /// per call here); `caller` counts exactly per immediate caller and
+    /// samples the stacks above it (≈1.1 µs per call, flat in stack depth).
+    #[arg(long, value_enum, default_value_t = CountStacks::Full, value_name = "MODE")]
+    pub count_stacks: CountStacks,
+}
+
+impl GoProfileArgs {
+    /// Whether CPU is selected and the Go probes' options, or a usage
+    /// error (exit 2) for a flag combination clap does not check.
+    pub fn options(&self) -> Result<(bool, crate::go::GoOptions), String> {
+        let has = |t: ProfileType| self.profiles.contains(&t);
+        let calls = has(ProfileType::Calls);
+        let counting = !self.count.is_empty() || self.count_preset.is_some();
+        if calls && !counting {
+            return Err("--profile calls needs --count SYMBOL or --count-preset NAME".into());
+        }
+        if counting && !calls {
+            return Err(
+                "--count/--count-preset need --profile calls (e.g. --profile cpu,calls)".into(),
+            );
+        }
+        let profiles = crate::go::GoProfiles {
+            goroutines: has(ProfileType::Goroutines),
+            allocs: has(ProfileType::Allocs),
+            calls,
+        };
+        #[cfg(feature = "bench-knobs")]
+        let knobs = crate::go::BenchKnobs::from_env()?;
+        #[cfg(not(feature = "bench-knobs"))]
+        let knobs = crate::go::BenchKnobs::default();
+        Ok((
+            has(ProfileType::Cpu),
+            crate::go::GoOptions {
+                profiles,
+                count: self.count.clone(),
+                preset: self.count_preset.clone(),
+                alloc_exact: self.allocs_exact,
+                alloc_set_rate: self.allocs_set_rate,
+                count_stacks: self.count_stacks,
+                knobs,
+            },
+        ))
+    }
+}
+
 /// `profiler record` flags.
 #[derive(clap::Args, Debug)]
 // The doc comments are the flags' help: `<type>.pb.gz` is text, not HTML.
@@ -200,37 +282,9 @@ pub struct RecordArgs {
     /// the sampling path when off.
     #[arg(long)]
     pub ebpf_log: bool,
-    /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls. With more than one, -o is a directory holding <type>.pb.gz.
-    #[arg(
-        long = "profile",
-        value_delimiter = ',',
-        default_value = "cpu",
-        value_name = "TYPES"
-    )]
-    pub profiles: Vec<ProfileType>,
-    /// Count calls of this Go function for the calls profile (repeatable;
-    /// globs allowed, e.g. 'net/http.(*Client).do' or '*.Reconcile').
-    #[arg(long = "count", value_name = "SYMBOL")]
-    pub count: Vec<String>,
-    /// A named set of functions to count (go-controller: client-go REST
-    /// requests, net/http.(*Client).do, reconciles).
-    #[arg(long = "count-preset", value_name = "NAME",
-          value_parser = clap::builder::PossibleValuesParser::new(crate::go::PRESETS))]
-    pub count_preset: Option<String>,
-    /// allocs: probe every allocation (runtime.mallocgc; exact but costly)
-    /// instead of Go's own samples (free, empty when MemProfileRate is 0).
-    #[arg(long)]
-    pub allocs_exact: bool,
-    /// allocs: when a target's runtime.MemProfileRate is 0, write this rate
-    /// (bytes, e.g. 524288) into it so Go samples again; undone at the end.
-    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
-    pub allocs_set_rate: Option<u64>,
-    /// calls: `full` takes the whole stack on every counted call (≈1.3 µs
-    /// per call here); `caller` counts exactly per immediate caller and
-    /// samples the stacks above it (≈1.1 µs per call, flat in stack depth).
-    #[arg(long, value_enum, default_value_t = CountStacks::Full, value_name = "MODE")]
-    pub count_stacks: CountStacks,
+    /// Profile types and the Go probes' settings (shared with `agent`).
+    #[command(flatten)]
+    pub go: GoProfileArgs,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -306,28 +360,9 @@ impl RecordArgs {
     /// The recording's options, or a usage error (exit 2) for a flag
     /// combination clap does not check.
     pub fn options(self) -> Result<crate::record::RecordOptions, String> {
-        let has = |t: ProfileType| self.profiles.contains(&t);
-        let calls = has(ProfileType::Calls);
-        let counting = !self.count.is_empty() || self.count_preset.is_some();
-        if calls && !counting {
-            return Err("--profile calls needs --count SYMBOL or --count-preset NAME".into());
-        }
-        if counting && !calls {
-            return Err(
-                "--count/--count-preset need --profile calls (e.g. --profile cpu,calls)".into(),
-            );
-        }
-        let profiles = crate::go::GoProfiles {
-            goroutines: has(ProfileType::Goroutines),
-            allocs: has(ProfileType::Allocs),
-            calls,
-        };
-        #[cfg(feature = "bench-knobs")]
-        let knobs = crate::go::BenchKnobs::from_env()?;
-        #[cfg(not(feature = "bench-knobs"))]
-        let knobs = crate::go::BenchKnobs::default();
+        let (cpu, go) = self.go.options()?;
         Ok(crate::record::RecordOptions {
-            cpu: has(ProfileType::Cpu),
+            cpu,
             pids: self.pids,
             cgroup: self.cgroup,
             duration: self.duration,
@@ -338,15 +373,7 @@ impl RecordArgs {
             drain_interval: Duration::from_secs(1),
             progress: !self.quiet,
             ebpf_log: self.ebpf_log,
-            go: crate::go::GoOptions {
-                profiles,
-                count: self.count,
-                preset: self.count_preset,
-                alloc_exact: self.allocs_exact,
-                alloc_set_rate: self.allocs_set_rate,
-                count_stacks: self.count_stacks,
-                knobs,
-            },
+            go,
         })
     }
 }
@@ -366,6 +393,12 @@ impl AgentArgs {
             .map(str::parse)
             .transpose()
             .map_err(|e| format!("--selector: {e}"))?;
+        let (cpu, go) = self.go.options()?;
+        if self.go.allocs_exact {
+            return Err(
+                "--allocs-exact is not offered by the agent (it probes every allocation): use --allocs-set-rate".into(),
+            );
+        }
         Ok(crate::agent::AgentOptions {
             node_name: self.node_name,
             listen: self.listen,
@@ -387,6 +420,8 @@ impl AgentArgs {
             kube: !self.no_kube,
             rescan: self.rescan,
             ebpf_log: self.ebpf_log,
+            cpu,
+            go,
         })
     }
 }
@@ -441,8 +476,8 @@ mod tests {
         let Cmd::Record(r) = cli.command else {
             panic!("not record")
         };
-        assert_eq!(r.profiles, [ProfileType::Cpu, ProfileType::Calls]);
-        assert_eq!(r.count_stacks, CountStacks::Caller);
+        assert_eq!(r.go.profiles, [ProfileType::Cpu, ProfileType::Calls]);
+        assert_eq!(r.go.count_stacks, CountStacks::Caller);
         let o = r.options().unwrap();
         assert!(o.cpu && o.go.profiles.calls && !o.go.profiles.allocs);
         for bad in [

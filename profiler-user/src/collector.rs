@@ -26,6 +26,9 @@ use crate::{
     sampler::{DrainedStack, Sampler, TARGET_SAMPLE},
 };
 
+/// The kernel's Go counters: (name, value summed over CPUs, is a loss).
+pub type GoCounterValues = Vec<(&'static str, u64, bool)>;
+
 /// Distinct stacks kept in userspace before new ones are dropped (counted).
 pub const MAX_STACKS: usize = 500_000;
 /// Processes re-snapshotted per drain (those that produced samples).
@@ -485,6 +488,66 @@ impl Collector {
             Some(g) => g.finish(&mut self.sampler, &mut self.symbolizer, meta),
             None => Vec::new(),
         }
+    }
+
+    /// The agent's mode of the Go probes (probes once per binary for
+    /// every process running it, filtered in the kernel); no-op without
+    /// Go profiles.
+    pub fn go_shared(&mut self) {
+        if let Some(g) = self.go.as_mut() {
+            g.set_shared();
+        }
+    }
+
+    /// Whether Go profiles are on.
+    pub fn has_go(&self) -> bool {
+        self.go.is_some()
+    }
+
+    /// Add a process to the Go probes (a no-op for one already added or
+    /// not Go) and snapshot its mappings when it is Go.
+    pub fn go_add(&mut self, tgid: u32) -> Result<bool, RecordError> {
+        let Some(g) = self.go.as_mut() else {
+            return Ok(false);
+        };
+        if g.is_go_process(tgid) {
+            return Ok(true);
+        }
+        g.add_process(&mut self.sampler, tgid)?;
+        let is_go = g.is_go_process(tgid);
+        if is_go {
+            let _ = self.symbolizer.snapshot_process(tgid);
+        }
+        Ok(is_go)
+    }
+
+    /// The window's Go profiles per group of processes (agent mode; see
+    /// [`GoSession::window`]).
+    pub fn go_window(
+        &mut self,
+        groups: &[(String, HashSet<u32>)],
+        meta: impl Fn(&str) -> ProfileMeta,
+    ) -> Vec<(String, crate::go::GroupProfiles)> {
+        match self.go.as_mut() {
+            Some(g) => g.window(&mut self.symbolizer, groups, meta),
+            None => Vec::new(),
+        }
+    }
+
+    /// Agent mode: release exited processes' Go state and detach the probes
+    /// of binaries no target runs any more.
+    pub fn go_forget_dead(&mut self) {
+        if let Some(g) = self.go.as_mut() {
+            g.forget_dead_shared(&mut self.sampler);
+        }
+    }
+
+    /// The per-binary probes' counters and the kernel's Go counters
+    /// (name, value, is a loss); None without Go profiles.
+    pub fn go_stats(&self) -> Option<(crate::go::SharedStats, GoCounterValues)> {
+        self.go
+            .as_ref()
+            .map(|g| (g.shared_stats(), g.counter_values()))
     }
 
     /// Symbolize an aggregate into a CPU profile.

@@ -387,6 +387,7 @@ fn api_serves_health_metrics_targets_and_merged_profiles() {
         pids: vec![4242],
         cgroup: "kubepods.slice/x".into(),
         since: t0,
+        absent: Vec::new(),
     });
     let b = &srv.base;
 
@@ -918,4 +919,54 @@ fn fetch_merges_agents_and_tolerates_404() {
     ))
     .unwrap_err();
     assert_eq!(e.exit_code(), exit::OUTPUT, "{e}");
+}
+
+/// Goroutine windows merge as a snapshot: a range returns the live count
+/// (first sample type) of each target's last window, while the other
+/// sample types (created, exited) add up; cpu windows add up entirely.
+#[test]
+fn store_merges_goroutines_as_the_last_windows_snapshot() {
+    let dir = TempDir::new("goroutines");
+    let store = Store::open(&dir.0, retention()).unwrap();
+    let t = target("ns1", "ctl", "manager");
+    let other = target("ns1", "ctl", "sidecar");
+    let site: &[&str] = &["main.leakSite", "main.main"];
+    for (kind, tgt) in [("goroutines", &t), ("cpu", &t), ("goroutines", &other)] {
+        for (i, live) in [5i64, 7, 9].iter().enumerate() {
+            let start = minutes_ago(10) + Duration::from_secs(60 * i as u64);
+            let len = Duration::from_secs(60);
+            let mut p = cpu_profile(&[(site, *live)], start, len);
+            // Second sample type: the window's created count (10 each).
+            p.sample[0].value[1] = 10;
+            let meta = WindowMeta {
+                target: tgt.clone(),
+                profile_type: kind.into(),
+                start,
+                end: start + len,
+                samples: *live as u64,
+            };
+            store.put(&meta, &p).unwrap();
+        }
+    }
+    let q = |kind: &str, container: Option<&str>| Query {
+        namespace: None,
+        pod: "ctl".into(),
+        container: container.map(Into::into),
+        profile_type: kind.into(),
+        from: minutes_ago(60),
+        to: SystemTime::now(),
+    };
+    let g = store.query(&q("goroutines", Some("manager"))).unwrap();
+    assert_eq!(g.windows, 3);
+    assert_eq!(
+        totals(&g.profile_gz),
+        vec![9, 30],
+        "last live, summed created"
+    );
+    let c = store.query(&q("cpu", Some("manager"))).unwrap();
+    assert_eq!(totals(&c.profile_gz), vec![21, 30], "cpu adds up");
+    // Both containers: each one's last snapshot.
+    let both = store.query(&q("goroutines", None)).unwrap();
+    assert_eq!(both.windows, 6);
+    assert_eq!(totals(&both.profile_gz), vec![18, 60]);
 }

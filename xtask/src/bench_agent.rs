@@ -22,6 +22,28 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+/// Which part of the agent bench to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// CPU profiles of 50 busy processes.
+    Cpu,
+    /// All four profile types on 20 Go pods at controller-like rates.
+    Go,
+    /// Both, one after the other.
+    Both,
+}
+
+/// Run the part(s) asked for.
+pub fn run_part(root: &Path, seconds: u64, part: Part) -> Result<()> {
+    if matches!(part, Part::Cpu | Part::Both) {
+        run(root, seconds)?;
+    }
+    if matches!(part, Part::Go | Part::Both) {
+        run_go(root, seconds)?;
+    }
+    Ok(())
+}
+
 const PODS: usize = 20;
 const PROCESSES: usize = 50;
 
@@ -249,5 +271,246 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
         );
     }
     println!("  agent exit              {status}");
+    Ok(())
+}
+
+/// The agent's CPU % of a core, peak RSS (KiB) and last `/metrics`.
+type AgentMeasure = (f64, u64, String);
+
+/// Alternated run pairs (with and without the agent) of the Go part.
+const GO_PAIRS: usize = 3;
+
+/// One run of the Go part: the 20 pods' workloads for `seconds` (after a
+/// 5 s start delay), with or without the agent. Returns pod 0's CPU-bound
+/// loop rate and, with the agent, its CPU % of a core over the load, its
+/// peak RSS (KiB) and its last `/metrics`.
+fn go_run(
+    release: &Path,
+    bins: &Path,
+    containers: &[PathBuf],
+    base: &Path,
+    seconds: u64,
+    with_agent: bool,
+) -> Result<(f64, Option<AgentMeasure>)> {
+    let mut agent = None;
+    let store = std::env::temp_dir().join(format!(
+        "profiler-bench-agent-go-store-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&store);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    if with_agent {
+        let mut a = Command::new(release.join("profiler"))
+            .args(["agent", "--no-kube", "--frequency", "99", "--window", "10s"])
+            .args(["--rescan", "1s"])
+            .args(["--profile", "cpu,goroutines,allocs,calls"])
+            .args([
+                "--count",
+                "main.countedTarget",
+                "--allocs-set-rate",
+                "524288",
+            ])
+            .arg("--cgroup-root")
+            .arg(base)
+            .arg("--store")
+            .arg(&store)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting profiler agent")?;
+        let up = Instant::now();
+        while http_get(port, "/healthz").is_none() {
+            if up.elapsed() > Duration::from_secs(30) || a.try_wait()?.is_some() {
+                let _ = a.kill();
+                bail!("the agent did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        agent = Some(a);
+    }
+    let mut pods = Owned {
+        children: Vec::new(),
+        dirs: Vec::new(),
+        mount: PathBuf::new(),
+    };
+    for (i, cg) in containers.iter().enumerate() {
+        let child = Command::new(bins.join("goruntime"))
+            .args(["-work", "-work-tick", "200ms", "-start-delay", "5s"])
+            .args(["-duration", &format!("{seconds}s")])
+            .arg(format!("-spin={}", i == 0))
+            .stdout(if i == 0 {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .context("starting the goruntime workload")?;
+        std::fs::write(cg.join("cgroup.procs"), child.id().to_string())
+            .with_context(|| format!("moving a workload into {}", cg.display()))?;
+        pods.children.push(child);
+    }
+    // The load starts after the 5 s delay: measure the agent from there.
+    std::thread::sleep(Duration::from_secs(5));
+    let hz = 100.0; // USER_HZ
+    let pid = agent.as_ref().map(|a: &Child| a.id());
+    let t0 = pid.and_then(cpu_ticks);
+    let w0 = Instant::now();
+    let mut peak = 0u64;
+    let mut out = String::new();
+    let mut first = pods.children[0].stdout.take().context("pod 0's stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = first.read_to_string(&mut s);
+        s
+    });
+    while pods.children[0].try_wait()?.is_none() {
+        if w0.elapsed() > Duration::from_secs(seconds + 60) {
+            bail!("pod 0's workload did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        if let Some(p) = pid {
+            peak = peak.max(status_kib(p, "VmRSS:").unwrap_or(0));
+        }
+    }
+    out.push_str(&reader.join().unwrap_or_default());
+    let wall = w0.elapsed().as_secs_f64();
+    let rate: f64 = out
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("units_per_sec="))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no units_per_sec= in {out:?}"))?;
+    let mut measured = None;
+    if let (Some(mut a), Some(p), Some(t0)) = (agent, pid, t0) {
+        let t1 = cpu_ticks(p).unwrap_or(t0);
+        let hwm = status_kib(p, "VmHWM:").unwrap_or(0).max(peak);
+        let metrics = http_get(port, "/metrics").unwrap_or_default();
+        // SAFETY: signalling the agent this bench started.
+        unsafe { libc::kill(p as i32, libc::SIGTERM) };
+        let _ = a.wait();
+        measured = Some(((t1 - t0) as f64 / hz / wall * 100.0, hwm, metrics));
+    }
+    drop(pods);
+    let _ = std::fs::remove_dir_all(&store);
+    Ok((rate, measured))
+}
+
+/// The Go part: 20 Go pods (one container each, the systemd and cgroupfs
+/// layouts) running `goruntime -work` at 1/20 of the controller-like rates
+/// each (together 1,000 goroutines/s, 10 MiB/s allocated, 2,000 counted
+/// calls/s); pod 0 also runs a CPU-bound loop whose rate is the slowdown
+/// measure. `GO_PAIRS` alternated pairs of runs with and without the agent
+/// (`--profile cpu,goroutines,allocs,calls --count main.countedTarget
+/// --allocs-set-rate 524288`); prints the agent's CPU % of a core (mean),
+/// peak RSS (max), and the workload slowdown (1 - median of the per-pair
+/// with/without loop-rate ratios). Goals: CPU <= 2%, RSS <= 64 MiB,
+/// slowdown <= 2%.
+pub fn run_go(root: &Path, seconds: u64) -> Result<()> {
+    crate::setup::setup(root)?;
+    let bins = crate::workloads::build_workloads(root)?;
+    let release = crate::build_release(root)?;
+    let mount = cgroup2_mount()?;
+    let base = mount.join(format!("profiler-bench-agent-go-{}", std::process::id()));
+    let mut owned = Owned {
+        children: Vec::new(),
+        dirs: Vec::new(),
+        mount: mount.clone(),
+    };
+    std::fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
+    owned.dirs.push(base.clone());
+    let mut containers = Vec::new();
+    for pod in 0..PODS {
+        let uid = format!("{:08x}-0000-4000-8000-{:012x}", pod + 101, pod + 101);
+        let cid = hex_id(1000 + pod);
+        let rel = if pod.is_multiple_of(2) {
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{cid}.scope",
+                uid.replace('-', "_")
+            )
+        } else {
+            format!("kubepods/besteffort/pod{uid}/{cid}")
+        };
+        containers.push(mkdirs(&mut owned, &base, &rel)?);
+    }
+    let mut ratios = Vec::new();
+    let mut cpu = Vec::new();
+    let mut rss = 0u64;
+    let mut last_metrics = String::new();
+    for pair in 0..GO_PAIRS {
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        let mut rates = [0.0f64; 2];
+        for with in order {
+            let (rate, m) = go_run(&release, &bins, &containers, &base, seconds, with)?;
+            rates[usize::from(with)] = rate;
+            if let Some((c, hwm, metrics)) = m {
+                cpu.push(c);
+                rss = rss.max(hwm);
+                last_metrics = metrics;
+            }
+            eprintln!(
+                "agent bench (go): pair {}/{GO_PAIRS} {} agent: loop {rate:.1} units/s",
+                pair + 1,
+                if with { "with" } else { "without" }
+            );
+        }
+        ratios.push(rates[1] / rates[0]);
+    }
+    drop(owned);
+    ratios.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let median = ratios[ratios.len() / 2];
+    let cpu_mean = cpu.iter().sum::<f64>() / cpu.len().max(1) as f64;
+    let m = |name: &str| metric(&last_metrics, name);
+    let series = |label: &str| {
+        last_metrics
+            .lines()
+            .find(|l| l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    println!(
+        "bench agent (go): {PODS} Go pods, together 1,000 goroutines/s, 10 MiB/s, 2,000 counted calls/s; \
+         --profile cpu,goroutines,allocs,calls; {GO_PAIRS} alternated pairs of {seconds} s runs"
+    );
+    println!(
+        "  agent CPU               {cpu_mean:.2}% of one core (runs: {})   (goal <= 2%)",
+        cpu.iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  agent peak RSS          {:.1} MiB            (goal <= 64 MiB)",
+        rss as f64 / 1024.0
+    );
+    println!(
+        "  workload slowdown       {:.2}% (median with/without loop rate {median:.4}; pairs {})   (goal <= 2%)",
+        (1.0 - median) * 100.0,
+        ratios
+            .iter()
+            .map(|r| format!("{r:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  go binaries / processes / uprobes   {} / {} / {}",
+        series("map=\"go_binaries\""),
+        series("map=\"go_processes\""),
+        series("map=\"go_uprobes\"")
+    );
+    println!(
+        "  go events (last run)    calls {} goroutines_created {} allocs {} not_target {}; windows written {:.0}",
+        series("counter=\"calls\""),
+        series("counter=\"goroutines_created\""),
+        series("counter=\"allocs\""),
+        series("counter=\"not_target\""),
+        m("profiler_agent_windows_written_total")
+    );
     Ok(())
 }

@@ -77,6 +77,12 @@ enum Bench {
         /// Seconds measured.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// What the agent profiles: `cpu` (50 busy processes, CPU only),
+        /// `go` (20 Go pods at controller-like rates, all four profile
+        /// types, with alternated runs without the agent for the workload
+        /// slowdown), or `both`.
+        #[arg(long, value_enum, default_value_t = bench_agent::Part::Cpu)]
+        part: bench_agent::Part,
     },
 }
 
@@ -259,7 +265,7 @@ fn main() {
             Bench::DiffVsPprof => bench_diff::diff_vs_pprof(&root),
             Bench::GoProbes => bench_go::run(&root),
             Bench::Scenarios => bench_scenarios::run(&root),
-            Bench::Agent { seconds } => bench_agent::run(&root, seconds),
+            Bench::Agent { seconds, part } => bench_agent::run_part(&root, seconds, part),
         },
     };
     if let Err(e) = result {

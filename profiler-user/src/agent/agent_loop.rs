@@ -99,7 +99,44 @@ pub(super) struct AgentLoop<'a> {
     counters: LoopCounters,
     summary: AgentSummary,
     window: Window,
+    /// Go profiles: per container, its Go processes seen this window.
+    go: GoTargets,
 }
+
+/// The agent's Go-profile bookkeeping: which processes of which container
+/// have Go probes, and why a container has no Go profiles.
+#[derive(Default)]
+struct GoTargets {
+    /// Container id -> its Go processes (live or exited this window).
+    members: HashMap<String, HashSet<u32>>,
+    /// Container id -> why its Go profiles are absent.
+    absent: HashMap<String, String>,
+    /// Processes the Go probes could not be attached to (kernel errors).
+    attach_errors: u64,
+    /// Container id -> the last attach error of one of its processes.
+    errors: HashMap<String, String>,
+    /// Go processes not remembered because a container had too many.
+    members_overflow: u64,
+}
+
+/// Why the Go probes of `pid` could not be attached, for the log and
+/// `/targets`. Measured (tests/tests/agent_go.rs): with the DaemonSet's
+/// capabilities (BPF, PERFMON, SYS_PTRACE, ... but not SYS_ADMIN),
+/// `perf_event_open` of the `uprobe` PMU is refused with EACCES while the
+/// CPU sampler works.
+fn attach_error_text(pid: u32, e: &RecordError) -> String {
+    if e.exit_code() == crate::error::exit::PERMISSION {
+        format!(
+            "Go probes for pid {pid}: permission denied: attaching uprobes needs CAP_SYS_ADMIN \
+             (CAP_BPF and CAP_PERFMON are not enough); the Go profile types stay absent, cpu is unaffected"
+        )
+    } else {
+        format!("Go probes for pid {pid} could not be attached: {e}")
+    }
+}
+
+/// Go processes remembered per container and window.
+const MAX_GO_MEMBERS: usize = 1024;
 
 impl<'a> AgentLoop<'a> {
     /// A loop over `collector` (sampler loaded, filter set up) that
@@ -126,6 +163,7 @@ impl<'a> AgentLoop<'a> {
             counters: LoopCounters::default(),
             summary: AgentSummary::default(),
             window: Window::new(SystemTime::now(), opts.window),
+            go: GoTargets::default(),
         }
     }
 
@@ -151,6 +189,7 @@ impl<'a> AgentLoop<'a> {
             if last_scan.is_none_or(|t| t.elapsed() >= self.opts.rescan) {
                 last_scan = Some(Instant::now());
                 self.rescan();
+                self.go_scan();
                 self.pidmap.retain_live();
                 self.publish_live();
             }
@@ -182,6 +221,14 @@ impl<'a> AgentLoop<'a> {
                 self.shared.store.enforce_retention();
                 // Release what exited processes held.
                 self.collector.forget_dead();
+                self.collector.go_forget_dead();
+                for m in self.go.members.values_mut() {
+                    m.retain(|p| crate::cgroup::is_process(*p));
+                }
+                let live: HashSet<&String> = self.targets.keys().collect();
+                self.go.members.retain(|cid, _| live.contains(cid));
+                self.go.absent.retain(|cid, _| live.contains(cid));
+                self.go.errors.retain(|cid, _| live.contains(cid));
             }
             // Metrics follow the drains (once a second).
             if drain_now {
@@ -304,6 +351,111 @@ impl<'a> AgentLoop<'a> {
         }
     }
 
+    /// Go profiles: put every selected process of every target under the
+    /// Go probes (a binary's probes are attached once, at its first
+    /// process); new processes and restarted containers are picked up here.
+    fn go_scan(&mut self) {
+        if !self.collector.has_go() {
+            return;
+        }
+        let sel = &self.opts.selection;
+        for (cid, t) in &self.targets {
+            let pids: Vec<u32> = if self.v1 {
+                t.pids.iter().copied().collect()
+            } else {
+                crate::cgroup::procs_below(&t.found.path)
+            };
+            for pid in pids {
+                if !sel.accepts_process(pid) {
+                    continue;
+                }
+                match self.collector.go_add(pid) {
+                    Ok(true) => {
+                        let m = self.go.members.entry(cid.clone()).or_default();
+                        if m.len() < MAX_GO_MEMBERS {
+                            m.insert(pid);
+                        } else if !m.contains(&pid) {
+                            self.go.members_overflow += 1;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.go.attach_errors += 1;
+                        let why = attach_error_text(pid, &e);
+                        if self.go.attach_errors <= 10 {
+                            eprintln!("profiler agent: {why}");
+                        }
+                        self.go.errors.insert(cid.clone(), why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Write the window's Go profiles (one per type and container).
+    fn flush_go(&mut self, metas: HashMap<String, (WindowMeta, ProfileMeta)>, end: SystemTime) {
+        if !self.collector.has_go() {
+            return;
+        }
+        let groups: Vec<(String, HashSet<u32>)> = metas
+            .keys()
+            .map(|cid| {
+                (
+                    cid.clone(),
+                    self.go.members.get(cid).cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let out = self.collector.go_window(&groups, |cid| {
+            metas
+                .get(cid)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_else(|| ProfileMeta {
+                    frequency_hz: 0,
+                    start: end,
+                    duration: Duration::ZERO,
+                    comments: Vec::new(),
+                })
+        });
+        for (cid, g) in out {
+            match g.absent {
+                Some(why) => {
+                    let why = match self.go.errors.get(&cid) {
+                        Some(e) => e.clone(),
+                        None => why,
+                    };
+                    self.go.absent.insert(cid.clone(), why);
+                }
+                None => {
+                    self.go.absent.remove(&cid);
+                }
+            }
+            let Some((wm, _)) = metas.get(&cid) else {
+                continue;
+            };
+            for (kind, profile, total) in g.profiles {
+                let wm = WindowMeta {
+                    profile_type: kind.into(),
+                    samples: total,
+                    ..wm.clone()
+                };
+                match self.shared.store.put(&wm, &profile) {
+                    Ok(_) => {
+                        self.counters.windows += 1;
+                        self.summary.windows += 1;
+                    }
+                    Err(e) => {
+                        self.counters.write_errors += 1;
+                        eprintln!(
+                            "profiler agent: writing the {kind} window of {}/{}: {e}",
+                            wm.target.pod, wm.target.container
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Move drained samples into the window's per-container aggregates.
     fn attribute(&mut self, mut drained: Vec<DrainedStack>) -> Result<(), RecordError> {
         let sel = &self.opts.selection;
@@ -345,7 +497,47 @@ impl<'a> AgentLoop<'a> {
         let duration = end.duration_since(window.start).unwrap_or_default();
         let (windows_before, samples_before) = (self.summary.windows, self.summary.samples);
         let started = Instant::now();
+        // Every target's window identity, for the Go profiles.
+        let mut go_metas: HashMap<String, (WindowMeta, ProfileMeta)> = HashMap::new();
+        if self.collector.has_go() {
+            for (cid, t) in self.targets.iter().chain(self.departed.iter()) {
+                let target = &t.resolved.target;
+                go_metas.insert(
+                    cid.clone(),
+                    (
+                        WindowMeta {
+                            target: target.clone(),
+                            profile_type: String::new(),
+                            start: window.start,
+                            end,
+                            samples: 0,
+                        },
+                        ProfileMeta {
+                            frequency_hz: 0,
+                            start: window.start,
+                            duration,
+                            comments: vec![
+                                format!(
+                                    "profiler agent: node={} namespace={} pod={} pod_uid={} container={} container_id={}",
+                                    opts.node_name.as_deref().unwrap_or(""),
+                                    target.namespace,
+                                    target.pod,
+                                    target.pod_uid,
+                                    target.container,
+                                    target.container_id
+                                ),
+                                format!("window: {:.3}s", duration.as_secs_f64()),
+                                format!("cgroup: {}", t.found.rel),
+                            ],
+                        },
+                    ),
+                );
+            }
+        }
         for (cid, agg) in window.per_container {
+            if !opts.cpu {
+                continue;
+            }
             let Some(t) = self.targets.get(&cid).or_else(|| self.departed.get(&cid)) else {
                 continue;
             };
@@ -398,6 +590,7 @@ impl<'a> AgentLoop<'a> {
                 }
             }
         }
+        self.flush_go(go_metas, end);
         eprintln!(
             "profiler agent: window {} +{:.1}s: {} container profile(s), {} samples, written in {} ms",
             humantime::format_rfc3339_seconds(window.start),
@@ -412,8 +605,8 @@ impl<'a> AgentLoop<'a> {
     fn publish_live(&self) {
         let mut v: Vec<LiveTarget> = self
             .targets
-            .values()
-            .map(|t| {
+            .iter()
+            .map(|(cid, t)| {
                 // cgroup v1: the scan just read them for the pid filter.
                 let mut pids: Vec<u32> = if t.pids.is_empty() {
                     crate::cgroup::procs_below(&t.found.path)
@@ -427,6 +620,7 @@ impl<'a> AgentLoop<'a> {
                     pids,
                     cgroup: t.found.rel.clone(),
                     since: t.since,
+                    absent: self.go.absent.get(cid).cloned().into_iter().collect(),
                 }
             })
             .collect();
@@ -504,6 +698,39 @@ impl<'a> AgentLoop<'a> {
             rows.push((MAP_ENTRIES, Some(("map", map)), used as f64));
             rows.push((MAP_CAPACITY, Some(("map", map)), cap as f64));
         }
+        let go_stats = self.collector.go_stats();
+        if let Some((st, kernel)) = &go_stats {
+            for (map, used, cap) in [
+                ("go_binaries", st.binaries, crate::go::MAX_BINARIES as u64),
+                (
+                    "go_processes",
+                    st.processes,
+                    u64::from(profiler_common::go::GO_PROC_ENTRIES),
+                ),
+                ("go_uprobes", st.probes, crate::go::MAX_PROBES),
+                (
+                    "go_stacks",
+                    st.stacks,
+                    u64::from(profiler_common::go::GO_FP_STACK_ENTRIES),
+                ),
+            ] {
+                rows.push((MAP_ENTRIES, Some(("map", map)), used as f64));
+                rows.push((MAP_CAPACITY, Some(("map", map)), cap as f64));
+            }
+            for (reason, v) in [
+                ("go_binaries_full", st.binaries_overflow),
+                ("go_processes_full", st.processes_overflow),
+                ("go_uprobes_full", st.probes_overflow),
+                ("go_container_members_full", self.go.members_overflow),
+                ("go_attach_errors", self.go.attach_errors),
+            ] {
+                rows.push((DROPPED, Some(("reason", reason)), count(v)));
+            }
+            for (name, v, _) in kernel {
+                rows.push((GO_EVENTS, Some(("counter", name)), count(*v)));
+            }
+            rows.push((GO_DETACHED, None, count(st.binaries_detached)));
+        }
         if let Some((ns, runs)) = sampler.sample_prog_stats() {
             rows.push((BPF_RUN_TIME, None, count(ns)));
             rows.push((BPF_RUNS, None, count(runs)));
@@ -565,6 +792,8 @@ const POD_WATCH_ERRORS: &str = "profiler_agent_pod_watch_errors_total";
 const POD_WATCH_OVERFLOW: &str = "profiler_agent_pod_watch_overflow_total";
 const PODS_CACHED: &str = "profiler_agent_pods_cached";
 const POD_WATCH_SYNCED: &str = "profiler_agent_pod_watch_synced";
+const GO_EVENTS: &str = "profiler_agent_go_probe_events_total";
+const GO_DETACHED: &str = "profiler_agent_go_binaries_detached_total";
 
 /// Every metric the loop exports: name, kind and help, defined once
 /// (docs/agent.md lists them).
@@ -638,6 +867,14 @@ const METRICS: &[MetricDef] = &[
     MetricDef::gauge(
         POD_WATCH_SYNCED,
         "1 once the first list of this node's pods has arrived.",
+    ),
+    MetricDef::counter(
+        GO_EVENTS,
+        "Go probe events and losses by kernel counter (calls, goroutines_created, map_full, not_target, ...).",
+    ),
+    MetricDef::counter(
+        GO_DETACHED,
+        "Binaries whose Go probes were detached because their last target process exited.",
     ),
 ];
 

@@ -69,6 +69,9 @@ pub struct LiveTarget {
     pub cgroup: String,
     /// When the agent started profiling it.
     pub since: SystemTime,
+    /// Why profile types selected for it are absent (e.g. no Go process
+    /// for the Go types); empty when all are there.
+    pub absent: Vec<String>,
 }
 
 /// What the API serves; the agent loop keeps `live` current.
@@ -274,6 +277,9 @@ struct TargetJson {
     cgroup: Option<String>,
     since: Option<String>,
     types: Vec<String>,
+    /// Why selected profile types are absent for this target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    absent: Vec<String>,
     first: Option<String>,
     last: Option<String>,
     windows: u64,
@@ -324,6 +330,7 @@ async fn targets(State(st): State<Arc<ApiState>>) -> Response {
         cgroup: None,
         since: None,
         types: Vec::new(),
+        absent: Vec::new(),
         first: None,
         last: None,
         windows: 0,
@@ -347,6 +354,7 @@ async fn targets(State(st): State<Arc<ApiState>>) -> Response {
         j.pids = l.pids;
         j.cgroup = Some(l.cgroup);
         j.since = Some(rfc3339(l.since));
+        j.absent = l.absent;
     }
     let mut list: Vec<TargetJson> = map.into_values().collect();
     list.sort_by(|a, b| {

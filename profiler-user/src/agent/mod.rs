@@ -74,6 +74,11 @@ pub struct AgentOptions {
     pub rescan: Duration,
     /// Report the eBPF programs' rare events on stderr (`--ebpf-log`).
     pub ebpf_log: bool,
+    /// Write CPU profiles (`--profile cpu`, the default).
+    pub cpu: bool,
+    /// The Go runtime profile types and their settings (`--profile
+    /// goroutines,allocs,calls`, `--count`, ...); none by default.
+    pub go: crate::go::GoOptions,
 }
 
 /// Why the agent could not start or had to stop.
@@ -241,13 +246,16 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
     };
 
     // Sampler before the API, so a kernel problem fails fast.
+    let go = opts.go.profiles.any().then_some(&opts.go);
     let mut collector = Collector::start(
         opts.frequency,
         true,
-        None,
+        go,
         Snapshots::FirstSample,
         opts.ebpf_log,
     )?;
+    // Go probes once per binary, for every selected process running it.
+    collector.go_shared();
     if !v1 {
         collector.sampler_mut().enable_cgroup_filter()?;
     }

@@ -796,6 +796,15 @@ impl Store {
             });
         }
         picked.sort_by_key(|e| (e.start_ms, e.end_ms));
+        // Goroutines are a snapshot at each window's end: a range keeps
+        // the live goroutines of each target's last window and sums the
+        // created/exited counts of all.
+        let snapshot = q.profile_type == SNAPSHOT_TYPE;
+        let mut last_of: HashMap<&TargetId, u64> = HashMap::new();
+        for e in &picked {
+            let l = last_of.entry(&e.target).or_insert(0);
+            *l = (*l).max(e.start_ms);
+        }
         let mut merger = Merger::new();
         let mut used: Vec<&Entry> = Vec::new();
         let mut skipped = 0;
@@ -814,6 +823,10 @@ impl Store {
                 path: path.display().to_string(),
                 source,
             })?;
+            let mut p = p;
+            if snapshot && last_of.get(&e.target) != Some(&e.start_ms) {
+                zero_first_value(&mut p);
+            }
             merger.add(&p).map_err(|source| StoreError::Merge {
                 path: path.display().to_string(),
                 source,
@@ -1024,6 +1037,21 @@ fn add_comment(p: &mut proto::Profile, text: &str) {
     let i = p.string_table.len() as i64;
     p.string_table.push(text.to_owned());
     p.comment.push(i);
+}
+
+/// The profile type whose first sample type is a snapshot (live
+/// goroutines at the window's end) rather than a count that adds up.
+pub const SNAPSHOT_TYPE: &str = "goroutines";
+
+/// Zero every sample's first value (the snapshot of an earlier window),
+/// keeping the others (counts that add up over windows).
+fn zero_first_value(p: &mut proto::Profile) {
+    for s in &mut p.sample {
+        if let Some(v) = s.value.first_mut() {
+            *v = 0;
+        }
+    }
+    p.sample.retain(|s| s.value.iter().any(|v| *v != 0));
 }
 
 #[cfg(test)]

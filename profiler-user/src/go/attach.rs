@@ -8,7 +8,7 @@ use aya::programs::{
     uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
     UProbe,
 };
-use profiler_common::go::{GoProcConfig, COOKIE_CHECK_FLAGS, GO_PROC_ENTRIES};
+use profiler_common::go::{GoProcConfig, COOKIE_CHECK_FLAGS, COOKIE_FILTER_PROCS, GO_PROC_ENTRIES};
 
 use super::{binary::GoBinary, prologue, GoError, GoSession, Proc, MAX_SKIPPED};
 use crate::{error::RecordError, sampler::Sampler};
@@ -29,6 +29,12 @@ pub(super) struct ProbeTarget<'a> {
 
 /// Load bias of `exe` in `pid` (0 for non-PIE binaries).
 pub(super) fn load_bias(pid: u32, bin: &GoBinary) -> u64 {
+    load_bias_with(pid, |off| bin.vaddr_of_file_offset(off))
+}
+
+/// Load bias of `pid`'s executable, with `vaddr_of` mapping a file offset
+/// to its virtual address.
+pub(super) fn load_bias_with(pid: u32, vaddr_of: impl Fn(u64) -> Option<u64>) -> u64 {
     let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
         return 0;
     };
@@ -50,11 +56,22 @@ pub(super) fn load_bias(pid: u32, bin: &GoBinary) -> u64 {
         ) else {
             continue;
         };
-        if let Some(vaddr) = bin.vaddr_of_file_offset(off) {
+        if let Some(vaddr) = vaddr_of(off) {
             return start.wrapping_sub(vaddr);
         }
     }
     0
+}
+
+/// The program's name as a `'static` string (the Go programs are few).
+fn prog_name(prog: &str) -> &'static str {
+    match prog {
+        "go_call" => "go_call",
+        "go_alloc" => "go_alloc",
+        "go_newproc" => "go_newproc",
+        "go_newproc_done" => "go_newproc_done",
+        _ => "go_exit",
+    }
 }
 
 impl GoSession {
@@ -74,20 +91,30 @@ impl GoSession {
             .try_into()
             .map_err(|e| RecordError::ebpf(prog, e))?;
         let pid = NonZeroU32::new(pid).ok_or_else(|| RecordError::missing("pid 0"))?;
-        p.attach(
-            UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(file_off),
-                cookie: Some(cookie),
-            },
-            exe,
-            UProbeScope::OneProcess(pid),
-        )
-        .map_err(|e| {
-            RecordError::ebpf(
-                format!("attaching {prog} to {} at {file_off:#x}", exe.display()),
-                e,
+        // The agent's mode: one probe for every process running the
+        // binary, filtered by GO_PROCS in the program.
+        let (scope, cookie) = match self.shared {
+            Some(_) => (UProbeScope::AllProcesses, cookie | COOKIE_FILTER_PROCS),
+            None => (UProbeScope::OneProcess(pid), cookie),
+        };
+        let link = p
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(file_off),
+                    cookie: Some(cookie),
+                },
+                exe,
+                scope,
             )
-        })?;
+            .map_err(|e| {
+                RecordError::ebpf(
+                    format!("attaching {prog} to {} at {file_off:#x}", exe.display()),
+                    e,
+                )
+            })?;
+        if let Some(sh) = self.shared.as_mut() {
+            sh.pending_links.push((prog_name(prog), link));
+        }
         self.probes_attached += 1;
         Ok(())
     }
@@ -139,7 +166,11 @@ impl GoSession {
     pub fn add_process(&mut self, sampler: &mut Sampler, tgid: u32) -> Result<(), RecordError> {
         let t = Instant::now();
         let before = self.probes_attached;
-        let r = self.add_process_inner(sampler, tgid);
+        let r = if self.shared.is_some() && !self.procs.contains_key(&tgid) {
+            self.add_shared(sampler, tgid)
+        } else {
+            self.add_process_inner(sampler, tgid)
+        };
         if self.probes_attached > before {
             // Events before this point are not seen: say how long it took.
             self.notes.push(format!(
@@ -160,7 +191,11 @@ impl GoSession {
         }
     }
 
-    fn add_process_inner(&mut self, sampler: &mut Sampler, tgid: u32) -> Result<(), RecordError> {
+    pub(super) fn add_process_inner(
+        &mut self,
+        sampler: &mut Sampler,
+        tgid: u32,
+    ) -> Result<(), RecordError> {
         if self.procs.contains_key(&tgid) || !self.opts.profiles.any() {
             return Ok(());
         }
@@ -231,7 +266,11 @@ impl GoSession {
             mem_rate: None,
             alloc_probe: None,
             rate_written: false,
+            bias,
         };
+        if let Some(sh) = self.shared.as_mut() {
+            sh.last_segments = bin.segments().to_vec();
+        }
 
         let target = ProbeTarget {
             bin: &bin,

@@ -197,6 +197,11 @@ impl GoBinary {
     }
 
     /// Virtual address of a file offset (inside a PT_LOAD segment).
+    pub(super) fn segments(&self) -> &[(u64, u64, u64, u64)] {
+        &self.segments
+    }
+
+    /// The virtual address of file offset `off`, if a PT_LOAD maps it.
     pub fn vaddr_of_file_offset(&self, off: u64) -> Option<u64> {
         self.segments
             .iter()

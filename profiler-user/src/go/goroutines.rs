@@ -192,7 +192,7 @@ impl GoSession {
     }
 
     /// Goids of goroutines created while attached and still live.
-    fn tracked_goids(&self) -> HashSet<(u32, u64)> {
+    pub(super) fn tracked_goids(&self) -> HashSet<(u32, u64)> {
         self.goroutines
             .keys()
             .filter_map(Result::ok)

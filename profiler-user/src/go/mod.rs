@@ -48,11 +48,13 @@ mod memory;
 mod profile;
 pub mod prologue;
 mod session;
+mod shared;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 pub use knobs::BenchKnobs;
 pub use session::GoSession;
+pub use shared::{GroupProfiles, SharedStats, MAX_BINARIES, MAX_PROBES};
 
 /// Errors of the Go binary analysis.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +198,7 @@ const MAX_SKIPPED: usize = 8192;
 /// Most `runtime.allgs` entries walked per process.
 const MAX_ALLGS: u64 = 1_000_000;
 
-struct Proc {
+pub(super) struct Proc {
     exe: PathBuf,
     version: String,
     offsets: binary::GOffsets,
@@ -208,6 +210,8 @@ struct Proc {
     alloc_probe: Option<&'static str>,
     /// We wrote `alloc_set_rate` into the target's MemProfileRate.
     rate_written: bool,
+    /// Load bias of the executable in the process (0 unless PIE).
+    bias: u64,
 }
 
 /// Frames already read, by (stack id, stack hash) of a

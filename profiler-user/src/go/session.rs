@@ -44,6 +44,9 @@ pub struct GoSession {
     pub(super) count_stacks: CountStacks,
     /// Benchmark-stage cookie bits of the counted-call probes.
     pub(super) bench_bits: u64,
+    /// The agent's mode: probes per binary for all processes (None: per
+    /// process, as `record` does).
+    pub(super) shared: Option<super::shared::Shared>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -138,6 +141,7 @@ impl GoSession {
             call_sites: take(sampler, "GO_CALL_SITES")?,
             count_stacks,
             bench_bits,
+            shared: None,
         })
     }
 

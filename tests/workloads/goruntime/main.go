@@ -169,6 +169,7 @@ func main() {
 	benchDepth := flag.Int("bench-depth", 0, "with -bench-calls: call countedTarget under this many extra frames")
 	work := flag.Bool("work", false, "controller-like load (1000 goroutines/s, 10 MiB/s, 2000 calls/s) beside a CPU-bound loop; print work units/s")
 	spin := flag.Bool("spin", true, "with -work: run the CPU-bound loop (false: only the background load)")
+	workTick := flag.Duration("work-tick", 10*time.Millisecond, "with -work: one batch of the load per tick (10ms: the rates above; 200ms: 1/20 of them)")
 	flag.Parse()
 	if *memRate >= 0 {
 		runtime.MemProfileRate = *memRate
@@ -179,7 +180,7 @@ func main() {
 	fmt.Printf("ready pid=%d memprofilerate=%d\n", os.Getpid(), runtime.MemProfileRate)
 	time.Sleep(*startDelay)
 	if *work {
-		controllerLoad(*duration, *spin)
+		controllerLoad(*duration, *spin, *workTick)
 		return
 	}
 	if *benchCalls+*benchGoroutines+*benchAllocs > 0 {
@@ -299,16 +300,17 @@ func bench(calls, goroutines, allocs int) {
 
 // controllerLoad runs the probe benchmark's controller-like background
 // rates (1,000 goroutines/s, 10 MiB/s of 4 KiB allocations, 2,000
-// countedTarget calls/s, each in 100 batches per second) beside a CPU-bound
-// loop on the main goroutine, and prints the loop's rate.
-func controllerLoad(d time.Duration, spin bool) {
+// countedTarget calls/s, each in 100 batches per second; -work-tick makes
+// the batches rarer) beside a CPU-bound loop on the main goroutine, and
+// prints the loop's rate.
+func controllerLoad(d time.Duration, spin bool, tick time.Duration) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		var inner sync.WaitGroup
-		every(10*time.Millisecond, stop, func() {
+		every(tick, stop, func() {
 			for i := 0; i < 10; i++ {
 				inner.Add(1)
 				go func() { inner.Done() }()
