@@ -737,6 +737,9 @@ impl Exporter {
                         );
                         self.down = true;
                     }
+                    // Windows keep coming while the server is away.
+                    self.counters.backlog =
+                        self.store.pending_windows(&self.cursor.position(), 0).1;
                     self.publish();
                     if stopping {
                         return Flow::Stop;
