@@ -3,10 +3,11 @@
 //! * `setup`: install what a fresh machine lacks (idempotent).
 //! * `demo`: record the bundled Go demo for 10 s into `demo-out/`.
 //! * `test`: build everything and run the whole suite (eBPF tests included).
-//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent`: print measured figures.
+//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent|export`: print measured figures.
 
 mod bench_agent;
 mod bench_diff;
+mod bench_export;
 mod bench_gate;
 mod bench_go;
 mod bench_overhead;
@@ -76,6 +77,15 @@ enum Bench {
     Agent {
         /// Seconds measured.
         #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// CPU that `profiler agent --export` adds (every window to a loopback Pyroscope-protocol server).
+    Export {
+        /// Runs per side (alternated).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds measured per run.
+        #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
 }
@@ -260,6 +270,7 @@ fn main() {
             Bench::GoProbes => bench_go::run(&root),
             Bench::Scenarios => bench_scenarios::run(&root),
             Bench::Agent { seconds } => bench_agent::run(&root, seconds),
+            Bench::Export { runs, seconds } => bench_export::run(&root, runs, seconds),
         },
     };
     if let Err(e) = result {
