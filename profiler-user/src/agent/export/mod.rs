@@ -49,6 +49,10 @@ const POLL: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Windows taken from the store per pass.
 const BATCH: usize = 256;
+/// Most windows in one request.
+const MAX_REQUEST_WINDOWS: usize = 64;
+/// Most stored bytes in one request (a larger window goes alone).
+const MAX_REQUEST_BYTES: u64 = 4 << 20;
 
 /// The protocol of an export target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -358,35 +362,40 @@ pub fn sample_id(window_id: &str) -> String {
     )
 }
 
-/// The request body of one window.
+/// The request body for windows with their stored bytes: one series per
+/// window, in the given order.
 pub fn encode_request(
     kind: ExportKind,
-    w: &StoredWindow,
-    profile_gz: Vec<u8>,
+    windows: Vec<(&StoredWindow, Vec<u8>)>,
     node: &str,
     tenant: Option<&str>,
 ) -> Vec<u8> {
-    let labels = labels(kind, &w.target, &w.profile_type, node);
     match kind {
         ExportKind::Pyroscope => proto::PushRequest {
-            series: vec![proto::PushSeries {
-                labels,
-                samples: vec![proto::PushSample {
-                    raw_profile: profile_gz,
-                    id: sample_id(&w.id),
-                }],
-            }],
+            series: windows
+                .into_iter()
+                .map(|(w, gz)| proto::PushSeries {
+                    labels: labels(kind, &w.target, &w.profile_type, node),
+                    samples: vec![proto::PushSample {
+                        raw_profile: gz,
+                        id: sample_id(&w.id),
+                    }],
+                })
+                .collect(),
         }
         .encode_to_vec(),
         ExportKind::Parca => {
             let msg = proto::WriteRawRequest {
                 tenant: tenant.unwrap_or_default().to_string(),
-                series: vec![proto::ParcaSeries {
-                    labels: Some(proto::LabelSet { labels }),
-                    samples: vec![proto::ParcaSample {
-                        raw_profile: profile_gz,
-                    }],
-                }],
+                series: windows
+                    .into_iter()
+                    .map(|(w, gz)| proto::ParcaSeries {
+                        labels: Some(proto::LabelSet {
+                            labels: labels(kind, &w.target, &w.profile_type, node),
+                        }),
+                        samples: vec![proto::ParcaSample { raw_profile: gz }],
+                    })
+                    .collect(),
                 normalized: true,
             }
             .encode_to_vec();
@@ -650,50 +659,72 @@ impl Exporter {
                 }
                 continue;
             }
-            for w in batch {
-                match self.export_one(&w, &mut backoff, &mut stop).await {
+            let mut rest = &batch[..];
+            while !rest.is_empty() {
+                let n = self.request_len(rest);
+                match self.export_chunk(&rest[..n], &mut backoff, &mut stop).await {
                     Flow::Continue => {}
                     Flow::Stop => return,
                 }
-                self.counters.backlog = self.counters.backlog.saturating_sub(1);
+                rest = &rest[n..];
+                self.counters.backlog = self.counters.backlog.saturating_sub(n as u64);
                 self.publish();
             }
         }
     }
 
-    /// Sends `w` until it is accepted, evicted, or the exporter stops.
-    async fn export_one(
+    /// How many of `ws` (at least one) go in one request.
+    fn request_len(&self, ws: &[StoredWindow]) -> usize {
+        let mut bytes = 0u64;
+        let mut n = 0;
+        for w in ws.iter().take(MAX_REQUEST_WINDOWS) {
+            bytes += w.bytes;
+            if n > 0 && bytes > MAX_REQUEST_BYTES {
+                break;
+            }
+            n += 1;
+        }
+        n.max(1)
+    }
+
+    /// Sends the windows `ws` in one request until it is accepted, they
+    /// are all evicted, or the exporter stops.
+    async fn export_chunk(
         &mut self,
-        w: &StoredWindow,
+        ws: &[StoredWindow],
         backoff: &mut Duration,
         stop: &mut watch::Receiver<bool>,
     ) -> Flow {
         loop {
             let stopping = *stop.borrow();
-            let bytes = match self.store.read_window(w) {
-                Ok(Some(b)) => b,
-                // Evicted (counted as dropped by the store): move on.
-                Ok(None) => {
-                    self.advance(w);
-                    return Flow::Continue;
+            // Evicted windows (counted as dropped by the store) are left out.
+            let mut present: Vec<(&StoredWindow, Vec<u8>)> = Vec::with_capacity(ws.len());
+            for w in ws {
+                match self.store.read_window(w) {
+                    Ok(Some(b)) => present.push((w, b)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!(
+                            "profiler agent: export to {}: reading {}: {e}; skipping it",
+                            self.target.url, w.id
+                        );
+                        self.counters.failed += 1;
+                    }
                 }
-                Err(e) => {
-                    eprintln!(
-                        "profiler agent: export to {}: reading {}: {e}; skipping it",
-                        self.target.url, w.id
-                    );
-                    self.counters.failed += 1;
-                    self.advance(w);
-                    return Flow::Continue;
-                }
-            };
+            }
+            if present.is_empty() {
+                self.advance(ws);
+                return Flow::Continue;
+            }
+            let (count, len) = (
+                present.len() as u64,
+                present.iter().map(|(_, b)| b.len() as u64).sum::<u64>(),
+            );
             let result = match self.target.credentials() {
                 Ok(creds) => {
-                    let len = bytes.len();
                     let body = encode_request(
                         self.target.kind,
-                        w,
-                        bytes,
+                        present,
                         &self.node,
                         creds.tenant.as_deref(),
                     );
@@ -709,21 +740,21 @@ impl Exporter {
                     self.counters.latency_sum += secs;
                     self.counters.latency_last = secs;
                     self.counters.latency_max = self.counters.latency_max.max(secs);
-                    r.map(|()| len)
+                    r
                 }
                 Err(e) => Err(e.to_string()),
             };
             match result {
-                Ok(len) => {
-                    self.counters.sent += 1;
-                    self.counters.sent_bytes += len as u64;
+                Ok(()) => {
+                    self.counters.sent += count;
+                    self.counters.sent_bytes += len;
                     self.counters.up = true;
                     if self.down {
                         eprintln!("profiler agent: export to {} works again", self.target.url);
                         self.down = false;
                     }
                     *backoff = FIRST_BACKOFF;
-                    self.advance(w);
+                    self.advance(ws);
                     return Flow::Continue;
                 }
                 Err(why) => {
@@ -744,25 +775,20 @@ impl Exporter {
                     if stopping {
                         return Flow::Stop;
                     }
-                    // Full jitter over [backoff/2, backoff].
+                    // Jitter over [backoff/2, backoff].
                     let wait = backoff.mul_f64(0.5 + 0.5 * jitter());
                     *backoff = (*backoff * 2).min(self.max_backoff);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => {}
                     }
-                    // A window evicted while waiting is dropped, not retried.
-                    if !self.store.contains_window(w) {
-                        self.advance(w);
-                        return Flow::Continue;
-                    }
                 }
             }
         }
     }
 
-    fn advance(&mut self, w: &StoredWindow) {
-        if let Err(e) = self.cursor.advance(w) {
+    fn advance(&mut self, ws: &[StoredWindow]) {
+        if let Err(e) = self.cursor.advance_all(ws) {
             eprintln!(
                 "profiler agent: export to {}: cannot save the cursor ({e}); windows may be sent \
                  again after a restart",

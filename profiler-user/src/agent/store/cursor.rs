@@ -46,6 +46,8 @@ pub struct StoredWindow {
     pub end: SystemTime,
     /// End in milliseconds since the epoch (the export order).
     pub end_ms: u64,
+    /// Stored (gzip'd) size.
+    pub bytes: u64,
 }
 
 /// A cursor's position: the windows ending up to `end_ms` are sent,
@@ -112,17 +114,25 @@ impl ExportCursor {
     }
 
     /// Marks `w` as sent (or given up because it was evicted) and writes
-    /// the cursor file atomically. The position moves in memory even when
-    /// the write fails, so the window is not sent again by this process.
+    /// the cursor file atomically (see [`ExportCursor::advance_all`]).
     pub fn advance(&self, w: &StoredWindow) -> Result<(), StoreError> {
+        self.advance_all(std::slice::from_ref(w))
+    }
+
+    /// Marks the windows (in export order) as sent and writes the cursor
+    /// file once, atomically. The position moves in memory even when the
+    /// write fails, so the windows are not sent again by this process.
+    pub fn advance_all(&self, ws: &[StoredWindow]) -> Result<(), StoreError> {
         let bytes = {
             let mut pos = self.shared.pos();
-            if w.end_ms > pos.end_ms {
-                pos.end_ms = w.end_ms;
-                pos.sent.clear();
-            }
-            if w.end_ms == pos.end_ms {
-                pos.sent.insert(w.id.clone());
+            for w in ws {
+                if w.end_ms > pos.end_ms {
+                    pos.end_ms = w.end_ms;
+                    pos.sent.clear();
+                }
+                if w.end_ms == pos.end_ms {
+                    pos.sent.insert(w.id.clone());
+                }
             }
             serde_json::to_vec(&*pos).map_err(|e| StoreError::Io {
                 path: self.path.clone(),
@@ -204,6 +214,7 @@ impl Store {
                     start: from_ms(e.start_ms),
                     end: from_ms(e.end_ms),
                     end_ms: e.end_ms,
+                    bytes: e.bytes,
                 });
             }
         }
