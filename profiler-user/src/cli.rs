@@ -136,6 +136,19 @@ pub struct AgentArgs {
     /// Profile types and the Go probes' settings (as in `record`).
     #[command(flatten)]
     pub go: GoProfileArgs,
+    /// Send every window to a profile server as it is stored (repeatable):
+    /// `pyroscope=URL` (push API) or `parca=URL` (WriteRaw), optionally
+    /// followed by `,token-file=PATH` (bearer token) and `,tenant=T` or
+    /// `,tenant-file=PATH`. The store keeps a cursor per server, so an
+    /// outage loses nothing within the retention.
+    #[arg(long = "export", value_name = "KIND=URL[,OPTS]")]
+    pub export: Vec<crate::agent::export::ExportTarget>,
+    /// Timeout of one export request.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub export_timeout: Duration,
+    /// Longest wait between export retries (exponential backoff with jitter).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub export_max_backoff: Duration,
 }
 
 /// Sizes like `1GiB`, `500MiB`, `10M`, `4096`.
@@ -399,6 +412,7 @@ impl AgentArgs {
                 "--allocs-exact is not offered by the agent (it probes every allocation): use --allocs-set-rate".into(),
             );
         }
+        let export = self.export_options()?;
         Ok(crate::agent::AgentOptions {
             node_name: self.node_name,
             listen: self.listen,
@@ -422,6 +436,21 @@ impl AgentArgs {
             ebpf_log: self.ebpf_log,
             cpu,
             go,
+            export,
+        })
+    }
+
+    fn export_options(&self) -> Result<crate::agent::export::ExportOptions, String> {
+        if self.export_timeout.is_zero() {
+            return Err("--export-timeout must be more than 0".into());
+        }
+        for t in &self.export {
+            t.check_files().map_err(|e| e.to_string())?;
+        }
+        Ok(crate::agent::export::ExportOptions {
+            targets: self.export.clone(),
+            timeout: self.export_timeout,
+            max_backoff: self.export_max_backoff,
         })
     }
 }

@@ -3,10 +3,11 @@
 //! * `setup`: install what a fresh machine lacks (idempotent).
 //! * `demo`: record the bundled Go demo for 10 s into `demo-out/`.
 //! * `test`: build everything and run the whole suite (eBPF tests included).
-//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent`: print measured figures.
+//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent|export`: print measured figures.
 
 mod bench_agent;
 mod bench_diff;
+mod bench_export;
 mod bench_gate;
 mod bench_go;
 mod bench_overhead;
@@ -83,6 +84,15 @@ enum Bench {
         /// slowdown), or `both`.
         #[arg(long, value_enum, default_value_t = bench_agent::Part::Cpu)]
         part: bench_agent::Part,
+    },
+    /// CPU that `profiler agent --export` adds (every window to a loopback Pyroscope-protocol server).
+    Export {
+        /// Runs per side (alternated).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds measured per run.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
 }
 
@@ -266,6 +276,7 @@ fn main() {
             Bench::GoProbes => bench_go::run(&root),
             Bench::Scenarios => bench_scenarios::run(&root),
             Bench::Agent { seconds, part } => bench_agent::run_part(&root, seconds, part),
+            Bench::Export { runs, seconds } => bench_export::run(&root, runs, seconds),
         },
     };
     if let Err(e) = result {

@@ -20,6 +20,7 @@
 
 mod agent_loop;
 pub mod api;
+pub mod export;
 pub mod metrics;
 pub mod store;
 pub mod targets;
@@ -79,6 +80,8 @@ pub struct AgentOptions {
     /// The Go runtime profile types and their settings (`--profile
     /// goroutines,allocs,calls`, `--count`, ...); none by default.
     pub go: crate::go::GoOptions,
+    /// Export of the windows to Pyroscope/Parca (`--export`).
+    pub export: export::ExportOptions,
 }
 
 /// Why the agent could not start or had to stop.
@@ -115,6 +118,9 @@ pub enum AgentError {
     /// The Kubernetes client could not be built.
     #[error("kubernetes client (run outside a cluster with --no-kube)")]
     Kube(#[source] BoxError),
+    /// An exporter could not start (`--export`).
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
 }
 
 impl AgentError {
@@ -125,6 +131,8 @@ impl AgentError {
             AgentError::Usage(_) => exit::USAGE,
             AgentError::Store { .. } => exit::OUTPUT,
             AgentError::Listen { .. } | AgentError::Api(_) | AgentError::Kube(_) => exit::FAILURE,
+            AgentError::Export(export::ExportError::File { .. }) => exit::USAGE,
+            AgentError::Export(_) => exit::OUTPUT,
         }
     }
 }
@@ -301,9 +309,25 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
             "pods named by uid (no Kubernetes API)".to_string()
         }
     );
+    // Exporters read the store on their own tasks (see `export`).
+    let node = opts.node_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default()
+    });
+    let exporters =
+        match export::Exporters::spawn(&opts.export, &state.store, &state.metrics, &node) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = stop_api.send(());
+                return Err(e.into());
+            }
+        };
     let result = AgentLoop::new(&opts, root, v1, collector, state, pods)
         .run()
         .await;
+    // After the loop flushed its last window, so that one is sent too.
+    exporters.shutdown().await;
 
     let _ = stop_api.send(());
     match tokio::time::timeout(Duration::from_secs(5), api_task).await {

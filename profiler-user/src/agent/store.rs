@@ -48,6 +48,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use profiler_pprof::{proto, AtomicFile, Merger};
 use serde::{Deserialize, Serialize};
 
+mod cursor;
+use cursor::CursorShared;
+pub use cursor::{CursorPos, ExportCursor, StoredWindow, EXPORT_DIR, MAX_PENDING_BATCH};
+
 /// Hard cap on the number of windows in the index, whatever the retention.
 pub const MAX_ENTRIES: usize = 1_000_000;
 /// Most windows one query merges.
@@ -270,6 +274,17 @@ pub enum StoreError {
         #[source]
         source: profiler_pprof::MergeError,
     },
+    /// An export cursor file is not a cursor (remove it to export from the start).
+    #[error(
+        "export cursor {path}: not a cursor file ({source}); remove it to export from the start"
+    )]
+    Cursor {
+        /// The file.
+        path: String,
+        /// The JSON parser's answer.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 fn known_list(known: &[String]) -> String {
@@ -341,6 +356,9 @@ struct Inner {
     index: fs::File,
     index_lines: u64,
     stats: StoreStats,
+    /// Exporters' cursors, told about evictions of windows they had not
+    /// sent yet (see [`Store::export_cursor`]).
+    cursors: Vec<std::sync::Arc<CursorShared>>,
 }
 
 /// The profile store. `Send + Sync`: share it as `Arc<Store>`.
@@ -546,6 +564,7 @@ impl Store {
                 bytes,
                 index,
                 stats,
+                cursors: Vec::new(),
             }),
         };
         store.enforce_retention();
@@ -696,6 +715,9 @@ impl Store {
                 break;
             };
             let e = inner.entries.remove(&key).expect("first key exists");
+            for c in &inner.cursors {
+                c.note_eviction(&e);
+            }
             inner.by_path.remove(&e.path);
             inner.bytes = inner.bytes.saturating_sub(e.bytes);
             match reason {

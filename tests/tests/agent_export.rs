@@ -1,0 +1,662 @@
+//! `profiler agent --export`: a real agent (real eBPF, kubelet-like cgroups,
+//! a real Go workload) pushing its windows to loopback servers that speak
+//! Pyroscope's push API (Connect over HTTP/1.1) and Parca's WriteRaw
+//! (gRPC-Web over HTTP/1.1). The servers decode the requests with their
+//! own message types (below, written from the upstream field numbers),
+//! check the labels and headers, and compare every pushed profile byte for
+//! byte with the window in the agent's store. One server goes down for a
+//! while: when it returns it gets the backlog, and every window arrives
+//! exactly once, also across an agent restart (the cursor is in the store).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    can_run_ebpf, http,
+    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    kubesim::{KubeSim, SimPod},
+    profiler_bin, wait_until, workload, Owned, TempDir,
+};
+use prost::Message as _;
+
+/// The server side's view of the two protocols. Field numbers from
+/// grafana/pyroscope `api/push/v1/push.proto` and `api/types/v1/types.proto`
+/// (Pyroscope 1.x, commit 0ed69a0b) and parca-dev/parca
+/// `proto/parca/profilestore/v1alpha1/profilestore.proto` (commit 182cd094).
+mod wire {
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct LabelPair {
+        #[prost(string, tag = "1")]
+        pub name: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub series: Vec<RawProfileSeries>,
+    }
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct RawProfileSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<LabelPair>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<RawSample>,
+    }
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct RawSample {
+        #[prost(bytes = "vec", tag = "1")]
+        pub raw_profile: Vec<u8>,
+        #[prost(string, tag = "2")]
+        pub id: String,
+    }
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct WriteRawRequest {
+        #[prost(string, tag = "1")]
+        pub tenant: String,
+        #[prost(message, repeated, tag = "2")]
+        pub series: Vec<ParcaSeries>,
+        #[prost(bool, tag = "3")]
+        pub normalized: bool,
+    }
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct ParcaSeries {
+        #[prost(message, optional, tag = "1")]
+        pub labels: Option<LabelSet>,
+        #[prost(message, repeated, tag = "2")]
+        pub samples: Vec<ParcaSample>,
+    }
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct LabelSet {
+        #[prost(message, repeated, tag = "1")]
+        pub labels: Vec<LabelPair>,
+    }
+    #[derive(Clone, PartialEq, ::prost::Message)]
+    pub struct ParcaSample {
+        #[prost(bytes = "vec", tag = "1")]
+        pub raw_profile: Vec<u8>,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Pyroscope,
+    Parca,
+}
+
+/// One profile as the server received it.
+#[derive(Debug, Clone)]
+struct Pushed {
+    path: String,
+    headers: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    /// Pyroscope's sample `ID` (empty for Parca).
+    id: String,
+    raw: Vec<u8>,
+    /// Parca: tenant field and `normalized`.
+    tenant: String,
+    normalized: bool,
+}
+
+/// A loopback HTTP/1.1 server for one protocol that can go down (its port
+/// refuses connections) and come back on the same port.
+struct ProfileServer {
+    kind: Kind,
+    port: u16,
+    received: Arc<Mutex<Vec<Pushed>>>,
+    up: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl ProfileServer {
+    fn start(kind: Kind) -> ProfileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut s = ProfileServer {
+            kind,
+            port,
+            received: Arc::default(),
+            up: Arc::new(AtomicBool::new(true)),
+            accept: None,
+        };
+        s.serve(listener);
+        s
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let (kind, received, up) = (self.kind, self.received.clone(), self.up.clone());
+        self.accept = Some(std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if !up.load(Ordering::SeqCst) {
+                    return; // the listener is dropped: connections are refused
+                }
+                let Ok(conn) = conn else { continue };
+                let (received, up) = (received.clone(), up.clone());
+                std::thread::spawn(move || {
+                    let _ = handle(kind, conn, &received, &up);
+                });
+            }
+        }));
+    }
+
+    /// Stops accepting (connections are refused) and closes kept-alive ones
+    /// at their next request.
+    fn go_down(&mut self) {
+        self.up.store(false, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.accept.take().unwrap().join().unwrap();
+    }
+
+    /// Listens again on the same port.
+    fn come_up(&mut self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < end => {
+                    eprintln!("rebinding {}: {e}", self.port);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("cannot listen on {} again: {e}", self.port),
+            }
+        };
+        self.up.store(true, Ordering::SeqCst);
+        self.serve(listener);
+    }
+
+    fn received(&self) -> Vec<Pushed> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ProfileServer {
+    fn drop(&mut self) {
+        if self.accept.is_some() {
+            self.go_down();
+        }
+    }
+}
+
+/// Serves requests on one connection until it closes or the server goes
+/// down.
+fn handle(
+    kind: Kind,
+    conn: TcpStream,
+    received: &Mutex<Vec<Pushed>>,
+    up: &AtomicBool,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut w = conn.try_clone()?;
+    let mut r = BufReader::new(conn);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let (method, path) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
+        let mut headers = BTreeMap::new();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let len: usize = headers
+            .get("content-length")
+            .unwrap_or_else(|| panic!("{method} {path}: no Content-Length: {headers:?}"))
+            .parse()
+            .unwrap();
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        if !up.load(Ordering::SeqCst) {
+            return Ok(()); // down: close without an answer, record nothing
+        }
+        assert_eq!(method, "POST");
+        let pushed = decode(kind, &path, headers, &body);
+        received.lock().unwrap().extend(pushed);
+        match kind {
+            Kind::Pyroscope => write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: 0\r\n\r\n"
+            )?,
+            Kind::Parca => {
+                // Empty WriteRawResponse frame, then the trailer frame.
+                let trailer = b"grpc-status:0\r\ngrpc-message:\r\n";
+                let mut b = vec![0u8, 0, 0, 0, 0, 0x80];
+                b.extend_from_slice(&(trailer.len() as u32).to_be_bytes());
+                b.extend_from_slice(trailer);
+                write!(
+                    w,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/grpc-web+proto\r\nContent-Length: {}\r\n\r\n",
+                    b.len()
+                )?;
+                w.write_all(&b)?;
+            }
+        }
+        w.flush()?;
+    }
+}
+
+fn label_map(labels: &[wire::LabelPair]) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for l in labels {
+        assert!(
+            m.insert(l.name.clone(), l.value.clone()).is_none(),
+            "label {} twice",
+            l.name
+        );
+    }
+    m
+}
+
+fn decode(kind: Kind, path: &str, headers: BTreeMap<String, String>, body: &[u8]) -> Vec<Pushed> {
+    let mut out = Vec::new();
+    match kind {
+        Kind::Pyroscope => {
+            let req = wire::PushRequest::decode(body).expect("a push.v1.PushRequest");
+            for s in req.series {
+                for smp in s.samples {
+                    out.push(Pushed {
+                        path: path.into(),
+                        headers: headers.clone(),
+                        labels: label_map(&s.labels),
+                        id: smp.id,
+                        raw: smp.raw_profile,
+                        tenant: String::new(),
+                        normalized: false,
+                    });
+                }
+            }
+        }
+        Kind::Parca => {
+            assert!(body.len() >= 5 && body[0] == 0, "a gRPC-Web data frame");
+            let n = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+            assert_eq!(n + 5, body.len(), "one frame, the whole body");
+            let req = wire::WriteRawRequest::decode(&body[5..]).expect("a WriteRawRequest");
+            for s in req.series {
+                let labels = label_map(&s.labels.map(|l| l.labels).unwrap_or_default());
+                for smp in s.samples {
+                    out.push(Pushed {
+                        path: path.into(),
+                        headers: headers.clone(),
+                        labels: labels.clone(),
+                        id: String::new(),
+                        raw: smp.raw_profile,
+                        tenant: req.tenant.clone(),
+                        normalized: req.normalized,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every window file in the store: relative path to bytes.
+fn stored_windows(store: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![store.join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".pb.gz")
+                && !e.file_name().to_string_lossy().starts_with('.')
+            {
+                let rel = p.strip_prefix(store).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Checks that the server got every stored window exactly once, byte for
+/// byte, and returns the stored window each pushed profile is.
+fn assert_exactly_once(store: &Path, got: &[Pushed]) -> Vec<String> {
+    let stored = stored_windows(store);
+    assert!(!stored.is_empty(), "no windows stored");
+    let mut by_bytes: BTreeMap<&[u8], &str> = BTreeMap::new();
+    for (k, v) in &stored {
+        assert!(
+            by_bytes.insert(v.as_slice(), k.as_str()).is_none(),
+            "two windows with the same bytes"
+        );
+    }
+    let mut seen = BTreeSet::new();
+    let mut which = Vec::new();
+    for p in got {
+        let w = by_bytes.get(p.raw.as_slice()).unwrap_or_else(|| {
+            panic!(
+                "a pushed profile ({} bytes) is no stored window",
+                p.raw.len()
+            )
+        });
+        assert!(seen.insert(*w), "window {w} was pushed twice");
+        which.push(w.to_string());
+    }
+    let missing: Vec<_> = stored
+        .keys()
+        .filter(|k| !seen.contains(k.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "windows never pushed: {missing:?}");
+    which
+}
+
+/// A running agent (killed by its PID on drop if still running).
+struct Agent {
+    proc: Option<Owned>,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(store: &Path, args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Agent {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new(profiler_bin());
+        cmd.arg("agent")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--store")
+            .arg(store)
+            .args(["--window", "2s", "--rescan", "500ms"])
+            .args(args)
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut agent = Agent {
+            proc: Some(Owned::spawn(&mut cmd)),
+            port,
+            log,
+        };
+        let up = wait_until(Duration::from_secs(30), || {
+            http::get(port, "/healthz", None).is_ok_and(|r| r.status == 200)
+        });
+        if !up {
+            let st = agent.proc.as_mut().unwrap().0.try_wait();
+            panic!("agent not up within 30s ({st:?}):\n{}", agent.log());
+        }
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of an export metric of this agent's one exporter.
+    fn metric(&self, name: &str) -> Option<f64> {
+        let r = http::get(self.port, "/metrics", None).ok()?;
+        r.text().lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = rest
+                .strip_prefix('{')
+                .map(|r| r.split_once('}').map(|x| x.1))?;
+            rest?.trim().parse().ok()
+        })
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut owned = self.proc.take().unwrap();
+        // SAFETY: signalling the agent this test started, by its PID.
+        unsafe { libc::kill(owned.pid() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = owned.0.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "agent did not exit within 30s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.proc.is_some() {
+            eprintln!("agent stderr:\n{}", self.log());
+        }
+    }
+}
+
+fn busy_demo() -> Owned {
+    Owned::spawn(Command::new(workload("demo")).stdout(Stdio::null()))
+}
+
+/// Pyroscope: labels from the pod watch (workload from a Deployment pod's
+/// name), bearer token and tenant headers from files, every window once
+/// byte for byte although the server was down for several windows, and
+/// the outage visible in /metrics.
+#[test]
+fn pyroscope_export_survives_an_outage_and_sends_each_window_once() {
+    if !can_run_ebpf("pyroscope_export_survives_an_outage_and_sends_each_window_once") {
+        return;
+    }
+    let sim = KubeSim::start();
+    let mut cg = KubeletCgroups::new("export-pyro");
+    let (uid, cid) = (pod_uid(40), container_id(40));
+    sim.put(SimPod {
+        namespace: "ctrl-system".into(),
+        name: "manager-7d9c5b8f4d-x2kqz".into(),
+        uid: uid.clone(),
+        node: "node-a".into(),
+        labels: [("app".to_string(), "ctrl".to_string())]
+            .into_iter()
+            .collect(),
+        containers: vec![("manager".into(), format!("containerd://{cid}"))],
+    });
+    let pod_cg = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
+    let w = busy_demo();
+    cg.add_process(&pod_cg, w.pid());
+
+    let mut server = ProfileServer::start(Kind::Pyroscope);
+    let store = TempDir::new("export-pyro-store");
+    let secrets = TempDir::new("export-pyro-secrets");
+    std::fs::write(secrets.join("token"), "s3cret\n").unwrap();
+    std::fs::write(secrets.join("tenant"), "team-a\n").unwrap();
+    let kubeconfig = store.0.with_extension("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig);
+    let export = format!(
+        "pyroscope={},token-file={},tenant-file={}",
+        server.url(),
+        secrets.join("token").display(),
+        secrets.join("tenant").display()
+    );
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--node-name",
+            "node-a",
+            "--cgroup-root",
+            &root,
+            "--export",
+            &export,
+            "--export-max-backoff",
+            "1s",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        store.0.with_extension("log"),
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(30), || server.received().len() >= 2),
+        "no windows pushed within 30s:\n{}",
+        agent.log()
+    );
+    // Down for ~3 windows: they stay in the store, the failures show.
+    server.go_down();
+    let during = server.received().len();
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        server.received().len(),
+        during,
+        "nothing arrives while down"
+    );
+    let failed = agent
+        .metric("profiler_agent_export_failed_total")
+        .unwrap_or(0.0);
+    let backlog = agent
+        .metric("profiler_agent_export_backlog_windows")
+        .unwrap_or(0.0);
+    assert!(failed >= 1.0, "failures counted: {failed}");
+    assert!(backlog >= 2.0, "backlog while down: {backlog}");
+    assert_eq!(agent.metric("profiler_agent_export_up"), Some(0.0));
+
+    server.come_up();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            agent.metric("profiler_agent_export_backlog_windows") == Some(0.0)
+                && server.received().len() >= during + 3
+        }),
+        "the backlog was not sent after the server came back (backlog {:?}):\n{}",
+        agent.metric("profiler_agent_export_backlog_windows"),
+        agent.log()
+    );
+    assert_eq!(agent.metric("profiler_agent_export_up"), Some(1.0));
+    assert!(agent.log().contains("works again"), "{}", agent.log());
+    let st = agent.terminate();
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+
+    let got = server.received();
+    assert_exactly_once(&store.0, &got);
+    let ids: BTreeSet<_> = got.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ids.len(), got.len(), "sample IDs are unique per window");
+    for p in &got {
+        assert_eq!(p.path, "/push.v1.PusherService/Push");
+        assert_eq!(p.headers["content-type"], "application/proto");
+        assert_eq!(p.headers["connect-protocol-version"], "1");
+        assert_eq!(p.headers["authorization"], "Bearer s3cret");
+        assert_eq!(p.headers["x-scope-orgid"], "team-a");
+        assert_eq!(p.id.len(), 36, "a UUID: {}", p.id);
+        let want: BTreeMap<String, String> = [
+            ("__delta__", "false"),
+            ("__name__", "process_cpu"),
+            ("container", "manager"),
+            ("namespace", "ctrl-system"),
+            ("node", "node-a"),
+            ("pod", "manager-7d9c5b8f4d-x2kqz"),
+            ("service_name", "ctrl-system/manager"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(p.labels, want);
+    }
+    // The pushed bytes are real profiles of the workload.
+    let merged: i64 = got
+        .iter()
+        .map(|p| {
+            let prof = profiler_pprof::decode(&p.raw, &Default::default()).unwrap();
+            prof.sample.iter().map(|s| s.value[0]).sum::<i64>()
+        })
+        .sum();
+    assert!(merged > 100, "only {merged} samples pushed");
+    drop(w);
+}
+
+/// Parca: WriteRaw over gRPC-Web with the labels and tenant, each stored
+/// window once; after an agent restart on the same store only the new
+/// windows are sent (the cursor persists).
+#[test]
+fn parca_export_writes_raw_and_resumes_after_restart() {
+    if !can_run_ebpf("parca_export_writes_raw_and_resumes_after_restart") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("export-parca");
+    let (uid, cid) = (pod_uid(41), container_id(41));
+    let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
+    let w = busy_demo();
+    cg.add_process(&pod_cg, w.pid());
+
+    let server = ProfileServer::start(Kind::Parca);
+    let store = TempDir::new("export-parca-store");
+    let export = format!("parca={}/,tenant=acme", server.url());
+    let root = cg.root.display().to_string();
+    let args = [
+        "--no-kube",
+        "--node-name",
+        "node-b",
+        "--cgroup-root",
+        &root,
+        "--export",
+        &export,
+    ];
+    let mut agent = Agent::start(&store.0, &args, &[], store.0.with_extension("log"));
+    assert!(
+        wait_until(Duration::from_secs(30), || server.received().len() >= 2),
+        "no windows pushed within 30s:\n{}",
+        agent.log()
+    );
+    assert!(agent.terminate().success(), "{}", agent.log());
+    let first = server.received();
+    assert_exactly_once(&store.0, &first);
+    for p in &first {
+        assert_eq!(
+            p.path,
+            "/parca.profilestore.v1alpha1.ProfileStoreService/WriteRaw"
+        );
+        assert_eq!(p.headers["content-type"], "application/grpc-web+proto");
+        assert_eq!(p.tenant, "acme");
+        assert!(p.normalized);
+        assert!(!p.headers.contains_key("authorization"));
+        let want: BTreeMap<String, String> = [
+            ("__name__", "process_cpu"),
+            ("container", &cid[..12]),
+            ("node", "node-b"),
+            ("pod", uid.as_str()),
+            ("service_name", &cid[..12]),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(p.labels, want);
+    }
+
+    // Restart on the same store: the old windows are not sent again.
+    let mut agent = Agent::start(&store.0, &args, &[], store.0.with_extension("log2"));
+    assert!(
+        wait_until(Duration::from_secs(30), || server.received().len()
+            >= first.len() + 2),
+        "no new windows after the restart:\n{}",
+        agent.log()
+    );
+    assert!(agent.terminate().success(), "{}", agent.log());
+    assert_exactly_once(&store.0, &server.received());
+    drop(w);
+}
