@@ -173,6 +173,8 @@ struct Proc {
     mem_rate_addr: Option<u64>,
     disable_addr: Option<u64>,
     allgs_addr: Option<u64>,
+    /// Attached before `exec`: the addresses above are not known yet.
+    held: bool,
     /// runtime.MemProfileRate as last read (None: unknown).
     mem_rate: Option<i64>,
     alloc_probe: Option<&'static str>,
