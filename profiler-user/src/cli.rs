@@ -166,6 +166,9 @@ pub enum ProfileType {
     Allocs,
     /// Exact call counts of `--count` symbols (Go runtime uprobes).
     Calls,
+    /// Call durations of `--latency` symbols (Go uprobes on entry and
+    /// every RET, paired per goroutine).
+    Latency,
 }
 
 /// `profiler record` flags.
@@ -201,7 +204,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub ebpf_log: bool,
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls. With more than one, -o is a directory holding <type>.pb.gz.
+    /// calls, latency. With more than one, -o is a directory holding <type>.pb.gz.
     #[arg(
         long = "profile",
         value_delimiter = ',',
@@ -231,6 +234,15 @@ pub struct RecordArgs {
     /// samples the stacks above it (≈1.1 µs per call, flat in stack depth).
     #[arg(long, value_enum, default_value_t = CountStacks::Full, value_name = "MODE")]
     pub count_stacks: CountStacks,
+    /// Time calls of this Go function for the latency profile (repeatable;
+    /// globs allowed, e.g. '*.Reconcile').
+    #[arg(long = "latency", value_name = "SYMBOL")]
+    pub latency: Vec<String>,
+    /// A named set of functions to time (go-controller: Reconcile methods
+    /// and client-go REST calls).
+    #[arg(long = "latency-preset", value_name = "NAME",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::go::LATENCY_PRESETS))]
+    pub latency_preset: Option<String>,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -317,10 +329,22 @@ impl RecordArgs {
                 "--count/--count-preset need --profile calls (e.g. --profile cpu,calls)".into(),
             );
         }
+        let latency = has(ProfileType::Latency);
+        let timing = !self.latency.is_empty() || self.latency_preset.is_some();
+        if latency && !timing {
+            return Err("--profile latency needs --latency SYMBOL or --latency-preset NAME".into());
+        }
+        if timing && !latency {
+            return Err(
+                "--latency/--latency-preset need --profile latency (e.g. --profile cpu,latency)"
+                    .into(),
+            );
+        }
         let profiles = crate::go::GoProfiles {
             goroutines: has(ProfileType::Goroutines),
             allocs: has(ProfileType::Allocs),
             calls,
+            latency,
         };
         #[cfg(feature = "bench-knobs")]
         let knobs = crate::go::BenchKnobs::from_env()?;
@@ -346,6 +370,8 @@ impl RecordArgs {
                 alloc_set_rate: self.allocs_set_rate,
                 count_stacks: self.count_stacks,
                 knobs,
+                latency: self.latency,
+                latency_preset: self.latency_preset,
             },
         })
     }

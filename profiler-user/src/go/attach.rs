@@ -324,6 +324,9 @@ impl GoSession {
         if self.opts.profiles.allocs {
             self.attach_allocs(sampler, &target, &mut proc)?;
         }
+        if self.opts.profiles.latency {
+            self.attach_latency(sampler, &target)?;
+        }
         self.procs.insert(tgid, proc);
         self.enforce_rate(tgid);
         Ok(())
