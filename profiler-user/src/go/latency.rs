@@ -276,7 +276,7 @@ mod tests {
         let mut h: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
         let mut all = Vec::new();
         for i in 0..1000u64 {
-            let d = if i % 100 == 99 {
+            let d = if i % 50 == 49 {
                 20_000_000
             } else if i % 10 >= 7 {
                 6_000_000
