@@ -8,7 +8,7 @@
 //!
 //! [[rule]]
 //! name = "reconcile-share"
-//! kind = "relative"             # relative | absolute | stack
+//! kind = "relative"             # relative | absolute | stack | quantile
 //! function = 'Reconcile$'       # regex on normalized function names
 //! metric = "cum"                # flat | cum
 //! max_growth_points = 2.0       # share may grow at most 2 points...
@@ -27,6 +27,15 @@
 //! kind = "stack"
 //! caller = 'Reconcile$'
 //! callee = 'rest\.\(\*Request\)\.Do$'
+//!
+//! [[rule]]
+//! name = "reconcile-p99"
+//! kind = "quantile"             # on latency profiles (profiler --profile latency)
+//! function = '\.Reconcile$'     # the measured function
+//! quantile = "p99"              # or 0.99
+//! max = "10s"                   # ceiling on the candidate's quantile...
+//! max_growth_percent = 20.0     # ...and/or growth over the baseline's
+//! min_calls = 20                # fewer calls on a side: inconclusive
 //!
 //! [[allow]]
 //! function = 'json\.Marshal'
@@ -119,6 +128,21 @@ pub enum RuleKind {
         /// Ceiling as a fraction of the total (0: no sample at all).
         max: f64,
     },
+    /// A latency quantile of each matching function (latency profiles,
+    /// see [`crate::quantile`]): at most `max` ns, and/or at most
+    /// `max_percent` above the baseline's.
+    Quantile {
+        /// Function regex (the measured, leaf function).
+        function: Regex,
+        /// The quantile, in (0, 1].
+        q: f64,
+        /// Ceiling in ns.
+        max: Option<f64>,
+        /// Allowed growth over the baseline, percent.
+        max_percent: Option<f64>,
+        /// Fewer calls than this on a side: inconclusive.
+        min_calls: u64,
+    },
 }
 
 /// One validated rule.
@@ -193,6 +217,27 @@ impl BudgetRule {
                 caller.as_str(),
                 max * 100.0
             ),
+            RuleKind::Quantile {
+                function,
+                q,
+                max,
+                max_percent,
+                ..
+            } => {
+                let mut lim = Vec::new();
+                if let Some(m) = max {
+                    lim.push(format!("<= {}", crate::quantile::fmt_ns(*m)));
+                }
+                if let Some(p) = max_percent {
+                    lim.push(format!("grows by at most {p}%"));
+                }
+                format!(
+                    "latency {} of /{}/ {}",
+                    crate::quantile::quantile_name(*q),
+                    function.as_str(),
+                    lim.join(" and ")
+                )
+            }
         }
     }
 }
@@ -327,6 +372,8 @@ struct RawRule {
     callee: Option<Spanned<String>>,
     max_percent: Option<f64>,
     allow: Option<Vec<Spanned<String>>>,
+    quantile: Option<Spanned<toml::Value>>,
+    min_calls: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -548,15 +595,76 @@ impl Budgets {
                         max: max / 100.0,
                     }
                 }
+                "quantile" => {
+                    forbid(r.per.is_some(), "per")?;
+                    forbid(r.caller.is_some() || r.callee.is_some(), "caller/callee")?;
+                    forbid(r.max_growth_points.is_some(), "max_growth_points")?;
+                    forbid(r.metric.is_some(), "metric")?;
+                    forbid(r.aggregate.is_some(), "aggregate")?;
+                    let function = match &r.function {
+                        Some(f) => regex(f)?,
+                        None => return Err(err(off, "quantile rule needs `function`".into())),
+                    };
+                    let q = match &r.quantile {
+                        None => return Err(err(off, "quantile rule needs `quantile` (e.g. \"p99\" or 0.99)".into())),
+                        Some(v) => crate::quantile::parse_quantile(v.get_ref()).ok_or_else(|| {
+                            err(
+                                v.span().start,
+                                "quantile must be in (0, 1] or like \"p99\", \"p99.9\", \"99%\"".into(),
+                            )
+                        })?,
+                    };
+                    let max = match &r.max {
+                        None => None,
+                        Some(m) => {
+                            let v = match m.get_ref() {
+                                toml::Value::Integer(i) => Some(*i as f64),
+                                toml::Value::Float(f) => Some(*f),
+                                toml::Value::String(s) => parse_quantity(s),
+                                _ => None,
+                            };
+                            match v {
+                                Some(v) if v >= 0.0 => Some(v),
+                                _ => {
+                                    return Err(err(
+                                        m.span().start,
+                                        "max must be a duration like \"10s\", \"250ms\" (or ns)".into(),
+                                    ))
+                                }
+                            }
+                        }
+                    };
+                    if max.is_none() && r.max_growth_percent.is_none() {
+                        return Err(err(
+                            off,
+                            "quantile rule needs max and/or max_growth_percent".into(),
+                        ));
+                    }
+                    RuleKind::Quantile {
+                        function,
+                        q,
+                        max,
+                        max_percent: r.max_growth_percent,
+                        min_calls: r.min_calls.unwrap_or(20),
+                    }
+                }
                 other => {
                     return Err(err(
                         r.kind.span().start,
                         format!(
-                            "kind must be \"relative\", \"absolute\" or \"stack\", got {other:?}"
+                            "kind must be \"relative\", \"absolute\", \"stack\" or \"quantile\", got {other:?}"
                         ),
                     ))
                 }
             };
+            if !matches!(kind, RuleKind::Quantile { .. })
+                && (r.quantile.is_some() || r.min_calls.is_some())
+            {
+                return Err(err(
+                    off,
+                    format!("fields \"quantile\"/\"min_calls\" do not apply to a {kind_name} rule"),
+                ));
+            }
             if !matches!(kind, RuleKind::Stack { .. }) && r.max_percent.is_some() {
                 return Err(err(
                     off,

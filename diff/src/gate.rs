@@ -396,6 +396,138 @@ impl<'a> Gate<'a> {
         }
     }
 
+    /// A `kind = "quantile"` rule: the pooled latency histograms of each
+    /// side (see [`crate::quantile`]), per matching function.
+    fn eval_quantile(
+        &self,
+        rule: &BudgetRule,
+        allow: &[crate::budgets::Allow],
+    ) -> (RuleResult, Vec<Finding>) {
+        use crate::quantile::{fmt_ns, histograms, quantile, quantile_name};
+        let RuleKind::Quantile {
+            function,
+            q,
+            max,
+            max_percent,
+            min_calls,
+        } = &rule.kind
+        else {
+            unreachable!("eval_quantile on another rule kind");
+        };
+        let mut result = RuleResult {
+            name: rule.name.clone(),
+            description: rule.describe(),
+            severity: rule.severity,
+            sample_type: Some("latency/nanoseconds".into()),
+            verdict: Verdict::Pass,
+            applicable: true,
+            note: None,
+            tested: 0,
+            line: rule.line,
+        };
+        let side = |v: &[(String, &Profile)]| {
+            let ps: Vec<&Profile> = v.iter().map(|(_, p)| *p).collect();
+            histograms(&ps, self.norm, function)
+        };
+        let (base, cand) = (side(&self.base), side(&self.cand));
+        if cand.is_empty() && base.is_empty() {
+            result.applicable = false;
+            result.note = Some(format!(
+                "no latency samples (label latency_bucket_ns) of /{}/ in the inputs",
+                function.as_str()
+            ));
+            return (result, Vec::new());
+        }
+        let qn = quantile_name(*q);
+        let mut out = Vec::new();
+        let names: std::collections::BTreeSet<&String> = base.keys().chain(cand.keys()).collect();
+        for name in names {
+            result.tested += 1;
+            let empty = crate::quantile::Histogram::new();
+            let b = base.get(name).unwrap_or(&empty);
+            let c = cand.get(name).unwrap_or(&empty);
+            let (nb, nc): (u64, u64) = (b.values().sum(), c.values().sum());
+            let (qb, qc) = (quantile(b, *q), quantile(c, *q));
+            let over_max = matches!((qc, max), (Some(v), Some(m)) if v > *m);
+            let growth = match (qb, qc) {
+                (Some(b), Some(c)) if b > 0.0 => Some(c / b - 1.0),
+                _ => None,
+            };
+            let grew = matches!((growth, max_percent), (Some(g), Some(p)) if g * 100.0 > *p);
+            let shrank = matches!((growth, max_percent), (Some(g), Some(p)) if -g * 100.0 > *p);
+            let few = nc < *min_calls || (max_percent.is_some() && nb < *min_calls);
+            let verdict = if (over_max || grew) && few {
+                Verdict::Inconclusive
+            } else if over_max || grew {
+                Verdict::Fail
+            } else if shrank && !few {
+                Verdict::Improved
+            } else if qc.is_none() && max_percent.is_some() && nb > 0 {
+                // Measured in the baseline, absent from the candidate.
+                Verdict::Inconclusive
+            } else {
+                Verdict::Pass
+            };
+            if verdict == Verdict::Pass {
+                continue;
+            }
+            let (vb, vc) = (qb.unwrap_or(0.0), qc.unwrap_or(0.0));
+            let mut why = Vec::new();
+            if over_max {
+                why.push(format!("above the ceiling {}", fmt_ns(max.unwrap_or(0.0))));
+            }
+            if grew || shrank {
+                why.push(format!(
+                    "{:+.1}% (limit {}%)",
+                    growth.unwrap_or(0.0) * 100.0,
+                    max_percent.unwrap_or(0.0)
+                ));
+            }
+            if few {
+                why.push(format!("fewer than {min_calls} calls on a side"));
+            }
+            if qc.is_none() {
+                why.push("no calls in the candidate".into());
+            }
+            out.push(Finding {
+                rule: rule.name.clone(),
+                kind: "quantile",
+                function: name.clone(),
+                sample_type: "latency/nanoseconds".into(),
+                metric: None,
+                unit: "ns".into(),
+                baseline: vb,
+                candidate: vc,
+                delta: vc - vb,
+                relative: growth,
+                limit: rule.describe(),
+                p_value: None,
+                q_value: None,
+                mwu_p_value: None,
+                ci: None,
+                ci_level: None,
+                severity: rule.severity,
+                verdict,
+                samples_needed: None,
+                runs_needed: None,
+                allowed: allowed(rule, name, allow),
+                message: format!(
+                    "{qn} {} -> {} ({}); calls {nb} -> {nc}",
+                    if qb.is_some() { fmt_ns(vb) } else { "-".into() },
+                    if qc.is_some() { fmt_ns(vc) } else { "-".into() },
+                    why.join(", ")
+                ),
+            });
+        }
+        result.verdict = out
+            .iter()
+            .filter(|f| f.allowed.is_none())
+            .map(|f| f.verdict)
+            .max()
+            .unwrap_or(Verdict::Pass);
+        (result, out)
+    }
+
     /// The primary comparison and its per-function statistics (on
     /// [`Gate::primary_scale`]), available after [`Gate::run`].
     pub fn primary(&self) -> Option<(&Comparison, &[FunctionDelta])> {
@@ -455,6 +587,12 @@ impl<'a> Gate<'a> {
         let mut results = Vec::new();
         let mut findings = Vec::new();
         for rule in &rules {
+            if matches!(rule.kind, RuleKind::Quantile { .. }) {
+                let (res, mut f) = self.eval_quantile(rule, &budgets.allow);
+                results.push(res);
+                findings.append(&mut f);
+                continue;
+            }
             let st = rule.sample_type.clone().or_else(|| key.clone());
             let (res, mut f) = match self.comparison(st.as_deref(), &settings) {
                 Ok((cmp, funcs, sc)) => eval_rule(rule, cmp, funcs, sc, &settings, &budgets.allow),
@@ -1007,6 +1145,11 @@ fn eval_rule(
                     out.push(f);
                 }
             }
+        }
+        RuleKind::Quantile { .. } => {
+            // Evaluated on the latency profiles by `Gate::eval_quantile`.
+            result.applicable = false;
+            result.note = Some("quantile rules read latency profiles".into());
         }
     }
     result.verdict = out

@@ -19,6 +19,7 @@ pub mod compare;
 pub mod diffgraph;
 pub mod gate;
 pub mod normalize;
+pub mod quantile;
 pub mod report;
 pub mod stats;
 

@@ -82,6 +82,103 @@ pub mod reg {
     pub const DX: u64 = 5;
 }
 
+/// Capacity of `GO_LAT_INFLIGHT` (calls of latency-measured functions
+/// entered and not yet returned, per (process, goroutine, function)).
+pub const GO_LAT_INFLIGHT_ENTRIES: u32 = 65536;
+/// Capacity of `GO_LAT_HIST` ((stack, function, bucket) histogram cells).
+pub const GO_LAT_HIST_ENTRIES: u32 = 32768;
+/// Linear sub-buckets per power of two of the latency histogram: a bucket
+/// is at most 1/16 (6.25%) of its lower bound wide.
+pub const LAT_SUB_BUCKETS: u64 = 16;
+/// The latency bucket (in `GoStackKey::tag` bits 32..48) sits this far up.
+pub const LAT_BUCKET_SHIFT: u64 = 32;
+
+/// Latency histogram bucket of a duration in ns: values below 16 are their
+/// own bucket; above, bucket `16 * (msb - 3) + the 4 bits after the most
+/// significant one` (log-spaced octaves, 16 linear steps each).
+#[inline(always)]
+pub fn lat_bucket(d: u64) -> u64 {
+    if d < LAT_SUB_BUCKETS {
+        return d;
+    }
+    // Position of the most significant bit by binary search (no ctlz in BPF).
+    let mut msb = 0u64;
+    let mut v = d;
+    if v >> 32 != 0 {
+        v >>= 32;
+        msb += 32;
+    }
+    if v >> 16 != 0 {
+        v >>= 16;
+        msb += 16;
+    }
+    if v >> 8 != 0 {
+        v >>= 8;
+        msb += 8;
+    }
+    if v >> 4 != 0 {
+        v >>= 4;
+        msb += 4;
+    }
+    if v >> 2 != 0 {
+        v >>= 2;
+        msb += 2;
+    }
+    if v >> 1 != 0 {
+        msb += 1;
+    }
+    let sub = (d >> (msb - 4)) & (LAT_SUB_BUCKETS - 1);
+    LAT_SUB_BUCKETS * (msb - 3) + sub
+}
+
+/// `[lower, upper)` bounds in ns of a [`lat_bucket`] bucket.
+pub fn lat_bucket_bounds(b: u64) -> (u64, u64) {
+    if b < LAT_SUB_BUCKETS {
+        return (b, b + 1);
+    }
+    let msb = b / LAT_SUB_BUCKETS + 3;
+    let sub = b % LAT_SUB_BUCKETS;
+    let width = 1u64 << (msb - 4);
+    let lower = (LAT_SUB_BUCKETS + sub) << (msb - 4);
+    (lower, lower.saturating_add(width))
+}
+
+/// Key of `GO_LAT_INFLIGHT`: one call in progress.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoLatKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Padding, always zero.
+    pub _pad: u32,
+    /// The goroutine (`g` pointer, R14 on amd64).
+    pub g: u64,
+    /// Measured-function index.
+    pub tag: u64,
+}
+
+/// Value of `GO_LAT_INFLIGHT`: when and from where the call was entered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoLatStart {
+    /// `bpf_ktime_get_ns` at entry.
+    pub ts: u64,
+    /// Stack hash in `GO_FP_STACKS` (0: none).
+    pub stack_hash: u64,
+    /// The return address at `[SP]` at entry.
+    pub caller: u64,
+}
+
+/// Value of `GO_LAT_HIST` (per CPU): calls and their summed duration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatCounts {
+    /// Calls that returned.
+    pub count: u64,
+    /// Their durations, summed, ns.
+    pub total_ns: u64,
+}
+
 /// Per-process facts the probes need (`GO_PROCS`, keyed by tgid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,11 +274,21 @@ pub enum GoCounter {
     /// Hits of a shared (per-binary) probe by a process that is not a
     /// target (not in `GO_PROCS`): returned at once.
     NotTarget = 13,
+    /// Latency-measured calls that returned (paired entry and `RET`).
+    LatencyCalls = 14,
+    /// A `RET` probe with no matching entry (entered before attaching, or
+    /// the entry was lost).
+    LatencyUnpaired = 15,
+    /// An entry not recorded because `GO_LAT_INFLIGHT` was full.
+    LatencyInflightFull = 16,
+    /// An entry that replaced one of the same goroutine and function
+    /// (recursion, or a call that left by panic): the older call is lost.
+    LatencyOverwritten = 17,
 }
 
 impl GoCounter {
     /// Number of counters.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 18;
     /// Every counter, in index order.
     pub const ALL: [GoCounter; Self::COUNT as usize] = [
         GoCounter::Calls,
@@ -198,6 +305,10 @@ impl GoCounter {
         GoCounter::StackCollision,
         GoCounter::StackTableFull,
         GoCounter::NotTarget,
+        GoCounter::LatencyCalls,
+        GoCounter::LatencyUnpaired,
+        GoCounter::LatencyInflightFull,
+        GoCounter::LatencyOverwritten,
     ];
 
     /// Stable snake_case name used in summaries and profile comments.
@@ -217,6 +328,10 @@ impl GoCounter {
             GoCounter::StackCollision => "stack_collision",
             GoCounter::StackTableFull => "stack_table_full",
             GoCounter::NotTarget => "not_target",
+            GoCounter::LatencyCalls => "latency_calls",
+            GoCounter::LatencyUnpaired => "latency_unpaired",
+            GoCounter::LatencyInflightFull => "latency_inflight_full",
+            GoCounter::LatencyOverwritten => "latency_overwritten",
         }
     }
 
@@ -231,6 +346,9 @@ impl GoCounter {
                 | GoCounter::ReadFailed
                 | GoCounter::StackCollision
                 | GoCounter::StackTableFull
+                | GoCounter::LatencyUnpaired
+                | GoCounter::LatencyInflightFull
+                | GoCounter::LatencyOverwritten
         )
     }
 }
@@ -242,4 +360,41 @@ mod pod {
     unsafe impl aya::Pod for super::GoStackKey {}
     unsafe impl aya::Pod for super::GoidKey {}
     unsafe impl aya::Pod for super::SiteCounts {}
+    unsafe impl aya::Pod for super::GoLatKey {}
+    unsafe impl aya::Pod for super::GoLatStart {}
+    unsafe impl aya::Pod for super::LatCounts {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_contain_their_values_and_are_narrow() {
+        let mut last = 0;
+        for (i, d) in (0..5000u64)
+            .chain((1..40).map(|s| (1u64 << s) + 12345 % (1u64 << s)))
+            .enumerate()
+        {
+            let b = lat_bucket(d);
+            let (lo, hi) = lat_bucket_bounds(b);
+            assert!(lo <= d && d < hi, "{d} in bucket {b} = [{lo}, {hi})");
+            if d >= 16 {
+                assert!((hi - lo) * 16 <= lo, "bucket {b} too wide: [{lo}, {hi})");
+            }
+            if i < 5000 {
+                assert!(b >= last, "buckets grow with the value");
+                last = b;
+            }
+        }
+        assert_eq!(lat_bucket(15), 15);
+        assert_eq!(lat_bucket(16), 16);
+        assert_eq!(lat_bucket(31), 31);
+        assert_eq!(lat_bucket(32), 32);
+        assert_eq!(lat_bucket(34), 33);
+        assert_eq!(
+            lat_bucket_bounds(lat_bucket(u64::MAX)).0,
+            0xf800_0000_0000_0000
+        );
+    }
 }

@@ -22,6 +22,14 @@
 //! * `go_alloc` (`runtime.profilealloc` or `runtime.mallocgc`; the cookie
 //!   names the size register): counts (stack, size).
 //!
+//! * `go_lat_entry` (a latency-measured function, placed like `go_call`):
+//!   records (time, stack) per (process, goroutine = R14, function) in
+//!   `GO_LAT_INFLIGHT`.
+//! * `go_lat_ret` (on every `RET` of that function, found by decoding its
+//!   code; never a uretprobe, which rewrites the return address on a Go
+//!   stack): pairs with the entry of the same goroutine and adds one call
+//!   and its duration to `GO_LAT_HIST` under (stack, function, bucket).
+//!
 //! At all these probes the return address is at `[SP]` (SP delta 0), so
 //! frame-pointer unwinding skips the immediate caller; it is stored in the
 //! key's `caller` and inserted by userspace.
@@ -31,7 +39,9 @@ use crate::{
 };
 use aya_ebpf::{
     bindings::{pt_regs, BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{map, uprobe},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
     programs::{tracing::StackIdContext as _, ProbeContext},
@@ -39,11 +49,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{error, warn};
 use profiler_common::go::{
-    reg, GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts,
-    CALLER_MODE_FIRST_STACKS, CALLER_MODE_STACK_EVERY, COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_STACKID,
-    COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE, COOKIE_CHECK_FLAGS, COOKIE_FILTER_PROCS,
-    COOKIE_TAG_MASK, GO_ALLOC_ENTRIES, GO_CALL_ENTRIES, GO_CALL_SITE_ENTRIES, GO_FP_STACK_ENTRIES,
-    GO_GOROUTINE_ENTRIES, GO_PENDING_ENTRIES, GO_PROC_ENTRIES, GO_SITE_ENTRIES, GO_STACK_ENTRIES,
+    lat_bucket, reg, GoCounter, GoFpStack, GoLatKey, GoLatStart, GoProcConfig, GoStackKey, GoidKey,
+    LatCounts, SiteCounts, CALLER_MODE_FIRST_STACKS, CALLER_MODE_STACK_EVERY,
+    COOKIE_BENCH_NO_COUNT, COOKIE_BENCH_STACKID, COOKIE_BENCH_TRAP_ONLY, COOKIE_CALLER_MODE,
+    COOKIE_CHECK_FLAGS, COOKIE_FILTER_PROCS, COOKIE_TAG_MASK, GO_ALLOC_ENTRIES, GO_CALL_ENTRIES,
+    GO_CALL_SITE_ENTRIES, GO_FP_STACK_ENTRIES, GO_GOROUTINE_ENTRIES, GO_LAT_HIST_ENTRIES,
+    GO_LAT_INFLIGHT_ENTRIES, GO_PENDING_ENTRIES, GO_PROC_ENTRIES, GO_SITE_ENTRIES,
+    GO_STACK_ENTRIES, LAT_BUCKET_SHIFT,
 };
 
 #[map]
@@ -71,6 +83,13 @@ static GO_PENDING: HashMap<u64, GoStackKey> = HashMap::with_max_entries(GO_PENDI
 #[map]
 static GO_GOROUTINES: HashMap<GoidKey, GoStackKey> =
     HashMap::with_max_entries(GO_GOROUTINE_ENTRIES, 0);
+
+#[map]
+static GO_LAT_INFLIGHT: HashMap<GoLatKey, GoLatStart> =
+    HashMap::with_max_entries(GO_LAT_INFLIGHT_ENTRIES, 0);
+#[map]
+static GO_LAT_HIST: PerCpuHashMap<GoStackKey, LatCounts> =
+    PerCpuHashMap::with_max_entries(GO_LAT_HIST_ENTRIES, 0);
 
 #[inline(always)]
 fn bump(counter: GoCounter) {
@@ -499,6 +518,119 @@ pub fn go_exit(ctx: ProbeContext) -> u32 {
     if let Some(p) = GO_SITES.get_ptr_mut(&site) {
         // SAFETY: map value pointer valid for this run.
         add(unsafe { core::ptr::addr_of_mut!((*p).exited) }, 1);
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_lat_entry(ctx: ProbeContext) -> u32 {
+    let c = cookie(&ctx);
+    let r = regs(&ctx);
+    if morestack_taken(r, c) {
+        bump(GoCounter::MorestackSkipped);
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tag = c & COOKIE_TAG_MASK;
+    let key = stack_key(&ctx, tgid, tag, c);
+    let mut stack_hash = key.stack_hash;
+    // The stack must be stored now: the per-CPU scratch is gone by the RET.
+    if stack_hash != 0 && GO_FP_STACKS.get_ptr(&stack_hash).is_none() && !store_fp_stack(stack_hash)
+    {
+        stack_hash = 0;
+    }
+    let lk = GoLatKey {
+        tgid,
+        _pad: 0,
+        g: r.r14,
+        tag,
+    };
+    let start = GoLatStart {
+        // SAFETY: no preconditions.
+        ts: unsafe { bpf_ktime_get_ns() },
+        stack_hash,
+        caller: key.caller,
+    };
+    if GO_LAT_INFLIGHT.get_ptr(&lk).is_some() {
+        bump(GoCounter::LatencyOverwritten);
+    }
+    if GO_LAT_INFLIGHT.insert(&lk, &start, 0).is_err() {
+        bump(GoCounter::LatencyInflightFull);
+        if diag::enabled() {
+            error!(
+                &ctx,
+                "go probes: GO_LAT_INFLIGHT full ({} calls in flight): a call of tgid {} (tag {}) is not timed",
+                GO_LAT_INFLIGHT_ENTRIES,
+                tgid,
+                tag
+            );
+        }
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_lat_ret(ctx: ProbeContext) -> u32 {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let c = cookie(&ctx);
+    let r = regs(&ctx);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let tag = c & COOKIE_TAG_MASK;
+    let lk = GoLatKey {
+        tgid,
+        _pad: 0,
+        g: r.r14,
+        tag,
+    };
+    let Some(start) = GO_LAT_INFLIGHT.get_ptr(&lk) else {
+        bump(GoCounter::LatencyUnpaired);
+        return 0;
+    };
+    // SAFETY: map value pointer valid for this run.
+    let start = unsafe { *start };
+    let _ = GO_LAT_INFLIGHT.remove(&lk);
+    let d = now.saturating_sub(start.ts);
+    let key = GoStackKey {
+        tgid,
+        stack_id: -1,
+        stack_hash: start.stack_hash,
+        caller: start.caller,
+        tag: tag | (lat_bucket(d) << LAT_BUCKET_SHIFT),
+    };
+    bump(GoCounter::LatencyCalls);
+    if let Some(p) = GO_LAT_HIST.get_ptr_mut(&key) {
+        // SAFETY: this CPU's slot of a map value, valid for this run.
+        unsafe {
+            add(&mut (*p).count, 1);
+            add(&mut (*p).total_ns, d);
+        }
+        return 0;
+    }
+    let v = LatCounts {
+        count: 1,
+        total_ns: d,
+    };
+    if GO_LAT_HIST.insert(&key, &v, BPF_NOEXIST as u64).is_err() {
+        match GO_LAT_HIST.get_ptr_mut(&key) {
+            // SAFETY: as above.
+            Some(p) => unsafe {
+                add(&mut (*p).count, 1);
+                add(&mut (*p).total_ns, d);
+            },
+            None => {
+                bump(GoCounter::MapFull);
+                if diag::enabled() {
+                    error!(
+                        &ctx,
+                        "go probes: latency histogram full ({} cells): a call of tgid {} (tag {}) is lost",
+                        GO_LAT_HIST_ENTRIES,
+                        tgid,
+                        tag
+                    );
+                }
+            }
+        }
     }
     0
 }

@@ -182,6 +182,9 @@ pub enum ProfileType {
     Allocs,
     /// Exact call counts of `--count` symbols (Go runtime uprobes).
     Calls,
+    /// Call durations of `--latency` symbols (Go uprobes on entry and
+    /// every RET, paired per goroutine).
+    Latency,
 }
 
 /// The profile-type flags shared by `profiler record` and `profiler agent`:
@@ -191,8 +194,9 @@ pub enum ProfileType {
 #[allow(rustdoc::invalid_html_tags)]
 pub struct GoProfileArgs {
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls. record: with more than one, -o is a directory holding
-    /// <type>.pb.gz; agent: one profile per type, container and window.
+    /// calls; record also: latency. record: with more than one, -o is a
+    /// directory holding <type>.pb.gz; agent: one profile per type,
+    /// container and window.
     #[arg(
         long = "profile",
         value_delimiter = ',',
@@ -243,6 +247,7 @@ impl GoProfileArgs {
             goroutines: has(ProfileType::Goroutines),
             allocs: has(ProfileType::Allocs),
             calls,
+            latency: has(ProfileType::Latency),
         };
         #[cfg(feature = "bench-knobs")]
         let knobs = crate::go::BenchKnobs::from_env()?;
@@ -258,6 +263,8 @@ impl GoProfileArgs {
                 alloc_set_rate: self.allocs_set_rate,
                 count_stacks: self.count_stacks,
                 knobs,
+                latency: Vec::new(),
+                latency_preset: None,
             },
         ))
     }
@@ -298,6 +305,15 @@ pub struct RecordArgs {
     /// Profile types and the Go probes' settings (shared with `agent`).
     #[command(flatten)]
     pub go: GoProfileArgs,
+    /// Time calls of this Go function for the latency profile (repeatable;
+    /// globs allowed, e.g. '*.Reconcile').
+    #[arg(long = "latency", value_name = "SYMBOL")]
+    pub latency: Vec<String>,
+    /// A named set of functions to time (go-controller: Reconcile methods
+    /// and client-go REST calls).
+    #[arg(long = "latency-preset", value_name = "NAME",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::go::LATENCY_PRESETS))]
+    pub latency_preset: Option<String>,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -373,7 +389,19 @@ impl RecordArgs {
     /// The recording's options, or a usage error (exit 2) for a flag
     /// combination clap does not check.
     pub fn options(self) -> Result<crate::record::RecordOptions, String> {
-        let (cpu, go) = self.go.options()?;
+        let (cpu, mut go) = self.go.options()?;
+        let timing = !self.latency.is_empty() || self.latency_preset.is_some();
+        if go.profiles.latency && !timing {
+            return Err("--profile latency needs --latency SYMBOL or --latency-preset NAME".into());
+        }
+        if timing && !go.profiles.latency {
+            return Err(
+                "--latency/--latency-preset need --profile latency (e.g. --profile cpu,latency)"
+                    .into(),
+            );
+        }
+        go.latency = self.latency;
+        go.latency_preset = self.latency_preset;
         Ok(crate::record::RecordOptions {
             cpu,
             pids: self.pids,
@@ -410,6 +438,12 @@ impl AgentArgs {
         if self.go.allocs_exact {
             return Err(
                 "--allocs-exact is not offered by the agent (it probes every allocation): use --allocs-set-rate".into(),
+            );
+        }
+        if go.profiles.latency {
+            return Err(
+                "--profile latency is offered by `profiler record` only, not by the agent yet"
+                    .into(),
             );
         }
         let export = self.export_options()?;

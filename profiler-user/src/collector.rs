@@ -321,6 +321,33 @@ impl Collector {
         Ok(())
     }
 
+    /// Follow `pid`, a process held before `exec` of `exe` (see
+    /// [`crate::launch`]): put it in the target filter and attach the Go
+    /// probes to `exe`'s file now, so both see the program's first
+    /// instruction. Its mappings and frameless ranges are read after the
+    /// exec (the exec event, or [`Self::exec_done`]).
+    pub fn track_held(&mut self, pid: u32, exe: &Path) -> Result<(), RecordError> {
+        self.sampler.add_tgid(pid, TARGET_SAMPLE)?;
+        self.known.insert(pid);
+        if let Some(g) = self.go.as_mut() {
+            g.add_held_process(&mut self.sampler, pid, exe)?;
+        }
+        Ok(())
+    }
+
+    /// A process given to [`Self::track_held`] has exec'd: snapshot it,
+    /// load its frameless ranges and let the Go probes read its runtime
+    /// addresses. Harmless for any other process.
+    pub fn exec_done(&mut self, pid: u32) {
+        let _ = self.symbolizer.snapshot_process(pid);
+        self.frameless.loaded.remove(&pid);
+        self.frameless
+            .load(&mut self.sampler, &self.symbolizer, pid);
+        if let Some(g) = self.go.as_mut() {
+            g.exec_done(pid);
+        }
+    }
+
     /// Snapshot `pid` and load its frameless ranges (no Go probes, not
     /// remembered as followed): a container's processes when it is found.
     pub fn snapshot(&mut self, pid: u32) {
@@ -348,6 +375,9 @@ impl Collector {
                 EventKind::Exec => {
                     self.frameless.loaded.remove(&tgid);
                     self.track(tgid)?;
+                    if let Some(g) = self.go.as_mut() {
+                        g.exec_done(tgid);
+                    }
                 }
                 EventKind::Exit => {
                     let _ = self.symbolizer.snapshot_process(tgid);

@@ -18,7 +18,7 @@ use profiler_symbolize::ProfileMeta;
 use crate::{
     collector::{Aggregate, Collector, DrainPass, Snapshots, StopSignals},
     error::{CgroupProblem, RecordError},
-    sampler::{cgroup_id, TARGET_PARENT_ONLY, TARGET_SAMPLE},
+    sampler::cgroup_id,
 };
 
 pub use crate::collector::{MAX_STACKS, RESNAPSHOT_PER_DRAIN};
@@ -136,21 +136,17 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let started = Instant::now();
     let mut child = None;
     if !opts.command.is_empty() {
-        let me = std::process::id();
-        c.sampler_mut().add_tgid(me, TARGET_PARENT_ONLY)?;
-        let spawned = tokio::process::Command::new(&opts.command[0])
-            .args(&opts.command[1..])
-            .spawn();
-        c.sampler_mut().remove_tgid(me);
-        let spawned = spawned.map_err(|e| RecordError::Command {
+        // Held before exec until the sampler's filter and every probe are
+        // in place, so counts are complete from the first instruction.
+        let cmd_err = |e| RecordError::Command {
             cmd: opts.command[0].clone(),
             source: e,
-        })?;
-        if let Some(pid) = spawned.id() {
-            // The fork tracepoint normally added it already.
-            c.sampler_mut().add_tgid(pid, TARGET_SAMPLE)?;
-            c.track(pid)?;
-        }
+        };
+        let held = crate::launch::HeldCommand::spawn(&opts.command).map_err(cmd_err)?;
+        let pid = held.pid();
+        c.track_held(pid, held.exe())?;
+        let spawned = held.release().map_err(cmd_err)?;
+        c.exec_done(pid);
         child = Some(spawned);
     }
 

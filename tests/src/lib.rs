@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod apiload;
+pub mod gobuild;
 pub mod http;
 pub mod kubelet;
 pub mod kubesim;

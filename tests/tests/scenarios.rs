@@ -62,6 +62,9 @@ const COUNTED: &[&str] = &[
     "*.Reconcile",
 ];
 
+/// Functions whose call durations the latency profile measures.
+const TIMED: &[&str] = &["*.Reconcile"];
+
 /// The signals a scenario can gate on; one profile directory each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Signal {
@@ -75,15 +78,18 @@ enum Signal {
     Calls,
     /// apiserver-sim counters as a profile.
     Api,
+    /// `profiler record --profile latency`: call durations of [`TIMED`].
+    Latency,
 }
 
 impl Signal {
-    const ALL: [Signal; 5] = [
+    const ALL: [Signal; 6] = [
         Signal::Cpu,
         Signal::Goroutines,
         Signal::Allocs,
         Signal::Calls,
         Signal::Api,
+        Signal::Latency,
     ];
     /// The profile directory, also `profiler record`'s profile type name.
     fn dir(self) -> &'static str {
@@ -93,6 +99,7 @@ impl Signal {
             Signal::Allocs => "allocs",
             Signal::Calls => "calls",
             Signal::Api => "api",
+            Signal::Latency => "latency",
         }
     }
 }
@@ -192,6 +199,10 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         false,
         &[
             c(Signal::Api, "api-watch-per-run", "WATCH widgets"),
+            // Counts are exact from the first instruction (the command is
+            // held before exec until the probes are attached), so the
+            // private watches opened at start-up are counted.
+            c(Signal::Calls, "watch-calls-per-run", "Watch"),
             o(Signal::Cpu, "controller-function-share", "receive"),
         ],
     ),
@@ -270,6 +281,17 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
             c(Signal::Cpu, "controller-function-share", "fanOut"),
             c(Signal::Calls, "patch-calls-share", "PatchStatus"),
         ],
+    ),
+    (
+        // A 200 ms synchronous wait inside Reconcile: no extra CPU work,
+        // no extra requests per reconcile; only the latency profile sees it.
+        "slow-reconcile",
+        false,
+        &[c(
+            Signal::Latency,
+            "reconcile-p99",
+            "main.(*WidgetReconciler).Reconcile",
+        )],
     ),
 ];
 
@@ -410,6 +432,9 @@ fn record_once(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -
         .args(["--profile", &types.join(",")]);
     for f in COUNTED {
         cmd.args(["--count", f]);
+    }
+    for f in TIMED {
+        cmd.args(["--latency", f]);
     }
     let mut prof = Owned::spawn(
         cmd.arg("-o")

@@ -17,7 +17,9 @@
 //!    frames deeper, and with the probe on the first instruction
 //!    (`PROFILER_GO_PROBE_AT_ENTRY=1`, single-stepped); allocations with
 //!    `--allocs-exact`, `(*mcache).refill` (`PROFILER_GO_ALLOCS_PROBE=refill`)
-//!    and `--allocs-set-rate`. The knobs are read only by a profiler built
+//!    and `--allocs-set-rate`; latency-measured calls (`--profile latency`:
+//!    the entry probe plus the probe on the `RET`, whose program times are
+//!    summed). The knobs are read only by a profiler built
 //!    with the `bench-knobs` feature, which this bench builds (copied to
 //!    `target/go-bench/profiler`). `GO_BENCH_PER_EVENT_ONLY=1` stops after this
 //!    part; `GO_BENCH_CASES=TEXT` keeps the cases whose label contains it.
@@ -135,11 +137,17 @@ fn stop_profiler(p: Child) -> Result<String> {
     Ok(text)
 }
 
-/// `ns_per_run` of program `prog` in the profiler's cost line.
+/// `ns_per_run` of program `prog` in the profiler's cost line; for
+/// `a+b`, the sum of both programs' (one latency-measured call runs the
+/// entry and the return program once each).
 fn prog_ns(stderr: &str, prog: &str) -> Option<f64> {
     let l = stderr.lines().find(|l| l.contains("ns_per_run"))?;
-    let at = l.find(&format!("{prog} runs="))?;
-    field(&l[at..], "ns_per_run=")
+    prog.split('+')
+        .map(|p| {
+            let at = l.find(&format!("{p} runs="))?;
+            field(&l[at..], "ns_per_run=")
+        })
+        .sum()
 }
 
 fn loss_lines(stderr: &str) -> Vec<String> {
@@ -280,7 +288,8 @@ fn per_event(
     );
     let refill: &[&str] = &["--profile", "allocs"];
     let set_rate: &[&str] = &["--profile", "allocs", "--allocs-set-rate", "524288"];
-    let cases: [Case; 14] = [
+    let latency: &[&str] = &["--profile", "latency", "--latency", "main.countedTarget"];
+    let cases: [Case; 15] = [
         (
             "counted call: trap only (program returns at once)",
             "-bench-calls",
@@ -360,6 +369,14 @@ fn per_event(
             calls,
             &[("PROFILER_GO_PROBE_AT_ENTRY", "1")],
             "go_call",
+        ),
+        (
+            "latency-measured call: entry probe + probe on each RET (RET single-stepped)",
+            "-bench-calls",
+            500_000,
+            latency,
+            &[],
+            "go_lat_entry+go_lat_ret",
         ),
         (
             "goroutine create+exit (3 probes)",

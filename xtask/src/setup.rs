@@ -183,12 +183,15 @@ fn has_backports() -> bool {
             .unwrap_or(false)
 }
 
-/// Go 1.23 (workloads, `go tool pprof`) and Go 1.19 (the Go-runtime probe
-/// tests cover both versions) from Debian.
+/// Go 1.23 (workloads, `go tool pprof`), and Go 1.19, 1.21 and 1.22 (the
+/// Go-runtime probe tests cover every version; 1.21 and 1.22 come from
+/// bookworm-backports) from Debian.
 fn step_go() -> Result<()> {
     let want: Vec<(&str, &str)> = [
         ("golang-1.23-go", "/usr/lib/go-1.23/bin/go"),
         ("golang-1.19-go", "/usr/lib/go-1.19/bin/go"),
+        ("golang-1.21-go", "/usr/lib/go-1.21/bin/go"),
+        ("golang-1.22-go", "/usr/lib/go-1.22/bin/go"),
     ]
     .into_iter()
     .filter(|(_, bin)| !Path::new(bin).exists())
@@ -220,7 +223,7 @@ fn step_go() -> Result<()> {
     for (pkg, bin) in want {
         println!("setup: installing {pkg}");
         if !apt_install(&[pkg]) || !Path::new(bin).exists() {
-            bail!("cannot install {pkg}: run `apt-get update && apt-get install {pkg}` (bookworm-backports for 1.23) or set GO=/path/to/go");
+            bail!("cannot install {pkg}: run `apt-get update && apt-get install {pkg}` (bookworm-backports for 1.21, 1.22 and 1.23) or set GO=/path/to/go");
         }
     }
     Ok(())

@@ -164,20 +164,87 @@ impl GoSession {
     /// that process. A process that is not Go (or cannot be probed) is
     /// skipped with a note, not an error; errors are kernel failures.
     pub fn add_process(&mut self, sampler: &mut Sampler, tgid: u32) -> Result<(), RecordError> {
+        self.add_process_at(sampler, tgid, None)
+    }
+
+    /// Attach the probes to `tgid`, a process held before `exec` of `exe`
+    /// (see `crate::launch`): uprobes sit in the binary file, so they are
+    /// in place from the program's first instruction. Addresses inside the
+    /// process (`runtime.MemProfileRate`, `runtime.allgs`) are computed by
+    /// [`Self::exec_done`] once the program runs.
+    pub fn add_held_process(
+        &mut self,
+        sampler: &mut Sampler,
+        tgid: u32,
+        exe: &Path,
+    ) -> Result<(), RecordError> {
+        self.add_process_at(sampler, tgid, Some(exe))
+    }
+
+    /// A held process (see [`Self::add_held_process`]) has exec'd: read
+    /// its load bias and the runtime addresses, and apply
+    /// `--allocs-set-rate`.
+    pub fn exec_done(&mut self, tgid: u32) {
+        let Some(p) = self.procs.get(&tgid) else {
+            return;
+        };
+        if !p.held {
+            return;
+        }
+        let Ok(bin) = GoBinary::open(&p.exe) else {
+            return;
+        };
+        let bias = load_bias(tgid, &bin);
+        let at = |name: &str| bin.data_symbol(name).map(|a| a.wrapping_add(bias));
+        let (rate, disable, allgs) = (
+            at("runtime.MemProfileRate"),
+            at("runtime.disableMemoryProfiling"),
+            at("runtime.allgs"),
+        );
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.held = false;
+            p.bias = bias;
+            p.mem_rate_addr = rate;
+            p.disable_addr = disable;
+            p.allgs_addr = allgs;
+        }
+        if let Some(p) = self.procs.get(&tgid) {
+            let rate = self.read_mem_rate(tgid, p);
+            if let Some(p) = self.procs.get_mut(&tgid) {
+                p.mem_rate = rate;
+            }
+        }
+        self.enforce_rate(tgid);
+    }
+
+    fn add_process_at(
+        &mut self,
+        sampler: &mut Sampler,
+        tgid: u32,
+        held: Option<&Path>,
+    ) -> Result<(), RecordError> {
         let t = Instant::now();
         let before = self.probes_attached;
-        let r = if self.shared.is_some() && !self.procs.contains_key(&tgid) {
+        let r = if self.shared.is_some() && !self.procs.contains_key(&tgid) && held.is_none() {
             self.add_shared(sampler, tgid)
         } else {
-            self.add_process_inner(sampler, tgid)
+            self.add_process_inner(sampler, tgid, held)
         };
         if self.probes_attached > before {
-            // Events before this point are not seen: say how long it took.
-            self.notes.push(format!(
-                "pid {tgid}: {} Go probes attached in {} ms (events before that are not counted)",
-                self.probes_attached - before,
-                t.elapsed().as_millis()
-            ));
+            self.notes.push(if held.is_some() {
+                format!(
+                    "pid {tgid}: {} Go probes attached in {} ms before the command started (counts are complete)",
+                    self.probes_attached - before,
+                    t.elapsed().as_millis()
+                )
+            } else {
+                // Events before this point are not seen: say how long it took.
+                format!(
+                    "pid {tgid}: {} Go probes attached in {} ms (events before that are not counted)",
+                    self.probes_attached - before,
+                    t.elapsed().as_millis()
+                )
+            });
         }
         match r {
             // A process that exited while we attached is not an error.
@@ -195,6 +262,7 @@ impl GoSession {
         &mut self,
         sampler: &mut Sampler,
         tgid: u32,
+        held: Option<&Path>,
     ) -> Result<(), RecordError> {
         if self.procs.contains_key(&tgid) || !self.opts.profiles.any() {
             return Ok(());
@@ -203,7 +271,10 @@ impl GoSession {
             self.proc_overflow += 1;
             return Ok(());
         }
-        let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+        let exe = match held {
+            Some(p) => p.to_path_buf(),
+            None => PathBuf::from(format!("/proc/{tgid}/exe")),
+        };
         let shown = std::fs::read_link(&exe)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| exe.display().to_string());
@@ -249,24 +320,25 @@ impl GoSession {
                 0,
             )
             .map_err(|e| RecordError::ebpf("GO_PROCS", e))?;
-        let bias = load_bias(tgid, &bin);
+        // A held process has not exec'd yet: its addresses come later.
+        let bias = if held.is_some() {
+            None
+        } else {
+            Some(load_bias(tgid, &bin))
+        };
+        let at = |name: &str| bias.and_then(|b| bin.data_symbol(name).map(|a| a.wrapping_add(b)));
         let mut proc = Proc {
             exe: exe.clone(),
             version: version.clone(),
             offsets: bin.offsets,
-            mem_rate_addr: bin
-                .data_symbol("runtime.MemProfileRate")
-                .map(|a| a.wrapping_add(bias)),
-            disable_addr: bin
-                .data_symbol("runtime.disableMemoryProfiling")
-                .map(|a| a.wrapping_add(bias)),
-            allgs_addr: bin
-                .data_symbol("runtime.allgs")
-                .map(|a| a.wrapping_add(bias)),
+            mem_rate_addr: at("runtime.MemProfileRate"),
+            disable_addr: at("runtime.disableMemoryProfiling"),
+            allgs_addr: at("runtime.allgs"),
+            held: held.is_some(),
             mem_rate: None,
             alloc_probe: None,
             rate_written: false,
-            bias,
+            bias: bias.unwrap_or(0),
         };
         if let Some(sh) = self.shared.as_mut() {
             sh.last_segments = bin.segments().to_vec();
@@ -287,6 +359,9 @@ impl GoSession {
         }
         if self.opts.profiles.allocs {
             self.attach_allocs(sampler, &target, &mut proc)?;
+        }
+        if self.opts.profiles.latency {
+            self.attach_latency(sampler, &target)?;
         }
         self.procs.insert(tgid, proc);
         self.enforce_rate(tgid);

@@ -29,6 +29,13 @@
 //!   at the end) and [`GoOptions::alloc_exact`] probes `runtime.mallocgc`
 //!   (every allocation, exact, but expensive).
 //!
+//! * `latency`: call durations of `--latency` functions: an entry probe
+//!   and a probe on every `RET` (found by decoding the function), paired
+//!   per goroutine; a histogram per (stack, function) in log-spaced
+//!   buckets, written as samples `calls/count` and `latency/nanoseconds`
+//!   labelled `latency_bucket_ns` (the bucket's lower bound), and a
+//!   summary line per function (n, p50, p90, p99, max).
+//!
 //! Modules: `attach` (per-process analysis and probe placement), `memory`
 //! (reading and writing the target's memory: `MemProfileRate`,
 //! `runtime.allgs`), `session` (the maps, the periodic tick and the shared
@@ -44,6 +51,7 @@ pub mod binary;
 mod calls;
 mod goroutines;
 mod knobs;
+mod latency;
 mod memory;
 mod profile;
 pub mod prologue;
@@ -98,7 +106,7 @@ pub enum BinaryProblem {
     #[error("no DWARF and no Go version in the buildinfo: runtime.g offsets unknown")]
     NoGoVersion,
     /// No DWARF and no built-in `runtime.g` offsets for this Go version.
-    #[error("no DWARF (built with -w?) and no built-in runtime.g offsets for {version} (known: go1.19, go1.23); rebuild without -w")]
+    #[error("no DWARF (built with -w?) and no built-in runtime.g offsets for {version} (known: go1.19, go1.21, go1.22, go1.23); rebuild without -w")]
     NoOffsets {
         /// The Go version from the buildinfo.
         version: String,
@@ -114,12 +122,14 @@ pub struct GoProfiles {
     pub allocs: bool,
     /// Call counts of `--count` symbols.
     pub calls: bool,
+    /// Call durations of `--latency` symbols.
+    pub latency: bool,
 }
 
 impl GoProfiles {
     /// True if any Go profile is requested.
     pub fn any(&self) -> bool {
-        self.goroutines || self.allocs || self.calls
+        self.goroutines || self.allocs || self.calls || self.latency
     }
 }
 
@@ -143,6 +153,10 @@ pub struct GoOptions {
     pub count_stacks: CountStacks,
     /// Measurement knobs of the go-probes benchmark (all off unless set).
     pub knobs: BenchKnobs,
+    /// Symbols (globs allowed) whose call durations are measured.
+    pub latency: Vec<String>,
+    /// A named set of symbols to time ([`latency_preset`]).
+    pub latency_preset: Option<String>,
 }
 
 /// How the calls profile attributes counted calls to stacks. Counts per
@@ -186,6 +200,22 @@ pub fn preset(name: &str) -> Option<&'static [&'static str]> {
     }
 }
 
+/// Names of the `--latency-preset` sets.
+pub const LATENCY_PRESETS: &[&str] = &["go-controller"];
+
+/// The symbol patterns of a `--latency-preset`, or `None` for an unknown
+/// name: `go-controller` times `Reconcile` methods and client-go REST calls.
+pub fn latency_preset(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "go-controller" => Some(&[
+            "*.Reconcile",
+            "k8s.io/client-go/rest.(*Request).request",
+            "k8s.io/client-go/rest.(*Request).Do",
+        ]),
+        _ => None,
+    }
+}
+
 /// Most live-count points kept per creation site (older points are
 /// thinned out by halving when full).
 const MAX_SERIES_POINTS: usize = 512;
@@ -205,6 +235,8 @@ pub(super) struct Proc {
     mem_rate_addr: Option<u64>,
     disable_addr: Option<u64>,
     allgs_addr: Option<u64>,
+    /// Attached before `exec`: the addresses above are not known yet.
+    held: bool,
     /// runtime.MemProfileRate as last read (None: unknown).
     mem_rate: Option<i64>,
     alloc_probe: Option<&'static str>,

@@ -160,6 +160,37 @@ pub fn after_call_probe(code: &[u8], entry: u64, newproc1: u64) -> Option<(Probe
     ))
 }
 
+/// The exits of a function for latency probes: every `RET`, and every
+/// direct `JMP` that leaves the function (a tail call: the callee returns
+/// for it, so no `RET` of ours runs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exits {
+    /// Virtual addresses of the `RET` instructions.
+    pub rets: Vec<u64>,
+    /// Virtual addresses of jumps whose target is outside the function.
+    pub tail_jumps: Vec<u64>,
+}
+
+/// Decode `code` (the whole function, from `entry`) and list its exits.
+pub fn exits(code: &[u8], entry: u64) -> Exits {
+    let end = entry + code.len() as u64;
+    let mut out = Exits::default();
+    for i in decoder(code, entry) {
+        if i.is_invalid() {
+            continue;
+        }
+        if matches!(i.mnemonic(), iced_x86::Mnemonic::Ret) {
+            out.rets.push(i.ip());
+        } else if i.is_jmp_short_or_near() {
+            let t = i.near_branch_target();
+            if t < entry || t >= end {
+                out.tail_jumps.push(i.ip());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +234,23 @@ mod tests {
         let (p, r) = after_call_probe(&code, entry, entry + 5 + 0x5b).unwrap();
         assert_eq!(p.vaddr, entry + 0x20);
         assert_eq!(r, reg::BX);
+    }
+
+    #[test]
+    fn exits_find_rets_and_tail_jumps() {
+        // PUSH RBP; MOV RBP,RSP; TEST EAX,EAX; JE +3; POP RBP; RET;
+        // POP RBP; JMP far (outside)
+        let code = [
+            0x55, 0x48, 0x89, 0xe5, 0x85, 0xc0, 0x74, 0x02, 0x5d, 0xc3, 0x5d, 0xe9, 0x00, 0x10,
+            0x00, 0x00,
+        ];
+        let e = exits(&code, 0x1000);
+        assert_eq!(e.rets, vec![0x1009]);
+        assert_eq!(e.tail_jumps, vec![0x100b]);
+        // A jump back inside the function is not a tail call.
+        let code = [0x90, 0xeb, 0xfd, 0xc3];
+        let e = exits(&code, 0x2000);
+        assert_eq!(e.rets, vec![0x2003]);
+        assert!(e.tail_jumps.is_empty());
     }
 }

@@ -9,7 +9,10 @@ use std::{
 use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use aya::programs::UProbe;
 use diff::pprof::proto::Profile;
-use profiler_common::go::{GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts};
+use profiler_common::go::{
+    GoCounter, GoFpStack, GoLatKey, GoLatStart, GoProcConfig, GoStackKey, GoidKey, LatCounts,
+    SiteCounts,
+};
 use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
 use super::{preset, CountStacks, GoOptions, Proc, StackCache, SERIES_INTERVAL};
@@ -47,6 +50,15 @@ pub struct GoSession {
     /// The agent's mode: probes per binary for all processes (None: per
     /// process, as `record` does).
     pub(super) shared: Option<super::shared::Shared>,
+    /// `--latency` patterns (with the preset's).
+    pub(super) lat_patterns: Vec<String>,
+    /// Latency-measured functions; the index is the probes' tag.
+    pub(super) lat_symbols: Vec<String>,
+    pub(super) lat_index: HashMap<String, u64>,
+    /// Calls in progress (entry seen, no `RET` yet).
+    pub(super) lat_inflight: Option<AyaHashMap<MapData, GoLatKey, GoLatStart>>,
+    /// (stack, function, bucket) -> calls and summed duration.
+    pub(super) lat_hist: Option<PerCpuHashMap<MapData, GoStackKey, LatCounts>>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -79,6 +91,16 @@ impl GoSession {
             let set = preset(p).ok_or_else(|| RecordError::UnknownPreset { name: p.clone() })?;
             patterns.extend(set.iter().map(|s| s.to_string()));
         }
+        let mut lat_patterns = opts.latency.clone();
+        if let Some(p) = &opts.latency_preset {
+            let set = super::latency_preset(p).ok_or_else(|| {
+                RecordError::Usage(format!(
+                    "--latency-preset {p}: unknown preset (known: {})",
+                    super::LATENCY_PRESETS.join(", ")
+                ))
+            })?;
+            lat_patterns.extend(set.iter().map(|s| s.to_string()));
+        }
         let mut progs = Vec::new();
         let mut prog_fds = Vec::new();
         if opts.profiles.calls && !patterns.is_empty() {
@@ -89,6 +111,10 @@ impl GoSession {
         }
         if opts.profiles.allocs {
             progs.push("go_alloc");
+        }
+        let latency = opts.profiles.latency && !lat_patterns.is_empty();
+        if latency {
+            progs.extend(["go_lat_entry", "go_lat_ret"]);
         }
         for name in progs {
             let p: &mut UProbe = sampler
@@ -142,6 +168,19 @@ impl GoSession {
             count_stacks,
             bench_bits,
             shared: None,
+            lat_patterns,
+            lat_symbols: Vec::new(),
+            lat_index: HashMap::new(),
+            lat_inflight: if latency {
+                Some(take(sampler, "GO_LAT_INFLIGHT")?)
+            } else {
+                None
+            },
+            lat_hist: if latency {
+                Some(take(sampler, "GO_LAT_HIST")?)
+            } else {
+                None
+            },
         })
     }
 
@@ -358,6 +397,9 @@ impl GoSession {
         }
         if self.opts.profiles.allocs {
             out.push(self.allocs_profile(symbolizer, &mut f));
+        }
+        if self.opts.profiles.latency {
+            out.push(self.latency_profile(symbolizer, &mut f));
         }
         // Lines shared by every profile type are reported once.
         for (_, _, lines) in out.iter_mut().skip(1) {

@@ -190,6 +190,7 @@ impl GoSession {
                 mem_rate_addr: rebias(t.mem_rate_addr, first_bias, bias),
                 disable_addr: rebias(t.disable_addr, first_bias, bias),
                 allgs_addr: rebias(t.allgs_addr, first_bias, bias),
+                held: false,
                 mem_rate: None,
                 alloc_probe: t.alloc_probe,
                 rate_written: false,
@@ -224,7 +225,7 @@ impl GoSession {
         }
         sh.pending_links.clear();
         let before = self.procs.len();
-        let r = self.add_process_inner(sampler, tgid);
+        let r = self.add_process_inner(sampler, tgid, None);
         let sh = self.shared.as_mut().expect("agent mode");
         let links = std::mem::take(&mut sh.pending_links);
         let added = self.procs.len() > before && self.procs.contains_key(&tgid);
@@ -250,6 +251,7 @@ impl GoSession {
             mem_rate_addr: p.mem_rate_addr,
             disable_addr: p.disable_addr,
             allgs_addr: p.allgs_addr,
+            held: false,
             mem_rate: None,
             alloc_probe: p.alloc_probe,
             rate_written: false,

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"workloads/controller-sim/rest"
 	"workloads/internal/api"
@@ -30,6 +31,7 @@ const (
 	VariantRetryNoBackoff   = "retry-no-backoff"
 	VariantHotPathBloat     = "hot-path-bloat"
 	VariantFanoutUnlimited  = "fanout-unlimited"
+	VariantSlowReconcile    = "slow-reconcile"
 	redundantGetsPerReconc  = 3
 	listInReconcilePageSize = 100
 )
@@ -38,7 +40,7 @@ const (
 var Variants = []string{
 	VariantBaseline, VariantListInReconcile, VariantRedundantGet, VariantUnpaginatedList,
 	VariantDuplicateWatch, VariantGoroutineLeak, VariantUnboundedCache, VariantGlobalMutex,
-	VariantRetryNoBackoff, VariantHotPathBloat, VariantFanoutUnlimited,
+	VariantRetryNoBackoff, VariantHotPathBloat, VariantFanoutUnlimited, VariantSlowReconcile,
 }
 
 // WidgetReconciler computes each widget's status from its spec and the size
@@ -109,6 +111,9 @@ func (r *WidgetReconciler) Reconcile(ctx context.Context, key string) error {
 	} else {
 		r.Patches.Add(1)
 		_, err = r.client.PatchStatus(ctx, ns, name, patch)
+		if err == nil && r.variant == VariantSlowReconcile {
+			r.awaitSlowDependency()
+		}
 	}
 	if rest.IsNotFound(err) {
 		return nil
@@ -322,4 +327,17 @@ func (r *WidgetReconciler) privateWatch(ctx context.Context) {
 		}
 		w.Stop()
 	}
+}
+
+// slowReconcileWait is how long slow-reconcile's synchronous call takes.
+const slowReconcileWait = 200 * time.Millisecond
+
+// awaitSlowDependency (slow-reconcile) stands for an API call made
+// synchronous inside Reconcile: the reconcile waits, off CPU, for a slow
+// round trip (a sleep of slowReconcileWait, so the CPU work and the
+// apiserver-sim requests stay those of the baseline).
+//
+//go:noinline
+func (r *WidgetReconciler) awaitSlowDependency() {
+	time.Sleep(slowReconcileWait)
 }

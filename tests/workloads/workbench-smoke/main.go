@@ -30,7 +30,7 @@ import (
 var allVariants = []string{
 	"baseline", "list-in-reconcile", "redundant-get", "unpaginated-list", "duplicate-watch",
 	"goroutine-leak", "unbounded-cache", "global-mutex", "retry-no-backoff", "hot-path-bloat",
-	"fanout-unlimited",
+	"fanout-unlimited", "slow-reconcile",
 }
 
 type counters struct {
@@ -154,6 +154,8 @@ func checkVariant(v string, b, m metrics) (string, error) {
 		c = cond{m.per(m.totalAlloc) >= 1.5*b.per(b.totalAlloc), fmt.Sprintf("alloc/rec %.1f KiB (baseline %.1f KiB)", m.per(m.totalAlloc)/1024, b.per(b.totalAlloc)/1024)}
 	case "fanout-unlimited":
 		c = cond{m.per(m.patch) >= 2*b.per(b.patch), fmt.Sprintf("PATCH/rec %.2f (baseline %.2f)", m.per(m.patch), b.per(b.patch))}
+	case "slow-reconcile":
+		c = cond{m.recPerSec <= 0.25*b.recPerSec && m.per(m.patch) >= 0.5*b.per(b.patch), fmt.Sprintf("%.0f reconciles/s, PATCH/rec %.2f (baseline %.0f, %.2f)", m.recPerSec, m.per(m.patch), b.recPerSec, b.per(b.patch))}
 	default:
 		return "", fmt.Errorf("no check defined for variant %q", v)
 	}
