@@ -166,6 +166,12 @@ pub enum ProfileType {
     Allocs,
     /// Exact call counts of `--count` symbols (Go runtime uprobes).
     Calls,
+    /// Time goroutines wait on Go locks (sync.Mutex, RWMutex, WaitGroup
+    /// slow paths), by the waiter's stack (Go runtime uprobes).
+    Contention,
+    /// Off-CPU time of the targets' threads by stack (sched_switch,
+    /// sampled: see --offcpu-every).
+    Offcpu,
 }
 
 /// `profiler record` flags.
@@ -201,7 +207,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub ebpf_log: bool,
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls. With more than one, -o is a directory holding <type>.pb.gz.
+    /// calls, contention, offcpu. With more than one, -o is a directory holding <type>.pb.gz.
     #[arg(
         long = "profile",
         value_delimiter = ',',
@@ -231,6 +237,11 @@ pub struct RecordArgs {
     /// samples the stacks above it (≈1.1 µs per call, flat in stack depth).
     #[arg(long, value_enum, default_value_t = CountStacks::Full, value_name = "MODE")]
     pub count_stacks: CountStacks,
+    /// offcpu: sample one context switch of a target thread in N (the
+    /// sampled intervals are scaled by N); 1 measures every switch.
+    #[arg(long, value_name = "N", default_value_t = profiler_common::lock::OFFCPU_DEFAULT_EVERY,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub offcpu_every: u32,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -321,6 +332,7 @@ impl RecordArgs {
             goroutines: has(ProfileType::Goroutines),
             allocs: has(ProfileType::Allocs),
             calls,
+            contention: has(ProfileType::Contention),
         };
         #[cfg(feature = "bench-knobs")]
         let knobs = crate::go::BenchKnobs::from_env()?;
@@ -338,6 +350,7 @@ impl RecordArgs {
             drain_interval: Duration::from_secs(1),
             progress: !self.quiet,
             ebpf_log: self.ebpf_log,
+            offcpu: has(ProfileType::Offcpu).then_some(self.offcpu_every),
             go: crate::go::GoOptions {
                 profiles,
                 count: self.count,

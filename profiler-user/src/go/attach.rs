@@ -249,6 +249,9 @@ impl GoSession {
         if self.opts.profiles.allocs {
             self.attach_allocs(sampler, &target, &mut proc)?;
         }
+        if self.opts.profiles.contention {
+            self.attach_contention(sampler, &target)?;
+        }
         self.procs.insert(tgid, proc);
         self.enforce_rate(tgid);
         Ok(())

@@ -42,6 +42,7 @@ mod allocs;
 mod attach;
 pub mod binary;
 mod calls;
+mod contention;
 mod goroutines;
 mod knobs;
 mod memory;
@@ -82,12 +83,14 @@ pub struct GoProfiles {
     pub allocs: bool,
     /// Call counts of `--count` symbols.
     pub calls: bool,
+    /// Time goroutines wait on Go's semaphores (lock contention).
+    pub contention: bool,
 }
 
 impl GoProfiles {
     /// True if any Go profile is requested.
     pub fn any(&self) -> bool {
-        self.goroutines || self.allocs || self.calls
+        self.goroutines || self.allocs || self.calls || self.contention
     }
 }
 

@@ -160,6 +160,22 @@ pub fn after_call_probe(code: &[u8], entry: u64, newproc1: u64) -> Option<(Probe
     ))
 }
 
+/// Addresses of the direct `CALL`s to `target` in a function's code
+/// (starting at `entry`). A near `CALL` is emulated by the kernel, so a
+/// probe there is not single-stepped. Empty when the code does not decode.
+pub fn call_sites(code: &[u8], entry: u64, target: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for i in decoder(code, entry) {
+        if i.is_invalid() {
+            return Vec::new();
+        }
+        if i.is_call_near() && i.near_branch_target() == target {
+            out.push(i.ip());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,5 +219,25 @@ mod tests {
         let (p, r) = after_call_probe(&code, entry, entry + 5 + 0x5b).unwrap();
         assert_eq!(p.vaddr, entry + 0x20);
         assert_eq!(r, reg::BX);
+    }
+
+    #[test]
+    fn call_sites_finds_direct_calls_to_the_target() {
+        // go1.23 runtime.semacquire1 excerpt: MOVQ AX,BX; CALL gopark;
+        // CALL releaseSudog; NOP.
+        let entry = 0x44b69d;
+        let mut code = vec![0x48, 0x89, 0xc3];
+        let call = |at: u64, to: u64| {
+            let rel = (to as i64 - (at as i64 + 5)) as i32;
+            let mut v = vec![0xe8];
+            v.extend_from_slice(&rel.to_le_bytes());
+            v
+        };
+        code.extend(call(entry + 3, 0x46ad40));
+        code.extend(call(entry + 8, 0x438d60));
+        code.push(0x90);
+        assert_eq!(call_sites(&code, entry, 0x46ad40), vec![entry + 3]);
+        assert_eq!(call_sites(&code, entry, 0x438d60), vec![entry + 8]);
+        assert!(call_sites(&code, entry, 0x1234).is_empty());
     }
 }

@@ -10,6 +10,7 @@ use aya::maps::{HashMap as AyaHashMap, MapData, PerCpuArray, PerCpuHashMap, Stac
 use aya::programs::UProbe;
 use diff::pprof::proto::Profile;
 use profiler_common::go::{GoCounter, GoFpStack, GoProcConfig, GoStackKey, GoidKey, SiteCounts};
+use profiler_common::lock::WaitTotals;
 use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
 use super::{preset, CountStacks, GoOptions, Proc, StackCache, PRESETS, SERIES_INTERVAL};
@@ -44,6 +45,10 @@ pub struct GoSession {
     pub(super) count_stacks: CountStacks,
     /// Benchmark-stage cookie bits of the counted-call probes.
     pub(super) bench_bits: u64,
+    /// Lock waits by waiter stack (`CONTENTION`).
+    pub(super) contention: AyaHashMap<MapData, GoStackKey, WaitTotals>,
+    /// The contention probes' counters (`CONTENTION_COUNTERS`).
+    pub(super) lock_counters: PerCpuArray<MapData, u64>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -91,6 +96,9 @@ impl GoSession {
         }
         if opts.profiles.allocs {
             progs.push("go_alloc");
+        }
+        if opts.profiles.contention {
+            progs.extend(["go_park", "go_park_done"]);
         }
         for name in progs {
             let p: &mut UProbe = sampler
@@ -143,6 +151,8 @@ impl GoSession {
             call_sites: take(sampler, "GO_CALL_SITES")?,
             count_stacks,
             bench_bits,
+            contention: take(sampler, "CONTENTION")?,
+            lock_counters: take(sampler, "CONTENTION_COUNTERS")?,
         })
     }
 
@@ -359,6 +369,9 @@ impl GoSession {
         }
         if self.opts.profiles.allocs {
             out.push(self.allocs_profile(symbolizer, &mut f));
+        }
+        if self.opts.profiles.contention {
+            out.push(self.contention_profile(symbolizer, &mut f));
         }
         // Lines shared by every profile type are reported once.
         for (_, _, lines) in out.iter_mut().skip(1) {
