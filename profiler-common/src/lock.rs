@@ -4,8 +4,9 @@
 //!
 //! Contention: two uprobes inside `runtime.semacquire1` (on the `CALL` to
 //! `runtime.gopark` and on the `CALL` to `runtime.releaseSudog`), paired
-//! per goroutine (`g`, in R14), give each wait's delay and the waiter's
-//! stack. Off-CPU: the `sched_switch` tracepoint samples one switch-out of
+//! per goroutine (`g`, in R14), plus one in `runtime.semrelease1` (on the
+//! `CALL` to `runtime.readyWithTime`, where the releaser makes the waiter
+//! runnable), give each wait's delay and the waiter's stack. Off-CPU: the `sched_switch` tracepoint samples one switch-out of
 //! a target thread in [`OffCpuConfig::every`] and measures how long that
 //! thread stays off the CPU. Every loss increments a counter.
 
@@ -42,6 +43,10 @@ pub struct Parked {
     pub start_ns: u64,
     /// The waiter's stack in `GO_FP_STACKS` (0: lost).
     pub stack_hash: u64,
+    /// `bpf_ktime_get_ns` when the releaser made the goroutine runnable
+    /// (`readyWithTime` in `semrelease1`; 0: not seen). The delay ends
+    /// here, as in Go's block profile, not when the waiter next runs.
+    pub ready_ns: u64,
 }
 
 /// Aggregated waits (contention) or off-CPU intervals of one stack.

@@ -9,9 +9,18 @@
 //!   (the shared frame-pointer walk from semacquire1's own frame, so no
 //!   caller is skipped); a re-park after a lost race keeps the first time,
 //!   as Go's block profile measures the whole call.
+//! * `go_park_ready` (uprobe on the `CALL runtime.readyWithTime` in
+//!   `runtime.semrelease1`; AX = the waiter's sudog, whose first field is
+//!   its g): the releaser hands the semaphore over and makes the waiter
+//!   runnable; the time is noted on the waiter's entry. The delay ends
+//!   here, as in Go's block profile: how long the waiter then waits for a
+//!   CPU is scheduling latency, not lock contention (measured: with busy
+//!   readers of a `sync.RWMutex` on 2 CPUs, ending at the waiter's wake-up
+//!   instead gave 2.2x Go's delay).
 //! * `go_park_done` (uprobe on the `CALL runtime.releaseSudog` at the end
-//!   of `semacquire1`): the same goroutine has the semaphore; the delay is
-//!   now minus the first park, added to the waiter's stack.
+//!   of `semacquire1`): the same goroutine has the semaphore; the delay
+//!   (ready, or now when the ready was not seen, minus the first park) is
+//!   added to the waiter's stack.
 //! * `offcpu_switch` (`sched:sched_switch`): a target thread switching out
 //!   is sampled with probability 1/`every` (its user stack walked, the time
 //!   noted); when a sampled thread switches back in, the interval is added
@@ -19,7 +28,9 @@
 //!   check and one hash lookup for the incoming thread.
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
+    },
     macros::{map, tracepoint, uprobe},
     maps::{Array, HashMap, PerCpuArray},
     programs::{ProbeContext, TracePointContext},
@@ -144,6 +155,7 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
     let parked = Parked {
         start_ns,
         stack_hash,
+        ready_ns: 0,
     };
     if CONTENTION_PARKED.insert(&key, &parked, 0).is_err() {
         bump(LockCounter::ParkedFull);
@@ -166,8 +178,12 @@ pub fn go_park_done(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let _ = CONTENTION_PARKED.remove(&key);
-    let now = unsafe { bpf_ktime_get_ns() };
-    let delay = now.saturating_sub(parked.start_ns);
+    let end = if parked.ready_ns != 0 {
+        parked.ready_ns
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
+    let delay = end.saturating_sub(parked.start_ns);
     if parked.stack_hash == 0 {
         bump(LockCounter::ContentionStackLost);
     }
@@ -175,6 +191,25 @@ pub fn go_park_done(ctx: ProbeContext) -> u32 {
         bump(LockCounter::Waits);
     } else {
         bump(LockCounter::ContentionFull);
+    }
+    0
+}
+
+#[uprobe]
+pub fn go_park_ready(ctx: ProbeContext) -> u32 {
+    let r = go::regs(&ctx);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // AX = *sudog; sudog.g is its first field.
+    // SAFETY: bpf_probe_read_user checks the address.
+    let Ok(g) = (unsafe { bpf_probe_read_user(r.rax as *const u64) }) else {
+        return 0;
+    };
+    let key = ParkKey { tgid, _pad: 0, g };
+    if let Some(p) = CONTENTION_PARKED.get_ptr_mut(&key) {
+        // SAFETY: map value pointer valid for this run. The last ready
+        // counts (a waiter that loses the race parks again), as Go's
+        // `readyWithTime` overwrites `releasetime`.
+        unsafe { (*p).ready_ns = bpf_ktime_get_ns() };
     }
     0
 }

@@ -6,9 +6,12 @@
 //!
 //! Probes: inside `runtime.semacquire1`, on the `CALL runtime.gopark`
 //! (park: time and stack) and on the `CALL runtime.releaseSudog` (the
-//! semaphore is acquired: delay = now - first park), found by decoding the
-//! function's machine code; paired per goroutine in the kernel
-//! (`profiler-ebpf/src/lock.rs`). No uretprobes (they corrupt Go stacks).
+//! semaphore is acquired: the wait is counted), and inside
+//! `runtime.semrelease1` on the `CALL runtime.readyWithTime` (the releaser
+//! makes the waiter runnable: the delay ends here, as in Go's block
+//! profile), found by decoding the functions' machine code; paired per
+//! goroutine in the kernel (`profiler-ebpf/src/lock.rs`). No uretprobes
+//! (they corrupt Go stacks).
 
 use diff::pprof::proto::Profile;
 use profiler_common::lock::LockCounter;
@@ -17,31 +20,35 @@ use profiler_symbolize::{ProfileShape, Symbolizer};
 use super::{attach::ProbeTarget, prologue, session::Finish, GoSession};
 use crate::{error::RecordError, sampler::Sampler};
 
+/// The file offset of the one direct `CALL` to `callee` in `func`.
+fn call_site(bin: &super::binary::GoBinary, func: &str, callee: &str) -> Result<u64, String> {
+    let f = bin.func(func).ok_or_else(|| format!("{func} not found"))?;
+    let code = bin.code(f).ok_or_else(|| format!("{func} has no code"))?;
+    let target = bin
+        .func(callee)
+        .ok_or_else(|| format!("{callee} not found"))?
+        .entry;
+    let sites = prologue::call_sites(code, f.entry, target);
+    match sites.as_slice() {
+        [at] => bin
+            .file_offset(*at)
+            .ok_or_else(|| format!("the call to {callee} is outside the file")),
+        [] => Err(format!("no call to {callee} in {func}")),
+        _ => Err(format!(
+            "{} calls to {callee} in {func} (expected one)",
+            sites.len()
+        )),
+    }
+}
+
 /// Where the contention probes go in one binary: the file offsets of the
-/// park and wake instructions, or why they cannot be placed.
-pub(super) fn probe_points(bin: &super::binary::GoBinary) -> Result<(u64, u64), String> {
-    let f = bin
-        .func("runtime.semacquire1")
-        .ok_or("runtime.semacquire1 not found")?;
-    let code = bin.code(f).ok_or("runtime.semacquire1 has no code")?;
-    let one = |callee: &str| -> Result<u64, String> {
-        let target = bin
-            .func(callee)
-            .ok_or_else(|| format!("{callee} not found"))?
-            .entry;
-        let sites = prologue::call_sites(code, f.entry, target);
-        match sites.as_slice() {
-            [at] => bin
-                .file_offset(*at)
-                .ok_or_else(|| format!("the call to {callee} is outside the file")),
-            [] => Err(format!("no call to {callee} in runtime.semacquire1")),
-            _ => Err(format!(
-                "{} calls to {callee} in runtime.semacquire1 (expected one)",
-                sites.len()
-            )),
-        }
-    };
-    Ok((one("runtime.gopark")?, one("runtime.releaseSudog")?))
+/// park, ready and wake instructions, or why they cannot be placed.
+pub(super) fn probe_points(bin: &super::binary::GoBinary) -> Result<[u64; 3], String> {
+    Ok([
+        call_site(bin, "runtime.semacquire1", "runtime.gopark")?,
+        call_site(bin, "runtime.semrelease1", "runtime.readyWithTime")?,
+        call_site(bin, "runtime.semacquire1", "runtime.releaseSudog")?,
+    ])
 }
 
 impl GoSession {
@@ -52,8 +59,9 @@ impl GoSession {
         t: &ProbeTarget<'_>,
     ) -> Result<(), RecordError> {
         match probe_points(t.bin) {
-            Ok((park, wake)) => {
+            Ok([park, ready, wake]) => {
                 self.attach(sampler, "go_park", t.exe, park, t.tgid, 0)?;
+                self.attach(sampler, "go_park_ready", t.exe, ready, t.tgid, 0)?;
                 self.attach(sampler, "go_park_done", t.exe, wake, t.tgid, 0)?;
             }
             Err(why) => self.notes.push(format!(
