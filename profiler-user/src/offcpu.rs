@@ -208,16 +208,13 @@ impl OffCpu {
         let mut comments = meta.comments.clone();
         comments.push(counter_line.clone());
         comments.push(line.clone());
-        let mut summary = vec![line];
+        let mut summary = vec![line, counter_line.clone()];
         if let Some(per_run) = ns.checked_div(runs) {
             let cost = format!(
                 "offcpu program cost (bpf_stats): offcpu_switch runs={runs} ns_per_run={per_run}"
             );
             comments.push(cost.clone());
             summary.push(cost);
-        }
-        if counters.iter().any(|(c, v)| c.is_loss() && *v > 0) {
-            summary.push(format!("offcpu lost data: {counter_line}"));
         }
         let shape = ProfileShape::new(
             &[("switches", "count"), ("offcpu", "nanoseconds")],

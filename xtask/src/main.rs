@@ -3,12 +3,13 @@
 //! * `setup`: install what a fresh machine lacks (idempotent).
 //! * `demo`: record the bundled Go demo for 10 s into `demo-out/`.
 //! * `test`: build everything and run the whole suite (eBPF tests included).
-//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent`: print measured figures.
+//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent|lock`: print measured figures.
 
 mod bench_agent;
 mod bench_diff;
 mod bench_gate;
 mod bench_go;
+mod bench_lock;
 mod bench_overhead;
 mod bench_scenarios;
 mod setup;
@@ -77,6 +78,12 @@ enum Bench {
         /// Seconds measured.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+    },
+    /// BPF program time of the contention probes per wait and of the off-CPU program per switch.
+    Lock {
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -260,6 +267,7 @@ fn main() {
             Bench::GoProbes => bench_go::run(&root),
             Bench::Scenarios => bench_scenarios::run(&root),
             Bench::Agent { seconds } => bench_agent::run(&root, seconds),
+            Bench::Lock { runs } => bench_lock::run(&root, runs),
         },
     };
     if let Err(e) = result {
