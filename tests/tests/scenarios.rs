@@ -75,15 +75,18 @@ enum Signal {
     Calls,
     /// apiserver-sim counters as a profile.
     Api,
+    /// `profiler record --profile contention`: lock waits by waiter stack.
+    Contention,
 }
 
 impl Signal {
-    const ALL: [Signal; 5] = [
+    const ALL: [Signal; 6] = [
         Signal::Cpu,
         Signal::Goroutines,
         Signal::Allocs,
         Signal::Calls,
         Signal::Api,
+        Signal::Contention,
     ];
     /// The profile directory, also `profiler record`'s profile type name.
     fn dir(self) -> &'static str {
@@ -93,6 +96,7 @@ impl Signal {
             Signal::Allocs => "allocs",
             Signal::Calls => "calls",
             Signal::Api => "api",
+            Signal::Contention => "contention",
         }
     }
 }
@@ -222,11 +226,14 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
     (
         "global-mutex",
         false,
-        &[c(
-            Signal::Cpu,
-            "contended-lock-under-reconcile",
-            "sync.(*Mutex).lockSlow",
-        )],
+        &[
+            c(
+                Signal::Cpu,
+                "contended-lock-under-reconcile",
+                "sync.(*Mutex).lockSlow",
+            ),
+            c(Signal::Contention, "lock-wait-under-reconcile", "Reconcile"),
+        ],
     ),
     (
         "retry-no-backoff",
