@@ -2,11 +2,11 @@
 //! off-CPU `sched_switch` program (`profiler-ebpf/src/lock.rs`,
 //! `profiler-user/src/go/contention.rs`, `profiler-user/src/offcpu.rs`).
 //!
-//! Contention: two uprobes inside `runtime.semacquire1` (on the `CALL` to
-//! `runtime.gopark` and on the `CALL` to `runtime.releaseSudog`), paired
-//! per goroutine (`g`, in R14), plus one in `runtime.semrelease1` (on the
-//! `CALL` to `runtime.readyWithTime`, where the releaser makes the waiter
-//! runnable), give each wait's delay and the waiter's stack. Off-CPU: the `sched_switch` tracepoint samples one switch-out of
+//! Contention: a uprobe in `runtime.semacquire1` on the `CALL` to
+//! `runtime.gopark` (the waiter parks: time and stack, keyed by its g in
+//! R14) and one in `runtime.semrelease1` on the `CALL` to
+//! `runtime.readyWithTime` (the releaser makes that g runnable: the wait is
+//! counted) give each wait's delay and the waiter's stack. Off-CPU: the `sched_switch` tracepoint samples one switch-out of
 //! a target thread in [`OffCpuConfig::every`] and measures how long that
 //! thread stays off the CPU. Every loss increments a counter.
 
@@ -39,14 +39,10 @@ pub struct ParkKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Parked {
-    /// `bpf_ktime_get_ns` at the first park of this `semacquire1` call.
+    /// `bpf_ktime_get_ns` at the park.
     pub start_ns: u64,
     /// The waiter's stack in `GO_FP_STACKS` (0: lost).
     pub stack_hash: u64,
-    /// `bpf_ktime_get_ns` when the releaser made the goroutine runnable
-    /// (`readyWithTime` in `semrelease1`; 0: not seen). The delay ends
-    /// here, as in Go's block profile, not when the waiter next runs.
-    pub ready_ns: u64,
 }
 
 /// Aggregated waits (contention) or off-CPU intervals of one stack.
@@ -96,10 +92,12 @@ pub struct OffCpuConfig {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockCounter {
-    /// Waits measured (park paired with wake).
+    /// Unused (kept so the indexes stay stable): waits are the sum of the
+    /// contention map's counts.
     Waits = 0,
-    /// `semacquire1` calls that reached the end without parking.
-    NoPark = 1,
+    /// Readies of a goroutine without a park entry (parked before the
+    /// probes were attached, or its entry was lost).
+    ReadyUnmatched = 1,
     /// Waits lost because the parked map was full.
     ParkedFull = 2,
     /// Waits lost because the contention map was full.
@@ -127,7 +125,7 @@ impl LockCounter {
     /// Every counter, in index order.
     pub const ALL: [LockCounter; Self::COUNT as usize] = [
         LockCounter::Waits,
-        LockCounter::NoPark,
+        LockCounter::ReadyUnmatched,
         LockCounter::ParkedFull,
         LockCounter::ContentionFull,
         LockCounter::ContentionStackLost,
@@ -143,7 +141,7 @@ impl LockCounter {
     pub const fn name(self) -> &'static str {
         match self {
             LockCounter::Waits => "waits",
-            LockCounter::NoPark => "no_park",
+            LockCounter::ReadyUnmatched => "ready_unmatched",
             LockCounter::ParkedFull => "parked_map_full",
             LockCounter::ContentionFull => "contention_map_full",
             LockCounter::ContentionStackLost => "contention_stack_lost",

@@ -7,20 +7,18 @@
 //!   (`sync.Mutex`, `sync.RWMutex`, `sync.WaitGroup` slow paths). The first
 //!   park of a `semacquire1` call records the time and the waiter's stack
 //!   (the shared frame-pointer walk from semacquire1's own frame, so no
-//!   caller is skipped); a re-park after a lost race keeps the first time,
-//!   as Go's block profile measures the whole call.
+//!   caller is skipped).
 //! * `go_park_ready` (uprobe on the `CALL runtime.readyWithTime` in
 //!   `runtime.semrelease1`; AX = the waiter's sudog, whose first field is
 //!   its g): the releaser hands the semaphore over and makes the waiter
-//!   runnable; the time is noted on the waiter's entry. The delay ends
-//!   here, as in Go's block profile: how long the waiter then waits for a
-//!   CPU is scheduling latency, not lock contention (measured: with busy
-//!   readers of a `sync.RWMutex` on 2 CPUs, ending at the waiter's wake-up
-//!   instead gave 2.2x Go's delay).
-//! * `go_park_done` (uprobe on the `CALL runtime.releaseSudog` at the end
-//!   of `semacquire1`): the same goroutine has the semaphore; the delay
-//!   (ready, or now when the ready was not seen, minus the first park) is
-//!   added to the waiter's stack.
+//!   runnable. The wait ends here, as in Go's block profile (how long the
+//!   waiter then waits for a CPU is scheduling latency, not contention:
+//!   ending at the waiter's own wake-up instead gave 2.2x Go's delay with
+//!   busy `sync.RWMutex` readers on 2 CPUs), and is counted at once under
+//!   the waiter's stack taken at park time, so the waiter itself takes no
+//!   second trap. A waiter that loses the race after the ready parks again
+//!   and is counted again (Go counts one event from the first park to the
+//!   last ready; the delays differ by the time the waiter ran in between).
 //! * `offcpu_switch` (`sched:sched_switch`): a target thread switching out
 //!   is sampled with probability 1/`every` (its user stack walked, the time
 //!   noted); when a sampled thread switches back in, the interval is added
@@ -134,11 +132,6 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
         _pad: 0,
         g: r.r14,
     };
-    // SAFETY: only tested for presence.
-    if unsafe { CONTENTION_PARKED.get(&key) }.is_some() {
-        // Parked again in the same semacquire1 call: keep the first time.
-        return 0;
-    }
     let start_ns = unsafe { bpf_ktime_get_ns() };
     let mut stack_hash = match fpwalk::walk::<SLOT_UPROBE, true>(r.rip, r.rbp) {
         Some(w) => w.hash,
@@ -155,42 +148,10 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
     let parked = Parked {
         start_ns,
         stack_hash,
-        ready_ns: 0,
     };
+    // Any entry of this g is stale (its ready was not seen): overwrite it.
     if CONTENTION_PARKED.insert(&key, &parked, 0).is_err() {
         bump(LockCounter::ParkedFull);
-    }
-    0
-}
-
-#[uprobe]
-pub fn go_park_done(ctx: ProbeContext) -> u32 {
-    let r = go::regs(&ctx);
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = ParkKey {
-        tgid,
-        _pad: 0,
-        g: r.r14,
-    };
-    // SAFETY: plain-data value copied out.
-    let Some(parked) = (unsafe { CONTENTION_PARKED.get(&key) }).copied() else {
-        bump(LockCounter::NoPark);
-        return 0;
-    };
-    let _ = CONTENTION_PARKED.remove(&key);
-    let end = if parked.ready_ns != 0 {
-        parked.ready_ns
-    } else {
-        unsafe { bpf_ktime_get_ns() }
-    };
-    let delay = end.saturating_sub(parked.start_ns);
-    if parked.stack_hash == 0 {
-        bump(LockCounter::ContentionStackLost);
-    }
-    if add_wait(&CONTENTION, &contention_key(tgid, parked.stack_hash), delay) {
-        bump(LockCounter::Waits);
-    } else {
-        bump(LockCounter::ContentionFull);
     }
     0
 }
@@ -205,11 +166,19 @@ pub fn go_park_ready(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let key = ParkKey { tgid, _pad: 0, g };
-    if let Some(p) = CONTENTION_PARKED.get_ptr_mut(&key) {
-        // SAFETY: map value pointer valid for this run. The last ready
-        // counts (a waiter that loses the race parks again), as Go's
-        // `readyWithTime` overwrites `releasetime`.
-        unsafe { (*p).ready_ns = bpf_ktime_get_ns() };
+    // SAFETY: plain-data value copied out.
+    let Some(parked) = (unsafe { CONTENTION_PARKED.get(&key) }).copied() else {
+        // Parked before the probes were attached (or its entry was lost).
+        bump(LockCounter::ReadyUnmatched);
+        return 0;
+    };
+    let _ = CONTENTION_PARKED.remove(&key);
+    let delay = unsafe { bpf_ktime_get_ns() }.saturating_sub(parked.start_ns);
+    if parked.stack_hash == 0 {
+        bump(LockCounter::ContentionStackLost);
+    }
+    if !add_wait(&CONTENTION, &contention_key(tgid, parked.stack_hash), delay) {
+        bump(LockCounter::ContentionFull);
     }
     0
 }

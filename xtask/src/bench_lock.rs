@@ -6,8 +6,8 @@
 //! * Contention: `lockwait -mode mutex` (4 goroutines on one
 //!   `sync.Mutex`, held 200 µs) under `profiler record --profile
 //!   contention`; the cost per slow-path lock is the summed run time of
-//!   `go_park`, `go_park_ready` and `go_park_done` divided by the waits
-//!   measured (the uprobe traps around the programs are not included).
+//!   `go_park` and `go_park_ready` divided by the waits measured (the
+//!   uprobe traps around the programs are not included).
 //! * Off-CPU: `lockwait -mode sleep` (2 threads in `nanosleep` 1 ms at a
 //!   time) under `profiler record --profile offcpu` at the default 1 in 8,
 //!   and an idle target (`sleep`) to measure a switch of a thread that is
@@ -121,7 +121,7 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
 fn measure(profiler: &Path, bin: &Path, dir: &Path, runs: usize) -> Result<()> {
     let bin = bin.to_str().context("workload path")?;
     let out = dir.join("out.pb.gz");
-    let (mut per_wait, mut park, mut ready, mut done) = (vec![], vec![], vec![], vec![]);
+    let (mut per_wait, mut park, mut ready) = (vec![], vec![], vec![]);
     let (mut per_target, mut idle, mut per_run) = (vec![], vec![], vec![]);
     for round in 1..=runs.max(1) {
         let t = record(
@@ -145,16 +145,14 @@ fn measure(profiler: &Path, bin: &Path, dir: &Path, runs: usize) -> Result<()> {
         let waits = num(&t, "contention: ").context("no contention summary")?;
         let p = prog(&t, "go_park").context("no go_park cost (bpf_stats)")?;
         let r = prog(&t, "go_park_ready").context("no go_park_ready cost")?;
-        let d = prog(&t, "go_park_done").context("no go_park_done cost")?;
-        let w = (p.1 + r.1 + d.1) / waits.max(1.0);
+        let w = (p.1 + r.1) / waits.max(1.0);
         println!(
-            "round {round}: contention: {waits:.0} waits, {w:.0} ns of BPF program time per wait (go_park {:.0} ns x {:.0}, go_park_ready {:.0} ns x {:.0}, go_park_done {:.0} ns x {:.0})",
-            p.1 / p.0.max(1.0), p.0, r.1 / r.0.max(1.0), r.0, d.1 / d.0.max(1.0), d.0
+            "round {round}: contention: {waits:.0} waits, {w:.0} ns of BPF program time per wait (go_park {:.0} ns x {:.0}, go_park_ready {:.0} ns x {:.0})",
+            p.1 / p.0.max(1.0), p.0, r.1 / r.0.max(1.0), r.0
         );
         per_wait.push(w);
         park.push(p.1 / p.0.max(1.0));
         ready.push(r.1 / r.0.max(1.0));
-        done.push(d.1 / d.0.max(1.0));
 
         // A target that never runs: every run of offcpu_switch is a switch
         // of some other thread.
@@ -195,12 +193,11 @@ fn measure(profiler: &Path, bin: &Path, dir: &Path, runs: usize) -> Result<()> {
     }
     println!("\nmedians over {} rounds (range):", runs.max(1));
     println!(
-        "contention: {:.0} ns BPF time per slow-path lock ({}); go_park {:.0} ns, go_park_ready {:.0} ns, go_park_done {:.0} ns per run",
+        "contention: {:.0} ns BPF time per slow-path lock ({}); go_park {:.0} ns, go_park_ready {:.0} ns per run",
         median(&mut per_wait.clone()),
         range(&per_wait),
         median(&mut park),
-        median(&mut ready),
-        median(&mut done)
+        median(&mut ready)
     );
     println!(
         "offcpu at 1 in 8: {:.0} ns per target context switch ({}); {:.0} ns per run overall; {:.0} ns per non-target switch",

@@ -4,14 +4,13 @@
 //! `delay/nanoseconds` (the shape of Go's block profile, without the
 //! program enabling it).
 //!
-//! Probes: inside `runtime.semacquire1`, on the `CALL runtime.gopark`
-//! (park: time and stack) and on the `CALL runtime.releaseSudog` (the
-//! semaphore is acquired: the wait is counted), and inside
-//! `runtime.semrelease1` on the `CALL runtime.readyWithTime` (the releaser
-//! makes the waiter runnable: the delay ends here, as in Go's block
-//! profile), found by decoding the functions' machine code; paired per
-//! goroutine in the kernel (`profiler-ebpf/src/lock.rs`). No uretprobes
-//! (they corrupt Go stacks).
+//! Probes, each on a `CALL` found by decoding the machine code (the kernel
+//! emulates a `CALL`; no uretprobes, they corrupt Go stacks): in
+//! `runtime.semacquire1` on the call to `runtime.gopark` (the waiter parks:
+//! time and stack) and in `runtime.semrelease1` on the call to
+//! `runtime.readyWithTime` (the releaser makes the waiter runnable: the
+//! wait ends, as in Go's block profile, and is counted), paired per
+//! goroutine in the kernel (`profiler-ebpf/src/lock.rs`).
 
 use diff::pprof::proto::Profile;
 use profiler_common::lock::LockCounter;
@@ -42,12 +41,11 @@ fn call_site(bin: &super::binary::GoBinary, func: &str, callee: &str) -> Result<
 }
 
 /// Where the contention probes go in one binary: the file offsets of the
-/// park, ready and wake instructions, or why they cannot be placed.
-pub(super) fn probe_points(bin: &super::binary::GoBinary) -> Result<[u64; 3], String> {
+/// park and ready instructions, or why they cannot be placed.
+pub(super) fn probe_points(bin: &super::binary::GoBinary) -> Result<[u64; 2], String> {
     Ok([
         call_site(bin, "runtime.semacquire1", "runtime.gopark")?,
         call_site(bin, "runtime.semrelease1", "runtime.readyWithTime")?,
-        call_site(bin, "runtime.semacquire1", "runtime.releaseSudog")?,
     ])
 }
 
@@ -59,10 +57,11 @@ impl GoSession {
         t: &ProbeTarget<'_>,
     ) -> Result<(), RecordError> {
         match probe_points(t.bin) {
-            Ok([park, ready, wake]) => {
-                self.attach(sampler, "go_park", t.exe, park, t.tgid, 0)?;
+            Ok([park, ready]) => {
+                // Ready first: a park seen before its ready probe exists
+                // would leave an entry behind.
                 self.attach(sampler, "go_park_ready", t.exe, ready, t.tgid, 0)?;
-                self.attach(sampler, "go_park_done", t.exe, wake, t.tgid, 0)?;
+                self.attach(sampler, "go_park", t.exe, park, t.tgid, 0)?;
             }
             Err(why) => self.notes.push(format!(
                 "contention: pid {} ({}, {}): {why}: lock waits not measured",
@@ -75,7 +74,7 @@ impl GoSession {
     fn lock_counters(&self) -> Vec<(LockCounter, u64)> {
         LockCounter::ALL
             .iter()
-            .filter(|c| !c.is_offcpu())
+            .filter(|c| !c.is_offcpu() && **c != LockCounter::Waits)
             .map(|c| {
                 let v = self
                     .lock_counters

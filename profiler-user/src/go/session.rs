@@ -98,7 +98,7 @@ impl GoSession {
             progs.push("go_alloc");
         }
         if opts.profiles.contention {
-            progs.extend(["go_park", "go_park_ready", "go_park_done"]);
+            progs.extend(["go_park", "go_park_ready"]);
         }
         for name in progs {
             let p: &mut UProbe = sampler
