@@ -472,4 +472,33 @@ mod tests {
         };
         assert!(r.options().unwrap_err().contains("--profile calls"));
     }
+
+    #[test]
+    fn contention_and_offcpu_parse_with_their_sampling() {
+        let cli = Cli::try_parse_from([
+            "profiler",
+            "record",
+            "--profile",
+            "contention,offcpu",
+            "--offcpu-every",
+            "4",
+        ])
+        .unwrap();
+        let Cmd::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        let o = r.options().unwrap();
+        assert!(o.go.profiles.contention && !o.cpu);
+        assert_eq!(o.offcpu, Some(4));
+        let cli = Cli::try_parse_from(["profiler", "record", "--profile", "offcpu"]).unwrap();
+        let Cmd::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        assert_eq!(
+            r.options().unwrap().offcpu,
+            Some(profiler_common::lock::OFFCPU_DEFAULT_EVERY)
+        );
+        let e = Cli::try_parse_from(["profiler", "record", "--offcpu-every", "0"]).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+    }
 }
