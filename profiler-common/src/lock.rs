@@ -10,7 +10,8 @@
 //! a target thread in [`OffCpuConfig::every`] and measures how long that
 //! thread stays off the CPU. Every loss increments a counter.
 
-/// Capacity of the parked-goroutine map (waits in progress).
+/// Capacity of the parked-goroutine map (one entry per goroutine that
+/// waited; kept and reused, since the Go runtime reuses its `g`s).
 pub const CONTENTION_PARKED_ENTRIES: u32 = 65536;
 /// Capacity of the contention count map (distinct waiter stacks).
 pub const CONTENTION_ENTRIES: u32 = 16384;
@@ -35,11 +36,11 @@ pub struct ParkKey {
     pub g: u64,
 }
 
-/// A wait in progress.
+/// A goroutine's wait (in progress when `start_ns` is not 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Parked {
-    /// `bpf_ktime_get_ns` at the park.
+    /// `bpf_ktime_get_ns` at the park (0: not parked).
     pub start_ns: u64,
     /// The waiter's stack in `GO_FP_STACKS` (0: lost).
     pub stack_hash: u64,

@@ -4,10 +4,11 @@
 //! * `go_park` (uprobe on the `CALL runtime.gopark` inside
 //!   `runtime.semacquire1`; a `CALL` is emulated by the kernel, no
 //!   single-step): the goroutine (R14) is about to park on a semaphore
-//!   (`sync.Mutex`, `sync.RWMutex`, `sync.WaitGroup` slow paths). The first
-//!   park of a `semacquire1` call records the time and the waiter's stack
-//!   (the shared frame-pointer walk from semacquire1's own frame, so no
-//!   caller is skipped).
+//!   (`sync.Mutex`, `sync.RWMutex`, `sync.WaitGroup` slow paths). The park
+//!   records the time and the waiter's stack (the shared frame-pointer walk
+//!   from semacquire1's own frame, so no caller is skipped) in the g's
+//!   entry, which is kept and reused (updated in place; no insert or delete
+//!   per wait once a g has waited).
 //! * `go_park_ready` (uprobe on the `CALL runtime.readyWithTime` in
 //!   `runtime.semrelease1`; AX = the waiter's sudog, whose first field is
 //!   its g): the releaser hands the semaphore over and makes the waiter
@@ -145,11 +146,21 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
     {
         stack_hash = 0;
     }
+    // Entries stay in the map (a g is reused by the Go runtime) and are
+    // updated in place: no insert or delete per wait in the steady state.
+    if let Some(p) = CONTENTION_PARKED.get_ptr_mut(&key) {
+        // SAFETY: map value pointer valid for this run; only this
+        // goroutine parks under its key.
+        unsafe {
+            (*p).stack_hash = stack_hash;
+            (*p).start_ns = start_ns;
+        }
+        return 0;
+    }
     let parked = Parked {
         start_ns,
         stack_hash,
     };
-    // Any entry of this g is stale (its ready was not seen): overwrite it.
     if CONTENTION_PARKED.insert(&key, &parked, 0).is_err() {
         bump(LockCounter::ParkedFull);
     }
@@ -166,13 +177,19 @@ pub fn go_park_ready(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let key = ParkKey { tgid, _pad: 0, g };
-    // SAFETY: plain-data value copied out.
-    let Some(parked) = (unsafe { CONTENTION_PARKED.get(&key) }).copied() else {
+    let Some(p) = CONTENTION_PARKED.get_ptr_mut(&key) else {
         // Parked before the probes were attached (or its entry was lost).
         bump(LockCounter::ReadyUnmatched);
         return 0;
     };
-    let _ = CONTENTION_PARKED.remove(&key);
+    // SAFETY: map value pointer valid for this run; start 0 = not parked.
+    let parked = unsafe { *p };
+    if parked.start_ns == 0 {
+        bump(LockCounter::ReadyUnmatched);
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*p).start_ns = 0 };
     let delay = unsafe { bpf_ktime_get_ns() }.saturating_sub(parked.start_ns);
     if parked.stack_hash == 0 {
         bump(LockCounter::ContentionStackLost);
