@@ -9,7 +9,7 @@
 // end: the ground truth the profiler's contention profile is compared to.
 //
 // -mode rwmutex: the same with a sync.RWMutex; main.reader takes read locks
-// while main.writer holds the write lock.
+// (pausing -hold/10 between them) while main.writer holds the write lock.
 //
 // -mode sleep: -workers goroutines loop in main.offcpuSleep, which blocks
 // its OS thread in the nanosleep system call for -hold (called directly, so
@@ -108,6 +108,7 @@ func main() {
 						time.Sleep(*hold / 4)
 					} else {
 						reader()
+						time.Sleep(*hold / 10)
 					}
 				case "sleep":
 					offcpuSleep(*hold)
