@@ -238,10 +238,9 @@ pub struct RecordArgs {
     #[arg(long, value_enum, default_value_t = CountStacks::Full, value_name = "MODE")]
     pub count_stacks: CountStacks,
     /// offcpu: sample one context switch of a target thread in N (the
-    /// sampled intervals are scaled by N); 1 measures every switch.
-    #[arg(long, value_name = "N", default_value_t = profiler_common::lock::OFFCPU_DEFAULT_EVERY,
-          value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub offcpu_every: u32,
+    /// sampled intervals are scaled by N; default 8); 1 measures every switch.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub offcpu_every: Option<u32>,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -328,6 +327,10 @@ impl RecordArgs {
                 "--count/--count-preset need --profile calls (e.g. --profile cpu,calls)".into(),
             );
         }
+        let offcpu = has(ProfileType::Offcpu);
+        if self.offcpu_every.is_some() && !offcpu {
+            return Err("--offcpu-every needs --profile offcpu (e.g. --profile cpu,offcpu)".into());
+        }
         let profiles = crate::go::GoProfiles {
             goroutines: has(ProfileType::Goroutines),
             allocs: has(ProfileType::Allocs),
@@ -350,7 +353,10 @@ impl RecordArgs {
             drain_interval: Duration::from_secs(1),
             progress: !self.quiet,
             ebpf_log: self.ebpf_log,
-            offcpu: has(ProfileType::Offcpu).then_some(self.offcpu_every),
+            offcpu: offcpu.then(|| {
+                self.offcpu_every
+                    .unwrap_or(profiler_common::lock::OFFCPU_DEFAULT_EVERY)
+            }),
             go: crate::go::GoOptions {
                 profiles,
                 count: self.count,
@@ -500,5 +506,10 @@ mod tests {
         );
         let e = Cli::try_parse_from(["profiler", "record", "--offcpu-every", "0"]).unwrap_err();
         assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        let cli = Cli::try_parse_from(["profiler", "record", "--offcpu-every", "2"]).unwrap();
+        let Cmd::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        assert!(r.options().unwrap_err().contains("--profile offcpu"));
     }
 }
