@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod go;
+pub mod lock;
 
 /// Maximum frames `bpf_get_stackid` stores per stack (the kernel's
 /// `PERF_MAX_STACK_DEPTH`).

@@ -20,6 +20,9 @@ pub const SLOT_UPROBE: u32 = 0;
 /// uprobe program on the same CPU (uprobe programs run with interrupts
 /// on), so the two kinds must not share a slot.
 pub const SLOT_PERF: u32 = 1;
+/// Scratch slot of the `sched_switch` program (off-CPU). It can run while a
+/// uprobe program on the same CPU is preempted, so it has its own slot.
+pub const SLOT_SCHED: u32 = 2;
 
 /// Words of the stack window copied per user read.
 const WIN_WORDS: usize = 128;
@@ -44,9 +47,10 @@ pub struct FpScratch {
     win: [u64; WIN_WORDS],
 }
 
-/// One scratch per CPU and program kind ([`SLOT_UPROBE`], [`SLOT_PERF`]).
+/// One scratch per CPU and program kind ([`SLOT_UPROBE`], [`SLOT_PERF`],
+/// [`SLOT_SCHED`]).
 #[map]
-static FP_SCRATCH: PerCpuArray<FpScratch> = PerCpuArray::with_max_entries(2, 0);
+static FP_SCRATCH: PerCpuArray<FpScratch> = PerCpuArray::with_max_entries(3, 0);
 
 const HASH_M: u64 = 0x9e37_79b9_7f4a_7c15;
 

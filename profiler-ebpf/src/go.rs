@@ -108,7 +108,7 @@ fn add(p: *mut u64, v: u64) {
 }
 
 #[inline(always)]
-fn regs(ctx: &ProbeContext) -> &pt_regs {
+pub(crate) fn regs(ctx: &ProbeContext) -> &pt_regs {
     // SAFETY: a uprobe's context is the user pt_regs.
     unsafe { &*ctx.regs }
 }
@@ -235,7 +235,7 @@ fn stack_key(ctx: &ProbeContext, tgid: u32, tag: u64, cookie: u64) -> GoStackKey
 /// stack cannot be stored (table full, or a different stack with the same
 /// hash).
 #[inline(always)]
-fn store_fp_stack(hash: u64) -> bool {
+pub(crate) fn store_fp_stack(hash: u64) -> bool {
     match fpwalk::store::<SLOT_UPROBE>(&GO_FP_STACKS, hash) {
         Stored::Yes => true,
         Stored::Collision => {

@@ -34,6 +34,8 @@ mod fpwalk;
 #[cfg(target_arch = "bpf")]
 mod go;
 #[cfg(target_arch = "bpf")]
+mod lock;
+#[cfg(target_arch = "bpf")]
 mod programs;
 
 #[cfg(not(target_arch = "bpf"))]

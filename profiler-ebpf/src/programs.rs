@@ -74,7 +74,7 @@ fn bump(counter: Counter) {
 }
 
 #[inline(always)]
-fn is_target(tgid: u32) -> bool {
+pub(crate) fn is_target(tgid: u32) -> bool {
     if config(Config::FilterEnabled) == 0 {
         return true;
     }
@@ -311,7 +311,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
 
 /// The current task's saved user-mode (IP, SP, frame pointer).
 #[inline(always)]
-fn user_regs() -> Option<(u64, u64, u64)> {
+pub(crate) fn user_regs() -> Option<(u64, u64, u64)> {
     // SAFETY: helpers valid in perf_event programs; the pt_regs pointer is
     // only dereferenced through bpf_probe_read_kernel.
     unsafe {

@@ -185,6 +185,12 @@ pub enum ProfileType {
     /// Call durations of `--latency` symbols (Go uprobes on entry and
     /// every RET, paired per goroutine).
     Latency,
+    /// Time goroutines wait on Go locks (sync.Mutex, RWMutex, WaitGroup
+    /// slow paths), by the waiter's stack (Go runtime uprobes).
+    Contention,
+    /// Off-CPU time of the targets' threads by stack (sched_switch,
+    /// sampled: see --offcpu-every).
+    Offcpu,
 }
 
 /// The profile-type flags shared by `profiler record` and `profiler agent`:
@@ -194,7 +200,7 @@ pub enum ProfileType {
 #[allow(rustdoc::invalid_html_tags)]
 pub struct GoProfileArgs {
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls; record also: latency. record: with more than one, -o is a
+    /// calls; record also: latency, contention, offcpu. record: with more than one, -o is a
     /// directory holding <type>.pb.gz; agent: one profile per type,
     /// container and window.
     #[arg(
@@ -248,6 +254,7 @@ impl GoProfileArgs {
             allocs: has(ProfileType::Allocs),
             calls,
             latency: has(ProfileType::Latency),
+            contention: has(ProfileType::Contention),
         };
         #[cfg(feature = "bench-knobs")]
         let knobs = crate::go::BenchKnobs::from_env()?;
@@ -314,6 +321,10 @@ pub struct RecordArgs {
     #[arg(long = "latency-preset", value_name = "NAME",
           value_parser = clap::builder::PossibleValuesParser::new(crate::go::LATENCY_PRESETS))]
     pub latency_preset: Option<String>,
+    /// offcpu: sample one context switch of a target thread in N (the
+    /// sampled intervals are scaled by N; default 8); 1 measures every switch.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub offcpu_every: Option<u32>,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -402,6 +413,10 @@ impl RecordArgs {
         }
         go.latency = self.latency;
         go.latency_preset = self.latency_preset;
+        let offcpu = self.go.profiles.contains(&ProfileType::Offcpu);
+        if self.offcpu_every.is_some() && !offcpu {
+            return Err("--offcpu-every needs --profile offcpu (e.g. --profile cpu,offcpu)".into());
+        }
         Ok(crate::record::RecordOptions {
             cpu,
             pids: self.pids,
@@ -414,6 +429,10 @@ impl RecordArgs {
             drain_interval: Duration::from_secs(1),
             progress: !self.quiet,
             ebpf_log: self.ebpf_log,
+            offcpu: offcpu.then(|| {
+                self.offcpu_every
+                    .unwrap_or(profiler_common::lock::OFFCPU_DEFAULT_EVERY)
+            }),
             go,
         })
     }
@@ -556,5 +575,39 @@ mod tests {
             panic!("not record")
         };
         assert!(r.options().unwrap_err().contains("--profile calls"));
+    }
+
+    #[test]
+    fn contention_and_offcpu_parse_with_their_sampling() {
+        let cli = Cli::try_parse_from([
+            "profiler",
+            "record",
+            "--profile",
+            "contention,offcpu",
+            "--offcpu-every",
+            "4",
+        ])
+        .unwrap();
+        let Cmd::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        let o = r.options().unwrap();
+        assert!(o.go.profiles.contention && !o.cpu);
+        assert_eq!(o.offcpu, Some(4));
+        let cli = Cli::try_parse_from(["profiler", "record", "--profile", "offcpu"]).unwrap();
+        let Cmd::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        assert_eq!(
+            r.options().unwrap().offcpu,
+            Some(profiler_common::lock::OFFCPU_DEFAULT_EVERY)
+        );
+        let e = Cli::try_parse_from(["profiler", "record", "--offcpu-every", "0"]).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        let cli = Cli::try_parse_from(["profiler", "record", "--offcpu-every", "2"]).unwrap();
+        let Cmd::Record(r) = cli.command else {
+            panic!("not record")
+        };
+        assert!(r.options().unwrap_err().contains("--profile offcpu"));
     }
 }

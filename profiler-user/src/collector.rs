@@ -242,6 +242,7 @@ pub struct Collector {
     /// Processes seen (live ones only after a sweep).
     known: HashSet<u32>,
     go: Option<GoSession>,
+    offcpu: Option<crate::offcpu::OffCpu>,
     snapshots: Snapshots,
     drained: Vec<DrainedStack>,
     drains: u32,
@@ -271,6 +272,7 @@ impl Collector {
             frameless: FramelessLoader::default(),
             known: HashSet::new(),
             go,
+            offcpu: None,
             snapshots,
             drained: Vec::new(),
             drains: 0,
@@ -578,6 +580,20 @@ impl Collector {
         self.go
             .as_ref()
             .map(|g| (g.shared_stats(), g.counter_values()))
+    }
+
+    /// Start the off-CPU profile: `sched_switch` sampling one switch-out
+    /// of a target thread in `every` ([`crate::offcpu::OffCpu`]).
+    pub fn start_offcpu(&mut self, every: u32) -> Result<(), RecordError> {
+        self.offcpu = Some(crate::offcpu::OffCpu::start(&mut self.sampler, every)?);
+        Ok(())
+    }
+
+    /// Read the off-CPU maps (program still attached) and build its
+    /// profile: (type, profile, summary lines). None without `start_offcpu`.
+    pub fn finish_offcpu(&mut self, meta: &ProfileMeta) -> Option<(String, Profile, Vec<String>)> {
+        let o = self.offcpu.take()?;
+        Some(o.finish(&mut self.symbolizer, meta))
     }
 
     /// Symbolize an aggregate into a CPU profile.

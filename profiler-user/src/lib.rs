@@ -17,5 +17,6 @@ pub mod fetch;
 pub mod flamegraph;
 pub mod go;
 pub mod launch;
+pub mod offcpu;
 pub mod record;
 pub mod sampler;

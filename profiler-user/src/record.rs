@@ -48,6 +48,9 @@ pub struct RecordOptions {
     pub ebpf_log: bool,
     /// Write the CPU profile (`--profile cpu`, the default).
     pub cpu: bool,
+    /// Off-CPU profile (`--profile offcpu`): sample one context switch in
+    /// this many (`--offcpu-every`); `None`: off.
+    pub offcpu: Option<u32>,
     /// Go runtime profiles (`--profile goroutines,allocs,calls`). With more
     /// than one profile type in all, `output` is a directory holding
     /// `<type>.pb.gz`.
@@ -117,6 +120,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         opts.ebpf_log,
     )?;
 
+    if let Some(every) = opts.offcpu {
+        c.start_offcpu(every)?;
+    }
     for &pid in &opts.pids {
         c.add_pid(pid)?;
     }
@@ -227,12 +233,18 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let frameless_overflow = c.sampler().frameless_overflow;
     let frameless_failures = c.frameless_failures();
     // Go profiles are read while their probes are still attached.
-    let go_profiles = c.finish_go(&ProfileMeta {
+    let mut go_profiles = c.finish_go(&ProfileMeta {
         frequency_hz: 0,
         start: start_wall,
         duration: elapsed,
         comments: vec![],
     });
+    go_profiles.extend(c.finish_offcpu(&ProfileMeta {
+        frequency_hz: 0,
+        start: start_wall,
+        duration: elapsed,
+        comments: vec![],
+    }));
     let mut symbolizer = c.into_symbolizer();
 
     let mut summary = RecordSummary {

@@ -110,7 +110,7 @@ pub struct Sampler {
     sample_links: Vec<PerfEventLinkId>,
 }
 
-fn tracepoint_offset(category: &str, name: &str, field: &str) -> Option<u64> {
+pub(crate) fn tracepoint_offset(category: &str, name: &str, field: &str) -> Option<u64> {
     let path = format!("/sys/kernel/tracing/events/{category}/{name}/format");
     let alt = format!("/sys/kernel/debug/tracing/events/{category}/{name}/format");
     let text = std::fs::read_to_string(&path)

@@ -80,16 +80,19 @@ enum Signal {
     Api,
     /// `profiler record --profile latency`: call durations of [`TIMED`].
     Latency,
+    /// `profiler record --profile contention`: lock waits by waiter stack.
+    Contention,
 }
 
 impl Signal {
-    const ALL: [Signal; 6] = [
+    const ALL: [Signal; 7] = [
         Signal::Cpu,
         Signal::Goroutines,
         Signal::Allocs,
         Signal::Calls,
         Signal::Api,
         Signal::Latency,
+        Signal::Contention,
     ];
     /// The profile directory, also `profiler record`'s profile type name.
     fn dir(self) -> &'static str {
@@ -100,6 +103,7 @@ impl Signal {
             Signal::Calls => "calls",
             Signal::Api => "api",
             Signal::Latency => "latency",
+            Signal::Contention => "contention",
         }
     }
 }
@@ -233,11 +237,14 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
     (
         "global-mutex",
         false,
-        &[c(
-            Signal::Cpu,
-            "contended-lock-under-reconcile",
-            "sync.(*Mutex).lockSlow",
-        )],
+        &[
+            c(
+                Signal::Cpu,
+                "contended-lock-under-reconcile",
+                "sync.(*Mutex).lockSlow",
+            ),
+            c(Signal::Contention, "lock-wait-under-reconcile", "Reconcile"),
+        ],
     ),
     (
         "retry-no-backoff",

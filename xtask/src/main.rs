@@ -3,13 +3,14 @@
 //! * `setup`: install what a fresh machine lacks (idempotent).
 //! * `demo`: record the bundled Go demo for 10 s into `demo-out/`.
 //! * `test`: build everything and run the whole suite (eBPF tests included).
-//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent|export`: print measured figures.
+//! * `bench overhead|gate-accuracy|diff-vs-pprof|go-probes|scenarios|agent|export|lock`: print measured figures.
 
 mod bench_agent;
 mod bench_diff;
 mod bench_export;
 mod bench_gate;
 mod bench_go;
+mod bench_lock;
 mod bench_overhead;
 mod bench_scenarios;
 mod setup;
@@ -93,6 +94,12 @@ enum Bench {
         /// Seconds measured per run.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+    },
+    /// BPF program time of the contention probes per wait and of the off-CPU program per switch.
+    Lock {
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -277,6 +284,7 @@ fn main() {
             Bench::Scenarios => bench_scenarios::run(&root),
             Bench::Agent { seconds, part } => bench_agent::run_part(&root, seconds, part),
             Bench::Export { runs, seconds } => bench_export::run(&root, runs, seconds),
+            Bench::Lock { runs } => bench_lock::run(&root, runs),
         },
     };
     if let Err(e) = result {

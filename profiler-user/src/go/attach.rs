@@ -363,6 +363,9 @@ impl GoSession {
         if self.opts.profiles.latency {
             self.attach_latency(sampler, &target)?;
         }
+        if self.opts.profiles.contention {
+            self.attach_contention(sampler, &target)?;
+        }
         self.procs.insert(tgid, proc);
         self.enforce_rate(tgid);
         Ok(())

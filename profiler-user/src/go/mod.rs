@@ -49,6 +49,7 @@ mod allocs;
 mod attach;
 pub mod binary;
 mod calls;
+mod contention;
 mod goroutines;
 mod knobs;
 mod latency;
@@ -124,12 +125,14 @@ pub struct GoProfiles {
     pub calls: bool,
     /// Call durations of `--latency` symbols.
     pub latency: bool,
+    /// Time goroutines wait on Go's semaphores (lock contention).
+    pub contention: bool,
 }
 
 impl GoProfiles {
     /// True if any Go profile is requested.
     pub fn any(&self) -> bool {
-        self.goroutines || self.allocs || self.calls || self.latency
+        self.goroutines || self.allocs || self.calls || self.latency || self.contention
     }
 }
 

@@ -191,6 +191,22 @@ pub fn exits(code: &[u8], entry: u64) -> Exits {
     out
 }
 
+/// Addresses of the direct `CALL`s to `target` in a function's code
+/// (starting at `entry`). A near `CALL` is emulated by the kernel, so a
+/// probe there is not single-stepped. Empty when the code does not decode.
+pub fn call_sites(code: &[u8], entry: u64, target: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for i in decoder(code, entry) {
+        if i.is_invalid() {
+            return Vec::new();
+        }
+        if i.is_call_near() && i.near_branch_target() == target {
+            out.push(i.ip());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +268,25 @@ mod tests {
         let e = exits(&code, 0x2000);
         assert_eq!(e.rets, vec![0x2003]);
         assert!(e.tail_jumps.is_empty());
+    }
+
+    #[test]
+    fn call_sites_finds_direct_calls_to_the_target() {
+        // go1.23 runtime.semacquire1 excerpt: MOVQ AX,BX; CALL gopark;
+        // CALL releaseSudog; NOP.
+        let entry = 0x44b69d;
+        let mut code = vec![0x48, 0x89, 0xc3];
+        let call = |at: u64, to: u64| {
+            let rel = (to as i64 - (at as i64 + 5)) as i32;
+            let mut v = vec![0xe8];
+            v.extend_from_slice(&rel.to_le_bytes());
+            v
+        };
+        code.extend(call(entry + 3, 0x46ad40));
+        code.extend(call(entry + 8, 0x438d60));
+        code.push(0x90);
+        assert_eq!(call_sites(&code, entry, 0x46ad40), vec![entry + 3]);
+        assert_eq!(call_sites(&code, entry, 0x438d60), vec![entry + 8]);
+        assert!(call_sites(&code, entry, 0x1234).is_empty());
     }
 }

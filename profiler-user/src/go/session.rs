@@ -13,6 +13,7 @@ use profiler_common::go::{
     GoCounter, GoFpStack, GoLatKey, GoLatStart, GoProcConfig, GoStackKey, GoidKey, LatCounts,
     SiteCounts,
 };
+use profiler_common::lock::WaitTotals;
 use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
 use super::{preset, CountStacks, GoOptions, Proc, StackCache, SERIES_INTERVAL};
@@ -59,6 +60,10 @@ pub struct GoSession {
     pub(super) lat_inflight: Option<AyaHashMap<MapData, GoLatKey, GoLatStart>>,
     /// (stack, function, bucket) -> calls and summed duration.
     pub(super) lat_hist: Option<PerCpuHashMap<MapData, GoStackKey, LatCounts>>,
+    /// Lock waits by waiter stack (`CONTENTION`).
+    pub(super) contention: AyaHashMap<MapData, GoStackKey, WaitTotals>,
+    /// The contention probes' counters (`CONTENTION_COUNTERS`).
+    pub(super) lock_counters: PerCpuArray<MapData, u64>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -115,6 +120,9 @@ impl GoSession {
         let latency = opts.profiles.latency && !lat_patterns.is_empty();
         if latency {
             progs.extend(["go_lat_entry", "go_lat_ret"]);
+        }
+        if opts.profiles.contention {
+            progs.extend(["go_park", "go_park_ready"]);
         }
         for name in progs {
             let p: &mut UProbe = sampler
@@ -181,6 +189,8 @@ impl GoSession {
             } else {
                 None
             },
+            contention: take(sampler, "CONTENTION")?,
+            lock_counters: take(sampler, "CONTENTION_COUNTERS")?,
         })
     }
 
@@ -400,6 +410,9 @@ impl GoSession {
         }
         if self.opts.profiles.latency {
             out.push(self.latency_profile(symbolizer, &mut f));
+        }
+        if self.opts.profiles.contention {
+            out.push(self.contention_profile(symbolizer, &mut f));
         }
         // Lines shared by every profile type are reported once.
         for (_, _, lines) in out.iter_mut().skip(1) {

@@ -1,0 +1,147 @@
+//! The `contention` profile: time goroutines wait on Go's semaphores (the
+//! slow paths of `sync.Mutex`, `sync.RWMutex`, `sync.WaitGroup`), by the
+//! waiter's stack, with sample types `contentions/count` and
+//! `delay/nanoseconds` (the shape of Go's block profile, without the
+//! program enabling it).
+//!
+//! Probes, each on a `CALL` found by decoding the machine code (the kernel
+//! emulates a `CALL`; no uretprobes, they corrupt Go stacks): in
+//! `runtime.semacquire1` on the call to `runtime.gopark` (the waiter parks:
+//! time and stack) and in `runtime.semrelease1` on the call to
+//! `runtime.readyWithTime` (the releaser makes the waiter runnable: the
+//! wait ends, as in Go's block profile, and is counted), paired per
+//! goroutine in the kernel (`profiler-ebpf/src/lock.rs`).
+
+use diff::pprof::proto::Profile;
+use profiler_common::lock::LockCounter;
+use profiler_symbolize::{ProfileShape, Symbolizer};
+
+use super::{attach::ProbeTarget, prologue, session::Finish, GoSession};
+use crate::{error::RecordError, sampler::Sampler};
+
+/// The file offset of the one direct `CALL` to `callee` in `func`.
+fn call_site(bin: &super::binary::GoBinary, func: &str, callee: &str) -> Result<u64, String> {
+    let f = bin.func(func).ok_or_else(|| format!("{func} not found"))?;
+    let code = bin.code(f).ok_or_else(|| format!("{func} has no code"))?;
+    let target = bin
+        .func(callee)
+        .ok_or_else(|| format!("{callee} not found"))?
+        .entry;
+    let sites = prologue::call_sites(code, f.entry, target);
+    match sites.as_slice() {
+        [at] => bin
+            .file_offset(*at)
+            .ok_or_else(|| format!("the call to {callee} is outside the file")),
+        [] => Err(format!("no call to {callee} in {func}")),
+        _ => Err(format!(
+            "{} calls to {callee} in {func} (expected one)",
+            sites.len()
+        )),
+    }
+}
+
+/// Where the contention probes go in one binary: the file offsets of the
+/// park and ready instructions, or why they cannot be placed.
+pub(super) fn probe_points(bin: &super::binary::GoBinary) -> Result<[u64; 2], String> {
+    Ok([
+        call_site(bin, "runtime.semacquire1", "runtime.gopark")?,
+        call_site(bin, "runtime.semrelease1", "runtime.readyWithTime")?,
+    ])
+}
+
+impl GoSession {
+    /// Attach the contention probes to one process.
+    pub(super) fn attach_contention(
+        &mut self,
+        sampler: &mut Sampler,
+        t: &ProbeTarget<'_>,
+    ) -> Result<(), RecordError> {
+        match probe_points(t.bin) {
+            Ok([park, ready]) => {
+                // Ready first: a park seen before its ready probe exists
+                // would leave an entry behind.
+                self.attach(sampler, "go_park_ready", t.exe, ready, t.tgid, 0)?;
+                self.attach(sampler, "go_park", t.exe, park, t.tgid, 0)?;
+            }
+            Err(why) => self.notes.push(format!(
+                "contention: pid {} ({}, {}): {why}: lock waits not measured",
+                t.tgid, t.shown, t.version
+            )),
+        }
+        Ok(())
+    }
+
+    fn lock_counters(&self) -> Vec<(LockCounter, u64)> {
+        LockCounter::ALL
+            .iter()
+            .filter(|c| !c.is_offcpu() && **c != LockCounter::Waits)
+            .map(|c| {
+                let v = self
+                    .lock_counters
+                    .get(&(*c as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*c, v)
+            })
+            .collect()
+    }
+
+    /// Build the contention profile and its summary lines.
+    pub(super) fn contention_profile(
+        &self,
+        symbolizer: &mut Symbolizer,
+        f: &mut Finish,
+    ) -> (String, Profile, Vec<String>) {
+        let mut raws = Vec::new();
+        let (mut waits, mut nanos) = (0u64, 0u64);
+        for k in self.contention.keys().filter_map(Result::ok) {
+            let Ok(v) = self.contention.get(&k, 0) else {
+                continue;
+            };
+            waits += v.count;
+            nanos += v.nanos;
+            raws.push((
+                self.frames(&k, &mut f.cache),
+                k.tgid,
+                vec![v.count as i64, v.nanos as i64],
+                vec![],
+            ));
+        }
+        let counters = self.lock_counters();
+        let counter_line = format!(
+            "contention counters: {}",
+            counters
+                .iter()
+                .map(|(c, v)| format!("{}={v}", c.name()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut comments = f.meta.comments.clone();
+        comments.push(counter_line.clone());
+        let line = format!(
+            "contention: {waits} waits on Go semaphores (sync.Mutex, RWMutex, WaitGroup), {:.3} s of delay in {:.1} s",
+            nanos as f64 / 1e9,
+            f.elapsed
+        );
+        comments.push(line.clone());
+        let mut summary = f.common_summary.clone();
+        summary.push(line);
+        if counters.iter().any(|(c, v)| c.is_loss() && *v > 0) {
+            summary.push(format!("contention lost data: {counter_line}"));
+        }
+        summary.extend(
+            self.notes
+                .iter()
+                .filter(|n| n.starts_with("contention:"))
+                .cloned(),
+        );
+        let shape = ProfileShape::new(
+            &[("contentions", "count"), ("delay", "nanoseconds")],
+            ("contentions", "count"),
+            1,
+            Some("delay"),
+        );
+        let p = self.render(symbolizer, raws, &shape, &f.meta, comments);
+        ("contention".to_string(), p, summary)
+    }
+}
