@@ -166,6 +166,9 @@ pub enum ProfileType {
     Allocs,
     /// Exact call counts of `--count` symbols (Go runtime uprobes).
     Calls,
+    /// Live (in-use) Go heap by allocation stack, read from the runtime's
+    /// own memory-profile buckets through /proc/PID/mem (no probes).
+    Heap,
 }
 
 /// `profiler record` flags.
@@ -321,6 +324,7 @@ impl RecordArgs {
             goroutines: has(ProfileType::Goroutines),
             allocs: has(ProfileType::Allocs),
             calls,
+            heap: has(ProfileType::Heap),
         };
         #[cfg(feature = "bench-knobs")]
         let knobs = crate::go::BenchKnobs::from_env()?;
@@ -446,7 +450,7 @@ mod tests {
         let o = r.options().unwrap();
         assert!(o.cpu && o.go.profiles.calls && !o.go.profiles.allocs);
         for bad in [
-            &["profiler", "record", "--profile", "heap"][..],
+            &["profiler", "record", "--profile", "bogus"][..],
             &["profiler", "record", "--count-preset", "nope"],
             &["profiler", "record", "--count-stacks", "some"],
         ] {

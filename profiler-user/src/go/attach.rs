@@ -231,7 +231,11 @@ impl GoSession {
             mem_rate: None,
             alloc_probe: None,
             rate_written: false,
+            heap: None,
         };
+        if self.opts.profiles.heap {
+            proc.heap = super::heap::heap_addrs(&bin).map(|a| a.biased(bias));
+        }
 
         let target = ProbeTarget {
             bin: &bin,

@@ -21,8 +21,8 @@ pub struct GOffsets {
     pub atomicstatus: u64,
 }
 
-/// Offsets measured (from DWARF) on Go 1.19.8 and 1.23.5 amd64; used for
-/// binaries without DWARF (`-w`).
+/// Offsets measured (from DWARF) on Go 1.19.8, 1.21, 1.22 and 1.23.5
+/// amd64; used for binaries without DWARF (`-w`).
 pub fn fallback_offsets(version: &str) -> Option<GOffsets> {
     let minor = go_minor(version)?;
     match minor {
@@ -30,6 +30,12 @@ pub fn fallback_offsets(version: &str) -> Option<GOffsets> {
             goid: 152,
             gopc: 296,
             startpc: 312,
+            atomicstatus: 144,
+        }),
+        21 | 22 => Some(GOffsets {
+            goid: 152,
+            gopc: 280,
+            startpc: 296,
             atomicstatus: 144,
         }),
         23 => Some(GOffsets {
@@ -127,6 +133,8 @@ impl GoBinary {
                         || n == "runtime.disableMemoryProfiling"
                         || n == "runtime.allgs"
                         || n == "runtime.allglen"
+                        || n == "runtime.mbuckets"
+                        || n == "runtime.mProfCycle"
                     {
                         data_symbols.insert(n.to_string(), s.address());
                     }
@@ -151,7 +159,7 @@ impl GoBinary {
                 })?;
                 let o = fallback_offsets(&v).ok_or_else(|| {
                     bad(format!(
-                        "no DWARF (built with -w?) and no built-in runtime.g offsets for {v} (known: go1.19, go1.23); rebuild without -w"
+                        "no DWARF (built with -w?) and no built-in runtime.g offsets for {v} (known: go1.19, go1.21, go1.22, go1.23); rebuild without -w"
                     ))
                 })?;
                 (o, format!("table for {v}"))

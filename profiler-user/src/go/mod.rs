@@ -43,6 +43,7 @@ mod attach;
 pub mod binary;
 mod calls;
 mod goroutines;
+pub mod heap;
 mod knobs;
 mod memory;
 mod profile;
@@ -82,12 +83,15 @@ pub struct GoProfiles {
     pub allocs: bool,
     /// Call counts of `--count` symbols.
     pub calls: bool,
+    /// Live (in-use) heap by allocation stack, read from the runtime's
+    /// memory-profile buckets (no probes).
+    pub heap: bool,
 }
 
 impl GoProfiles {
     /// True if any Go profile is requested.
     pub fn any(&self) -> bool {
-        self.goroutines || self.allocs || self.calls
+        self.goroutines || self.allocs || self.calls || self.heap
     }
 }
 
@@ -178,6 +182,8 @@ struct Proc {
     alloc_probe: Option<&'static str>,
     /// We wrote `alloc_set_rate` into the target's MemProfileRate.
     rate_written: bool,
+    /// Where the heap profile's globals are (load bias applied).
+    heap: Option<heap::HeapAddrs>,
 }
 
 /// Frames already read, by (stack id, stack hash) of a

@@ -44,6 +44,8 @@ pub struct GoSession {
     pub(super) count_stacks: CountStacks,
     /// Benchmark-stage cookie bits of the counted-call probes.
     pub(super) bench_bits: u64,
+    /// The heap profile's reads, per process.
+    pub(super) heap_state: HashMap<u32, super::heap::HeapState>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -143,6 +145,7 @@ impl GoSession {
             call_sites: take(sampler, "GO_CALL_SITES")?,
             count_stacks,
             bench_bits,
+            heap_state: HashMap::new(),
         })
     }
 
@@ -199,6 +202,9 @@ impl GoSession {
         }
         if self.opts.profiles.goroutines {
             self.collect_series(now);
+        }
+        if self.opts.profiles.heap {
+            self.read_heaps();
         }
     }
 
@@ -359,6 +365,9 @@ impl GoSession {
         }
         if self.opts.profiles.allocs {
             out.push(self.allocs_profile(symbolizer, &mut f));
+        }
+        if self.opts.profiles.heap {
+            out.push(self.heap_profile(symbolizer, &mut f));
         }
         // Lines shared by every profile type are reported once.
         for (_, _, lines) in out.iter_mut().skip(1) {
