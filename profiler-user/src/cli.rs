@@ -169,6 +169,9 @@ pub enum ProfileType {
     /// Live (in-use) Go heap by allocation stack, read from the runtime's
     /// own memory-profile buckets through /proc/PID/mem (no probes).
     Heap,
+    /// Memory over time: the targets' cgroup memory (memory.current,
+    /// anon, file) and each process's RSS, as means over the recording.
+    Memory,
 }
 
 /// `profiler record` flags.
@@ -320,6 +323,13 @@ impl RecordArgs {
                 "--count/--count-preset need --profile calls (e.g. --profile cpu,calls)".into(),
             );
         }
+        let memory = has(ProfileType::Memory);
+        if memory && self.pids.is_empty() && self.cgroup.is_none() && self.command.is_empty() {
+            return Err(
+                "--profile memory needs a target: --pid PID, --cgroup PATH or a command after --"
+                    .into(),
+            );
+        }
         let profiles = crate::go::GoProfiles {
             goroutines: has(ProfileType::Goroutines),
             allocs: has(ProfileType::Allocs),
@@ -351,6 +361,7 @@ impl RecordArgs {
                 count_stacks: self.count_stacks,
                 knobs,
             },
+            memory,
         })
     }
 }

@@ -16,5 +16,6 @@ pub mod error;
 pub mod fetch;
 pub mod flamegraph;
 pub mod go;
+pub mod memory_usage;
 pub mod record;
 pub mod sampler;

@@ -20,17 +20,26 @@ import (
 var keep [][]byte
 var cache = map[int][]byte{}
 
+// touch writes every page so the memory is resident (a fresh zeroed span
+// is not until written).
+func touch(b []byte) []byte {
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	return b
+}
+
 //go:noinline
 func holdA(n, obj int) {
 	for i := 0; i < n/obj; i++ {
-		keep = append(keep, make([]byte, obj))
+		keep = append(keep, touch(make([]byte, obj)))
 	}
 }
 
 //go:noinline
 func holdB(n, obj int) {
 	for i := 0; i < n/obj; i++ {
-		keep = append(keep, make([]byte, obj))
+		keep = append(keep, touch(make([]byte, obj)))
 	}
 }
 
@@ -46,7 +55,7 @@ func churn(n, obj int) {
 
 //go:noinline
 func growCache(key, obj int) {
-	cache[key] = make([]byte, obj)
+	cache[key] = touch(make([]byte, obj))
 }
 
 func main() {
