@@ -133,6 +133,12 @@ pub struct AgentArgs {
     /// the sampling path when off.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// How often each container's memory (cgroup memory.current, anon,
+    /// file; processes' RSS) is sampled for the `memory` profile type
+    /// (one profile per container and window: the window's means); 0s
+    /// turns memory profiles off.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub memory_interval: Duration,
 }
 
 /// Sizes like `1GiB`, `500MiB`, `10M`, `4096`.
@@ -402,6 +408,7 @@ impl AgentArgs {
             kube: !self.no_kube,
             rescan: self.rescan,
             ebpf_log: self.ebpf_log,
+            memory_interval: self.memory_interval,
         })
     }
 }

@@ -16,7 +16,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use integration_tests::{kubelet::KubeletCgroups, *};
+use integration_tests::{http, kubelet::KubeletCgroups, *};
 
 fn build_heapsites() -> Option<PathBuf> {
     let go = PathBuf::from("/usr/lib/go-1.23/bin/go");
@@ -93,19 +93,23 @@ fn by_function(p: &diff::pprof::proto::Profile, type_name: &str) -> HashMap<Stri
     out
 }
 
-#[test]
-fn memory_profile_of_a_cgroup_and_an_absolute_budget() {
-    if !can_run_ebpf("memory_profile_of_a_cgroup_and_an_absolute_budget") {
-        return;
-    }
-    let Some(bin) = build_heapsites() else {
-        return;
-    };
-    let mut v2 = KubeletCgroups::new("memory");
+/// A workload holding 96 MiB in a test-owned kubelet-like container
+/// cgroup (and, where memory is on cgroup v1, a test-owned v1 memory
+/// cgroup), moved there before it allocates.
+struct Held {
+    _child: Owned,
+    container: PathBuf,
+    mem_dir: PathBuf,
+    v2: KubeletCgroups,
+    _v1: Option<KubeletCgroups>,
+}
+
+fn start_held(bin: &Path, tag: &str, seed: u64) -> Held {
+    let mut v2 = KubeletCgroups::new(tag);
     let container = v2.cgroupfs_container(
         kubelet::Qos::Burstable,
-        &kubelet::pod_uid(7),
-        &kubelet::container_id(7),
+        &kubelet::pod_uid(seed),
+        &kubelet::container_id(seed),
     );
     let mut v1 = None;
     let mem_dir = if container.join("memory.current").exists() {
@@ -114,7 +118,7 @@ fn memory_profile_of_a_cgroup_and_an_absolute_budget() {
         let Some(m) = memory_v1_mount() else {
             panic!("no memory controller: neither cgroup v2 memory.current nor a v1 memory mount");
         };
-        let k = KubeletCgroups::in_hierarchy("memory", m);
+        let k = KubeletCgroups::in_hierarchy(tag, m);
         let d = k.root.clone();
         v1 = Some(k);
         d
@@ -124,7 +128,7 @@ fn memory_profile_of_a_cgroup_and_an_absolute_budget() {
         Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "read go; exec {} -site-a 100663296 -site-b 0 -churn 0 -duration 60s",
+                "read go; exec {} -site-a 100663296 -site-b 0 -churn 0 -duration 120s",
                 bin.display()
             ))
             .stdin(Stdio::piped())
@@ -139,6 +143,25 @@ fn memory_profile_of_a_cgroup_and_an_absolute_budget() {
     let out = child.0.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines().map_while(Result::ok);
     assert!(lines.any(|l| l == "ready"), "workload did not start");
+    Held {
+        _child: child,
+        container,
+        mem_dir,
+        v2,
+        _v1: v1,
+    }
+}
+
+#[test]
+fn memory_profile_of_a_cgroup_and_an_absolute_budget() {
+    if !can_run_ebpf("memory_profile_of_a_cgroup_and_an_absolute_budget") {
+        return;
+    }
+    let Some(bin) = build_heapsites() else {
+        return;
+    };
+    let held = start_held(&bin, "memory", 7);
+    let (container, mem_dir) = (held.container.clone(), held.mem_dir.clone());
     let before = read_usage(&mem_dir);
 
     let dir = TempDir::new("memory");
@@ -213,4 +236,111 @@ fn memory_profile_of_a_cgroup_and_an_absolute_budget() {
     };
     assert_eq!(gate("512MiB"), Some(0), "96 MiB is under a 512 MiB budget");
     assert_eq!(gate("32MiB"), Some(1), "96 MiB breaks a 32 MiB budget");
+}
+
+/// The agent samples the container's memory each interval and stores one
+/// `memory` profile per window; `profiler fetch --type memory` returns the
+/// mean over the fetched windows (not their sum).
+#[test]
+fn agent_serves_memory_per_window() {
+    if !can_run_ebpf("agent_serves_memory_per_window") {
+        return;
+    }
+    let Some(bin) = build_heapsites() else {
+        return;
+    };
+    let held = start_held(&bin, "memagent", 11);
+    let store = TempDir::new("memagent-store");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = store.join("agent.log");
+    let mut agent = Owned::spawn(
+        Command::new(profiler_bin())
+            .arg("agent")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--store")
+            .arg(store.join("data"))
+            .args(["--no-kube", "--cgroup-root"])
+            .arg(&held.v2.root)
+            .args([
+                "--window",
+                "2s",
+                "--rescan",
+                "300ms",
+                "--memory-interval",
+                "200ms",
+            ])
+            .env_remove("NODE_NAME")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let up = wait_until(std::time::Duration::from_secs(30), || {
+        http::get(port, "/healthz", None).is_ok_and(|r| r.status == 200)
+    });
+    assert!(
+        up,
+        "agent did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let before = read_usage(&held.mem_dir);
+    // Three windows of 2 s.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let after = read_usage(&held.mem_dir);
+    let out = store.join("memory.pb.gz");
+    let uid = kubelet::pod_uid(11);
+    let r = Command::new(profiler_bin())
+        .args(["fetch", "--agent", &format!("http://127.0.0.1:{port}")])
+        .args(["--pod", &uid, "--type", "memory", "--from", "-1m", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "profiler fetch --type memory: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&r.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let p = read_pprof(&out);
+    let text: Vec<String> = p
+        .comment
+        .iter()
+        .map(|c| p.string_table[*c as usize].clone())
+        .collect();
+    let windows: usize = text
+        .iter()
+        .find_map(|c| {
+            c.strip_prefix("profiler agent: memory values are the mean over ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no mean-over-windows comment: {text:?}"));
+    assert!(windows >= 2, "{windows} windows merged");
+    let current = by_function(&p, "memory")["memory.current"];
+    eprintln!(
+        "agent: memory.current {current} over {windows} windows (cgroup: {before} .. {after})"
+    );
+    let (lo, hi) = (before.min(after) as f64, before.max(after) as f64);
+    assert!(
+        current as f64 >= lo * 0.9 && current as f64 <= hi * 1.1,
+        "memory.current {current} vs the cgroup's {before}..{after}"
+    );
+    let rss = by_function(&p, "rss");
+    assert!(
+        rss.get("heapsites").copied().unwrap_or(0) >= 90 << 20,
+        "RSS: {rss:?}"
+    );
+    // The agent's /targets lists the memory type.
+    let t = http::get(port, "/targets", None).unwrap();
+    assert!(t.text().contains("\"memory\""), "/targets: {}", t.text());
+    // SAFETY: signalling the agent this test started, by its PID.
+    unsafe { libc::kill(agent.pid() as i32, libc::SIGTERM) };
+    let _ = agent.0.wait();
+    drop(held);
 }

@@ -20,6 +20,7 @@
 
 mod agent_loop;
 pub mod api;
+mod memory_window;
 pub mod metrics;
 pub mod store;
 pub mod targets;
@@ -74,6 +75,9 @@ pub struct AgentOptions {
     pub rescan: Duration,
     /// Report the eBPF programs' rare events on stderr (`--ebpf-log`).
     pub ebpf_log: bool,
+    /// How often each container's memory is sampled for the `memory`
+    /// profile type (zero: no memory profiles).
+    pub memory_interval: Duration,
 }
 
 /// Why the agent could not start or had to stop.

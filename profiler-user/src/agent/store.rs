@@ -823,6 +823,26 @@ impl Store {
         let end = used.iter().map(|e| e.end_ms).max().unwrap_or(0);
         let targets: BTreeSet<TargetId> = used.iter().map(|e| e.target.clone()).collect();
         let mut out = merger.finish();
+        if q.profile_type == "memory" {
+            // Memory windows hold means (bytes), not counts: summing the
+            // pod's containers is right, summing time is not. Divide by
+            // the distinct windows merged: the mean over the range.
+            let distinct: BTreeSet<(u64, u64)> =
+                used.iter().map(|e| (e.start_ms, e.end_ms)).collect();
+            let n = distinct.len().max(1) as f64;
+            for s in &mut out.sample {
+                for v in &mut s.value {
+                    *v = (*v as f64 / n).round() as i64;
+                }
+            }
+            add_comment(
+                &mut out,
+                &format!(
+                    "profiler agent: memory values are the mean over {} window(s)",
+                    distinct.len()
+                ),
+            );
+        }
         let ms_ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         out.time_nanos = ms_ns(start);
         out.duration_nanos = ms_ns(end - start);
