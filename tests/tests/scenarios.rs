@@ -75,15 +75,18 @@ enum Signal {
     Calls,
     /// apiserver-sim counters as a profile.
     Api,
+    /// `profiler record --profile heap`: in-use heap by allocation stack.
+    Heap,
 }
 
 impl Signal {
-    const ALL: [Signal; 5] = [
+    const ALL: [Signal; 6] = [
         Signal::Cpu,
         Signal::Goroutines,
         Signal::Allocs,
         Signal::Calls,
         Signal::Api,
+        Signal::Heap,
     ];
     /// The profile directory, also `profiler record`'s profile type name.
     fn dir(self) -> &'static str {
@@ -93,6 +96,7 @@ impl Signal {
             Signal::Allocs => "allocs",
             Signal::Calls => "calls",
             Signal::Api => "api",
+            Signal::Heap => "heap",
         }
     }
 }
@@ -217,6 +221,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         &[
             c(Signal::Cpu, "json-indent-under-reconcile", "remember"),
             c(Signal::Allocs, "controller-alloc-share", "remember"),
+            c(Signal::Heap, "inuse-heap-growth", "remember"),
         ],
     ),
     (
@@ -418,6 +423,7 @@ fn record_once(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -
             .arg(workload("controller-sim"))
             .args(["-server", &format!("http://{addr}")])
             .args(["-duration", &format!("{secs}s"), "-variant", variant])
+            .args(["-memprofilerate", "65536"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
