@@ -481,4 +481,32 @@ mod tests {
         };
         assert!(r.options().unwrap_err().contains("--profile calls"));
     }
+
+    #[test]
+    fn heap_and_memory_profile_types() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Cmd::Record(r) = cli.command else {
+                panic!("not record")
+            };
+            r.options()
+        };
+        let o = parse(&[
+            "profiler",
+            "record",
+            "--profile",
+            "heap,memory",
+            "--pid",
+            "1",
+        ])
+        .unwrap();
+        assert!(o.go.profiles.heap && o.memory && !o.cpu && o.go.profiles.any());
+        let e = parse(&["profiler", "record", "--profile", "memory"]).unwrap_err();
+        assert!(e.contains("--profile memory needs a target"), "{e}");
+        let cli = Cli::try_parse_from(["profiler", "agent", "--memory-interval", "0s"]).unwrap();
+        let Cmd::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        assert!(a.options().unwrap().memory_interval.is_zero());
+    }
 }
