@@ -213,7 +213,8 @@ pub struct RecordArgs {
     #[arg(long)]
     pub ebpf_log: bool,
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls. With more than one, -o is a directory holding <type>.pb.gz.
+    /// calls, heap, memory. With more than one, -o is a directory holding
+    /// <type>.pb.gz.
     #[arg(
         long = "profile",
         value_delimiter = ',',
