@@ -2,13 +2,14 @@
 //!
 //! For the baseline and each `controller-sim -variant`, several short runs:
 //! each run starts its own `apiserver-sim` (loopback, random port), runs
-//! `controller-sim` under `profiler record --profile
-//! cpu,goroutines,allocs,calls` (call counts of the typed client's verbs
-//! and of `Reconcile`), then reads the server's request counters and writes
-//! them, with the controller's reconcile count, as an API-load profile
+//! `controller-sim` (with `-memprofilerate 65536`) under `profiler record
+//! --profile cpu,goroutines,allocs,calls,heap` (call counts of the typed
+//! client's verbs and of `Reconcile`; the in-use heap), then reads the
+//! server's request counters and writes them, with the controller's
+//! reconcile count, as an API-load profile
 //! (`integration_tests::apiload`). Then `profdiff gate --budgets
 //! budgets/workbench.toml` once per signal (CPU, goroutines, allocations,
-//! call counts, API requests):
+//! call counts, API requests, in-use heap):
 //!
 //! * baseline against baseline (two independent sets of runs) must pass on
 //!   every signal (exit 0);
