@@ -1052,6 +1052,96 @@ mod tests {
         assert!(!sanitize_component(".hidden").starts_with('.'));
     }
 
+    /// A memory window: one `memory.current` sample of `bytes`.
+    fn memory_profile(bytes: i64) -> proto::Profile {
+        use profiler_symbolize::{
+            FrameLine, ProfileMeta, ProfileSample, ProfileShape, ResolvedFrame,
+        };
+        let frame = ResolvedFrame {
+            mapping: None,
+            address: 1,
+            lines: vec![FrameLine {
+                function: "memory.current".into(),
+                system_name: "memory.current".into(),
+                file: String::new(),
+                line: 0,
+                column: 0,
+            }],
+        };
+        let shape = ProfileShape::new(&[("memory", "bytes")], ("memory", "bytes"), 0, None);
+        let meta = ProfileMeta {
+            frequency_hz: 0,
+            start: SystemTime::now(),
+            duration: Duration::from_secs(10),
+            comments: vec![],
+        };
+        let s = ProfileSample {
+            frames: vec![frame],
+            pid: 0,
+            values: vec![bytes],
+            labels: vec![],
+        };
+        profiler_symbolize::build_profile(&[], &[s], &shape, &meta)
+    }
+
+    #[test]
+    fn memory_windows_sum_containers_and_average_time() {
+        let dir = std::env::temp_dir().join(format!("store-memory-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(
+            &dir,
+            Retention {
+                max_age: Duration::from_secs(86400),
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(60);
+        let target = |c: &str| TargetId {
+            namespace: "ns".into(),
+            pod: "pod".into(),
+            pod_uid: "uid".into(),
+            container: c.into(),
+            container_id: format!("id-{c}"),
+        };
+        // Pod mean: (100 + 50 + 300 + 50) / 2 windows = 250.
+        for (c, w, bytes) in [("a", 0, 100), ("b", 0, 50), ("a", 1, 300), ("b", 1, 50)] {
+            let start = t0 + Duration::from_secs(10 * w);
+            let meta = WindowMeta {
+                target: target(c),
+                profile_type: "memory".into(),
+                start,
+                end: start + Duration::from_secs(10),
+                samples: 10,
+            };
+            store.put(&meta, &memory_profile(bytes)).unwrap();
+            let cpu = WindowMeta {
+                profile_type: "cpu".into(),
+                ..meta
+            };
+            store.put(&cpu, &memory_profile(bytes)).unwrap();
+        }
+        let query = |t: &str| {
+            let r = store
+                .query(&Query {
+                    namespace: None,
+                    pod: "pod".into(),
+                    container: None,
+                    profile_type: t.into(),
+                    from: t0,
+                    to: SystemTime::now(),
+                })
+                .unwrap();
+            let p =
+                profiler_pprof::decode(&r.profile_gz, &profiler_pprof::Limits::default()).unwrap();
+            (r.windows, p.sample.iter().map(|s| s.value[0]).sum::<i64>())
+        };
+        assert_eq!(query("memory"), (4, 250));
+        // Other types are summed as before.
+        assert_eq!(query("cpu"), (4, 500));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn window_names_parse() {
         assert_eq!(parse_window_name("1000-2000.pb.gz"), Some((1000, 2000)));
