@@ -149,6 +149,12 @@ pub struct AgentArgs {
     /// Longest wait between export retries (exponential backoff with jitter).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub export_max_backoff: Duration,
+    /// How often each container's memory (cgroup memory.current, anon,
+    /// file; processes' RSS) is sampled for the `memory` profile type
+    /// (one profile per container and window: the window's means); 0s
+    /// turns memory profiles off.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub memory_interval: Duration,
 }
 
 /// Sizes like `1GiB`, `500MiB`, `10M`, `4096`.
@@ -191,6 +197,12 @@ pub enum ProfileType {
     /// Off-CPU time of the targets' threads by stack (sched_switch,
     /// sampled: see --offcpu-every).
     Offcpu,
+    /// Live (in-use) Go heap by allocation stack, read from the runtime's
+    /// own memory-profile buckets through /proc/PID/mem (no probes).
+    Heap,
+    /// Memory over time: the targets' cgroup memory (memory.current,
+    /// anon, file) and each process's RSS, as means over the recording.
+    Memory,
 }
 
 /// The profile-type flags shared by `profiler record` and `profiler agent`:
@@ -200,8 +212,9 @@ pub enum ProfileType {
 #[allow(rustdoc::invalid_html_tags)]
 pub struct GoProfileArgs {
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls; record also: latency, contention, offcpu. record: with more than one, -o is a
-    /// directory holding <type>.pb.gz; agent: one profile per type,
+    /// calls; record also: latency, contention, offcpu, heap, memory (the
+    /// agent writes memory profiles by itself: --memory-interval). record:
+    /// with more than one, -o is a directory holding <type>.pb.gz; agent: one profile per type,
     /// container and window.
     #[arg(
         long = "profile",
@@ -255,6 +268,7 @@ impl GoProfileArgs {
             calls,
             latency: has(ProfileType::Latency),
             contention: has(ProfileType::Contention),
+            heap: has(ProfileType::Heap),
         };
         #[cfg(feature = "bench-knobs")]
         let knobs = crate::go::BenchKnobs::from_env()?;
@@ -417,6 +431,13 @@ impl RecordArgs {
         if self.offcpu_every.is_some() && !offcpu {
             return Err("--offcpu-every needs --profile offcpu (e.g. --profile cpu,offcpu)".into());
         }
+        let memory = self.go.profiles.contains(&ProfileType::Memory);
+        if memory && self.pids.is_empty() && self.cgroup.is_none() && self.command.is_empty() {
+            return Err(
+                "--profile memory needs a target: --pid PID, --cgroup PATH or a command after --"
+                    .into(),
+            );
+        }
         Ok(crate::record::RecordOptions {
             cpu,
             pids: self.pids,
@@ -434,6 +455,7 @@ impl RecordArgs {
                     .unwrap_or(profiler_common::lock::OFFCPU_DEFAULT_EVERY)
             }),
             go,
+            memory,
         })
     }
 }
@@ -490,6 +512,7 @@ impl AgentArgs {
             cpu,
             go,
             export,
+            memory_interval: self.memory_interval,
         })
     }
 
@@ -563,7 +586,7 @@ mod tests {
         let o = r.options().unwrap();
         assert!(o.cpu && o.go.profiles.calls && !o.go.profiles.allocs);
         for bad in [
-            &["profiler", "record", "--profile", "heap"][..],
+            &["profiler", "record", "--profile", "bogus"][..],
             &["profiler", "record", "--count-preset", "nope"],
             &["profiler", "record", "--count-stacks", "some"],
         ] {
@@ -609,5 +632,33 @@ mod tests {
             panic!("not record")
         };
         assert!(r.options().unwrap_err().contains("--profile offcpu"));
+    }
+
+    #[test]
+    fn heap_and_memory_profile_types() {
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            let Cmd::Record(r) = cli.command else {
+                panic!("not record")
+            };
+            r.options()
+        };
+        let o = parse(&[
+            "profiler",
+            "record",
+            "--profile",
+            "heap,memory",
+            "--pid",
+            "1",
+        ])
+        .unwrap();
+        assert!(o.go.profiles.heap && o.memory && !o.cpu && o.go.profiles.any());
+        let e = parse(&["profiler", "record", "--profile", "memory"]).unwrap_err();
+        assert!(e.contains("--profile memory needs a target"), "{e}");
+        let cli = Cli::try_parse_from(["profiler", "agent", "--memory-interval", "0s"]).unwrap();
+        let Cmd::Agent(a) = cli.command else {
+            panic!("not agent")
+        };
+        assert!(a.options().unwrap().memory_interval.is_zero());
     }
 }

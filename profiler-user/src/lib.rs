@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod flamegraph;
 pub mod go;
 pub mod launch;
+pub mod memory_usage;
 pub mod offcpu;
 pub mod record;
 pub mod sampler;

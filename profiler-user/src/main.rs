@@ -114,7 +114,7 @@ fn run_record(a: RecordArgs) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            for line in &s.go_summary {
+            for line in s.go_summary.iter().chain(&s.memory_summary) {
                 eprintln!("profiler: {line}");
             }
             if let Some((ns, runs)) = s.prog_stats.filter(|(_, r)| *r > 0) {

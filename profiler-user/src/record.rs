@@ -55,6 +55,34 @@ pub struct RecordOptions {
     /// than one profile type in all, `output` is a directory holding
     /// `<type>.pb.gz`.
     pub go: crate::go::GoOptions,
+    /// Write the memory profile (`--profile memory`): the targets' memory
+    /// cgroups and processes' RSS, sampled every 500 ms
+    /// ([`crate::memory_usage`]).
+    pub memory: bool,
+}
+
+/// How often `--profile memory` samples.
+const MEMORY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The memory cgroups and processes `--profile memory` watches: the
+/// target cgroup's memory cgroup (and the processes in it), every `--pid`
+/// (and the launched command) with its own memory cgroup.
+fn memory_targets(pids: &[u32], cgroup: Option<&Path>) -> (Vec<PathBuf>, Vec<u32>) {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut all: Vec<u32> = pids.to_vec();
+    if let Some(cg) = cgroup {
+        dirs.extend(crate::memory_usage::memory_dir_for(cg));
+        all.extend(crate::cgroup::procs_below(cg));
+    }
+    for &p in pids {
+        dirs.extend(crate::memory_usage::memory_cgroup_of(p));
+    }
+    dirs.sort();
+    dirs.dedup();
+    all.sort_unstable();
+    all.dedup();
+    all.retain(|p| Path::new(&format!("/proc/{p}")).exists());
+    (dirs, all)
 }
 
 /// What a recording collected, for the summary line.
@@ -77,6 +105,8 @@ pub struct RecordSummary {
     pub prog_stats: Option<(u64, u64)>,
     /// Summary lines of the Go runtime profiles (leak signals, counts).
     pub go_summary: Vec<String>,
+    /// Summary lines of the memory profile.
+    pub memory_summary: Vec<String>,
     /// Profiles written.
     pub outputs: Vec<PathBuf>,
 }
@@ -166,6 +196,12 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let mut last_drain = Instant::now();
     let progress = opts.progress && std::io::stderr().is_terminal();
     let mut command_status = None;
+    let mut memory = opts.memory.then(crate::memory_usage::MemoryUsage::default);
+    let mut memory_pids = opts.pids.clone();
+    if let Some(pid) = child.as_ref().and_then(|c: &tokio::process::Child| c.id()) {
+        memory_pids.push(pid);
+    }
+    let mut last_memory: Option<Instant> = None;
 
     loop {
         let child_wait = async {
@@ -184,6 +220,16 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         c.tick();
         let now = Instant::now();
         let timed_out = deadline.is_some_and(|d| now >= d);
+        if let Some(m) = memory.as_mut() {
+            if stop
+                || timed_out
+                || last_memory.is_none_or(|t| now.duration_since(t) >= MEMORY_INTERVAL)
+            {
+                let (dirs, pids) = memory_targets(&memory_pids, cgroup.as_deref());
+                m.sample(&dirs, &pids);
+                last_memory = Some(now);
+            }
+        }
         if stop || timed_out || now.duration_since(last_drain) >= opts.drain_interval {
             let mut drained = c.drain()?;
             last_drain = now;
@@ -263,6 +309,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         command_status,
         prog_stats,
         go_summary: Vec::new(),
+        memory_summary: Vec::new(),
         outputs: Vec::new(),
     };
     let mut comments = vec![format!(
@@ -302,7 +349,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         .user_losses
         .push(("symbolizer_snapshot_errors", stats.snapshot_errors));
     // One profile type: `-o` is the file; several: a directory.
-    let types = usize::from(opts.cpu) + go_profiles.len();
+    let types = usize::from(opts.cpu) + go_profiles.len() + usize::from(memory.is_some());
     let out_path = |kind: &str| -> Result<PathBuf, RecordError> {
         if types <= 1 {
             return Ok(opts.output.clone());
@@ -319,6 +366,20 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         let path = out_path(kind)?;
         profiler_symbolize::write_pprof_gz(p, &path).map_err(|e| RecordError::output(&path, e))?;
         summary.go_summary.extend(lines.iter().cloned());
+        summary.outputs.push(path);
+    }
+    if let Some(m) = &memory {
+        let path = out_path("memory")?;
+        let p = m.profile(
+            start_wall,
+            elapsed,
+            vec![format!(
+                "profiler record --profile memory: sampled every {} ms",
+                MEMORY_INTERVAL.as_millis()
+            )],
+        );
+        profiler_symbolize::write_pprof_gz(&p, &path).map_err(|e| RecordError::output(&path, e))?;
+        summary.memory_summary = m.summary();
         summary.outputs.push(path);
     }
     if !opts.cpu {

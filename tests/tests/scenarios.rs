@@ -2,13 +2,14 @@
 //!
 //! For the baseline and each `controller-sim -variant`, several short runs:
 //! each run starts its own `apiserver-sim` (loopback, random port), runs
-//! `controller-sim` under `profiler record --profile
-//! cpu,goroutines,allocs,calls` (call counts of the typed client's verbs
-//! and of `Reconcile`), then reads the server's request counters and writes
-//! them, with the controller's reconcile count, as an API-load profile
+//! `controller-sim` (with `-memprofilerate 65536`) under `profiler record
+//! --profile cpu,goroutines,allocs,calls,heap` (call counts of the typed
+//! client's verbs and of `Reconcile`; the in-use heap), then reads the
+//! server's request counters and writes them, with the controller's
+//! reconcile count, as an API-load profile
 //! (`integration_tests::apiload`). Then `profdiff gate --budgets
 //! budgets/workbench.toml` once per signal (CPU, goroutines, allocations,
-//! call counts, API requests):
+//! call counts, API requests, in-use heap):
 //!
 //! * baseline against baseline (two independent sets of runs) must pass on
 //!   every signal (exit 0);
@@ -82,10 +83,12 @@ enum Signal {
     Latency,
     /// `profiler record --profile contention`: lock waits by waiter stack.
     Contention,
+    /// `profiler record --profile heap`: in-use heap by allocation stack.
+    Heap,
 }
 
 impl Signal {
-    const ALL: [Signal; 7] = [
+    const ALL: [Signal; 8] = [
         Signal::Cpu,
         Signal::Goroutines,
         Signal::Allocs,
@@ -93,6 +96,7 @@ impl Signal {
         Signal::Api,
         Signal::Latency,
         Signal::Contention,
+        Signal::Heap,
     ];
     /// The profile directory, also `profiler record`'s profile type name.
     fn dir(self) -> &'static str {
@@ -104,6 +108,7 @@ impl Signal {
             Signal::Api => "api",
             Signal::Latency => "latency",
             Signal::Contention => "contention",
+            Signal::Heap => "heap",
         }
     }
 }
@@ -232,6 +237,7 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         &[
             c(Signal::Cpu, "json-indent-under-reconcile", "remember"),
             c(Signal::Allocs, "controller-alloc-share", "remember"),
+            c(Signal::Heap, "inuse-heap-growth", "remember"),
         ],
     ),
     (
@@ -450,6 +456,7 @@ fn record_once(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -
             .arg(workload("controller-sim"))
             .args(["-server", &format!("http://{addr}")])
             .args(["-duration", &format!("{secs}s"), "-variant", variant])
+            .args(["-memprofilerate", "65536"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );

@@ -101,6 +101,8 @@ pub(super) struct AgentLoop<'a> {
     window: Window,
     /// Go profiles: per container, its Go processes seen this window.
     go: GoTargets,
+    /// The `memory` profile type's samples of the current window.
+    memory: super::memory_window::MemoryWindow,
 }
 
 /// The agent's Go-profile bookkeeping: which processes of which container
@@ -164,6 +166,7 @@ impl<'a> AgentLoop<'a> {
             summary: AgentSummary::default(),
             window: Window::new(SystemTime::now(), opts.window),
             go: GoTargets::default(),
+            memory: Default::default(),
         }
     }
 
@@ -211,11 +214,20 @@ impl<'a> AgentLoop<'a> {
                 let drained = self.collector.drain()?;
                 self.attribute(drained)?;
             }
+            if self.memory.due(self.opts.memory_interval) {
+                let targets = self
+                    .targets
+                    .iter()
+                    .map(|(c, t)| (c, t.found.path.as_path()));
+                self.memory.sample(targets);
+            }
             if stop || window_over {
                 // A stop flushes the partial window [start, now).
                 let end = if stop { now_wall } else { self.window.end };
                 let done = std::mem::replace(&mut self.window, Window::new(end, self.opts.window));
+                let start = done.start;
                 self.flush(done, end);
+                self.flush_memory(start, end);
                 self.departed.clear();
                 // Age-based retention also when nothing new is written.
                 self.shared.store.enforce_retention();
@@ -599,6 +611,51 @@ impl<'a> AgentLoop<'a> {
             self.summary.samples - samples_before,
             started.elapsed().as_millis()
         );
+    }
+
+    /// Store each container's `memory` profile of a finished window.
+    fn flush_memory(&mut self, start: SystemTime, end: SystemTime) {
+        let targets = &self.targets;
+        let memory = self.memory.take(|cid| targets.contains_key(cid));
+        let duration = end.duration_since(start).unwrap_or_default();
+        for (cid, usage) in memory {
+            let Some(t) = self.targets.get(&cid).or_else(|| self.departed.get(&cid)) else {
+                continue;
+            };
+            let target = &t.resolved.target;
+            let comments = vec![
+                format!(
+                    "profiler agent: node={} namespace={} pod={} pod_uid={} container={} container_id={}",
+                    self.opts.node_name.as_deref().unwrap_or(""),
+                    target.namespace,
+                    target.pod,
+                    target.pod_uid,
+                    target.container,
+                    target.container_id
+                ),
+                format!(
+                    "window: {:.3}s memory sampled every {} ms",
+                    duration.as_secs_f64(),
+                    self.opts.memory_interval.as_millis()
+                ),
+                format!("cgroup: {}", t.found.rel),
+            ];
+            let wm = WindowMeta {
+                target: target.clone(),
+                profile_type: "memory".into(),
+                start,
+                end,
+                samples: usage.samples(),
+            };
+            let profile = usage.profile(start, duration, comments);
+            if let Err(e) = self.shared.store.put(&wm, &profile) {
+                self.counters.write_errors += 1;
+                eprintln!(
+                    "profiler agent: writing the memory window of {}/{}: {e}",
+                    wm.target.pod, wm.target.container
+                );
+            }
+        }
     }
 
     /// Publish the targets for `GET /targets`.

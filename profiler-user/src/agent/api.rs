@@ -56,7 +56,7 @@ use super::metrics::AgentMetrics;
 use super::store::{Query, Store, StoreError, TargetId};
 
 /// Profile types the agent knows (others are accepted when stored).
-pub const KNOWN_TYPES: &[&str] = &["cpu", "goroutines", "allocs", "calls"];
+pub const KNOWN_TYPES: &[&str] = &["cpu", "goroutines", "allocs", "calls", "memory"];
 
 /// A target the agent profiles right now.
 #[derive(Debug, Clone, PartialEq, Eq)]

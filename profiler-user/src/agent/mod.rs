@@ -21,6 +21,7 @@
 mod agent_loop;
 pub mod api;
 pub mod export;
+mod memory_window;
 pub mod metrics;
 pub mod store;
 pub mod targets;
@@ -82,6 +83,9 @@ pub struct AgentOptions {
     pub go: crate::go::GoOptions,
     /// Export of the windows to Pyroscope/Parca (`--export`).
     pub export: export::ExportOptions,
+    /// How often each container's memory is sampled for the `memory`
+    /// profile type (zero: no memory profiles).
+    pub memory_interval: Duration,
 }
 
 /// Why the agent could not start or had to stop.

@@ -868,6 +868,26 @@ impl Store {
         let end = used.iter().map(|e| e.end_ms).max().unwrap_or(0);
         let targets: BTreeSet<TargetId> = used.iter().map(|e| e.target.clone()).collect();
         let mut out = merger.finish();
+        if q.profile_type == "memory" {
+            // Memory windows hold means (bytes), not counts: summing the
+            // pod's containers is right, summing time is not. Divide by
+            // the distinct windows merged: the mean over the range.
+            let distinct: BTreeSet<(u64, u64)> =
+                used.iter().map(|e| (e.start_ms, e.end_ms)).collect();
+            let n = distinct.len().max(1) as f64;
+            for s in &mut out.sample {
+                for v in &mut s.value {
+                    *v = (*v as f64 / n).round() as i64;
+                }
+            }
+            add_comment(
+                &mut out,
+                &format!(
+                    "profiler agent: memory values are the mean over {} window(s)",
+                    distinct.len()
+                ),
+            );
+        }
         let ms_ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
         out.time_nanos = ms_ns(start);
         out.duration_nanos = ms_ns(end - start);
@@ -1090,6 +1110,96 @@ mod tests {
         assert_ne!(sanitize_component("a/b"), sanitize_component("a_b"));
         assert!(sanitize_component("").starts_with("_~"));
         assert!(!sanitize_component(".hidden").starts_with('.'));
+    }
+
+    /// A memory window: one `memory.current` sample of `bytes`.
+    fn memory_profile(bytes: i64) -> proto::Profile {
+        use profiler_symbolize::{
+            FrameLine, ProfileMeta, ProfileSample, ProfileShape, ResolvedFrame,
+        };
+        let frame = ResolvedFrame {
+            mapping: None,
+            address: 1,
+            lines: vec![FrameLine {
+                function: "memory.current".into(),
+                system_name: "memory.current".into(),
+                file: String::new(),
+                line: 0,
+                column: 0,
+            }],
+        };
+        let shape = ProfileShape::new(&[("memory", "bytes")], ("memory", "bytes"), 0, None);
+        let meta = ProfileMeta {
+            frequency_hz: 0,
+            start: SystemTime::now(),
+            duration: Duration::from_secs(10),
+            comments: vec![],
+        };
+        let s = ProfileSample {
+            frames: vec![frame],
+            pid: 0,
+            values: vec![bytes],
+            labels: vec![],
+        };
+        profiler_symbolize::build_profile(&[], &[s], &shape, &meta)
+    }
+
+    #[test]
+    fn memory_windows_sum_containers_and_average_time() {
+        let dir = std::env::temp_dir().join(format!("store-memory-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = Store::open(
+            &dir,
+            Retention {
+                max_age: Duration::from_secs(86400),
+                max_bytes: 1 << 30,
+            },
+        )
+        .unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(60);
+        let target = |c: &str| TargetId {
+            namespace: "ns".into(),
+            pod: "pod".into(),
+            pod_uid: "uid".into(),
+            container: c.into(),
+            container_id: format!("id-{c}"),
+        };
+        // Pod mean: (100 + 50 + 300 + 50) / 2 windows = 250.
+        for (c, w, bytes) in [("a", 0, 100), ("b", 0, 50), ("a", 1, 300), ("b", 1, 50)] {
+            let start = t0 + Duration::from_secs(10 * w);
+            let meta = WindowMeta {
+                target: target(c),
+                profile_type: "memory".into(),
+                start,
+                end: start + Duration::from_secs(10),
+                samples: 10,
+            };
+            store.put(&meta, &memory_profile(bytes)).unwrap();
+            let cpu = WindowMeta {
+                profile_type: "cpu".into(),
+                ..meta
+            };
+            store.put(&cpu, &memory_profile(bytes)).unwrap();
+        }
+        let query = |t: &str| {
+            let r = store
+                .query(&Query {
+                    namespace: None,
+                    pod: "pod".into(),
+                    container: None,
+                    profile_type: t.into(),
+                    from: t0,
+                    to: SystemTime::now(),
+                })
+                .unwrap();
+            let p =
+                profiler_pprof::decode(&r.profile_gz, &profiler_pprof::Limits::default()).unwrap();
+            (r.windows, p.sample.iter().map(|s| s.value[0]).sum::<i64>())
+        };
+        assert_eq!(query("memory"), (4, 250));
+        // Other types are summed as before.
+        assert_eq!(query("cpu"), (4, 500));
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -204,6 +204,9 @@ impl GoSession {
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.held = false;
             p.bias = bias;
+            if self.opts.profiles.heap {
+                p.heap = super::heap::heap_addrs(&bin).map(|a| a.biased(bias));
+            }
             p.mem_rate_addr = rate;
             p.disable_addr = disable;
             p.allgs_addr = allgs;
@@ -339,7 +342,13 @@ impl GoSession {
             alloc_probe: None,
             rate_written: false,
             bias: bias.unwrap_or(0),
+            heap: None,
         };
+        if self.opts.profiles.heap {
+            if let Some(b) = bias {
+                proc.heap = super::heap::heap_addrs(&bin).map(|a| a.biased(b));
+            }
+        }
         if let Some(sh) = self.shared.as_mut() {
             sh.last_segments = bin.segments().to_vec();
         }

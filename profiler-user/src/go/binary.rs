@@ -133,6 +133,8 @@ impl GoBinary {
                         || n == "runtime.disableMemoryProfiling"
                         || n == "runtime.allgs"
                         || n == "runtime.allglen"
+                        || n == "runtime.mbuckets"
+                        || n == "runtime.mProfCycle"
                     {
                         data_symbols.insert(n.to_string(), s.address());
                     }
@@ -391,6 +393,10 @@ mod tests {
         assert_eq!(go_minor("go1.23.5"), Some(23));
         assert_eq!(go_minor("go1.19"), Some(19));
         assert_eq!(go_minor("devel"), None);
+        for v in ["go1.19.8", "go1.21.13", "go1.22.2", "go1.23.5"] {
+            assert!(fallback_offsets(v).is_some(), "{v}");
+        }
+        assert!(fallback_offsets("go1.20.1").is_none());
         assert!(buildinfo_version(b"short").is_none());
     }
 }

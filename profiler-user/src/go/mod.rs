@@ -51,6 +51,7 @@ pub mod binary;
 mod calls;
 mod contention;
 mod goroutines;
+pub mod heap;
 mod knobs;
 mod latency;
 mod memory;
@@ -127,12 +128,15 @@ pub struct GoProfiles {
     pub latency: bool,
     /// Time goroutines wait on Go's semaphores (lock contention).
     pub contention: bool,
+    /// Live (in-use) heap by allocation stack, read from the runtime's
+    /// memory-profile buckets (no probes).
+    pub heap: bool,
 }
 
 impl GoProfiles {
     /// True if any Go profile is requested.
     pub fn any(&self) -> bool {
-        self.goroutines || self.allocs || self.calls || self.latency || self.contention
+        self.goroutines || self.allocs || self.calls || self.latency || self.contention || self.heap
     }
 }
 
@@ -247,6 +251,8 @@ pub(super) struct Proc {
     rate_written: bool,
     /// Load bias of the executable in the process (0 unless PIE).
     bias: u64,
+    /// Where the heap profile's globals are (load bias applied).
+    heap: Option<heap::HeapAddrs>,
 }
 
 /// Frames already read, by (stack id, stack hash) of a

@@ -64,6 +64,8 @@ pub struct GoSession {
     pub(super) contention: AyaHashMap<MapData, GoStackKey, WaitTotals>,
     /// The contention probes' counters (`CONTENTION_COUNTERS`).
     pub(super) lock_counters: PerCpuArray<MapData, u64>,
+    /// The heap profile's reads, per process.
+    pub(super) heap_state: HashMap<u32, super::heap::HeapState>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -191,6 +193,7 @@ impl GoSession {
             },
             contention: take(sampler, "CONTENTION")?,
             lock_counters: take(sampler, "CONTENTION_COUNTERS")?,
+            heap_state: HashMap::new(),
         })
     }
 
@@ -247,6 +250,9 @@ impl GoSession {
         }
         if self.opts.profiles.goroutines {
             self.collect_series(now);
+        }
+        if self.opts.profiles.heap {
+            self.read_heaps();
         }
     }
 
@@ -413,6 +419,9 @@ impl GoSession {
         }
         if self.opts.profiles.contention {
             out.push(self.contention_profile(symbolizer, &mut f));
+        }
+        if self.opts.profiles.heap {
+            out.push(self.heap_profile(symbolizer, &mut f));
         }
         // Lines shared by every profile type are reported once.
         for (_, _, lines) in out.iter_mut().skip(1) {

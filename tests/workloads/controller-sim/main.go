@@ -128,10 +128,14 @@ func run() error {
 	pageSize := flag.Int("page-size", 100, "LIST page size of the informer")
 	queueLimit := flag.Int("queue-limit", 100000, "max keys in the work queue (overflow is dropped and counted)")
 	cacheLimit := flag.Int("cache-limit", 1000000, "max objects in the informer cache (overflow is dropped and counted)")
+	memProfileRate := flag.Int("memprofilerate", 0, "runtime.MemProfileRate (0: Go's default); finer heap and allocation profiles")
 	report := flag.Duration("report", time.Second, "interval of the stderr progress line (0 disables)")
 	cpuprofile := flag.String("cpuprofile", "", "write a Go runtime CPU profile here (for cross-checking)")
 	pprofAddr := flag.String("pprof-addr", "", "serve net/http/pprof on this loopback address")
 	flag.Parse()
+	if *memProfileRate > 0 {
+		runtime.MemProfileRate = *memProfileRate
+	}
 
 	if *server == "" {
 		return fmt.Errorf("-server is required (the URL apiserver-sim printed)")
