@@ -5,7 +5,7 @@
 //! through a persistent [`ExportCursor`] (`<store>/export/<name>.json`),
 //! sends each one as it is stored (the same gzip'd pprof bytes), and moves
 //! the cursor only after the server accepted it. A server that is down
-//! loses nothing: the task retries the same window with exponential
+//! loses nothing: the task retries the same windows with exponential
 //! backoff and jitter (up to `--export-max-backoff`), and when the server
 //! returns it sends the backlog, oldest first. The backlog is bounded by
 //! the store's retention; windows evicted before they were sent are
@@ -15,7 +15,7 @@
 //!
 //! * Pyroscope: `POST {url}/push.v1.PusherService/Push`, Connect protocol
 //!   (unary, `application/proto`) over HTTP/1.1; one series per window
-//!   with labels `service_name`, `namespace`, `pod`, `container`, `node`,
+//!   (up to 64 windows or 4 MiB per request) with labels `service_name`, `namespace`, `pod`, `container`, `node`,
 //!   `__name__` (`process_cpu`, `memory`, `goroutine`, or the type name)
 //!   and `__delta__="false"` (windows are already deltas); the sample's
 //!   `ID` is a UUID derived from the window id, so a window sent twice
@@ -639,7 +639,7 @@ impl Exporter {
     }
 
     /// Exports until `stop` turns true, then makes one last pass (one
-    /// attempt per pending window, within the request timeout) so the
+    /// attempt per request, within the request timeout) so the
     /// window flushed at shutdown is sent when the server is up.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         self.publish();
