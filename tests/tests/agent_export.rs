@@ -660,3 +660,91 @@ fn parca_export_writes_raw_and_resumes_after_restart() {
     assert_exactly_once(&store.0, &server.received());
     drop(w);
 }
+
+/// A server that accepts connections and never answers: requests time out
+/// (`--export-timeout`), are counted as failures, and meanwhile windows
+/// keep being written on time and the API keeps answering at once.
+#[test]
+fn a_stalled_export_server_delays_neither_windows_nor_the_api() {
+    if !can_run_ebpf("a_stalled_export_server_delays_neither_windows_nor_the_api") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("export-stall");
+    let (uid, cid) = (pod_uid(42), container_id(42));
+    let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
+    let w = busy_demo();
+    cg.add_process(&pod_cg, w.pid());
+
+    // Accepts, reads, never answers; connections are kept until the end.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let held2 = held.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            held2.lock().unwrap().push(c);
+        }
+    });
+
+    let store = TempDir::new("export-stall-store");
+    let export = format!("pyroscope=http://127.0.0.1:{port}");
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--no-kube",
+            "--cgroup-root",
+            &root,
+            "--export",
+            &export,
+            "--export-timeout",
+            "3s",
+        ],
+        &[],
+        store.0.with_extension("log"),
+    );
+    let t0 = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(12) {
+        let t = Instant::now();
+        let r = http::get(agent.port, "/healthz", None).expect("/healthz answers");
+        assert_eq!(r.status, 200);
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("slowest /healthz while the export server stalled: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the API waited on the export: {slowest:?}"
+    );
+    // 2 s windows over ~12 s: at least 4 written although none was exported.
+    let stored = stored_windows(&store.0).len();
+    assert!(stored >= 4, "only {stored} windows written in 12 s");
+    let failed = agent
+        .metric("profiler_agent_export_failed_total")
+        .unwrap_or(0.0);
+    assert!(failed >= 2.0, "timeouts counted as failures: {failed}");
+    assert_eq!(agent.metric("profiler_agent_export_sent_total"), Some(0.0));
+    assert!(
+        agent
+            .metric("profiler_agent_export_backlog_windows")
+            .unwrap_or(0.0)
+            >= 3.0,
+        "the backlog grows"
+    );
+    assert!(
+        agent.log().contains("no answer within --export-timeout"),
+        "{}",
+        agent.log()
+    );
+    // SIGTERM still exits promptly (the last pass waits one timeout at most).
+    let t = Instant::now();
+    assert!(agent.terminate().success(), "{}", agent.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    held.lock().unwrap().clear();
+    drop(w);
+}
