@@ -146,6 +146,12 @@ impl std::str::FromStr for ExportTarget {
         if rest.is_empty() || rest.starts_with('/') {
             return Err(format!("`{s}`: the URL has no host"));
         }
+        // The URL shows in logs and /metrics: no credentials in it.
+        if rest.split('/').next().unwrap_or_default().contains('@') {
+            return Err(format!(
+                "`{s}`: put credentials in token-file=PATH, not in the URL"
+            ));
+        }
         let mut t = ExportTarget {
             kind,
             url,
@@ -655,7 +661,8 @@ impl Exporter {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
-                    _ = stop.changed() => {}
+                    // The owner is gone without a shutdown: stop.
+                    r = stop.changed() => if r.is_err() { return },
                 }
                 continue;
             }
@@ -780,7 +787,7 @@ impl Exporter {
                     *backoff = (*backoff * 2).min(self.max_backoff);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stop.changed() => {}
+                        r = stop.changed() => if r.is_err() { return Flow::Stop },
                     }
                 }
             }
@@ -904,6 +911,7 @@ mod tests {
             "parca=http://x,tenant=a,tenant-file=b",
             "parca=http://x,color=blue",
             "parca=http://x,token-file=",
+            "pyroscope=http://user:pw@x:4040",
         ] {
             assert!(bad.parse::<ExportTarget>().is_err(), "{bad} should fail");
         }
