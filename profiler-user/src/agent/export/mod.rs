@@ -966,4 +966,138 @@ mod tests {
         );
         assert_eq!(grpc_web_trailer(&[0, 0, 0, 0, 9]), None);
     }
+
+    /// A one-request loopback server answering `response`; returns the URL
+    /// and a handle giving the raw request it read.
+    fn one_shot(response: Vec<u8>) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then Content-Length bytes of body.
+            loop {
+                let n = c.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            c.write_all(&response).unwrap();
+            req
+        });
+        (url, h)
+    }
+
+    fn client() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    #[test]
+    fn pyroscope_errors_and_headers() {
+        let body = br#"{"code":"unauthenticated","message":"bad token"}"#;
+        let mut resp = format!(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        resp.extend_from_slice(body);
+        let (url, h) = one_shot(resp);
+        let creds = Credentials {
+            token: Some("tok".into()),
+            tenant: Some("t1".into()),
+        };
+        let endpoint = format!("{url}{}", ExportKind::Pyroscope.rpc_path());
+        let err = send(
+            &client(),
+            ExportKind::Pyroscope,
+            &endpoint,
+            &creds,
+            vec![1, 2, 3],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("HTTP 401") && err.contains("bad token"),
+            "{err}"
+        );
+        let req = String::from_utf8_lossy(&h.join().unwrap()).to_ascii_lowercase();
+        assert!(
+            req.starts_with("post /push.v1.pusherservice/push http/1.1"),
+            "{req}"
+        );
+        assert!(req.contains("authorization: bearer tok"), "{req}");
+        assert!(req.contains("x-scope-orgid: t1"), "{req}");
+        assert!(req.contains("content-type: application/proto"), "{req}");
+    }
+
+    #[test]
+    fn parca_grpc_status_in_trailer_or_headers() {
+        let endpoint = |url: &str| format!("{url}{}", ExportKind::Parca.rpc_path());
+        let creds = Credentials::default();
+        // A trailer frame with a failure.
+        let t = b"grpc-status: 16\r\ngrpc-message: no tenant\r\n";
+        let mut frame = vec![0x80];
+        frame.extend_from_slice(&(t.len() as u32).to_be_bytes());
+        frame.extend_from_slice(t);
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/grpc-web+proto\r\nContent-Length: {}\r\n\r\n",
+            frame.len()
+        )
+        .into_bytes();
+        resp.extend_from_slice(&frame);
+        let (url, h) = one_shot(resp);
+        let err = send(
+            &client(),
+            ExportKind::Parca,
+            &endpoint(&url),
+            &creds,
+            vec![0, 0, 0, 0, 0],
+        )
+        .unwrap_err();
+        assert!(err.contains("gRPC status 16: no tenant"), "{err}");
+        h.join().unwrap();
+        // Trailers-only success in the headers.
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc-web+proto\r\ngrpc-status: 0\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let (url, h) = one_shot(resp);
+        send(
+            &client(),
+            ExportKind::Parca,
+            &endpoint(&url),
+            &creds,
+            vec![0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        h.join().unwrap();
+        // No status at all is a failure, not a success.
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let (url, h) = one_shot(resp);
+        let err = send(
+            &client(),
+            ExportKind::Parca,
+            &endpoint(&url),
+            &creds,
+            vec![0, 0, 0, 0, 0],
+        )
+        .unwrap_err();
+        assert!(err.contains("without grpc-status"), "{err}");
+        h.join().unwrap();
+    }
 }
