@@ -368,6 +368,19 @@ fn assert_exactly_once(store: &Path, got: &[Pushed]) -> Vec<String> {
     which
 }
 
+/// The value of the first series of `name` (with or without labels).
+fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let rest = match rest.strip_prefix('{') {
+            Some(r) => r.split_once('}')?.1,
+            None if rest.starts_with(' ') => rest,
+            None => return None,
+        };
+        rest.trim().parse().ok()
+    })
+}
+
 /// A running agent (killed by its PID on drop if still running).
 struct Agent {
     proc: Option<Owned>,
@@ -419,13 +432,14 @@ impl Agent {
     /// The value of an export metric of this agent's one exporter.
     fn metric(&self, name: &str) -> Option<f64> {
         let r = http::get(self.port, "/metrics", None).ok()?;
-        r.text().lines().find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = rest
-                .strip_prefix('{')
-                .map(|r| r.split_once('}').map(|x| x.1))?;
-            rest?.trim().parse().ok()
-        })
+        metric_in(&r.text(), name)
+    }
+
+    /// One scrape of /metrics.
+    fn metrics(&self) -> String {
+        http::get(self.port, "/metrics", None)
+            .map(|r| r.text())
+            .unwrap_or_default()
     }
 
     fn terminate(&mut self) -> std::process::ExitStatus {
@@ -658,5 +672,166 @@ fn parca_export_writes_raw_and_resumes_after_restart() {
     );
     assert!(agent.terminate().success(), "{}", agent.log());
     assert_exactly_once(&store.0, &server.received());
+    drop(w);
+}
+
+/// A server that accepts connections and never answers: requests time out
+/// (`--export-timeout`), are counted as failures, and meanwhile windows
+/// keep being written on time and the API keeps answering at once.
+#[test]
+fn a_stalled_export_server_delays_neither_windows_nor_the_api() {
+    if !can_run_ebpf("a_stalled_export_server_delays_neither_windows_nor_the_api") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("export-stall");
+    let (uid, cid) = (pod_uid(42), container_id(42));
+    let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
+    let w = busy_demo();
+    cg.add_process(&pod_cg, w.pid());
+
+    // Accepts, reads, never answers; connections are kept until the end.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let held2 = held.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            held2.lock().unwrap().push(c);
+        }
+    });
+
+    let store = TempDir::new("export-stall-store");
+    let export = format!("pyroscope=http://127.0.0.1:{port}");
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--no-kube",
+            "--cgroup-root",
+            &root,
+            "--export",
+            &export,
+            "--export-timeout",
+            "3s",
+        ],
+        &[],
+        store.0.with_extension("log"),
+    );
+    let t0 = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(12) {
+        let t = Instant::now();
+        let r = http::get(agent.port, "/healthz", None).expect("/healthz answers");
+        assert_eq!(r.status, 200);
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("slowest /healthz while the export server stalled: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the API waited on the export: {slowest:?}"
+    );
+    // 2 s windows over ~12 s: at least 4 written although none was exported.
+    let stored = stored_windows(&store.0).len();
+    assert!(stored >= 4, "only {stored} windows written in 12 s");
+    let failed = agent
+        .metric("profiler_agent_export_failed_total")
+        .unwrap_or(0.0);
+    assert!(failed >= 2.0, "timeouts counted as failures: {failed}");
+    assert_eq!(agent.metric("profiler_agent_export_sent_total"), Some(0.0));
+    assert!(
+        agent
+            .metric("profiler_agent_export_backlog_windows")
+            .unwrap_or(0.0)
+            >= 3.0,
+        "the backlog grows"
+    );
+    assert!(
+        agent.log().contains("no answer within --export-timeout"),
+        "{}",
+        agent.log()
+    );
+    // SIGTERM still exits promptly (the last pass waits one timeout at most).
+    let t = Instant::now();
+    assert!(agent.terminate().success(), "{}", agent.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    held.lock().unwrap().clear();
+    drop(w);
+}
+
+/// Retention shorter than an outage: windows evicted before they were
+/// sent are counted as dropped, the rest arrive once, and every window
+/// written is either sent or dropped.
+#[test]
+fn windows_evicted_during_an_outage_are_counted_as_dropped() {
+    if !can_run_ebpf("windows_evicted_during_an_outage_are_counted_as_dropped") {
+        return;
+    }
+    let mut cg = KubeletCgroups::new("export-drop");
+    let (uid, cid) = (pod_uid(43), container_id(43));
+    let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
+    let w = busy_demo();
+    cg.add_process(&pod_cg, w.pid());
+
+    let mut server = ProfileServer::start(Kind::Pyroscope);
+    let store = TempDir::new("export-drop-store");
+    let export = format!("pyroscope={}", server.url());
+    let root = cg.root.display().to_string();
+    let mut agent = Agent::start(
+        &store.0,
+        &[
+            "--no-kube",
+            "--cgroup-root",
+            &root,
+            "--retention-age",
+            "5s",
+            "--export",
+            &export,
+            "--export-max-backoff",
+            "1s",
+        ],
+        &[],
+        store.0.with_extension("log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !server.received().is_empty()),
+        "nothing pushed:\n{}",
+        agent.log()
+    );
+    server.go_down();
+    std::thread::sleep(Duration::from_secs(12));
+    let dropped = agent
+        .metric("profiler_agent_export_dropped_total")
+        .unwrap_or(0.0);
+    assert!(dropped >= 2.0, "evicted while down: {dropped}");
+    server.come_up();
+    // One scrape: nothing pending, and written = sent + dropped.
+    let mut last = String::new();
+    let balanced = wait_until(Duration::from_secs(30), || {
+        last = agent.metrics();
+        let m = |n| metric_in(&last, n).unwrap_or(-1.0);
+        m("profiler_agent_export_backlog_windows") == 0.0
+            && m("profiler_agent_store_windows_written_total")
+                == m("profiler_agent_export_sent_total") + m("profiler_agent_export_dropped_total")
+    });
+    assert!(balanced, "written != sent + dropped:\n{last}");
+    let sent = metric_in(&last, "profiler_agent_export_sent_total").unwrap();
+    assert_eq!(sent as usize, server.received().len(), "sent = received");
+    assert!(agent.terminate().success(), "{}", agent.log());
+    // Each pushed once; those still stored are byte for byte the stored ones.
+    let got = server.received();
+    let ids: BTreeSet<_> = got.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ids.len(), got.len(), "a window was pushed twice");
+    let pushed: BTreeSet<&[u8]> = got.iter().map(|p| p.raw.as_slice()).collect();
+    for (path, bytes) in stored_windows(&store.0) {
+        assert!(
+            pushed.contains(bytes.as_slice()),
+            "stored window {path} never pushed"
+        );
+    }
     drop(w);
 }

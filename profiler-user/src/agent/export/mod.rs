@@ -5,7 +5,7 @@
 //! through a persistent [`ExportCursor`] (`<store>/export/<name>.json`),
 //! sends each one as it is stored (the same gzip'd pprof bytes), and moves
 //! the cursor only after the server accepted it. A server that is down
-//! loses nothing: the task retries the same window with exponential
+//! loses nothing: the task retries the same windows with exponential
 //! backoff and jitter (up to `--export-max-backoff`), and when the server
 //! returns it sends the backlog, oldest first. The backlog is bounded by
 //! the store's retention; windows evicted before they were sent are
@@ -15,7 +15,7 @@
 //!
 //! * Pyroscope: `POST {url}/push.v1.PusherService/Push`, Connect protocol
 //!   (unary, `application/proto`) over HTTP/1.1; one series per window
-//!   with labels `service_name`, `namespace`, `pod`, `container`, `node`,
+//!   (up to 64 windows or 4 MiB per request) with labels `service_name`, `namespace`, `pod`, `container`, `node`,
 //!   `__name__` (`process_cpu`, `memory`, `goroutine`, or the type name)
 //!   and `__delta__="false"` (windows are already deltas); the sample's
 //!   `ID` is a UUID derived from the window id, so a window sent twice
@@ -145,6 +145,12 @@ impl std::str::FromStr for ExportTarget {
             .ok_or_else(|| format!("`{s}`: the URL must start with http:// or https://"))?;
         if rest.is_empty() || rest.starts_with('/') {
             return Err(format!("`{s}`: the URL has no host"));
+        }
+        // The URL shows in logs and /metrics: no credentials in it.
+        if rest.split('/').next().unwrap_or_default().contains('@') {
+            return Err(format!(
+                "`{s}`: put credentials in token-file=PATH, not in the URL"
+            ));
         }
         let mut t = ExportTarget {
             kind,
@@ -639,7 +645,7 @@ impl Exporter {
     }
 
     /// Exports until `stop` turns true, then makes one last pass (one
-    /// attempt per pending window, within the request timeout) so the
+    /// attempt per request, within the request timeout) so the
     /// window flushed at shutdown is sent when the server is up.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         self.publish();
@@ -655,7 +661,8 @@ impl Exporter {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
-                    _ = stop.changed() => {}
+                    // The owner is gone without a shutdown: stop.
+                    r = stop.changed() => if r.is_err() { return },
                 }
                 continue;
             }
@@ -780,7 +787,7 @@ impl Exporter {
                     *backoff = (*backoff * 2).min(self.max_backoff);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stop.changed() => {}
+                        r = stop.changed() => if r.is_err() { return Flow::Stop },
                     }
                 }
             }
@@ -904,6 +911,7 @@ mod tests {
             "parca=http://x,tenant=a,tenant-file=b",
             "parca=http://x,color=blue",
             "parca=http://x,token-file=",
+            "pyroscope=http://user:pw@x:4040",
         ] {
             assert!(bad.parse::<ExportTarget>().is_err(), "{bad} should fail");
         }
@@ -957,5 +965,139 @@ mod tests {
             Some(("3".into(), "bad labels".into()))
         );
         assert_eq!(grpc_web_trailer(&[0, 0, 0, 0, 9]), None);
+    }
+
+    /// A one-request loopback server answering `response`; returns the URL
+    /// and a handle giving the raw request it read.
+    fn one_shot(response: Vec<u8>) -> (String, std::thread::JoinHandle<Vec<u8>>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then Content-Length bytes of body.
+            loop {
+                let n = c.read(&mut buf).unwrap();
+                req.extend_from_slice(&buf[..n]);
+                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            c.write_all(&response).unwrap();
+            req
+        });
+        (url, h)
+    }
+
+    fn client() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .http_status_as_error(false)
+            .build()
+            .into()
+    }
+
+    #[test]
+    fn pyroscope_errors_and_headers() {
+        let body = br#"{"code":"unauthenticated","message":"bad token"}"#;
+        let mut resp = format!(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        resp.extend_from_slice(body);
+        let (url, h) = one_shot(resp);
+        let creds = Credentials {
+            token: Some("tok".into()),
+            tenant: Some("t1".into()),
+        };
+        let endpoint = format!("{url}{}", ExportKind::Pyroscope.rpc_path());
+        let err = send(
+            &client(),
+            ExportKind::Pyroscope,
+            &endpoint,
+            &creds,
+            vec![1, 2, 3],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("HTTP 401") && err.contains("bad token"),
+            "{err}"
+        );
+        let req = String::from_utf8_lossy(&h.join().unwrap()).to_ascii_lowercase();
+        assert!(
+            req.starts_with("post /push.v1.pusherservice/push http/1.1"),
+            "{req}"
+        );
+        assert!(req.contains("authorization: bearer tok"), "{req}");
+        assert!(req.contains("x-scope-orgid: t1"), "{req}");
+        assert!(req.contains("content-type: application/proto"), "{req}");
+    }
+
+    #[test]
+    fn parca_grpc_status_in_trailer_or_headers() {
+        let endpoint = |url: &str| format!("{url}{}", ExportKind::Parca.rpc_path());
+        let creds = Credentials::default();
+        // A trailer frame with a failure.
+        let t = b"grpc-status: 16\r\ngrpc-message: no tenant\r\n";
+        let mut frame = vec![0x80];
+        frame.extend_from_slice(&(t.len() as u32).to_be_bytes());
+        frame.extend_from_slice(t);
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/grpc-web+proto\r\nContent-Length: {}\r\n\r\n",
+            frame.len()
+        )
+        .into_bytes();
+        resp.extend_from_slice(&frame);
+        let (url, h) = one_shot(resp);
+        let err = send(
+            &client(),
+            ExportKind::Parca,
+            &endpoint(&url),
+            &creds,
+            vec![0, 0, 0, 0, 0],
+        )
+        .unwrap_err();
+        assert!(err.contains("gRPC status 16: no tenant"), "{err}");
+        h.join().unwrap();
+        // Trailers-only success in the headers.
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/grpc-web+proto\r\ngrpc-status: 0\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let (url, h) = one_shot(resp);
+        send(
+            &client(),
+            ExportKind::Parca,
+            &endpoint(&url),
+            &creds,
+            vec![0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        h.join().unwrap();
+        // No status at all is a failure, not a success.
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let (url, h) = one_shot(resp);
+        let err = send(
+            &client(),
+            ExportKind::Parca,
+            &endpoint(&url),
+            &creds,
+            vec![0, 0, 0, 0, 0],
+        )
+        .unwrap_err();
+        assert!(err.contains("without grpc-status"), "{err}");
+        h.join().unwrap();
     }
 }
