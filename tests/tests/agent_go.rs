@@ -236,6 +236,18 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     // Pod C: not Go.
     let c = Owned::spawn(Command::new("sleep").arg("600"));
     cg.add_process(&c_cg, c.pid());
+    // Outside any pod, the same binary: it hits the shared probes, which
+    // return at once for it (not a target).
+    let outsider = spawn(&[
+        "-start-delay",
+        "4s",
+        "-leak-rate",
+        "10",
+        "-leak-count",
+        "10",
+        "-duration",
+        "10m",
+    ]);
 
     // Calls: exact over the windows they span.
     assert!(
@@ -309,7 +321,14 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     );
     assert_eq!(
         agent.metric("profiler_agent_map_entries{map=\"go_processes\"}"),
-        Some(2.0)
+        Some(2.0),
+        "the outsider is not a target"
+    );
+    assert!(
+        agent
+            .metric("profiler_agent_go_probe_events_total{counter=\"not_target\"}")
+            .is_some_and(|n| n > 0.0),
+        "the outsider's hits of the shared probes are filtered in the kernel"
     );
 
     // The non-Go pod: no Go profile, and /targets says why.
@@ -369,7 +388,8 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     assert_eq!(live_at(&f, "main.leakSite"), 40);
     assert!(go_pprof_total(&fetched).is_some_and(|t| t >= 45));
 
-    // Both Go processes exit: the binary's probes are detached.
+    // Both Go processes of the pods exit: the binary's probes are
+    // detached (the outsider still runs it, but is no target).
     drop(a);
     drop(b);
     assert!(
@@ -384,6 +404,7 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
         agent.metric("profiler_agent_go_binaries_detached_total"),
         Some(1.0)
     );
+    drop(outsider);
 }
 
 /// The DaemonSet's capabilities (deploy/kubernetes/daemonset.yaml,
