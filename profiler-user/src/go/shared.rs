@@ -421,7 +421,10 @@ impl GoSession {
         } else {
             HashSet::new()
         };
+        // Notes are per window (bounded): the ones about a group's
+        // processes go into its profiles, the rest are dropped.
         let notes = std::mem::take(&mut self.notes);
+        self.single_stepped.clear();
         let mut cache = HashMap::new();
         let mut out = Vec::new();
         for (name, pids) in groups {
