@@ -404,6 +404,21 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
         agent.metric("profiler_agent_go_binaries_detached_total"),
         Some(1.0)
     );
+    // Their stacks leave the kernel's stack table (no live process used
+    // them), so a long-running agent does not fill it.
+    assert!(
+        agent
+            .metric("profiler_agent_go_stacks_released_total")
+            .is_some_and(|n| n > 0.0),
+        "stacks of the exited processes released"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metric("profiler_agent_map_entries{map=\"go_stacks\"}")
+            == Some(0.0)),
+        "go_stacks still {:?}",
+        agent.metric("profiler_agent_map_entries{map=\"go_stacks\"}")
+    );
     drop(outsider);
 }
 

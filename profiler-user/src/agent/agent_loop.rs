@@ -730,6 +730,7 @@ impl<'a> AgentLoop<'a> {
                 rows.push((GO_EVENTS, Some(("counter", name)), count(*v)));
             }
             rows.push((GO_DETACHED, None, count(st.binaries_detached)));
+            rows.push((GO_STACKS_RELEASED, None, count(st.stacks_released)));
         }
         if let Some((ns, runs)) = sampler.sample_prog_stats() {
             rows.push((BPF_RUN_TIME, None, count(ns)));
@@ -794,6 +795,7 @@ const PODS_CACHED: &str = "profiler_agent_pods_cached";
 const POD_WATCH_SYNCED: &str = "profiler_agent_pod_watch_synced";
 const GO_EVENTS: &str = "profiler_agent_go_probe_events_total";
 const GO_DETACHED: &str = "profiler_agent_go_binaries_detached_total";
+const GO_STACKS_RELEASED: &str = "profiler_agent_go_stacks_released_total";
 
 /// Every metric the loop exports: name, kind and help, defined once
 /// (docs/agent.md lists them).
@@ -875,6 +877,10 @@ const METRICS: &[MetricDef] = &[
     MetricDef::counter(
         GO_DETACHED,
         "Binaries whose Go probes were detached because their last target process exited.",
+    ),
+    MetricDef::counter(
+        GO_STACKS_RELEASED,
+        "Go probe stacks removed from the kernel's stack table once only exited processes had used them.",
     ),
 ];
 
