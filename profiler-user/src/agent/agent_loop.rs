@@ -238,6 +238,8 @@ impl<'a> AgentLoop<'a> {
                 break;
             }
         }
+        // --allocs-set-rate: the targets' MemProfileRate goes back to 0.
+        self.collector.go_restore_rates();
         self.summary.targets_seen = self.seen.len();
         self.summary.elapsed = started.elapsed();
         Ok(self.summary)

@@ -158,6 +158,12 @@ impl GoSession {
             .collect()
     }
 
+    /// Write 0 back into every target whose `runtime.MemProfileRate` we set
+    /// (`--allocs-set-rate`): the agent's shutdown undoes what it changed.
+    pub fn restore_alloc_rates(&self) {
+        self.restore_rates();
+    }
+
     /// Whether `tgid` has Go probes (agent mode).
     pub fn is_go_process(&self, tgid: u32) -> bool {
         self.procs.contains_key(&tgid)
