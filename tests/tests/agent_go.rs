@@ -686,3 +686,55 @@ fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
         );
     }
 }
+
+/// `--allocs-set-rate`: a Go program whose `runtime.MemProfileRate` is 0
+/// samples no allocations; the agent writes the rate into it, so its
+/// allocs windows hold its allocations.
+#[test]
+fn agent_go_allocs_set_rate_turns_sampling_on() {
+    if !can_run_ebpf("agent_go_allocs_set_rate_turns_sampling_on") {
+        return;
+    }
+    let Some(bin) = build_goruntime() else { return };
+    let mut cg = KubeletCgroups::new("agent-go-rate");
+    let (uid, cid) = (pod_uid(41), container_id(41));
+    let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
+    let store = TempDir::new("agent-go-rate-store");
+    let root_s = cg.root.display().to_string();
+    let agent = Agent::start(
+        &store.0,
+        &root_s,
+        &["--profile", "allocs", "--allocs-set-rate", "65536"],
+    );
+    let w = Owned::spawn(
+        Command::new(&bin)
+            .args(["-memprofilerate", "0", "-start-delay", "2s"])
+            .args(["-alloc-a", "4194304", "-duration", "10m"])
+            .stdout(Stdio::null()),
+    );
+    cg.add_process(&cgp, w.pid());
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        let p = agent.profile(&uid, "allocs");
+        let hit = p.as_ref().is_some_and(|(s, t, _)| {
+            t.get(1).is_some_and(|b| *b > 0)
+                && s.iter()
+                    .any(|x| x.frames.iter().any(|f| f.0 == "main.allocA"))
+        });
+        last = p.map(|(_, t, w)| (t, w));
+        hit
+    });
+    assert!(
+        ok,
+        "allocA never appeared with --allocs-set-rate (totals, windows: {last:?}); log:\n{}",
+        agent.log()
+    );
+    // cpu was not asked for: no cpu windows.
+    assert_eq!(
+        agent
+            .get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"))
+            .status,
+        404
+    );
+    drop(w);
+}
