@@ -259,10 +259,24 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     );
     let (calls, ct, cw) = agent.profile(&uid_a, "calls").unwrap();
     assert_eq!(ct[0], 20000, "calls are exact over {cw} windows");
-    assert!(calls.iter().all(|s| s
-        .frames
-        .first()
-        .is_some_and(|f| f.0 == "main.countedTarget")));
+    // A call whose stack could not be stored counts under its immediate
+    // caller only (counted in go_probe_events_total: stack_lost,
+    // stack_collision, stack_table_full): nearly all carry their stack.
+    let with_leaf: i64 = calls
+        .iter()
+        .filter(|s| {
+            s.frames
+                .first()
+                .is_some_and(|f| f.0 == "main.countedTarget")
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        with_leaf * 100 >= ct[0] * 99,
+        "{with_leaf} of {} calls have main.countedTarget as leaf; stack_lost={:?}",
+        ct[0],
+        agent.metric("profiler_agent_go_probe_events_total{counter=\"stack_lost\"}")
+    );
 
     // Goroutines: once the leak is done and a few more windows passed, the
     // range is the last window's snapshot: 40 live at main.leakSite.
