@@ -566,6 +566,13 @@ impl Collector {
         }
     }
 
+    /// Undo `--allocs-set-rate` in the targets (at the agent's shutdown).
+    pub fn go_restore_rates(&mut self) {
+        if let Some(g) = self.go.as_ref() {
+            g.restore_alloc_rates();
+        }
+    }
+
     /// Agent mode: release exited processes' Go state and detach the probes
     /// of binaries no target runs any more.
     pub fn go_forget_dead(&mut self) {

@@ -236,6 +236,18 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     // Pod C: not Go.
     let c = Owned::spawn(Command::new("sleep").arg("600"));
     cg.add_process(&c_cg, c.pid());
+    // Outside any pod, the same binary: it hits the shared probes, which
+    // return at once for it (not a target).
+    let outsider = spawn(&[
+        "-start-delay",
+        "4s",
+        "-leak-rate",
+        "10",
+        "-leak-count",
+        "10",
+        "-duration",
+        "10m",
+    ]);
 
     // Calls: exact over the windows they span.
     assert!(
@@ -247,10 +259,24 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     );
     let (calls, ct, cw) = agent.profile(&uid_a, "calls").unwrap();
     assert_eq!(ct[0], 20000, "calls are exact over {cw} windows");
-    assert!(calls.iter().all(|s| s
-        .frames
-        .first()
-        .is_some_and(|f| f.0 == "main.countedTarget")));
+    // A call whose stack could not be stored counts under its immediate
+    // caller only (counted in go_probe_events_total: stack_lost,
+    // stack_collision, stack_table_full): nearly all carry their stack.
+    let with_leaf: i64 = calls
+        .iter()
+        .filter(|s| {
+            s.frames
+                .first()
+                .is_some_and(|f| f.0 == "main.countedTarget")
+        })
+        .map(|s| s.count)
+        .sum();
+    assert!(
+        with_leaf * 100 >= ct[0] * 99,
+        "{with_leaf} of {} calls have main.countedTarget as leaf; stack_lost={:?}",
+        ct[0],
+        agent.metric("profiler_agent_go_probe_events_total{counter=\"stack_lost\"}")
+    );
 
     // Goroutines: once the leak is done and a few more windows passed, the
     // range is the last window's snapshot: 40 live at main.leakSite.
@@ -309,7 +335,14 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     );
     assert_eq!(
         agent.metric("profiler_agent_map_entries{map=\"go_processes\"}"),
-        Some(2.0)
+        Some(2.0),
+        "the outsider is not a target"
+    );
+    assert!(
+        agent
+            .metric("profiler_agent_go_probe_events_total{counter=\"not_target\"}")
+            .is_some_and(|n| n > 0.0),
+        "the outsider's hits of the shared probes are filtered in the kernel"
     );
 
     // The non-Go pod: no Go profile, and /targets says why.
@@ -369,7 +402,8 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     assert_eq!(live_at(&f, "main.leakSite"), 40);
     assert!(go_pprof_total(&fetched).is_some_and(|t| t >= 45));
 
-    // Both Go processes exit: the binary's probes are detached.
+    // Both Go processes of the pods exit: the binary's probes are
+    // detached (the outsider still runs it, but is no target).
     drop(a);
     drop(b);
     assert!(
@@ -384,6 +418,22 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
         agent.metric("profiler_agent_go_binaries_detached_total"),
         Some(1.0)
     );
+    // Their stacks leave the kernel's stack table (no live process used
+    // them), so a long-running agent does not fill it.
+    assert!(
+        agent
+            .metric("profiler_agent_go_stacks_released_total")
+            .is_some_and(|n| n > 0.0),
+        "stacks of the exited processes released"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || agent
+            .metric("profiler_agent_map_entries{map=\"go_stacks\"}")
+            == Some(0.0)),
+        "go_stacks still {:?}",
+        agent.metric("profiler_agent_map_entries{map=\"go_stacks\"}")
+    );
+    drop(outsider);
 }
 
 /// The DaemonSet's capabilities (deploy/kubernetes/daemonset.yaml,
@@ -649,4 +699,56 @@ fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
             "{kind} gate exit {code:?}:\n{stdout}"
         );
     }
+}
+
+/// `--allocs-set-rate`: a Go program whose `runtime.MemProfileRate` is 0
+/// samples no allocations; the agent writes the rate into it, so its
+/// allocs windows hold its allocations.
+#[test]
+fn agent_go_allocs_set_rate_turns_sampling_on() {
+    if !can_run_ebpf("agent_go_allocs_set_rate_turns_sampling_on") {
+        return;
+    }
+    let Some(bin) = build_goruntime() else { return };
+    let mut cg = KubeletCgroups::new("agent-go-rate");
+    let (uid, cid) = (pod_uid(41), container_id(41));
+    let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
+    let store = TempDir::new("agent-go-rate-store");
+    let root_s = cg.root.display().to_string();
+    let agent = Agent::start(
+        &store.0,
+        &root_s,
+        &["--profile", "allocs", "--allocs-set-rate", "65536"],
+    );
+    let w = Owned::spawn(
+        Command::new(&bin)
+            .args(["-memprofilerate", "0", "-start-delay", "2s"])
+            .args(["-alloc-a", "4194304", "-duration", "10m"])
+            .stdout(Stdio::null()),
+    );
+    cg.add_process(&cgp, w.pid());
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        let p = agent.profile(&uid, "allocs");
+        let hit = p.as_ref().is_some_and(|(s, t, _)| {
+            t.get(1).is_some_and(|b| *b > 0)
+                && s.iter()
+                    .any(|x| x.frames.iter().any(|f| f.0 == "main.allocA"))
+        });
+        last = p.map(|(_, t, w)| (t, w));
+        hit
+    });
+    assert!(
+        ok,
+        "allocA never appeared with --allocs-set-rate (totals, windows: {last:?}); log:\n{}",
+        agent.log()
+    );
+    // cpu was not asked for: no cpu windows.
+    assert_eq!(
+        agent
+            .get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"))
+            .status,
+        404
+    );
+    drop(w);
 }

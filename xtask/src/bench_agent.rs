@@ -469,7 +469,11 @@ pub fn run_go(root: &Path, seconds: u64) -> Result<()> {
     let series = |label: &str| {
         last_metrics
             .lines()
-            .find(|l| l.contains(label))
+            .find(|l| {
+                !l.starts_with('#')
+                    && !l.starts_with("profiler_agent_map_capacity")
+                    && l.contains(label)
+            })
             .and_then(|l| l.rsplit(' ').next())
             .unwrap_or("?")
             .to_string()

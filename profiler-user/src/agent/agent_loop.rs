@@ -250,6 +250,8 @@ impl<'a> AgentLoop<'a> {
                 break;
             }
         }
+        // --allocs-set-rate: the targets' MemProfileRate goes back to 0.
+        self.collector.go_restore_rates();
         self.summary.targets_seen = self.seen.len();
         self.summary.elapsed = started.elapsed();
         Ok(self.summary)
@@ -787,6 +789,7 @@ impl<'a> AgentLoop<'a> {
                 rows.push((GO_EVENTS, Some(("counter", name)), count(*v)));
             }
             rows.push((GO_DETACHED, None, count(st.binaries_detached)));
+            rows.push((GO_STACKS_RELEASED, None, count(st.stacks_released)));
         }
         if let Some((ns, runs)) = sampler.sample_prog_stats() {
             rows.push((BPF_RUN_TIME, None, count(ns)));
@@ -851,6 +854,7 @@ const PODS_CACHED: &str = "profiler_agent_pods_cached";
 const POD_WATCH_SYNCED: &str = "profiler_agent_pod_watch_synced";
 const GO_EVENTS: &str = "profiler_agent_go_probe_events_total";
 const GO_DETACHED: &str = "profiler_agent_go_binaries_detached_total";
+const GO_STACKS_RELEASED: &str = "profiler_agent_go_stacks_released_total";
 
 /// Every metric the loop exports: name, kind and help, defined once
 /// (docs/agent.md lists them).
@@ -932,6 +936,10 @@ const METRICS: &[MetricDef] = &[
     MetricDef::counter(
         GO_DETACHED,
         "Binaries whose Go probes were detached because their last target process exited.",
+    ),
+    MetricDef::counter(
+        GO_STACKS_RELEASED,
+        "Go probe stacks removed from the kernel's stack table once only exited processes had used them.",
     ),
 ];
 

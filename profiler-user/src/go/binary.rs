@@ -204,12 +204,12 @@ impl GoBinary {
             .map(|(a, _, off, _)| vaddr - a + off)
     }
 
-    /// Virtual address of a file offset (inside a PT_LOAD segment).
+    /// PT_LOAD segments: (vaddr, memsz, file offset, filesz).
     pub(super) fn segments(&self) -> &[(u64, u64, u64, u64)] {
         &self.segments
     }
 
-    /// The virtual address of file offset `off`, if a PT_LOAD maps it.
+    /// Virtual address of a file offset (inside a PT_LOAD segment).
     pub fn vaddr_of_file_offset(&self, off: u64) -> Option<u64> {
         self.segments
             .iter()

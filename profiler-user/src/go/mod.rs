@@ -40,7 +40,10 @@
 //! (reading and writing the target's memory: `MemProfileRate`,
 //! `runtime.allgs`), `session` (the maps, the periodic tick and the shared
 //! part of `finish`), one module per profile type (`calls`, `goroutines`,
-//! `allocs`, each with its attach, collect and build-profile steps), and
+//! `allocs`, each with its attach, collect and build-profile steps),
+//! `shared` (the agent's mode: probes once per binary for every process
+//! running it, filtered by `GO_PROCS` in the kernel, and per-window
+//! profiles per container), and
 //! `knobs` (measurement switches, compiled in only with the `bench-knobs`
 //! feature).
 #![allow(clippy::type_complexity)]

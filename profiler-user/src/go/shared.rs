@@ -74,6 +74,9 @@ pub struct SharedStats {
     pub stacks: u64,
     /// Hits of shared probes by processes that are not targets.
     pub not_target_hits: u64,
+    /// Stacks removed from `GO_FP_STACKS` once no count key of a live
+    /// process referred to them.
+    pub stacks_released: u64,
 }
 
 /// Previous cumulative counts, to cut windows.
@@ -153,6 +156,12 @@ impl GoSession {
             .into_iter()
             .map(|(c, v)| (c.name(), v, c.is_loss()))
             .collect()
+    }
+
+    /// Write 0 back into every target whose `runtime.MemProfileRate` we set
+    /// (`--allocs-set-rate`): the agent's shutdown undoes what it changed.
+    pub fn restore_alloc_rates(&self) {
+        self.restore_rates();
     }
 
     /// Whether `tgid` has Go probes (agent mode).
@@ -321,9 +330,11 @@ impl GoSession {
         for k in gone {
             let _ = self.goroutines.remove(&k);
         }
+        let released = self.release_stacks();
         let Some(sh) = self.shared.as_mut() else {
             return;
         };
+        sh.stats.stacks_released += released;
         let prev = &mut sh.prev;
         prev.calls.retain(|k, _| !dead_set.contains(&k.tgid));
         prev.call_sites.retain(|k, _| !dead_set.contains(&k.tgid));
@@ -425,7 +436,10 @@ impl GoSession {
         } else {
             HashSet::new()
         };
+        // Notes are per window (bounded): the ones about a group's
+        // processes go into its profiles, the rest are dropped.
         let notes = std::mem::take(&mut self.notes);
+        self.single_stepped.clear();
         let mut cache = HashMap::new();
         let mut out = Vec::new();
         for (name, pids) in groups {
@@ -613,6 +627,43 @@ impl GoSession {
             ));
         }
         out
+    }
+}
+
+impl GoSession {
+    /// Remove the stacks only exited processes used from `GO_FP_STACKS`
+    /// (called after their keys were deleted), so a long-running agent
+    /// does not fill the table with stacks of processes long gone. The
+    /// table's keys are read first and only those are candidates: a stack
+    /// stored meanwhile by a live process is kept. Returns how many were
+    /// removed.
+    fn release_stacks(&mut self) -> u64 {
+        let before: Vec<u64> = self.fp_stacks.keys().filter_map(Result::ok).collect();
+        if before.is_empty() {
+            return 0;
+        }
+        let mut used: HashSet<u64> = HashSet::new();
+        for k in self.calls.keys().filter_map(Result::ok) {
+            used.insert(k.stack_hash);
+        }
+        for k in self.allocs.keys().filter_map(Result::ok) {
+            used.insert(k.stack_hash);
+        }
+        for k in self.sites.keys().filter_map(Result::ok) {
+            used.insert(k.stack_hash);
+        }
+        for k in self.goroutines.keys().filter_map(Result::ok) {
+            if let Ok(site) = self.goroutines.get(&k, 0) {
+                used.insert(site.stack_hash);
+            }
+        }
+        let mut n = 0;
+        for h in before {
+            if !used.contains(&h) && self.fp_stacks.remove(&h).is_ok() {
+                n += 1;
+            }
+        }
+        n
     }
 }
 
