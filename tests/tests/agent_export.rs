@@ -578,9 +578,16 @@ fn pyroscope_export_survives_an_outage_and_sends_each_window_once() {
         assert_eq!(p.headers["authorization"], "Bearer s3cret");
         assert_eq!(p.headers["x-scope-orgid"], "team-a");
         assert_eq!(p.id.len(), 36, "a UUID: {}", p.id);
+        // Every stored type is exported: the cpu windows and the
+        // memory windows the agent writes by default (--memory-interval).
+        let name = p.labels.get("__name__").map(String::as_str).unwrap_or("");
+        assert!(
+            matches!(name, "process_cpu" | "memory"),
+            "__name__ {name:?}"
+        );
         let want: BTreeMap<String, String> = [
             ("__delta__", "false"),
-            ("__name__", "process_cpu"),
+            ("__name__", name),
             ("container", "manager"),
             ("namespace", "ctrl-system"),
             ("node", "node-a"),
@@ -593,8 +600,13 @@ fn pyroscope_export_survives_an_outage_and_sends_each_window_once() {
         assert_eq!(p.labels, want);
     }
     // The pushed bytes are real profiles of the workload.
+    assert!(
+        got.iter().any(|p| p.labels["__name__"] == "memory"),
+        "no memory window exported"
+    );
     let merged: i64 = got
         .iter()
+        .filter(|p| p.labels["__name__"] == "process_cpu")
         .map(|p| {
             let prof = profiler_pprof::decode(&p.raw, &Default::default()).unwrap();
             prof.sample.iter().map(|s| s.value[0]).sum::<i64>()
@@ -649,8 +661,13 @@ fn parca_export_writes_raw_and_resumes_after_restart() {
         assert_eq!(p.tenant, "acme");
         assert!(p.normalized);
         assert!(!p.headers.contains_key("authorization"));
+        let name = p.labels.get("__name__").map(String::as_str).unwrap_or("");
+        assert!(
+            matches!(name, "process_cpu" | "memory"),
+            "__name__ {name:?}"
+        );
         let want: BTreeMap<String, String> = [
-            ("__name__", "process_cpu"),
+            ("__name__", name),
             ("container", &cid[..12]),
             ("node", "node-b"),
             ("pod", uid.as_str()),
