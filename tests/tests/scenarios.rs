@@ -9,7 +9,8 @@
 //! reconcile count, as an API-load profile
 //! (`integration_tests::apiload`). Then `profdiff gate --budgets
 //! budgets/workbench.toml` once per signal (CPU, goroutines, allocations,
-//! call counts, API requests, in-use heap):
+//! call counts, API requests, in-use heap, latency; contention profiles with
+//! `budgets/workbench-contention.toml`):
 //!
 //! * baseline against baseline (two independent sets of runs) must pass on
 //!   every signal (exit 0);
@@ -331,6 +332,15 @@ fn budgets() -> PathBuf {
     root().join("budgets/workbench.toml")
 }
 
+/// The budgets file of a signal: the contention profile has its own (no
+/// share-growth rules: see the file).
+fn budgets_for(signal: Signal) -> PathBuf {
+    match signal {
+        Signal::Contention => root().join("budgets/workbench-contention.toml"),
+        _ => budgets(),
+    }
+}
+
 /// One recorded run.
 #[derive(Debug, Clone, Default)]
 struct RunInfo {
@@ -572,7 +582,7 @@ fn gate(base: &Path, cand: &Path, signal: Signal, out: &Path) -> GateResult {
         .arg("-c")
         .arg(cand.join(signal.dir()))
         .arg("--budgets")
-        .arg(budgets())
+        .arg(budgets_for(signal))
         .arg("--json")
         .arg(&json_path)
         .output()
