@@ -277,8 +277,18 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
 /// The agent's CPU % of a core, peak RSS (KiB) and last `/metrics`.
 type AgentMeasure = (f64, u64, String);
 
-/// Alternated run pairs (with and without the agent) of the Go part.
+/// Alternated run pairs (with and without the agent) of the Go part, by
+/// default; `$AGENT_BENCH_PAIRS` overrides it (more pairs, a steadier median).
 const GO_PAIRS: usize = 3;
+
+/// The number of alternated pairs of the Go part.
+fn go_pairs() -> usize {
+    std::env::var("AGENT_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(GO_PAIRS)
+}
 
 /// One run of the Go part: the 20 pods' workloads for `seconds` (after a
 /// 5 s start delay), with or without the agent. Returns pod 0's CPU-bound
@@ -401,7 +411,7 @@ fn go_run(
 /// layouts) running `goruntime -work` at 1/20 of the controller-like rates
 /// each (together 1,000 goroutines/s, 10 MiB/s allocated, 2,000 counted
 /// calls/s); pod 0 also runs a CPU-bound loop whose rate is the slowdown
-/// measure. `GO_PAIRS` alternated pairs of runs with and without the agent
+/// measure. `GO_PAIRS` (or `$AGENT_BENCH_PAIRS`) alternated pairs of runs with and without the agent
 /// (`--profile cpu,goroutines,allocs,calls --count main.countedTarget
 /// --allocs-set-rate 524288`); prints the agent's CPU % of a core (mean),
 /// peak RSS (max), and the workload slowdown (1 - median of the per-pair
@@ -438,7 +448,8 @@ pub fn run_go(root: &Path, seconds: u64) -> Result<()> {
     let mut cpu = Vec::new();
     let mut rss = 0u64;
     let mut last_metrics = String::new();
-    for pair in 0..GO_PAIRS {
+    let pairs = go_pairs();
+    for pair in 0..pairs {
         let order = if pair % 2 == 0 {
             [false, true]
         } else {
@@ -454,7 +465,7 @@ pub fn run_go(root: &Path, seconds: u64) -> Result<()> {
                 last_metrics = metrics;
             }
             eprintln!(
-                "agent bench (go): pair {}/{GO_PAIRS} {} agent: loop {rate:.1} units/s",
+                "agent bench (go): pair {}/{pairs} {} agent: loop {rate:.1} units/s",
                 pair + 1,
                 if with { "with" } else { "without" }
             );
@@ -480,7 +491,7 @@ pub fn run_go(root: &Path, seconds: u64) -> Result<()> {
     };
     println!(
         "bench agent (go): {PODS} Go pods, together 1,000 goroutines/s, 10 MiB/s, 2,000 counted calls/s; \
-         --profile cpu,goroutines,allocs,calls; {GO_PAIRS} alternated pairs of {seconds} s runs"
+         --profile cpu,goroutines,allocs,calls; {pairs} alternated pairs of {seconds} s runs"
     );
     println!(
         "  agent CPU               {cpu_mean:.2}% of one core (runs: {})   (goal <= 2%)",
