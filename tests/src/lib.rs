@@ -223,6 +223,32 @@ pub fn cum(samples: &[FlatSample], needle: &str) -> i64 {
         .sum()
 }
 
+/// Sum of the sample type named `kind` over the samples whose stack has a
+/// function named exactly `func` (a cumulative value, as `go tool pprof
+/// -top -cum` shows it). Panics when the profile has no such type.
+pub fn value_under(p: &proto::Profile, kind: &str, func: &str) -> i64 {
+    let s = |i: i64| p.string_table[i as usize].as_str();
+    let v = p
+        .sample_type
+        .iter()
+        .position(|t| s(t.r#type) == kind)
+        .unwrap_or_else(|| panic!("no sample type {kind}"));
+    let funcs: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, s(f.name))).collect();
+    let locs: HashMap<u64, &proto::Location> = p.location.iter().map(|l| (l.id, l)).collect();
+    p.sample
+        .iter()
+        .filter(|smp| {
+            smp.location_id.iter().any(|id| {
+                locs[id]
+                    .line
+                    .iter()
+                    .any(|l| funcs.get(&l.function_id) == Some(&func))
+            })
+        })
+        .map(|smp| smp.value[v])
+        .sum()
+}
+
 /// `go tool pprof -sample_index=0 -top` total ("... of N total").
 pub fn go_pprof_total(path: &Path) -> Option<i64> {
     let out = Command::new(go_bin())

@@ -6,81 +6,14 @@
 //! count, for `sync.Mutex` (`main.contend`) and for `sync.RWMutex` readers
 //! (`main.reader`).
 
-use std::{collections::HashMap, path::PathBuf, process::Command};
+use integration_tests::{gobuild, *};
 
-use integration_tests::*;
-
-fn go_tool(version: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(format!("/usr/lib/go-{version}/bin/go"));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "Go {version} missing at {}",
-        p.display()
-    );
-    eprintln!("Go {version} missing: skipped");
-    None
-}
-
-/// Build `tests/workloads/lockwait` with Go `version` (stripped with
-/// `-s -w` if asked) under target/ and return the binary.
-fn build(version: &str, stripped: bool) -> Option<PathBuf> {
-    let go = go_tool(version)?;
-    let out_dir = root().join("target/lock-tests");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let out = out_dir.join(format!(
-        "lockwait-{version}{}",
-        if stripped { "-stripped" } else { "" }
-    ));
-    let mut cmd = Command::new(&go);
-    cmd.current_dir(root().join("tests/workloads"))
-        .env("GOCACHE", root().join("target/gocache-lock-tests"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .arg("build")
-        .arg("-o")
-        .arg(&out);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    cmd.arg("./lockwait");
-    let st = cmd.status().expect("running go build");
-    assert!(st.success(), "go build ./lockwait with Go {version} failed");
-    Some(out)
-}
-
-/// Sum of sample type `kind` (by name) and of `contentions` over samples
-/// whose stack has a function named exactly `func`.
+/// Sum of `kind` and of `contentions` over the samples under `func`.
 fn under(p: &diff::pprof::proto::Profile, kind: &str, func: &str) -> (i64, i64) {
-    let s = |i: i64| p.string_table[i as usize].as_str();
-    let idx = |name: &str| {
-        p.sample_type
-            .iter()
-            .position(|t| s(t.r#type) == name)
-            .unwrap_or_else(|| panic!("no sample type {name}"))
-    };
-    let (v, c) = (idx(kind), idx("contentions"));
-    let funcs: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, s(f.name))).collect();
-    let locs: HashMap<u64, &diff::pprof::proto::Location> =
-        p.location.iter().map(|l| (l.id, l)).collect();
-    let mut total = (0, 0);
-    for smp in &p.sample {
-        let hit = smp.location_id.iter().any(|id| {
-            locs[id]
-                .line
-                .iter()
-                .any(|l| funcs.get(&l.function_id) == Some(&func))
-        });
-        if hit {
-            total.0 += smp.value[v];
-            total.1 += smp.value[c];
-        }
-    }
-    total
+    (
+        value_under(p, kind, func),
+        value_under(p, "contentions", func),
+    )
 }
 
 fn within(what: &str, ours: i64, truth: i64, tol: f64) {
@@ -99,7 +32,7 @@ fn matches_block_profile(version: &str, stripped: bool, mode: &str, func: &str) 
     if !can_run_ebpf(&test) {
         return;
     }
-    let Some(bin) = build(version, stripped) else {
+    let Some(bin) = gobuild::build("lockwait", version, stripped) else {
         return;
     };
     let dir = TempDir::new("contention");

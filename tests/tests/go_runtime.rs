@@ -5,38 +5,7 @@
 //! versions, stripped binaries, allocation shares, probe cost) are in
 //! `profiler-user/tests/go_runtime.rs`.
 
-use std::{path::PathBuf, process::Command};
-
-use integration_tests::*;
-
-fn build_goruntime() -> Option<PathBuf> {
-    let go = PathBuf::from("/usr/lib/go-1.23/bin/go");
-    if !go.exists() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "Go 1.23 missing at {}",
-            go.display()
-        );
-        eprintln!("Go 1.23 missing: skipped");
-        return None;
-    }
-    let out = root().join("target/go-runtime-tests/goruntime-cli");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let st = Command::new(&go)
-        .current_dir(root().join("tests/workloads"))
-        .env("GOCACHE", root().join("target/gocache-go-runtime"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .arg("build")
-        .arg("-o")
-        .arg(&out)
-        .arg("./goruntime")
-        .status()
-        .expect("running go build");
-    assert!(st.success(), "go build ./goruntime failed");
-    Some(out)
-}
+use integration_tests::{gobuild, *};
 
 fn string(p: &diff::pprof::proto::Profile, i: i64) -> &str {
     &p.string_table[i as usize]
@@ -47,7 +16,9 @@ fn record_cli_writes_go_runtime_profiles() {
     if !can_run_ebpf("record_cli_writes_go_runtime_profiles") {
         return;
     }
-    let Some(bin) = build_goruntime() else { return };
+    let Some(bin) = gobuild::build("goruntime", "1.23", false) else {
+        return;
+    };
     let dir = TempDir::new("goprofiles");
     let out = dir.join("out");
     let r = record(&[

@@ -11,58 +11,11 @@
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
 };
 
-use integration_tests::*;
-
-const VERSIONS: [&str; 4] = ["1.19", "1.21", "1.22", "1.23"];
-
-fn go_tool(version: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(format!("/usr/lib/go-{version}/bin/go"));
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "Go {version} missing at {}",
-        p.display()
-    );
-    eprintln!("Go {version} missing: skipped");
-    None
-}
-
-/// Build heapsites with Go `version` (stripped if asked) under target/.
-fn build(version: &str, stripped: bool) -> Option<PathBuf> {
-    let go = go_tool(version)?;
-    let out = root().join(format!(
-        "target/heap-tests/heapsites-{version}{}",
-        if stripped { "-stripped" } else { "" }
-    ));
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let mut cmd = Command::new(&go);
-    cmd.current_dir(root().join("tests/workloads"))
-        .env(
-            "GOCACHE",
-            root().join(format!("target/gocache-heap-{version}")),
-        )
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(&out);
-    if stripped {
-        cmd.arg("-ldflags=-s -w");
-    }
-    cmd.arg("./heapsites");
-    assert!(
-        cmd.status().expect("running go build").success(),
-        "go build ./heapsites with Go {version} failed"
-    );
-    Some(out)
-}
+use integration_tests::{gobuild, *};
 
 /// Sum of sample type `index` by leaf function (the innermost line of the
 /// first location).
@@ -194,9 +147,9 @@ fn heap_inuse_matches_runtime_pprof_and_ground_truth() {
     if !can_run_ebpf("heap_inuse_matches_runtime_pprof_and_ground_truth") {
         return;
     }
-    for v in VERSIONS {
+    for &v in gobuild::GO_VERSIONS {
         for stripped in [false, true] {
-            let Some(bin) = build(v, stripped) else {
+            let Some(bin) = gobuild::build("heapsites", v, stripped) else {
                 continue;
             };
             let label = format!("Go {v}{}", if stripped { " stripped" } else { "" });
@@ -212,7 +165,7 @@ fn heap_growth_is_named_at_its_site() {
     if !can_run_ebpf("heap_growth_is_named_at_its_site") {
         return;
     }
-    let Some(bin) = build("1.23", false) else {
+    let Some(bin) = gobuild::build("heapsites", "1.23", false) else {
         return;
     };
     let dir = TempDir::new("heapgrow");

@@ -10,60 +10,18 @@
 //! is above the worker count, so a thread returning from the system call
 //! gets a P at once.
 
-use std::{collections::HashMap, process::Command};
+use std::process::Command;
 
-use integration_tests::*;
-
-/// Sum of sample type `kind` over samples whose stack has `func`.
-fn under(p: &diff::pprof::proto::Profile, kind: &str, func: &str) -> i64 {
-    let s = |i: i64| p.string_table[i as usize].as_str();
-    let v = p
-        .sample_type
-        .iter()
-        .position(|t| s(t.r#type) == kind)
-        .unwrap_or_else(|| panic!("no sample type {kind}"));
-    let funcs: HashMap<u64, &str> = p.function.iter().map(|f| (f.id, s(f.name))).collect();
-    let locs: HashMap<u64, &diff::pprof::proto::Location> =
-        p.location.iter().map(|l| (l.id, l)).collect();
-    p.sample
-        .iter()
-        .filter(|smp| {
-            smp.location_id.iter().any(|id| {
-                locs[id]
-                    .line
-                    .iter()
-                    .any(|l| funcs.get(&l.function_id) == Some(&func))
-            })
-        })
-        .map(|smp| smp.value[v])
-        .sum()
-}
-
-fn build() -> std::path::PathBuf {
-    let out = root().join("target/lock-tests/lockwait-offcpu");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let st = Command::new(go_bin())
-        .current_dir(root().join("tests/workloads"))
-        .env("GOCACHE", root().join("target/gocache-lock-tests"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg("./lockwait")
-        .status()
-        .expect("running go build");
-    assert!(st.success(), "go build ./lockwait failed");
-    out
-}
+use integration_tests::{gobuild, *};
 
 fn offcpu_total_matches(every: &str, hold: &str, low: f64) {
     let test = format!("offcpu_every_{every}");
     if !can_run_ebpf(&test) {
         return;
     }
-    let bin = build();
+    let Some(bin) = gobuild::build("lockwait", "1.23", false) else {
+        return;
+    };
     let dir = TempDir::new("offcpu");
     let out = dir.join("offcpu.pb.gz");
     let r = Command::new(profiler_bin())
@@ -109,7 +67,7 @@ fn offcpu_total_matches(every: &str, hold: &str, low: f64) {
     let s = |i: i64| p.string_table[i as usize].as_str();
     assert_eq!(s(p.sample_type[1].r#type), "offcpu");
     assert_eq!(s(p.sample_type[1].unit), "nanoseconds");
-    let ours = under(&p, "offcpu", "main.offcpuSleep");
+    let ours = value_under(&p, "offcpu", "main.offcpuSleep");
     let ratio = ours as f64 / slept as f64;
     eprintln!("{test}: off-CPU under main.offcpuSleep {ours} ns, slept {slept} ns: ratio {ratio:.3}; {stderr}");
     assert!(
@@ -117,7 +75,7 @@ fn offcpu_total_matches(every: &str, hold: &str, low: f64) {
         "{test}: off-CPU under main.offcpuSleep {ours} ns vs {slept} ns slept (ratio {ratio:.3})"
     );
     // A function that never blocks has no off-CPU time.
-    assert_eq!(under(&p, "offcpu", "main.contend"), 0);
+    assert_eq!(value_under(&p, "offcpu", "main.contend"), 0);
     assert!(go_pprof_total(&out).is_some_and(|t| t > 0));
 }
 
