@@ -297,8 +297,10 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         ],
     ),
     (
-        // A 200 ms synchronous wait inside Reconcile: no extra CPU work,
-        // no extra requests per reconcile; only the latency profile sees it.
+        // A slow API call (GET of the approval subresource, answered after
+        // 200 ms) made synchronous inside Reconcile: about the baseline's CPU
+        // work per reconcile; the latency profile names Reconcile (the
+        // API-load profile also shows the new GET, not required here).
         "slow-reconcile",
         false,
         &[c(

@@ -41,6 +41,7 @@ func main() {
 func run() error {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address (loopback only)")
 	latency := flag.Duration("latency", 2*time.Millisecond, "added latency per successful request (not per watch event; injected errors return at once)")
+	approvalLatency := flag.Duration("approval-latency", 200*time.Millisecond, "time a GET of a widget's approval subresource takes (a slow backend; controller-sim's slow-reconcile variant waits for it inside Reconcile)")
 	errorRate := flag.Float64("error-rate", 0, "fraction of requests to fail with 429/500 (see -error-window)")
 	errorWindow := flag.Duration("error-window", 0, "0: fail requests independently; >0: the last error-rate fraction of every window is an outage where all requests fail")
 	objects := flag.Int("objects", 200, "objects created at start; churn keeps the count near this")
@@ -101,11 +102,12 @@ func run() error {
 	defer cancel()
 	srv := &http.Server{
 		Handler: &Server{
-			store:   store,
-			stats:   stats,
-			latency: *latency,
-			faults:  &Faults{rate: *errorRate, window: *errorWindow, start: time.Now(), rng: rand.New(rand.NewSource(*seed + 1))},
-			watchTO: *watchTimeout,
+			store:           store,
+			stats:           stats,
+			latency:         *latency,
+			approvalLatency: *approvalLatency,
+			faults:          &Faults{rate: *errorRate, window: *errorWindow, start: time.Now(), rng: rand.New(rand.NewSource(*seed + 1))},
+			watchTO:         *watchTimeout,
 		},
 		BaseContext: func(net.Listener) context.Context { return ctx },
 	}

@@ -26,8 +26,12 @@ type Server struct {
 	store   *Store
 	stats   *Stats
 	latency time.Duration
-	faults  *Faults
-	watchTO time.Duration
+	// approvalLatency is how long GET .../widgets/{name}/approval takes: a
+	// subresource served by a slow backend (like an aggregated API or a
+	// webhook-backed check), added to -latency.
+	approvalLatency time.Duration
+	faults          *Faults
+	watchTO         time.Duration
 }
 
 // Faults decides which requests fail on purpose.
@@ -73,7 +77,7 @@ type route struct {
 }
 
 // parsePath accepts /apis/demo.io/v1/widgets,
-// /apis/demo.io/v1/namespaces/{ns}/widgets[/{name}[/status]].
+// /apis/demo.io/v1/namespaces/{ns}/widgets[/{name}[/status|/approval]].
 func parsePath(p string) (route, bool) {
 	if !strings.HasPrefix(p, apiPrefix) {
 		return route{}, false
@@ -92,10 +96,10 @@ func parsePath(p string) (route, bool) {
 	case 4:
 		r.name = parts[3]
 	case 5:
-		if parts[4] != "status" {
+		if parts[4] != "status" && parts[4] != "approval" {
 			return route{}, false
 		}
-		r.name, r.sub = parts[3], "status"
+		r.name, r.sub = parts[3], parts[4]
 	default:
 		return route{}, false
 	}
@@ -174,7 +178,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	verb := verbOf(req.Method, rt, q)
 	if !ok || verb == "" || (verb == "CREATE" && !rt.collection) ||
 		(rt.collection && verb != "LIST" && verb != "WATCH" && verb != "CREATE") ||
-		(rt.ns == "" && verb == "CREATE") {
+		(rt.ns == "" && verb == "CREATE") ||
+		(rt.sub == "approval" && verb != "GET") {
 		writeStatus(w, api.NewStatus(404, "NotFound", fmt.Sprintf("no route for %s %s", req.Method, req.URL.Path)))
 		return
 	}
@@ -199,6 +204,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	if s.latency > 0 {
 		time.Sleep(s.latency)
+	}
+	if rt.sub == "approval" && s.approvalLatency > 0 {
+		time.Sleep(s.approvalLatency)
 	}
 	var err error
 	switch verb {

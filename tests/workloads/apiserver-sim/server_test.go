@@ -256,3 +256,33 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+func TestApprovalAnswersAfterItsLatencyAndOnlyGet(t *testing.T) {
+	stats := NewStats()
+	store := NewStore(50, 64, stats)
+	gen := &generator{store: store, stats: stats, rng: rand.New(rand.NewSource(1)), ns: "default", groups: 3, payload: 2, target: 1}
+	gen.create()
+	srv := httptest.NewServer(&Server{store: store, stats: stats, faults: &Faults{}, watchTO: 5 * time.Second, approvalLatency: 50 * time.Millisecond})
+	t.Cleanup(srv.Close)
+	var l api.WidgetList
+	if code := getJSON(t, srv.URL+coll, &l); code != 200 || len(l.Items) != 1 {
+		t.Fatalf("LIST: status %d, %d items", code, len(l.Items))
+	}
+	name := l.Items[0].Metadata.Name
+	start := time.Now()
+	var w api.Widget
+	if code := getJSON(t, srv.URL+coll+"/"+name+"/approval", &w); code != 200 || w.Metadata.Name != name {
+		t.Fatalf("GET approval: status %d, name %q", code, w.Metadata.Name)
+	}
+	if took := time.Since(start); took < 50*time.Millisecond {
+		t.Fatalf("GET approval answered after %v, want >= 50ms", took)
+	}
+	resp, err := http.Post(srv.URL+coll+"/"+name+"/approval", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Fatalf("POST approval: status %d, want 404", resp.StatusCode)
+	}
+}

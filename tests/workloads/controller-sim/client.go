@@ -75,6 +75,18 @@ func (c *Client) PatchStatus(ctx context.Context, ns, name string, patch []byte)
 	return &out, nil
 }
 
+// Approval asks the widget's approval subresource whether the widget may
+// roll out (a GET answered by a slow backend; slow-reconcile waits for it).
+//
+//go:noinline
+func (c *Client) Approval(ctx context.Context, ns, name string) (*api.Widget, error) {
+	var out api.Widget
+	if err := c.rest.Get().Namespace(ns).Resource(api.Resource).Name(name).SubResource("approval").Do(ctx).Into(&out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Update replaces a widget's labels, annotations and spec (optimistic
 // concurrency on metadata.resourceVersion).
 //
