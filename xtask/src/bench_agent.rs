@@ -22,6 +22,8 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::owned::Owned;
+
 /// Which part of the agent bench to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
@@ -55,43 +57,6 @@ fn cgroup2_mount() -> Result<PathBuf> {
             (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
         })
         .context("no cgroup v2 hierarchy is mounted")
-}
-
-/// Processes and cgroups the bench made; ended/removed on drop.
-struct Owned {
-    children: Vec<Child>,
-    dirs: Vec<PathBuf>,
-    mount: PathBuf,
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in self.dirs.iter().rev() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = &self.mount;
-    }
-}
-
-fn mkdirs(owned: &mut Owned, base: &Path, rel: &str) -> Result<PathBuf> {
-    let mut p = base.to_path_buf();
-    for part in rel.split('/') {
-        p = p.join(part);
-        if !p.exists() {
-            std::fs::create_dir(&p).with_context(|| format!("creating cgroup {}", p.display()))?;
-            owned.dirs.push(p.clone());
-        }
-    }
-    Ok(p)
 }
 
 fn hex_id(i: usize) -> String {
@@ -146,11 +111,7 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
     let release = crate::build_release(root)?;
     let mount = cgroup2_mount()?;
     let base = mount.join(format!("profiler-bench-agent-{}", std::process::id()));
-    let mut owned = Owned {
-        children: Vec::new(),
-        dirs: Vec::new(),
-        mount: mount.clone(),
-    };
+    let mut owned = Owned::default();
     std::fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
     owned.dirs.push(base.clone());
 
@@ -168,7 +129,7 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
         } else {
             format!("kubepods/besteffort/pod{uid}/{cid}")
         };
-        containers.push(mkdirs(&mut owned, &base, &rel)?);
+        containers.push(owned.mkdirs(&base, &rel)?);
     }
     for cg in &containers {
         let child = Command::new(bins.join("demo"))
@@ -341,11 +302,7 @@ fn go_run(
         }
         agent = Some(a);
     }
-    let mut pods = Owned {
-        children: Vec::new(),
-        dirs: Vec::new(),
-        mount: PathBuf::new(),
-    };
+    let mut pods = Owned::default();
     for (i, cg) in containers.iter().enumerate() {
         let child = Command::new(bins.join("goruntime"))
             .args(["-work", "-work-tick", "200ms", "-start-delay", "5s"])
@@ -423,11 +380,7 @@ pub fn run_go(root: &Path, seconds: u64) -> Result<()> {
     let release = crate::build_release(root)?;
     let mount = cgroup2_mount()?;
     let base = mount.join(format!("profiler-bench-agent-go-{}", std::process::id()));
-    let mut owned = Owned {
-        children: Vec::new(),
-        dirs: Vec::new(),
-        mount: mount.clone(),
-    };
+    let mut owned = Owned::default();
     std::fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
     owned.dirs.push(base.clone());
     let mut containers = Vec::new();
@@ -442,7 +395,7 @@ pub fn run_go(root: &Path, seconds: u64) -> Result<()> {
         } else {
             format!("kubepods/besteffort/pod{uid}/{cid}")
         };
-        containers.push(mkdirs(&mut owned, &base, &rel)?);
+        containers.push(owned.mkdirs(&base, &rel)?);
     }
     let mut ratios = Vec::new();
     let mut cpu = Vec::new();

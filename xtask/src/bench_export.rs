@@ -17,7 +17,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -27,30 +27,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::owned::Owned;
+
 const PODS: usize = 20;
-
-/// Processes and cgroups the bench made; ended/removed on drop.
-struct Owned {
-    children: Vec<Child>,
-    dirs: Vec<PathBuf>,
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for d in self.dirs.iter().rev() {
-            for _ in 0..50 {
-                if std::fs::remove_dir(d).is_ok() || !d.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
 
 fn cgroup2_mount() -> Result<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mounts")?;
@@ -192,24 +171,13 @@ pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<()> {
     let release = crate::build_release(root)?;
     let mount = cgroup2_mount()?;
     let base = mount.join(format!("profiler-bench-export-{}", std::process::id()));
-    let mut owned = Owned {
-        children: Vec::new(),
-        dirs: Vec::new(),
-    };
+    let mut owned = Owned::default();
     std::fs::create_dir(&base).with_context(|| format!("creating {}", base.display()))?;
     owned.dirs.push(base.clone());
     for i in 0..PODS {
         let uid = format!("{:08x}-0000-4000-8000-{:012x}", i + 1, i + 1);
         let cid = format!("{:064x}", (i as u128 + 1) * 0x9e37_79b9_7f4a_7c15);
-        let mut p = base.clone();
-        for part in ["kubepods", "besteffort", &format!("pod{uid}"), &cid] {
-            p = p.join(part);
-            if !p.exists() {
-                std::fs::create_dir(&p)
-                    .with_context(|| format!("creating cgroup {}", p.display()))?;
-                owned.dirs.push(p.clone());
-            }
-        }
+        let p = owned.mkdirs(&base, &format!("kubepods/besteffort/pod{uid}/{cid}"))?;
         let child = Command::new(bins.join("demo"))
             .stdout(Stdio::null())
             .spawn()

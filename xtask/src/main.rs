@@ -13,6 +13,7 @@ mod bench_go;
 mod bench_lock;
 mod bench_overhead;
 mod bench_scenarios;
+mod owned;
 mod setup;
 mod workloads;
 
