@@ -603,6 +603,40 @@ impl Collector {
         Some(o.finish(&mut self.symbolizer, meta))
     }
 
+    /// Agent mode: the window's off-CPU profile per group (see
+    /// [`crate::offcpu::OffCpu::window`]); empty without `start_offcpu`.
+    pub fn offcpu_window(
+        &mut self,
+        group_of: impl FnMut(u32) -> Option<String>,
+        metas: &HashMap<String, ProfileMeta>,
+    ) -> Vec<(String, Profile, u64)> {
+        match self.offcpu.as_mut() {
+            Some(o) => o.window(&mut self.symbolizer, group_of, metas),
+            None => Vec::new(),
+        }
+    }
+
+    /// Agent mode: release the off-CPU entries of exited processes.
+    pub fn offcpu_forget_dead(&mut self) {
+        if let Some(o) = self.offcpu.as_mut() {
+            o.forget_dead();
+        }
+    }
+
+    /// Agent mode: the off-CPU counters (name, value, is a loss) and map
+    /// bookkeeping; None without `start_offcpu`.
+    pub fn offcpu_stats(&self) -> Option<(GoCounterValues, crate::offcpu::OffCpuWindowStats)> {
+        self.offcpu.as_ref().map(|o| {
+            (
+                o.counters()
+                    .into_iter()
+                    .map(|(c, v)| (c.name(), v, c.is_loss()))
+                    .collect(),
+                o.window_stats(),
+            )
+        })
+    }
+
     /// Symbolize an aggregate into a CPU profile.
     pub fn build_profile(&mut self, agg: Aggregate, meta: &ProfileMeta) -> Profile {
         self.symbolizer.build_profile(&agg.into_raw_samples(), meta)

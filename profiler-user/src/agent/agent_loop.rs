@@ -111,8 +111,9 @@ pub(super) struct AgentLoop<'a> {
 struct GoTargets {
     /// Container id -> its Go processes (live or exited this window).
     members: HashMap<String, HashSet<u32>>,
-    /// Container id -> why its Go profiles are absent.
-    absent: HashMap<String, String>,
+    /// Container id -> why its Go profiles (or some of them) are absent
+    /// or empty.
+    absent: HashMap<String, Vec<String>>,
     /// Processes the Go probes could not be attached to (kernel errors).
     attach_errors: u64,
     /// Container id -> the last attach error of one of its processes.
@@ -234,6 +235,7 @@ impl<'a> AgentLoop<'a> {
                 // Release what exited processes held.
                 self.collector.forget_dead();
                 self.collector.go_forget_dead();
+                self.collector.offcpu_forget_dead();
                 for m in self.go.members.values_mut() {
                     m.retain(|p| crate::cgroup::is_process(*p));
                 }
@@ -438,34 +440,79 @@ impl<'a> AgentLoop<'a> {
                         Some(e) => e.clone(),
                         None => why,
                     };
-                    self.go.absent.insert(cid.clone(), why);
+                    self.go.absent.insert(cid.clone(), vec![why]);
+                }
+                None if g.empty.is_empty() => {
+                    self.go.absent.remove(&cid);
                 }
                 None => {
-                    self.go.absent.remove(&cid);
+                    self.go.absent.insert(cid.clone(), g.empty.clone());
                 }
             }
             let Some((wm, _)) = metas.get(&cid) else {
                 continue;
             };
+            let wm = wm.clone();
             for (kind, profile, total) in g.profiles {
-                let wm = WindowMeta {
-                    profile_type: kind.into(),
-                    samples: total,
-                    ..wm.clone()
-                };
-                match self.shared.store.put(&wm, &profile) {
-                    Ok(_) => {
-                        self.counters.windows += 1;
-                        self.summary.windows += 1;
-                    }
-                    Err(e) => {
-                        self.counters.write_errors += 1;
-                        eprintln!(
-                            "profiler agent: writing the {kind} window of {}/{}: {e}",
-                            wm.target.pod, wm.target.container
-                        );
-                    }
-                }
+                self.put_window(&wm, kind, &profile, total);
+            }
+        }
+    }
+
+    /// Write the window's off-CPU profile of every container (empty when
+    /// its threads never left the CPU).
+    fn flush_offcpu(&mut self, metas: &HashMap<String, (WindowMeta, ProfileMeta)>) {
+        if self.opts.offcpu.is_none() {
+            return;
+        }
+        let every = self.opts.offcpu.unwrap_or(1);
+        let pmetas: HashMap<String, ProfileMeta> = metas
+            .iter()
+            .map(|(cid, (_, m))| {
+                let mut m = m.clone();
+                m.comments.push(format!(
+                    "offcpu: sched_switch, 1 switch-out in {every} sampled, values scaled by {every}"
+                ));
+                (cid.clone(), m)
+            })
+            .collect();
+        let sel = &self.opts.selection;
+        let pidmap = &mut self.pidmap;
+        let out = self
+            .collector
+            .offcpu_window(|tgid| pidmap.get(tgid, sel), &pmetas);
+        for (cid, profile, total) in out {
+            let Some((wm, _)) = metas.get(&cid) else {
+                continue;
+            };
+            self.put_window(wm, "offcpu", &profile, total);
+        }
+    }
+
+    /// Store one window profile of type `kind`, counting the outcome.
+    fn put_window(
+        &mut self,
+        wm: &WindowMeta,
+        kind: &str,
+        profile: &diff::pprof::proto::Profile,
+        total: u64,
+    ) {
+        let wm = WindowMeta {
+            profile_type: kind.into(),
+            samples: total,
+            ..wm.clone()
+        };
+        match self.shared.store.put(&wm, profile) {
+            Ok(_) => {
+                self.counters.windows += 1;
+                self.summary.windows += 1;
+            }
+            Err(e) => {
+                self.counters.write_errors += 1;
+                eprintln!(
+                    "profiler agent: writing the {kind} window of {}/{}: {e}",
+                    wm.target.pod, wm.target.container
+                );
             }
         }
     }
@@ -513,7 +560,7 @@ impl<'a> AgentLoop<'a> {
         let started = Instant::now();
         // Every target's window identity, for the Go profiles.
         let mut go_metas: HashMap<String, (WindowMeta, ProfileMeta)> = HashMap::new();
-        if self.collector.has_go() {
+        if self.collector.has_go() || opts.offcpu.is_some() {
             for (cid, t) in self.targets.iter().chain(self.departed.iter()) {
                 let target = &t.resolved.target;
                 go_metas.insert(
@@ -604,6 +651,7 @@ impl<'a> AgentLoop<'a> {
                 }
             }
         }
+        self.flush_offcpu(&go_metas);
         self.flush_go(go_metas, end);
         eprintln!(
             "profiler agent: window {} +{:.1}s: {} container profile(s), {} samples, written in {} ms",
@@ -679,7 +727,7 @@ impl<'a> AgentLoop<'a> {
                     pids,
                     cgroup: t.found.rel.clone(),
                     since: t.since,
-                    absent: self.go.absent.get(cid).cloned().into_iter().collect(),
+                    absent: self.go.absent.get(cid).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -790,6 +838,41 @@ impl<'a> AgentLoop<'a> {
             }
             rows.push((GO_DETACHED, None, count(st.binaries_detached)));
             rows.push((GO_STACKS_RELEASED, None, count(st.stacks_released)));
+            if self.opts.go.profiles.heap {
+                rows.push((HEAP_READS, None, count(st.heap_reads)));
+                rows.push((HEAP_BYTES_READ, None, count(st.heap_bytes_read)));
+                rows.push((
+                    DROPPED,
+                    Some(("reason", "heap_reads_skipped")),
+                    count(st.heap_reads_skipped),
+                ));
+            }
+        }
+        if let Some((counters, os)) = self.collector.offcpu_stats() {
+            for (name, v, _) in counters {
+                rows.push((OFFCPU_EVENTS, Some(("counter", name)), count(v)));
+            }
+            rows.push((
+                DROPPED,
+                Some(("reason", "offcpu_unattributed")),
+                count(os.unattributed),
+            ));
+            rows.push((
+                OFFCPU_RELEASED,
+                Some(("what", "keys")),
+                count(os.keys_released),
+            ));
+            rows.push((
+                OFFCPU_RELEASED,
+                Some(("what", "stacks")),
+                count(os.stacks_released),
+            ));
+            rows.push((MAP_ENTRIES, Some(("map", "offcpu")), os.keys as f64));
+            rows.push((
+                MAP_CAPACITY,
+                Some(("map", "offcpu")),
+                f64::from(profiler_common::lock::OFFCPU_ENTRIES),
+            ));
         }
         if let Some((ns, runs)) = sampler.sample_prog_stats() {
             rows.push((BPF_RUN_TIME, None, count(ns)));
@@ -855,6 +938,10 @@ const POD_WATCH_SYNCED: &str = "profiler_agent_pod_watch_synced";
 const GO_EVENTS: &str = "profiler_agent_go_probe_events_total";
 const GO_DETACHED: &str = "profiler_agent_go_binaries_detached_total";
 const GO_STACKS_RELEASED: &str = "profiler_agent_go_stacks_released_total";
+const HEAP_READS: &str = "profiler_agent_heap_reads_total";
+const HEAP_BYTES_READ: &str = "profiler_agent_heap_bytes_read_total";
+const OFFCPU_EVENTS: &str = "profiler_agent_offcpu_events_total";
+const OFFCPU_RELEASED: &str = "profiler_agent_offcpu_released_total";
 
 /// Every metric the loop exports: name, kind and help, defined once
 /// (docs/agent.md lists them).
@@ -936,6 +1023,22 @@ const METRICS: &[MetricDef] = &[
     MetricDef::counter(
         GO_DETACHED,
         "Binaries whose Go probes were detached because their last target process exited.",
+    ),
+    MetricDef::counter(
+        HEAP_READS,
+        "Heap profile: Go processes' memory-profile buckets read (at most 64 processes per window).",
+    ),
+    MetricDef::counter(
+        HEAP_BYTES_READ,
+        "Heap profile: bytes of buckets read from the processes' memory (at most 256 MiB per window).",
+    ),
+    MetricDef::counter(
+        OFFCPU_EVENTS,
+        "Off-CPU program events and losses by kernel counter (switches, sampled, measured, full, ...).",
+    ),
+    MetricDef::counter(
+        OFFCPU_RELEASED,
+        "Off-CPU map entries (what=keys) and stacks (what=stacks) of exited processes removed.",
     ),
     MetricDef::counter(
         GO_STACKS_RELEASED,

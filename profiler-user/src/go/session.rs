@@ -14,7 +14,7 @@ use profiler_common::go::{
     SiteCounts,
 };
 use profiler_common::lock::WaitTotals;
-use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
+use profiler_symbolize::{ProfileMeta, ProfileShape, Symbolizer};
 
 use super::{preset, CountStacks, GoOptions, Proc, StackCache, SERIES_INTERVAL};
 use crate::{error::RecordError, sampler::Sampler};
@@ -433,33 +433,12 @@ impl GoSession {
     pub(super) fn render(
         &self,
         symbolizer: &mut Symbolizer,
-        raws: Vec<(Vec<u64>, u32, Vec<i64>, Vec<(String, String)>)>,
+        raws: Vec<super::profile::Row>,
         shape: &ProfileShape,
         meta: &ProfileMeta,
         comments: Vec<String>,
     ) -> Profile {
-        let raw: Vec<RawSample> = raws
-            .iter()
-            .map(|(frames, tgid, _, _)| RawSample {
-                tgid: *tgid,
-                tid: *tgid,
-                comm: String::new(),
-                user: frames.clone(),
-                kernel: vec![],
-                count: 1,
-            })
-            .collect();
-        let (mappings, resolved) = symbolizer.resolve_samples(&raw);
-        let samples: Vec<ProfileSample> = resolved
-            .into_iter()
-            .zip(raws)
-            .map(|(r, (_, pid, values, labels))| ProfileSample {
-                frames: r.frames,
-                pid,
-                values,
-                labels,
-            })
-            .collect();
+        let (mappings, samples) = super::profile::symbolize_rows(symbolizer, raws);
         let meta = ProfileMeta {
             comments,
             ..meta.clone()
