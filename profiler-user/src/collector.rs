@@ -616,6 +616,12 @@ impl Collector {
         }
     }
 
+    /// The processes with off-CPU time recorded (empty without
+    /// `start_offcpu`).
+    pub fn offcpu_tgids(&self) -> HashSet<u32> {
+        self.offcpu.as_ref().map(|o| o.tgids()).unwrap_or_default()
+    }
+
     /// Agent mode: release the off-CPU entries of exited processes.
     pub fn offcpu_forget_dead(&mut self) {
         if let Some(o) = self.offcpu.as_mut() {

@@ -287,6 +287,15 @@ impl OffCpu {
         }
     }
 
+    /// The processes with off-CPU time in the map now.
+    pub fn tgids(&self) -> std::collections::HashSet<u32> {
+        self.totals
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| k.tgid)
+            .collect()
+    }
+
     /// Agent mode: the map bookkeeping so far.
     pub fn window_stats(&self) -> OffCpuWindowStats {
         self.stats

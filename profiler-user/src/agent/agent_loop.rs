@@ -78,6 +78,7 @@ struct LoopCounters {
     undecided: u64,
     pid_filter_overflow: u64,
     stack_table_full: u64,
+    offcpu_groups_overflow: u64,
 }
 
 /// The agent's loop and everything it owns.
@@ -103,7 +104,15 @@ pub(super) struct AgentLoop<'a> {
     go: GoTargets,
     /// The `memory` profile type's samples of the current window.
     memory: super::memory_window::MemoryWindow,
+    /// offcpu: the container of each process with off-CPU time, noted
+    /// while it runs (a process may exit before its window is cut);
+    /// processes gone are forgotten after each window.
+    offcpu_groups: HashMap<u32, String>,
 }
+
+/// Processes remembered in `offcpu_groups` at most (over it: counted,
+/// their off-CPU time is attributed only while they run).
+const MAX_OFFCPU_GROUPS: usize = 65_536;
 
 /// The agent's Go-profile bookkeeping: which processes of which container
 /// have Go probes, and why a container has no Go profiles.
@@ -168,6 +177,7 @@ impl<'a> AgentLoop<'a> {
             window: Window::new(SystemTime::now(), opts.window),
             go: GoTargets::default(),
             memory: Default::default(),
+            offcpu_groups: HashMap::new(),
         }
     }
 
@@ -215,6 +225,9 @@ impl<'a> AgentLoop<'a> {
                 let drained = self.collector.drain()?;
                 self.attribute(drained)?;
             }
+            if drain_now && self.opts.offcpu.is_some() {
+                self.note_offcpu_groups();
+            }
             if self.memory.due(self.opts.memory_interval) {
                 let targets = self
                     .targets
@@ -236,6 +249,8 @@ impl<'a> AgentLoop<'a> {
                 self.collector.forget_dead();
                 self.collector.go_forget_dead();
                 self.collector.offcpu_forget_dead();
+                self.offcpu_groups
+                    .retain(|p, _| crate::cgroup::is_process(*p));
                 for m in self.go.members.values_mut() {
                     m.retain(|p| crate::cgroup::is_process(*p));
                 }
@@ -459,6 +474,25 @@ impl<'a> AgentLoop<'a> {
         }
     }
 
+    /// offcpu: note the container of every process with off-CPU time
+    /// that is not noted yet (while it still runs).
+    fn note_offcpu_groups(&mut self) {
+        let sel = &self.opts.selection;
+        for tgid in self.collector.offcpu_tgids() {
+            if self.offcpu_groups.contains_key(&tgid) {
+                continue;
+            }
+            let Some(cid) = self.pidmap.get(tgid, sel) else {
+                continue;
+            };
+            if self.offcpu_groups.len() < MAX_OFFCPU_GROUPS {
+                self.offcpu_groups.insert(tgid, cid);
+            } else {
+                self.counters.offcpu_groups_overflow += 1;
+            }
+        }
+    }
+
     /// Write the window's off-CPU profile of every container (empty when
     /// its threads never left the CPU).
     fn flush_offcpu(&mut self, metas: &HashMap<String, (WindowMeta, ProfileMeta)>) {
@@ -476,11 +510,14 @@ impl<'a> AgentLoop<'a> {
                 (cid.clone(), m)
             })
             .collect();
+        self.note_offcpu_groups();
         let sel = &self.opts.selection;
         let pidmap = &mut self.pidmap;
-        let out = self
-            .collector
-            .offcpu_window(|tgid| pidmap.get(tgid, sel), &pmetas);
+        let noted = &self.offcpu_groups;
+        let out = self.collector.offcpu_window(
+            |tgid| noted.get(&tgid).cloned().or_else(|| pidmap.get(tgid, sel)),
+            &pmetas,
+        );
         for (cid, profile, total) in out {
             let Some((wm, _)) = metas.get(&cid) else {
                 continue;
@@ -856,6 +893,11 @@ impl<'a> AgentLoop<'a> {
                 DROPPED,
                 Some(("reason", "offcpu_unattributed")),
                 count(os.unattributed),
+            ));
+            rows.push((
+                DROPPED,
+                Some(("reason", "offcpu_process_memo_full")),
+                count(c.offcpu_groups_overflow),
             ));
             rows.push((
                 OFFCPU_RELEASED,
