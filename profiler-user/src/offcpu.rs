@@ -23,16 +23,7 @@ use profiler_symbolize::{ProfileMeta, ProfileShape, Symbolizer};
 
 use crate::{error::RecordError, sampler::Sampler};
 
-fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let m = sampler
-        .ebpf_mut()
-        .take_map(name)
-        .ok_or_else(|| RecordError::missing(format!("map {name} missing from the eBPF object")))?;
-    T::try_from(m).map_err(|e| RecordError::ebpf(format!("map {name}"), e))
-}
+use crate::go::take_map as take;
 
 /// The off-CPU program of one recording and its maps.
 pub struct OffCpu {
@@ -137,14 +128,7 @@ impl OffCpu {
         LockCounter::ALL
             .iter()
             .filter(|c| c.is_offcpu())
-            .map(|c| {
-                let v = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*c, v)
-            })
+            .map(|c| (*c, crate::go::counter_sum(&self.counters, *c as u32)))
             .collect()
     }
 

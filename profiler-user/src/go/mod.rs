@@ -68,6 +68,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 pub use knobs::BenchKnobs;
 pub(crate) use profile::{symbolize_rows, Row};
 pub use session::GoSession;
+pub(crate) use session::{counter_sum, take as take_map};
 pub use shared::{
     GroupProfiles, SharedStats, MAX_BINARIES, MAX_HEAP_BYTES_PER_WINDOW, MAX_HEAP_READS_PER_WINDOW,
     MAX_PROBES,

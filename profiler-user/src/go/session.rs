@@ -78,7 +78,14 @@ pub(super) struct Finish {
     pub(super) cache: StackCache,
 }
 
-fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
+/// Slot `index` of a per-CPU counter array, summed over CPUs (0 when
+/// unreadable).
+pub(crate) fn counter_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// Take map `name` out of the sampler's eBPF object as a `T`.
+pub(crate) fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -259,14 +266,7 @@ impl GoSession {
     pub(super) fn counters(&self) -> Vec<(GoCounter, u64)> {
         GoCounter::ALL
             .iter()
-            .map(|c| {
-                let v = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*c, v)
-            })
+            .map(|c| (*c, counter_sum(&self.counters, *c as u32)))
             .collect()
     }
 
