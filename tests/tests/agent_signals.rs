@@ -184,6 +184,20 @@ fn agent_latency_histograms_add_up_to_the_programs_own_timing() {
         &pod.cg.root,
         &["--profile", "cpu,latency", "--latency", RECONCILE],
     );
+    // The same binary outside any pod hits the shared probes too: its
+    // entries are removed at the windows and never reach a profile.
+    let outsider = Owned::spawn(
+        Command::new(&bin)
+            .args([
+                "-start-delay",
+                "4s",
+                "-calls",
+                "10",
+                "-latency-calls",
+                "200",
+            ])
+            .stdout(Stdio::null()),
+    );
     // The calls start after 4 s: the agent has found the container and
     // attached the probes by then (rescan 500 ms).
     let out = pod.run(Command::new(&bin).args([
@@ -219,6 +233,13 @@ fn agent_latency_histograms_add_up_to_the_programs_own_timing() {
         agent.log()
     );
     assert!(windows >= 2, "the calls span several windows: {windows}");
+    drop(outsider);
+    assert!(
+        agent
+            .metric("profiler_agent_dropped_samples_total{reason=\"go_not_target_entries\"}")
+            .is_some_and(|v| v > 0.0),
+        "the outsider's histogram entries are removed and counted"
+    );
     for q in ["p50", "p90", "p99"] {
         let f: f64 = q[1..].parse::<f64>().unwrap() / 100.0;
         within(

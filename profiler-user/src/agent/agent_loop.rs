@@ -867,6 +867,7 @@ impl<'a> AgentLoop<'a> {
                 ("go_uprobes_full", st.probes_overflow),
                 ("go_container_members_full", self.go.members_overflow),
                 ("go_attach_errors", self.go.attach_errors),
+                ("go_not_target_entries", st.outsider_keys_removed),
             ] {
                 rows.push((DROPPED, Some(("reason", reason)), count(v)));
             }

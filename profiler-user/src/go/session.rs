@@ -13,7 +13,7 @@ use profiler_common::go::{
     GoCounter, GoFpStack, GoLatKey, GoLatStart, GoProcConfig, GoStackKey, GoidKey, LatCounts,
     SiteCounts,
 };
-use profiler_common::lock::WaitTotals;
+use profiler_common::lock::{ParkKey, Parked, WaitTotals};
 use profiler_symbolize::{ProfileMeta, ProfileShape, Symbolizer};
 
 use super::{preset, CountStacks, GoOptions, Proc, StackCache, SERIES_INTERVAL};
@@ -66,6 +66,10 @@ pub struct GoSession {
     pub(super) lock_counters: PerCpuArray<MapData, u64>,
     /// The heap profile's reads, per process.
     pub(super) heap_state: HashMap<u32, super::heap::HeapState>,
+    /// Goroutines parked on a semaphore now (`CONTENTION_PARKED`; with
+    /// contention only): the agent releases exited processes' entries and
+    /// keeps their stacks.
+    pub(super) parked: Option<AyaHashMap<MapData, ParkKey, Parked>>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -201,6 +205,11 @@ impl GoSession {
             contention: take(sampler, "CONTENTION")?,
             lock_counters: take(sampler, "CONTENTION_COUNTERS")?,
             heap_state: HashMap::new(),
+            parked: if opts.profiles.contention {
+                Some(take(sampler, "CONTENTION_PARKED")?)
+            } else {
+                None
+            },
         })
     }
 

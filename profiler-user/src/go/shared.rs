@@ -77,6 +77,9 @@ pub struct SharedStats {
     /// Stacks removed from `GO_FP_STACKS` once no count key of a live
     /// process referred to them.
     pub stacks_released: u64,
+    /// Latency/contention entries of processes that run a probed binary
+    /// but are not targets, removed at the windows.
+    pub outsider_keys_removed: u64,
     /// Heap profile: processes whose buckets were read.
     pub heap_reads: u64,
     /// Heap profile: bytes of buckets read.
@@ -383,6 +386,16 @@ impl GoSession {
         for k in stale(self.contention.keys().filter_map(Result::ok).collect()) {
             let _ = self.contention.remove(&k);
         }
+        if let Some(m) = &mut self.parked {
+            let keys: Vec<_> = m
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| dead_set.contains(&k.tgid))
+                .collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
         self.heap_state.retain(|pid, _| !dead_set.contains(pid));
         let gone: Vec<_> = self
             .goroutines
@@ -496,6 +509,33 @@ impl GoSession {
         } else {
             Vec::new()
         };
+        // The latency and contention programs do not check GO_PROCS: hits
+        // of processes that run a probed binary but are not targets are
+        // removed here (they are in no container's profile).
+        let outsider = |tgid: u32| !self.procs.contains_key(&tgid);
+        let mut removed = 0u64;
+        if let Some(h) = &mut self.lat_hist {
+            let keys: Vec<GoStackKey> = h
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| outsider(k.tgid))
+                .collect();
+            for k in keys {
+                removed += u64::from(h.remove(&k).is_ok());
+                sh.prev.lat.remove(&k);
+            }
+        }
+        let keys: Vec<GoStackKey> = self
+            .contention
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| outsider(k.tgid))
+            .collect();
+        for k in keys {
+            removed += u64::from(self.contention.remove(&k).is_ok());
+            sh.prev.contention.remove(&k);
+        }
+        sh.stats.outsider_keys_removed += removed;
         let in_flight: Vec<u32> = self
             .lat_inflight
             .as_ref()
@@ -858,6 +898,13 @@ impl GoSession {
                 .filter_map(Result::ok)
                 .map(|k| k.stack_hash),
         );
+        if let Some(m) = &self.parked {
+            for k in m.keys().filter_map(Result::ok) {
+                if let Ok(v) = m.get(&k, 0) {
+                    used.insert(v.stack_hash);
+                }
+            }
+        }
         let mut n = 0;
         for h in before {
             if !used.contains(&h) && self.fp_stacks.remove(&h).is_ok() {
