@@ -589,6 +589,15 @@ impl Collector {
             .map(|g| (g.shared_stats(), g.counter_values()))
     }
 
+    /// The contention probes' kernel counters (name, value, is a loss);
+    /// empty without the contention type.
+    pub fn go_lock_counters(&self) -> GoCounterValues {
+        self.go
+            .as_ref()
+            .map(|g| g.lock_counter_values())
+            .unwrap_or_default()
+    }
+
     /// Start the off-CPU profile: `sched_switch` sampling one switch-out
     /// of a target thread in `every` ([`crate::offcpu::OffCpu`]).
     pub fn start_offcpu(&mut self, every: u32) -> Result<(), RecordError> {

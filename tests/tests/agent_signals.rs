@@ -318,6 +318,11 @@ fn agent_contention_matches_go_block_profile() {
         under(&p, "contentions", "main.contend")
     );
     assert!(go_pprof_total(&fetched).is_some_and(|t| t > 0));
+    assert_eq!(
+        agent.metric("profiler_agent_map_capacity{map=\"contention\"}"),
+        Some(16384.0),
+        "/metrics shows the contention map's bound"
+    );
 }
 
 /// Off-CPU time through the agent: the workload sleeps a known total in

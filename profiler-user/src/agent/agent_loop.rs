@@ -876,6 +876,29 @@ impl<'a> AgentLoop<'a> {
             }
             rows.push((GO_DETACHED, None, count(st.binaries_detached)));
             rows.push((GO_STACKS_RELEASED, None, count(st.stacks_released)));
+            let go = &self.opts.go.profiles;
+            for (on, map, used, cap) in [
+                (
+                    go.latency,
+                    "go_latency_cells",
+                    st.latency_cells,
+                    profiler_common::go::GO_LAT_HIST_ENTRIES,
+                ),
+                (
+                    go.contention,
+                    "contention",
+                    st.contention_cells,
+                    profiler_common::lock::CONTENTION_ENTRIES,
+                ),
+            ] {
+                if on {
+                    rows.push((MAP_ENTRIES, Some(("map", map)), used as f64));
+                    rows.push((MAP_CAPACITY, Some(("map", map)), f64::from(cap)));
+                }
+            }
+            for (name, v, _) in self.collector.go_lock_counters() {
+                rows.push((CONTENTION_EVENTS, Some(("counter", name)), count(v)));
+            }
             if self.opts.go.profiles.heap {
                 rows.push((HEAP_READS, None, count(st.heap_reads)));
                 rows.push((HEAP_BYTES_READ, None, count(st.heap_bytes_read)));
@@ -984,6 +1007,7 @@ const GO_STACKS_RELEASED: &str = "profiler_agent_go_stacks_released_total";
 const HEAP_READS: &str = "profiler_agent_heap_reads_total";
 const HEAP_BYTES_READ: &str = "profiler_agent_heap_bytes_read_total";
 const OFFCPU_EVENTS: &str = "profiler_agent_offcpu_events_total";
+const CONTENTION_EVENTS: &str = "profiler_agent_contention_events_total";
 const OFFCPU_RELEASED: &str = "profiler_agent_offcpu_released_total";
 
 /// Every metric the loop exports: name, kind and help, defined once
@@ -1078,6 +1102,10 @@ const METRICS: &[MetricDef] = &[
     MetricDef::counter(
         OFFCPU_EVENTS,
         "Off-CPU program events and losses by kernel counter (switches, sampled, measured, full, ...).",
+    ),
+    MetricDef::counter(
+        CONTENTION_EVENTS,
+        "Contention probe events and losses by kernel counter (ready_unmatched, parked_map_full, contention_map_full, ...).",
     ),
     MetricDef::counter(
         OFFCPU_RELEASED,

@@ -71,7 +71,7 @@ impl GoSession {
         Ok(())
     }
 
-    fn lock_counters(&self) -> Vec<(LockCounter, u64)> {
+    pub(super) fn lock_counters(&self) -> Vec<(LockCounter, u64)> {
         LockCounter::ALL
             .iter()
             .filter(|c| !c.is_offcpu() && **c != LockCounter::Waits)

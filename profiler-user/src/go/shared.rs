@@ -77,6 +77,10 @@ pub struct SharedStats {
     /// Stacks removed from `GO_FP_STACKS` once no count key of a live
     /// process referred to them.
     pub stacks_released: u64,
+    /// Entries in `GO_LAT_HIST` at the last window (latency).
+    pub latency_cells: u64,
+    /// Entries in `CONTENTION` at the last window (contention).
+    pub contention_cells: u64,
     /// Latency/contention entries of processes that run a probed binary
     /// but are not targets, removed at the windows.
     pub outsider_keys_removed: u64,
@@ -199,6 +203,18 @@ impl GoSession {
     /// The kernel's Go counters (name, value) summed over CPUs.
     pub fn counter_values(&self) -> Vec<(&'static str, u64, bool)> {
         self.counters()
+            .into_iter()
+            .map(|(c, v)| (c.name(), v, c.is_loss()))
+            .collect()
+    }
+
+    /// The contention probes' kernel counters (name, value, is a loss);
+    /// empty without the contention type.
+    pub fn lock_counter_values(&self) -> Vec<(&'static str, u64, bool)> {
+        if !self.opts.profiles.contention {
+            return Vec::new();
+        }
+        self.lock_counters()
             .into_iter()
             .map(|(c, v)| (c.name(), v, c.is_loss()))
             .collect()
@@ -536,6 +552,15 @@ impl GoSession {
             sh.prev.contention.remove(&k);
         }
         sh.stats.outsider_keys_removed += removed;
+        sh.stats.latency_cells = self
+            .lat_hist
+            .as_ref()
+            .map_or(0, |h| h.keys().count() as u64);
+        sh.stats.contention_cells = if self.opts.profiles.contention {
+            self.contention.keys().count() as u64
+        } else {
+            0
+        };
         let in_flight: Vec<u32> = self
             .lat_inflight
             .as_ref()
