@@ -669,4 +669,48 @@ mod tests {
         };
         assert!(a.options().unwrap().memory_interval.is_zero());
     }
+
+    #[test]
+    fn the_agent_takes_the_new_signal_types_with_their_flags() {
+        let agent = |args: &[&str]| {
+            let mut v = vec!["profiler", "agent"];
+            v.extend_from_slice(args);
+            let Cmd::Agent(a) = Cli::try_parse_from(v).unwrap().command else {
+                panic!("not agent")
+            };
+            a.options()
+        };
+        let o = agent(&[
+            "--profile",
+            "cpu,latency,contention,offcpu,heap",
+            "--latency-preset",
+            "go-controller",
+            "--offcpu-every",
+            "4",
+        ])
+        .unwrap();
+        let p = o.go.profiles;
+        assert!(o.cpu && p.latency && p.contention && p.heap && !p.calls);
+        assert_eq!(o.go.latency_preset.as_deref(), Some("go-controller"));
+        assert_eq!(o.offcpu, Some(4));
+        let o = agent(&["--profile", "offcpu"]).unwrap();
+        assert_eq!(
+            o.offcpu,
+            Some(profiler_common::lock::OFFCPU_DEFAULT_EVERY),
+            "the default rate"
+        );
+        assert_eq!(agent(&[]).unwrap().offcpu, None);
+        for (args, says) in [
+            (&["--profile", "latency"][..], "--latency SYMBOL"),
+            (&["--latency", "main.f"], "--profile latency"),
+            (&["--offcpu-every", "2"], "--profile offcpu"),
+            (
+                &["--profile", "memory", "--memory-interval", "0s"],
+                "--memory-interval",
+            ),
+        ] {
+            let e = agent(args).unwrap_err();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
 }

@@ -852,18 +852,17 @@ impl GoSession {
                 heap_pids.sort_unstable();
                 let (p, lines, _) = self.heap_profile_of(symbolizer, &heap_pids, &meta, Vec::new());
                 let records = p.sample.len() as u64;
-                if heap_pids
+                let before = empty.len();
+                empty.extend(lines.into_iter().filter(|l| {
+                    l.contains("not found")
+                        || l.contains("could not be read")
+                        || l.contains("MemProfileRate=0")
+                }));
+                let unread = heap_pids
                     .iter()
-                    .all(|p| self.heap_state.get(p).is_none_or(|st| st.last.is_none()))
-                {
-                    empty.extend(
-                        lines
-                            .into_iter()
-                            .filter(|l| l.contains("not found") || l.contains("could not be read")),
-                    );
-                    if empty.is_empty() {
-                        empty.push("heap: no Go process's heap buckets read yet".into());
-                    }
+                    .all(|p| self.heap_state.get(p).is_none_or(|st| st.last.is_none()));
+                if unread && empty.len() == before {
+                    empty.push("heap: no Go process's heap buckets read yet".into());
                 }
                 profiles.push(("heap", p, records));
             }
