@@ -390,27 +390,13 @@ impl GoSession {
             }
         }
         if let Some(m) = &mut self.lat_inflight {
-            let keys: Vec<_> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| dead_set.contains(&k.tgid))
-                .collect();
-            for k in keys {
-                let _ = m.remove(&k);
-            }
+            remove_keys(m, |k| dead_set.contains(&k.tgid));
         }
         for k in stale(self.contention.keys().filter_map(Result::ok).collect()) {
             let _ = self.contention.remove(&k);
         }
         if let Some(m) = &mut self.parked {
-            let keys: Vec<_> = m
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| dead_set.contains(&k.tgid))
-                .collect();
-            for k in keys {
-                let _ = m.remove(&k);
-            }
+            remove_keys(m, |k| dead_set.contains(&k.tgid));
         }
         self.heap_state.retain(|pid, _| !dead_set.contains(pid));
         let gone: Vec<_> = self
@@ -936,6 +922,21 @@ impl GoSession {
             }
         }
         n
+    }
+}
+
+/// Remove the keys of `map` that `dead` picks (the keys are read first).
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    dead: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| dead(k))
+        .collect();
+    for k in keys {
+        let _ = map.remove(&k);
     }
 }
 
