@@ -313,13 +313,20 @@ impl GoSession {
             .filter(|(_, p)| p.heap.is_some())
             .map(|(pid, _)| *pid)
             .collect();
-        self.read_heaps_of(&pids, u64::MAX);
+        self.read_heaps_of(&pids, u64::MAX, true);
     }
 
     /// Read the buckets of `pids` (those with a heap profile), in order,
     /// until `budget` bytes were read; returns the processes not read
-    /// because the budget was spent (their last snapshot stays).
-    pub(super) fn read_heaps_of(&mut self, pids: &[u32], budget: u64) -> Vec<u32> {
+    /// because the budget was spent (their last snapshot stays). With
+    /// `keep_first` the first snapshot is kept too (for the growth lines of
+    /// `record`; the agent keeps only the last, one per process).
+    pub(super) fn read_heaps_of(
+        &mut self,
+        pids: &[u32],
+        budget: u64,
+        keep_first: bool,
+    ) -> Vec<u32> {
         let now = self.started.elapsed().as_secs_f64();
         let mut spent = 0u64;
         let mut skipped = Vec::new();
@@ -360,7 +367,7 @@ impl GoSession {
                         st.series = kept;
                     }
                     st.series.push((now, inuse as f64));
-                    if st.first.is_none() {
+                    if keep_first && st.first.is_none() {
                         st.first = Some(s.clone());
                     }
                     st.last = Some(s);
@@ -475,7 +482,9 @@ impl GoSession {
                 total_inuse += ib;
                 let was = firsts.get(rec.stack.as_slice()).copied().unwrap_or(0);
                 let grew = rec.inuse_bytes() as i64 - was as i64;
-                if grew >= GROWTH_REPORTED {
+                // Growth is named against a first read (`record`); the
+                // agent keeps no first read.
+                if st.first.is_some() && grew >= GROWTH_REPORTED {
                     let (_, g) = scale(rec.allocs.saturating_sub(rec.frees).max(1), grew as u64, r);
                     growth.push((g, pid, rec.stack.clone()));
                 }

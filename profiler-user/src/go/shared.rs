@@ -576,7 +576,7 @@ impl GoSession {
                 .filter_map(|p| self.heap_state.get(p))
                 .map(|st| st.reads)
                 .sum();
-            let skipped = self.read_heaps_of(&pids, MAX_HEAP_BYTES_PER_WINDOW);
+            let skipped = self.read_heaps_of(&pids, MAX_HEAP_BYTES_PER_WINDOW, false);
             let (reads, bytes): (u64, u64) = pids
                 .iter()
                 .filter(|p| !skipped.contains(p))
