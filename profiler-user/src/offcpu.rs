@@ -52,6 +52,9 @@ pub struct OffCpuWindowStats {
     pub stacks_released: u64,
     /// Entries in `OFFCPU` at the last window.
     pub keys: u64,
+    /// Pending intervals of threads that exited off the CPU, removed from
+    /// `OFFCPU_PENDING`.
+    pub pending_released: u64,
 }
 
 /// One row of an off-CPU profile: process, user frames, sampled
@@ -243,6 +246,19 @@ impl OffCpu {
     /// their last window was cut) and the stacks only they used.
     pub fn forget_dead(&mut self) {
         let alive = |tgid: u32| std::path::Path::new(&format!("/proc/{tgid}")).exists();
+        // A thread sampled at its last switch-out (it exited) never
+        // switches back in: its pending entry goes here.
+        let gone: Vec<u32> = self
+            .pending
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tid| !alive(*tid))
+            .collect();
+        for tid in gone {
+            if self.pending.remove(&tid).is_ok() {
+                self.stats.pending_released += 1;
+            }
+        }
         let keys: Vec<OffCpuKey> = self.totals.keys().filter_map(Result::ok).collect();
         let (dead, live): (Vec<OffCpuKey>, Vec<OffCpuKey>) =
             keys.into_iter().partition(|k| !alive(k.tgid));

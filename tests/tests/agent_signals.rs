@@ -382,6 +382,13 @@ fn agent_offcpu_adds_up_to_the_known_sleep() {
             .is_some_and(|v| v > 0.0),
         "/metrics counts the measured intervals"
     );
+    // The workload exited windows ago: its entries left the kernel map.
+    assert!(
+        agent
+            .metric("profiler_agent_offcpu_released_total{what=\"keys\"}")
+            .is_some_and(|v| v > 0.0),
+        "the exited process's off-CPU entries are released"
+    );
 }
 
 /// Live heap through the agent: the workload holds a known number of

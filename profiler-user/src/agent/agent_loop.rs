@@ -930,6 +930,11 @@ impl<'a> AgentLoop<'a> {
             ));
             rows.push((
                 OFFCPU_RELEASED,
+                Some(("what", "pending")),
+                count(os.pending_released),
+            ));
+            rows.push((
+                OFFCPU_RELEASED,
                 Some(("what", "stacks")),
                 count(os.stacks_released),
             ));
