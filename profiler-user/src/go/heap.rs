@@ -292,6 +292,16 @@ pub(crate) fn scale(count: u64, size: u64, rate: i64) -> (i64, i64) {
     ((count as f64 * s) as i64, (size as f64 * s) as i64)
 }
 
+/// What one [`GoSession::read_heaps_of`] did.
+pub(crate) struct HeapReads {
+    /// Processes whose buckets were read.
+    pub(crate) reads: u64,
+    /// Bytes read from their memory.
+    pub(crate) bytes: u64,
+    /// Processes not read because the byte budget was spent.
+    pub(crate) skipped: Vec<u32>,
+}
+
 /// Per process: the last snapshot, the first one (for growth) and the
 /// in-use series.
 #[derive(Default)]
@@ -317,8 +327,9 @@ impl GoSession {
     }
 
     /// Read the buckets of `pids` (those with a heap profile), in order,
-    /// until `budget` bytes were read; returns the processes not read
-    /// because the budget was spent (their last snapshot stays). With
+    /// until `budget` bytes were read; returns what was read and the
+    /// processes not read because the budget was spent (their last
+    /// snapshot stays). With
     /// `keep_first` the first snapshot is kept too (for the growth lines of
     /// `record`; the agent keeps only the last, one per process).
     pub(super) fn read_heaps_of(
@@ -326,9 +337,10 @@ impl GoSession {
         pids: &[u32],
         budget: u64,
         keep_first: bool,
-    ) -> Vec<u32> {
+    ) -> HeapReads {
         let now = self.started.elapsed().as_secs_f64();
         let mut spent = 0u64;
+        let mut reads = 0u64;
         let mut skipped = Vec::new();
         for &pid in pids {
             let Some(addrs) = self.procs.get(&pid).and_then(|p| p.heap) else {
@@ -345,6 +357,7 @@ impl GoSession {
             match r {
                 Ok(s) => {
                     spent = spent.saturating_add(s.bytes);
+                    reads += 1;
                     st.reads += 1;
                     if st.read_ns.len() < 4096 {
                         st.read_ns.push(ns);
@@ -381,7 +394,11 @@ impl GoSession {
                 }
             }
         }
-        skipped
+        HeapReads {
+            reads,
+            bytes: spent,
+            skipped,
+        }
     }
 
     /// Build the heap profile and its summary lines.

@@ -571,22 +571,11 @@ impl GoSession {
                 .take(MAX_HEAP_READS_PER_WINDOW)
                 .map(|w| w.1)
                 .collect();
-            let before: u64 = pids
-                .iter()
-                .filter_map(|p| self.heap_state.get(p))
-                .map(|st| st.reads)
-                .sum();
-            let skipped = self.read_heaps_of(&pids, MAX_HEAP_BYTES_PER_WINDOW, false);
-            let (reads, bytes): (u64, u64) = pids
-                .iter()
-                .filter(|p| !skipped.contains(p))
-                .filter_map(|p| self.heap_state.get(p))
-                .filter_map(|st| st.last.as_ref().map(|l| (st.reads, l.bytes)))
-                .fold((0, 0), |a, (r, b)| (a.0 + r, a.1 + b));
+            let done = self.read_heaps_of(&pids, MAX_HEAP_BYTES_PER_WINDOW, false);
             if let Some(sh) = self.shared.as_mut() {
-                sh.stats.heap_reads += reads.saturating_sub(before);
-                sh.stats.heap_bytes_read += bytes;
-                sh.stats.heap_reads_skipped += over + skipped.len() as u64;
+                sh.stats.heap_reads += done.reads;
+                sh.stats.heap_bytes_read += done.bytes;
+                sh.stats.heap_reads_skipped += over + done.skipped.len() as u64;
             }
         }
         // Rates as now (for the allocation weights).
