@@ -29,6 +29,8 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
+// Parsed once at start-up: the agent's many flags cost nothing boxed or not.
+#[allow(clippy::large_enum_variant)]
 pub enum Cmd {
     /// Sample CPU stacks and write a gzip'd pprof profile.
     #[command(after_help = RECORD_EXAMPLES)]
@@ -212,7 +214,7 @@ pub enum ProfileType {
 #[allow(rustdoc::invalid_html_tags)]
 pub struct GoProfileArgs {
     /// Profile types (comma-separated or repeated): cpu, goroutines, allocs,
-    /// calls; record also: latency, contention, offcpu, heap, memory (the
+    /// calls, latency, contention, offcpu, heap; record also: memory (the
     /// agent writes memory profiles by itself: --memory-interval). record:
     /// with more than one, -o is a directory holding <type>.pb.gz; agent: one profile per type,
     /// container and window.
@@ -245,6 +247,19 @@ pub struct GoProfileArgs {
     /// samples the stacks above it (≈1.1 µs per call, flat in stack depth).
     #[arg(long, value_enum, default_value_t = CountStacks::Full, value_name = "MODE")]
     pub count_stacks: CountStacks,
+    /// Time calls of this Go function for the latency profile (repeatable;
+    /// globs allowed, e.g. '*.Reconcile').
+    #[arg(long = "latency", value_name = "SYMBOL")]
+    pub latency: Vec<String>,
+    /// A named set of functions to time (go-controller: Reconcile methods
+    /// and client-go REST calls).
+    #[arg(long = "latency-preset", value_name = "NAME",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::go::LATENCY_PRESETS))]
+    pub latency_preset: Option<String>,
+    /// offcpu: sample one context switch of a target thread in N (the
+    /// sampled intervals are scaled by N; default 8); 1 measures every switch.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub offcpu_every: Option<u32>,
 }
 
 impl GoProfileArgs {
@@ -261,6 +276,19 @@ impl GoProfileArgs {
             return Err(
                 "--count/--count-preset need --profile calls (e.g. --profile cpu,calls)".into(),
             );
+        }
+        let timing = !self.latency.is_empty() || self.latency_preset.is_some();
+        if has(ProfileType::Latency) && !timing {
+            return Err("--profile latency needs --latency SYMBOL or --latency-preset NAME".into());
+        }
+        if timing && !has(ProfileType::Latency) {
+            return Err(
+                "--latency/--latency-preset need --profile latency (e.g. --profile cpu,latency)"
+                    .into(),
+            );
+        }
+        if self.offcpu_every.is_some() && !has(ProfileType::Offcpu) {
+            return Err("--offcpu-every needs --profile offcpu (e.g. --profile cpu,offcpu)".into());
         }
         let profiles = crate::go::GoProfiles {
             goroutines: has(ProfileType::Goroutines),
@@ -284,10 +312,20 @@ impl GoProfileArgs {
                 alloc_set_rate: self.allocs_set_rate,
                 count_stacks: self.count_stacks,
                 knobs,
-                latency: Vec::new(),
-                latency_preset: None,
+                latency: self.latency.clone(),
+                latency_preset: self.latency_preset.clone(),
             },
         ))
+    }
+
+    /// `--profile offcpu`: one context switch in how many is sampled
+    /// (`--offcpu-every`, default [`profiler_common::lock::OFFCPU_DEFAULT_EVERY`]);
+    /// `None` without offcpu.
+    pub fn offcpu(&self) -> Option<u32> {
+        self.profiles.contains(&ProfileType::Offcpu).then(|| {
+            self.offcpu_every
+                .unwrap_or(profiler_common::lock::OFFCPU_DEFAULT_EVERY)
+        })
     }
 }
 
@@ -326,19 +364,6 @@ pub struct RecordArgs {
     /// Profile types and the Go probes' settings (shared with `agent`).
     #[command(flatten)]
     pub go: GoProfileArgs,
-    /// Time calls of this Go function for the latency profile (repeatable;
-    /// globs allowed, e.g. '*.Reconcile').
-    #[arg(long = "latency", value_name = "SYMBOL")]
-    pub latency: Vec<String>,
-    /// A named set of functions to time (go-controller: Reconcile methods
-    /// and client-go REST calls).
-    #[arg(long = "latency-preset", value_name = "NAME",
-          value_parser = clap::builder::PossibleValuesParser::new(crate::go::LATENCY_PRESETS))]
-    pub latency_preset: Option<String>,
-    /// offcpu: sample one context switch of a target thread in N (the
-    /// sampled intervals are scaled by N; default 8); 1 measures every switch.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub offcpu_every: Option<u32>,
     /// Command to launch and profile.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -414,23 +439,8 @@ impl RecordArgs {
     /// The recording's options, or a usage error (exit 2) for a flag
     /// combination clap does not check.
     pub fn options(self) -> Result<crate::record::RecordOptions, String> {
-        let (cpu, mut go) = self.go.options()?;
-        let timing = !self.latency.is_empty() || self.latency_preset.is_some();
-        if go.profiles.latency && !timing {
-            return Err("--profile latency needs --latency SYMBOL or --latency-preset NAME".into());
-        }
-        if timing && !go.profiles.latency {
-            return Err(
-                "--latency/--latency-preset need --profile latency (e.g. --profile cpu,latency)"
-                    .into(),
-            );
-        }
-        go.latency = self.latency;
-        go.latency_preset = self.latency_preset;
-        let offcpu = self.go.profiles.contains(&ProfileType::Offcpu);
-        if self.offcpu_every.is_some() && !offcpu {
-            return Err("--offcpu-every needs --profile offcpu (e.g. --profile cpu,offcpu)".into());
-        }
+        let (cpu, go) = self.go.options()?;
+        let offcpu = self.go.offcpu();
         let memory = self.go.profiles.contains(&ProfileType::Memory);
         if memory && self.pids.is_empty() && self.cgroup.is_none() && self.command.is_empty() {
             return Err(
@@ -450,10 +460,7 @@ impl RecordArgs {
             drain_interval: Duration::from_secs(1),
             progress: !self.quiet,
             ebpf_log: self.ebpf_log,
-            offcpu: offcpu.then(|| {
-                self.offcpu_every
-                    .unwrap_or(profiler_common::lock::OFFCPU_DEFAULT_EVERY)
-            }),
+            offcpu,
             go,
             memory,
         })
@@ -481,12 +488,12 @@ impl AgentArgs {
                 "--allocs-exact is not offered by the agent (it probes every allocation): use --allocs-set-rate".into(),
             );
         }
-        if go.profiles.latency {
+        if self.go.profiles.contains(&ProfileType::Memory) && self.memory_interval.is_zero() {
             return Err(
-                "--profile latency is offered by `profiler record` only, not by the agent yet"
-                    .into(),
+                "--profile memory with --memory-interval 0s: the agent writes memory profiles every --memory-interval (give it a non-zero interval)".into(),
             );
         }
+        let offcpu = self.go.offcpu();
         let export = self.export_options()?;
         Ok(crate::agent::AgentOptions {
             node_name: self.node_name,
@@ -513,6 +520,7 @@ impl AgentArgs {
             go,
             export,
             memory_interval: self.memory_interval,
+            offcpu,
         })
     }
 
@@ -660,5 +668,49 @@ mod tests {
             panic!("not agent")
         };
         assert!(a.options().unwrap().memory_interval.is_zero());
+    }
+
+    #[test]
+    fn the_agent_takes_the_new_signal_types_with_their_flags() {
+        let agent = |args: &[&str]| {
+            let mut v = vec!["profiler", "agent"];
+            v.extend_from_slice(args);
+            let Cmd::Agent(a) = Cli::try_parse_from(v).unwrap().command else {
+                panic!("not agent")
+            };
+            a.options()
+        };
+        let o = agent(&[
+            "--profile",
+            "cpu,latency,contention,offcpu,heap",
+            "--latency-preset",
+            "go-controller",
+            "--offcpu-every",
+            "4",
+        ])
+        .unwrap();
+        let p = o.go.profiles;
+        assert!(o.cpu && p.latency && p.contention && p.heap && !p.calls);
+        assert_eq!(o.go.latency_preset.as_deref(), Some("go-controller"));
+        assert_eq!(o.offcpu, Some(4));
+        let o = agent(&["--profile", "offcpu"]).unwrap();
+        assert_eq!(
+            o.offcpu,
+            Some(profiler_common::lock::OFFCPU_DEFAULT_EVERY),
+            "the default rate"
+        );
+        assert_eq!(agent(&[]).unwrap().offcpu, None);
+        for (args, says) in [
+            (&["--profile", "latency"][..], "--latency SYMBOL"),
+            (&["--latency", "main.f"], "--profile latency"),
+            (&["--offcpu-every", "2"], "--profile offcpu"),
+            (
+                &["--profile", "memory", "--memory-interval", "0s"],
+                "--memory-interval",
+            ),
+        ] {
+            let e = agent(args).unwrap_err();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
     }
 }

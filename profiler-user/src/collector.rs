@@ -589,6 +589,15 @@ impl Collector {
             .map(|g| (g.shared_stats(), g.counter_values()))
     }
 
+    /// The contention probes' kernel counters (name, value, is a loss);
+    /// empty without the contention type.
+    pub fn go_lock_counters(&self) -> GoCounterValues {
+        self.go
+            .as_ref()
+            .map(|g| g.lock_counter_values())
+            .unwrap_or_default()
+    }
+
     /// Start the off-CPU profile: `sched_switch` sampling one switch-out
     /// of a target thread in `every` ([`crate::offcpu::OffCpu`]).
     pub fn start_offcpu(&mut self, every: u32) -> Result<(), RecordError> {
@@ -601,6 +610,46 @@ impl Collector {
     pub fn finish_offcpu(&mut self, meta: &ProfileMeta) -> Option<(String, Profile, Vec<String>)> {
         let o = self.offcpu.take()?;
         Some(o.finish(&mut self.symbolizer, meta))
+    }
+
+    /// Agent mode: the window's off-CPU profile per group (see
+    /// [`crate::offcpu::OffCpu::window`]); empty without `start_offcpu`.
+    pub fn offcpu_window(
+        &mut self,
+        group_of: impl FnMut(u32) -> Option<String>,
+        metas: &HashMap<String, ProfileMeta>,
+    ) -> Vec<(String, Profile, u64)> {
+        match self.offcpu.as_mut() {
+            Some(o) => o.window(&mut self.symbolizer, group_of, metas),
+            None => Vec::new(),
+        }
+    }
+
+    /// The processes with off-CPU time recorded (empty without
+    /// `start_offcpu`).
+    pub fn offcpu_tgids(&self) -> HashSet<u32> {
+        self.offcpu.as_ref().map(|o| o.tgids()).unwrap_or_default()
+    }
+
+    /// Agent mode: release the off-CPU entries of exited processes.
+    pub fn offcpu_forget_dead(&mut self) {
+        if let Some(o) = self.offcpu.as_mut() {
+            o.forget_dead();
+        }
+    }
+
+    /// Agent mode: the off-CPU counters (name, value, is a loss) and map
+    /// bookkeeping; None without `start_offcpu`.
+    pub fn offcpu_stats(&self) -> Option<(GoCounterValues, crate::offcpu::OffCpuWindowStats)> {
+        self.offcpu.as_ref().map(|o| {
+            (
+                o.counters()
+                    .into_iter()
+                    .map(|(c, v)| (c.name(), v, c.is_loss()))
+                    .collect(),
+                o.window_stats(),
+            )
+        })
     }
 
     /// Symbolize an aggregate into a CPU profile.

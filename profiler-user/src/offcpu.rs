@@ -16,33 +16,50 @@ use aya::maps::{Array, HashMap as AyaHashMap, MapData, PerCpuArray};
 use aya::programs::TracePoint;
 use diff::pprof::proto::Profile;
 use profiler_common::{
-    lock::{LockCounter, OffCpuConfig, OffCpuKey, WaitTotals},
+    lock::{LockCounter, OffCpuConfig, OffCpuKey, OffCpuStart, WaitTotals},
     FpStack,
 };
-use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
+use profiler_symbolize::{ProfileMeta, ProfileShape, Symbolizer};
 
 use crate::{error::RecordError, sampler::Sampler};
 
-fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let m = sampler
-        .ebpf_mut()
-        .take_map(name)
-        .ok_or_else(|| RecordError::missing(format!("map {name} missing from the eBPF object")))?;
-    T::try_from(m).map_err(|e| RecordError::ebpf(format!("map {name}"), e))
-}
+use crate::go::take_map as take;
 
 /// The off-CPU program of one recording and its maps.
 pub struct OffCpu {
     every: u32,
     totals: AyaHashMap<MapData, OffCpuKey, WaitTotals>,
     stacks: AyaHashMap<MapData, u64, FpStack>,
+    pending: AyaHashMap<MapData, u32, OffCpuStart>,
     counters: PerCpuArray<MapData, u64>,
     prog_fd: i32,
     started: Instant,
+    /// Agent windows: the cumulative totals at the previous window.
+    prev: HashMap<OffCpuKey, (u64, u64)>,
+    /// Agent windows: what was done with the map entries.
+    stats: OffCpuWindowStats,
 }
+
+/// The agent's bookkeeping of the off-CPU map (exported in `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuWindowStats {
+    /// Sampled off-CPU intervals (unscaled) of processes in no profiled
+    /// container when their window was cut (not written).
+    pub unattributed: u64,
+    /// Entries of exited processes removed from `OFFCPU`.
+    pub keys_released: u64,
+    /// Stacks removed from `OFFCPU_STACKS` once only exited processes used them.
+    pub stacks_released: u64,
+    /// Entries in `OFFCPU` at the last window.
+    pub keys: u64,
+    /// Pending intervals of threads that exited off the CPU, removed from
+    /// `OFFCPU_PENDING`.
+    pub pending_released: u64,
+}
+
+/// One row of an off-CPU profile: process, user frames, sampled
+/// intervals, their summed ns (unscaled).
+type OffCpuRow = (u32, Vec<u64>, u64, u64);
 
 impl OffCpu {
     /// Load and attach `offcpu_switch` to `sched/sched_switch`, sampling one
@@ -86,9 +103,12 @@ impl OffCpu {
             every: every.max(1),
             totals: take(sampler, "OFFCPU")?,
             stacks: take(sampler, "OFFCPU_STACKS")?,
+            pending: take(sampler, "OFFCPU_PENDING")?,
             counters: take(sampler, "OFFCPU_COUNTERS")?,
             prog_fd,
             started: Instant::now(),
+            prev: HashMap::new(),
+            stats: OffCpuWindowStats::default(),
         })
     }
 
@@ -111,14 +131,32 @@ impl OffCpu {
         LockCounter::ALL
             .iter()
             .filter(|c| c.is_offcpu())
-            .map(|c| {
-                let v = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*c, v)
+            .map(|c| (*c, crate::go::counter_sum(&self.counters, *c as u32)))
+            .collect()
+    }
+
+    /// The user frames of a stack hash (0: none), through `cache`.
+    fn frames(&self, hash: u64, cache: &mut HashMap<u64, Vec<u64>>) -> Vec<u64> {
+        if hash == 0 {
+            return Vec::new();
+        }
+        cache
+            .entry(hash)
+            .or_insert_with(|| {
+                self.stacks
+                    .get(&hash, 0)
+                    .map(|s| s.frames[..(s.len as usize).min(s.frames.len())].to_vec())
+                    .unwrap_or_default()
             })
+            .clone()
+    }
+
+    /// The map's cumulative totals now: (key, intervals, ns).
+    fn read_totals(&self) -> Vec<(OffCpuKey, u64, u64)> {
+        self.totals
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| self.totals.get(&k, 0).ok().map(|v| (k, v.count, v.nanos)))
             .collect()
     }
 
@@ -131,31 +169,12 @@ impl OffCpu {
         meta: &ProfileMeta,
     ) -> (String, Profile, Vec<String>) {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let every = u64::from(self.every);
-        let mut cache: HashMap<u64, Vec<u64>> = HashMap::new();
-        let mut rows = Vec::new();
-        let (mut intervals, mut nanos) = (0u64, 0u64);
-        for k in self.totals.keys().filter_map(Result::ok) {
-            let Ok(v) = self.totals.get(&k, 0) else {
-                continue;
-            };
-            intervals += v.count;
-            nanos += v.nanos;
-            let frames = if k.stack_hash == 0 {
-                Vec::new()
-            } else {
-                cache
-                    .entry(k.stack_hash)
-                    .or_insert_with(|| {
-                        self.stacks
-                            .get(&k.stack_hash, 0)
-                            .map(|s| s.frames[..(s.len as usize).min(s.frames.len())].to_vec())
-                            .unwrap_or_default()
-                    })
-                    .clone()
-            };
-            rows.push((k.tgid, frames, v));
-        }
+        let mut cache = HashMap::new();
+        let rows: Vec<OffCpuRow> = self
+            .read_totals()
+            .into_iter()
+            .map(|(k, n, ns)| (k.tgid, self.frames(k.stack_hash, &mut cache), n, ns))
+            .collect();
         for tgid in rows
             .iter()
             .map(|r| r.0)
@@ -165,31 +184,147 @@ impl OffCpu {
                 let _ = symbolizer.snapshot_process(tgid);
             }
         }
-        let raw: Vec<RawSample> = rows
-            .iter()
-            .map(|(tgid, frames, _)| RawSample {
-                tgid: *tgid,
-                tid: *tgid,
-                comm: String::new(),
-                user: frames.clone(),
-                kernel: vec![],
-                count: 1,
-            })
+        let (p, summary) = self.profile_of(symbolizer, rows, meta, elapsed);
+        ("offcpu".to_string(), p, summary)
+    }
+
+    /// Agent mode: one window's off-CPU profile per group (a container).
+    /// The window's part of the cumulative map is cut by difference;
+    /// `group_of(tgid)` names a process's group (None: in no profiled
+    /// group, counted in [`OffCpuWindowStats::unattributed`]); every group
+    /// `meta` knows gets a profile, empty when its threads were never off
+    /// the CPU. Returns (group, profile, sampled intervals).
+    pub fn window(
+        &mut self,
+        symbolizer: &mut Symbolizer,
+        mut group_of: impl FnMut(u32) -> Option<String>,
+        metas: &HashMap<String, ProfileMeta>,
+    ) -> Vec<(String, Profile, u64)> {
+        let now = self.read_totals();
+        self.stats.keys = now.len() as u64;
+        let mut next = HashMap::with_capacity(now.len());
+        let mut cache = HashMap::new();
+        let mut by_group: HashMap<String, Vec<OffCpuRow>> = HashMap::new();
+        for (k, n, ns) in now {
+            let (pn, pns) = self.prev.get(&k).copied().unwrap_or((0, 0));
+            next.insert(k, (n, ns));
+            let (dn, dns) = (n.saturating_sub(pn), ns.saturating_sub(pns));
+            if dn == 0 && dns == 0 {
+                continue;
+            }
+            match group_of(k.tgid).filter(|g| metas.contains_key(g)) {
+                Some(g) => {
+                    let frames = self.frames(k.stack_hash, &mut cache);
+                    by_group
+                        .entry(g)
+                        .or_default()
+                        .push((k.tgid, frames, dn, dns));
+                }
+                None => self.stats.unattributed += dn,
+            }
+        }
+        self.prev = next;
+        let tgids: std::collections::HashSet<u32> =
+            by_group.values().flatten().map(|r| r.0).collect();
+        for tgid in tgids {
+            if std::path::Path::new(&format!("/proc/{tgid}")).exists() {
+                let _ = symbolizer.snapshot_process(tgid);
+            }
+        }
+        let mut out = Vec::new();
+        for (g, meta) in metas {
+            let rows = by_group.remove(g).unwrap_or_default();
+            let n = rows.iter().map(|r| r.2).sum();
+            let secs = meta.duration.as_secs_f64();
+            let (p, _) = self.profile_of(symbolizer, rows, meta, secs);
+            out.push((g.clone(), p, n));
+        }
+        out
+    }
+
+    /// Agent mode: remove the entries of processes that exited (after
+    /// their last window was cut) and the stacks only they used.
+    pub fn forget_dead(&mut self) {
+        let alive = |tgid: u32| std::path::Path::new(&format!("/proc/{tgid}")).exists();
+        // A thread sampled at its last switch-out (it exited) never
+        // switches back in: its pending entry goes here.
+        let gone: Vec<u32> = self
+            .pending
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|tid| !alive(*tid))
             .collect();
-        let (mappings, resolved) = symbolizer.resolve_samples(&raw);
-        let samples: Vec<ProfileSample> = resolved
+        for tid in gone {
+            if self.pending.remove(&tid).is_ok() {
+                self.stats.pending_released += 1;
+            }
+        }
+        let keys: Vec<OffCpuKey> = self.totals.keys().filter_map(Result::ok).collect();
+        let (dead, live): (Vec<OffCpuKey>, Vec<OffCpuKey>) =
+            keys.into_iter().partition(|k| !alive(k.tgid));
+        if dead.is_empty() {
+            return;
+        }
+        let mut used: std::collections::HashSet<u64> = live.iter().map(|k| k.stack_hash).collect();
+        // A sampled thread still off the CPU refers to its stack too.
+        for t in self.pending.keys().filter_map(Result::ok) {
+            if let Ok(v) = self.pending.get(&t, 0) {
+                used.insert(v.key.stack_hash);
+            }
+        }
+        for k in &dead {
+            if self.totals.remove(k).is_ok() {
+                self.stats.keys_released += 1;
+            }
+            self.prev.remove(k);
+            if k.stack_hash != 0
+                && !used.contains(&k.stack_hash)
+                && self.stacks.remove(&k.stack_hash).is_ok()
+            {
+                used.insert(k.stack_hash);
+                self.stats.stacks_released += 1;
+            }
+        }
+    }
+
+    /// The processes with off-CPU time in the map now.
+    pub fn tgids(&self) -> std::collections::HashSet<u32> {
+        self.totals
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| k.tgid)
+            .collect()
+    }
+
+    /// Agent mode: the map bookkeeping so far.
+    pub fn window_stats(&self) -> OffCpuWindowStats {
+        self.stats
+    }
+
+    /// The profile of `rows` (values scaled by the sampling rate) and its
+    /// summary lines, for a recording or window of `elapsed` seconds.
+    fn profile_of(
+        &self,
+        symbolizer: &mut Symbolizer,
+        rows: Vec<OffCpuRow>,
+        meta: &ProfileMeta,
+        elapsed: f64,
+    ) -> (Profile, Vec<String>) {
+        let every = u64::from(self.every);
+        let (mut intervals, mut nanos) = (0u64, 0u64);
+        let rows: Vec<crate::go::Row> = rows
             .into_iter()
-            .zip(&rows)
-            .map(|(r, (tgid, _, v))| ProfileSample {
-                frames: r.frames,
-                pid: *tgid,
-                values: vec![
-                    v.count.saturating_mul(every) as i64,
-                    v.nanos.saturating_mul(every) as i64,
-                ],
-                labels: vec![],
+            .map(|(tgid, frames, count, ns)| {
+                intervals += count;
+                nanos += ns;
+                let values = vec![
+                    count.saturating_mul(every) as i64,
+                    ns.saturating_mul(every) as i64,
+                ];
+                (frames, tgid, values, vec![])
             })
             .collect();
+        let (mappings, samples) = crate::go::symbolize_rows(symbolizer, rows);
         let counters = self.counters();
         let counter_line = format!(
             "offcpu counters: {}",
@@ -227,6 +362,6 @@ impl OffCpu {
             ..meta.clone()
         };
         let p = profiler_symbolize::build_profile(&mappings, &samples, &shape, &meta);
-        ("offcpu".to_string(), p, summary)
+        (p, summary)
     }
 }

@@ -2,6 +2,7 @@
 //! binaries, starting and ending the processes a test owns, reading pprof.
 #![deny(missing_docs)]
 
+pub mod agentrun;
 pub mod apiload;
 pub mod gobuild;
 pub mod http;

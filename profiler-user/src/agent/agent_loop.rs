@@ -78,6 +78,7 @@ struct LoopCounters {
     undecided: u64,
     pid_filter_overflow: u64,
     stack_table_full: u64,
+    offcpu_groups_overflow: u64,
 }
 
 /// The agent's loop and everything it owns.
@@ -103,7 +104,15 @@ pub(super) struct AgentLoop<'a> {
     go: GoTargets,
     /// The `memory` profile type's samples of the current window.
     memory: super::memory_window::MemoryWindow,
+    /// offcpu: the container of each process with off-CPU time, noted
+    /// while it runs (a process may exit before its window is cut);
+    /// processes gone are forgotten after each window.
+    offcpu_groups: HashMap<u32, String>,
 }
+
+/// Processes remembered in `offcpu_groups` at most (over it: counted,
+/// their off-CPU time is attributed only while they run).
+const MAX_OFFCPU_GROUPS: usize = 65_536;
 
 /// The agent's Go-profile bookkeeping: which processes of which container
 /// have Go probes, and why a container has no Go profiles.
@@ -111,8 +120,9 @@ pub(super) struct AgentLoop<'a> {
 struct GoTargets {
     /// Container id -> its Go processes (live or exited this window).
     members: HashMap<String, HashSet<u32>>,
-    /// Container id -> why its Go profiles are absent.
-    absent: HashMap<String, String>,
+    /// Container id -> why its Go profiles (or some of them) are absent
+    /// or empty.
+    absent: HashMap<String, Vec<String>>,
     /// Processes the Go probes could not be attached to (kernel errors).
     attach_errors: u64,
     /// Container id -> the last attach error of one of its processes.
@@ -167,6 +177,7 @@ impl<'a> AgentLoop<'a> {
             window: Window::new(SystemTime::now(), opts.window),
             go: GoTargets::default(),
             memory: Default::default(),
+            offcpu_groups: HashMap::new(),
         }
     }
 
@@ -214,6 +225,9 @@ impl<'a> AgentLoop<'a> {
                 let drained = self.collector.drain()?;
                 self.attribute(drained)?;
             }
+            if drain_now && self.opts.offcpu.is_some() {
+                self.note_offcpu_groups();
+            }
             if self.memory.due(self.opts.memory_interval) {
                 let targets = self
                     .targets
@@ -234,6 +248,9 @@ impl<'a> AgentLoop<'a> {
                 // Release what exited processes held.
                 self.collector.forget_dead();
                 self.collector.go_forget_dead();
+                self.collector.offcpu_forget_dead();
+                self.offcpu_groups
+                    .retain(|p, _| crate::cgroup::is_process(*p));
                 for m in self.go.members.values_mut() {
                     m.retain(|p| crate::cgroup::is_process(*p));
                 }
@@ -438,34 +455,101 @@ impl<'a> AgentLoop<'a> {
                         Some(e) => e.clone(),
                         None => why,
                     };
-                    self.go.absent.insert(cid.clone(), why);
+                    self.go.absent.insert(cid.clone(), vec![why]);
+                }
+                None if g.empty.is_empty() => {
+                    self.go.absent.remove(&cid);
                 }
                 None => {
-                    self.go.absent.remove(&cid);
+                    self.go.absent.insert(cid.clone(), g.empty.clone());
                 }
             }
             let Some((wm, _)) = metas.get(&cid) else {
                 continue;
             };
+            let wm = wm.clone();
             for (kind, profile, total) in g.profiles {
-                let wm = WindowMeta {
-                    profile_type: kind.into(),
-                    samples: total,
-                    ..wm.clone()
-                };
-                match self.shared.store.put(&wm, &profile) {
-                    Ok(_) => {
-                        self.counters.windows += 1;
-                        self.summary.windows += 1;
-                    }
-                    Err(e) => {
-                        self.counters.write_errors += 1;
-                        eprintln!(
-                            "profiler agent: writing the {kind} window of {}/{}: {e}",
-                            wm.target.pod, wm.target.container
-                        );
-                    }
-                }
+                self.put_window(&wm, kind, &profile, total);
+            }
+        }
+    }
+
+    /// offcpu: note the container of every process with off-CPU time
+    /// that is not noted yet (while it still runs).
+    fn note_offcpu_groups(&mut self) {
+        let sel = &self.opts.selection;
+        for tgid in self.collector.offcpu_tgids() {
+            if self.offcpu_groups.contains_key(&tgid) {
+                continue;
+            }
+            let Some(cid) = self.pidmap.get(tgid, sel) else {
+                continue;
+            };
+            if self.offcpu_groups.len() < MAX_OFFCPU_GROUPS {
+                self.offcpu_groups.insert(tgid, cid);
+            } else {
+                self.counters.offcpu_groups_overflow += 1;
+            }
+        }
+    }
+
+    /// Write the window's off-CPU profile of every container (empty when
+    /// its threads never left the CPU).
+    fn flush_offcpu(&mut self, metas: &HashMap<String, (WindowMeta, ProfileMeta)>) {
+        if self.opts.offcpu.is_none() {
+            return;
+        }
+        let every = self.opts.offcpu.unwrap_or(1);
+        let pmetas: HashMap<String, ProfileMeta> = metas
+            .iter()
+            .map(|(cid, (_, m))| {
+                let mut m = m.clone();
+                m.comments.push(format!(
+                    "offcpu: sched_switch, 1 switch-out in {every} sampled, values scaled by {every}"
+                ));
+                (cid.clone(), m)
+            })
+            .collect();
+        self.note_offcpu_groups();
+        let sel = &self.opts.selection;
+        let pidmap = &mut self.pidmap;
+        let noted = &self.offcpu_groups;
+        let out = self.collector.offcpu_window(
+            |tgid| noted.get(&tgid).cloned().or_else(|| pidmap.get(tgid, sel)),
+            &pmetas,
+        );
+        for (cid, profile, total) in out {
+            let Some((wm, _)) = metas.get(&cid) else {
+                continue;
+            };
+            self.put_window(wm, "offcpu", &profile, total);
+        }
+    }
+
+    /// Store one window profile of type `kind`, counting the outcome.
+    fn put_window(
+        &mut self,
+        wm: &WindowMeta,
+        kind: &str,
+        profile: &diff::pprof::proto::Profile,
+        total: u64,
+    ) {
+        let wm = WindowMeta {
+            profile_type: kind.into(),
+            samples: total,
+            ..wm.clone()
+        };
+        match self.shared.store.put(&wm, profile) {
+            Ok(_) => {
+                self.counters.windows += 1;
+                self.summary.windows += 1;
+            }
+            Err(e) => {
+                self.counters.write_errors += 1;
+                eprintln!(
+                    "profiler agent: writing the {kind} window of {}/{}: {e}",
+                    wm.target.pod, wm.target.container
+                );
             }
         }
     }
@@ -513,7 +597,7 @@ impl<'a> AgentLoop<'a> {
         let started = Instant::now();
         // Every target's window identity, for the Go profiles.
         let mut go_metas: HashMap<String, (WindowMeta, ProfileMeta)> = HashMap::new();
-        if self.collector.has_go() {
+        if self.collector.has_go() || opts.offcpu.is_some() {
             for (cid, t) in self.targets.iter().chain(self.departed.iter()) {
                 let target = &t.resolved.target;
                 go_metas.insert(
@@ -604,6 +688,7 @@ impl<'a> AgentLoop<'a> {
                 }
             }
         }
+        self.flush_offcpu(&go_metas);
         self.flush_go(go_metas, end);
         eprintln!(
             "profiler agent: window {} +{:.1}s: {} container profile(s), {} samples, written in {} ms",
@@ -679,7 +764,7 @@ impl<'a> AgentLoop<'a> {
                     pids,
                     cgroup: t.found.rel.clone(),
                     since: t.since,
-                    absent: self.go.absent.get(cid).cloned().into_iter().collect(),
+                    absent: self.go.absent.get(cid).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -782,6 +867,7 @@ impl<'a> AgentLoop<'a> {
                 ("go_uprobes_full", st.probes_overflow),
                 ("go_container_members_full", self.go.members_overflow),
                 ("go_attach_errors", self.go.attach_errors),
+                ("go_not_target_entries", st.outsider_keys_removed),
             ] {
                 rows.push((DROPPED, Some(("reason", reason)), count(v)));
             }
@@ -790,6 +876,74 @@ impl<'a> AgentLoop<'a> {
             }
             rows.push((GO_DETACHED, None, count(st.binaries_detached)));
             rows.push((GO_STACKS_RELEASED, None, count(st.stacks_released)));
+            let go = &self.opts.go.profiles;
+            for (on, map, used, cap) in [
+                (
+                    go.latency,
+                    "go_latency_cells",
+                    st.latency_cells,
+                    profiler_common::go::GO_LAT_HIST_ENTRIES,
+                ),
+                (
+                    go.contention,
+                    "contention",
+                    st.contention_cells,
+                    profiler_common::lock::CONTENTION_ENTRIES,
+                ),
+            ] {
+                if on {
+                    rows.push((MAP_ENTRIES, Some(("map", map)), used as f64));
+                    rows.push((MAP_CAPACITY, Some(("map", map)), f64::from(cap)));
+                }
+            }
+            for (name, v, _) in self.collector.go_lock_counters() {
+                rows.push((CONTENTION_EVENTS, Some(("counter", name)), count(v)));
+            }
+            if self.opts.go.profiles.heap {
+                rows.push((HEAP_READS, None, count(st.heap_reads)));
+                rows.push((HEAP_BYTES_READ, None, count(st.heap_bytes_read)));
+                rows.push((
+                    DROPPED,
+                    Some(("reason", "heap_reads_skipped")),
+                    count(st.heap_reads_skipped),
+                ));
+            }
+        }
+        if let Some((counters, os)) = self.collector.offcpu_stats() {
+            for (name, v, _) in counters {
+                rows.push((OFFCPU_EVENTS, Some(("counter", name)), count(v)));
+            }
+            rows.push((
+                DROPPED,
+                Some(("reason", "offcpu_unattributed")),
+                count(os.unattributed),
+            ));
+            rows.push((
+                DROPPED,
+                Some(("reason", "offcpu_process_memo_full")),
+                count(c.offcpu_groups_overflow),
+            ));
+            rows.push((
+                OFFCPU_RELEASED,
+                Some(("what", "keys")),
+                count(os.keys_released),
+            ));
+            rows.push((
+                OFFCPU_RELEASED,
+                Some(("what", "pending")),
+                count(os.pending_released),
+            ));
+            rows.push((
+                OFFCPU_RELEASED,
+                Some(("what", "stacks")),
+                count(os.stacks_released),
+            ));
+            rows.push((MAP_ENTRIES, Some(("map", "offcpu")), os.keys as f64));
+            rows.push((
+                MAP_CAPACITY,
+                Some(("map", "offcpu")),
+                f64::from(profiler_common::lock::OFFCPU_ENTRIES),
+            ));
         }
         if let Some((ns, runs)) = sampler.sample_prog_stats() {
             rows.push((BPF_RUN_TIME, None, count(ns)));
@@ -855,6 +1009,11 @@ const POD_WATCH_SYNCED: &str = "profiler_agent_pod_watch_synced";
 const GO_EVENTS: &str = "profiler_agent_go_probe_events_total";
 const GO_DETACHED: &str = "profiler_agent_go_binaries_detached_total";
 const GO_STACKS_RELEASED: &str = "profiler_agent_go_stacks_released_total";
+const HEAP_READS: &str = "profiler_agent_heap_reads_total";
+const HEAP_BYTES_READ: &str = "profiler_agent_heap_bytes_read_total";
+const OFFCPU_EVENTS: &str = "profiler_agent_offcpu_events_total";
+const CONTENTION_EVENTS: &str = "profiler_agent_contention_events_total";
+const OFFCPU_RELEASED: &str = "profiler_agent_offcpu_released_total";
 
 /// Every metric the loop exports: name, kind and help, defined once
 /// (docs/agent.md lists them).
@@ -936,6 +1095,26 @@ const METRICS: &[MetricDef] = &[
     MetricDef::counter(
         GO_DETACHED,
         "Binaries whose Go probes were detached because their last target process exited.",
+    ),
+    MetricDef::counter(
+        HEAP_READS,
+        "Heap profile: Go processes' memory-profile buckets read (at most 64 processes per window).",
+    ),
+    MetricDef::counter(
+        HEAP_BYTES_READ,
+        "Heap profile: bytes of buckets read from the processes' memory (at most 256 MiB per window).",
+    ),
+    MetricDef::counter(
+        OFFCPU_EVENTS,
+        "Off-CPU program events and losses by kernel counter (switches, sampled, measured, full, ...).",
+    ),
+    MetricDef::counter(
+        CONTENTION_EVENTS,
+        "Contention probe events and losses by kernel counter (ready_unmatched, parked_map_full, contention_map_full, ...).",
+    ),
+    MetricDef::counter(
+        OFFCPU_RELEASED,
+        "Off-CPU map entries (what=keys) and stacks (what=stacks) of exited processes removed.",
     ),
     MetricDef::counter(
         GO_STACKS_RELEASED,

@@ -56,7 +56,17 @@ use super::metrics::AgentMetrics;
 use super::store::{Query, Store, StoreError, TargetId};
 
 /// Profile types the agent knows (others are accepted when stored).
-pub const KNOWN_TYPES: &[&str] = &["cpu", "goroutines", "allocs", "calls", "memory"];
+pub const KNOWN_TYPES: &[&str] = &[
+    "cpu",
+    "goroutines",
+    "allocs",
+    "calls",
+    "memory",
+    "latency",
+    "contention",
+    "offcpu",
+    "heap",
+];
 
 /// A target the agent profiles right now.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -86,6 +86,9 @@ pub struct AgentOptions {
     /// How often each container's memory is sampled for the `memory`
     /// profile type (zero: no memory profiles).
     pub memory_interval: Duration,
+    /// The `offcpu` profile type: one context switch of a target thread in
+    /// this many is measured (`--offcpu-every`); `None`: no offcpu profiles.
+    pub offcpu: Option<u32>,
 }
 
 /// Why the agent could not start or had to stop.
@@ -270,6 +273,10 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
     collector.go_shared();
     if !v1 {
         collector.sampler_mut().enable_cgroup_filter()?;
+    }
+    // Off-CPU time from sched_switch, for the same targets (the filter).
+    if let Some(every) = opts.offcpu {
+        collector.start_offcpu(every)?;
     }
 
     // The API, shut down through `stop_api`.

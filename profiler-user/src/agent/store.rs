@@ -822,6 +822,9 @@ impl Store {
         // the live goroutines of each target's last window and sums the
         // created/exited counts of all.
         let snapshot = q.profile_type == SNAPSHOT_TYPE;
+        // Heap windows are whole snapshots (in-use now, allocations since
+        // the process started): a range is each target's last window.
+        let whole_snapshot = q.profile_type == WHOLE_SNAPSHOT_TYPE;
         let mut last_of: HashMap<&TargetId, u64> = HashMap::new();
         for e in &picked {
             let l = last_of.entry(&e.target).or_insert(0);
@@ -831,6 +834,11 @@ impl Store {
         let mut used: Vec<&Entry> = Vec::new();
         let mut skipped = 0;
         for e in &picked {
+            if whole_snapshot && last_of.get(&e.target) != Some(&e.start_ms) {
+                // An earlier snapshot of the same target: superseded.
+                used.push(e);
+                continue;
+            }
             let path = self.root.join(&e.path);
             let data = match fs::read(&path) {
                 Ok(d) => d,
@@ -1084,6 +1092,10 @@ fn add_comment(p: &mut proto::Profile, text: &str) {
 /// The profile type whose first sample type is a snapshot (live
 /// goroutines at the window's end) rather than a count that adds up.
 pub const SNAPSHOT_TYPE: &str = "goroutines";
+
+/// The profile type whose windows are whole snapshots (every value is as
+/// of the window's end): a range keeps each target's last window only.
+pub const WHOLE_SNAPSHOT_TYPE: &str = "heap";
 
 /// Zero every sample's first value (the snapshot of an earlier window),
 /// keeping the others (counts that add up over windows).

@@ -71,7 +71,7 @@ impl GoSession {
         Ok(())
     }
 
-    fn lock_counters(&self) -> Vec<(LockCounter, u64)> {
+    pub(super) fn lock_counters(&self) -> Vec<(LockCounter, u64)> {
         LockCounter::ALL
             .iter()
             .filter(|c| !c.is_offcpu() && **c != LockCounter::Waits)
@@ -86,18 +86,41 @@ impl GoSession {
             .collect()
     }
 
+    /// The contention map as it is now: (waiter key, waits, summed ns).
+    pub(super) fn contention_cells(&self) -> Vec<(profiler_common::go::GoStackKey, u64, u64)> {
+        self.contention
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| {
+                self.contention
+                    .get(&k, 0)
+                    .ok()
+                    .map(|v| (k, v.count, v.nanos))
+            })
+            .collect()
+    }
+
     /// Build the contention profile and its summary lines.
     pub(super) fn contention_profile(
         &self,
         symbolizer: &mut Symbolizer,
         f: &mut Finish,
     ) -> (String, Profile, Vec<String>) {
+        let cells = self.contention_cells();
+        self.contention_profile_of(symbolizer, f, cells)
+    }
+
+    /// The contention profile of `cells` (waiter key, waits, summed ns).
+    pub(super) fn contention_profile_of(
+        &self,
+        symbolizer: &mut Symbolizer,
+        f: &mut Finish,
+        cells: Vec<(profiler_common::go::GoStackKey, u64, u64)>,
+    ) -> (String, Profile, Vec<String>) {
         let mut raws = Vec::new();
         let (mut waits, mut nanos) = (0u64, 0u64);
-        for k in self.contention.keys().filter_map(Result::ok) {
-            let Ok(v) = self.contention.get(&k, 0) else {
-                continue;
-            };
+        for (k, count, ns) in cells {
+            let v = profiler_common::lock::WaitTotals { count, nanos: ns };
             waits += v.count;
             nanos += v.nanos;
             raws.push((

@@ -23,7 +23,7 @@ use std::{collections::HashMap, os::unix::fs::FileExt as _, time::Instant};
 
 use diff::pprof::proto::Profile;
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
-use profiler_symbolize::{ProfileSample, ProfileShape, RawSample, Symbolizer};
+use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
 
 use super::{binary::GoBinary, session::Finish, GoSession};
 
@@ -169,6 +169,8 @@ pub(crate) struct HeapSnapshot {
     pub(crate) rate: Option<i64>,
     /// Buckets beyond [`MAX_BUCKETS`] not read.
     pub(crate) truncated: u64,
+    /// Bytes read from the process's memory for this snapshot.
+    pub(crate) bytes: u64,
 }
 
 fn u64_at(b: &[u8], i: usize) -> u64 {
@@ -198,6 +200,7 @@ pub(crate) fn read_snapshot(pid: u32, a: &HeapAddrs) -> Result<HeapSnapshot, Str
     // (active, all futures, the future MemProfile flushes) per record.
     let mut raw: Vec<([u64; 4], [u64; 4], [u64; 4])> = Vec::new();
     let mut truncated = 0u64;
+    let mut bytes = 0u64;
     let mut buf = vec![0u8; 48 + (MAX_NSTK as usize) * 8 + 128];
     while b != 0 {
         if out.len() >= MAX_BUCKETS {
@@ -220,6 +223,7 @@ pub(crate) fn read_snapshot(pid: u32, a: &HeapAddrs) -> Result<HeapSnapshot, Str
         let tail = &mut buf[48..48 + n * 8 + 128];
         f.read_exact_at(tail, b + 48)
             .map_err(|e| format!("bucket at {b:#x}: {e}"))?;
+        bytes += 48 + tail.len() as u64;
         let stack: Vec<u64> = (0..n).map(|i| u64_at(tail, i)).collect();
         let rec = |c: usize| -> [u64; 4] {
             let base = n + c * 4;
@@ -270,6 +274,7 @@ pub(crate) fn read_snapshot(pid: u32, a: &HeapAddrs) -> Result<HeapSnapshot, Str
         records,
         rate,
         truncated,
+        bytes,
     })
 }
 
@@ -287,6 +292,16 @@ pub(crate) fn scale(count: u64, size: u64, rate: i64) -> (i64, i64) {
     ((count as f64 * s) as i64, (size as f64 * s) as i64)
 }
 
+/// What one [`GoSession::read_heaps_of`] did.
+pub(crate) struct HeapReads {
+    /// Processes whose buckets were read.
+    pub(crate) reads: u64,
+    /// Bytes read from their memory.
+    pub(crate) bytes: u64,
+    /// Processes not read because the byte budget was spent.
+    pub(crate) skipped: Vec<u32>,
+}
+
 /// Per process: the last snapshot, the first one (for growth) and the
 /// in-use series.
 #[derive(Default)]
@@ -302,21 +317,47 @@ pub(crate) struct HeapState {
 impl GoSession {
     /// Read the buckets of every process with a heap profile (from `tick`).
     pub(super) fn read_heaps(&mut self) {
-        let now = self.started.elapsed().as_secs_f64();
         let pids: Vec<u32> = self
             .procs
             .iter()
             .filter(|(_, p)| p.heap.is_some())
             .map(|(pid, _)| *pid)
             .collect();
-        for pid in pids {
-            let addrs = self.procs[&pid].heap.unwrap();
+        self.read_heaps_of(&pids, u64::MAX, true);
+    }
+
+    /// Read the buckets of `pids` (those with a heap profile), in order,
+    /// until `budget` bytes were read; returns what was read and the
+    /// processes not read because the budget was spent (their last
+    /// snapshot stays). With
+    /// `keep_first` the first snapshot is kept too (for the growth lines of
+    /// `record`; the agent keeps only the last, one per process).
+    pub(super) fn read_heaps_of(
+        &mut self,
+        pids: &[u32],
+        budget: u64,
+        keep_first: bool,
+    ) -> HeapReads {
+        let now = self.started.elapsed().as_secs_f64();
+        let mut spent = 0u64;
+        let mut reads = 0u64;
+        let mut skipped = Vec::new();
+        for &pid in pids {
+            let Some(addrs) = self.procs.get(&pid).and_then(|p| p.heap) else {
+                continue;
+            };
+            if spent >= budget {
+                skipped.push(pid);
+                continue;
+            }
             let t = Instant::now();
             let r = read_snapshot(pid, &addrs);
             let ns = t.elapsed().as_nanos() as u64;
             let st = self.heap_state.entry(pid).or_default();
             match r {
                 Ok(s) => {
+                    spent = spent.saturating_add(s.bytes);
+                    reads += 1;
                     st.reads += 1;
                     if st.read_ns.len() < 4096 {
                         st.read_ns.push(ns);
@@ -339,7 +380,7 @@ impl GoSession {
                         st.series = kept;
                     }
                     st.series.push((now, inuse as f64));
-                    if st.first.is_none() {
+                    if keep_first && st.first.is_none() {
                         st.first = Some(s.clone());
                     }
                     st.last = Some(s);
@@ -353,6 +394,11 @@ impl GoSession {
                 }
             }
         }
+        HeapReads {
+            reads,
+            bytes: spent,
+            skipped,
+        }
     }
 
     /// Build the heap profile and its summary lines.
@@ -362,16 +408,32 @@ impl GoSession {
         f: &mut Finish,
     ) -> (String, Profile, Vec<String>) {
         self.read_heaps();
-        let mut comments = f.meta.comments.clone();
-        let mut summary = f.common_summary.clone();
-        let mut raws: Vec<(Vec<u64>, u32, Vec<i64>)> = Vec::new();
+        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
+        pids.sort_unstable();
+        let (p, summary, _) =
+            self.heap_profile_of(symbolizer, &pids, &f.meta, f.common_summary.clone());
+        ("heap".to_string(), p, summary)
+    }
+
+    /// The heap profile of `pids` from their last snapshots, with `meta`'s
+    /// comments and `summary` extended: (profile, summary lines, in-use
+    /// bytes in all).
+    pub(super) fn heap_profile_of(
+        &self,
+        symbolizer: &mut Symbolizer,
+        pids: &[u32],
+        meta: &ProfileMeta,
+        mut summary: Vec<String>,
+    ) -> (Profile, Vec<String>, u64) {
+        let mut comments = meta.comments.clone();
+        let mut raws: Vec<crate::go::Row> = Vec::new();
         let mut any_rate = None;
         let mut total_inuse = 0i64;
         let mut growth: Vec<(i64, u32, Vec<u64>)> = Vec::new();
-        let mut pids: Vec<u32> = self.procs.keys().copied().collect();
-        pids.sort_unstable();
-        for pid in pids {
-            let p = &self.procs[&pid];
+        for &pid in pids {
+            let Some(p) = self.procs.get(&pid) else {
+                continue;
+            };
             let Some(addrs) = p.heap else {
                 let line = format!(
                     "heap: pid {pid}: runtime.mbuckets not found (no .symtab and no known runtime code): no heap profile"
@@ -437,7 +499,9 @@ impl GoSession {
                 total_inuse += ib;
                 let was = firsts.get(rec.stack.as_slice()).copied().unwrap_or(0);
                 let grew = rec.inuse_bytes() as i64 - was as i64;
-                if grew >= GROWTH_REPORTED {
+                // Growth is named against a first read (`record`); the
+                // agent keeps no first read.
+                if st.first.is_some() && grew >= GROWTH_REPORTED {
                     let (_, g) = scale(rec.allocs.saturating_sub(rec.frees).max(1), grew as u64, r);
                     growth.push((g, pid, rec.stack.clone()));
                 }
@@ -446,7 +510,7 @@ impl GoSession {
                 if let Some(l) = stack.first_mut() {
                     *l = l.saturating_sub(1);
                 }
-                raws.push((stack, pid, vec![ao, ab, io, ib]));
+                raws.push((stack, pid, vec![ao, ab, io, ib], vec![]));
             }
             if let Some((slope, r2)) = super::profile::slope(&st.series) {
                 let line = format!(
@@ -460,17 +524,6 @@ impl GoSession {
             }
         }
         growth.sort_by_key(|g| std::cmp::Reverse(g.0));
-        let raw: Vec<RawSample> = raws
-            .iter()
-            .map(|(frames, tgid, _)| RawSample {
-                tgid: *tgid,
-                tid: *tgid,
-                comm: String::new(),
-                user: frames.clone(),
-                kernel: vec![],
-                count: 1,
-            })
-            .collect();
         let growth_raw: Vec<RawSample> = growth
             .iter()
             .take(5)
@@ -483,7 +536,7 @@ impl GoSession {
                 count: 1,
             })
             .collect();
-        let (mappings, resolved) = symbolizer.resolve_samples(&raw);
+        let (mappings, resolved) = crate::go::symbolize_rows(symbolizer, raws);
         let (_, grown) = symbolizer.resolve_samples(&growth_raw);
         for ((g, pid, _), r) in growth.iter().zip(grown) {
             let site = r
@@ -508,8 +561,7 @@ impl GoSession {
         summary.push(line);
         let samples: Vec<ProfileSample> = resolved
             .into_iter()
-            .zip(raws)
-            .map(|(r, (_, pid, values))| {
+            .map(|mut r| {
                 // Hide the runtime's own frames above the allocation site,
                 // as runtime/pprof does (unless every frame is runtime's).
                 let is_rt = |f: &profiler_symbolize::ResolvedFrame| {
@@ -518,17 +570,10 @@ impl GoSession {
                         .is_some_and(|l| l.function.starts_with("runtime."))
                 };
                 let skip = r.frames.iter().take_while(|f| is_rt(f)).count();
-                let frames = if skip < r.frames.len() {
-                    r.frames[skip..].to_vec()
-                } else {
-                    r.frames
-                };
-                ProfileSample {
-                    frames,
-                    pid,
-                    values,
-                    labels: vec![],
+                if skip < r.frames.len() {
+                    r.frames.drain(..skip);
                 }
+                r
             })
             .collect();
         let shape = ProfileShape::new(
@@ -542,12 +587,12 @@ impl GoSession {
             any_rate.unwrap_or(DEFAULT_RATE),
             Some("inuse_space"),
         );
-        let meta = profiler_symbolize::ProfileMeta {
+        let meta = ProfileMeta {
             comments,
-            ..f.meta.clone()
+            ..meta.clone()
         };
         let p = profiler_symbolize::build_profile(&mappings, &samples, &shape, &meta);
-        ("heap".to_string(), p, summary)
+        (p, summary, total_inuse.max(0) as u64)
     }
 }
 

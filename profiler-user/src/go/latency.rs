@@ -165,12 +165,8 @@ impl GoSession {
         Ok(())
     }
 
-    /// Build the latency profile and its summary lines.
-    pub(super) fn latency_profile(
-        &self,
-        symbolizer: &mut Symbolizer,
-        f: &mut Finish,
-    ) -> (String, Profile, Vec<String>) {
+    /// The histogram's cells as they are now: (key, calls, summed ns).
+    pub(super) fn latency_cells(&self) -> Vec<(profiler_common::go::GoStackKey, u64, u64)> {
         let mut cells = Vec::new();
         if let Some(h) = &self.lat_hist {
             for k in h.keys().filter_map(Result::ok) {
@@ -182,11 +178,33 @@ impl GoSession {
                 }
             }
         }
+        cells
+    }
+
+    /// Build the latency profile and its summary lines.
+    pub(super) fn latency_profile(
+        &self,
+        symbolizer: &mut Symbolizer,
+        f: &mut Finish,
+    ) -> (String, Profile, Vec<String>) {
+        let cells = self.latency_cells();
         let in_flight = self
             .lat_inflight
             .as_ref()
             .map(|m| m.keys().filter_map(Result::ok).count())
             .unwrap_or(0);
+        self.latency_profile_of(symbolizer, f, cells, in_flight)
+    }
+
+    /// The latency profile of `cells` (key, calls, summed ns), with
+    /// `in_flight` calls not yet returned.
+    pub(super) fn latency_profile_of(
+        &self,
+        symbolizer: &mut Symbolizer,
+        f: &mut Finish,
+        cells: Vec<(profiler_common::go::GoStackKey, u64, u64)>,
+        in_flight: usize,
+    ) -> (String, Profile, Vec<String>) {
         let mut per_fn: HashMap<u64, BTreeMap<u64, (u64, u64)>> = HashMap::new();
         let mut raws = Vec::new();
         for (k, n, ns) in cells {

@@ -66,8 +66,13 @@ mod shared;
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 pub use knobs::BenchKnobs;
+pub(crate) use profile::{symbolize_rows, Row};
 pub use session::GoSession;
-pub use shared::{GroupProfiles, SharedStats, MAX_BINARIES, MAX_PROBES};
+pub(crate) use session::{counter_sum, take as take_map};
+pub use shared::{
+    GroupProfiles, SharedStats, MAX_BINARIES, MAX_HEAP_BYTES_PER_WINDOW, MAX_HEAP_READS_PER_WINDOW,
+    MAX_PROBES,
+};
 
 /// Errors of the Go binary analysis.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +145,21 @@ impl GoProfiles {
     /// True if any Go profile is requested.
     pub fn any(&self) -> bool {
         self.goroutines || self.allocs || self.calls || self.latency || self.contention || self.heap
+    }
+
+    /// The names of the requested types, in a fixed order.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.goroutines, "goroutines"),
+            (self.allocs, "allocs"),
+            (self.calls, "calls"),
+            (self.latency, "latency"),
+            (self.contention, "contention"),
+            (self.heap, "heap"),
+        ]
+        .into_iter()
+        .filter_map(|(on, n)| on.then_some(n))
+        .collect()
     }
 }
 

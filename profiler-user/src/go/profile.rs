@@ -1,5 +1,45 @@
-//! The leak signal of the goroutine profile. (Profiles are written with
-//! `profiler_symbolize::build_profile`, the crate's one pprof builder.)
+//! What the profile types built from kernel maps share: [`symbolize_rows`]
+//! (rows of raw user stacks and values to symbolized samples and their
+//! mappings, the one path every such type takes before
+//! `profiler_symbolize::build_profile`, the crate's one pprof builder) and
+//! the leak signal of the goroutine profile.
+
+use profiler_symbolize::{MappingDesc, ProfileSample, RawSample, Symbolizer};
+
+/// One row of a profile built from a kernel map: user frames (leaf
+/// first), process id, values (in the shape's order) and string labels.
+pub(crate) type Row = (Vec<u64>, u32, Vec<i64>, Vec<(String, String)>);
+
+/// Symbolize `rows` (their processes snapshotted beforehand) into samples,
+/// in the same order, with the mappings they refer to.
+pub(crate) fn symbolize_rows(
+    symbolizer: &mut Symbolizer,
+    rows: Vec<Row>,
+) -> (Vec<MappingDesc>, Vec<ProfileSample>) {
+    let raw: Vec<RawSample> = rows
+        .iter()
+        .map(|(frames, tgid, _, _)| RawSample {
+            tgid: *tgid,
+            tid: *tgid,
+            comm: String::new(),
+            user: frames.clone(),
+            kernel: vec![],
+            count: 1,
+        })
+        .collect();
+    let (mappings, resolved) = symbolizer.resolve_samples(&raw);
+    let samples = resolved
+        .into_iter()
+        .zip(rows)
+        .map(|(r, (_, pid, values, labels))| ProfileSample {
+            frames: r.frames,
+            pid,
+            values,
+            labels,
+        })
+        .collect();
+    (mappings, samples)
+}
 
 /// Least-squares slope (per second) of `points` (seconds, value) and the
 /// coefficient of determination r² (1: perfectly steady). `None` with

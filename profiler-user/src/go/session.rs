@@ -13,8 +13,8 @@ use profiler_common::go::{
     GoCounter, GoFpStack, GoLatKey, GoLatStart, GoProcConfig, GoStackKey, GoidKey, LatCounts,
     SiteCounts,
 };
-use profiler_common::lock::WaitTotals;
-use profiler_symbolize::{ProfileMeta, ProfileSample, ProfileShape, RawSample, Symbolizer};
+use profiler_common::lock::{ParkKey, Parked, WaitTotals};
+use profiler_symbolize::{ProfileMeta, ProfileShape, Symbolizer};
 
 use super::{preset, CountStacks, GoOptions, Proc, StackCache, SERIES_INTERVAL};
 use crate::{error::RecordError, sampler::Sampler};
@@ -66,6 +66,10 @@ pub struct GoSession {
     pub(super) lock_counters: PerCpuArray<MapData, u64>,
     /// The heap profile's reads, per process.
     pub(super) heap_state: HashMap<u32, super::heap::HeapState>,
+    /// Goroutines parked on a semaphore now (`CONTENTION_PARKED`; with
+    /// contention only): the agent releases exited processes' entries and
+    /// keeps their stacks.
+    pub(super) parked: Option<AyaHashMap<MapData, ParkKey, Parked>>,
 }
 
 /// What every profile type's build step shares: the metadata with the
@@ -78,7 +82,14 @@ pub(super) struct Finish {
     pub(super) cache: StackCache,
 }
 
-fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
+/// Slot `index` of a per-CPU counter array, summed over CPUs (0 when
+/// unreadable).
+pub(crate) fn counter_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// Take map `name` out of the sampler's eBPF object as a `T`.
+pub(crate) fn take<T>(sampler: &mut Sampler, name: &str) -> Result<T, RecordError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -194,6 +205,11 @@ impl GoSession {
             contention: take(sampler, "CONTENTION")?,
             lock_counters: take(sampler, "CONTENTION_COUNTERS")?,
             heap_state: HashMap::new(),
+            parked: if opts.profiles.contention {
+                Some(take(sampler, "CONTENTION_PARKED")?)
+            } else {
+                None
+            },
         })
     }
 
@@ -259,14 +275,7 @@ impl GoSession {
     pub(super) fn counters(&self) -> Vec<(GoCounter, u64)> {
         GoCounter::ALL
             .iter()
-            .map(|c| {
-                let v = self
-                    .counters
-                    .get(&(*c as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0);
-                (*c, v)
-            })
+            .map(|c| (*c, counter_sum(&self.counters, *c as u32)))
             .collect()
     }
 
@@ -433,33 +442,12 @@ impl GoSession {
     pub(super) fn render(
         &self,
         symbolizer: &mut Symbolizer,
-        raws: Vec<(Vec<u64>, u32, Vec<i64>, Vec<(String, String)>)>,
+        raws: Vec<super::profile::Row>,
         shape: &ProfileShape,
         meta: &ProfileMeta,
         comments: Vec<String>,
     ) -> Profile {
-        let raw: Vec<RawSample> = raws
-            .iter()
-            .map(|(frames, tgid, _, _)| RawSample {
-                tgid: *tgid,
-                tid: *tgid,
-                comm: String::new(),
-                user: frames.clone(),
-                kernel: vec![],
-                count: 1,
-            })
-            .collect();
-        let (mappings, resolved) = symbolizer.resolve_samples(&raw);
-        let samples: Vec<ProfileSample> = resolved
-            .into_iter()
-            .zip(raws)
-            .map(|(r, (_, pid, values, labels))| ProfileSample {
-                frames: r.frames,
-                pid,
-                values,
-                labels,
-            })
-            .collect();
+        let (mappings, samples) = super::profile::symbolize_rows(symbolizer, raws);
         let meta = ProfileMeta {
             comments,
             ..meta.clone()

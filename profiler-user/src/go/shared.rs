@@ -27,7 +27,7 @@ use diff::pprof::proto::Profile;
 use profiler_common::go::{GoCounter, GoProcConfig, GoStackKey, SiteCounts, GO_PROC_ENTRIES};
 use profiler_symbolize::{ProfileMeta, ProfileShape, Symbolizer};
 
-use super::{binary::GOffsets, calls::spread_over_stacks, GoSession, Proc};
+use super::{binary::GOffsets, calls::spread_over_stacks, session::Finish, GoSession, Proc};
 use crate::{error::RecordError, sampler::Sampler};
 
 /// Distinct binaries with probes attached at once.
@@ -77,6 +77,21 @@ pub struct SharedStats {
     /// Stacks removed from `GO_FP_STACKS` once no count key of a live
     /// process referred to them.
     pub stacks_released: u64,
+    /// Entries in `GO_LAT_HIST` at the last window (latency).
+    pub latency_cells: u64,
+    /// Entries in `CONTENTION` at the last window (contention).
+    pub contention_cells: u64,
+    /// Latency/contention entries of processes that run a probed binary
+    /// but are not targets, removed at the windows.
+    pub outsider_keys_removed: u64,
+    /// Heap profile: processes whose buckets were read.
+    pub heap_reads: u64,
+    /// Heap profile: bytes of buckets read.
+    pub heap_bytes_read: u64,
+    /// Heap profile: reads skipped because a window's limits
+    /// ([`MAX_HEAP_READS_PER_WINDOW`], [`MAX_HEAP_BYTES_PER_WINDOW`]) were
+    /// reached (the window reuses the process's previous snapshot).
+    pub heap_reads_skipped: u64,
 }
 
 /// Previous cumulative counts, to cut windows.
@@ -86,7 +101,39 @@ pub(super) struct Prev {
     call_sites: HashMap<GoStackKey, u64>,
     allocs: HashMap<GoStackKey, u64>,
     sites: HashMap<GoStackKey, SiteCounts>,
+    /// Latency histogram cells: (calls, summed ns).
+    lat: HashMap<GoStackKey, (u64, u64)>,
+    /// Lock waits: (waits, summed ns).
+    contention: HashMap<GoStackKey, (u64, u64)>,
 }
+
+/// The window's part of cumulative (count, nanoseconds) cells: the
+/// difference from `prev` (which becomes `now`), cells that did not grow
+/// left out.
+fn delta_pairs(
+    now: Vec<(GoStackKey, u64, u64)>,
+    prev: &mut HashMap<GoStackKey, (u64, u64)>,
+) -> Vec<(GoStackKey, u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = HashMap::with_capacity(now.len());
+    for (k, n, ns) in now {
+        let (pn, pns) = prev.get(&k).copied().unwrap_or((0, 0));
+        let (dn, dns) = (n.saturating_sub(pn), ns.saturating_sub(pns));
+        if dn > 0 || dns > 0 {
+            out.push((k, dn, dns));
+        }
+        next.insert(k, (n, ns));
+    }
+    *prev = next;
+    out
+}
+
+/// Go processes whose heap buckets are read per window at most (the
+/// others keep their previous snapshot and are counted in
+/// [`SharedStats::heap_reads_skipped`]; the least read go first).
+pub const MAX_HEAP_READS_PER_WINDOW: usize = 64;
+/// Bytes of heap buckets read per window at most (over all processes).
+pub const MAX_HEAP_BYTES_PER_WINDOW: u64 = 256 << 20;
 
 /// State of the agent mode.
 #[derive(Default)]
@@ -109,6 +156,9 @@ pub struct GroupProfiles {
     pub profiles: Vec<(&'static str, Profile, u64)>,
     /// Why the Go types are absent (no Go process), when they are.
     pub absent: Option<String>,
+    /// Why a Go type of a group with Go processes is empty (no measurable
+    /// function, heap buckets not found or not readable, ...).
+    pub empty: Vec<String>,
 }
 
 fn key_of(tgid: u32) -> Option<BinKey> {
@@ -158,6 +208,18 @@ impl GoSession {
             .collect()
     }
 
+    /// The contention probes' kernel counters (name, value, is a loss);
+    /// empty without the contention type.
+    pub fn lock_counter_values(&self) -> Vec<(&'static str, u64, bool)> {
+        if !self.opts.profiles.contention {
+            return Vec::new();
+        }
+        self.lock_counters()
+            .into_iter()
+            .map(|(c, v)| (c.name(), v, c.is_loss()))
+            .collect()
+    }
+
     /// Write 0 back into every target whose `runtime.MemProfileRate` we set
     /// (`--allocs-set-rate`): the agent's shutdown undoes what it changed.
     pub fn restore_alloc_rates(&self) {
@@ -200,7 +262,7 @@ impl GoSession {
                 disable_addr: rebias(t.disable_addr, first_bias, bias),
                 allgs_addr: rebias(t.allgs_addr, first_bias, bias),
                 held: false,
-                heap: None,
+                heap: t.heap.map(|h| h.biased(bias.wrapping_sub(first_bias))),
                 mem_rate: None,
                 alloc_probe: t.alloc_probe,
                 rate_written: false,
@@ -262,7 +324,7 @@ impl GoSession {
             disable_addr: p.disable_addr,
             allgs_addr: p.allgs_addr,
             held: false,
-            heap: None,
+            heap: p.heap,
             mem_rate: None,
             alloc_probe: p.alloc_probe,
             rate_written: false,
@@ -321,6 +383,22 @@ impl GoSession {
         for k in stale(self.sites.keys().filter_map(Result::ok).collect()) {
             let _ = self.sites.remove(&k);
         }
+        if let Some(h) = &mut self.lat_hist {
+            let keys: Vec<GoStackKey> = h.keys().filter_map(Result::ok).collect();
+            for k in stale(keys) {
+                let _ = h.remove(&k);
+            }
+        }
+        if let Some(m) = &mut self.lat_inflight {
+            remove_keys(m, |k| dead_set.contains(&k.tgid));
+        }
+        for k in stale(self.contention.keys().filter_map(Result::ok).collect()) {
+            let _ = self.contention.remove(&k);
+        }
+        if let Some(m) = &mut self.parked {
+            remove_keys(m, |k| dead_set.contains(&k.tgid));
+        }
+        self.heap_state.retain(|pid, _| !dead_set.contains(pid));
         let gone: Vec<_> = self
             .goroutines
             .keys()
@@ -340,6 +418,8 @@ impl GoSession {
         prev.call_sites.retain(|k, _| !dead_set.contains(&k.tgid));
         prev.allocs.retain(|k, _| !dead_set.contains(&k.tgid));
         prev.sites.retain(|k, _| !dead_set.contains(&k.tgid));
+        prev.lat.retain(|k, _| !dead_set.contains(&k.tgid));
+        prev.contention.retain(|k, _| !dead_set.contains(&k.tgid));
         let mut emptied = Vec::new();
         for pid in dead {
             if let Some(key) = sh.proc_bin.remove(&pid) {
@@ -421,8 +501,83 @@ impl GoSession {
             sites_now.insert(k, c);
         }
         sh.prev.sites = sites_now;
+        let lat = if self.opts.profiles.latency {
+            delta_pairs(self.latency_cells(), &mut sh.prev.lat)
+        } else {
+            Vec::new()
+        };
+        let waits = if self.opts.profiles.contention {
+            delta_pairs(self.contention_cells(), &mut sh.prev.contention)
+        } else {
+            Vec::new()
+        };
+        // The latency and contention programs do not check GO_PROCS: hits
+        // of processes that run a probed binary but are not targets are
+        // removed here (they are in no container's profile).
+        let outsider = |tgid: u32| !self.procs.contains_key(&tgid);
+        let mut removed = 0u64;
+        if let Some(h) = &mut self.lat_hist {
+            let keys: Vec<GoStackKey> = h
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| outsider(k.tgid))
+                .collect();
+            for k in keys {
+                removed += u64::from(h.remove(&k).is_ok());
+                sh.prev.lat.remove(&k);
+            }
+        }
+        let keys: Vec<GoStackKey> = self
+            .contention
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| outsider(k.tgid))
+            .collect();
+        for k in keys {
+            removed += u64::from(self.contention.remove(&k).is_ok());
+            sh.prev.contention.remove(&k);
+        }
+        sh.stats.outsider_keys_removed += removed;
+        sh.stats.latency_cells = self
+            .lat_hist
+            .as_ref()
+            .map_or(0, |h| h.keys().count() as u64);
+        sh.stats.contention_cells = if self.opts.profiles.contention {
+            self.contention.keys().count() as u64
+        } else {
+            0
+        };
+        let in_flight: Vec<u32> = self
+            .lat_inflight
+            .as_ref()
+            .map(|m| m.keys().filter_map(Result::ok).map(|k| k.tgid).collect())
+            .unwrap_or_default();
         sh.stats.stacks = self.fp_stacks.keys().count() as u64;
         self.shared = Some(sh);
+        // Heap: each group's Go processes' buckets, once per window, within
+        // the window's limits (the least read first).
+        if self.opts.profiles.heap {
+            let mut want: Vec<(u64, u32)> = groups
+                .iter()
+                .flat_map(|(_, pids)| pids.iter().copied())
+                .filter(|p| self.procs.get(p).is_some_and(|p| p.heap.is_some()))
+                .map(|p| (self.heap_state.get(&p).map_or(0, |st| st.reads), p))
+                .collect();
+            want.sort_unstable();
+            want.dedup();
+            let over = want.len().saturating_sub(MAX_HEAP_READS_PER_WINDOW) as u64;
+            let pids: Vec<u32> = want
+                .iter()
+                .take(MAX_HEAP_READS_PER_WINDOW)
+                .map(|w| w.1)
+                .collect();
+            let done = self.read_heaps_of(&pids, MAX_HEAP_BYTES_PER_WINDOW, false);
+            if let Some(sh) = self.shared.as_mut() {
+                sh.stats.heap_reads += done.reads;
+                sh.stats.heap_bytes_read += done.bytes;
+                sh.stats.heap_reads_skipped += over + done.skipped.len() as u64;
+            }
+        }
         // Rates as now (for the allocation weights).
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         for pid in pids {
@@ -452,15 +607,21 @@ impl GoSession {
                 let had = calls
                     .iter()
                     .chain(allocs.iter())
-                    .any(|(k, _)| pids.contains(&k.tgid));
+                    .any(|(k, _)| pids.contains(&k.tgid))
+                    || lat
+                        .iter()
+                        .chain(waits.iter())
+                        .any(|(k, ..)| pids.contains(&k.tgid));
                 if !had {
                     out.push((
                         name.clone(),
                         GroupProfiles {
                             profiles: Vec::new(),
-                            absent: Some(
-                                "no Go program (Go 1.18+ with .gopclntab) in this container: no goroutines/allocs/calls profiles".into(),
-                            ),
+                            absent: Some(format!(
+                                "no Go program (Go 1.18+ with .gopclntab) in this container: no {} profiles",
+                                self.opts.profiles.names().join("/")
+                            )),
+                            empty: Vec::new(),
                         },
                     ));
                     continue;
@@ -618,11 +779,74 @@ impl GoSession {
                 let p = self.render(symbolizer, raws, &shape, &meta, c);
                 profiles.push(("allocs", p, events));
             }
+            let mut empty = Vec::new();
+            let window_secs = meta.duration.as_secs_f64();
+            if self.opts.profiles.latency {
+                let cells: Vec<_> = lat
+                    .iter()
+                    .filter(|(k, ..)| pids.contains(&k.tgid))
+                    .copied()
+                    .collect();
+                let total = cells.iter().map(|c| c.1).sum();
+                let flying = in_flight.iter().filter(|p| pids.contains(p)).count();
+                let mut f = Finish {
+                    meta: meta.clone(),
+                    common_summary: Vec::new(),
+                    elapsed: window_secs,
+                    cache: std::mem::take(&mut cache),
+                };
+                let (_, p, _) = self.latency_profile_of(symbolizer, &mut f, cells, flying);
+                cache = f.cache;
+                if self.lat_symbols.is_empty() {
+                    empty.push(format!(
+                        "latency: no measurable function matches {} in this container's Go programs",
+                        self.lat_patterns.join(", ")
+                    ));
+                }
+                profiles.push(("latency", p, total));
+            }
+            if self.opts.profiles.contention {
+                let cells: Vec<_> = waits
+                    .iter()
+                    .filter(|(k, ..)| pids.contains(&k.tgid))
+                    .copied()
+                    .collect();
+                let total = cells.iter().map(|c| c.1).sum();
+                let mut f = Finish {
+                    meta: meta.clone(),
+                    common_summary: Vec::new(),
+                    elapsed: window_secs,
+                    cache: std::mem::take(&mut cache),
+                };
+                let (_, p, _) = self.contention_profile_of(symbolizer, &mut f, cells);
+                cache = f.cache;
+                profiles.push(("contention", p, total));
+            }
+            if self.opts.profiles.heap {
+                let mut heap_pids = go_pids.clone();
+                heap_pids.sort_unstable();
+                let (p, lines, _) = self.heap_profile_of(symbolizer, &heap_pids, &meta, Vec::new());
+                let records = p.sample.len() as u64;
+                let before = empty.len();
+                empty.extend(lines.into_iter().filter(|l| {
+                    l.contains("not found")
+                        || l.contains("could not be read")
+                        || l.contains("MemProfileRate=0")
+                }));
+                let unread = heap_pids
+                    .iter()
+                    .all(|p| self.heap_state.get(p).is_none_or(|st| st.last.is_none()));
+                if unread && empty.len() == before {
+                    empty.push("heap: no Go process's heap buckets read yet".into());
+                }
+                profiles.push(("heap", p, records));
+            }
             out.push((
                 name.clone(),
                 GroupProfiles {
                     profiles,
                     absent: None,
+                    empty,
                 },
             ));
         }
@@ -657,6 +881,29 @@ impl GoSession {
                 used.insert(site.stack_hash);
             }
         }
+        if let Some(h) = &self.lat_hist {
+            used.extend(h.keys().filter_map(Result::ok).map(|k| k.stack_hash));
+        }
+        if let Some(m) = &self.lat_inflight {
+            for k in m.keys().filter_map(Result::ok) {
+                if let Ok(v) = m.get(&k, 0) {
+                    used.insert(v.stack_hash);
+                }
+            }
+        }
+        used.extend(
+            self.contention
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| k.stack_hash),
+        );
+        if let Some(m) = &self.parked {
+            for k in m.keys().filter_map(Result::ok) {
+                if let Ok(v) = m.get(&k, 0) {
+                    used.insert(v.stack_hash);
+                }
+            }
+        }
         let mut n = 0;
         for h in before {
             if !used.contains(&h) && self.fp_stacks.remove(&h).is_ok() {
@@ -664,6 +911,21 @@ impl GoSession {
             }
         }
         n
+    }
+}
+
+/// Remove the keys of `map` that `dead` picks (the keys are read first).
+fn remove_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    dead: impl Fn(&K) -> bool,
+) {
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| dead(k))
+        .collect();
+    for k in keys {
+        let _ = map.remove(&k);
     }
 }
 

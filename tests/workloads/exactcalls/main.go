@@ -68,7 +68,9 @@ func main() {
 	latencyCalls := flag.Int("latency-calls", 0, "calls to main.(*reconciler).Reconcile after the counted calls")
 	goroutines := flag.Int("goroutines", 2, "goroutines making the Reconcile calls")
 	spinFast := flag.Bool("spin", false, "spin (on CPU) through the 2 ms calls instead of sleeping")
+	startDelay := flag.Duration("start-delay", 0, "wait this long before the first call (time for an agent to attach)")
 	flag.Parse()
+	time.Sleep(*startDelay)
 
 	c := &apiClient{}
 	for i := 0; i < *calls; i++ {
