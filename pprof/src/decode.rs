@@ -362,6 +362,7 @@ pub fn parse<'a>(data: &'a [u8], limits: &Limits) -> Result<RawProfile<'a>, RawE
         limit: max_entries,
     };
     let mut p = RawProfile::default();
+    presize(&mut p, data, limits);
     let mut r = Reader::new(data, 0);
     let mut n_messages: u64 = 0;
     while !r.at_end() {
@@ -448,6 +449,40 @@ pub fn parse<'a>(data: &'a [u8], limits: &Limits) -> Result<RawProfile<'a>, RawE
         ));
     }
     Ok(p)
+}
+
+/// Reserves the flat vectors at their final sizes, counted by a quick
+/// pass over the top-level fields (keys and lengths only), so that they
+/// are not grown and copied while parsing. The counts are capped by the
+/// limits; anything the pass cannot read is left to [`parse`] to report.
+fn presize(p: &mut RawProfile<'_>, data: &[u8], limits: &Limits) {
+    let mut r = Reader::new(data, 0);
+    // sample types, samples, mappings, locations, functions, strings
+    let mut n = [0usize; 7];
+    while !r.at_end() {
+        let Ok((field, wt)) = r.key() else { break };
+        if wt == 2 {
+            if r.bytes().is_err() {
+                break;
+            }
+            if let Some(c) = n.get_mut(field as usize) {
+                *c += 1;
+            }
+        } else if r.skip(wt).is_err() {
+            break;
+        }
+    }
+    let cap = |x: usize| x.min(limits.max_messages.min(1 << 26) as usize);
+    let samples = cap(n[2]).min(limits.max_samples as usize);
+    p.sample_types.reserve(cap(n[1]));
+    p.samples.reserve(samples);
+    p.values.reserve(cap(samples.saturating_mul(n[1].max(1))));
+    p.mappings.reserve(cap(n[3]));
+    p.locations.reserve(cap(n[4]));
+    // Most locations have one line (Go's inlined calls add a few).
+    p.lines.reserve(cap(n[4] + n[4] / 4));
+    p.functions.reserve(cap(n[5]));
+    p.strings.reserve(cap(n[6]));
 }
 
 fn parse_value_type(m: &[u8], base: usize) -> Result<(i64, i64), RawError> {
