@@ -212,7 +212,25 @@ fn resolve_samples(
 ) -> Result<(), String> {
     let strings = raw;
     let mut label_keys: FxHashMap<i64, String> = FxHashMap::default();
-    let mut loc_buf: Vec<usize> = Vec::with_capacity(128);
+    // Frames of a location by its id: one lookup when ids are dense.
+    let by_id: Option<Vec<(u32, u32)>> = match lidx {
+        IdIndex::Dense(v) => Some(
+            v.iter()
+                .map(|&li| match loc_ranges.get(li as usize) {
+                    Some(&r) => r,
+                    None => (u32::MAX, u32::MAX),
+                })
+                .collect(),
+        ),
+        IdIndex::Sparse(_) => None,
+    };
+    let range_of = |id: u64| -> Option<(u32, u32)> {
+        match &by_id {
+            Some(v) => v.get(id as usize).copied().filter(|&(a, _)| a != u32::MAX),
+            None => lidx.get(id).map(|li| loc_ranges[li]),
+        }
+    };
+    let mut buf: Vec<FrameId> = Vec::with_capacity(256);
     for (i, (s, slot)) in chunk.iter().zip(out).enumerate() {
         let si = first + i;
         let values = &raw.values[s.values.0 as usize..s.values.1 as usize];
@@ -222,26 +240,20 @@ fn resolve_samples(
                 values.len()
             ));
         }
-        // Location indexes into a reused buffer, then one exact allocation.
-        loc_buf.clear();
-        let mut depth = 0usize;
+        // Frames into a reused buffer, then one exact allocation.
+        buf.clear();
         for id in raw.sample_locations(s) {
-            let li = lidx.get(id).ok_or_else(|| {
+            let (a, b) = range_of(id).ok_or_else(|| {
                 format!("sample {si} refers to location id {id} which does not exist")
             })?;
-            let (a, b) = loc_ranges[li];
-            depth += (b - a) as usize;
-            loc_buf.push(li);
-        }
-        let mut stack = Vec::with_capacity(depth);
-        for &li in &loc_buf {
-            let (a, b) = loc_ranges[li];
-            // Usually one frame (two or three when inlined): pushes, not a
-            // memcpy call per location.
-            for &f in &loc_frames[a as usize..b as usize] {
-                stack.push(f);
+            if b == a + 1 {
+                // Usually one frame (two or three when inlined).
+                buf.push(loc_frames[a as usize]);
+            } else {
+                buf.extend_from_slice(&loc_frames[a as usize..b as usize]);
             }
         }
+        let stack = buf.clone();
         let mut labels = Vec::new();
         for l in &raw.labels[s.labels.0 as usize..s.labels.1 as usize] {
             let key = match label_keys.get(&l.key) {
