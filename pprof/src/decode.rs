@@ -61,7 +61,20 @@ impl<'a> Reader<'a> {
     }
     #[inline]
     fn varint(&mut self) -> Result<u64, RawError> {
-        if let Some(&b) = self.buf.get(self.pos) {
+        let rest = &self.buf[self.pos..];
+        if let Some(head) = rest.get(..10) {
+            // Ten bytes left: no bounds check per byte. Nine bytes hold at
+            // most 63 bits, so nothing can overflow here; a tenth byte
+            // goes to the checked path.
+            let mut v = 0u64;
+            for (i, &b) in head[..9].iter().enumerate() {
+                v |= u64::from(b & 0x7f) << (7 * i);
+                if b < 0x80 {
+                    self.pos += i + 1;
+                    return Ok(v);
+                }
+            }
+        } else if let Some(&b) = rest.first() {
             if b < 0x80 {
                 self.pos += 1;
                 return Ok(u64::from(b));
@@ -195,6 +208,25 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// True when `payload` is a sequence of complete varints of at most 9
+/// bytes each (at most 63 bits: none can overflow), the check a packed
+/// field needs before [`SampleLocations`] decodes it without checks. A
+/// byte scan without decoding; `false` leaves the decision to the checked
+/// decoder.
+#[inline]
+fn packed_varints_are_short(payload: &[u8]) -> bool {
+    if payload.last().is_some_and(|&b| b >= 0x80) {
+        return false;
+    }
+    let mut run = 0u32;
+    let mut longest = 0u32;
+    for &b in payload {
+        run = if b >= 0x80 { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest <= 8
 }
 
 /// Counts entries against [`Limits::max_entries`].
@@ -517,9 +549,13 @@ fn parse_sample<'a>(
                 let (payload, pbase) = r.bytes()?;
                 // Each varint is at least one byte: this bounds the count.
                 budget.take(payload.len() as u64)?;
-                let mut pr = Reader::new(payload, pbase);
-                while !pr.at_end() {
-                    pr.varint()?;
+                if !packed_varints_are_short(payload) {
+                    // Rare: a varint of 10 bytes or more, or a truncated
+                    // one; the checked decoder accepts or names it.
+                    let mut pr = Reader::new(payload, pbase);
+                    while !pr.at_end() {
+                        pr.varint()?;
+                    }
                 }
                 packed = Some(payload);
             }
@@ -847,4 +883,62 @@ impl<'a> RawProfile<'a> {
 pub fn u32_len<T>(v: &[T]) -> u32 {
     // Bounded by Limits::max_entries, which is checked to fit in u32.
     v.len() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Every varint length decodes alike with and without ten bytes left
+    /// (the unchecked and the checked path), and the packed-field check
+    /// passes exactly the payloads of complete varints of at most 9 bytes.
+    #[test]
+    fn varints_of_every_length_on_both_paths() {
+        let mut values: Vec<u64> = vec![0, 1, 127, 128, 300, 16383, 16384, u64::MAX];
+        for bits in 1..64 {
+            values.extend([(1u64 << bits) - 1, 1u64 << bits, (1u64 << bits) + 1]);
+        }
+        for &v in &values {
+            let mut one = Vec::new();
+            encode(v, &mut one);
+            let len = one.len();
+            assert_eq!(packed_varints_are_short(&one), len <= 9, "{v}");
+            for tail in [0usize, 1, 9, 12] {
+                let mut buf = one.clone();
+                buf.extend(std::iter::repeat_n(0x81u8, tail));
+                let mut r = Reader::new(&buf, 0);
+                assert_eq!(r.varint(), Ok(v), "{v} + {tail}");
+                assert_eq!(r.pos, len, "{v} + {tail}");
+            }
+            let mut it = SampleLocations::Packed(&one, 0);
+            assert_eq!((it.next(), it.next()), (Some(v), None));
+        }
+        // Truncated, overlong and overflowing varints: errors on both paths.
+        for bad in [
+            &[0x80u8][..],
+            &[0xff; 11][..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+        ] {
+            assert!(!packed_varints_are_short(bad));
+            let mut padded = bad.to_vec();
+            padded.extend([0u8; 12]);
+            for buf in [bad, &padded[..]] {
+                let r = Reader::new(buf, 0).varint();
+                if buf.len() > bad.len() && bad.len() == 1 {
+                    // 0x80 0x00: a (non-minimal) zero, as protobuf allows.
+                    assert_eq!(r, Ok(0));
+                } else {
+                    assert!(r.is_err(), "{buf:?}");
+                }
+            }
+        }
+    }
 }
