@@ -1291,7 +1291,8 @@ impl EdgeIndex {
     fn new(cmp: &Comparison) -> EdgeIndex {
         let n = cmp.table.len();
         let side = |runs: &[RunData]| -> SideEdges {
-            let mut map: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
+            // Keyed by caller << 32 | callee: one hash round per edge.
+            let mut map: crate::normalize::FxMap<u64, u32> = Default::default();
             let mut pairs = Vec::new();
             let mut seen = vec![u32::MAX; n];
             let mut stamp = 0u32;
@@ -1335,7 +1336,8 @@ impl EdgeIndex {
                             }
                             local.push(e);
                         }
-                        let id = *map.entry(e).or_insert_with(|| {
+                        let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
+                        let id = *map.entry(key).or_insert_with(|| {
                             pairs.push(e);
                             (pairs.len() - 1) as u32
                         });
