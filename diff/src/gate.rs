@@ -1366,6 +1366,26 @@ impl EdgeIndex {
     }
 }
 
+/// Per side, run and stack of `index`: does the stack pass through a
+/// function flagged in `focus`? Computed once per attribution, not once
+/// per round.
+fn stacks_through(index: &EdgeIndex, focus: &[bool]) -> [Vec<Vec<bool>>; 2] {
+    index.sides.each_ref().map(|(_, runs)| {
+        runs.iter()
+            .map(|re| {
+                re.frame_offsets
+                    .windows(2)
+                    .map(|w| {
+                        re.frames[w[0] as usize..w[1] as usize]
+                            .iter()
+                            .any(|&f| focus[f as usize])
+                    })
+                    .collect()
+            })
+            .collect()
+    })
+}
+
 /// One side's part of an [`Agg`].
 struct SideAgg {
     cum: Vec<f64>,
@@ -1385,7 +1405,7 @@ impl SideAgg {
         n: usize,
         scale: &Scale,
         exclude: &[bool],
-        focus: &[bool],
+        focused: &[Vec<bool>],
     ) -> Self {
         let mut a = SideAgg {
             cum: vec![0.0; n],
@@ -1402,17 +1422,11 @@ impl SideAgg {
             .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
             .sum::<f64>()
             .max(1e-300);
-        for (r, re) in runs.iter().zip(index) {
+        for ((r, re), focused) in runs.iter().zip(index).zip(focused) {
             let w = if r.weight > 0.0 { r.weight } else { 1.0 };
             for (i, &v) in re.values.iter().enumerate() {
                 let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
-                // One pass for both flags.
-                let (mut excluded, mut focused) = (false, false);
-                for &f in s {
-                    excluded |= any_excluded && exclude[f as usize];
-                    focused |= focus[f as usize];
-                }
-                if excluded {
+                if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
                     continue;
                 }
                 let x = v / den;
@@ -1435,7 +1449,7 @@ impl SideAgg {
                 if let Some(&leaf) = s.last() {
                     a.flat[leaf as usize] += x;
                 }
-                if !focused {
+                if !focused[i] {
                     continue;
                 }
                 let ids = &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize];
@@ -1450,7 +1464,8 @@ impl SideAgg {
 }
 
 impl Agg {
-    /// `focus`: edges are collected only from stacks through a flagged
+    /// `focused` (per side, run and stack, from [`stacks_through`]): edges
+    /// are collected only from stacks through a flagged
     /// function (the grown ones: every chain the attribution walks lies in
     /// those stacks), which keeps the pass cheap on large profiles.
     fn new(
@@ -1458,14 +1473,14 @@ impl Agg {
         index: &EdgeIndex,
         scale: &Scale,
         exclude: &[bool],
-        focus: &[bool],
+        focused: &[Vec<Vec<bool>>; 2],
     ) -> Agg {
         let n = cmp.table.len();
         // The two sides are independent passes (the same sums in the same
         // order as one after the other): one thread each.
         let one = |runs: &[RunData], side: usize| {
             let (pairs, edges) = &index.sides[side];
-            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, focus)
+            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, &focused[side])
         };
         let (b, c) = std::thread::scope(|s| {
             let c = s.spawn(|| one(&cmp.cand, 1));
@@ -1644,7 +1659,8 @@ fn attribute(
         focus[g.id as usize] = true;
     }
     let index = index.get_or_init(|| EdgeIndex::new(cmp));
-    let full = Agg::new(cmp, index, scale, &exclude, &focus);
+    let focused = stacks_through(index, &focus);
+    let full = Agg::new(cmp, index, scale, &exclude, &focused);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1888,7 +1904,7 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, index, scale, &exclude, &focus);
+        let next = Agg::new(cmp, index, scale, &exclude, &focused);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {
