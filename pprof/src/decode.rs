@@ -504,7 +504,12 @@ fn presize(p: &mut RawProfile<'_>, data: &[u8], limits: &Limits) {
             break;
         }
     }
-    let cap = |x: usize| x.min(limits.max_messages.min(1 << 26) as usize);
+    // Every entry takes at least one byte of input, so no vector is
+    // reserved beyond the input's size (a hostile count stays cheap).
+    let cap = |x: usize| {
+        x.min(limits.max_messages.min(1 << 26) as usize)
+            .min(data.len())
+    };
     let samples = cap(n[2]).min(limits.max_samples as usize);
     p.sample_types.reserve(cap(n[1]));
     p.samples.reserve(samples);

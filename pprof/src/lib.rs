@@ -149,7 +149,9 @@ pub fn gunzip_into(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), Dec
         _ => 0,
     };
     let hint = if hint >= data.len() {
-        hint
+        // Deflate expands at most about 1032:1: a trailer claiming more
+        // lies, and must not reserve more than the input can produce.
+        hint.min(data.len().saturating_mul(1032))
     } else {
         data.len().saturating_mul(4)
     };
