@@ -923,7 +923,11 @@ impl Comparison {
                 pick(&mut out[i]).q_value = Some(q);
             }
         }
-        out.sort_by(|a, b| {
+        // Sorted by index (a stable sort with the same comparisons gives
+        // the same order) so that the large records move once.
+        let mut order: Vec<usize> = (0..out.len()).collect();
+        order.sort_by(|&i, &j| {
+            let (a, b) = (&out[i], &out[j]);
             b.flat
                 .delta
                 .abs()
@@ -931,7 +935,8 @@ impl Comparison {
                 .then(b.cum.delta.abs().total_cmp(&a.cum.delta.abs()))
                 .then(a.function.cmp(&b.function))
         });
-        Ok(out)
+        let mut slots: Vec<Option<FunctionDelta>> = out.into_iter().map(Some).collect();
+        Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
     }
 
     /// The `limit` stacks with the largest |delta|, folded root first.

@@ -1261,10 +1261,19 @@ struct Agg {
 
 /// The caller → callee edges of one run's stacks, in the order its stack
 /// map iterates: for stack `i`, `ids[offsets[i]..offsets[i + 1]]`, each
-/// edge once per stack, self-calls left out.
+/// edge once per stack, self-calls left out. The stacks themselves are
+/// copied alongside in the same order, flat (`frames[frame_offsets[i]..
+/// frame_offsets[i + 1]]`, value `values[i]`), so the aggregation rounds
+/// read contiguous memory instead of one allocation per stack; the sums
+/// come out the same, in the same order.
 struct RunEdges {
     offsets: Vec<u32>,
     ids: Vec<u32>,
+    frame_offsets: Vec<u32>,
+    frames: Vec<FuncId>,
+    values: Vec<f64>,
+    /// Whether a function occurs twice in the stack (recursion).
+    recursive: Vec<bool>,
 }
 
 /// Every stack's edges as ids into a table of distinct edges per side,
@@ -1282,17 +1291,28 @@ impl EdgeIndex {
     fn new(cmp: &Comparison) -> EdgeIndex {
         let n = cmp.table.len();
         let side = |runs: &[RunData]| -> SideEdges {
-            let mut map: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
+            // Keyed by caller << 32 | callee: one hash round per edge.
+            let mut map: crate::normalize::FxMap<u64, u32> = Default::default();
             let mut pairs = Vec::new();
             let mut seen = vec![u32::MAX; n];
             let mut stamp = 0u32;
             let mut local: Vec<(FuncId, FuncId)> = Vec::new();
             let mut out = Vec::with_capacity(runs.len());
             for r in runs {
-                let mut offsets = Vec::with_capacity(r.stacks.len() + 1);
+                let n_stacks = r.stacks.len();
+                let mut offsets = Vec::with_capacity(n_stacks + 1);
                 let mut ids = Vec::new();
                 offsets.push(0u32);
-                for s in r.stacks.keys() {
+                let n_frames: usize = r.stacks.keys().map(|s| s.len()).sum();
+                let mut frames = Vec::with_capacity(n_frames);
+                let mut frame_offsets = Vec::with_capacity(n_stacks + 1);
+                frame_offsets.push(0u32);
+                let mut values = Vec::with_capacity(n_stacks);
+                let mut recursives = Vec::with_capacity(n_stacks);
+                for (s, &v) in &r.stacks {
+                    frames.extend_from_slice(s);
+                    frame_offsets.push(frames.len() as u32);
+                    values.push(v);
                     stamp = stamp.wrapping_add(1);
                     let mut recursive = false;
                     for &f in s.iter() {
@@ -1301,6 +1321,7 @@ impl EdgeIndex {
                         }
                         seen[f as usize] = stamp;
                     }
+                    recursives.push(recursive);
                     // An edge repeats within a stack only under recursion;
                     // only then is the list consulted.
                     local.clear();
@@ -1315,7 +1336,8 @@ impl EdgeIndex {
                             }
                             local.push(e);
                         }
-                        let id = *map.entry(e).or_insert_with(|| {
+                        let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
+                        let id = *map.entry(key).or_insert_with(|| {
                             pairs.push(e);
                             (pairs.len() - 1) as u32
                         });
@@ -1323,7 +1345,14 @@ impl EdgeIndex {
                     }
                     offsets.push(ids.len() as u32);
                 }
-                out.push(RunEdges { offsets, ids });
+                out.push(RunEdges {
+                    offsets,
+                    ids,
+                    frame_offsets,
+                    frames,
+                    values,
+                    recursive: recursives,
+                });
             }
             (pairs, out)
         };
@@ -1335,6 +1364,26 @@ impl EdgeIndex {
         });
         EdgeIndex { sides: [b, c] }
     }
+}
+
+/// Per side, run and stack of `index`: does the stack pass through a
+/// function flagged in `focus`? Computed once per attribution, not once
+/// per round.
+fn stacks_through(index: &EdgeIndex, focus: &[bool]) -> [Vec<Vec<bool>>; 2] {
+    index.sides.each_ref().map(|(_, runs)| {
+        runs.iter()
+            .map(|re| {
+                re.frame_offsets
+                    .windows(2)
+                    .map(|w| {
+                        re.frames[w[0] as usize..w[1] as usize]
+                            .iter()
+                            .any(|&f| focus[f as usize])
+                    })
+                    .collect()
+            })
+            .collect()
+    })
 }
 
 /// One side's part of an [`Agg`].
@@ -1356,7 +1405,7 @@ impl SideAgg {
         n: usize,
         scale: &Scale,
         exclude: &[bool],
-        focus: &[bool],
+        focused: &[Vec<bool>],
     ) -> Self {
         let mut a = SideAgg {
             cum: vec![0.0; n],
@@ -1373,23 +1422,26 @@ impl SideAgg {
             .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
             .sum::<f64>()
             .max(1e-300);
-        for (r, re) in runs.iter().zip(index) {
+        for ((r, re), focused) in runs.iter().zip(index).zip(focused) {
             let w = if r.weight > 0.0 { r.weight } else { 1.0 };
-            for (i, (s, &v)) in r.stacks.iter().enumerate() {
-                // One pass for both flags.
-                let (mut excluded, mut focused) = (false, false);
-                for &f in s.iter() {
-                    excluded |= any_excluded && exclude[f as usize];
-                    focused |= focus[f as usize];
-                }
-                if excluded {
+            for (i, &v) in re.values.iter().enumerate() {
+                let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
+                if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
                     continue;
                 }
-                stamp = stamp.wrapping_add(1);
                 let x = v / den;
-                for &f in s.iter() {
-                    if seen[f as usize] != stamp {
-                        seen[f as usize] = stamp;
+                if re.recursive[i] {
+                    // Counted once per stack.
+                    stamp = stamp.wrapping_add(1);
+                    for &f in s {
+                        if seen[f as usize] != stamp {
+                            seen[f as usize] = stamp;
+                            a.cum[f as usize] += x;
+                            a.cum_n[f as usize] += v / w;
+                        }
+                    }
+                } else {
+                    for &f in s {
                         a.cum[f as usize] += x;
                         a.cum_n[f as usize] += v / w;
                     }
@@ -1397,7 +1449,7 @@ impl SideAgg {
                 if let Some(&leaf) = s.last() {
                     a.flat[leaf as usize] += x;
                 }
-                if !focused {
+                if !focused[i] {
                     continue;
                 }
                 let ids = &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize];
@@ -1412,7 +1464,8 @@ impl SideAgg {
 }
 
 impl Agg {
-    /// `focus`: edges are collected only from stacks through a flagged
+    /// `focused` (per side, run and stack, from [`stacks_through`]): edges
+    /// are collected only from stacks through a flagged
     /// function (the grown ones: every chain the attribution walks lies in
     /// those stacks), which keeps the pass cheap on large profiles.
     fn new(
@@ -1420,14 +1473,14 @@ impl Agg {
         index: &EdgeIndex,
         scale: &Scale,
         exclude: &[bool],
-        focus: &[bool],
+        focused: &[Vec<Vec<bool>>; 2],
     ) -> Agg {
         let n = cmp.table.len();
         // The two sides are independent passes (the same sums in the same
         // order as one after the other): one thread each.
         let one = |runs: &[RunData], side: usize| {
             let (pairs, edges) = &index.sides[side];
-            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, focus)
+            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, &focused[side])
         };
         let (b, c) = std::thread::scope(|s| {
             let c = s.spawn(|| one(&cmp.cand, 1));
@@ -1606,7 +1659,8 @@ fn attribute(
         focus[g.id as usize] = true;
     }
     let index = index.get_or_init(|| EdgeIndex::new(cmp));
-    let full = Agg::new(cmp, index, scale, &exclude, &focus);
+    let focused = stacks_through(index, &focus);
+    let full = Agg::new(cmp, index, scale, &exclude, &focused);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1850,7 +1904,7 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, index, scale, &exclude, &focus);
+        let next = Agg::new(cmp, index, scale, &exclude, &focused);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {

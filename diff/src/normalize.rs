@@ -359,8 +359,13 @@ impl Normalizer {
 
     /// Normalized file of a frame.
     pub fn file(&self, frame: &Frame) -> String {
+        self.file_name(&frame.file)
+    }
+
+    /// [`Normalizer::file`] of a file name.
+    fn file_name(&self, file: &str) -> String {
         let o = &self.opts;
-        let mut s = frame.file.clone();
+        let mut s = file.to_owned();
         if o.enabled(Rule::ModuleVersion) {
             if s.contains("/pkg/mod/") {
                 s = self.modcache.replace(&s, "").into_owned();
@@ -571,6 +576,8 @@ impl Names {
         // each (function, mapping, file) once (the address matters only for
         // unnamed frames). Two keys may normalize alike: interning merges them.
         let mut memo: FxMap<(&str, &str, &str, u64), u32> = FxMap::default();
+        // Many functions share a file: each file is normalized once.
+        let mut files: FxMap<&str, String> = FxMap::default();
         for f in &p.frames {
             if opts.no_kernel && f.kind == FrameKind::Kernel {
                 frame_name.push(u32::MAX);
@@ -584,7 +591,11 @@ impl Names {
                 addr,
             );
             let k = *memo.entry(key).or_insert_with(|| {
-                distinct.push((norm.function_name(f), norm.file(f)));
+                let file = files
+                    .entry(f.file.as_str())
+                    .or_insert_with(|| norm.file_name(&f.file))
+                    .clone();
+                distinct.push((norm.function_name(f), file));
                 (distinct.len() - 1) as u32
             });
             frame_name.push(k);

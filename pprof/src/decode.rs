@@ -61,7 +61,20 @@ impl<'a> Reader<'a> {
     }
     #[inline]
     fn varint(&mut self) -> Result<u64, RawError> {
-        if let Some(&b) = self.buf.get(self.pos) {
+        let rest = &self.buf[self.pos..];
+        if let Some(head) = rest.get(..10) {
+            // Ten bytes left: no bounds check per byte. Nine bytes hold at
+            // most 63 bits, so nothing can overflow here; a tenth byte
+            // goes to the checked path.
+            let mut v = 0u64;
+            for (i, &b) in head[..9].iter().enumerate() {
+                v |= u64::from(b & 0x7f) << (7 * i);
+                if b < 0x80 {
+                    self.pos += i + 1;
+                    return Ok(v);
+                }
+            }
+        } else if let Some(&b) = rest.first() {
             if b < 0x80 {
                 self.pos += 1;
                 return Ok(u64::from(b));
@@ -195,6 +208,25 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
+}
+
+/// True when `payload` is a sequence of complete varints of at most 9
+/// bytes each (at most 63 bits: none can overflow), the check a packed
+/// field needs before [`SampleLocations`] decodes it without checks. A
+/// byte scan without decoding; `false` leaves the decision to the checked
+/// decoder.
+#[inline]
+fn packed_varints_are_short(payload: &[u8]) -> bool {
+    if payload.last().is_some_and(|&b| b >= 0x80) {
+        return false;
+    }
+    let mut run = 0u32;
+    let mut longest = 0u32;
+    for &b in payload {
+        run = if b >= 0x80 { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    longest <= 8
 }
 
 /// Counts entries against [`Limits::max_entries`].
@@ -362,6 +394,7 @@ pub fn parse<'a>(data: &'a [u8], limits: &Limits) -> Result<RawProfile<'a>, RawE
         limit: max_entries,
     };
     let mut p = RawProfile::default();
+    presize(&mut p, data, limits);
     let mut r = Reader::new(data, 0);
     let mut n_messages: u64 = 0;
     while !r.at_end() {
@@ -450,6 +483,45 @@ pub fn parse<'a>(data: &'a [u8], limits: &Limits) -> Result<RawProfile<'a>, RawE
     Ok(p)
 }
 
+/// Reserves the flat vectors at their final sizes, counted by a quick
+/// pass over the top-level fields (keys and lengths only), so that they
+/// are not grown and copied while parsing. The counts are capped by the
+/// limits; anything the pass cannot read is left to [`parse`] to report.
+fn presize(p: &mut RawProfile<'_>, data: &[u8], limits: &Limits) {
+    let mut r = Reader::new(data, 0);
+    // sample types, samples, mappings, locations, functions, strings
+    let mut n = [0usize; 7];
+    while !r.at_end() {
+        let Ok((field, wt)) = r.key() else { break };
+        if wt == 2 {
+            if r.bytes().is_err() {
+                break;
+            }
+            if let Some(c) = n.get_mut(field as usize) {
+                *c += 1;
+            }
+        } else if r.skip(wt).is_err() {
+            break;
+        }
+    }
+    // Every entry takes at least one byte of input, so no vector is
+    // reserved beyond the input's size (a hostile count stays cheap).
+    let cap = |x: usize| {
+        x.min(limits.max_messages.min(1 << 26) as usize)
+            .min(data.len())
+    };
+    let samples = cap(n[2]).min(limits.max_samples as usize);
+    p.sample_types.reserve(cap(n[1]));
+    p.samples.reserve(samples);
+    p.values.reserve(cap(samples.saturating_mul(n[1].max(1))));
+    p.mappings.reserve(cap(n[3]));
+    p.locations.reserve(cap(n[4]));
+    // Most locations have one line (Go's inlined calls add a few).
+    p.lines.reserve(cap(n[4] + n[4] / 4));
+    p.functions.reserve(cap(n[5]));
+    p.strings.reserve(cap(n[6]));
+}
+
 fn parse_value_type(m: &[u8], base: usize) -> Result<(i64, i64), RawError> {
     let mut r = Reader::new(m, base);
     let (mut t, mut u) = (0, 0);
@@ -482,9 +554,13 @@ fn parse_sample<'a>(
                 let (payload, pbase) = r.bytes()?;
                 // Each varint is at least one byte: this bounds the count.
                 budget.take(payload.len() as u64)?;
-                let mut pr = Reader::new(payload, pbase);
-                while !pr.at_end() {
-                    pr.varint()?;
+                if !packed_varints_are_short(payload) {
+                    // Rare: a varint of 10 bytes or more, or a truncated
+                    // one; the checked decoder accepts or names it.
+                    let mut pr = Reader::new(payload, pbase);
+                    while !pr.at_end() {
+                        pr.varint()?;
+                    }
                 }
                 packed = Some(payload);
             }
@@ -703,8 +779,7 @@ impl<'a> RawProfile<'a> {
 
     /// The string at `index` (lossy UTF-8), or an error naming `what`.
     pub fn string(&self, index: i64, what: &dyn std::fmt::Display) -> Result<String, String> {
-        self.str_bytes(index, what)
-            .map(|s| String::from_utf8_lossy(s).into_owned())
+        self.str_bytes(index, what).map(lossy_string)
     }
 
     /// The bytes of string `index`, or an error naming `what`.
@@ -790,11 +865,7 @@ impl<'a> RawProfile<'a> {
                     start_line: f.start_line,
                 })
                 .collect(),
-            string_table: self
-                .strings
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect(),
+            string_table: self.strings.iter().map(|s| lossy_string(s)).collect(),
             drop_frames: self.drop_frames,
             keep_frames: self.keep_frames,
             time_nanos: self.time_nanos,
@@ -808,8 +879,76 @@ impl<'a> RawProfile<'a> {
     }
 }
 
+/// `bytes` as a string, invalid UTF-8 replaced: the same result as
+/// `String::from_utf8_lossy`, with the faster whole-string validation
+/// first (nearly every string is valid).
+fn lossy_string(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
 /// Length of a flat vector as a range bound.
 pub fn u32_len<T>(v: &[T]) -> u32 {
     // Bounded by Limits::max_entries, which is checked to fit in u32.
     v.len() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// Every varint length decodes alike with and without ten bytes left
+    /// (the unchecked and the checked path), and the packed-field check
+    /// passes exactly the payloads of complete varints of at most 9 bytes.
+    #[test]
+    fn varints_of_every_length_on_both_paths() {
+        let mut values: Vec<u64> = vec![0, 1, 127, 128, 300, 16383, 16384, u64::MAX];
+        for bits in 1..64 {
+            values.extend([(1u64 << bits) - 1, 1u64 << bits, (1u64 << bits) + 1]);
+        }
+        for &v in &values {
+            let mut one = Vec::new();
+            encode(v, &mut one);
+            let len = one.len();
+            assert_eq!(packed_varints_are_short(&one), len <= 9, "{v}");
+            for tail in [0usize, 1, 9, 12] {
+                let mut buf = one.clone();
+                buf.extend(std::iter::repeat_n(0x81u8, tail));
+                let mut r = Reader::new(&buf, 0);
+                assert_eq!(r.varint(), Ok(v), "{v} + {tail}");
+                assert_eq!(r.pos, len, "{v} + {tail}");
+            }
+            let mut it = SampleLocations::Packed(&one, 0);
+            assert_eq!((it.next(), it.next()), (Some(v), None));
+        }
+        // Truncated, overlong and overflowing varints: errors on both paths.
+        for bad in [
+            &[0x80u8][..],
+            &[0xff; 11][..],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+        ] {
+            assert!(!packed_varints_are_short(bad));
+            let mut padded = bad.to_vec();
+            padded.extend([0u8; 12]);
+            for buf in [bad, &padded[..]] {
+                let r = Reader::new(buf, 0).varint();
+                if buf.len() > bad.len() && bad.len() == 1 {
+                    // 0x80 0x00: a (non-minimal) zero, as protobuf allows.
+                    assert_eq!(r, Ok(0));
+                } else {
+                    assert!(r.is_err(), "{buf:?}");
+                }
+            }
+        }
+    }
 }

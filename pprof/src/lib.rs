@@ -141,7 +141,21 @@ pub fn gunzip_bounded(data: &[u8], limit: u64) -> Result<Vec<u8>, DecodeError> {
 /// loads reuse one allocation.
 pub fn gunzip_into(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), DecodeError> {
     out.clear();
-    out.reserve((data.len().saturating_mul(4)).min(limit as usize));
+    // A gzip member ends with its uncompressed size (mod 2^32): with one
+    // member (the usual case) that is the exact size, so the buffer is
+    // allocated once. Only a hint: the limit below still decides.
+    let hint = match data.len().checked_sub(4).map(|i| &data[i..]) {
+        Some(&[a, b, c, d]) if data.len() >= 18 => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => 0,
+    };
+    let hint = if hint >= data.len() {
+        // Deflate expands at most about 1032:1: a trailer claiming more
+        // lies, and must not reserve more than the input can produce.
+        hint.min(data.len().saturating_mul(1032))
+    } else {
+        data.len().saturating_mul(4)
+    };
+    out.reserve(hint.saturating_add(1).min(limit as usize));
     let dec = flate2::read::MultiGzDecoder::new(data);
     dec.take(limit.saturating_add(1))
         .read_to_end(out)

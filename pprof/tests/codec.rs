@@ -130,6 +130,32 @@ fn limits_are_enforced() {
     assert!(decode(b"\xff\xff\xff", &Limits::default()).is_err());
 }
 
+/// The gzip trailer's size only sizes the buffer: a trailer that lies (too
+/// small, too large) or a second member changes nothing in what is read.
+#[test]
+fn gzip_size_trailer_is_only_a_hint() {
+    let raw = encode_raw(&rich(3, "ab"));
+    let gz = profiler_pprof::gzip(&raw);
+    let n = gz.len();
+    assert_eq!(&gz[n - 4..], &(raw.len() as u32).to_le_bytes());
+    for claimed in [0u32, 1, raw.len() as u32 / 2, u32::MAX] {
+        let mut lying = gz.clone();
+        lying[n - 4..].copy_from_slice(&claimed.to_le_bytes());
+        // flate2 checks the size and the CRC of each member.
+        let err = profiler_pprof::gunzip_bounded(&lying, 1 << 20).unwrap_err();
+        assert!(matches!(err, DecodeError::Gzip(_)), "{claimed}: {err:?}");
+    }
+    let mut two = gz.clone();
+    two.extend_from_slice(&profiler_pprof::gzip(b"tail"));
+    let out = profiler_pprof::gunzip_bounded(&two, 1 << 20).unwrap();
+    assert_eq!(&out[..raw.len()], &raw[..]);
+    assert_eq!(&out[raw.len()..], b"tail");
+    assert!(matches!(
+        profiler_pprof::gunzip_bounded(&two, raw.len() as u64),
+        Err(DecodeError::DecompressionBomb { .. })
+    ));
+}
+
 #[test]
 fn merge_sums_equal_samples_and_keeps_build_ids() {
     let mut m = Merger::new();

@@ -8,7 +8,8 @@
 //! `$DIFF_BENCH_CAND` override them). Without the shared corpus (a user's
 //! clone) the bench says so and skips. Runs alternate between the three
 //! commands (≥5 each, `$DIFF_BENCH_RUNS`), output goes to /dev/null, and
-//! the medians and the ratios pprof / profdiff are printed.
+//! the medians (wall time with its range, CPU time from rusage, peak RSS),
+//! the load average and the ratios pprof / profdiff are printed.
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -37,9 +38,27 @@ fn pair(root: &Path) -> Option<(PathBuf, PathBuf)> {
         .find(|(b, c)| b.is_file() && c.is_file())
 }
 
-/// Runs `cmd` (stdout to /dev/null); wall time and peak RSS of the child.
-/// Exit codes in `ok` count as success.
-fn measure(cmd: &mut Command, ok: &[i32]) -> Result<(Duration, u64)> {
+/// One run of a command: wall time, CPU time (user + system, from
+/// `wait4`'s rusage: less disturbed by other load than the wall time) and
+/// peak RSS.
+#[derive(Clone, Copy)]
+struct Run {
+    wall: Duration,
+    cpu: Duration,
+    rss: u64,
+}
+
+/// The 1-minute load average, for the record.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Runs `cmd` (stdout to /dev/null); wall time, CPU time and peak RSS of
+/// the child. Exit codes in `ok` count as success.
+fn measure(cmd: &mut Command, ok: &[i32]) -> Result<Run> {
     let t = Instant::now();
     let child = cmd
         .stdout(Stdio::null())
@@ -59,7 +78,12 @@ fn measure(cmd: &mut Command, ok: &[i32]) -> Result<(Duration, u64)> {
         Some(c) if ok.contains(&c) => {}
         _ => bail!("{cmd:?} failed: {st}"),
     }
-    Ok((d, ru.ru_maxrss as u64 * 1024))
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    Ok(Run {
+        wall: d,
+        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        rss: ru.ru_maxrss as u64 * 1024,
+    })
 }
 
 fn median<T: Ord + Copy>(v: &[T]) -> T {
@@ -130,41 +154,70 @@ pub fn diff_vs_pprof(root: &Path) -> Result<()> {
     measure(&mut go_cmd(), &[0])?;
     measure(&mut pd_cmd("gate"), &gate_ok)?;
     measure(&mut pd_cmd("diff"), &[0])?;
-    let (mut go_t, mut gate_t, mut diff_t) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut go_m, mut gate_m, mut diff_m) = (Vec::new(), Vec::new(), Vec::new());
+    let load_before = loadavg();
+    let (mut go, mut gate, mut diff) = (Vec::new(), Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for i in 0..runs {
-        let (t, m) = measure(&mut go_cmd(), &[0])?;
-        go_t.push(t);
-        go_m.push(m);
-        let (t, m) = measure(&mut pd_cmd("gate"), &gate_ok)?;
-        gate_t.push(t);
-        gate_m.push(m);
-        let (t, m) = measure(&mut pd_cmd("diff"), &[0])?;
-        diff_t.push(t);
-        diff_m.push(m);
+        go.push(measure(&mut go_cmd(), &[0])?);
+        gate.push(measure(&mut pd_cmd("gate"), &gate_ok)?);
+        diff.push(measure(&mut pd_cmd("diff"), &[0])?);
         println!(
-            "run {}: go tool pprof {:.0} ms, profdiff gate {:.0} ms, profdiff diff {:.0} ms",
+            "run {}: go tool pprof {:.0} ms (CPU {:.0} ms), profdiff gate {:.0} ms (CPU {:.0} ms), profdiff diff {:.0} ms (CPU {:.0} ms)",
             i + 1,
-            go_t[i].as_secs_f64() * 1e3,
-            gate_t[i].as_secs_f64() * 1e3,
-            diff_t[i].as_secs_f64() * 1e3
+            ms(go[i].wall),
+            ms(go[i].cpu),
+            ms(gate[i].wall),
+            ms(gate[i].cpu),
+            ms(diff[i].wall),
+            ms(diff[i].cpu)
         );
     }
-    let (g, gt, dt) = (median(&go_t), median(&gate_t), median(&diff_t));
+    let med = |v: &[Run], f: fn(&Run) -> Duration| median(&v.iter().map(f).collect::<Vec<_>>());
+    let range = |v: &[Run]| {
+        let w: Vec<Duration> = v.iter().map(|r| r.wall).collect();
+        format!(
+            "{:.0}-{:.0}",
+            ms(*w.iter().min().unwrap_or(&Duration::ZERO)),
+            ms(*w.iter().max().unwrap_or(&Duration::ZERO))
+        )
+    };
+    let (g, gt, dt) = (
+        med(&go, |r| r.wall),
+        med(&gate, |r| r.wall),
+        med(&diff, |r| r.wall),
+    );
+    let (gc, gtc, dtc) = (
+        med(&go, |r| r.cpu),
+        med(&gate, |r| r.cpu),
+        med(&diff, |r| r.cpu),
+    );
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let rss = |v: &[Run]| median(&v.iter().map(|r| r.rss).collect::<Vec<_>>());
     println!(
-        "median of {runs}: go tool pprof -top -diff_base {:.0} ms ({:.0} MiB peak RSS), profdiff gate {:.0} ms ({:.0} MiB), profdiff diff {:.0} ms ({:.0} MiB)",
-        g.as_secs_f64() * 1e3,
-        mib(median(&go_m)),
-        gt.as_secs_f64() * 1e3,
-        mib(median(&gate_m)),
-        dt.as_secs_f64() * 1e3,
-        mib(median(&diff_m)),
+        "median of {runs}: go tool pprof -top -diff_base {:.0} ms (range {}, CPU {:.0} ms, {:.0} MiB peak RSS), profdiff gate {:.0} ms (range {}, CPU {:.0} ms, {:.0} MiB), profdiff diff {:.0} ms (range {}, CPU {:.0} ms, {:.0} MiB)",
+        ms(g),
+        range(&go),
+        ms(gc),
+        mib(rss(&go)),
+        ms(gt),
+        range(&gate),
+        ms(gtc),
+        mib(rss(&gate)),
+        ms(dt),
+        range(&diff),
+        ms(dtc),
+        mib(rss(&diff)),
     );
     println!(
-        "ratio pprof/profdiff: gate {:.1}x, diff {:.1}x (goal: gate >= 20x)",
+        "load average (1 min): {load_before} before the runs, {} after",
+        loadavg()
+    );
+    println!(
+        "ratio pprof/profdiff, wall: gate {:.1}x, diff {:.1}x (goal: gate >= 20x); CPU: gate {:.1}x, diff {:.1}x",
         g.as_secs_f64() / gt.as_secs_f64(),
-        g.as_secs_f64() / dt.as_secs_f64()
+        g.as_secs_f64() / dt.as_secs_f64(),
+        gc.as_secs_f64() / gtc.as_secs_f64().max(1e-9),
+        gc.as_secs_f64() / dtc.as_secs_f64().max(1e-9),
     );
     Ok(())
 }

@@ -146,28 +146,40 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
     }
     drop(interned);
 
-    // Samples: a large profile resolves its two halves on two threads
-    // (the first error in sample order wins either way).
+    // Samples, written in place: a large profile resolves its two halves
+    // on two threads (the first error in sample order wins either way).
     let n_types = sample_types.len();
-    let run = |first: usize, chunk: &[RawSample<'_>]| {
-        resolve_samples(&raw, first, chunk, n_types, &lidx, &loc_ranges, &loc_frames)
+    let run = |first: usize, chunk: &[RawSample<'_>], out: &mut [Sample]| {
+        resolve_samples(
+            &raw,
+            first,
+            chunk,
+            out,
+            n_types,
+            &lidx,
+            &loc_ranges,
+            &loc_frames,
+        )
     };
-    let samples = if raw.samples.len() >= PARALLEL_SAMPLES {
-        let (a, b) = raw.samples.split_at(raw.samples.len() / 2);
+    let mut samples: Vec<Sample> = Vec::new();
+    samples.resize_with(raw.samples.len(), Sample::default);
+    if raw.samples.len() >= PARALLEL_SAMPLES {
+        let half = raw.samples.len() / 2;
+        let (a, b) = raw.samples.split_at(half);
+        let (oa, ob) = samples.split_at_mut(half);
         let (ra, rb) = std::thread::scope(|s| {
-            let rb = s.spawn(|| run(a.len(), b));
-            let ra = run(0, a);
+            let rb = s.spawn(|| run(half, b, ob));
+            let ra = run(0, a, oa);
             (
                 ra,
                 rb.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
             )
         });
-        let mut samples = ra?;
-        samples.append(&mut rb?);
-        samples
+        ra?;
+        rb?;
     } else {
-        run(0, &raw.samples)?
-    };
+        run(0, &raw.samples, &mut samples)?;
+    }
 
     Ok(Profile {
         sample_types,
@@ -185,21 +197,41 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
 /// Fewest samples for which [`resolve`] uses a second thread.
 const PARALLEL_SAMPLES: usize = 20_000;
 
-/// Resolves `chunk`, the samples of `raw` from index `first` on.
+/// Resolves `chunk`, the samples of `raw` from index `first` on, into
+/// `out` (as long as `chunk`).
+#[allow(clippy::too_many_arguments)]
 fn resolve_samples(
     raw: &RawProfile<'_>,
     first: usize,
     chunk: &[RawSample<'_>],
+    out: &mut [Sample],
     n_types: usize,
     lidx: &IdIndex,
     loc_ranges: &[(u32, u32)],
     loc_frames: &[FrameId],
-) -> Result<Vec<Sample>, String> {
+) -> Result<(), String> {
     let strings = raw;
-    let mut samples = Vec::with_capacity(chunk.len());
     let mut label_keys: FxHashMap<i64, String> = FxHashMap::default();
-    let mut loc_buf: Vec<usize> = Vec::with_capacity(128);
-    for (i, s) in chunk.iter().enumerate() {
+    // Frames of a location by its id: one lookup when ids are dense.
+    let by_id: Option<Vec<(u32, u32)>> = match lidx {
+        IdIndex::Dense(v) => Some(
+            v.iter()
+                .map(|&li| match loc_ranges.get(li as usize) {
+                    Some(&r) => r,
+                    None => (u32::MAX, u32::MAX),
+                })
+                .collect(),
+        ),
+        IdIndex::Sparse(_) => None,
+    };
+    let range_of = |id: u64| -> Option<(u32, u32)> {
+        match &by_id {
+            Some(v) => v.get(id as usize).copied().filter(|&(a, _)| a != u32::MAX),
+            None => lidx.get(id).map(|li| loc_ranges[li]),
+        }
+    };
+    let mut buf: Vec<FrameId> = Vec::with_capacity(256);
+    for (i, (s, slot)) in chunk.iter().zip(out).enumerate() {
         let si = first + i;
         let values = &raw.values[s.values.0 as usize..s.values.1 as usize];
         if values.len() != n_types {
@@ -208,26 +240,20 @@ fn resolve_samples(
                 values.len()
             ));
         }
-        // Location indexes into a reused buffer, then one exact allocation.
-        loc_buf.clear();
-        let mut depth = 0usize;
+        // Frames into a reused buffer, then one exact allocation.
+        buf.clear();
         for id in raw.sample_locations(s) {
-            let li = lidx.get(id).ok_or_else(|| {
+            let (a, b) = range_of(id).ok_or_else(|| {
                 format!("sample {si} refers to location id {id} which does not exist")
             })?;
-            let (a, b) = loc_ranges[li];
-            depth += (b - a) as usize;
-            loc_buf.push(li);
-        }
-        let mut stack = Vec::with_capacity(depth);
-        for &li in &loc_buf {
-            let (a, b) = loc_ranges[li];
-            // Usually one frame (two or three when inlined): pushes, not a
-            // memcpy call per location.
-            for &f in &loc_frames[a as usize..b as usize] {
-                stack.push(f);
+            if b == a + 1 {
+                // Usually one frame (two or three when inlined).
+                buf.push(loc_frames[a as usize]);
+            } else {
+                buf.extend_from_slice(&loc_frames[a as usize..b as usize]);
             }
         }
+        let stack = buf.clone();
         let mut labels = Vec::new();
         for l in &raw.labels[s.labels.0 as usize..s.labels.1 as usize] {
             let key = match label_keys.get(&l.key) {
@@ -247,11 +273,11 @@ fn resolve_samples(
                 labels.push((key, LabelValue::Num(l.num, unit)));
             }
         }
-        samples.push(Sample {
+        *slot = Sample {
             stack,
             values: values.to_vec(),
             labels,
-        });
+        };
     }
-    Ok(samples)
+    Ok(())
 }
