@@ -28,6 +28,14 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs `profdiff ARGS` and checks it is an input or usage error (exit 2)
+/// whose stderr contains `needle`.
+fn assert_exit_2_saying(args: &[&str], needle: &str) {
+    let o = profdiff(args);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains(needle), "{}", stderr(&o));
+}
+
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("profdiff-gate-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -245,20 +253,17 @@ fn no_normalize_switches_rules_off_and_is_reported() {
         .unwrap()
         .iter()
         .any(|r| r == "go-closure"));
-    let o = profdiff(&[
-        "diff",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--no-normalize",
-        "bogus",
-    ]);
-    assert_eq!(code(&o), 2);
-    assert!(
-        stderr(&o).contains("--no-normalize: unknown rule \"bogus\""),
-        "{}",
-        stderr(&o)
+    assert_exit_2_saying(
+        &[
+            "diff",
+            "-b",
+            "base",
+            "-c",
+            "cand",
+            "--no-normalize",
+            "bogus",
+        ],
+        "--no-normalize: unknown rule \"bogus\"",
     );
 }
 
@@ -289,17 +294,18 @@ fn input_and_usage_errors_exit_2_with_one_line() {
     let o = profdiff(&["gate", "-b", "base"]);
     assert_eq!(code(&o), 2, "missing --candidate is a usage error");
 
-    let o = profdiff(&[
-        "gate",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--sample-type",
+    assert_exit_2_saying(
+        &[
+            "gate",
+            "-b",
+            "base",
+            "-c",
+            "cand",
+            "--sample-type",
+            "alloc_space",
+        ],
         "alloc_space",
-    ]);
-    assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("alloc_space"), "{}", stderr(&o));
+    );
 }
 
 #[test]
@@ -335,23 +341,21 @@ fn shipped_budgets_files_are_valid() {
 
 #[test]
 fn scaling_needs_what_it_divides_by() {
-    let o = profdiff(&["diff", "-b", "base", "-c", "cand", "--normalize", "rate"]);
-    assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("no duration"), "{}", stderr(&o));
-    let o = profdiff(&[
-        "diff",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--per-sample-type",
-        "reconciles",
-    ]);
-    assert_eq!(code(&o), 2);
-    assert!(
-        stderr(&o).contains("no sample type \"reconciles\""),
-        "{}",
-        stderr(&o)
+    assert_exit_2_saying(
+        &["diff", "-b", "base", "-c", "cand", "--normalize", "rate"],
+        "no duration",
+    );
+    assert_exit_2_saying(
+        &[
+            "diff",
+            "-b",
+            "base",
+            "-c",
+            "cand",
+            "--per-sample-type",
+            "reconciles",
+        ],
+        "no sample type \"reconciles\"",
     );
     let o = profdiff(&[
         "diff", "-b", "base", "-c", "cand", "--per", "10", "--top", "1",
