@@ -11,7 +11,7 @@ use std::{
 
 use integration_tests::{
     agentrun::{Launch, RunningAgent},
-    can_run_ebpf, flatten, go_pprof_total, gobuild, http,
+    apisim, can_run_ebpf, flatten, go_pprof_total, gobuild, http,
     kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
     root, wait_until, FlatSample, Owned, TempDir,
 };
@@ -385,33 +385,6 @@ fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
     assert_eq!(r.status, 404, "no goroutines windows without uprobes");
 }
 
-/// Starts `apiserver-sim` on a random loopback port: the process and its
-/// address.
-fn start_apiserver() -> (Owned, String) {
-    use std::io::BufRead as _;
-    let mut srv = Owned::spawn(
-        Command::new(integration_tests::workload("apiserver-sim"))
-            .args(["-addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let mut out = std::io::BufReader::new(srv.0.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line)
-        .expect("reading apiserver-sim stdout");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("apiserver-sim: unexpected first line {line:?}"))
-        .to_string();
-    // Keep reading so the pipe never fills.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut sink);
-    });
-    (srv, addr)
-}
-
 /// The workbench through the DaemonSet path: two kubelet-like pods, each
 /// with an `apiserver-sim` container and a `controller-sim` container
 /// (baseline and the goroutine-leak variant), profiled by `profiler agent`;
@@ -440,7 +413,7 @@ fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
         let (api_id, mgr_id) = (container_id(i * 10), container_id(i * 10 + 1));
         let api_cg = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &api_id);
         let mgr_cg = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &mgr_id);
-        let (srv, addr) = start_apiserver();
+        let (srv, addr, _) = apisim::start(&[]);
         cg.add_process(&api_cg, srv.pid());
         let ctl = Owned::spawn(
             Command::new(integration_tests::workload("controller-sim"))
