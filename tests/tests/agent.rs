@@ -13,7 +13,7 @@ use std::{
 use integration_tests::{
     agentrun::{series_value, Launch, RunningAgent},
     can_run_ebpf, flatten,
-    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    kubelet::{container_id, pod_ids, pod_uid, KubeletCgroups, Qos},
     kubesim::{KubeSim, SimPod},
     wait_until, workload, FlatSample, Owned, TempDir,
 };
@@ -91,9 +91,9 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
         return;
     }
     let mut cg = KubeletCgroups::new("agent-layouts");
-    let (uid_a, cid_a) = (pod_uid(1), container_id(1));
-    let (uid_b, cid_b) = (pod_uid(2), container_id(2));
-    let (uid_c, cid_c) = (pod_uid(3), container_id(3));
+    let (uid_a, cid_a) = pod_ids(1);
+    let (uid_b, cid_b) = pod_ids(2);
+    let (uid_c, cid_c) = pod_ids(3);
     let a_cg = cg.systemd_container(Qos::Burstable, &uid_a, "cri-containerd", &cid_a);
     let b_cg = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
     let a = busy("demo", &[]);
@@ -222,7 +222,7 @@ fn sigterm_flushes_the_partial_window() {
         return;
     }
     let mut cg = KubeletCgroups::new("agent-sigterm");
-    let (uid, cid) = (pod_uid(10), container_id(10));
+    let (uid, cid) = pod_ids(10);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let w = busy("demo", &[]);
     cg.add_process(&cgp, w.pid());
@@ -283,9 +283,9 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
     }
     let sim = KubeSim::start();
     let mut cg = KubeletCgroups::new("agent-kube");
-    let (uid_a, cid_a) = (pod_uid(20), container_id(20));
-    let (uid_b, cid_b) = (pod_uid(21), container_id(21));
-    let (uid_c, cid_c) = (pod_uid(22), container_id(22));
+    let (uid_a, cid_a) = pod_ids(20);
+    let (uid_b, cid_b) = pod_ids(21);
+    let (uid_c, cid_c) = pod_ids(22);
     sim.put(sim_pod(
         "ctrl-system",
         "manager-0",
@@ -446,7 +446,7 @@ fn agent_works_with_only_the_daemonsets_capabilities() {
     ];
 
     let mut cg = KubeletCgroups::new("agent-caps");
-    let (uid, cid) = (pod_uid(30), container_id(30));
+    let (uid, cid) = pod_ids(30);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let w = busy("demo", &[]);
     cg.add_process(&cgp, w.pid());
@@ -491,7 +491,7 @@ fn process_name_selects_one_process_of_a_container() {
         return;
     }
     let mut cg = KubeletCgroups::new("agent-procname");
-    let (uid, cid) = (pod_uid(40), container_id(40));
+    let (uid, cid) = pod_ids(40);
     let cgp = cg.cgroupfs_container(Qos::Burstable, &uid, &cid);
     let keep = busy("cpusplit", &["-duration", "0"]);
     let other = busy("demo", &[]);
@@ -542,8 +542,8 @@ fn agent_follows_pods_on_a_cgroup_v1_hierarchy() {
         return;
     }
     let mut cg = KubeletCgroups::in_hierarchy("agent-v1", pids_v1);
-    let (uid, cid) = (pod_uid(50), container_id(50));
-    let (uid_b, cid_b) = (pod_uid(51), container_id(51));
+    let (uid, cid) = pod_ids(50);
+    let (uid_b, cid_b) = pod_ids(51);
     let cgp = cg.cgroupfs_container(Qos::Burstable, &uid, &cid);
     let cgb = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
     let a = busy("demo", &[]);

@@ -25,7 +25,7 @@ use std::{
 use integration_tests::{
     agentrun::{Launch, RunningAgent},
     can_run_ebpf, http,
-    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    kubelet::{pod_ids, KubeletCgroups, Qos},
     kubesim::{KubeSim, SimPod},
     wait_until, workload, Owned, TempDir,
 };
@@ -412,7 +412,7 @@ fn pyroscope_export_survives_an_outage_and_sends_each_window_once() {
     }
     let sim = KubeSim::start();
     let mut cg = KubeletCgroups::new("export-pyro");
-    let (uid, cid) = (pod_uid(40), container_id(40));
+    let (uid, cid) = pod_ids(40);
     sim.put(SimPod {
         namespace: "ctrl-system".into(),
         name: "manager-7d9c5b8f4d-x2kqz".into(),
@@ -547,7 +547,7 @@ fn parca_export_writes_raw_and_resumes_after_restart() {
         return;
     }
     let mut cg = KubeletCgroups::new("export-parca");
-    let (uid, cid) = (pod_uid(41), container_id(41));
+    let (uid, cid) = pod_ids(41);
     let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
     let w = busy_demo();
     cg.add_process(&pod_cg, w.pid());
@@ -615,7 +615,7 @@ fn a_stalled_export_server_delays_neither_windows_nor_the_api() {
         return;
     }
     let mut cg = KubeletCgroups::new("export-stall");
-    let (uid, cid) = (pod_uid(42), container_id(42));
+    let (uid, cid) = pod_ids(42);
     let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
     let w = busy_demo();
     cg.add_process(&pod_cg, w.pid());
@@ -692,7 +692,7 @@ fn windows_evicted_during_an_outage_are_counted_as_dropped() {
         return;
     }
     let mut cg = KubeletCgroups::new("export-drop");
-    let (uid, cid) = (pod_uid(43), container_id(43));
+    let (uid, cid) = pod_ids(43);
     let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
     let w = busy_demo();
     cg.add_process(&pod_cg, w.pid());

@@ -12,7 +12,7 @@ use std::{
 use integration_tests::{
     agentrun::{Launch, RunningAgent},
     apisim, can_run_ebpf, flatten, go_pprof_total, gobuild, http,
-    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    kubelet::{container_id, pod_ids, pod_uid, KubeletCgroups, Qos},
     root, wait_until, FlatSample, Owned, TempDir,
 };
 
@@ -67,9 +67,9 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
         return;
     };
     let mut cg = KubeletCgroups::new("agent-go");
-    let (uid_a, cid_a) = (pod_uid(11), container_id(11));
-    let (uid_b, cid_b) = (pod_uid(12), container_id(12));
-    let (uid_c, cid_c) = (pod_uid(13), container_id(13));
+    let (uid_a, cid_a) = pod_ids(11);
+    let (uid_b, cid_b) = pod_ids(12);
+    let (uid_c, cid_c) = pod_ids(13);
     let a_cg = cg.systemd_container(Qos::Burstable, &uid_a, "cri-containerd", &cid_a);
     let b_cg = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
     let c_cg = cg.systemd_container(Qos::Guaranteed, &uid_c, "crio", &cid_c);
@@ -335,7 +335,7 @@ fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
     );
 
     let mut cg = KubeletCgroups::new("agent-go-caps");
-    let (uid, cid) = (pod_uid(21), container_id(21));
+    let (uid, cid) = pod_ids(21);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let w = Owned::spawn(
         Command::new(&bin)
@@ -538,7 +538,7 @@ fn agent_go_allocs_set_rate_turns_sampling_on() {
         return;
     };
     let mut cg = KubeletCgroups::new("agent-go-rate");
-    let (uid, cid) = (pod_uid(41), container_id(41));
+    let (uid, cid) = pod_ids(41);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let store = TempDir::new("agent-go-rate-store");
     let root_s = cg.root.display().to_string();
