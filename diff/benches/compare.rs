@@ -7,7 +7,6 @@
 //! The corpus is found at `$PROFDIFF_CORPUS` or `../../shared/corpus/pprof`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use diff::budgets::Budgets;
@@ -16,16 +15,13 @@ use diff::gate::Gate;
 use diff::normalize::{NormalizeOptions, Normalizer};
 use diff::{Frame, Profile, Sample, ValueType};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 /// `n` samples over stacks of depth 8..40 drawn from 5,000 Go-like
 /// functions (closures, generics, vendored paths so normalization works).
 fn generated(n: usize, seed: u64) -> Profile {
-    let mut x: u64 = seed | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = common::xorshift(seed);
     let frames: Vec<Frame> = (0..5000)
         .map(|i| Frame {
             function: match i % 4 {
@@ -57,16 +53,7 @@ fn generated(n: usize, seed: u64) -> Profile {
         })
         .collect();
     Profile {
-        sample_types: vec![
-            ValueType {
-                kind: "samples".into(),
-                unit: "count".into(),
-            },
-            ValueType {
-                kind: "cpu".into(),
-                unit: "nanoseconds".into(),
-            },
-        ],
+        sample_types: common::cpu_sample_types(),
         period_type: Some(ValueType {
             kind: "cpu".into(),
             unit: "nanoseconds".into(),
@@ -80,12 +67,8 @@ fn generated(n: usize, seed: u64) -> Profile {
 }
 
 fn corpus_large() -> Option<Profile> {
-    let dir = std::env::var_os("PROFDIFF_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pprof")
-        });
-    let p = dir.join("google__pprof/internal__proftest__testdata__large.cpu");
+    let p =
+        common::shared_corpus_dir().join("google__pprof/internal__proftest__testdata__large.cpu");
     match diff::input::load_profile(&p) {
         Ok(p) => Some(p),
         Err(e) => {

@@ -6,30 +6,18 @@
 //! relative to this crate; missing files are skipped with a note.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use diff::input::{decode_bytes, Limits};
-use diff::{Frame, Profile, Sample, ValueType};
+use diff::{Frame, Profile, Sample};
 
-fn corpus_dir() -> PathBuf {
-    std::env::var_os("PROFDIFF_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pprof")
-        })
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// A CPU-like profile: `n` samples, stacks of depth 8..40 over 20,000
 /// frames (5,000 functions, some inlined), deterministic.
 fn generated(n: usize) -> Profile {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut next = common::xorshift(0x2545_F491_4F6C_DD1D);
     let frames: Vec<Frame> = (0..20_000u32)
         .map(|i| Frame {
             function: format!("github.com/example/pkg{}.Func{}", i % 97, i % 5000),
@@ -63,16 +51,7 @@ fn generated(n: usize) -> Profile {
         })
         .collect();
     Profile {
-        sample_types: vec![
-            ValueType {
-                kind: "samples".into(),
-                unit: "count".into(),
-            },
-            ValueType {
-                kind: "cpu".into(),
-                unit: "nanoseconds".into(),
-            },
-        ],
+        sample_types: common::cpu_sample_types(),
         period: 10_000_000,
         frames,
         samples,
@@ -91,7 +70,7 @@ fn bench(c: &mut Criterion) {
         "DataDog__dd-trace-go/profiler__internal__fastdelta__testdata__big-heap.pprof",
         "google__pprof/profile__testdata__cppbench.cpu",
     ] {
-        let path = corpus_dir().join(name);
+        let path = common::shared_corpus_dir().join(name);
         let Ok(data) = std::fs::read(&path) else {
             eprintln!("skipping {}: not found", path.display());
             continue;

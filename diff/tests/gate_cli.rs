@@ -28,6 +28,19 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Runs `profdiff ARGS` and checks it is an input or usage error (exit 2)
+/// whose stderr contains `needle`.
+fn assert_exit_2_saying(args: &[&str], needle: &str) {
+    let o = profdiff(args);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains(needle), "{}", stderr(&o));
+}
+
+/// `SUB -b base -c cand EXTRA` (the two fixture directories).
+fn base_cand<'a>(sub: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [&[sub, "-b", "base", "-c", "cand"][..], extra].concat()
+}
+
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("profdiff-gate-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -81,27 +94,25 @@ fn regression_fails_with_exit_1_and_reference_reports() {
         tmp("gate-base.svg"),
         tmp("gate.html"),
     );
-    let o = profdiff(&[
+    let o = profdiff(&base_cand(
         "gate",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--budgets",
-        "budgets.toml",
-        "--json",
-        j.to_str().unwrap(),
-        "--markdown",
-        m.to_str().unwrap(),
-        "--junit",
-        x.to_str().unwrap(),
-        "--flamegraph",
-        s.to_str().unwrap(),
-        "--flamegraph-base-width",
-        sb.to_str().unwrap(),
-        "--html",
-        h.to_str().unwrap(),
-    ]);
+        &[
+            "--budgets",
+            "budgets.toml",
+            "--json",
+            j.to_str().unwrap(),
+            "--markdown",
+            m.to_str().unwrap(),
+            "--junit",
+            x.to_str().unwrap(),
+            "--flamegraph",
+            s.to_str().unwrap(),
+            "--flamegraph-base-width",
+            sb.to_str().unwrap(),
+            "--html",
+            h.to_str().unwrap(),
+        ],
+    ));
     assert_eq!(code(&o), 1, "stderr: {}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
     // Not a terminal: no colour codes.
@@ -208,7 +219,7 @@ fn inconclusive_exits_3_and_says_what_would_decide() {
 
 #[test]
 fn diff_reports_and_exits_0_even_on_regression() {
-    let o = profdiff(&["diff", "-b", "base", "-c", "cand", "--stacks", "3"]);
+    let o = profdiff(&base_cand("diff", &["--stacks", "3"]));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("top 3 stack changes"));
@@ -225,17 +236,10 @@ fn json_to_stdout_replaces_the_table() {
 
 #[test]
 fn no_normalize_switches_rules_off_and_is_reported() {
-    let o = profdiff(&[
+    let o = profdiff(&base_cand(
         "diff",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--no-normalize",
-        "go-closure",
-        "--json",
-        "-",
-    ]);
+        &["--no-normalize", "go-closure", "--json", "-"],
+    ));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains(".Reconcile.func1"));
@@ -245,20 +249,9 @@ fn no_normalize_switches_rules_off_and_is_reported() {
         .unwrap()
         .iter()
         .any(|r| r == "go-closure"));
-    let o = profdiff(&[
-        "diff",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--no-normalize",
-        "bogus",
-    ]);
-    assert_eq!(code(&o), 2);
-    assert!(
-        stderr(&o).contains("--no-normalize: unknown rule \"bogus\""),
-        "{}",
-        stderr(&o)
+    assert_exit_2_saying(
+        &base_cand("diff", &["--no-normalize", "bogus"]),
+        "--no-normalize: unknown rule \"bogus\"",
     );
 }
 
@@ -273,33 +266,18 @@ fn input_and_usage_errors_exit_2_with_one_line() {
     );
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
 
-    let o = profdiff(&[
-        "gate",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--budgets",
-        "bad-budgets.toml",
-    ]);
-    assert_eq!(code(&o), 2);
-    let e = stderr(&o);
-    assert!(e.contains("bad-budgets.toml:7: invalid regex"), "{e}");
+    assert_exit_2_saying(
+        &base_cand("gate", &["--budgets", "bad-budgets.toml"]),
+        "bad-budgets.toml:7: invalid regex",
+    );
 
     let o = profdiff(&["gate", "-b", "base"]);
     assert_eq!(code(&o), 2, "missing --candidate is a usage error");
 
-    let o = profdiff(&[
-        "gate",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--sample-type",
+    assert_exit_2_saying(
+        &base_cand("gate", &["--sample-type", "alloc_space"]),
         "alloc_space",
-    ]);
-    assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("alloc_space"), "{}", stderr(&o));
+    );
 }
 
 #[test]
@@ -335,27 +313,12 @@ fn shipped_budgets_files_are_valid() {
 
 #[test]
 fn scaling_needs_what_it_divides_by() {
-    let o = profdiff(&["diff", "-b", "base", "-c", "cand", "--normalize", "rate"]);
-    assert_eq!(code(&o), 2);
-    assert!(stderr(&o).contains("no duration"), "{}", stderr(&o));
-    let o = profdiff(&[
-        "diff",
-        "-b",
-        "base",
-        "-c",
-        "cand",
-        "--per-sample-type",
-        "reconciles",
-    ]);
-    assert_eq!(code(&o), 2);
-    assert!(
-        stderr(&o).contains("no sample type \"reconciles\""),
-        "{}",
-        stderr(&o)
+    assert_exit_2_saying(&base_cand("diff", &["--normalize", "rate"]), "no duration");
+    assert_exit_2_saying(
+        &base_cand("diff", &["--per-sample-type", "reconciles"]),
+        "no sample type \"reconciles\"",
     );
-    let o = profdiff(&[
-        "diff", "-b", "base", "-c", "cand", "--per", "10", "--top", "1",
-    ]);
+    let o = profdiff(&base_cand("diff", &["--per", "10", "--top", "1"]));
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("top changes (count/10, per 10)"), "{out}");

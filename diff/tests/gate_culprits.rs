@@ -47,6 +47,16 @@ fn culprits(v: &Value) -> &Vec<Value> {
     v["culprits"].as_array().expect("culprits array")
 }
 
+/// The `crypto/sha256.block` row of the report's top table.
+fn sha256_in_top(v: &Value) -> &Value {
+    v["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["function"] == "crypto/sha256.block")
+        .expect("sha256 in the top table")
+}
+
 fn findings(v: &Value) -> &Vec<Value> {
     v["findings"].as_array().expect("findings array")
 }
@@ -158,24 +168,14 @@ fn share_scale_reports_unchanged_functions_as_shrinking() {
     // regression dilutes everything else.
     let (_, v) = gate("base", "sprintf", &["--normalize", "share"]);
     assert_eq!(v["scale"], "share");
-    let sha = v["top"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["function"] == "crypto/sha256.block")
-        .expect("sha256 in the top table");
+    let sha = sha256_in_top(&v);
     assert!(
         sha["flat"]["candidate"].as_f64().unwrap()
             < 0.5 * sha["flat"]["baseline"].as_f64().unwrap(),
         "{sha}"
     );
     let (_, v) = gate("base", "sprintf", &[]);
-    let sha = v["top"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["function"] == "crypto/sha256.block")
-        .expect("sha256 in the top table");
+    let sha = sha256_in_top(&v);
     let (b, c) = (
         sha["flat"]["baseline"].as_f64().unwrap(),
         sha["flat"]["candidate"].as_f64().unwrap(),

@@ -14,9 +14,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diff::budgets::Budgets;
+use diff::compare::Comparison;
 use diff::diffgraph::{self, DiffGraphOptions, FrameTree};
 use diff::gate::{Gate, GateReport, Verdict};
-use diff::normalize::{NormalizeOptions, Normalizer};
+use diff::normalize::{NormalizeOptions, Normalizer, Scale};
 use diff::Profile;
 
 /// The function the candidate changed.
@@ -28,16 +29,23 @@ fn data(side: &str) -> PathBuf {
         .join(side)
 }
 
-fn load(side: &str) -> Vec<(String, Profile)> {
-    diff::input::load_many(&[data(side)])
-        .unwrap_or_else(|e| panic!("{side}: {e}"))
+/// The profiles in directory `dir`, named by their paths.
+fn load(dir: &Path) -> Vec<(String, Profile)> {
+    diff::input::load_many(&[dir.to_path_buf()])
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .into_iter()
         .map(|(p, prof)| (p.display().to_string(), prof))
         .collect()
 }
 
-/// Gate report and frame tree of `base` vs `cand`.
-fn run_gate(base: &str, cand: &str) -> (GateReport, FrameTree) {
+/// Runs the gate (default budgets and normalization) on the profiles in
+/// the directories `base` and `cand`; calls `f` with its report, its
+/// primary comparison and the gate's scale for that comparison.
+fn with_gate<R>(
+    base: &Path,
+    cand: &Path,
+    f: impl FnOnce(GateReport, &Comparison, Option<&Scale>) -> R,
+) -> R {
     let (b, c) = (load(base), load(cand));
     let norm = Normalizer::new(NormalizeOptions::default());
     let br: Vec<(String, &Profile)> = b.iter().map(|(n, p)| (n.clone(), p)).collect();
@@ -45,12 +53,18 @@ fn run_gate(base: &str, cand: &str) -> (GateReport, FrameTree) {
     let mut gate = Gate::new(br, cr, &norm, None);
     let rep = gate.run(&Budgets::default()).expect("gate runs");
     let (cmp, _) = gate.primary().expect("primary comparison");
-    let opts = DiffGraphOptions {
-        candidate_scale: diffgraph::candidate_scale(cmp, gate.primary_scale()),
-        ..Default::default()
-    };
-    let tree = FrameTree::build(cmp, &opts);
-    (rep, tree)
+    f(rep, cmp, gate.primary_scale())
+}
+
+/// Gate report and frame tree of `base` vs `cand` (under tests/data/html).
+fn run_gate(base: &str, cand: &str) -> (GateReport, FrameTree) {
+    with_gate(&data(base), &data(cand), |rep, cmp, scale| {
+        let opts = DiffGraphOptions {
+            candidate_scale: diffgraph::candidate_scale(cmp, scale),
+            ..Default::default()
+        };
+        (rep, FrameTree::build(cmp, &opts))
+    })
 }
 
 fn is_red(c: (u8, u8, u8)) -> bool {
@@ -459,24 +473,9 @@ fn svg_frames_map_to_nodes_when_names_are_prefixes_of_siblings() {
             std::fs::write(dir.join(side).join(format!("run{run}.folded")), text).unwrap();
         }
     }
-    let load = |s: &str| -> Vec<(String, Profile)> {
-        diff::input::load_many(&[dir.join(s)])
-            .unwrap()
-            .into_iter()
-            .map(|(p, prof)| (p.display().to_string(), prof))
-            .collect()
-    };
-    let (b, c) = (load("base"), load("cand"));
-    let norm = Normalizer::new(NormalizeOptions::default());
-    let mut gate = Gate::new(
-        b.iter().map(|(n, p)| (n.clone(), p)).collect(),
-        c.iter().map(|(n, p)| (n.clone(), p)).collect(),
-        &norm,
-        None,
-    );
-    gate.run(&Budgets::default()).unwrap();
-    let (cmp, _) = gate.primary().unwrap();
-    let tree = FrameTree::build(cmp, &DiffGraphOptions::default());
+    let tree = with_gate(&dir.join("base"), &dir.join("cand"), |_, cmp, _| {
+        FrameTree::build(cmp, &DiffGraphOptions::default())
+    });
     let mut svg = Vec::new();
     diffgraph::render_tree(&tree, &DiffGraphOptions::default(), &mut svg).unwrap();
     let svg = String::from_utf8(svg).unwrap();
@@ -511,50 +510,42 @@ fn svg_frames_map_to_nodes_when_names_are_prefixes_of_siblings() {
 /// (blue).
 #[test]
 fn compositional_scale_keeps_unchanged_frames_neutral() {
-    let (b, c) = (load("base"), load("cand"));
-    let norm = Normalizer::new(NormalizeOptions::default());
-    let mut gate = Gate::new(
-        b.iter().map(|(n, p)| (n.clone(), p)).collect(),
-        c.iter().map(|(n, p)| (n.clone(), p)).collect(),
-        &norm,
-        None,
-    );
-    gate.run(&Budgets::default()).unwrap();
-    let (cmp, _) = gate.primary().unwrap();
-    let widest = |t: &FrameTree, name: &str| -> usize {
-        t.nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.name == name)
-            .max_by(|a, b| a.1.incl.baseline.total_cmp(&b.1.incl.baseline))
-            .map(|(i, _)| i)
-            .unwrap_or_else(|| panic!("no frame {name}"))
-    };
-    let shares = FrameTree::build(cmp, &DiffGraphOptions::default());
-    let h = &shares.nodes[widest(&shares, "main.hashItem")];
-    assert!(
-        h.change.is_some_and(|x| x < 0.0),
-        "diluted in shares: {h:?}"
-    );
-    let size = h.incl.candidate / h.incl.baseline;
+    with_gate(&data("base"), &data("cand"), |_, cmp, _| {
+        let widest = |t: &FrameTree, name: &str| -> usize {
+            t.nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.name == name)
+                .max_by(|a, b| a.1.incl.baseline.total_cmp(&b.1.incl.baseline))
+                .map(|(i, _)| i)
+                .unwrap_or_else(|| panic!("no frame {name}"))
+        };
+        let shares = FrameTree::build(cmp, &DiffGraphOptions::default());
+        let h = &shares.nodes[widest(&shares, "main.hashItem")];
+        assert!(
+            h.change.is_some_and(|x| x < 0.0),
+            "diluted in shares: {h:?}"
+        );
+        let size = h.incl.candidate / h.incl.baseline;
 
-    let tree = FrameTree::build(
-        cmp,
-        &DiffGraphOptions {
-            candidate_scale: size,
-            ..Default::default()
-        },
-    );
-    for name in ["main.hashItem", "main.parseItem", "main.sortVals"] {
-        let n = &tree.nodes[widest(&tree, name)];
-        assert!(n.change.is_none(), "{name} coloured: {:?}", n.incl);
-    }
-    let a = &tree.nodes[widest(&tree, CHANGED)];
-    assert!(
-        a.incl.delta > 1.0,
-        "{CHANGED} in baseline units: {:?}",
-        a.incl
-    );
-    let col = a.color(tree.color_by);
-    assert!(is_red((col.r, col.g, col.b)), "{col:?}");
+        let tree = FrameTree::build(
+            cmp,
+            &DiffGraphOptions {
+                candidate_scale: size,
+                ..Default::default()
+            },
+        );
+        for name in ["main.hashItem", "main.parseItem", "main.sortVals"] {
+            let n = &tree.nodes[widest(&tree, name)];
+            assert!(n.change.is_none(), "{name} coloured: {:?}", n.incl);
+        }
+        let a = &tree.nodes[widest(&tree, CHANGED)];
+        assert!(
+            a.incl.delta > 1.0,
+            "{CHANGED} in baseline units: {:?}",
+            a.incl
+        );
+        let col = a.color(tree.color_by);
+        assert!(is_red((col.r, col.g, col.b)), "{col:?}");
+    });
 }

@@ -3,21 +3,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 /// A corpus file: from the in-repo subset (`tests/data/corpus`), else from
 /// `$PROFDIFF_CORPUS` or the shared corpus beside the repository.
 fn corpus(rel: &str) -> PathBuf {
-    let in_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/corpus")
-        .join(rel);
+    let in_repo = common::in_repo_corpus(rel);
     if in_repo.exists() {
         return in_repo;
     }
-    std::env::var_os("PROFDIFF_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pprof")
-        })
-        .join(rel)
+    common::shared_corpus_dir().join(rel)
 }
 
 fn tmp(name: &str) -> PathBuf {

@@ -9,6 +9,8 @@ use diff::pprof::{encode_gzip, encode_raw, proto};
 use diff::{Frame, Profile, Sample, ValueType};
 use prost::Message;
 
+mod common;
+
 fn tmp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("profdiff-input-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -18,16 +20,7 @@ fn tmp_dir(name: &str) -> std::path::PathBuf {
 
 fn small_profile() -> Profile {
     Profile {
-        sample_types: vec![
-            ValueType {
-                kind: "samples".into(),
-                unit: "count".into(),
-            },
-            ValueType {
-                kind: "cpu".into(),
-                unit: "nanoseconds".into(),
-            },
-        ],
+        sample_types: common::cpu_sample_types(),
         frames: vec![
             Frame {
                 function: "leaf".into(),

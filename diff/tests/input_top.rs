@@ -24,17 +24,12 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
+mod common;
+
 /// The corpus file `rel`, in-repo first, then shared; `None` when neither has it.
 fn corpus_file(rel: &str) -> Option<PathBuf> {
-    let in_repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/corpus")
-        .join(rel);
-    let shared = std::env::var_os("PROFDIFF_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pprof")
-        })
-        .join(rel);
+    let in_repo = common::in_repo_corpus(rel);
+    let shared = common::shared_corpus_dir().join(rel);
     [in_repo, shared].into_iter().find(|p| p.is_file())
 }
 

@@ -157,3 +157,9 @@ pub fn pod_uid(seed: u64) -> String {
         &h[20..32]
     )
 }
+
+/// The pod uid and container id derived from `seed` (one pod with one
+/// container): `(pod_uid(seed), container_id(seed))`.
+pub fn pod_ids(seed: u64) -> (String, String) {
+    (pod_uid(seed), container_id(seed))
+}

@@ -4,6 +4,7 @@
 
 pub mod agentrun;
 pub mod apiload;
+pub mod apisim;
 pub mod gobuild;
 pub mod http;
 pub mod kubelet;

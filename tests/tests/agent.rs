@@ -11,145 +11,25 @@ use std::{
 };
 
 use integration_tests::{
-    can_run_ebpf, flatten, http,
-    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    agentrun::{series_value, Launch, RunningAgent},
+    can_run_ebpf, flatten,
+    kubelet::{container_id, pod_ids, pod_uid, KubeletCgroups, Qos},
     kubesim::{KubeSim, SimPod},
-    profiler_bin, wait_until, workload, FlatSample, Owned, TempDir,
+    wait_until, workload, FlatSample, Owned, TempDir,
 };
 
-/// A running agent (killed by its PID on drop if still running).
-struct Agent {
-    proc: Option<Owned>,
-    port: u16,
-    stderr: PathBuf,
+/// How long a SIGTERM'd agent may take to exit.
+const EXIT_WITHIN: Duration = Duration::from_secs(20);
+
+/// An agent with `--no-kube` on `root` with 2 s windows and 500 ms scans
+/// (log beside the store).
+fn no_kube(store: &Path, root: &str, extra: &[&str]) -> RunningAgent {
+    Launch::new(store, root).args(extra).start()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Agent {
-    fn start(store: &Path, args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Agent {
-        Agent::start_wrapped(&[], store, args, envs, log)
-    }
-
-    /// Start with `--no-kube` on `root` with 2 s windows and 500 ms scans
-    /// (log beside the store).
-    fn no_kube(store: &Path, root: &str, extra: &[&str]) -> Agent {
-        let mut args = vec![
-            "--no-kube",
-            "--cgroup-root",
-            root,
-            "--window",
-            "2s",
-            "--rescan",
-            "500ms",
-        ];
-        args.extend_from_slice(extra);
-        Agent::start(store, &args, &[], store.with_extension("log"))
-    }
-
-    /// Start through `wrapper` (e.g. `setpriv ... --`), if not empty.
-    fn start_wrapped(
-        wrapper: &[String],
-        store: &Path,
-        args: &[&str],
-        envs: &[(&str, &str)],
-        log: PathBuf,
-    ) -> Agent {
-        let port = free_port();
-        let mut cmd = match wrapper.split_first() {
-            Some((w, rest)) => {
-                let mut c = Command::new(w);
-                c.args(rest).arg(profiler_bin());
-                c
-            }
-            None => Command::new(profiler_bin()),
-        };
-        cmd.arg("agent")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--store")
-            .arg(store)
-            .args(args)
-            .env_remove("NODE_NAME")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut agent = Agent {
-            proc: Some(Owned::spawn(&mut cmd)),
-            port,
-            stderr: log,
-        };
-        let up = wait_until(Duration::from_secs(30), || {
-            http::get(port, "/healthz", None).is_ok_and(|r| r.status == 200)
-        });
-        if !up {
-            let status = agent.proc.as_mut().unwrap().0.try_wait();
-            panic!(
-                "agent did not answer /healthz within 30s (status {status:?}); stderr:\n{}",
-                agent.log()
-            );
-        }
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> http::Response {
-        http::get(self.port, path, None).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    fn targets(&self) -> serde_json::Value {
-        let r = self.get("/targets");
-        assert_eq!(r.status, 200, "/targets: {}", r.text());
-        serde_json::from_slice(&r.body).expect("/targets is JSON")
-    }
-
-    /// The merged CPU profile of `query` (e.g. `pod=...`) over the last hour.
-    fn profile(&self, query: &str) -> Vec<FlatSample> {
-        let r = self.get(&format!("/profiles?{query}&type=cpu&from=-1h"));
-        assert_eq!(r.status, 200, "/profiles?{query}: {}", r.text());
-        let dir = TempDir::new("agent-profile");
-        let p = dir.join("p.pb.gz");
-        std::fs::write(&p, &r.body).unwrap();
-        flatten(&integration_tests::read_pprof(&p))
-    }
-
-    /// SIGTERM, then wait for the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut owned = self.proc.take().unwrap();
-        // SAFETY: signalling the agent this test started, by its PID.
-        unsafe { libc::kill(owned.pid() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = owned.0.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < end,
-                "agent did not exit within 20s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.proc.is_some() {
-            eprintln!("agent stderr:\n{}", self.log());
-        }
-    }
+/// The merged CPU profile of `query` (e.g. `pod=...`) over the last hour.
+fn cpu_profile(agent: &RunningAgent, query: &str) -> Vec<FlatSample> {
+    flatten(&agent.profile_of(query, "cpu"))
 }
 
 /// The pods (by `pod` or `pod_uid`) listed by /targets.
@@ -211,9 +91,9 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
         return;
     }
     let mut cg = KubeletCgroups::new("agent-layouts");
-    let (uid_a, cid_a) = (pod_uid(1), container_id(1));
-    let (uid_b, cid_b) = (pod_uid(2), container_id(2));
-    let (uid_c, cid_c) = (pod_uid(3), container_id(3));
+    let (uid_a, cid_a) = pod_ids(1);
+    let (uid_b, cid_b) = pod_ids(2);
+    let (uid_c, cid_c) = pod_ids(3);
     let a_cg = cg.systemd_container(Qos::Burstable, &uid_a, "cri-containerd", &cid_a);
     let b_cg = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
     let a = busy("demo", &[]);
@@ -224,7 +104,7 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
 
     let store = TempDir::new("agent-store");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::no_kube(&store.0, &root, &[]);
+    let mut agent = no_kube(&store.0, &root, &[]);
     assert!(
         wait_until(Duration::from_secs(10), || {
             let t = target_pods(&agent.targets());
@@ -262,9 +142,9 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
         agent.targets()
     );
 
-    let pa = agent.profile(&format!("pod={uid_a}"));
-    let pb = agent.profile(&format!("pod={uid_b}"));
-    let pc = agent.profile(&format!("pod={uid_c}"));
+    let pa = cpu_profile(&agent, &format!("pod={uid_a}"));
+    let pb = cpu_profile(&agent, &format!("pod={uid_b}"));
+    let pc = cpu_profile(&agent, &format!("pod={uid_c}"));
     assert!(has_function(&pa, "main.hotParse"), "pod A runs demo");
     assert!(
         !has_function(&pa, "main.heavyWork"),
@@ -280,7 +160,7 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
         assert!(!pids(p).contains(&(outsider.pid() as i64)));
     }
     // By container too (without Kubernetes the name is the short id).
-    let by_container = agent.profile(&format!("pod={uid_a}&container={}", &cid_a[..12]));
+    let by_container = cpu_profile(&agent, &format!("pod={uid_a}&container={}", &cid_a[..12]));
     assert_eq!(
         integration_tests::total(&by_container),
         integration_tests::total(&pa)
@@ -288,16 +168,7 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
 
     // `profiler fetch` (what a CI job runs) gets the same pod's windows.
     let fetched = store.0.with_extension("fetched.pb.gz");
-    let out = Command::new(profiler_bin())
-        .args([
-            "fetch",
-            "--agent",
-            &format!("http://127.0.0.1:{}", agent.port),
-        ])
-        .args(["--pod", &uid_a, "--from", "-1h", "-o"])
-        .arg(&fetched)
-        .output()
-        .unwrap();
+    let out = agent.fetch_output(&["--pod", &uid_a, "--from", "-1h"], &fetched);
     assert!(
         out.status.success(),
         "profiler fetch: {}",
@@ -308,16 +179,7 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
     assert!(has_function(&f, "main.hotParse"));
     assert_eq!(pids(&f), vec![a.pid() as i64]);
     assert!(integration_tests::total(&f) >= integration_tests::total(&pa));
-    let out = Command::new(profiler_bin())
-        .args([
-            "fetch",
-            "--agent",
-            &format!("http://127.0.0.1:{}", agent.port),
-        ])
-        .args(["--pod", "no-such-pod", "--from", "-1h", "-o"])
-        .arg(&fetched)
-        .output()
-        .unwrap();
+    let out = agent.fetch_output(&["--pod", "no-such-pod", "--from", "-1h"], &fetched);
     assert_eq!(out.status.code(), Some(4), "unknown pod: exit 4");
     assert!(!fetched.exists());
 
@@ -347,7 +209,7 @@ fn agent_profiles_each_pod_from_kubelet_cgroups() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    let st = agent.terminate();
+    let st = agent.terminate(EXIT_WITHIN);
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
     drop((a, b, c, outsider));
 }
@@ -360,23 +222,15 @@ fn sigterm_flushes_the_partial_window() {
         return;
     }
     let mut cg = KubeletCgroups::new("agent-sigterm");
-    let (uid, cid) = (pod_uid(10), container_id(10));
+    let (uid, cid) = pod_ids(10);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let w = busy("demo", &[]);
     cg.add_process(&cgp, w.pid());
     let store = TempDir::new("agent-sigterm-store");
     let root = cg.root.display().to_string();
-    let args = [
-        "--no-kube",
-        "--cgroup-root",
-        &root,
-        "--window",
-        "1h",
-        "--rescan",
-        "500ms",
-    ];
+    let launch = Launch::new(&store.0, &root).window("1h");
     let started = std::time::SystemTime::now();
-    let mut agent = Agent::start(&store.0, &args, &[], store.0.with_extension("log1"));
+    let mut agent = launch.clone().log(store.0.with_extension("log1")).start();
     assert!(wait_until(Duration::from_secs(10), || target_pods(
         &agent.targets()
     )
@@ -396,11 +250,11 @@ fn sigterm_flushes_the_partial_window() {
             r.text()
         );
     }
-    let st = agent.terminate();
+    let st = agent.terminate(EXIT_WITHIN);
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
 
-    let again = Agent::start(&store.0, &args, &[], store.0.with_extension("log2"));
-    let p = again.profile(&format!("pod={uid}"));
+    let again = launch.log(store.0.with_extension("log2")).start();
+    let p = cpu_profile(&again, &format!("pod={uid}"));
     let n = integration_tests::total(&p);
     // ~3 s at 99 Hz of one busy process.
     assert!(n > 100, "only {n} samples in the flushed partial window");
@@ -429,9 +283,9 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
     }
     let sim = KubeSim::start();
     let mut cg = KubeletCgroups::new("agent-kube");
-    let (uid_a, cid_a) = (pod_uid(20), container_id(20));
-    let (uid_b, cid_b) = (pod_uid(21), container_id(21));
-    let (uid_c, cid_c) = (pod_uid(22), container_id(22));
+    let (uid_a, cid_a) = pod_ids(20);
+    let (uid_b, cid_b) = pod_ids(21);
+    let (uid_c, cid_c) = pod_ids(22);
     sim.put(sim_pod(
         "ctrl-system",
         "manager-0",
@@ -462,23 +316,11 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
     let kubeconfig = store.0.with_extension("kubeconfig");
     sim.write_kubeconfig(&kubeconfig);
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start(
-        &store.0,
-        &[
-            "--node-name",
-            "node-a",
-            "--selector",
-            "app=ctrl",
-            "--cgroup-root",
-            &root,
-            "--window",
-            "2s",
-            "--rescan",
-            "500ms",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-        store.0.with_extension("log"),
-    );
+    let mut agent = Launch::new(&store.0, &root)
+        .kube()
+        .args(&["--node-name", "node-a", "--selector", "app=ctrl"])
+        .env("KUBECONFIG", kubeconfig.to_str().unwrap())
+        .start();
     assert!(
         wait_until(Duration::from_secs(15), || target_pods(&agent.targets())
             .contains(&"manager-0".to_string())),
@@ -494,7 +336,10 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
         }),
         "no window for ctrl-system/manager-0/manager"
     );
-    let p = agent.profile("namespace=ctrl-system&pod=manager-0&container=manager");
+    let p = cpu_profile(
+        &agent,
+        "namespace=ctrl-system&pod=manager-0&container=manager",
+    );
     assert!(has_function(&p, "main.hotParse"));
     assert_eq!(pids(&p), vec![a.pid() as i64]);
     let t = target_pods(&agent.targets());
@@ -542,7 +387,7 @@ fn agent_names_and_selects_pods_from_the_pod_watch() {
         after.len() > requests.len(),
         "the agent did not re-watch after the break"
     );
-    let st = agent.terminate();
+    let st = agent.terminate(EXIT_WITHIN);
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
     drop((a, b, c));
 }
@@ -601,29 +446,16 @@ fn agent_works_with_only_the_daemonsets_capabilities() {
     ];
 
     let mut cg = KubeletCgroups::new("agent-caps");
-    let (uid, cid) = (pod_uid(30), container_id(30));
+    let (uid, cid) = pod_ids(30);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let w = busy("demo", &[]);
     cg.add_process(&cgp, w.pid());
     let store = TempDir::new("agent-caps-store");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start_wrapped(
-        &wrapper,
-        &store.0,
-        &[
-            "--no-kube",
-            "--cgroup-root",
-            &root,
-            "--window",
-            "2s",
-            "--rescan",
-            "500ms",
-        ],
-        &[],
-        store.0.with_extension("log"),
-    );
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let mut agent = Launch::new(&store.0, &root).wrapper(&wrapper).start();
     // The agent really runs without the other capabilities.
-    let pid = agent.proc.as_ref().unwrap().pid();
+    let pid = agent.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let bnd = status
         .lines()
@@ -637,20 +469,17 @@ fn agent_works_with_only_the_daemonsets_capabilities() {
     );
     assert!(
         wait_until(Duration::from_secs(20), || {
-            agent
-                .get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"))
-                .status
-                == 200
+            agent.has_window(&uid, "cpu")
         }),
         "no window with only {add:?}:\n{}",
         agent.log()
     );
-    let p = agent.profile(&format!("pod={uid}"));
+    let p = cpu_profile(&agent, &format!("pod={uid}"));
     assert!(
         has_function(&p, "main.hotParse"),
         "not symbolized with only {add:?}"
     );
-    let st = agent.terminate();
+    let st = agent.terminate(EXIT_WITHIN);
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
     drop(w);
 }
@@ -662,7 +491,7 @@ fn process_name_selects_one_process_of_a_container() {
         return;
     }
     let mut cg = KubeletCgroups::new("agent-procname");
-    let (uid, cid) = (pod_uid(40), container_id(40));
+    let (uid, cid) = pod_ids(40);
     let cgp = cg.cgroupfs_container(Qos::Burstable, &uid, &cid);
     let keep = busy("cpusplit", &["-duration", "0"]);
     let other = busy("demo", &[]);
@@ -670,31 +499,26 @@ fn process_name_selects_one_process_of_a_container() {
     cg.add_process(&cgp, other.pid());
     let store = TempDir::new("agent-procname-store");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::no_kube(&store.0, &root, &["--process-name", "cpusplit"]);
+    let mut agent = no_kube(&store.0, &root, &["--process-name", "cpusplit"]);
     assert!(
-        wait_until(Duration::from_secs(20), || agent
-            .get(&format!("/profiles?pod={uid}&type=cpu&from=-1h"))
-            .status
-            == 200),
+        wait_until(Duration::from_secs(20), || agent.has_window(&uid, "cpu")),
         "no window"
     );
     std::thread::sleep(Duration::from_secs(2));
-    let p = agent.profile(&format!("pod={uid}"));
+    let p = cpu_profile(&agent, &format!("pod={uid}"));
     assert_eq!(pids(&p), vec![keep.pid() as i64], "only cpusplit is kept");
     assert!(has_function(&p, "main.heavyWork"));
     let m = agent.get("/metrics").text();
-    let filtered: f64 = m
-        .lines()
-        .find(|l| {
-            l.starts_with("profiler_agent_dropped_samples_total{reason=\"process_name_filtered\"}")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let filtered = series_value(
+        &m,
+        "profiler_agent_dropped_samples_total{reason=\"process_name_filtered\"}",
+    )
+    .unwrap_or(0.0);
     assert!(
         filtered > 0.0,
         "the demo's samples are counted as filtered:\n{m}"
     );
-    let st = agent.terminate();
+    let st = agent.terminate(EXIT_WITHIN);
     assert!(st.success());
     drop((keep, other));
 }
@@ -718,8 +542,8 @@ fn agent_follows_pods_on_a_cgroup_v1_hierarchy() {
         return;
     }
     let mut cg = KubeletCgroups::in_hierarchy("agent-v1", pids_v1);
-    let (uid, cid) = (pod_uid(50), container_id(50));
-    let (uid_b, cid_b) = (pod_uid(51), container_id(51));
+    let (uid, cid) = pod_ids(50);
+    let (uid_b, cid_b) = pod_ids(51);
     let cgp = cg.cgroupfs_container(Qos::Burstable, &uid, &cid);
     let cgb = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
     let a = busy("demo", &[]);
@@ -729,35 +553,32 @@ fn agent_follows_pods_on_a_cgroup_v1_hierarchy() {
     cg.add_process(&cgb, b.pid());
     let store = TempDir::new("agent-v1-store");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::no_kube(&store.0, &root, &[]);
+    let mut agent = no_kube(&store.0, &root, &[]);
     assert!(
-        wait_until(Duration::from_secs(20), || [&uid, &uid_b].iter().all(
-            |u| agent
-                .get(&format!("/profiles?pod={u}&type=cpu&from=-1h"))
-                .status
-                == 200
-        )),
+        wait_until(Duration::from_secs(20), || [&uid, &uid_b]
+            .iter()
+            .all(|u| agent.has_window(u, "cpu"))),
         "no windows on cgroup v1: {}",
         agent.targets()
     );
-    let pa = agent.profile(&format!("pod={uid}"));
-    let pb = agent.profile(&format!("pod={uid_b}"));
+    let pa = cpu_profile(&agent, &format!("pod={uid}"));
+    let pb = cpu_profile(&agent, &format!("pod={uid_b}"));
     assert_eq!(pids(&pa), vec![a.pid() as i64]);
     assert_eq!(pids(&pb), vec![b.pid() as i64]);
     assert!(has_function(&pa, "main.hotParse"));
     assert!(has_function(&pb, "main.heavyWork"));
     // Only the pods' processes are sampled at all (pid filter in the kernel).
     let m = agent.get("/metrics").text();
-    let unattributed: f64 = m
-        .lines()
-        .find(|l| l.starts_with("profiler_agent_dropped_samples_total{reason=\"unattributed\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(-1.0);
+    let unattributed = series_value(
+        &m,
+        "profiler_agent_dropped_samples_total{reason=\"unattributed\"}",
+    )
+    .unwrap_or(-1.0);
     assert_eq!(
         unattributed, 0.0,
         "samples of other processes reached userspace:\n{m}"
     );
-    let st = agent.terminate();
+    let st = agent.terminate(EXIT_WITHIN);
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
     drop((a, b, outsider));
 }

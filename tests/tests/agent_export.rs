@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -23,10 +23,11 @@ use std::{
 };
 
 use integration_tests::{
+    agentrun::{Launch, RunningAgent},
     can_run_ebpf, http,
-    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    kubelet::{pod_ids, KubeletCgroups, Qos},
     kubesim::{KubeSim, SimPod},
-    profiler_bin, wait_until, workload, Owned, TempDir,
+    wait_until, workload, Owned, TempDir,
 };
 use prost::Message as _;
 
@@ -34,6 +35,12 @@ use prost::Message as _;
 /// grafana/pyroscope `api/push/v1/push.proto` and `api/types/v1/types.proto`
 /// (Pyroscope 1.x, commit 0ed69a0b) and parca-dev/parca
 /// `proto/parca/profilestore/v1alpha1/profilestore.proto` (commit 182cd094).
+///
+/// These repeat the exporter's own types (profiler-user's
+/// `agent/export/proto.rs`) on purpose: the test server decodes with its
+/// own copy, written independently from the field numbers, so a wrong tag
+/// or type in the code under test cannot pass by being read back with the
+/// same mistake. Do not share them.
 mod wire {
     #[derive(Clone, PartialEq, ::prost::Message)]
     pub struct LabelPair {
@@ -381,91 +388,13 @@ fn metric_in(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-/// A running agent (killed by its PID on drop if still running).
-struct Agent {
-    proc: Option<Owned>,
-    port: u16,
-    log: PathBuf,
-}
+/// How long a SIGTERM'd agent may take to exit.
+const EXIT_WITHIN: Duration = Duration::from_secs(30);
 
-impl Agent {
-    fn start(store: &Path, args: &[&str], envs: &[(&str, &str)], log: PathBuf) -> Agent {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut cmd = Command::new(profiler_bin());
-        cmd.arg("agent")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--store")
-            .arg(store)
-            .args(["--window", "2s", "--rescan", "500ms"])
-            .args(args)
-            .env_remove("NODE_NAME")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut agent = Agent {
-            proc: Some(Owned::spawn(&mut cmd)),
-            port,
-            log,
-        };
-        let up = wait_until(Duration::from_secs(30), || {
-            http::get(port, "/healthz", None).is_ok_and(|r| r.status == 200)
-        });
-        if !up {
-            let st = agent.proc.as_mut().unwrap().0.try_wait();
-            panic!("agent not up within 30s ({st:?}):\n{}", agent.log());
-        }
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The value of an export metric of this agent's one exporter.
-    fn metric(&self, name: &str) -> Option<f64> {
-        let r = http::get(self.port, "/metrics", None).ok()?;
-        metric_in(&r.text(), name)
-    }
-
-    /// One scrape of /metrics.
-    fn metrics(&self) -> String {
-        http::get(self.port, "/metrics", None)
-            .map(|r| r.text())
-            .unwrap_or_default()
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut owned = self.proc.take().unwrap();
-        // SAFETY: signalling the agent this test started, by its PID.
-        unsafe { libc::kill(owned.pid() as i32, libc::SIGTERM) };
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = owned.0.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < end,
-                "agent did not exit within 30s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if self.proc.is_some() {
-            eprintln!("agent stderr:\n{}", self.log());
-        }
-    }
+/// The value of an export metric of `agent`'s one exporter (None also
+/// when the agent does not answer).
+fn export_metric(agent: &RunningAgent, name: &str) -> Option<f64> {
+    metric_in(&agent.metrics(), name)
 }
 
 fn busy_demo() -> Owned {
@@ -483,7 +412,7 @@ fn pyroscope_export_survives_an_outage_and_sends_each_window_once() {
     }
     let sim = KubeSim::start();
     let mut cg = KubeletCgroups::new("export-pyro");
-    let (uid, cid) = (pod_uid(40), container_id(40));
+    let (uid, cid) = pod_ids(40);
     sim.put(SimPod {
         namespace: "ctrl-system".into(),
         name: "manager-7d9c5b8f4d-x2kqz".into(),
@@ -512,21 +441,18 @@ fn pyroscope_export_survives_an_outage_and_sends_each_window_once() {
         secrets.join("tenant").display()
     );
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start(
-        &store.0,
-        &[
+    let mut agent = Launch::new(&store.0, &root)
+        .kube()
+        .args(&[
             "--node-name",
             "node-a",
-            "--cgroup-root",
-            &root,
             "--export",
             &export,
             "--export-max-backoff",
             "1s",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-        store.0.with_extension("log"),
-    );
+        ])
+        .env("KUBECONFIG", kubeconfig.to_str().unwrap())
+        .start();
 
     assert!(
         wait_until(Duration::from_secs(30), || server.received().len() >= 2),
@@ -542,29 +468,25 @@ fn pyroscope_export_survives_an_outage_and_sends_each_window_once() {
         during,
         "nothing arrives while down"
     );
-    let failed = agent
-        .metric("profiler_agent_export_failed_total")
-        .unwrap_or(0.0);
-    let backlog = agent
-        .metric("profiler_agent_export_backlog_windows")
-        .unwrap_or(0.0);
+    let failed = export_metric(&agent, "profiler_agent_export_failed_total").unwrap_or(0.0);
+    let backlog = export_metric(&agent, "profiler_agent_export_backlog_windows").unwrap_or(0.0);
     assert!(failed >= 1.0, "failures counted: {failed}");
     assert!(backlog >= 2.0, "backlog while down: {backlog}");
-    assert_eq!(agent.metric("profiler_agent_export_up"), Some(0.0));
+    assert_eq!(export_metric(&agent, "profiler_agent_export_up"), Some(0.0));
 
     server.come_up();
     assert!(
         wait_until(Duration::from_secs(30), || {
-            agent.metric("profiler_agent_export_backlog_windows") == Some(0.0)
+            export_metric(&agent, "profiler_agent_export_backlog_windows") == Some(0.0)
                 && server.received().len() >= during + 3
         }),
         "the backlog was not sent after the server came back (backlog {:?}):\n{}",
-        agent.metric("profiler_agent_export_backlog_windows"),
+        export_metric(&agent, "profiler_agent_export_backlog_windows"),
         agent.log()
     );
-    assert_eq!(agent.metric("profiler_agent_export_up"), Some(1.0));
+    assert_eq!(export_metric(&agent, "profiler_agent_export_up"), Some(1.0));
     assert!(agent.log().contains("works again"), "{}", agent.log());
-    let st = agent.terminate();
+    let st = agent.terminate(EXIT_WITHIN);
     assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
 
     let got = server.received();
@@ -625,7 +547,7 @@ fn parca_export_writes_raw_and_resumes_after_restart() {
         return;
     }
     let mut cg = KubeletCgroups::new("export-parca");
-    let (uid, cid) = (pod_uid(41), container_id(41));
+    let (uid, cid) = pod_ids(41);
     let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
     let w = busy_demo();
     cg.add_process(&pod_cg, w.pid());
@@ -634,22 +556,14 @@ fn parca_export_writes_raw_and_resumes_after_restart() {
     let store = TempDir::new("export-parca-store");
     let export = format!("parca={}/,tenant=acme", server.url());
     let root = cg.root.display().to_string();
-    let args = [
-        "--no-kube",
-        "--node-name",
-        "node-b",
-        "--cgroup-root",
-        &root,
-        "--export",
-        &export,
-    ];
-    let mut agent = Agent::start(&store.0, &args, &[], store.0.with_extension("log"));
+    let launch = Launch::new(&store.0, &root).args(&["--node-name", "node-b", "--export", &export]);
+    let mut agent = launch.clone().start();
     assert!(
         wait_until(Duration::from_secs(30), || server.received().len() >= 2),
         "no windows pushed within 30s:\n{}",
         agent.log()
     );
-    assert!(agent.terminate().success(), "{}", agent.log());
+    assert!(agent.terminate(EXIT_WITHIN).success(), "{}", agent.log());
     let first = server.received();
     assert_exactly_once(&store.0, &first);
     for p in &first {
@@ -680,14 +594,14 @@ fn parca_export_writes_raw_and_resumes_after_restart() {
     }
 
     // Restart on the same store: the old windows are not sent again.
-    let mut agent = Agent::start(&store.0, &args, &[], store.0.with_extension("log2"));
+    let mut agent = launch.log(store.0.with_extension("log2")).start();
     assert!(
         wait_until(Duration::from_secs(30), || server.received().len()
             >= first.len() + 2),
         "no new windows after the restart:\n{}",
         agent.log()
     );
-    assert!(agent.terminate().success(), "{}", agent.log());
+    assert!(agent.terminate(EXIT_WITHIN).success(), "{}", agent.log());
     assert_exactly_once(&store.0, &server.received());
     drop(w);
 }
@@ -701,7 +615,7 @@ fn a_stalled_export_server_delays_neither_windows_nor_the_api() {
         return;
     }
     let mut cg = KubeletCgroups::new("export-stall");
-    let (uid, cid) = (pod_uid(42), container_id(42));
+    let (uid, cid) = pod_ids(42);
     let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
     let w = busy_demo();
     cg.add_process(&pod_cg, w.pid());
@@ -720,19 +634,10 @@ fn a_stalled_export_server_delays_neither_windows_nor_the_api() {
     let store = TempDir::new("export-stall-store");
     let export = format!("pyroscope=http://127.0.0.1:{port}");
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start(
+    let mut agent = RunningAgent::start(
         &store.0,
-        &[
-            "--no-kube",
-            "--cgroup-root",
-            &root,
-            "--export",
-            &export,
-            "--export-timeout",
-            "3s",
-        ],
-        &[],
-        store.0.with_extension("log"),
+        Path::new(&root),
+        &["--export", &export, "--export-timeout", "3s"],
     );
     let t0 = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -751,16 +656,14 @@ fn a_stalled_export_server_delays_neither_windows_nor_the_api() {
     // 2 s windows over ~12 s: at least 4 written although none was exported.
     let stored = stored_windows(&store.0).len();
     assert!(stored >= 4, "only {stored} windows written in 12 s");
-    let failed = agent
-        .metric("profiler_agent_export_failed_total")
-        .unwrap_or(0.0);
+    let failed = export_metric(&agent, "profiler_agent_export_failed_total").unwrap_or(0.0);
     assert!(failed >= 2.0, "timeouts counted as failures: {failed}");
-    assert_eq!(agent.metric("profiler_agent_export_sent_total"), Some(0.0));
+    assert_eq!(
+        export_metric(&agent, "profiler_agent_export_sent_total"),
+        Some(0.0)
+    );
     assert!(
-        agent
-            .metric("profiler_agent_export_backlog_windows")
-            .unwrap_or(0.0)
-            >= 3.0,
+        export_metric(&agent, "profiler_agent_export_backlog_windows").unwrap_or(0.0) >= 3.0,
         "the backlog grows"
     );
     assert!(
@@ -770,7 +673,7 @@ fn a_stalled_export_server_delays_neither_windows_nor_the_api() {
     );
     // SIGTERM still exits promptly (the last pass waits one timeout at most).
     let t = Instant::now();
-    assert!(agent.terminate().success(), "{}", agent.log());
+    assert!(agent.terminate(EXIT_WITHIN).success(), "{}", agent.log());
     assert!(
         t.elapsed() < Duration::from_secs(10),
         "exit took {:?}",
@@ -789,7 +692,7 @@ fn windows_evicted_during_an_outage_are_counted_as_dropped() {
         return;
     }
     let mut cg = KubeletCgroups::new("export-drop");
-    let (uid, cid) = (pod_uid(43), container_id(43));
+    let (uid, cid) = pod_ids(43);
     let pod_cg = cg.cgroupfs_container(Qos::BestEffort, &uid, &cid);
     let w = busy_demo();
     cg.add_process(&pod_cg, w.pid());
@@ -798,12 +701,10 @@ fn windows_evicted_during_an_outage_are_counted_as_dropped() {
     let store = TempDir::new("export-drop-store");
     let export = format!("pyroscope={}", server.url());
     let root = cg.root.display().to_string();
-    let mut agent = Agent::start(
+    let mut agent = RunningAgent::start(
         &store.0,
+        Path::new(&root),
         &[
-            "--no-kube",
-            "--cgroup-root",
-            &root,
             "--retention-age",
             "5s",
             "--export",
@@ -811,8 +712,6 @@ fn windows_evicted_during_an_outage_are_counted_as_dropped() {
             "--export-max-backoff",
             "1s",
         ],
-        &[],
-        store.0.with_extension("log"),
     );
     assert!(
         wait_until(Duration::from_secs(30), || !server.received().is_empty()),
@@ -821,9 +720,7 @@ fn windows_evicted_during_an_outage_are_counted_as_dropped() {
     );
     server.go_down();
     std::thread::sleep(Duration::from_secs(12));
-    let dropped = agent
-        .metric("profiler_agent_export_dropped_total")
-        .unwrap_or(0.0);
+    let dropped = export_metric(&agent, "profiler_agent_export_dropped_total").unwrap_or(0.0);
     assert!(dropped >= 2.0, "evicted while down: {dropped}");
     server.come_up();
     // One scrape: nothing pending, and written = sent + dropped.
@@ -838,7 +735,7 @@ fn windows_evicted_during_an_outage_are_counted_as_dropped() {
     assert!(balanced, "written != sent + dropped:\n{last}");
     let sent = metric_in(&last, "profiler_agent_export_sent_total").unwrap();
     assert_eq!(sent as usize, server.received().len(), "sent = received");
-    assert!(agent.terminate().success(), "{}", agent.log());
+    assert!(agent.terminate(EXIT_WITHIN).success(), "{}", agent.log());
     // Each pushed once; those still stored are byte for byte the stored ones.
     let got = server.received();
     let ids: BTreeSet<_> = got.iter().map(|p| p.id.clone()).collect();

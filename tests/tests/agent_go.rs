@@ -4,146 +4,41 @@
 //! HTTP API and `profiler fetch`.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use integration_tests::{
-    can_run_ebpf, flatten, go_pprof_total, http,
-    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
-    profiler_bin, read_pprof, root, wait_until, FlatSample, Owned, TempDir,
+    agentrun::{Launch, RunningAgent},
+    apisim, can_run_ebpf, flatten, go_pprof_total, gobuild, http,
+    kubelet::{container_id, pod_ids, pod_uid, KubeletCgroups, Qos},
+    root, wait_until, FlatSample, Owned, TempDir,
 };
 
-fn build_goruntime() -> Option<PathBuf> {
-    let go = PathBuf::from("/usr/lib/go-1.23/bin/go");
-    if !go.exists() {
-        assert!(
-            !std::env::var("CI").is_ok_and(|v| v == "true"),
-            "Go 1.23 missing at {}",
-            go.display()
-        );
-        eprintln!("Go 1.23 missing: skipped");
-        return None;
-    }
-    let out = root().join("target/go-runtime-tests/goruntime-agent");
-    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    let st = Command::new(&go)
-        .current_dir(root().join("tests/workloads"))
-        .env("GOCACHE", root().join("target/gocache-go-runtime"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg("./goruntime")
-        .status()
-        .expect("running go build");
-    assert!(st.success(), "go build ./goruntime failed");
-    Some(out)
+/// An agent with `--no-kube` on `root` with 2 s windows, 500 ms scans and
+/// `extra` flags.
+fn start_agent(store: &Path, root: &str, extra: &[&str]) -> RunningAgent {
+    Launch::new(store, root).args(extra).start()
 }
 
-/// A running agent (killed by its PID on drop).
-struct Agent {
-    _proc: Owned,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(store: &Path, root: &str, extra: &[&str]) -> Agent {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = store.with_extension("log");
-        let proc = Owned::spawn(
-            Command::new(profiler_bin())
-                .arg("agent")
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--store")
-                .arg(store)
-                .args([
-                    "--no-kube",
-                    "--cgroup-root",
-                    root,
-                    "--window",
-                    "2s",
-                    "--rescan",
-                    "500ms",
-                ])
-                .args(extra)
-                .env_remove("NODE_NAME")
-                .env_remove("KUBERNETES_SERVICE_HOST")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap()),
-        );
-        let agent = Agent {
-            _proc: proc,
-            port,
-            log,
-        };
-        assert!(
-            wait_until(Duration::from_secs(30), || {
-                http::get(port, "/healthz", None).is_ok_and(|r| r.status == 200)
-            }),
-            "agent did not answer /healthz; stderr:\n{}",
-            agent.log()
-        );
-        agent
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> http::Response {
-        http::get(self.port, path, None).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    /// The merged profile of `type` for `pod` over the last hour, with the
-    /// number of windows merged; None while the agent has none.
-    fn profile(&self, pod: &str, kind: &str) -> Option<(Vec<FlatSample>, Vec<i64>, u64)> {
-        let r = self.get(&format!("/profiles?pod={pod}&type={kind}&from=-1h"));
-        if r.status != 200 {
-            return None;
-        }
-        let windows = r
-            .header("x-profile-windows")
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(0);
-        let dir = TempDir::new("agent-go-profile");
-        let p = dir.join("p.pb.gz");
-        std::fs::write(&p, &r.body).unwrap();
-        let prof = read_pprof(&p);
-        // Per sample-type totals.
-        let n = prof.sample_type.len();
-        let mut totals = vec![0i64; n];
-        for s in &prof.sample {
-            for (i, v) in s.value.iter().enumerate().take(n) {
-                totals[i] += v;
-            }
-        }
-        Some((flatten(&prof), totals, windows))
-    }
-
-    /// The value of a metric series (first line starting with `series`).
-    fn metric(&self, series: &str) -> Option<f64> {
-        let text = self.get("/metrics").text();
-        text.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("agent stderr:\n{}", self.log());
+/// The merged profile of `kind` for `pod` over the last hour: its samples,
+/// per sample-type totals and the number of windows merged; None while the
+/// agent has none.
+fn go_profile(
+    agent: &RunningAgent,
+    pod: &str,
+    kind: &str,
+) -> Option<(Vec<FlatSample>, Vec<i64>, u64)> {
+    let (prof, windows) = agent.profile(pod, kind)?;
+    let n = prof.sample_type.len();
+    let mut totals = vec![0i64; n];
+    for s in &prof.sample {
+        for (i, v) in s.value.iter().enumerate().take(n) {
+            totals[i] += v;
         }
     }
+    Some((flatten(&prof), totals, windows))
 }
 
 /// Live goroutines (sample type 0) created by `func` (the leaf frame).
@@ -168,18 +63,20 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     if !can_run_ebpf("agent_go_profiles_shared_probes_and_window_semantics") {
         return;
     }
-    let Some(bin) = build_goruntime() else { return };
+    let Some(bin) = gobuild::build("goruntime", "1.23", false) else {
+        return;
+    };
     let mut cg = KubeletCgroups::new("agent-go");
-    let (uid_a, cid_a) = (pod_uid(11), container_id(11));
-    let (uid_b, cid_b) = (pod_uid(12), container_id(12));
-    let (uid_c, cid_c) = (pod_uid(13), container_id(13));
+    let (uid_a, cid_a) = pod_ids(11);
+    let (uid_b, cid_b) = pod_ids(12);
+    let (uid_c, cid_c) = pod_ids(13);
     let a_cg = cg.systemd_container(Qos::Burstable, &uid_a, "cri-containerd", &cid_a);
     let b_cg = cg.cgroupfs_container(Qos::BestEffort, &uid_b, &cid_b);
     let c_cg = cg.systemd_container(Qos::Guaranteed, &uid_c, "crio", &cid_c);
 
     let store = TempDir::new("agent-go-store");
     let root = cg.root.display().to_string();
-    let agent = Agent::start(
+    let agent = start_agent(
         &store.0,
         &root,
         &[
@@ -222,7 +119,7 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     ]);
     cg.add_process(&a_cg, a.pid());
     // Pod B: the same binary.
-    let b = spawn(&[
+    let b_args = [
         "-start-delay",
         "4s",
         "-leak-rate",
@@ -231,33 +128,26 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
         "10",
         "-duration",
         "10m",
-    ]);
+    ];
+    let b = spawn(&b_args);
     cg.add_process(&b_cg, b.pid());
     // Pod C: not Go.
     let c = Owned::spawn(Command::new("sleep").arg("600"));
     cg.add_process(&c_cg, c.pid());
     // Outside any pod, the same binary: it hits the shared probes, which
-    // return at once for it (not a target).
-    let outsider = spawn(&[
-        "-start-delay",
-        "4s",
-        "-leak-rate",
-        "10",
-        "-leak-count",
-        "10",
-        "-duration",
-        "10m",
-    ]);
+    // return at once for it (not a target). It runs as pod B's does.
+    let outsider = spawn(&b_args);
 
     // Calls: exact over the windows they span.
     assert!(
-        wait_until(Duration::from_secs(40), || agent
-            .profile(&uid_a, "calls")
-            .is_some_and(|(_, t, _)| t[0] >= 20000)),
+        wait_until(Duration::from_secs(40), || go_profile(
+            &agent, &uid_a, "calls"
+        )
+        .is_some_and(|(_, t, _)| t[0] >= 20000)),
         "pod A's calls never reached 20000: {:?}",
-        agent.profile(&uid_a, "calls").map(|(_, t, w)| (t, w))
+        go_profile(&agent, &uid_a, "calls").map(|(_, t, w)| (t, w))
     );
-    let (calls, ct, cw) = agent.profile(&uid_a, "calls").unwrap();
+    let (calls, ct, cw) = go_profile(&agent, &uid_a, "calls").unwrap();
     assert_eq!(ct[0], 20000, "calls are exact over {cw} windows");
     // A call whose stack could not be stored counts under its immediate
     // caller only (counted in go_probe_events_total: stack_lost,
@@ -282,7 +172,7 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     // range is the last window's snapshot: 40 live at main.leakSite.
     let mut seen = None;
     let done = wait_until(Duration::from_secs(40), || {
-        let Some((g, totals, windows)) = agent.profile(&uid_a, "goroutines") else {
+        let Some((g, totals, windows)) = go_profile(&agent, &uid_a, "goroutines") else {
             return false;
         };
         let ok = live_at(&g, "main.leakSite") == 40 && windows >= 4;
@@ -290,7 +180,7 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
         ok
     });
     assert!(done, "pod A leakSite live/windows: {seen:?}");
-    let (g, gt, gw) = agent.profile(&uid_a, "goroutines").unwrap();
+    let (g, gt, gw) = go_profile(&agent, &uid_a, "goroutines").unwrap();
     assert_eq!(
         live_at(&g, "main.leakSite"),
         40,
@@ -309,9 +199,7 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
             .map(|s| (s.frames.first().cloned(), s.count))
             .collect::<Vec<_>>()
     );
-    let (gb, _, _) = agent
-        .profile(&uid_b, "goroutines")
-        .expect("pod B goroutines");
+    let (gb, _, _) = go_profile(&agent, &uid_b, "goroutines").expect("pod B goroutines");
     assert_eq!(
         live_at(&gb, "main.leakSite"),
         10,
@@ -319,7 +207,7 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     );
 
     // Allocations of pod A.
-    let (al, at, _) = agent.profile(&uid_a, "allocs").expect("pod A allocs");
+    let (al, at, _) = go_profile(&agent, &uid_a, "allocs").expect("pod A allocs");
     assert!(at[1] > 0, "allocated bytes: {at:?}");
     assert!(
         al.iter()
@@ -346,8 +234,8 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
     );
 
     // The non-Go pod: no Go profile, and /targets says why.
-    assert!(agent.profile(&uid_c, "goroutines").is_none());
-    let targets: serde_json::Value = serde_json::from_slice(&agent.get("/targets").body).unwrap();
+    assert!(go_profile(&agent, &uid_c, "goroutines").is_none());
+    let targets = agent.targets();
     let tc = targets["targets"]
         .as_array()
         .unwrap()
@@ -375,30 +263,7 @@ fn agent_go_profiles_shared_probes_and_window_semantics() {
 
     // profiler fetch --type goroutines: the same snapshot; go tool pprof reads it.
     let fetched = store.0.with_extension("goroutines.pb.gz");
-    let out = Command::new(profiler_bin())
-        .args([
-            "fetch",
-            "--agent",
-            &format!("http://127.0.0.1:{}", agent.port),
-        ])
-        .args([
-            "--pod",
-            &uid_a,
-            "--type",
-            "goroutines",
-            "--from",
-            "-1h",
-            "-o",
-        ])
-        .arg(&fetched)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "profiler fetch: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let f = flatten(&read_pprof(&fetched));
+    let f = flatten(&agent.fetch(&uid_a, "goroutines", &fetched));
     assert_eq!(live_at(&f, "main.leakSite"), 40);
     assert!(go_pprof_total(&fetched).is_some_and(|t| t >= 45));
 
@@ -447,7 +312,9 @@ fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
     if !can_run_ebpf("agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks") {
         return;
     }
-    let Some(bin) = build_goruntime() else { return };
+    let Some(bin) = gobuild::build("goruntime", "1.23", false) else {
+        return;
+    };
     let manifest = root().join("deploy/kubernetes/daemonset.yaml");
     let ds: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
@@ -468,7 +335,7 @@ fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
     );
 
     let mut cg = KubeletCgroups::new("agent-go-caps");
-    let (uid, cid) = (pod_uid(21), container_id(21));
+    let (uid, cid) = pod_ids(21);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let w = Owned::spawn(
         Command::new(&bin)
@@ -484,34 +351,19 @@ fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
     );
     cg.add_process(&cgp, w.pid());
     let store = TempDir::new("agent-go-caps-store");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = store.0.with_extension("log");
     let root_s = cg.root.display().to_string();
-    let _agent = Owned::spawn(
-        Command::new("setpriv")
-            .args(["--bounding-set", &bounding, "--inh-caps", "-all", "--"])
-            .arg(profiler_bin())
-            .args(["agent", "--listen", &format!("127.0.0.1:{port}"), "--store"])
-            .arg(&store.0)
-            .args([
-                "--no-kube",
-                "--cgroup-root",
-                &root_s,
-                "--window",
-                "2s",
-                "--rescan",
-                "500ms",
-                "--profile",
-                "cpu,goroutines",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap()),
-    );
-    let get = |path: &str| http::get(port, path, None);
+    let agent = Launch::new(&store.0, &root_s)
+        .wrapper(&[
+            "setpriv",
+            "--bounding-set",
+            &bounding,
+            "--inh-caps",
+            "-all",
+            "--",
+        ])
+        .args(&["--profile", "cpu,goroutines"])
+        .start();
+    let get = |path: &str| http::get(agent.port, path, None);
     let absent = || -> String {
         get("/targets")
             .ok()
@@ -527,37 +379,10 @@ fn agent_go_types_need_cap_sys_admin_which_the_daemonset_lacks() {
         ok,
         "cpu windows and an absent reason naming CAP_SYS_ADMIN expected; /targets absent: {}; log:\n{}",
         absent(),
-        std::fs::read_to_string(&log).unwrap_or_default()
+        agent.log()
     );
     let r = get(&format!("/profiles?pod={uid}&type=goroutines&from=-1h")).unwrap();
     assert_eq!(r.status, 404, "no goroutines windows without uprobes");
-}
-
-/// Starts `apiserver-sim` on a random loopback port: the process and its
-/// address.
-fn start_apiserver() -> (Owned, String) {
-    use std::io::BufRead as _;
-    let mut srv = Owned::spawn(
-        Command::new(integration_tests::workload("apiserver-sim"))
-            .args(["-addr", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    );
-    let mut out = std::io::BufReader::new(srv.0.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line)
-        .expect("reading apiserver-sim stdout");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("apiserver-sim: unexpected first line {line:?}"))
-        .to_string();
-    // Keep reading so the pipe never fills.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut sink);
-    });
-    (srv, addr)
 }
 
 /// The workbench through the DaemonSet path: two kubelet-like pods, each
@@ -576,7 +401,7 @@ fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
     let mut cg = KubeletCgroups::new("agent-go-bench");
     let store = TempDir::new("agent-go-bench-store");
     let root_s = cg.root.display().to_string();
-    let agent = Agent::start(
+    let agent = start_agent(
         &store.0,
         &root_s,
         &["--profile", "cpu,goroutines,allocs", "--frequency", "499"],
@@ -588,7 +413,7 @@ fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
         let (api_id, mgr_id) = (container_id(i * 10), container_id(i * 10 + 1));
         let api_cg = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &api_id);
         let mgr_cg = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &mgr_id);
-        let (srv, addr) = start_apiserver();
+        let (srv, addr, _) = apisim::start(&[]);
         cg.add_process(&api_cg, srv.pid());
         let ctl = Owned::spawn(
             Command::new(integration_tests::workload("controller-sim"))
@@ -605,9 +430,7 @@ fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
     assert!(
         wait_until(Duration::from_secs(40), || {
             pods.iter().all(|(_, uid, _)| {
-                agent
-                    .profile(uid, "goroutines")
-                    .is_some_and(|(_, _, w)| w >= 4)
+                go_profile(&agent, uid, "goroutines").is_some_and(|(_, _, w)| w >= 4)
             })
         }),
         "goroutine windows for both controllers; log:\n{}",
@@ -616,17 +439,19 @@ fn agent_go_workbench_goroutine_leak_caught_through_the_agent() {
     let out = TempDir::new("agent-go-bench-out");
     let fetch = |uid: &str, container: &str, kind: &str, to: &Path| {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        let o = Command::new(profiler_bin())
-            .args([
-                "fetch",
-                "--agent",
-                &format!("http://127.0.0.1:{}", agent.port),
-            ])
-            .args(["--pod", uid, "--container", container, "--type", kind])
-            .args(["--from", "-1h", "-o"])
-            .arg(to)
-            .output()
-            .unwrap();
+        let o = agent.fetch_output(
+            &[
+                "--pod",
+                uid,
+                "--container",
+                container,
+                "--type",
+                kind,
+                "--from",
+                "-1h",
+            ],
+            to,
+        );
         assert!(
             o.status.success(),
             "profiler fetch {kind} of {uid}: {}",
@@ -709,13 +534,15 @@ fn agent_go_allocs_set_rate_turns_sampling_on() {
     if !can_run_ebpf("agent_go_allocs_set_rate_turns_sampling_on") {
         return;
     }
-    let Some(bin) = build_goruntime() else { return };
+    let Some(bin) = gobuild::build("goruntime", "1.23", false) else {
+        return;
+    };
     let mut cg = KubeletCgroups::new("agent-go-rate");
-    let (uid, cid) = (pod_uid(41), container_id(41));
+    let (uid, cid) = pod_ids(41);
     let cgp = cg.systemd_container(Qos::Burstable, &uid, "cri-containerd", &cid);
     let store = TempDir::new("agent-go-rate-store");
     let root_s = cg.root.display().to_string();
-    let agent = Agent::start(
+    let agent = start_agent(
         &store.0,
         &root_s,
         &["--profile", "allocs", "--allocs-set-rate", "65536"],
@@ -729,7 +556,7 @@ fn agent_go_allocs_set_rate_turns_sampling_on() {
     cg.add_process(&cgp, w.pid());
     let mut last = None;
     let ok = wait_until(Duration::from_secs(30), || {
-        let p = agent.profile(&uid, "allocs");
+        let p = go_profile(&agent, &uid, "allocs");
         let hit = p.as_ref().is_some_and(|(s, t, _)| {
             t.get(1).is_some_and(|b| *b > 0)
                 && s.iter()

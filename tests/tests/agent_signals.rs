@@ -20,7 +20,7 @@ use std::{
 use integration_tests::{
     agentrun::RunningAgent,
     can_run_ebpf, go_bin, go_pprof_total, gobuild,
-    kubelet::{container_id, pod_uid, KubeletCgroups, Qos},
+    kubelet::{container_id, pod_ids, pod_uid, KubeletCgroups, Qos},
     read_pprof, wait_until, Owned, TempDir,
 };
 use profiler_pprof::proto::Profile;
@@ -405,7 +405,7 @@ fn agent_heap_is_the_last_snapshot_of_the_held_bytes() {
         return;
     };
     let mut pod = Pod::new("agent-sig-heap", 34);
-    let (uid_c, cid_c) = (pod_uid(35), container_id(35));
+    let (uid_c, cid_c) = pod_ids(35);
     let c_path = pod
         .cg
         .systemd_container(Qos::BestEffort, &uid_c, "crio", &cid_c);

@@ -32,7 +32,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -40,8 +39,8 @@ use std::{
 };
 
 use integration_tests::{
-    apiload, can_run_ebpf, flatten, profdiff_bin, profiler_bin, read_pprof, root, workload, Owned,
-    TempDir,
+    apiload, apisim, can_run_ebpf, flatten, profdiff_bin, profiler_bin, read_pprof, root, workload,
+    Owned, TempDir,
 };
 
 #[path = "../scenarios/json.rs"]
@@ -353,35 +352,10 @@ struct RunInfo {
     wall: Duration,
 }
 
-/// Reads a child's pipe on a thread (so neither pipe can fill and block it).
-fn drain(r: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = BufReader::new(r).read_to_string(&mut s);
-        s
-    })
-}
-
-/// Start `apiserver-sim` on a random loopback port; returns it and its address.
+/// Start `apiserver-sim` on a random loopback port (with the fault flags
+/// when `faults`); returns it, its address and its drained stdout.
 fn start_server(faults: bool) -> (Owned, SocketAddr, std::thread::JoinHandle<String>) {
-    let mut cmd = Command::new(workload("apiserver-sim"));
-    cmd.args(["-addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if faults {
-        cmd.args(FAULTS);
-    }
-    let mut srv = Owned::spawn(&mut cmd);
-    let mut out = BufReader::new(srv.0.stdout.take().expect("piped stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line)
-        .expect("reading apiserver-sim stdout");
-    let addr: SocketAddr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("apiserver-sim: unexpected first line {line:?}"));
-    (srv, addr, drain(out))
+    apisim::start(if faults { FAULTS } else { &[] })
 }
 
 /// Share of samples whose user-space frames are all unsymbolized
@@ -472,8 +446,8 @@ fn record_once(variant: &str, faults: bool, dir: &Path, idx: usize, secs: u64) -
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let out = drain(prof.0.stdout.take().unwrap());
-    let err = drain(prof.0.stderr.take().unwrap());
+    let out = apisim::drain(prof.0.stdout.take().unwrap());
+    let err = apisim::drain(prof.0.stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(secs + 60);
     let status = loop {
         if let Some(s) = prof.0.try_wait().expect("waiting for profiler") {
