@@ -279,9 +279,12 @@ fn work_rate(
     Ok((rate, prof))
 }
 
-/// The profiler's summary lines that show the event rates it saw.
+/// The profiler's summary lines that show the event rates it saw and its
+/// programs' times (bpf_stats).
 fn rate_lines(stderr: &str) -> Vec<String> {
-    const KEYS: [&str; 6] = [
+    const KEYS: [&str; 8] = [
+        "go probe program cost",
+        "offcpu program cost",
         "calls: main.countedTarget",
         "latency: main.countedTarget",
         "contention: ",
