@@ -395,7 +395,7 @@ func controllerLoad(d time.Duration, spin bool, tick time.Duration, locks int) {
 	end := time.Now().Add(d)
 	units := 0
 	x := uint64(1)
-	t := time.Now()
+	t, c := time.Now(), cpuNow()
 	for time.Now().Before(end) {
 		for i := 0; i < 10000; i++ {
 			x ^= x << 13
@@ -405,7 +405,8 @@ func controllerLoad(d time.Duration, spin bool, tick time.Duration, locks int) {
 		units++
 	}
 	el := time.Since(t).Seconds()
+	cpu := cpuNow() - c
 	close(stop)
 	wg.Wait()
-	fmt.Printf("work units_per_sec=%.1f x=%d\n", float64(units)/el, x&1)
+	fmt.Printf("work units_per_sec=%.1f units=%d cpu_ns=%d x=%d\n", float64(units)/el, units, cpu, x&1)
 }
