@@ -37,7 +37,10 @@
 //! 4. Throughput: the workload's controller-like load (1,000 goroutines/s,
 //!    10 MiB/s allocation, 2,000 counted calls/s beside a CPU-bound loop),
 //!    alone and under each probe set, alternated `RUNS` times; the median
-//!    ratio of the loop's rate is the slowdown, each pair's ratio and the
+//!    ratio of the loop's rate is the slowdown (wall time: noisy on a
+//!    shared machine), beside the ratio of the process's CPU time per unit
+//!    of the loop's work (rusage: the same work's CPU cost, traps included;
+//!    not inflated by waiting for a CPU); each pair's ratios and the
 //!    profiler's own CPU are printed. The last sets add 1,000 contended
 //!    locks/s and Go's default `MemProfileRate`: the heap reader alone,
 //!    and all eight profile types together
@@ -248,16 +251,18 @@ fn load_avg() -> String {
 type Probed = (Option<f64>, String);
 
 /// One run of the controller-like load beside the CPU-bound loop, with the
-/// extra workload flags `extra`: the loop's rate and, when probed, the
-/// profiler's own CPU time in ms per second of its run (from `/proc`,
-/// before it is stopped) and its stderr.
+/// extra workload flags `extra`: the loop's rate (wall time), the whole
+/// process's CPU time per unit of the loop's work (rusage: the load, the
+/// loop and the uprobe traps; waiting for a CPU does not count) and, when
+/// probed, the profiler's own CPU time in ms per second of its run (from
+/// `/proc`, before it is stopped) and its stderr.
 fn work_rate(
     profiler: &Path,
     bin: &Path,
     probe: Option<&[&str]>,
     extra: &[&str],
     scratch: &Path,
-) -> Result<(f64, Option<Probed>)> {
+) -> Result<(f64, f64, Option<Probed>)> {
     let secs = format!("{WORK_SECONDS}s");
     let mut args = vec!["-work", "-duration", &secs, "-start-delay", "1s"];
     args.extend(extra);
@@ -276,7 +281,9 @@ fn work_rate(
     let text = String::from_utf8_lossy(&out.stdout);
     let rate =
         field(&text, "units_per_sec=").with_context(|| format!("no units_per_sec in {text}"))?;
-    Ok((rate, prof))
+    let units = field(&text, "units=").with_context(|| format!("no units in {text}"))?;
+    let cpu = field(&text, "cpu_ns=").with_context(|| format!("no cpu_ns in {text}"))?;
+    Ok((rate, cpu / units.max(1.0), prof))
 }
 
 /// The profiler's summary lines that show the event rates it saw and its
@@ -652,10 +659,13 @@ pub fn run(root: &Path) -> Result<()> {
         );
         for (label, probe, extra) in sets {
             let (mut ratios, mut prof_cpu, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+            let mut cpu_ratios = Vec::new();
             for _ in 0..RUNS {
-                let (alone, _) = work_rate(&profiler, &bin, None, extra, &scratch)?;
-                let (with, prof) = work_rate(&profiler, &bin, Some(probe), extra, &scratch)?;
+                let (alone, alone_cpu, _) = work_rate(&profiler, &bin, None, extra, &scratch)?;
+                let (with, with_cpu, prof) =
+                    work_rate(&profiler, &bin, Some(probe), extra, &scratch)?;
                 ratios.push(with / alone);
+                cpu_ratios.push(with_cpu / alone_cpu);
                 if let Some((cpu, stderr)) = prof {
                     prof_cpu.extend(cpu);
                     if seen.is_empty() {
@@ -668,10 +678,17 @@ pub fn run(root: &Path) -> Result<()> {
                 .map(|r| format!("{r:.4}"))
                 .collect::<Vec<_>>()
                 .join(" ");
+            let cpu_pairs = cpu_ratios
+                .iter()
+                .map(|r| format!("{r:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             let m = median(&mut ratios);
+            let mc = median(&mut cpu_ratios);
             println!(
-                "{label}: throughput ratio {m:.4} ({:+.2}%; pairs {pairs}); profiler CPU {:.1} ms/s",
+                "{label}: throughput ratio {m:.4} ({:+.2}%; pairs {pairs}); CPU per unit of work probed/alone {mc:.4} ({:+.2}%; pairs {cpu_pairs}); profiler CPU {:.1} ms/s",
                 (m - 1.0) * 100.0,
+                (mc - 1.0) * 100.0,
                 median(&mut prof_cpu)
             );
             for l in seen {
