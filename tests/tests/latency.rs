@@ -171,3 +171,51 @@ fn latency_flags_need_each_other() {
     let r = record(&["--latency", "x", "--", "/bin/true"]);
     assert_eq!(r.status.code(), Some(2));
 }
+
+#[test]
+fn a_function_matched_by_two_patterns_is_probed_once() {
+    if !can_run_ebpf("a_function_matched_by_two_patterns_is_probed_once") {
+        return;
+    }
+    let Some(bin) = gobuild::build("exactcalls", "1.23", false) else {
+        return;
+    };
+    let dir = TempDir::new("latency-twice");
+    let out = dir.join("latency.pb.gz");
+    let n = 50u64;
+    // Both patterns match Reconcile: probed twice, each call would be
+    // entered twice (one entry overwritten) and its RET seen twice (one
+    // unpaired).
+    let r = record(&[
+        "--profile",
+        "latency",
+        "--latency",
+        FUNC,
+        "--latency",
+        "main.(*reconciler).Reconcil*",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        bin.to_str().unwrap(),
+        "-calls",
+        "10",
+        "-latency-calls",
+        &n.to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "profiler failed: {stderr}");
+    assert_eq!(printed(&stdout, "latency_n="), n);
+    assert_eq!(summary_field(&stderr, "n"), n, "{stderr}");
+    let p = read_pprof(&out);
+    let counters = p
+        .comment
+        .iter()
+        .map(|c| p.string_table[*c as usize].as_str())
+        .find(|c| c.starts_with("go probe counters:"))
+        .unwrap_or_else(|| panic!("no go probe counters comment"))
+        .to_string();
+    for k in ["latency_overwritten=0", "latency_unpaired=0"] {
+        assert!(counters.split_whitespace().any(|w| w == k), "{counters}");
+    }
+}

@@ -23,12 +23,31 @@
 //!    with the `bench-knobs` feature, which this bench builds (copied to
 //!    `target/go-bench/profiler`). `GO_BENCH_PER_EVENT_ONLY=1` stops after this
 //!    part; `GO_BENCH_CASES=TEXT` keeps the cases whose label contains it.
-//! 2. CPU time of the controller-like background load alone (rusage, uprobe
+//!    Also per event: a contended `sync.Mutex` lock (`-bench-locks`: the
+//!    waiter parks on the semaphore and is readied; `go_park` +
+//!    `go_park_ready`, a warm loop) and a context switch of a target thread
+//!    (`-bench-switches`: 20 µs `nanosleep`s under `--profile offcpu`; the
+//!    target's extra CPU covers the switch-out, the program time is the
+//!    mean over every switch of the machine).
+//! 2. Lock probes at `lockwait`'s rate (cold caches): the rounds of
+//!    `cargo xtask bench lock` (BPF time per contended lock and per target
+//!    context switch); `GO_BENCH_LOCK_ROUNDS` (default 3, 0 skips).
+//! 3. CPU time of the controller-like background load alone (rusage, uprobe
 //!    traps included), with and without each probe set.
-//! 3. Throughput: the workload's controller-like load (1,000 goroutines/s,
+//! 4. Throughput: the workload's controller-like load (1,000 goroutines/s,
 //!    10 MiB/s allocation, 2,000 counted calls/s beside a CPU-bound loop),
 //!    alone and under each probe set, alternated `RUNS` times; the median
-//!    ratio of the loop's rate is the slowdown.
+//!    ratio of the loop's rate is the slowdown (wall time: noisy on a
+//!    shared machine), beside the ratio of the process's CPU time per unit
+//!    of the loop's work (rusage: the same work's CPU cost, traps included;
+//!    not inflated by waiting for a CPU); each pair's ratios and the
+//!    profiler's own CPU are printed. The last sets add 1,000 contended
+//!    locks/s and Go's default `MemProfileRate`: the heap reader alone,
+//!    and all eight profile types together
+//!    (`cpu,goroutines,allocs,calls,latency,contention,offcpu,heap`, with
+//!    `main.countedTarget` counted and latency-measured); the rates the
+//!    profiler saw are printed under the row. `GO_BENCH_SETS=TEXT` keeps the
+//!    sets whose label contains it.
 
 use std::{
     path::{Path, PathBuf},
@@ -141,13 +160,29 @@ fn stop_profiler(p: Child) -> Result<String> {
 /// `a+b`, the sum of both programs' (one latency-measured call runs the
 /// entry and the return program once each).
 fn prog_ns(stderr: &str, prog: &str) -> Option<f64> {
-    let l = stderr.lines().find(|l| l.contains("ns_per_run"))?;
     prog.split('+')
         .map(|p| {
-            let at = l.find(&format!("{p} runs="))?;
+            let key = format!("{p} runs=");
+            let l = stderr
+                .lines()
+                .find(|l| l.contains(&key) && l.contains("ns_per_run"))?;
+            let at = l.find(&key)?;
             field(&l[at..], "ns_per_run=")
         })
         .sum()
+}
+
+/// CPU time (user + system, ms) of process `pid` so far, from
+/// `/proc/PID/stat` (clock ticks: 10 ms resolution).
+fn proc_cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks * 1e3 / hz)
 }
 
 fn loss_lines(stderr: &str) -> Vec<String> {
@@ -211,36 +246,87 @@ fn load_avg() -> String {
         .unwrap_or_default()
 }
 
-fn work_rate(profiler: &Path, bin: &Path, probe: Option<&[&str]>, scratch: &Path) -> Result<f64> {
+/// A probed run's profiler: its CPU in ms per second (when readable) and
+/// its stderr.
+type Probed = (Option<f64>, String);
+
+/// One run of the controller-like load beside the CPU-bound loop, with the
+/// extra workload flags `extra`: the loop's rate (wall time), the whole
+/// process's CPU time per unit of the loop's work (rusage: the load, the
+/// loop and the uprobe traps; waiting for a CPU does not count) and, when
+/// probed, the profiler's own CPU time in ms per second of its run (from
+/// `/proc`, before it is stopped) and its stderr.
+fn work_rate(
+    profiler: &Path,
+    bin: &Path,
+    probe: Option<&[&str]>,
+    extra: &[&str],
+    scratch: &Path,
+) -> Result<(f64, f64, Option<Probed>)> {
     let secs = format!("{WORK_SECONDS}s");
-    let c = start_workload(bin, &["-work", "-duration", &secs, "-start-delay", "1s"])?;
+    let mut args = vec!["-work", "-duration", &secs, "-start-delay", "1s"];
+    args.extend(extra);
+    let c = start_workload(bin, &args)?;
+    let started = std::time::Instant::now();
     let p = match probe {
         Some(probe) => Some(start_profiler(profiler, c.id(), probe, scratch, &[])?),
         None => None,
     };
     let out = c.wait_with_output()?;
+    let mut prof = None;
     if let Some(p) = p {
-        stop_profiler(p)?;
+        let cpu = proc_cpu_ms(p.id()).map(|ms| ms / started.elapsed().as_secs_f64());
+        prof = Some((cpu, stop_profiler(p)?));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    field(&text, "units_per_sec=").with_context(|| format!("no units_per_sec in {text}"))
+    let rate =
+        field(&text, "units_per_sec=").with_context(|| format!("no units_per_sec in {text}"))?;
+    let units = field(&text, "units=").with_context(|| format!("no units in {text}"))?;
+    let cpu = field(&text, "cpu_ns=").with_context(|| format!("no cpu_ns in {text}"))?;
+    Ok((rate, cpu / units.max(1.0), prof))
+}
+
+/// The profiler's summary lines that show the event rates it saw and its
+/// programs' times (bpf_stats).
+fn rate_lines(stderr: &str) -> Vec<String> {
+    const KEYS: [&str; 8] = [
+        "go probe program cost",
+        "offcpu program cost",
+        "calls: main.countedTarget",
+        "latency: main.countedTarget",
+        "contention: ",
+        "allocs: ",
+        "offcpu: 1 switch",
+        "heap: pid",
+    ];
+    stderr
+        .lines()
+        .map(|l| l.trim_start_matches("profiler: "))
+        .filter(|l| KEYS.iter().any(|k| l.starts_with(k)) && !l.contains("MemProfileRate is 0"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// CPU time (user+sys, ms per second of run) the workload's background
 /// load alone costs, from its rusage; uprobe traps are charged to it.
-fn load_cpu(profiler: &Path, bin: &Path, probe: Option<&[&str]>, scratch: &Path) -> Result<f64> {
+fn load_cpu(
+    profiler: &Path,
+    bin: &Path,
+    probe: Option<&[&str]>,
+    extra: &[&str],
+    scratch: &Path,
+) -> Result<f64> {
     let secs = format!("{WORK_SECONDS}s");
-    let c = start_workload(
-        bin,
-        &[
-            "-work",
-            "-spin=false",
-            "-duration",
-            &secs,
-            "-start-delay",
-            "1s",
-        ],
-    )?;
+    let mut args = vec![
+        "-work",
+        "-spin=false",
+        "-duration",
+        &secs,
+        "-start-delay",
+        "1s",
+    ];
+    args.extend(extra);
+    let c = start_workload(bin, &args)?;
     let p = match probe {
         Some(probe) => Some(start_profiler(profiler, c.id(), probe, scratch, &[])?),
         None => None,
@@ -289,7 +375,9 @@ fn per_event(
     let refill: &[&str] = &["--profile", "allocs"];
     let set_rate: &[&str] = &["--profile", "allocs", "--allocs-set-rate", "524288"];
     let latency: &[&str] = &["--profile", "latency", "--latency", "main.countedTarget"];
-    let cases: [Case; 15] = [
+    let contention: &[&str] = &["--profile", "contention"];
+    let offcpu: &[&str] = &["--profile", "offcpu"];
+    let cases: [Case; 17] = [
         (
             "counted call: trap only (program returns at once)",
             "-bench-calls",
@@ -377,6 +465,22 @@ fn per_event(
             latency,
             &[],
             "go_lat_entry+go_lat_ret",
+        ),
+        (
+            "contended sync.Mutex lock (slow path; go_park + go_park_ready, warm loop)",
+            "-bench-locks",
+            100_000,
+            contention,
+            &[],
+            "go_park+go_park_ready",
+        ),
+        (
+            "context switch of a target thread (20us nanosleep), --offcpu-every 8 (program: mean over every switch of the machine)",
+            "-bench-switches",
+            50_000,
+            offcpu,
+            &[],
+            "offcpu_switch",
         ),
         (
             "goroutine create+exit (3 probes)",
@@ -475,29 +579,72 @@ pub fn run(root: &Path) -> Result<()> {
         if std::env::var_os("GO_BENCH_PER_EVENT_ONLY").is_some() {
             return Ok(());
         }
+        let rounds: usize = std::env::var("GO_BENCH_LOCK_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        if rounds > 0 {
+            println!(
+                "== lock probes at lockwait's rate (~1,000 waits/s, cold caches): BPF program time (cargo xtask bench lock), load average {}",
+                load_avg()
+            );
+            let dir = root.join("target/go-bench");
+            let lockwait = crate::bench_lock::build_lockwait(root, &dir)?;
+            crate::bench_lock::measure(&profiler, &lockwait, &dir, rounds)?;
+        }
         let all: &[&str] = &[
             "--profile",
             "goroutines,allocs,calls",
             "--count",
             "main.countedTarget",
         ];
-        let sets: [(&str, &[&str]); 4] = [
-            ("calls", calls),
-            ("goroutines", gor),
+        let every: &[&str] = &[
+            "--profile",
+            "cpu,goroutines,allocs,calls,latency,contention,offcpu,heap",
+            "--count",
+            "main.countedTarget",
+            "--latency",
+            "main.countedTarget",
+        ];
+        // 1,000 contended locks/s and Go's default MemProfileRate (what a
+        // program that links runtime.MemProfile, e.g. via net/http/pprof,
+        // runs with) beside 2,000 measured calls/s, 1,000 goroutines/s and
+        // 10 MiB/s.
+        let busy: &[&str] = &["-work-locks", "10", "-memprofilerate", "524288"];
+        let sets: [(&str, &[&str], &[&str]); 6] = [
+            ("calls", calls, &[]),
+            ("goroutines", gor, &[]),
             (
                 "allocs (MemProfileRate 0: profilealloc never fires)",
                 &["--profile", "allocs"],
+                &[],
             ),
-            ("goroutines+allocs+calls", all),
+            ("goroutines+allocs+calls", all, &[]),
+            (
+                "heap reader only (--profile heap, MemProfileRate 524288, + 1,000 contended locks/s)",
+                &["--profile", "heap"],
+                busy,
+            ),
+            (
+                "all together: cpu,goroutines,allocs,calls,latency,contention,offcpu,heap (+ 1,000 contended locks/s, MemProfileRate 524288)",
+                every,
+                busy,
+            ),
         ];
+        let only = std::env::var("GO_BENCH_SETS").ok();
+        let sets: Vec<_> = sets
+            .into_iter()
+            .filter(|s| only.as_deref().is_none_or(|o| s.0.contains(o)))
+            .collect();
         println!(
-            "== controller-like load without the CPU-bound loop: its CPU time, median of {RUNS} alternated runs"
+            "== controller-like load without the CPU-bound loop: its CPU time, median of {RUNS} alternated runs; load average {}",
+            load_avg()
         );
-        for (label, probe) in &sets {
+        for (label, probe, extra) in &sets {
             let (mut alone, mut with) = (Vec::new(), Vec::new());
             for _ in 0..RUNS {
-                alone.push(load_cpu(&profiler, &bin, None, &scratch)?);
-                with.push(load_cpu(&profiler, &bin, Some(probe), &scratch)?);
+                alone.push(load_cpu(&profiler, &bin, None, extra, &scratch)?);
+                with.push(load_cpu(&profiler, &bin, Some(probe), extra, &scratch)?);
             }
             let (a, w) = (median(&mut alone), median(&mut with));
             println!(
@@ -507,25 +654,48 @@ pub fn run(root: &Path) -> Result<()> {
             );
         }
         println!(
-            "== controller-like load: work-loop rate probed/alone, median of {RUNS} alternated runs of {WORK_SECONDS}s"
+            "== controller-like load: work-loop rate probed/alone, median of {RUNS} alternated pairs of {WORK_SECONDS}s; load average {}",
+            load_avg()
         );
-        for (label, probe) in sets {
-            let mut ratios = Vec::new();
+        for (label, probe, extra) in sets {
+            let (mut ratios, mut prof_cpu, mut seen) = (Vec::new(), Vec::new(), Vec::new());
+            let mut cpu_ratios = Vec::new();
             for _ in 0..RUNS {
-                let alone = work_rate(&profiler, &bin, None, &scratch)?;
-                let with = work_rate(&profiler, &bin, Some(probe), &scratch)?;
+                let (alone, alone_cpu, _) = work_rate(&profiler, &bin, None, extra, &scratch)?;
+                let (with, with_cpu, prof) =
+                    work_rate(&profiler, &bin, Some(probe), extra, &scratch)?;
                 ratios.push(with / alone);
+                cpu_ratios.push(with_cpu / alone_cpu);
+                if let Some((cpu, stderr)) = prof {
+                    prof_cpu.extend(cpu);
+                    if seen.is_empty() {
+                        seen = rate_lines(&stderr);
+                    }
+                }
             }
-            let spread = ratios.iter().cloned().fold(f64::MAX, f64::min)
-                ..ratios.iter().cloned().fold(f64::MIN, f64::max);
+            let pairs = ratios
+                .iter()
+                .map(|r| format!("{r:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let cpu_pairs = cpu_ratios
+                .iter()
+                .map(|r| format!("{r:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             let m = median(&mut ratios);
+            let mc = median(&mut cpu_ratios);
             println!(
-                "{label}: throughput ratio {m:.4} ({:+.2}% ; runs {:.4}..{:.4})",
+                "{label}: throughput ratio {m:.4} ({:+.2}%; pairs {pairs}); CPU per unit of work probed/alone {mc:.4} ({:+.2}%; pairs {cpu_pairs}); profiler CPU {:.1} ms/s",
                 (m - 1.0) * 100.0,
-                spread.start,
-                spread.end
+                (mc - 1.0) * 100.0,
+                median(&mut prof_cpu)
             );
+            for l in seen {
+                println!("    first probed run: {l}");
+            }
         }
+        println!("   (load average after: {})", load_avg());
         Ok(())
     })();
     let _ = std::fs::write(stats, old_stats.trim());

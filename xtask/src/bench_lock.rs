@@ -95,6 +95,17 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let profiler = dir.join("profiler");
     std::fs::copy(release.join("profiler"), &profiler)?;
+    let bin = build_lockwait(root, &dir)?;
+    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let before = std::fs::read_to_string(stats).context("reading kernel.bpf_stats_enabled")?;
+    std::fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
+    let result = measure(&profiler, &bin, &dir, runs);
+    let _ = std::fs::write(stats, before.trim());
+    result
+}
+
+/// Build the `lockwait` workload into `dir` (Go 1.23).
+pub fn build_lockwait(root: &Path, dir: &Path) -> Result<PathBuf> {
     let bin: PathBuf = dir.join("lockwait");
     let st = Command::new(GO)
         .current_dir(root.join("tests/workloads"))
@@ -110,15 +121,13 @@ pub fn run(root: &Path, runs: usize) -> Result<()> {
     if !st.success() {
         bail!("go build ./lockwait failed");
     }
-    let stats = Path::new("/proc/sys/kernel/bpf_stats_enabled");
-    let before = std::fs::read_to_string(stats).context("reading kernel.bpf_stats_enabled")?;
-    std::fs::write(stats, "1").context("enabling kernel.bpf_stats_enabled (needs root)")?;
-    let result = measure(&profiler, &bin, &dir, runs);
-    let _ = std::fs::write(stats, before.trim());
-    result
+    Ok(bin)
 }
 
-fn measure(profiler: &Path, bin: &Path, dir: &Path, runs: usize) -> Result<()> {
+/// The rounds of the benchmark with `profiler` and the `lockwait` binary
+/// `bin` (bpf_stats must be on): per round and as medians, the BPF time
+/// per contended lock and per context switch of a target.
+pub fn measure(profiler: &Path, bin: &Path, dir: &Path, runs: usize) -> Result<()> {
     let bin = bin.to_str().context("workload path")?;
     let out = dir.join("out.pb.gz");
     let (mut per_wait, mut park, mut ready) = (vec![], vec![], vec![]);

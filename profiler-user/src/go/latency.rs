@@ -15,7 +15,7 @@
 //! are reported at the bucket's midpoint, so within ±3.2% of the true
 //! value.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use diff::pprof::proto::Profile;
 use profiler_common::go::{lat_bucket_bounds, COOKIE_CHECK_FLAGS, LAT_BUCKET_SHIFT};
@@ -84,6 +84,9 @@ impl GoSession {
     ) -> Result<(), RecordError> {
         let (bin, exe, tgid, shown) = (t.bin, t.exe, t.tgid, t.shown);
         let patterns = self.lat_patterns.clone();
+        // A function matched by two patterns is probed once: twice would
+        // time each call twice (one entry overwritten, one RET unpaired).
+        let mut done: HashSet<String> = HashSet::new();
         for pat in &patterns {
             let found: Vec<String> = bin.matching(pat).iter().map(|f| f.name.clone()).collect();
             if found.is_empty() {
@@ -97,6 +100,9 @@ impl GoSession {
                 ));
             }
             for name in found.into_iter().take(256) {
+                if !done.insert(name.clone()) {
+                    continue;
+                }
                 let Some(f) = bin.func(&name).cloned() else {
                     continue;
                 };

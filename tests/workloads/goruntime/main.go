@@ -169,6 +169,9 @@ func main() {
 	benchDepth := flag.Int("bench-depth", 0, "with -bench-calls: call countedTarget under this many extra frames")
 	work := flag.Bool("work", false, "controller-like load (1000 goroutines/s, 10 MiB/s, 2000 calls/s) beside a CPU-bound loop; print work units/s")
 	spin := flag.Bool("spin", true, "with -work: run the CPU-bound loop (false: only the background load)")
+	workLocks := flag.Int("work-locks", 0, "with -work: contended sync.Mutex locks per tick (10 per 10ms tick: 1,000/s)")
+	benchLocks := flag.Int("bench-locks", 0, "time this many contended sync.Mutex locks (slow path: the waiter parks), print, exit")
+	benchSwitches := flag.Int("bench-switches", 0, "time this many 20us nanosleeps (one context switch of the thread each), print, exit")
 	workTick := flag.Duration("work-tick", 10*time.Millisecond, "with -work: one batch of the load per tick (10ms: the rates above; 200ms: 1/20 of them)")
 	flag.Parse()
 	if *memRate >= 0 {
@@ -180,7 +183,25 @@ func main() {
 	fmt.Printf("ready pid=%d memprofilerate=%d\n", os.Getpid(), runtime.MemProfileRate)
 	time.Sleep(*startDelay)
 	if *work {
-		controllerLoad(*duration, *spin, *workTick)
+		controllerLoad(*duration, *spin, *workTick, *workLocks)
+		return
+	}
+	if *benchLocks > 0 {
+		t, c := time.Now(), cpuNow()
+		for i := 0; i < *benchLocks; i++ {
+			contendOnce()
+		}
+		fmt.Printf("bench locks=%d elapsed_ns=%d cpu_ns=%d\n", *benchLocks, time.Since(t).Nanoseconds(), cpuNow()-c)
+		return
+	}
+	if *benchSwitches > 0 {
+		runtime.LockOSThread()
+		ts := syscall.Timespec{Nsec: 20000}
+		t, c := time.Now(), cpuNow()
+		for i := 0; i < *benchSwitches; i++ {
+			_ = syscall.Nanosleep(&ts, nil)
+		}
+		fmt.Printf("bench switches=%d elapsed_ns=%d cpu_ns=%d\n", *benchSwitches, time.Since(t).Nanoseconds(), cpuNow()-c)
 		return
 	}
 	if *benchCalls+*benchGoroutines+*benchAllocs > 0 {
@@ -298,26 +319,80 @@ func bench(calls, goroutines, allocs int) {
 	}
 }
 
+var (
+	lockMu    sync.Mutex
+	lockReq   = make(chan struct{})
+	lockAck   = make(chan struct{})
+	lockReady atomic.Int32
+	lockOnce  sync.Once
+)
+
+// contendOnce makes one contended sync.Mutex acquisition: this goroutine
+// holds lockMu while a waiter goroutine tries to lock it, yielding its P
+// until the waiter has been inside Lock for 20 µs (long past its spinning,
+// so it parks on the semaphore), then unlocks (the release readies the
+// waiter) and waits for the waiter to finish.
+func contendOnce() {
+	lockOnce.Do(func() {
+		go func() {
+			for range lockReq {
+				lockReady.Store(1)
+				lockMu.Lock()
+				lockMu.Unlock()
+				lockAck <- struct{}{}
+			}
+		}()
+	})
+	lockMu.Lock()
+	lockReady.Store(0)
+	lockReq <- struct{}{}
+	for lockReady.Load() == 0 {
+		runtime.Gosched()
+	}
+	t := time.Now()
+	for time.Since(t) < 20*time.Microsecond {
+		runtime.Gosched()
+	}
+	lockMu.Unlock()
+	<-lockAck
+}
+
+// batch is one tick of controllerLoad: 10 goroutines, 100 KiB of 4 KiB
+// allocations, 20 countedTarget calls and `locks` contended locks.
+func batch(inner *sync.WaitGroup, locks int) {
+	for i := 0; i < 10; i++ {
+		inner.Add(1)
+		go func() { inner.Done() }()
+	}
+	allocA(10 * 1024 * 1024 / 4096 / 100)
+	for i := 0; i < 20; i++ {
+		countedTarget(i)
+	}
+	for i := 0; i < locks; i++ {
+		contendOnce()
+	}
+}
+
 // controllerLoad runs the probe benchmark's controller-like background
 // rates (1,000 goroutines/s, 10 MiB/s of 4 KiB allocations, 2,000
 // countedTarget calls/s, each in 100 batches per second; -work-tick makes
-// the batches rarer) beside a CPU-bound loop on the main goroutine, and
-// prints the loop's rate.
-func controllerLoad(d time.Duration, spin bool, tick time.Duration) {
+// the batches rarer; -work-locks adds contended sync.Mutex locks per tick)
+// beside a CPU-bound loop on the main goroutine, and prints the loop's
+// rate.
+func controllerLoad(d time.Duration, spin bool, tick time.Duration, locks int) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		var inner sync.WaitGroup
+		// Batches due since the start: a tick the ticker dropped under
+		// load is made up at the next one, so the rates hold on average.
+		start, done := time.Now(), 0
 		every(tick, stop, func() {
-			for i := 0; i < 10; i++ {
-				inner.Add(1)
-				go func() { inner.Done() }()
-			}
-			allocA(10 * 1024 * 1024 / 4096 / 100)
-			for i := 0; i < 20; i++ {
-				countedTarget(i)
+			due := int(time.Since(start) / tick)
+			for ; done < due; done++ {
+				batch(&inner, locks)
 			}
 		})
 		inner.Wait()
@@ -332,7 +407,7 @@ func controllerLoad(d time.Duration, spin bool, tick time.Duration) {
 	end := time.Now().Add(d)
 	units := 0
 	x := uint64(1)
-	t := time.Now()
+	t, c := time.Now(), cpuNow()
 	for time.Now().Before(end) {
 		for i := 0; i < 10000; i++ {
 			x ^= x << 13
@@ -342,7 +417,8 @@ func controllerLoad(d time.Duration, spin bool, tick time.Duration) {
 		units++
 	}
 	el := time.Since(t).Seconds()
+	cpu := cpuNow() - c
 	close(stop)
 	wg.Wait()
-	fmt.Printf("work units_per_sec=%.1f x=%d\n", float64(units)/el, x&1)
+	fmt.Printf("work units_per_sec=%.1f units=%d cpu_ns=%d x=%d\n", float64(units)/el, units, cpu, x&1)
 }
