@@ -100,22 +100,54 @@ impl GoSession {
             .collect()
     }
 
-    /// Build the contention profile and its summary lines.
+    /// Build the contention profile and its summary lines; `reconciles`
+    /// (see [`GoSession::reconciles`]) adds the `reconciles/count` type.
     pub(super) fn contention_profile(
         &self,
         symbolizer: &mut Symbolizer,
         f: &mut Finish,
+        reconciles: Option<u64>,
     ) -> (String, Profile, Vec<String>) {
         let cells = self.contention_cells();
-        self.contention_profile_of(symbolizer, f, cells)
+        self.contention_profile_of(symbolizer, f, cells, reconciles)
     }
 
-    /// The contention profile of `cells` (waiter key, waits, summed ns).
+    /// Completed calls of the latency-timed functions named `*.Reconcile`
+    /// among `latency` cells (key, calls, summed ns); `None` when no timed
+    /// function has that name. The contention profile carries it as sample
+    /// type `reconciles/count`, so a budget can bound lock wait per
+    /// reconcile (`per = "reconciles"`).
+    pub(super) fn reconciles(
+        &self,
+        latency: &[(profiler_common::go::GoStackKey, u64, u64)],
+    ) -> Option<u64> {
+        let tags: Vec<u64> = self
+            .lat_symbols
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.ends_with(".Reconcile"))
+            .map(|(i, _)| i as u64)
+            .collect();
+        if tags.is_empty() {
+            return None;
+        }
+        Some(
+            latency
+                .iter()
+                .filter(|(k, ..)| tags.contains(&(k.tag & 0xffff_ffff)))
+                .map(|c| c.1)
+                .sum(),
+        )
+    }
+
+    /// The contention profile of `cells` (waiter key, waits, summed ns),
+    /// with `reconciles` completed in the same time when known.
     pub(super) fn contention_profile_of(
         &self,
         symbolizer: &mut Symbolizer,
         f: &mut Finish,
         cells: Vec<(profiler_common::go::GoStackKey, u64, u64)>,
+        reconciles: Option<u64>,
     ) -> (String, Profile, Vec<String>) {
         let mut raws = Vec::new();
         let (mut waits, mut nanos) = (0u64, 0u64);
@@ -123,12 +155,18 @@ impl GoSession {
             let v = profiler_common::lock::WaitTotals { count, nanos: ns };
             waits += v.count;
             nanos += v.nanos;
-            raws.push((
-                self.frames(&k, &mut f.cache),
-                k.tgid,
-                vec![v.count as i64, v.nanos as i64],
-                vec![],
-            ));
+            let mut values = vec![v.count as i64, v.nanos as i64];
+            if reconciles.is_some() {
+                values.push(0);
+            }
+            raws.push((self.frames(&k, &mut f.cache), k.tgid, values, vec![]));
+        }
+        if let Some(n) = reconciles {
+            // The counter as one stackless sample: only its total matters
+            // (budgets divide by it; `go tool pprof -sample_index=reconciles`
+            // shows it).
+            let pid = self.procs.keys().next().copied().unwrap_or(0);
+            raws.push((Vec::new(), pid, vec![0, 0, n as i64], vec![]));
         }
         let counters = self.lock_counters();
         let counter_line = format!(
@@ -149,6 +187,14 @@ impl GoSession {
         comments.push(line.clone());
         let mut summary = f.common_summary.clone();
         summary.push(line);
+        if let Some(n) = reconciles {
+            let line = format!(
+                "contention: {n} reconciles (completed calls of the timed *.Reconcile functions): {:.1} us of lock wait per reconcile (sample type reconciles/count)",
+                nanos as f64 / 1e3 / n.max(1) as f64
+            );
+            comments.push(line.clone());
+            summary.push(line);
+        }
         if counters.iter().any(|(c, v)| c.is_loss() && *v > 0) {
             summary.push(format!("contention lost data: {counter_line}"));
         }
@@ -158,12 +204,16 @@ impl GoSession {
                 .filter(|n| n.starts_with("contention:"))
                 .cloned(),
         );
-        let shape = ProfileShape::new(
-            &[("contentions", "count"), ("delay", "nanoseconds")],
-            ("contentions", "count"),
-            1,
-            Some("delay"),
-        );
+        let types: &[(&str, &str)] = if reconciles.is_some() {
+            &[
+                ("contentions", "count"),
+                ("delay", "nanoseconds"),
+                ("reconciles", "count"),
+            ]
+        } else {
+            &[("contentions", "count"), ("delay", "nanoseconds")]
+        };
+        let shape = ProfileShape::new(types, ("contentions", "count"), 1, Some("delay"));
         let p = self.render(symbolizer, raws, &shape, &f.meta, comments);
         ("contention".to_string(), p, summary)
     }

@@ -427,7 +427,12 @@ impl GoSession {
             out.push(self.latency_profile(symbolizer, &mut f));
         }
         if self.opts.profiles.contention {
-            out.push(self.contention_profile(symbolizer, &mut f));
+            let reconciles = if self.opts.profiles.latency {
+                self.reconciles(&self.latency_cells())
+            } else {
+                None
+            };
+            out.push(self.contention_profile(symbolizer, &mut f, reconciles));
         }
         if self.opts.profiles.heap {
             out.push(self.heap_profile(symbolizer, &mut f));

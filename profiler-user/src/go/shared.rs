@@ -818,7 +818,17 @@ impl GoSession {
                     elapsed: window_secs,
                     cache: std::mem::take(&mut cache),
                 };
-                let (_, p, _) = self.contention_profile_of(symbolizer, &mut f, cells);
+                let reconciles = if self.opts.profiles.latency {
+                    let mine: Vec<_> = lat
+                        .iter()
+                        .filter(|(k, ..)| pids.contains(&k.tgid))
+                        .copied()
+                        .collect();
+                    self.reconciles(&mine)
+                } else {
+                    None
+                };
+                let (_, p, _) = self.contention_profile_of(symbolizer, &mut f, cells, reconciles);
                 cache = f.cache;
                 profiles.push(("contention", p, total));
             }
