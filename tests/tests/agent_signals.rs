@@ -282,6 +282,23 @@ fn agent_contention_matches_go_block_profile() {
     let store = TempDir::new("agent-sig-lock-store");
     let truth = store.0.with_extension("block.pb.gz");
     let agent = RunningAgent::start(&store.0, &pod.cg.root, &["--profile", "contention"]);
+    // The same binary outside any pod: its parks are skipped in the kernel.
+    let outsider = Owned::spawn(
+        Command::new(&bin)
+            .args([
+                "-mode",
+                "mutex",
+                "-workers",
+                "4",
+                "-hold",
+                "1ms",
+                "-start-delay",
+                "4s",
+                "-duration",
+                "2s",
+            ])
+            .stdout(Stdio::null()),
+    );
     pod.run(
         Command::new(&bin)
             .args([
@@ -300,6 +317,18 @@ fn agent_contention_matches_go_block_profile() {
             .arg(&truth),
     );
     let (p, windows) = settled(&agent, &pod.uid, "contention");
+    drop(outsider);
+    assert_eq!(
+        agent.metric("profiler_agent_dropped_samples_total{reason=\"go_not_target_entries\"}"),
+        Some(0.0),
+        "the outsider leaves no contention entry for the agent to remove"
+    );
+    assert!(
+        agent
+            .metric("profiler_agent_go_probe_events_total{counter=\"not_target\"}")
+            .is_some_and(|v| v > 0.0),
+        "the outsider's parks are skipped in the kernel and counted"
+    );
     let g = read_pprof(&truth);
     let (go_delay, go_count) = (
         under(&g, "delay", "main.contend"),
