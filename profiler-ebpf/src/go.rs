@@ -114,7 +114,7 @@ pub(crate) fn regs(ctx: &ProbeContext) -> &pt_regs {
 }
 
 #[inline(always)]
-fn cookie(ctx: &ProbeContext) -> u64 {
+pub(crate) fn cookie(ctx: &ProbeContext) -> u64 {
     // SAFETY: helper takes the program context.
     unsafe { bpf_get_attach_cookie(ctx.as_ptr()) }
 }
@@ -148,13 +148,20 @@ fn select(r: &pt_regs, which: u64) -> u64 {
 /// true (counted) when the cookie asks for the `GO_PROCS` check and
 /// `tgid` is not there.
 #[inline(always)]
-fn not_target(cookie: u64, tgid: u32) -> bool {
-    // SAFETY: only the presence of the entry is used.
-    if cookie & COOKIE_FILTER_PROCS != 0 && unsafe { GO_PROCS.get(&tgid) }.is_none() {
+pub(crate) fn not_target(cookie: u64, tgid: u32) -> bool {
+    if outsider(cookie, tgid) {
         bump(GoCounter::NotTarget);
         return true;
     }
     false
+}
+
+/// As [`not_target`] but not counted: for the second half of a pair
+/// (a return, a ready) whose first half was already counted.
+#[inline(always)]
+pub(crate) fn outsider(cookie: u64, tgid: u32) -> bool {
+    // SAFETY: only the presence of the entry is used.
+    cookie & COOKIE_FILTER_PROCS != 0 && unsafe { GO_PROCS.get(&tgid) }.is_none()
 }
 
 /// True when the probe sits on the stack-check `JBE` and the branch to
@@ -531,6 +538,9 @@ pub fn go_lat_entry(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if not_target(c, tgid) {
+        return 0;
+    }
     let tag = c & COOKIE_TAG_MASK;
     let key = stack_key(&ctx, tgid, tag, c);
     let mut stack_hash = key.stack_hash;
@@ -576,6 +586,10 @@ pub fn go_lat_ret(ctx: ProbeContext) -> u32 {
     let c = cookie(&ctx);
     let r = regs(&ctx);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Its entry was skipped (and counted): no entry, not "unpaired".
+    if outsider(c, tgid) {
+        return 0;
+    }
     let tag = c & COOKIE_TAG_MASK;
     let lk = GoLatKey {
         tgid,

@@ -128,6 +128,11 @@ fn contention_key(tgid: u32, stack_hash: u64) -> GoStackKey {
 pub fn go_park(ctx: ProbeContext) -> u32 {
     let r = go::regs(&ctx);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The agent's shared probe: a process outside the targets is counted
+    // (GoCounter::NotTarget) and leaves no entry.
+    if go::not_target(go::cookie(&ctx), tgid) {
+        return 0;
+    }
     let key = ParkKey {
         tgid,
         _pad: 0,
@@ -171,6 +176,10 @@ pub fn go_park(ctx: ProbeContext) -> u32 {
 pub fn go_park_ready(ctx: ProbeContext) -> u32 {
     let r = go::regs(&ctx);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Its park was skipped (and counted): not "unmatched".
+    if go::outsider(go::cookie(&ctx), tgid) {
+        return 0;
+    }
     // AX = *sudog; sudog.g is its first field.
     // SAFETY: bpf_probe_read_user checks the address.
     let Ok(g) = (unsafe { bpf_probe_read_user(r.rax as *const u64) }) else {

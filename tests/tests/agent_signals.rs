@@ -184,8 +184,10 @@ fn agent_latency_histograms_add_up_to_the_programs_own_timing() {
         &pod.cg.root,
         &["--profile", "cpu,latency", "--latency", RECONCILE],
     );
-    // The same binary outside any pod hits the shared probes too: its
-    // entries are removed at the windows and never reach a profile.
+    // The same binary outside any pod hits the shared probes too: the
+    // programs check the target filter, so it leaves no entry at all (the
+    // agent's clean-up finds nothing) and its entries are counted as
+    // not_target.
     let outsider = Owned::spawn(
         Command::new(&bin)
             .args([
@@ -234,11 +236,17 @@ fn agent_latency_histograms_add_up_to_the_programs_own_timing() {
     );
     assert!(windows >= 2, "the calls span several windows: {windows}");
     drop(outsider);
+    assert_eq!(
+        agent.metric("profiler_agent_dropped_samples_total{reason=\"go_not_target_entries\"}"),
+        Some(0.0),
+        "the outsider leaves no entry for the agent to remove"
+    );
+    let skipped = agent
+        .metric("profiler_agent_go_probe_events_total{counter=\"not_target\"}")
+        .unwrap_or(0.0);
     assert!(
-        agent
-            .metric("profiler_agent_dropped_samples_total{reason=\"go_not_target_entries\"}")
-            .is_some_and(|v| v > 0.0),
-        "the outsider's histogram entries are removed and counted"
+        skipped >= 200.0,
+        "the outsider's 200 timed calls are skipped in the kernel and counted: {skipped}"
     );
     for q in ["p50", "p90", "p99"] {
         let f: f64 = q[1..].parse::<f64>().unwrap() / 100.0;
@@ -274,6 +282,23 @@ fn agent_contention_matches_go_block_profile() {
     let store = TempDir::new("agent-sig-lock-store");
     let truth = store.0.with_extension("block.pb.gz");
     let agent = RunningAgent::start(&store.0, &pod.cg.root, &["--profile", "contention"]);
+    // The same binary outside any pod: its parks are skipped in the kernel.
+    let outsider = Owned::spawn(
+        Command::new(&bin)
+            .args([
+                "-mode",
+                "mutex",
+                "-workers",
+                "4",
+                "-hold",
+                "1ms",
+                "-start-delay",
+                "4s",
+                "-duration",
+                "2s",
+            ])
+            .stdout(Stdio::null()),
+    );
     pod.run(
         Command::new(&bin)
             .args([
@@ -292,6 +317,18 @@ fn agent_contention_matches_go_block_profile() {
             .arg(&truth),
     );
     let (p, windows) = settled(&agent, &pod.uid, "contention");
+    drop(outsider);
+    assert_eq!(
+        agent.metric("profiler_agent_dropped_samples_total{reason=\"go_not_target_entries\"}"),
+        Some(0.0),
+        "the outsider leaves no contention entry for the agent to remove"
+    );
+    assert!(
+        agent
+            .metric("profiler_agent_go_probe_events_total{counter=\"not_target\"}")
+            .is_some_and(|v| v > 0.0),
+        "the outsider's parks are skipped in the kernel and counted"
+    );
     let g = read_pprof(&truth);
     let (go_delay, go_count) = (
         under(&g, "delay", "main.contend"),

@@ -70,6 +70,10 @@ fn prog_name(prog: &str) -> &'static str {
         "go_alloc" => "go_alloc",
         "go_newproc" => "go_newproc",
         "go_newproc_done" => "go_newproc_done",
+        "go_lat_entry" => "go_lat_entry",
+        "go_lat_ret" => "go_lat_ret",
+        "go_park" => "go_park",
+        "go_park_ready" => "go_park_ready",
         _ => "go_exit",
     }
 }

@@ -511,9 +511,10 @@ impl GoSession {
         } else {
             Vec::new()
         };
-        // The latency and contention programs do not check GO_PROCS: hits
-        // of processes that run a probed binary but are not targets are
-        // removed here (they are in no container's profile).
+        // The latency and contention programs check GO_PROCS (the shared
+        // attach sets COOKIE_FILTER_PROCS); a safety net: entries of
+        // processes that are not targets are removed here (they are in no
+        // container's profile) and counted. Expected to find none.
         let outsider = |tgid: u32| !self.procs.contains_key(&tgid);
         let mut removed = 0u64;
         if let Some(h) = &mut self.lat_hist {
