@@ -11,7 +11,13 @@
 //!   (`bpf_get_stackid(BPF_F_USER_STACK)`, selected in a profiler built
 //!   with the `bench-sampler` feature), and targeting an idle process while
 //!   the workload runs (every run of the program returns at the filter);
-//! * at 99 Hz, whole-system mode (no target filter), new and old.
+//! * at 99 Hz, whole-system mode (no target filter), new and old;
+//! * with `BENCH_OVERHEAD_BASELINE=PATH` (a `profiler` built from an
+//!   earlier commit, e.g. `cargo build --release -p profiler-user --features
+//!   bench-sampler` there), that binary too, alternated with the current one
+//!   in every round: targeted and idle-target at each frequency, and
+//!   whole-system at 99 Hz, so two commits' costs are compared under the
+//!   same load.
 //!
 //! Per profiled run the profiler reports `run_cnt` and `run_time_ns` of
 //! `cpu_sample` (`bpf_stats`), and its counters `samples` (runs that hit a
@@ -117,6 +123,18 @@ enum Mode {
     WholeNew,
     /// No target filter, old path.
     WholeOld,
+    /// The baseline binary, target = workload.
+    Base,
+    /// The baseline binary, target = an idle process.
+    BaseIdle,
+    /// The baseline binary, no target filter.
+    WholeBase,
+}
+
+impl Mode {
+    fn baseline(self) -> bool {
+        matches!(self, Mode::Base | Mode::BaseIdle | Mode::WholeBase)
+    }
 }
 
 #[derive(Default)]
@@ -146,10 +164,10 @@ fn profiled(
         .args(["-o", out_dir.join("cpu.pb.gz").to_str().unwrap()])
         .stderr(Stdio::piped());
     match mode {
-        Mode::New | Mode::Old => {
+        Mode::New | Mode::Old | Mode::Base => {
             cmd.args(["--pid", &w.id().to_string()]);
         }
-        Mode::Idle => {
+        Mode::Idle | Mode::BaseIdle => {
             let s = Command::new("sleep")
                 .arg(format!("{}", seconds + 5))
                 .spawn()
@@ -157,7 +175,7 @@ fn profiled(
             cmd.args(["--pid", &s.id().to_string()]);
             idle = Some(s);
         }
-        Mode::WholeNew | Mode::WholeOld => {}
+        Mode::WholeNew | Mode::WholeOld | Mode::WholeBase => {}
     }
     if matches!(mode, Mode::Old | Mode::WholeOld) {
         cmd.env("PROFILER_BENCH_USER_STACKS", "stackid");
@@ -206,12 +224,27 @@ pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<()> {
 }
 
 fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u64) -> Result<()> {
+    let baseline = std::env::var_os("BENCH_OVERHEAD_BASELINE").map(std::path::PathBuf::from);
+    if let Some(b) = &baseline {
+        if !b.is_file() {
+            bail!(
+                "BENCH_OVERHEAD_BASELINE={}: no such file (give a profiler binary built from the commit to compare with)",
+                b.display()
+            );
+        }
+    }
     let freqs = [99u64, 999];
-    let plan: Vec<(u64, Mode)> = freqs
-        .iter()
-        .flat_map(|&f| [(f, Mode::New), (f, Mode::Old), (f, Mode::Idle)])
-        .chain([(99, Mode::WholeNew), (99, Mode::WholeOld)])
-        .collect();
+    let mut plan: Vec<(u64, Mode)> = Vec::new();
+    for &f in &freqs {
+        plan.extend([(f, Mode::New), (f, Mode::Old), (f, Mode::Idle)]);
+        if baseline.is_some() {
+            plan.extend([(f, Mode::Base), (f, Mode::BaseIdle)]);
+        }
+    }
+    plan.extend([(99, Mode::WholeNew), (99, Mode::WholeOld)]);
+    if baseline.is_some() {
+        plan.push((99, Mode::WholeBase));
+    }
     let mut results: Vec<Vec<Run>> = plan.iter().map(|_| Vec::new()).collect();
     println!(
         "bench overhead: {runs} rounds of {seconds}s runs of samestack -depth {DEPTH} (one thread per CPU): alone, then per frequency {freqs:?} under profiler record --pid with the new and the old user-stack path and with an idle target, and whole-system new/old at 99 Hz"
@@ -220,7 +253,11 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
         let alone = workload_result(run_workload(bins, seconds)?)?;
         println!("  round {}: alone {alone:.0} units/s", round + 1);
         for (i, &(freq, mode)) in plan.iter().enumerate() {
-            let r = profiled(profiler, bins, out_dir, seconds, freq, mode, alone)?;
+            let bin = match (&baseline, mode.baseline()) {
+                (Some(b), true) => b.as_path(),
+                _ => profiler,
+            };
+            let r = profiled(bin, bins, out_dir, seconds, freq, mode, alone)?;
             println!(
                 "    {freq:>3} Hz {:<10} ratio {:.4}  profiler cpu {:.2}%  rss {:.0} KiB  runs: {} sampled, {} filtered out, {:.0} ns per run",
                 name(mode),
@@ -243,15 +280,16 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
     // Cost of a filtered-out run at each frequency, from the idle-target
     // runs (every run filtered out). It differs by frequency: at 99 Hz the
     // program's code and maps are colder at each run.
-    let filtered_ns = |freq: u64| {
+    let filtered_ns_of = |freq: u64, idle: Mode| {
         median(
-            &find(freq, Mode::Idle)
+            &find(freq, idle)
                 .iter()
                 .filter(|r| r.filtered_out > 0.0)
                 .map(|r| r.run_time_ns / (r.filtered_out + r.samples))
                 .collect::<Vec<_>>(),
         )
     };
+    let filtered_ns = |freq: u64| filtered_ns_of(freq, Mode::Idle);
     let per_sampled = |rs: &[Run], b: f64| {
         median(
             &rs.iter()
@@ -259,6 +297,16 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
                 .map(|r| (r.run_time_ns - b * r.filtered_out) / r.samples)
                 .collect::<Vec<_>>(),
         )
+    };
+    let range = |rs: &[Run], b: f64| {
+        let v: Vec<f64> = rs
+            .iter()
+            .filter(|r| r.samples > 0.0)
+            .map(|r| (r.run_time_ns - b * r.filtered_out) / r.samples)
+            .collect();
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.0}-{hi:.0}")
     };
     for &freq in &freqs {
         let b = filtered_ns(freq);
@@ -275,6 +323,22 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
             col(new, |r| r.cpu_pct),
             new.iter().map(|r| r.rss_kib).fold(0.0, f64::max) / 1024.0,
         );
+        println!(
+            "  {freq} Hz ranges over rounds: sampled run new {} ns, old {} ns",
+            range(new, b),
+            range(old, b)
+        );
+        if baseline.is_some() {
+            let bb = filtered_ns_of(freq, Mode::BaseIdle);
+            let base = find(freq, Mode::Base);
+            println!(
+                "  {freq} Hz baseline binary: sampled run {:.0} ns (rounds {}) vs {:.0} ns current (rounds {}); filtered-out run {bb:.0} ns baseline vs {b:.0} ns current",
+                per_sampled(base, bb),
+                range(base, bb),
+                per_sampled(new, b),
+                range(new, b),
+            );
+        }
     }
     let whole = |rs: &[Run]| {
         median(
@@ -290,6 +354,13 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
         per_sampled(find(99, Mode::WholeNew), filtered_ns(99)),
         per_sampled(find(99, Mode::WholeOld), filtered_ns(99)),
     );
+    if baseline.is_some() {
+        println!(
+            "whole system, 99 Hz, baseline binary: {:.0} ns per run (all runs) vs {:.0} ns current",
+            whole(find(99, Mode::WholeBase)),
+            whole(find(99, Mode::WholeNew)),
+        );
+    }
     Ok(())
 }
 
@@ -300,5 +371,8 @@ fn name(mode: Mode) -> &'static str {
         Mode::Idle => "idle-tgt",
         Mode::WholeNew => "whole-new",
         Mode::WholeOld => "whole-old",
+        Mode::Base => "base",
+        Mode::BaseIdle => "base-idle",
+        Mode::WholeBase => "whole-base",
     }
 }
