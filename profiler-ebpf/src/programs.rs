@@ -219,9 +219,20 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
     }
     match user {
         Some((ip, sp, bp)) if ip != 0 => {
+            // The walk's first user read starts at SP, so it also gives
+            // the word at [SP] that a frameless leaf's sample needs.
+            let walked = if stackid_mode {
+                None
+            } else {
+                fpwalk::walk_with_sp::<SLOT_PERF, false>(ip, bp, sp)
+            };
             if in_frameless_range(tgid, ip) {
-                // SAFETY: bpf_probe_read_user checks the address.
-                match unsafe { bpf_probe_read_user(sp as *const u64) } {
+                let at_sp = match walked {
+                    Some((_, Some(v))) => Ok(v),
+                    // SAFETY: bpf_probe_read_user checks the address.
+                    _ => unsafe { bpf_probe_read_user(sp as *const u64) },
+                };
+                match at_sp {
                     Ok(ret) => {
                         frameless_ret = ret;
                         bump(Counter::FramelessFixed);
@@ -230,7 +241,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
                 }
             }
             if !stackid_mode {
-                match fpwalk::walk::<SLOT_PERF, false>(ip, bp) {
+                match walked.map(|(w, _)| w) {
                     Some(w) => {
                         user_stack = w.hash;
                         if w.unexpected() && diag::enabled() {
