@@ -131,11 +131,11 @@ pub fn walk<const SLOT: u32, const GROWING: bool>(ip: u64, fp: u64) -> Option<Wa
 }
 
 /// [`walk`], with the first stack window copied from the stack pointer
-/// `sp` (up to 1 KiB, not across a page) instead of from `fp` when that
-/// window also holds the frame at `fp`: one user read then serves both the
-/// word at `[sp]` (returned; None when not read this way or unreadable) and
-/// the first frames. `cpu_sample` needs `[sp]` for a sample in a frameless
-/// leaf, and without this would read it separately.
+/// `sp` (up to 1 KiB, not across a page) instead of from `fp`: one user
+/// read then serves both the word at `[sp]` (returned, None when `sp` was
+/// unreadable or misaligned) and, when the innermost frame is small, the
+/// first frames. `cpu_sample` needs `[sp]` for a sample in a frameless
+/// leaf, and without this read it separately.
 #[inline(always)]
 pub fn walk_with_sp<const SLOT: u32, const GROWING: bool>(
     ip: u64,
@@ -148,13 +148,7 @@ pub fn walk_with_sp<const SLOT: u32, const GROWING: bool>(
     s.base = 0;
     s.have = 0;
     let mut at_sp = None;
-    // Only when that window also holds the first frame (16 bytes at `fp`
-    // on SP's page, within 1 KiB): otherwise (code without frame pointers,
-    // a frame over 1 KiB, a page boundary between SP and the frame)
-    // reading it would add a user read to the walk.
-    let holds_fp =
-        fp >= sp && fp - sp <= (WIN_WORDS * 8 - 16) as u64 && (fp + 15) >> 12 == sp >> 12;
-    if sp & 7 == 0 && sp != 0 && holds_fp {
+    if sp & 7 == 0 && sp != 0 {
         let len = (4096 - (sp & 4095)).min((WIN_WORDS * 8) as u64);
         // SAFETY: reads at most the window's size into it;
         // bpf_probe_read_user checks the user address.
