@@ -170,7 +170,7 @@ mod tests {
         let (slice, table) = slice_for(&ranges, true);
         assert_eq!(slice.bucket_shift, FRAMELESS_BUCKET_SHIFT);
         let widest = table.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-        assert!(widest <= 8, "a 1 KiB bucket spans {widest} ranges");
+        assert!(widest <= 8, "a 4 KiB bucket spans {widest} ranges");
         let huge = [
             AddrRange {
                 start: 0x1000,

@@ -47,12 +47,10 @@ pub const FRAMELESS_SEARCH_STEPS: u32 = 17;
 pub const MAX_CGROUP_LEVELS: i32 = 16;
 /// Capacity of the frameless bucket table (`FRAMELESS_BUCKETS`, u32 range
 /// indexes shared by all target binaries, see [`FramelessSlice::buckets`]).
-pub const FRAMELESS_BUCKET_ENTRIES: u32 = 524_288;
-/// Bytes of text per frameless bucket, as a power of two: 1 KiB, raised
-/// for a binary whose text needs more than [`FRAMELESS_MAX_BUCKETS`]. (Frameless
-/// ranges are dense in Go text: with 4 KiB buckets the search still took
-/// 5 steps per sample of `samestack`.)
-pub const FRAMELESS_BUCKET_SHIFT: u32 = 10;
+pub const FRAMELESS_BUCKET_ENTRIES: u32 = 262_144;
+/// Bytes of text per frameless bucket, as a power of two: 4 KiB, raised
+/// for a binary whose text needs more than [`FRAMELESS_MAX_BUCKETS`].
+pub const FRAMELESS_BUCKET_SHIFT: u32 = 12;
 /// Most buckets one binary gets (its bucket size grows beyond that).
 pub const FRAMELESS_MAX_BUCKETS: u32 = 65_536;
 

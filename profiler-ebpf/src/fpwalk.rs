@@ -125,58 +125,11 @@ pub fn walk<const SLOT: u32, const GROWING: bool>(ip: u64, fp: u64) -> Option<Wa
     // SAFETY: this CPU's scratch slot for this program kind, valid for this
     // program run; programs of one kind do not nest on a CPU.
     let s = unsafe { &mut *s };
-    s.base = 0;
-    s.have = 0;
-    Some(walk_from_window::<SLOT, GROWING>(s, ip, fp))
-}
-
-/// [`walk`], with the first stack window copied from the stack pointer
-/// `sp` (up to 1 KiB, not across a page) instead of from `fp`: one user
-/// read then serves both the word at `[sp]` (returned, None when `sp` was
-/// unreadable or misaligned) and, when the innermost frame is small, the
-/// first frames. `cpu_sample` needs `[sp]` for a sample in a frameless
-/// leaf, and without this read it separately.
-#[inline(always)]
-pub fn walk_with_sp<const SLOT: u32, const GROWING: bool>(
-    ip: u64,
-    fp: u64,
-    sp: u64,
-) -> Option<(Walked, Option<u64>)> {
-    let s = FP_SCRATCH.get_ptr_mut(SLOT)?;
-    // SAFETY: as in `walk`.
-    let s = unsafe { &mut *s };
-    s.base = 0;
-    s.have = 0;
-    let mut at_sp = None;
-    if sp & 7 == 0 && sp != 0 {
-        let len = (4096 - (sp & 4095)).min((WIN_WORDS * 8) as u64);
-        // SAFETY: reads at most the window's size into it;
-        // bpf_probe_read_user checks the user address.
-        let r = unsafe {
-            aya_ebpf::helpers::generated::bpf_probe_read_user(
-                s.win.as_mut_ptr() as *mut core::ffi::c_void,
-                len as u32,
-                sp as *const core::ffi::c_void,
-            )
-        };
-        if r == 0 {
-            s.base = sp;
-            s.have = len;
-            at_sp = Some(s.win[0]);
-        }
-    }
-    Some((walk_from_window::<SLOT, GROWING>(s, ip, fp), at_sp))
-}
-
-#[inline(always)]
-fn walk_from_window<const SLOT: u32, const GROWING: bool>(
-    s: &mut FpScratch,
-    ip: u64,
-    fp: u64,
-) -> Walked {
     s.stack.frames[0] = ip;
     s.stack.len = 1;
     s.fp = fp;
+    s.base = 0;
+    s.have = 0;
     s.h = (ip ^ HASH_M).wrapping_mul(HASH_M);
     s.stop = STOP_MAX_FRAMES;
     // SAFETY: the callback takes no context.
@@ -189,12 +142,12 @@ fn walk_from_window<const SLOT: u32, const GROWING: bool>(
         )
     };
     let h = s.h ^ s.stack.len;
-    Walked {
+    Some(Walked {
         hash: if h == 0 { 1 } else { h },
         stop: s.stop,
         fp: s.fp,
         frames: s.stack.len,
-    }
+    })
 }
 
 /// One frame of [`walk`] (a `bpf_loop` callback): 0 = go on, 1 = stop.

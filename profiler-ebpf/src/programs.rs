@@ -219,20 +219,9 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
     }
     match user {
         Some((ip, sp, bp)) if ip != 0 => {
-            // The walk's first user read starts at SP, so it also gives
-            // the word at [SP] that a frameless leaf's sample needs.
-            let walked = if stackid_mode {
-                None
-            } else {
-                fpwalk::walk_with_sp::<SLOT_PERF, false>(ip, bp, sp)
-            };
             if in_frameless_range(tgid, ip) {
-                let at_sp = match walked {
-                    Some((_, Some(v))) => Ok(v),
-                    // SAFETY: bpf_probe_read_user checks the address.
-                    _ => unsafe { bpf_probe_read_user(sp as *const u64) },
-                };
-                match at_sp {
+                // SAFETY: bpf_probe_read_user checks the address.
+                match unsafe { bpf_probe_read_user(sp as *const u64) } {
                     Ok(ret) => {
                         frameless_ret = ret;
                         bump(Counter::FramelessFixed);
@@ -241,7 +230,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
                 }
             }
             if !stackid_mode {
-                match walked.map(|(w, _)| w) {
+                match fpwalk::walk::<SLOT_PERF, false>(ip, bp) {
                     Some(w) => {
                         user_stack = w.hash;
                         if w.unexpected() && diag::enabled() {
