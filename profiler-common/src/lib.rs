@@ -6,7 +6,6 @@
 #![no_std]
 #![deny(missing_docs)]
 
-pub mod frameless;
 pub mod go;
 pub mod lock;
 
@@ -45,14 +44,6 @@ pub const FRAMELESS_INDEX_ENTRIES: u32 = 8192;
 pub const FRAMELESS_SEARCH_STEPS: u32 = 17;
 /// Deepest cgroup level examined when matching a target cgroup.
 pub const MAX_CGROUP_LEVELS: i32 = 16;
-/// Capacity of the frameless bucket table (`FRAMELESS_BUCKETS`, u32 range
-/// indexes shared by all target binaries, see [`FramelessSlice::buckets`]).
-pub const FRAMELESS_BUCKET_ENTRIES: u32 = 262_144;
-/// Bytes of text per frameless bucket, as a power of two: 4 KiB, raised
-/// for a binary whose text needs more than [`FRAMELESS_MAX_BUCKETS`].
-pub const FRAMELESS_BUCKET_SHIFT: u32 = 12;
-/// Most buckets one binary gets (its bucket size grows beyond that).
-pub const FRAMELESS_MAX_BUCKETS: u32 = 65_536;
 
 /// A user stack taken by the programs' own frame-pointer walk, stored in a
 /// table keyed by a 64-bit hash of its frames (`USER_STACKS0/1` of the CPU
@@ -243,21 +234,6 @@ pub struct FramelessSlice {
     pub len: u32,
     /// Subtract from a process IP to get the ELF virtual address.
     pub bias: u64,
-    /// ELF address of bucket 0 (the first range's start).
-    pub lo: u64,
-    /// Index of this binary's first entry in `FRAMELESS_BUCKETS`.
-    pub bucket_start: u32,
-    /// Entries of the bucket table (buckets + 1), 0 when there is none
-    /// (the table was full: the whole slice is searched). Entry `b` is the
-    /// index (within the slice) of the last range starting at or below
-    /// `lo + (b << bucket_shift)`, so an address in bucket `b` is searched
-    /// among ranges `entry[b] ..= entry[b + 1]` only: a few adjacent ranges
-    /// instead of a binary search over the whole slice.
-    pub buckets: u32,
-    /// log2 of the bytes of text per bucket.
-    pub bucket_shift: u32,
-    /// Padding, always zero.
-    pub _pad: u32,
 }
 
 /// One address range `[start, end)` of ELF virtual addresses of a binary

@@ -11,9 +11,9 @@ use aya_ebpf::{
 };
 use profiler_common::{
     AddrRange, Config, Counter, EventKind, FpStack, FramelessSlice, ProcessEvent, SampleKey,
-    COUNT_MAP_ENTRIES, FRAMELESS_BUCKET_ENTRIES, FRAMELESS_ENTRIES, FRAMELESS_INDEX_ENTRIES,
-    FRAMELESS_SEARCH_STEPS, MAX_CGROUP_LEVELS, STACK_MAP_ENTRIES, TARGET_CGROUP_ENTRIES,
-    TARGET_TGID_ENTRIES, USER_STACK_ENTRIES, USER_STACK_MODE_STACKID,
+    COUNT_MAP_ENTRIES, FRAMELESS_ENTRIES, FRAMELESS_INDEX_ENTRIES, FRAMELESS_SEARCH_STEPS,
+    MAX_CGROUP_LEVELS, STACK_MAP_ENTRIES, TARGET_CGROUP_ENTRIES, TARGET_TGID_ENTRIES,
+    USER_STACK_ENTRIES, USER_STACK_MODE_STACKID,
 };
 
 use aya_log_ebpf::{error, warn};
@@ -56,10 +56,6 @@ static FRAMELESS: Array<AddrRange> = Array::with_max_entries(FRAMELESS_ENTRIES, 
 #[map]
 static FRAMELESS_INDEX: HashMap<u32, FramelessSlice> =
     HashMap::with_max_entries(FRAMELESS_INDEX_ENTRIES, 0);
-/// Per binary, bucket boundaries to range indexes (see
-/// [`FramelessSlice::buckets`]).
-#[map]
-static FRAMELESS_BUCKETS: Array<u32> = Array::with_max_entries(FRAMELESS_BUCKET_ENTRIES, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
@@ -119,16 +115,9 @@ fn in_frameless_range(tgid: u32, ip: u64) -> bool {
         return false;
     }
     let ip = ip.wrapping_sub(slice.bias);
-    // The few ranges that can hold ip (two adjacent bucket-table entries),
-    // or the whole slice when the binary has no bucket table.
-    let Some((mut lo, mut hi)) = slice.candidates(ip, |i| {
-        FRAMELESS_BUCKETS
-            .get(slice.bucket_start.wrapping_add(i))
-            .copied()
-    }) else {
-        return false;
-    };
     // Find the last range whose start is <= ip.
+    let mut lo: u32 = 0;
+    let mut hi: u32 = slice.len; // exclusive
     let mut step = 0;
     while step < FRAMELESS_SEARCH_STEPS && lo + 1 < hi {
         let mid = lo + (hi - lo) / 2;

@@ -277,7 +277,6 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
     let counters = c.sampler().counters();
     let prog_stats = c.sampler().sample_prog_stats();
     let frameless_overflow = c.sampler().frameless_overflow;
-    let frameless_bucket_overflow = c.sampler().frameless_bucket_overflow;
     let frameless_failures = c.frameless_failures();
     // Go profiles are read while their probes are still attached.
     let mut go_profiles = c.finish_go(&ProfileMeta {
@@ -306,7 +305,6 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
             ("userspace_stack_table_full", agg.dropped_samples),
             ("frameless_table_full", frameless_overflow),
             ("frameless_load_failures", frameless_failures),
-            ("frameless_buckets_full", frameless_bucket_overflow),
         ],
         command_status,
         prog_stats,

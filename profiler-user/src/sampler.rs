@@ -37,8 +37,8 @@ use aya::{
     Ebpf,
 };
 use profiler_common::{
-    frameless, AddrRange, Config, Counter, EventKind, FpStack, FramelessSlice, LogState,
-    ProcessEvent, SampleKey, EBPF_LOG_INTERVAL_NS, FRAMELESS_BUCKET_ENTRIES, FRAMELESS_ENTRIES,
+    AddrRange, Config, Counter, EventKind, FpStack, FramelessSlice, LogState, ProcessEvent,
+    SampleKey, EBPF_LOG_INTERVAL_NS, FRAMELESS_ENTRIES,
 };
 
 use crate::error::RecordError;
@@ -104,12 +104,6 @@ pub struct Sampler {
     frameless_used: u32,
     /// Ranges not loaded because the shared table was full.
     pub frameless_overflow: u64,
-    frameless_buckets: Array<MapData, u32>,
-    frameless_buckets_used: u32,
-    /// Binaries stored without a bucket table because `FRAMELESS_BUCKETS`
-    /// was full (their ranges are found by a binary search over the whole
-    /// slice: the same answers, more memory reads per sample).
-    pub frameless_bucket_overflow: u64,
     events: RingBuf<MapData>,
     generation: u64,
     sample_prog_fd: i32,
@@ -219,9 +213,6 @@ impl Sampler {
             frameless_index: map(&mut ebpf, "FRAMELESS_INDEX")?,
             frameless_used: 0,
             frameless_overflow: 0,
-            frameless_buckets: map(&mut ebpf, "FRAMELESS_BUCKETS")?,
-            frameless_buckets_used: 0,
-            frameless_bucket_overflow: 0,
             events: map(&mut ebpf, "EVENTS")?,
             generation: 0,
             sample_prog_fd: -1,
@@ -394,50 +385,11 @@ impl Sampler {
                 .map_err(|e| RecordError::ebpf("FRAMELESS", e))?;
         }
         self.frameless_used += len;
-        let mut slice = FramelessSlice {
+        Ok(Some(FramelessSlice {
             start,
             len,
-            ..Default::default()
-        };
-        self.store_frameless_buckets(ranges, &mut slice)?;
-        Ok(Some(slice))
-    }
-
-    /// Entries in use of the frameless bucket table (of
-    /// [`profiler_common::FRAMELESS_BUCKET_ENTRIES`]).
-    pub fn frameless_buckets_used(&self) -> u32 {
-        self.frameless_buckets_used
-    }
-
-    /// Store the bucket table of a binary's ranges (see
-    /// [`FramelessSlice::buckets`]) and point `slice` at it; when the table
-    /// is full the slice keeps none (counted in
-    /// [`Sampler::frameless_bucket_overflow`]).
-    fn store_frameless_buckets(
-        &mut self,
-        ranges: &[AddrRange],
-        slice: &mut FramelessSlice,
-    ) -> Result<(), RecordError> {
-        let Some((lo, shift, entries)) = frameless::bucket_layout(ranges) else {
-            return Ok(());
-        };
-        if self.frameless_buckets_used + entries > FRAMELESS_BUCKET_ENTRIES {
-            self.frameless_bucket_overflow += 1;
-            return Ok(());
-        }
-        let first = self.frameless_buckets_used;
-        for b in 0..entries {
-            let entry = frameless::bucket_entry(ranges, lo, shift, b);
-            self.frameless_buckets
-                .set(first + b, entry, 0)
-                .map_err(|e| RecordError::ebpf("FRAMELESS_BUCKETS", e))?;
-        }
-        self.frameless_buckets_used += entries;
-        slice.lo = lo;
-        slice.bucket_start = first;
-        slice.buckets = entries;
-        slice.bucket_shift = shift;
-        Ok(())
+            bias: 0,
+        }))
     }
 
     /// Point `tgid` at a stored slice, with its load bias.

@@ -748,11 +748,6 @@ impl<'a> AgentLoop<'a> {
                 profiler_common::FRAMELESS_ENTRIES as usize,
             ),
             (
-                "frameless_buckets",
-                sampler.frameless_buckets_used() as usize,
-                profiler_common::FRAMELESS_BUCKET_ENTRIES as usize,
-            ),
-            (
                 "frameless_index",
                 self.collector.frameless_processes(),
                 profiler_common::FRAMELESS_INDEX_ENTRIES as usize,
