@@ -17,7 +17,13 @@
 //!   bench-sampler` there), that binary too, alternated with the current one
 //!   in every round: targeted and idle-target at each frequency, and
 //!   whole-system at 99 Hz, so two commits' costs are compared under the
-//!   same load.
+//!   same load;
+//! * with `BENCH_OVERHEAD_PHASES=1`, after the rounds, a profiler built with
+//!   the `bench-phases` feature (clock reads at `cpu_sample`'s phase
+//!   boundaries, summed per phase in the PHASE map of the program, read
+//!   with `bpftool` near the end of each run), alternating 99 and 999 Hz:
+//!   where a sampled run's time goes. The clock reads cost time
+//!   themselves, so these totals are not the figures above.
 //!
 //! Per profiled run the profiler reports `run_cnt` and `run_time_ns` of
 //! `cpu_sample` (`bpf_stats`), and its counters `samples` (runs that hit a
@@ -216,7 +222,17 @@ pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<()> {
     let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
         .context("enabling kernel.bpf_stats_enabled (run as root)")?;
-    let result = rounds(&profiler, &bins, &out_dir, runs, seconds);
+    let phases = std::env::var_os("BENCH_OVERHEAD_PHASES").is_some_and(|v| v == "1");
+    let phase_profiler = out_dir.join("profiler-bench-phases");
+    if phases {
+        crate::build_bench_profiler(root, "bench-sampler,bench-phases", &phase_profiler)?;
+        // build_bench_profiler left the phase build in target/release.
+        crate::build_bench_profiler(root, "bench-sampler", &profiler)?;
+    }
+    let mut result = rounds(&profiler, &bins, &out_dir, runs, seconds);
+    if result.is_ok() && phases {
+        result = phase_rounds(&phase_profiler, &bins, &out_dir, runs, seconds);
+    }
     if let Some(v) = stats_before {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", v.trim());
     }
@@ -375,4 +391,135 @@ fn name(mode: Mode) -> &'static str {
         Mode::BaseIdle => "base-idle",
         Mode::WholeBase => "whole-base",
     }
+}
+
+/// Phases of a sampled run of `cpu_sample` (slots of its PHASE map).
+const PHASES: [&str; 6] = [
+    "entry to past the target filter",
+    "registers, generation, mode",
+    "frameless check (index, binary search, [SP])",
+    "frame-pointer walk",
+    "comm and key",
+    "count-map lookup and add",
+];
+
+/// Sum of each PHASE slot over CPUs, from `bpftool -j map dump name PHASE`.
+fn read_phase_map() -> Result<[f64; 16]> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "name", "PHASE"])
+        .output()
+        .context("running bpftool (needed by BENCH_OVERHEAD_PHASES=1; install bpftool)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool map dump name PHASE failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing bpftool's JSON")?;
+    let bytes = |x: &serde_json::Value| -> Option<u64> {
+        let a = x.as_array()?;
+        let mut b = [0u8; 8];
+        for (i, e) in a.iter().take(8).enumerate() {
+            b[i] = u8::from_str_radix(e.as_str()?.trim_start_matches("0x"), 16).ok()?;
+        }
+        Some(u64::from_le_bytes(b))
+    };
+    let mut sums = [0f64; 16];
+    for e in v.as_array().context("bpftool: not a list")? {
+        let k = bytes(&e["key"]).context("bpftool: bad key")? as usize;
+        for c in e["values"]
+            .as_array()
+            .context("bpftool: no per-CPU values")?
+        {
+            let val = bytes(&c["value"]).context("bpftool: bad value")?;
+            if k < 16 {
+                sums[k] += val as f64;
+            }
+        }
+    }
+    Ok(sums)
+}
+
+fn phase_rounds(
+    profiler: &Path,
+    bins: &Path,
+    out_dir: &Path,
+    runs: usize,
+    seconds: u64,
+) -> Result<()> {
+    let freqs = [99u64, 999];
+    // Per frequency, per run: ns per sampled run of each phase, then the
+    // binary search's ns and steps.
+    let mut per: Vec<Vec<[f64; 8]>> = vec![Vec::new(); freqs.len()];
+    println!(
+        "phases of a sampled run (bench-phases build, {runs} runs per frequency, alternated; ns per sampled run):"
+    );
+    for round in 0..runs {
+        for (fi, &freq) in freqs.iter().enumerate() {
+            let w = run_workload(bins, seconds)?;
+            let p = Command::new(profiler)
+                .args(["record", "--quiet", "--frequency", &freq.to_string()])
+                .args(["--duration", &format!("{seconds}s")])
+                .args(["--pid", &w.id().to_string()])
+                .args(["-o", out_dir.join("cpu-phases.pb.gz").to_str().unwrap()])
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting profiler")?;
+            std::thread::sleep(Duration::from_millis(
+                seconds.saturating_sub(1) * 1000 + 500,
+            ));
+            let sums = read_phase_map();
+            let usage = wait_usage(p);
+            workload_result(w)?;
+            usage?;
+            let sums = sums?;
+            let n = sums[15].max(1.0);
+            let mut row = [0f64; 8];
+            for i in 0..6 {
+                row[i] = sums[i] / n;
+            }
+            row[6] = sums[13] / n;
+            row[7] = sums[14] / n;
+            println!(
+                "  round {} {freq:>3} Hz: {} sampled runs, total {:.0} ns: {} (binary search {:.0} ns, {:.1} steps)",
+                round + 1,
+                sums[15],
+                row[..6].iter().sum::<f64>(),
+                row[..6]
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                row[6],
+                row[7]
+            );
+            per[fi].push(row);
+        }
+    }
+    let col = |rows: &[[f64; 8]], i: usize| median(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let total = |rows: &[[f64; 8]]| {
+        median(
+            &rows
+                .iter()
+                .map(|r| r[..6].iter().sum::<f64>())
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!("phase medians (ns per sampled run): 99 Hz / 999 Hz");
+    for (i, name) in PHASES.iter().enumerate() {
+        println!("  {name}: {:.0} / {:.0}", col(&per[0], i), col(&per[1], i));
+    }
+    println!(
+        "  of which the binary search: {:.0} / {:.0} ({:.1} steps)",
+        col(&per[0], 6),
+        col(&per[1], 6),
+        col(&per[0], 7)
+    );
+    println!(
+        "  total (from the first clock read): {:.0} / {:.0}",
+        total(&per[0]),
+        total(&per[1])
+    );
+    Ok(())
 }
