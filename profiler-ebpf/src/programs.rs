@@ -56,6 +56,47 @@ static FRAMELESS: Array<AddrRange> = Array::with_max_entries(FRAMELESS_ENTRIES, 
 #[map]
 static FRAMELESS_INDEX: HashMap<u32, FramelessSlice> =
     HashMap::with_max_entries(FRAMELESS_INDEX_ENTRIES, 0);
+/// Benchmark only (`phase-timing` feature, `cargo xtask bench overhead`
+/// with `BENCH_OVERHEAD_PHASES=1`): per CPU, nanoseconds spent by sampled
+/// runs in each phase of `cpu_sample` (slots 0-5), in the frameless binary
+/// search (13), its steps (14), and the number of sampled runs (15).
+#[cfg(feature = "phase-timing")]
+#[map]
+static PHASE: PerCpuArray<u64> = PerCpuArray::with_max_entries(16, 0);
+
+/// The clock for [`phase`] (0 without the `phase-timing` feature).
+#[inline(always)]
+fn phase_clock() -> u64 {
+    #[cfg(feature = "phase-timing")]
+    // SAFETY: helper without arguments.
+    return unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    #[cfg(not(feature = "phase-timing"))]
+    0
+}
+
+/// Add the time since `*t` to `PHASE[slot]` (or `v` when `t` is None) and
+/// restart `*t`; nothing without the `phase-timing` feature.
+#[inline(always)]
+fn phase(slot: u32, t: Option<&mut u64>, v: u64) {
+    #[cfg(feature = "phase-timing")]
+    if let Some(p) = PHASE.get_ptr_mut(slot) {
+        let add = match t {
+            Some(t) => {
+                let now = phase_clock();
+                let d = now.wrapping_sub(*t);
+                *t = now;
+                d
+            }
+            None => v,
+        };
+        // SAFETY: this CPU's slot, valid for this run; per-CPU and
+        // benchmark only, so a plain add is enough.
+        unsafe { *p += add };
+    }
+    #[cfg(not(feature = "phase-timing"))]
+    let _ = (slot, t, v);
+}
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
@@ -114,6 +155,7 @@ fn in_frameless_range(tgid: u32, ip: u64) -> bool {
     if slice.len == 0 {
         return false;
     }
+    let mut t = phase_clock();
     let ip = ip.wrapping_sub(slice.bias);
     // Find the last range whose start is <= ip.
     let mut lo: u32 = 0;
@@ -128,6 +170,8 @@ fn in_frameless_range(tgid: u32, ip: u64) -> bool {
         }
         step += 1;
     }
+    phase(14, None, step as u64);
+    phase(13, Some(&mut t), 0);
     match FRAMELESS.get(slice.start.wrapping_add(lo)) {
         Some(r) => r.start <= ip && ip < r.end,
         None => false,
@@ -142,6 +186,7 @@ pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
 }
 
 fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
+    let mut t = phase_clock();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let pid = pid_tgid as u32;
@@ -150,6 +195,8 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
         return Ok(());
     }
     bump(Counter::Samples);
+    phase(0, Some(&mut t), 0);
+    phase(15, None, 1);
 
     let generation = config(Config::Generation) & 1;
     let (counts, stacks, user_stacks) = if generation == 0 {
@@ -188,6 +235,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
     } else {
         user_regs()
     };
+    phase(1, Some(&mut t), 0);
     let mut frameless_ret = 0u64;
     let mut user_stack = 0u64;
     let mut user_stack_id = -1i32;
@@ -218,6 +266,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
                     Err(_) => bump(Counter::FramelessReadFailed),
                 }
             }
+            phase(2, Some(&mut t), 0);
             if !stackid_mode {
                 match fpwalk::walk::<SLOT_PERF, false>(ip, bp) {
                     Some(w) => {
@@ -245,6 +294,7 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
         }
     }
 
+    phase(3, Some(&mut t), 0);
     let mut key = SampleKey {
         tgid,
         kernel_stack_id,
@@ -254,8 +304,10 @@ fn try_cpu_sample(ctx: &PerfEventContext) -> Result<(), ()> {
         frameless_ret,
         comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
     };
+    phase(4, Some(&mut t), 0);
     if let Some(count) = counts.get_ptr_mut(&key) {
         atomic_add(count, 1);
+        phase(5, Some(&mut t), 0);
         return Ok(());
     }
     // A new key: store its user stack first, so a key that userspace can

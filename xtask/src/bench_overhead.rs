@@ -11,7 +11,19 @@
 //!   (`bpf_get_stackid(BPF_F_USER_STACK)`, selected in a profiler built
 //!   with the `bench-sampler` feature), and targeting an idle process while
 //!   the workload runs (every run of the program returns at the filter);
-//! * at 99 Hz, whole-system mode (no target filter), new and old.
+//! * at 99 Hz, whole-system mode (no target filter), new and old;
+//! * with `BENCH_OVERHEAD_BASELINE=PATH` (a `profiler` built from an
+//!   earlier commit, e.g. `cargo build --release -p profiler-user --features
+//!   bench-sampler` there), that binary too, alternated with the current one
+//!   in every round: targeted and idle-target at each frequency, and
+//!   whole-system at 99 Hz, so two commits' costs are compared under the
+//!   same load;
+//! * with `BENCH_OVERHEAD_PHASES=1`, after the rounds, a profiler built with
+//!   the `bench-phases` feature (clock reads at `cpu_sample`'s phase
+//!   boundaries, summed per phase in the PHASE map of the program, read
+//!   with `bpftool` near the end of each run), alternating 99 and 999 Hz:
+//!   where a sampled run's time goes. The clock reads cost time
+//!   themselves, so these totals are not the figures above.
 //!
 //! Per profiled run the profiler reports `run_cnt` and `run_time_ns` of
 //! `cpu_sample` (`bpf_stats`), and its counters `samples` (runs that hit a
@@ -117,6 +129,18 @@ enum Mode {
     WholeNew,
     /// No target filter, old path.
     WholeOld,
+    /// The baseline binary, target = workload.
+    Base,
+    /// The baseline binary, target = an idle process.
+    BaseIdle,
+    /// The baseline binary, no target filter.
+    WholeBase,
+}
+
+impl Mode {
+    fn baseline(self) -> bool {
+        matches!(self, Mode::Base | Mode::BaseIdle | Mode::WholeBase)
+    }
 }
 
 #[derive(Default)]
@@ -146,10 +170,10 @@ fn profiled(
         .args(["-o", out_dir.join("cpu.pb.gz").to_str().unwrap()])
         .stderr(Stdio::piped());
     match mode {
-        Mode::New | Mode::Old => {
+        Mode::New | Mode::Old | Mode::Base => {
             cmd.args(["--pid", &w.id().to_string()]);
         }
-        Mode::Idle => {
+        Mode::Idle | Mode::BaseIdle => {
             let s = Command::new("sleep")
                 .arg(format!("{}", seconds + 5))
                 .spawn()
@@ -157,7 +181,7 @@ fn profiled(
             cmd.args(["--pid", &s.id().to_string()]);
             idle = Some(s);
         }
-        Mode::WholeNew | Mode::WholeOld => {}
+        Mode::WholeNew | Mode::WholeOld | Mode::WholeBase => {}
     }
     if matches!(mode, Mode::Old | Mode::WholeOld) {
         cmd.env("PROFILER_BENCH_USER_STACKS", "stackid");
@@ -198,7 +222,17 @@ pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<()> {
     let stats_before = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
         .context("enabling kernel.bpf_stats_enabled (run as root)")?;
-    let result = rounds(&profiler, &bins, &out_dir, runs, seconds);
+    let phases = std::env::var_os("BENCH_OVERHEAD_PHASES").is_some_and(|v| v == "1");
+    let phase_profiler = out_dir.join("profiler-bench-phases");
+    if phases {
+        crate::build_bench_profiler(root, "bench-sampler,bench-phases", &phase_profiler)?;
+        // build_bench_profiler left the phase build in target/release.
+        crate::build_bench_profiler(root, "bench-sampler", &profiler)?;
+    }
+    let mut result = rounds(&profiler, &bins, &out_dir, runs, seconds);
+    if result.is_ok() && phases {
+        result = phase_rounds(&phase_profiler, &bins, &out_dir, runs, seconds);
+    }
     if let Some(v) = stats_before {
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", v.trim());
     }
@@ -206,12 +240,27 @@ pub fn run(root: &Path, runs: usize, seconds: u64) -> Result<()> {
 }
 
 fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u64) -> Result<()> {
+    let baseline = std::env::var_os("BENCH_OVERHEAD_BASELINE").map(std::path::PathBuf::from);
+    if let Some(b) = &baseline {
+        if !b.is_file() {
+            bail!(
+                "BENCH_OVERHEAD_BASELINE={}: no such file (give a profiler binary built from the commit to compare with)",
+                b.display()
+            );
+        }
+    }
     let freqs = [99u64, 999];
-    let plan: Vec<(u64, Mode)> = freqs
-        .iter()
-        .flat_map(|&f| [(f, Mode::New), (f, Mode::Old), (f, Mode::Idle)])
-        .chain([(99, Mode::WholeNew), (99, Mode::WholeOld)])
-        .collect();
+    let mut plan: Vec<(u64, Mode)> = Vec::new();
+    for &f in &freqs {
+        plan.extend([(f, Mode::New), (f, Mode::Old), (f, Mode::Idle)]);
+        if baseline.is_some() {
+            plan.extend([(f, Mode::Base), (f, Mode::BaseIdle)]);
+        }
+    }
+    plan.extend([(99, Mode::WholeNew), (99, Mode::WholeOld)]);
+    if baseline.is_some() {
+        plan.push((99, Mode::WholeBase));
+    }
     let mut results: Vec<Vec<Run>> = plan.iter().map(|_| Vec::new()).collect();
     println!(
         "bench overhead: {runs} rounds of {seconds}s runs of samestack -depth {DEPTH} (one thread per CPU): alone, then per frequency {freqs:?} under profiler record --pid with the new and the old user-stack path and with an idle target, and whole-system new/old at 99 Hz"
@@ -220,7 +269,11 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
         let alone = workload_result(run_workload(bins, seconds)?)?;
         println!("  round {}: alone {alone:.0} units/s", round + 1);
         for (i, &(freq, mode)) in plan.iter().enumerate() {
-            let r = profiled(profiler, bins, out_dir, seconds, freq, mode, alone)?;
+            let bin = match (&baseline, mode.baseline()) {
+                (Some(b), true) => b.as_path(),
+                _ => profiler,
+            };
+            let r = profiled(bin, bins, out_dir, seconds, freq, mode, alone)?;
             println!(
                 "    {freq:>3} Hz {:<10} ratio {:.4}  profiler cpu {:.2}%  rss {:.0} KiB  runs: {} sampled, {} filtered out, {:.0} ns per run",
                 name(mode),
@@ -243,15 +296,16 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
     // Cost of a filtered-out run at each frequency, from the idle-target
     // runs (every run filtered out). It differs by frequency: at 99 Hz the
     // program's code and maps are colder at each run.
-    let filtered_ns = |freq: u64| {
+    let filtered_ns_of = |freq: u64, idle: Mode| {
         median(
-            &find(freq, Mode::Idle)
+            &find(freq, idle)
                 .iter()
                 .filter(|r| r.filtered_out > 0.0)
                 .map(|r| r.run_time_ns / (r.filtered_out + r.samples))
                 .collect::<Vec<_>>(),
         )
     };
+    let filtered_ns = |freq: u64| filtered_ns_of(freq, Mode::Idle);
     let per_sampled = |rs: &[Run], b: f64| {
         median(
             &rs.iter()
@@ -259,6 +313,16 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
                 .map(|r| (r.run_time_ns - b * r.filtered_out) / r.samples)
                 .collect::<Vec<_>>(),
         )
+    };
+    let range = |rs: &[Run], b: f64| {
+        let v: Vec<f64> = rs
+            .iter()
+            .filter(|r| r.samples > 0.0)
+            .map(|r| (r.run_time_ns - b * r.filtered_out) / r.samples)
+            .collect();
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.0}-{hi:.0}")
     };
     for &freq in &freqs {
         let b = filtered_ns(freq);
@@ -275,6 +339,22 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
             col(new, |r| r.cpu_pct),
             new.iter().map(|r| r.rss_kib).fold(0.0, f64::max) / 1024.0,
         );
+        println!(
+            "  {freq} Hz ranges over rounds: sampled run new {} ns, old {} ns",
+            range(new, b),
+            range(old, b)
+        );
+        if baseline.is_some() {
+            let bb = filtered_ns_of(freq, Mode::BaseIdle);
+            let base = find(freq, Mode::Base);
+            println!(
+                "  {freq} Hz baseline binary: sampled run {:.0} ns (rounds {}) vs {:.0} ns current (rounds {}); filtered-out run {bb:.0} ns baseline vs {b:.0} ns current",
+                per_sampled(base, bb),
+                range(base, bb),
+                per_sampled(new, b),
+                range(new, b),
+            );
+        }
     }
     let whole = |rs: &[Run]| {
         median(
@@ -290,6 +370,13 @@ fn rounds(profiler: &Path, bins: &Path, out_dir: &Path, runs: usize, seconds: u6
         per_sampled(find(99, Mode::WholeNew), filtered_ns(99)),
         per_sampled(find(99, Mode::WholeOld), filtered_ns(99)),
     );
+    if baseline.is_some() {
+        println!(
+            "whole system, 99 Hz, baseline binary: {:.0} ns per run (all runs) vs {:.0} ns current",
+            whole(find(99, Mode::WholeBase)),
+            whole(find(99, Mode::WholeNew)),
+        );
+    }
     Ok(())
 }
 
@@ -300,5 +387,139 @@ fn name(mode: Mode) -> &'static str {
         Mode::Idle => "idle-tgt",
         Mode::WholeNew => "whole-new",
         Mode::WholeOld => "whole-old",
+        Mode::Base => "base",
+        Mode::BaseIdle => "base-idle",
+        Mode::WholeBase => "whole-base",
     }
+}
+
+/// Phases of a sampled run of `cpu_sample` (slots of its PHASE map).
+const PHASES: [&str; 6] = [
+    "entry to past the target filter",
+    "registers, generation, mode",
+    "frameless check (index, binary search, [SP])",
+    "frame-pointer walk",
+    "comm and key",
+    "count-map lookup and add",
+];
+
+/// Sum of each PHASE slot over CPUs, from `bpftool -j map dump name PHASE`.
+fn read_phase_map() -> Result<[f64; 16]> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "name", "PHASE"])
+        .output()
+        .context("running bpftool (needed by BENCH_OVERHEAD_PHASES=1; install bpftool)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool map dump name PHASE failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing bpftool's JSON")?;
+    let bytes = |x: &serde_json::Value| -> Option<u64> {
+        let a = x.as_array()?;
+        let mut b = [0u8; 8];
+        for (i, e) in a.iter().take(8).enumerate() {
+            b[i] = u8::from_str_radix(e.as_str()?.trim_start_matches("0x"), 16).ok()?;
+        }
+        Some(u64::from_le_bytes(b))
+    };
+    let mut sums = [0f64; 16];
+    for e in v.as_array().context("bpftool: not a list")? {
+        let k = bytes(&e["key"]).context("bpftool: bad key")? as usize;
+        for c in e["values"]
+            .as_array()
+            .context("bpftool: no per-CPU values")?
+        {
+            let val = bytes(&c["value"]).context("bpftool: bad value")?;
+            if k < 16 {
+                sums[k] += val as f64;
+            }
+        }
+    }
+    Ok(sums)
+}
+
+fn phase_rounds(
+    profiler: &Path,
+    bins: &Path,
+    out_dir: &Path,
+    runs: usize,
+    seconds: u64,
+) -> Result<()> {
+    let freqs = [99u64, 999];
+    // Per frequency, per run: ns per sampled run of each phase, then the
+    // binary search's ns and steps.
+    let mut per: Vec<Vec<[f64; 8]>> = vec![Vec::new(); freqs.len()];
+    println!(
+        "phases of a sampled run (bench-phases build, {runs} runs per frequency, alternated; ns per sampled run):"
+    );
+    for round in 0..runs {
+        for (fi, &freq) in freqs.iter().enumerate() {
+            let w = run_workload(bins, seconds)?;
+            let p = Command::new(profiler)
+                .args(["record", "--quiet", "--frequency", &freq.to_string()])
+                .args(["--duration", &format!("{seconds}s")])
+                .args(["--pid", &w.id().to_string()])
+                .args(["-o", out_dir.join("cpu-phases.pb.gz").to_str().unwrap()])
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("starting profiler")?;
+            std::thread::sleep(Duration::from_millis(
+                seconds.saturating_sub(1) * 1000 + 500,
+            ));
+            let sums = read_phase_map();
+            let usage = wait_usage(p);
+            workload_result(w)?;
+            usage?;
+            let sums = sums?;
+            let n = sums[15].max(1.0);
+            let mut row = [0f64; 8];
+            for i in 0..6 {
+                row[i] = sums[i] / n;
+            }
+            row[6] = sums[13] / n;
+            row[7] = sums[14] / n;
+            println!(
+                "  round {} {freq:>3} Hz: {} sampled runs, total {:.0} ns: {} (binary search {:.0} ns, {:.1} steps)",
+                round + 1,
+                sums[15],
+                row[..6].iter().sum::<f64>(),
+                row[..6]
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                row[6],
+                row[7]
+            );
+            per[fi].push(row);
+        }
+    }
+    let col = |rows: &[[f64; 8]], i: usize| median(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let total = |rows: &[[f64; 8]]| {
+        median(
+            &rows
+                .iter()
+                .map(|r| r[..6].iter().sum::<f64>())
+                .collect::<Vec<_>>(),
+        )
+    };
+    println!("phase medians (ns per sampled run): 99 Hz / 999 Hz");
+    for (i, name) in PHASES.iter().enumerate() {
+        println!("  {name}: {:.0} / {:.0}", col(&per[0], i), col(&per[1], i));
+    }
+    println!(
+        "  of which the binary search: {:.0} / {:.0} ({:.1} steps)",
+        col(&per[0], 6),
+        col(&per[1], 6),
+        col(&per[0], 7)
+    );
+    println!(
+        "  total (from the first clock read): {:.0} / {:.0}",
+        total(&per[0]),
+        total(&per[1])
+    );
+    Ok(())
 }
