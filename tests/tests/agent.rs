@@ -568,7 +568,16 @@ fn agent_follows_pods_on_a_cgroup_v1_hierarchy() {
     assert!(has_function(&pa, "main.hotParse"));
     assert!(has_function(&pb, "main.heavyWork"));
     // Only the pods' processes are sampled at all (pid filter in the kernel).
-    let m = agent.get("/metrics").text();
+    // The loop's metrics follow its flush: wait until they count both
+    // pods' windows, so they cover the samples those windows hold.
+    let mut m = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            m = agent.get("/metrics").text();
+            series_value(&m, "profiler_agent_windows_written_total").unwrap_or(0.0) >= 2.0
+        }),
+        "the loop's metrics never counted the windows:\n{m}"
+    );
     let unattributed = series_value(
         &m,
         "profiler_agent_dropped_samples_total{reason=\"unattributed\"}",

@@ -190,6 +190,8 @@ impl<'a> AgentLoop<'a> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_drain = Instant::now();
         let mut last_scan: Option<Instant> = None;
+        // Every series exists from the start (at zero), as scrapers expect.
+        self.update_metrics();
 
         loop {
             let stop = tokio::select! {
