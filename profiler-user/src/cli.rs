@@ -460,6 +460,12 @@ impl RecordArgs {
     pub fn options(self) -> Result<crate::record::RecordOptions, String> {
         let (cpu, go) = self.go.options()?;
         let frequency = frequency(self.frequency, cpu)?;
+        if self.flamegraph.is_some() && !cpu {
+            return Err(
+                "--flamegraph needs --profile cpu (the flame graph is drawn from the CPU profile)"
+                    .into(),
+            );
+        }
         let offcpu = self.go.offcpu();
         let memory = self.go.profiles.contains(&ProfileType::Memory);
         if memory && self.pids.is_empty() && self.cgroup.is_none() && self.command.is_empty() {
@@ -698,6 +704,9 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.starts_with("--frequency needs --profile cpu"), "{e}");
+        let e = record(&["--profile", "offcpu", "--flamegraph", "f.svg"]).unwrap_err();
+        assert!(e.starts_with("--flamegraph needs --profile cpu"), "{e}");
+        assert!(record(&["--flamegraph", "f.svg"]).is_ok());
         assert_eq!(agent(&["--frequency", "199"]).unwrap(), (true, 199));
         assert_eq!(
             agent(&["--profile", "heap"]).unwrap(),

@@ -427,9 +427,14 @@ impl Collector {
 
     /// Drain the kernel's idle generation; the stacks are returned for the
     /// caller to attribute, with [`Self::prepare`] called on those it keeps.
+    /// Empty without CPU sampling.
     pub fn drain(&mut self) -> Result<Vec<DrainedStack>, RecordError> {
         self.drains = self.drains.wrapping_add(1);
         let mut out = std::mem::take(&mut self.drained);
+        if !self.sampler.samples_cpu() {
+            // Nothing writes the sample maps.
+            return Ok(out);
+        }
         self.sampler.drain(&mut out)?;
         Ok(out)
     }
