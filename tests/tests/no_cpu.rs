@@ -259,3 +259,81 @@ fn agent_latency_without_cpu_runs_no_cpu_sampler() {
         agent.log()
     );
 }
+
+/// Without CPU samples to find it by, a process moved into the target
+/// cgroup after `record --cgroup --profile calls` started (no `exec` there,
+/// so no lifecycle event) is still found (the per-drain look at the
+/// cgroup) and gets its probes before its calls start: all are counted.
+#[test]
+fn record_cgroup_without_cpu_finds_a_process_moved_in() {
+    if !can_run_ebpf("record_cgroup_without_cpu_finds_a_process_moved_in") {
+        return;
+    }
+    let Some(bin) = gobuild::build("exactcalls", "1.23", false) else {
+        return;
+    };
+    let mut cg = KubeletCgroups::new("nocpu-cgroup");
+    let path = cg.systemd_container(
+        Qos::Burstable,
+        &pod_uid(48),
+        "cri-containerd",
+        &container_id(48),
+    );
+    let dir = TempDir::new("nocpu-cgroup");
+    let out = dir.join("calls.pb.gz");
+    let prof = Owned::spawn(
+        Command::new(profiler_bin())
+            .args([
+                "record",
+                "--quiet",
+                "--profile",
+                "calls",
+                "--count",
+                COUNTED,
+            ])
+            .arg("--cgroup")
+            .arg(&path)
+            .args(["--duration", "7s", "-o"])
+            .arg(&out)
+            .stderr(Stdio::piped()),
+    );
+    // The profiler has loaded its Go probe programs (the last step of
+    // loading) and, a moment later, looked at the cgroup (empty then): the
+    // process moved in below is found by nothing but the per-drain look.
+    loaded_prog_types(prof.pid());
+    std::thread::sleep(Duration::from_millis(500));
+    let mut child = Owned::spawn(
+        Command::new(&bin)
+            .args(["-start-delay", "3s", "-calls", "5000"])
+            .stdout(Stdio::piped()),
+    );
+    cg.add_process(&path, child.pid());
+    let mut stdout = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert!(
+        child.0.wait().unwrap().success(),
+        "workload failed: {stdout}"
+    );
+    let mut prof = prof;
+    let mut stderr = String::new();
+    prof.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        prof.0.wait().unwrap().success(),
+        "profiler failed: {stderr}"
+    );
+    let truth = printed(&stdout, "calls=");
+    assert_eq!(truth, 5000);
+    let flat = flatten(&read_pprof(&out));
+    assert_eq!(total(&flat), truth, "every call counted; stderr: {stderr}");
+}
