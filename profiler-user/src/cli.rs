@@ -105,9 +105,10 @@ pub struct AgentArgs {
     /// Keep the store under this size (e.g. 1GiB, 500MiB); oldest first.
     #[arg(long, default_value = "1GiB", value_parser = parse_size, value_name = "SIZE")]
     pub retention_size: u64,
-    /// Samples per second per CPU.
-    #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10000))]
-    pub frequency: u64,
+    /// Samples per second per CPU [default: 99]; only with the cpu profile
+    /// type (without it no CPU sampler runs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub frequency: Option<u64>,
     /// cgroup v2 root holding kubelet's hierarchy (default: the cgroup2 mount).
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
@@ -177,6 +178,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}`: too large"))
+}
+
+/// `--frequency` when not given: samples per second per CPU.
+pub const DEFAULT_FREQUENCY: u64 = 99;
+
+/// The sampling frequency: `--frequency` or [`DEFAULT_FREQUENCY`]; giving
+/// it without the cpu profile type is a usage error (no CPU sampler runs,
+/// as `--count` without calls or `--offcpu-every` without offcpu are).
+fn frequency(given: Option<u64>, cpu: bool) -> Result<u64, String> {
+    match given {
+        Some(_) if !cpu => Err(
+            "--frequency needs --profile cpu (without cpu no CPU sampler runs; e.g. --profile cpu,calls)"
+                .into(),
+        ),
+        Some(f) => Ok(f),
+        None => Ok(DEFAULT_FREQUENCY),
+    }
 }
 
 /// A profile type of `profiler record --profile`.
@@ -343,9 +361,10 @@ pub struct RecordArgs {
     /// Stop after this long (e.g. 30s, 2m); default: until Ctrl-C or the command exits.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
-    /// Samples per second per CPU.
-    #[arg(long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10000))]
-    pub frequency: u64,
+    /// Samples per second per CPU [default: 99]; only with the cpu profile
+    /// type (without it no CPU sampler runs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub frequency: Option<u64>,
     /// Output profile (gzip'd pprof).
     #[arg(short, long, default_value = "profile.pb.gz", value_name = "FILE")]
     pub output: PathBuf,
@@ -440,6 +459,13 @@ impl RecordArgs {
     /// combination clap does not check.
     pub fn options(self) -> Result<crate::record::RecordOptions, String> {
         let (cpu, go) = self.go.options()?;
+        let frequency = frequency(self.frequency, cpu)?;
+        if self.flamegraph.is_some() && !cpu {
+            return Err(
+                "--flamegraph needs --profile cpu (the flame graph is drawn from the CPU profile)"
+                    .into(),
+            );
+        }
         let offcpu = self.go.offcpu();
         let memory = self.go.profiles.contains(&ProfileType::Memory);
         if memory && self.pids.is_empty() && self.cgroup.is_none() && self.command.is_empty() {
@@ -453,7 +479,7 @@ impl RecordArgs {
             pids: self.pids,
             cgroup: self.cgroup,
             duration: self.duration,
-            frequency: self.frequency,
+            frequency,
             output: self.output,
             flamegraph: self.flamegraph,
             command: self.command,
@@ -483,6 +509,7 @@ impl AgentArgs {
             .transpose()
             .map_err(|e| format!("--selector: {e}"))?;
         let (cpu, go) = self.go.options()?;
+        let frequency = frequency(self.frequency, cpu)?;
         if self.go.allocs_exact {
             return Err(
                 "--allocs-exact is not offered by the agent (it probes every allocation): use --allocs-set-rate".into(),
@@ -505,7 +532,7 @@ impl AgentArgs {
                 max_age: self.retention_age,
                 max_bytes: self.retention_size,
             },
-            frequency: self.frequency,
+            frequency,
             cgroup_root: self.cgroup_root,
             selection: Selection {
                 namespaces: self.namespaces,
@@ -640,6 +667,53 @@ mod tests {
             panic!("not record")
         };
         assert!(r.options().unwrap_err().contains("--profile offcpu"));
+    }
+
+    #[test]
+    fn frequency_only_with_the_cpu_profile() {
+        let record = |args: &[&str]| {
+            let mut v = vec!["profiler", "record"];
+            v.extend_from_slice(args);
+            let Cmd::Record(r) = Cli::try_parse_from(v).unwrap().command else {
+                panic!("not record")
+            };
+            r.options()
+        };
+        let agent = |args: &[&str]| {
+            let mut v = vec!["profiler", "agent"];
+            v.extend_from_slice(args);
+            let Cmd::Agent(a) = Cli::try_parse_from(v).unwrap().command else {
+                panic!("not agent")
+            };
+            a.options().map(|o| (o.cpu, o.frequency))
+        };
+        let o = record(&[]).unwrap();
+        assert!(o.cpu);
+        assert_eq!(o.frequency, DEFAULT_FREQUENCY);
+        let o = record(&["--frequency", "499", "--profile", "cpu,offcpu"]).unwrap();
+        assert_eq!((o.cpu, o.frequency), (true, 499));
+        let o = record(&["--profile", "calls", "--count", "main.f"]).unwrap();
+        assert!(!o.cpu && o.go.profiles.calls);
+        let e = record(&[
+            "--profile",
+            "calls",
+            "--count",
+            "main.f",
+            "--frequency",
+            "99",
+        ])
+        .unwrap_err();
+        assert!(e.starts_with("--frequency needs --profile cpu"), "{e}");
+        let e = record(&["--profile", "offcpu", "--flamegraph", "f.svg"]).unwrap_err();
+        assert!(e.starts_with("--flamegraph needs --profile cpu"), "{e}");
+        assert!(record(&["--flamegraph", "f.svg"]).is_ok());
+        assert_eq!(agent(&["--frequency", "199"]).unwrap(), (true, 199));
+        assert_eq!(
+            agent(&["--profile", "heap"]).unwrap(),
+            (false, DEFAULT_FREQUENCY)
+        );
+        let e = agent(&["--profile", "offcpu", "--frequency", "49"]).unwrap_err();
+        assert!(e.starts_with("--frequency needs --profile cpu"), "{e}");
     }
 
     #[test]

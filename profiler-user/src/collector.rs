@@ -129,6 +129,11 @@ struct FramelessLoader {
 impl FramelessLoader {
     fn load(&mut self, sampler: &mut Sampler, symbolizer: &Symbolizer, tgid: u32) {
         use std::os::unix::fs::MetadataExt as _;
+        // Only `cpu_sample` reads the ranges: without it there is nothing
+        // to load them for.
+        if !sampler.samples_cpu() {
+            return;
+        }
         self.loaded.insert(tgid);
         let Ok(exe) = std::fs::read_link(format!("/proc/{tgid}/exe")) else {
             return;
@@ -249,12 +254,13 @@ pub struct Collector {
 }
 
 impl Collector {
-    /// Load the sampler at `frequency` Hz, with the target filter on
-    /// (`filtered`) or off (whole system), and the Go probes `go` asks for;
-    /// with `ebpf_log`, the programs' rare events go to stderr
-    /// ([`Sampler::start_with_log`]).
+    /// Load the sampler at `frequency` Hz (`None`: no CPU sampling, the
+    /// eBPF object and tracepoints only; see [`Sampler::start_with_log`]),
+    /// with the target filter on (`filtered`) or off (whole system), and
+    /// the Go probes `go` asks for; with `ebpf_log`, the programs' rare
+    /// events go to stderr.
     pub fn start(
-        frequency: u64,
+        frequency: Option<u64>,
         filtered: bool,
         go: Option<&GoOptions>,
         snapshots: Snapshots,
@@ -319,6 +325,26 @@ impl Collector {
         self.known.insert(pid);
         if let Some(g) = self.go.as_mut() {
             g.add_process(&mut self.sampler, pid)?;
+        }
+        Ok(())
+    }
+
+    /// Follow every process of `pids` not followed yet ([`Self::track`]),
+    /// except the profiler itself and kernel threads (no executable).
+    /// Without CPU sampling nothing else finds
+    /// a process that entered a target cgroup without an `exec` (or, in
+    /// whole-system mode, any process): this is how `record` finds them
+    /// for the Go probes and the symbolizer.
+    pub fn track_new(&mut self, pids: impl IntoIterator<Item = u32>) -> Result<(), RecordError> {
+        let me = std::process::id();
+        for pid in pids {
+            if pid == me || self.known.contains(&pid) {
+                continue;
+            }
+            if std::fs::read_link(format!("/proc/{pid}/exe")).is_err() {
+                continue;
+            }
+            self.track(pid)?;
         }
         Ok(())
     }
@@ -401,9 +427,14 @@ impl Collector {
 
     /// Drain the kernel's idle generation; the stacks are returned for the
     /// caller to attribute, with [`Self::prepare`] called on those it keeps.
+    /// Empty without CPU sampling.
     pub fn drain(&mut self) -> Result<Vec<DrainedStack>, RecordError> {
         self.drains = self.drains.wrapping_add(1);
         let mut out = std::mem::take(&mut self.drained);
+        if !self.sampler.samples_cpu() {
+            // Nothing writes the sample maps.
+            return Ok(out);
+        }
         self.sampler.drain(&mut out)?;
         Ok(out)
     }

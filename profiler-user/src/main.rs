@@ -98,10 +98,13 @@ fn run_record(a: RecordArgs) -> ExitCode {
                 .filter(|(_, v)| *v > 0)
                 .map(|(n, v)| format!("{n}={v}"))
                 .collect();
+            let sampled = if s.cpu {
+                format!("{} samples from {} process(es)", s.samples, s.processes)
+            } else {
+                "no CPU sampling (--profile without cpu)".to_string()
+            };
             eprintln!(
-                "profiler: {} samples from {} process(es) in {:.1}s; lost: {}; wrote {}",
-                s.samples,
-                s.processes,
+                "profiler: {sampled} in {:.1}s; lost: {}; wrote {}",
                 s.elapsed.as_secs_f64(),
                 if lost.is_empty() {
                     "none".to_string()

@@ -85,6 +85,24 @@ fn memory_targets(pids: &[u32], cgroup: Option<&Path>) -> (Vec<PathBuf>, Vec<u32
     (dirs, all)
 }
 
+/// Without CPU sampling, the processes `record` must look for itself:
+/// those of the target cgroup (one may enter it without an `exec`), or in
+/// whole-system mode every process. `--pid` targets and a launched
+/// command are followed through the fork and exec events.
+fn unfollowed_candidates(cgroup: Option<&Path>, filtered: bool) -> Vec<u32> {
+    match cgroup {
+        Some(cg) => crate::cgroup::procs_below(cg),
+        None if !filtered => std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
+
 /// What a recording collected, for the summary line.
 #[derive(Debug, Clone, Default)]
 pub struct RecordSummary {
@@ -109,6 +127,9 @@ pub struct RecordSummary {
     pub memory_summary: Vec<String>,
     /// Profiles written.
     pub outputs: Vec<PathBuf>,
+    /// The CPU sampler ran (`--profile` had `cpu`); otherwise `samples`
+    /// and `processes` are 0 and no CPU profile was written.
+    pub cpu: bool,
 }
 
 fn resolve_cgroup(path: &Path) -> Result<PathBuf, RecordError> {
@@ -142,8 +163,9 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
 
     let filtered = !opts.pids.is_empty() || cgroup.is_some() || !opts.command.is_empty();
     let go = opts.go.profiles.any().then_some(&opts.go);
+    // No `cpu` in --profile: no CPU sampler (no perf events opened).
     let mut c = Collector::start(
-        opts.frequency,
+        opts.cpu.then_some(opts.frequency),
         filtered,
         go,
         Snapshots::EachDrain,
@@ -239,6 +261,10 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
                 agg.add(d);
             }
             c.recycle(drained);
+            if !opts.cpu {
+                // No samples to find processes by: look for them.
+                c.track_new(unfollowed_candidates(cgroup.as_deref(), filtered))?;
+            }
             c.refresh_live();
             if progress {
                 let k = c.sampler().counters();
@@ -311,6 +337,7 @@ pub async fn record(opts: RecordOptions) -> Result<RecordSummary, RecordError> {
         go_summary: Vec::new(),
         memory_summary: Vec::new(),
         outputs: Vec::new(),
+        cpu: opts.cpu,
     };
     let mut comments = vec![format!(
         "profiler record: frequency={}Hz duration={:.3}s samples={}",

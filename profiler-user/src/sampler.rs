@@ -108,6 +108,8 @@ pub struct Sampler {
     generation: u64,
     sample_prog_fd: i32,
     sample_links: Vec<PerfEventLinkId>,
+    /// `cpu_sample` was attached at start (a `--profile` list with `cpu`).
+    cpu_sampling: bool,
 }
 
 pub(crate) fn tracepoint_offset(category: &str, name: &str, field: &str) -> Option<u64> {
@@ -149,13 +151,19 @@ impl Sampler {
     /// [`Sampler::set_filter`] or targets are set, so no sample of another
     /// process (or of the profiler itself) slips in before that.
     pub fn start(frequency: u64) -> Result<Self, RecordError> {
-        Self::start_with_log(frequency, false)
+        Self::start_with_log(Some(frequency), false)
     }
 
     /// [`Sampler::start`], and with `ebpf_log` (`--ebpf-log`) the programs
     /// report rare events, forwarded to stderr ([`EbpfLog`]) from before
     /// the first program is attached.
-    pub fn start_with_log(frequency: u64, ebpf_log: bool) -> Result<Self, RecordError> {
+    ///
+    /// `frequency` `None` (a `--profile` list without `cpu`): the object,
+    /// its maps and the lifecycle tracepoints are loaded as usual (the Go
+    /// probes and the off-CPU program need them), but `cpu_sample` is
+    /// neither loaded nor attached: no perf event is opened, the targets
+    /// pay nothing for CPU sampling, and [`Counter::Samples`] stays 0.
+    pub fn start_with_log(frequency: Option<u64>, ebpf_log: bool) -> Result<Self, RecordError> {
         crate::env::ensure_tracefs();
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(RecordError::from_load)?;
         let ebpf_log = if ebpf_log {
@@ -217,6 +225,7 @@ impl Sampler {
             generation: 0,
             sample_prog_fd: -1,
             sample_links: Vec::new(),
+            cpu_sampling: frequency.is_some(),
             _ebpf_log: ebpf_log,
             _ebpf: ebpf,
         };
@@ -244,6 +253,9 @@ impl Sampler {
                 .map_err(|e| RecordError::ebpf(format!("attach {prog} to {category}/{name}"), e))?;
         }
 
+        let Some(frequency) = frequency else {
+            return Ok(sampler);
+        };
         let cpus = aya::util::online_cpus()
             .map_err(|(path, e)| RecordError::ebpf(format!("reading {path}"), e))?;
         let prog: &mut PerfEvent = sampler
@@ -296,6 +308,11 @@ impl Sampler {
         // Let runs that started before the detach finish (microseconds,
         // with preemption disabled).
         std::thread::sleep(Duration::from_millis(2));
+    }
+
+    /// Whether the CPU sampler (`cpu_sample`) was attached at start.
+    pub fn samples_cpu(&self) -> bool {
+        self.cpu_sampling
     }
 
     /// The loaded eBPF object, for attaching further programs (Go runtime

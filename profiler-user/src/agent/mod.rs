@@ -262,8 +262,10 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
 
     // Sampler before the API, so a kernel problem fails fast.
     let go = opts.go.profiles.any().then_some(&opts.go);
+    // No `cpu` in --profile: no CPU sampler (no perf events opened); the
+    // Go probes find their processes by the cgroup scan, not by samples.
     let mut collector = Collector::start(
-        opts.frequency,
+        opts.cpu.then_some(opts.frequency),
         true,
         go,
         Snapshots::FirstSample,
@@ -303,12 +305,16 @@ pub async fn run(opts: AgentOptions) -> Result<AgentSummary, AgentError> {
     ));
 
     eprintln!(
-        "profiler agent: listening on http://{} ({}); store {}; {} windows at {} Hz; cgroups under {}{}; {}",
+        "profiler agent: listening on http://{} ({}); store {}; {} windows{}; cgroups under {}{}; {}",
         opts.listen,
         if opts.token.is_some() { "bearer token required" } else { "loopback, no token" },
         opts.store.display(),
         humantime::format_duration(opts.window),
-        opts.frequency,
+        if opts.cpu {
+            format!(" at {} Hz", opts.frequency)
+        } else {
+            " (no CPU sampling)".to_string()
+        },
         root.display(),
         if v1 { " (cgroup v1: following pids)" } else { "" },
         if pods.is_some() {
