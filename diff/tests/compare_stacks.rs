@@ -73,7 +73,7 @@ fn stacks_match_a_full_merge_for_every_limit() {
         .collect();
     let (base, cand) = named.split_at(2);
     let norm = Normalizer::new(NormalizeOptions::default());
-    let cmp = Comparison::new(&base, &cand, None, &norm).expect("comparison");
+    let cmp = Comparison::new(base, cand, None, &norm).expect("comparison");
     let distinct: usize = {
         let mut all: Vec<&[FuncId]> = cmp
             .base
