@@ -540,6 +540,10 @@ impl SizeFactor {
 /// prepared functions.
 type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
 
+/// Fewest stacks (over all runs) for which [`Comparison::stacks`] scans
+/// on two threads.
+const PARALLEL_STACKS: usize = 8_192;
+
 /// Largest `limit` for which [`Comparison::stacks`] keeps its top stacks
 /// in a sorted vector while it scans (above it, it selects at the end).
 const TOP_STACKS_BOUNDED: usize = 64;
@@ -974,49 +978,77 @@ impl Comparison {
             .chain(self.cand.iter().map(|r| (r, true)))
             .collect();
         let bounded = limit <= TOP_STACKS_BOUNDED;
-        let mut v: Vec<(&[FuncId], f64, f64)> = Vec::new();
-        if bounded {
-            v.reserve(limit + 1);
-        }
-        for (i, &(r, _)) in runs.iter().enumerate() {
-            for (s, &own) in &r.stacks {
-                let s: &[FuncId] = s;
-                if runs[..i].iter().any(|(q, _)| q.stacks.contains_key(s)) {
-                    continue;
-                }
-                let (mut b, mut c) = (0.0f64, 0.0f64);
-                for (k, &(q, cand)) in runs.iter().enumerate().skip(i) {
-                    let x = if k == i {
-                        own
-                    } else {
-                        match q.stacks.get(s) {
-                            Some(&x) => x,
-                            None => continue,
-                        }
-                    };
-                    if cand {
-                        c += x;
-                    } else {
-                        b += x;
-                    }
-                }
-                let item = (s, b / db.max(1e-300), c / dc.max(1e-300));
-                if !bounded {
-                    v.push(item);
-                    continue;
-                }
-                if limit == 0
-                    || (v.len() == limit
-                        && v.last()
-                            .is_some_and(|l| order(&item, l) != std::cmp::Ordering::Less))
-                {
-                    continue;
-                }
-                let at = v.partition_point(|y| order(y, &item) == std::cmp::Ordering::Less);
-                v.insert(at, item);
-                v.truncate(limit);
+        // One half of the entries (by position in each run's map, `parts`
+        // halves in all); each stack is in exactly one half.
+        let scan = |part: usize, parts: usize| -> Vec<(&[FuncId], f64, f64)> {
+            let mut v: Vec<(&[FuncId], f64, f64)> = Vec::new();
+            if bounded {
+                v.reserve(limit + 1);
             }
-        }
+            for (i, &(r, _)) in runs.iter().enumerate() {
+                for (j, (s, &own)) in r.stacks.iter().enumerate() {
+                    if j % parts != part {
+                        continue;
+                    }
+                    let s: &[FuncId] = s;
+                    if runs[..i].iter().any(|(q, _)| q.stacks.contains_key(s)) {
+                        continue;
+                    }
+                    let (mut b, mut c) = (0.0f64, 0.0f64);
+                    for (k, &(q, cand)) in runs.iter().enumerate().skip(i) {
+                        let x = if k == i {
+                            own
+                        } else {
+                            match q.stacks.get(s) {
+                                Some(&x) => x,
+                                None => continue,
+                            }
+                        };
+                        if cand {
+                            c += x;
+                        } else {
+                            b += x;
+                        }
+                    }
+                    let item = (s, b / db.max(1e-300), c / dc.max(1e-300));
+                    if !bounded {
+                        v.push(item);
+                        continue;
+                    }
+                    if limit == 0
+                        || (v.len() == limit
+                            && v.last()
+                                .is_some_and(|l| order(&item, l) != std::cmp::Ordering::Less))
+                    {
+                        continue;
+                    }
+                    let at = v.partition_point(|y| order(y, &item) == std::cmp::Ordering::Less);
+                    v.insert(at, item);
+                    v.truncate(limit);
+                }
+            }
+            v
+        };
+        let total: usize = runs.iter().map(|(r, _)| r.stacks.len()).sum();
+        let mut v = if total >= PARALLEL_STACKS {
+            // Two halves on two threads; the order is total, so the
+            // merged halves sort to the same list.
+            let (mut a, mut b) = std::thread::scope(|s| {
+                let b = s.spawn(|| scan(1, 2));
+                (
+                    scan(0, 2),
+                    b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                )
+            });
+            a.append(&mut b);
+            if bounded {
+                a.sort_by(order);
+                a.truncate(limit);
+            }
+            a
+        } else {
+            scan(0, 1)
+        };
         if !bounded {
             if limit < v.len() {
                 if limit > 0 {

@@ -60,11 +60,19 @@ fn reference(cmp: &Comparison, scale: &Scale, limit: usize) -> Vec<(String, u64,
         .collect()
 }
 
+/// Small runs (one thread) and runs with more than 8,192 stacks in all
+/// (`Comparison::stacks` scans on two threads).
 #[test]
 fn stacks_match_a_full_merge_for_every_limit() {
-    let mut next = common::xorshift(0x5eed_57ac);
+    for lines in [300, 2_500] {
+        check(lines);
+    }
+}
+
+fn check(lines: usize) {
+    let mut next = common::xorshift(0x5eed_57ac ^ lines as u64);
     let profiles: Vec<Profile> = (0..5)
-        .map(|i| folded(&mut next, 300 + 40 * i, 12))
+        .map(|i| folded(&mut next, lines + 40 * i, 12))
         .collect();
     let named: Vec<(String, &Profile)> = profiles
         .iter()
@@ -85,7 +93,17 @@ fn stacks_match_a_full_merge_for_every_limit() {
         all.dedup();
         all.len()
     };
-    assert!(distinct > 200, "only {distinct} distinct stacks generated");
+    assert!(
+        distinct > lines,
+        "only {distinct} distinct stacks generated"
+    );
+    let entries: usize = cmp
+        .base
+        .iter()
+        .chain(&cmp.cand)
+        .map(|r| r.stacks.len())
+        .sum();
+    assert_eq!(lines > 1_000, entries > 8_192, "{entries} stacks in all");
     for scale in [Scale::Share, Scale::Compositional] {
         for limit in [
             0,
