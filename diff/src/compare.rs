@@ -540,6 +540,14 @@ impl SizeFactor {
 /// prepared functions.
 type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
 
+/// Fewest stacks (over all runs) for which [`Comparison::stacks`] scans
+/// on two threads.
+const PARALLEL_STACKS: usize = 8_192;
+
+/// Largest `limit` for which [`Comparison::stacks`] keeps its top stacks
+/// in a sorted vector while it scans (above it, it selects at the end).
+const TOP_STACKS_BOUNDED: usize = 64;
+
 /// `f` over `items` on up to one thread per core; the result is in item
 /// order and does not depend on the scheduling.
 fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
@@ -941,16 +949,6 @@ impl Comparison {
 
     /// The `limit` stacks with the largest |delta|, folded root first.
     pub fn stacks(&self, scale: &Scale, limit: usize) -> Result<Vec<StackDelta>, CompareError> {
-        use crate::normalize::FxMap;
-        // Sized once (its order does not matter: the result is sorted).
-        let mut acc: FxMap<&[FuncId], (f64, f64)> = FxMap::default();
-        acc.reserve(
-            self.base
-                .iter()
-                .chain(&self.cand)
-                .map(|r| r.stacks.len())
-                .sum(),
-        );
         let db: f64 = self
             .base
             .iter()
@@ -961,35 +959,105 @@ impl Comparison {
             .iter()
             .map(|r| Self::denom(r, scale))
             .sum::<Result<f64, _>>()?;
-        for r in &self.base {
-            for (s, v) in &r.stacks {
-                acc.entry(s).or_default().0 += v;
-            }
-        }
-        for r in &self.cand {
-            for (s, v) in &r.stacks {
-                acc.entry(s).or_default().1 += v;
-            }
-        }
-        let mut v: Vec<(&[FuncId], f64, f64)> = acc
-            .into_iter()
-            .map(|(s, (b, c))| (s, b / db.max(1e-300), c / dc.max(1e-300)))
-            .collect();
-        // A total order (stacks are distinct): the `limit` first of all,
-        // without sorting the rest.
+        // A total order (stacks are distinct): largest |delta| first.
         let order = |a: &(&[FuncId], f64, f64), b: &(&[FuncId], f64, f64)| {
             (b.2 - b.1)
                 .abs()
                 .total_cmp(&(a.2 - a.1).abs())
                 .then_with(|| a.0.cmp(b.0))
         };
-        if limit < v.len() {
-            if limit > 0 {
-                v.select_nth_unstable_by(limit - 1, order);
+        // Every distinct stack once, at its first run (baseline runs, then
+        // candidate runs): its values are looked up in the runs' own maps
+        // (no merged map), summed per side in run order from 0.0 as a
+        // merged map would. Only the `limit` first in `order` are kept, in
+        // a sorted vector (a small limit) or selected at the end.
+        let runs: Vec<(&RunData, bool)> = self
+            .base
+            .iter()
+            .map(|r| (r, false))
+            .chain(self.cand.iter().map(|r| (r, true)))
+            .collect();
+        let bounded = limit <= TOP_STACKS_BOUNDED;
+        // One half of the entries (by position in each run's map, `parts`
+        // halves in all); each stack is in exactly one half.
+        let scan = |part: usize, parts: usize| -> Vec<(&[FuncId], f64, f64)> {
+            let mut v: Vec<(&[FuncId], f64, f64)> = Vec::new();
+            if bounded {
+                v.reserve(limit + 1);
             }
-            v.truncate(limit);
+            for (i, &(r, _)) in runs.iter().enumerate() {
+                for (j, (s, &own)) in r.stacks.iter().enumerate() {
+                    if j % parts != part {
+                        continue;
+                    }
+                    let s: &[FuncId] = s;
+                    if runs[..i].iter().any(|(q, _)| q.stacks.contains_key(s)) {
+                        continue;
+                    }
+                    let (mut b, mut c) = (0.0f64, 0.0f64);
+                    for (k, &(q, cand)) in runs.iter().enumerate().skip(i) {
+                        let x = if k == i {
+                            own
+                        } else {
+                            match q.stacks.get(s) {
+                                Some(&x) => x,
+                                None => continue,
+                            }
+                        };
+                        if cand {
+                            c += x;
+                        } else {
+                            b += x;
+                        }
+                    }
+                    let item = (s, b / db.max(1e-300), c / dc.max(1e-300));
+                    if !bounded {
+                        v.push(item);
+                        continue;
+                    }
+                    if limit == 0
+                        || (v.len() == limit
+                            && v.last()
+                                .is_some_and(|l| order(&item, l) != std::cmp::Ordering::Less))
+                    {
+                        continue;
+                    }
+                    let at = v.partition_point(|y| order(y, &item) == std::cmp::Ordering::Less);
+                    v.insert(at, item);
+                    v.truncate(limit);
+                }
+            }
+            v
+        };
+        let total: usize = runs.iter().map(|(r, _)| r.stacks.len()).sum();
+        let mut v = if total >= PARALLEL_STACKS {
+            // Two halves on two threads; the order is total, so the
+            // merged halves sort to the same list.
+            let (mut a, mut b) = std::thread::scope(|s| {
+                let b = s.spawn(|| scan(1, 2));
+                (
+                    scan(0, 2),
+                    b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                )
+            });
+            a.append(&mut b);
+            if bounded {
+                a.sort_by(order);
+                a.truncate(limit);
+            }
+            a
+        } else {
+            scan(0, 1)
+        };
+        if !bounded {
+            if limit < v.len() {
+                if limit > 0 {
+                    v.select_nth_unstable_by(limit - 1, order);
+                }
+                v.truncate(limit);
+            }
+            v.sort_by(order);
         }
-        v.sort_by(order);
         Ok(v.into_iter()
             .map(|(s, b, c)| StackDelta {
                 stack: self.folded(s),

@@ -1408,12 +1408,15 @@ impl SideAgg {
         focused: &[Vec<bool>],
     ) -> Self {
         let mut a = SideAgg {
-            cum: vec![0.0; n],
+            cum: Vec::new(),
             flat: vec![0.0; n],
-            cum_n: vec![0.0; n],
+            cum_n: Vec::new(),
             edges: vec![0.0; n_edges],
             hit: vec![false; n_edges],
         };
+        // The cumulative value and count of a function side by side: one
+        // index (and bounds check) per frame; split at the end.
+        let mut cums: Vec<[f64; 2]> = vec![[0.0; 2]; n];
         let any_excluded = exclude.iter().any(|&x| x);
         let mut seen = vec![u32::MAX; n];
         let mut stamp = 0u32;
@@ -1429,21 +1432,23 @@ impl SideAgg {
                 if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
                     continue;
                 }
-                let x = v / den;
+                let (x, xn) = (v / den, v / w);
                 if re.recursive[i] {
                     // Counted once per stack.
                     stamp = stamp.wrapping_add(1);
                     for &f in s {
                         if seen[f as usize] != stamp {
                             seen[f as usize] = stamp;
-                            a.cum[f as usize] += x;
-                            a.cum_n[f as usize] += v / w;
+                            let c = &mut cums[f as usize];
+                            c[0] += x;
+                            c[1] += xn;
                         }
                     }
                 } else {
                     for &f in s {
-                        a.cum[f as usize] += x;
-                        a.cum_n[f as usize] += v / w;
+                        let c = &mut cums[f as usize];
+                        c[0] += x;
+                        c[1] += xn;
                     }
                 }
                 if let Some(&leaf) = s.last() {
@@ -1459,6 +1464,7 @@ impl SideAgg {
                 }
             }
         }
+        (a.cum, a.cum_n) = cums.iter().map(|c| (c[0], c[1])).unzip();
         a
     }
 }

@@ -280,6 +280,18 @@ fn malformed(data: &[u8]) -> String {
 fn bad_ids_and_indexes_are_named() {
     let m = malformed(&wire_with(|w| w.sample[0].location_id[0] = 999));
     assert!(m.contains("location id 999"), "{m}");
+    // A multi-byte varint id and id 0 (a hole in a dense id table), in
+    // the last place of the packed field.
+    let m = malformed(&wire_with(|w| {
+        let last = w.sample[0].location_id.len() - 1;
+        w.sample[0].location_id[last] = 1 << 40;
+    }));
+    assert!(
+        m.contains("sample 0 refers to location id 1099511627776"),
+        "{m}"
+    );
+    let m = malformed(&wire_with(|w| w.sample[1].location_id.push(0)));
+    assert!(m.contains("sample 1 refers to location id 0"), "{m}");
     let m = malformed(&wire_with(|w| w.location[0].line[0].function_id = 77));
     assert!(m.contains("function id 77"), "{m}");
     let m = malformed(&wire_with(|w| w.function[0].name = 12345));

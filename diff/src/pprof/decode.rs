@@ -242,16 +242,40 @@ fn resolve_samples(
         }
         // Frames into a reused buffer, then one exact allocation.
         buf.clear();
-        for id in raw.sample_locations(s) {
-            let (a, b) = range_of(id).ok_or_else(|| {
-                format!("sample {si} refers to location id {id} which does not exist")
-            })?;
-            if b == a + 1 {
-                // Usually one frame (two or three when inlined).
-                buf.push(loc_frames[a as usize]);
-            } else {
-                buf.extend_from_slice(&loc_frames[a as usize..b as usize]);
+        if let (Some(tab), false) = (&by_id, s.packed_locs.is_empty()) {
+            // The usual case (dense ids, packed field) in one loop: the
+            // decoder validated the field (whole varints of at most nine
+            // bytes), so every varint ends inside it and none overflows.
+            let bytes = s.packed_locs;
+            let mut p = 0;
+            while p < bytes.len() {
+                let mut id = 0u64;
+                let mut shift = 0u32;
+                loop {
+                    let b = bytes[p];
+                    p += 1;
+                    id |= u64::from(b & 0x7f).wrapping_shl(shift);
+                    if b < 0x80 {
+                        break;
+                    }
+                    shift += 7;
+                }
+                let (a, b) = match tab.get(id as usize) {
+                    Some(&(a, b)) if a != u32::MAX => (a, b),
+                    _ => {
+                        return Err(format!(
+                            "sample {si} refers to location id {id} which does not exist"
+                        ))
+                    }
+                };
+                if b == a + 1 {
+                    buf.push(loc_frames[a as usize]);
+                } else {
+                    buf.extend_from_slice(&loc_frames[a as usize..b as usize]);
+                }
             }
+        } else {
+            resolve_ids(raw.sample_locations(s), si, &range_of, loc_frames, &mut buf)?;
         }
         let stack = buf.clone();
         let mut labels = Vec::new();
@@ -278,6 +302,29 @@ fn resolve_samples(
             values: values.to_vec(),
             labels,
         };
+    }
+    Ok(())
+}
+
+/// Appends the frames of location `ids` (any encoding, any id layout) to
+/// `buf`; an unknown id is an error naming sample `si`.
+fn resolve_ids(
+    ids: impl Iterator<Item = u64>,
+    si: usize,
+    range_of: &impl Fn(u64) -> Option<(u32, u32)>,
+    loc_frames: &[FrameId],
+    buf: &mut Vec<FrameId>,
+) -> Result<(), String> {
+    for id in ids {
+        let (a, b) = range_of(id).ok_or_else(|| {
+            format!("sample {si} refers to location id {id} which does not exist")
+        })?;
+        if b == a + 1 {
+            // Usually one frame (two or three when inlined).
+            buf.push(loc_frames[a as usize]);
+        } else {
+            buf.extend_from_slice(&loc_frames[a as usize..b as usize]);
+        }
     }
     Ok(())
 }
