@@ -96,6 +96,37 @@ impl Owned {
     pub fn pid(&self) -> u32 {
         self.0.id()
     }
+    /// Read its piped stdout and stderr (each empty when not piped) to their
+    /// ends, reap it, and panic naming `what` and its output unless it
+    /// exited successfully. Returns `(stdout, stderr)`.
+    pub fn finish(&mut self, what: &str) -> (String, String) {
+        use std::io::Read;
+        // stderr is read on a thread so that neither pipe can fill and
+        // block the process while the other is read.
+        let err = self.0.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = e.read_to_string(&mut s);
+                s
+            })
+        });
+        let mut stdout = String::new();
+        if let Some(mut o) = self.0.stdout.take() {
+            let _ = o.read_to_string(&mut stdout);
+        }
+        let stderr = err
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        let status = self
+            .0
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"));
+        assert!(
+            status.success(),
+            "{what} failed ({status}): stdout: {stdout} stderr: {stderr}"
+        );
+        (stdout, stderr)
+    }
 }
 
 impl Drop for Owned {

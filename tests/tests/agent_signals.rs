@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -99,16 +99,7 @@ impl Pod {
     fn run(&mut self, cmd: &mut Command) -> String {
         let mut child = Owned::spawn(cmd.stdout(Stdio::piped()));
         self.cg.add_process(&self.path, child.pid());
-        let mut out = String::new();
-        child
-            .0
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        assert!(child.0.wait().unwrap().success(), "workload failed: {out}");
-        out
+        child.finish("workload").0
     }
 }
 
@@ -522,4 +513,97 @@ fn agent_heap_is_the_last_snapshot_of_the_held_bytes() {
         why.contains("no Go program") && why.contains("heap"),
         "/targets says why the non-Go pod has no heap profile: {tc}"
     );
+}
+
+/// The agent's per-window heap limit: a pod with more Go processes than
+/// the agent reads per window (64). Each window reads at most 64 and counts
+/// the rest as skipped in /metrics; the least-read go first, so within two
+/// windows every process has a snapshot and the pod's heap holds all of
+/// their bytes (a skipped process keeps its last snapshot).
+#[test]
+fn agent_heap_reads_are_capped_per_window_and_rotate() {
+    if !can_run_ebpf("agent_heap_reads_are_capped_per_window_and_rotate") {
+        return;
+    }
+    let Some(bin) = gobuild::build("heapsites", "1.23", false) else {
+        return;
+    };
+    const PROCS: usize = 70;
+    const CAP: f64 = 64.0;
+    let mut pod = Pod::new("agent-sig-heapcap", 36);
+    let store = TempDir::new("agent-sig-heapcap-store");
+    let agent = RunningAgent::start(&store.0, &pod.cg.root, &["--profile", "heap"]);
+    // Small, idle workloads: 1 MiB held at main.holdA each, every object
+    // recorded (rate 8 KiB < 64 KiB objects), no churn after the holds.
+    // The warm-up spends Go's first sampling interval, drawn at the
+    // default rate (mean 512 KiB) before main sets the 8 KiB one. One P: each
+    // P's cache draws its own first interval at the default rate, so a
+    // goroutine moved to another P would leave part of a hold unsampled.
+    // A 1 MiB hold shows 0.2–1.0 MiB in Go's own profile without these.
+    let mut children: Vec<Owned> = (0..PROCS)
+        .map(|_| {
+            let c = Owned::spawn(
+                Command::new(&bin)
+                    .args(["-memprofilerate", "8192", "-duration", "180s"])
+                    .args(["-site-a", "1048576", "-site-b", "262144", "-churn", "0"])
+                    .args(["-warmup", "16777216"])
+                    .env("GOMAXPROCS", "1")
+                    .stdout(Stdio::piped()),
+            );
+            pod.cg.add_process(&pod.path, c.pid());
+            c
+        })
+        .collect();
+    let mut held_a = 0i64;
+    for c in &mut children {
+        for l in BufReader::new(c.0.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(n) = l.strip_prefix("held main.holdA=") {
+                held_a += n.parse::<i64>().unwrap();
+            }
+            if l == "ready" {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        held_a,
+        PROCS as i64 * (1 << 20),
+        "the workloads' ground truth"
+    );
+    let skipped = r#"profiler_agent_dropped_samples_total{reason="heap_reads_skipped"}"#;
+    let mut seen = None;
+    let ok = wait_until(Duration::from_secs(60), || {
+        let Some((p, windows)) = agent.profile(&pod.uid, "heap") else {
+            return false;
+        };
+        let a = under(&p, "inuse_space", "main.holdA");
+        let s = agent.metric(skipped).unwrap_or(0.0);
+        seen = Some((a, windows, s));
+        // Within half a process's hold: a process without a snapshot
+        // (1 MiB) fails it; Go's sampled 64 KiB objects are all but exact.
+        s >= (PROCS as f64 - CAP) && (a - held_a).abs() < 512 << 10
+    });
+    assert!(
+        ok,
+        "(main.holdA in use, windows, skipped reads) {seen:?}: want {held_a} held by \
+         {PROCS} processes and ≥ {} skipped; log:\n{}",
+        PROCS as f64 - CAP,
+        agent.log()
+    );
+    // Never more than 64 reads per window written (one pod, one type:
+    // every window that read heaps wrote one; the counters are read in
+    // that order, so `written` can only be larger).
+    let reads = agent.metric("profiler_agent_heap_reads_total").unwrap();
+    let written = agent
+        .metric("profiler_agent_windows_written_total")
+        .unwrap();
+    eprintln!("heap reads {reads}, windows written {written}, {seen:?}");
+    assert!(
+        reads <= CAP * written,
+        "{reads} heap reads in {written} windows: more than {CAP} per window"
+    );
+    drop(children);
 }

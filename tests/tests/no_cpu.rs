@@ -9,7 +9,6 @@
 //! `cargo test -p integration-tests --test no_cpu -- --test-threads=1`.
 
 use std::{
-    io::Read as _,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -83,22 +82,7 @@ fn record_exactcalls(bin: &std::path::Path, args: &[&str]) -> (Vec<u32>, String,
             .stderr(Stdio::piped()),
     );
     let types = loaded_prog_types(prof.pid());
-    let mut stdout = String::new();
-    prof.0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let mut stderr = String::new();
-    prof.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = prof.0.wait().unwrap();
-    assert!(status.success(), "profiler record failed: {stderr}");
+    let (stdout, stderr) = prof.finish("profiler record");
     (types, stdout, stderr)
 }
 
@@ -226,15 +210,7 @@ fn agent_latency_without_cpu_runs_no_cpu_sampler() {
         !types.contains(&PROG_PERF_EVENT),
         "--profile latency loaded a perf_event program: {types:?}"
     );
-    let mut out = String::new();
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.0.wait().unwrap().success(), "workload failed: {out}");
+    let (out, _) = child.finish("workload");
     assert_eq!(printed(&out, "latency_n="), 300);
     // The windows covering the calls are written (2 s windows).
     std::thread::sleep(Duration::from_secs(5));
@@ -308,30 +284,9 @@ fn record_cgroup_without_cpu_finds_a_process_moved_in() {
             .stdout(Stdio::piped()),
     );
     cg.add_process(&path, child.pid());
-    let mut stdout = String::new();
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(
-        child.0.wait().unwrap().success(),
-        "workload failed: {stdout}"
-    );
+    let (stdout, _) = child.finish("workload");
     let mut prof = prof;
-    let mut stderr = String::new();
-    prof.0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(
-        prof.0.wait().unwrap().success(),
-        "profiler failed: {stderr}"
-    );
+    let (_, stderr) = prof.finish("profiler record");
     let truth = printed(&stdout, "calls=");
     assert_eq!(truth, 5000);
     let flat = flatten(&read_pprof(&out));

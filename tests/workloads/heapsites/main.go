@@ -64,6 +64,7 @@ func main() {
 	b := flag.Int("site-b", 8<<20, "bytes held at main.holdB")
 	obj := flag.Int("obj", 64<<10, "object size")
 	garbage := flag.Int("churn", 64<<20, "bytes allocated and dropped at main.churn")
+	warmup := flag.Int("warmup", 0, "bytes allocated and dropped at main.churn before the held sites: Go draws its first sampling interval at the default MemProfileRate (mean 512 KiB) before main can set -memprofilerate, so a hold smaller than that is under-counted without it")
 	grow := flag.Int("grow", 0, "bytes per second added to an unbounded cache at main.growCache")
 	heapOut := flag.String("heap-out", "", "write runtime/pprof's heap profile here after the GC")
 	duration := flag.Duration("duration", 30*time.Second, "run this long")
@@ -71,6 +72,7 @@ func main() {
 	if *rate > 0 {
 		runtime.MemProfileRate = *rate
 	}
+	churn(*warmup, *obj)
 	holdA(*a, *obj)
 	holdB(*b, *obj)
 	churn(*garbage, *obj)
