@@ -637,8 +637,51 @@ impl Comparison {
         let jc = side(cand)?;
         let jobs: Vec<&Job<'p>> = jb.iter().chain(&jc).collect();
         let mut runs = par_map(&jobs, |j| j.3.reduce(j.0, j.1, j.2));
-        let mut c = runs.split_off(jb.len());
-        let b = runs;
+        let c = runs.split_off(jb.len());
+        Ok(Comparison::assemble(
+            table,
+            first.unwrap_or_default(),
+            runs,
+            c,
+            norm,
+        ))
+    }
+
+    /// [`Comparison::new`] straight from pprof files (gzip'd or not, given
+    /// by path; `base` and `cand` are the sources the runs are named by):
+    /// each file decodes and reduces on its own thread without building a
+    /// [`Profile`], and the result is the comparison [`Comparison::new`]
+    /// gives on the files loaded with [`crate::input::load_many`].
+    ///
+    /// Returns `None` when this path does not apply: a file that is not a
+    /// pprof protobuf (legacy or folded formats), more than 16 files, or
+    /// any error (unreadable or malformed file, missing or mismatched sample
+    /// type). The caller then loads the profiles and calls
+    /// [`Comparison::new`], which handles or reports it.
+    pub fn from_pprof_files(
+        base: &[String],
+        cand: &[String],
+        sample_type: Option<&str>,
+        norm: &Normalizer,
+    ) -> Option<Comparison> {
+        let r = crate::fastload::reduce_files(base, cand, sample_type, norm)?;
+        Some(Comparison::assemble(
+            r.table,
+            r.sample_type,
+            r.base,
+            r.cand,
+            norm,
+        ))
+    }
+
+    /// The comparison of reduced runs: the candidate's size factor.
+    fn assemble(
+        table: FuncTable,
+        sample_type: ValueType,
+        b: Vec<RunData>,
+        mut c: Vec<RunData>,
+        norm: &Normalizer,
+    ) -> Comparison {
         let size = {
             let n = table.len();
             let pool = |runs: &[RunData]| -> (Vec<f64>, f64) {
@@ -662,14 +705,14 @@ impl Comparison {
         for r in &mut c {
             r.size_factor = size.factor;
         }
-        Ok(Comparison {
+        Comparison {
             table,
-            sample_type: first.unwrap_or_default(),
+            sample_type,
             base: b,
             cand: c,
             normalization: norm.options().describe(),
             size,
-        })
+        }
     }
 
     /// Use another size factor for [`Scale::Compositional`] (its factor

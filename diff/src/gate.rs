@@ -271,6 +271,9 @@ pub struct Gate<'a> {
     sample_type: Option<String>,
     cache: CompareCache,
     primary_key: Option<Option<String>>,
+    /// A primary comparison built beforehand ([`Gate::with_comparison`]),
+    /// with the sources of both sides.
+    preset: Option<(Comparison, Vec<String>, Vec<String>)>,
     /// Confidence level of reported intervals.
     pub confidence: f64,
     /// Percent growth allowed by the default rule.
@@ -298,11 +301,31 @@ impl<'a> Gate<'a> {
             sample_type,
             cache: HashMap::new(),
             primary_key: None,
+            preset: None,
             confidence: 0.95,
             default_max_percent: 5.0,
             top_n: 20,
             scale: Scale::Compositional,
         }
+    }
+
+    /// A gate over a primary comparison built beforehand (e.g. by
+    /// [`Comparison::from_pprof_files`] for `sample_type`), its runs named
+    /// `base` and `cand`. It holds no profiles: only rules on the primary
+    /// sample type apply (a rule naming another sample type, or budgets
+    /// settings naming one, are reported as not applicable, and quantile
+    /// rules find no latency profiles), so use it when the budgets have
+    /// none; [`Gate::new`] handles every rule.
+    pub fn with_comparison(
+        comparison: Comparison,
+        base: Vec<String>,
+        cand: Vec<String>,
+        norm: &'a Normalizer,
+        sample_type: Option<String>,
+    ) -> Gate<'a> {
+        let mut g = Gate::new(Vec::new(), Vec::new(), norm, sample_type);
+        g.preset = Some((comparison, base, cand));
+        g
     }
 
     fn comparison(&mut self, st: Option<&str>, settings: &Settings) -> Result<&Compared, String> {
@@ -557,7 +580,19 @@ impl<'a> Gate<'a> {
             .sample_type
             .clone()
             .or_else(|| self.sample_type.clone());
-        let mut primary = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?;
+        let (mut primary, sources) = match self.preset.take() {
+            Some((c, b, k)) => (c, Some((b, k))),
+            None => (
+                Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?,
+                None,
+            ),
+        };
+        let (baseline, candidate) = sources.unwrap_or_else(|| {
+            (
+                self.base.iter().map(|b| b.0.clone()).collect(),
+                self.cand.iter().map(|b| b.0.clone()).collect(),
+            )
+        });
         let Analysis {
             funcs: primary_top,
             scale: pscale,
@@ -771,8 +806,8 @@ impl<'a> Gate<'a> {
             alpha: settings.alpha,
             inconclusive_alpha: settings.inconclusive_alpha,
             noise_floor: settings.noise_floor,
-            baseline: self.base.iter().map(|b| b.0.clone()).collect(),
-            candidate: self.cand.iter().map(|b| b.0.clone()).collect(),
+            baseline,
+            candidate,
             rules: results,
             findings,
             top,
