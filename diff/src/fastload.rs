@@ -48,8 +48,7 @@ struct Header {
 /// One decoded file's frames: the frames of each location (as indexes
 /// into the names' frame list) and its sample-level facts.
 struct Frames {
-    /// Frame range per location id (dense ids) or per location index.
-    by_id: Option<Vec<(u32, u32)>>,
+    /// Frame range per location index.
     loc_ranges: Vec<(u32, u32)>,
     lidx: IdIndex,
     period_unit: Option<String>,
@@ -258,17 +257,6 @@ fn frames(raw: &RawProfile<'_>, norm: &Normalizer) -> Option<(Header, Frames)> {
         }
         loc_ranges.push((start, frame_name.len() as u32));
     }
-    let by_id = match &lidx {
-        IdIndex::Dense(v) => Some(
-            v.iter()
-                .map(|&li| match loc_ranges.get(li as usize) {
-                    Some(&r) => r,
-                    None => (u32::MAX, u32::MAX),
-                })
-                .collect(),
-        ),
-        IdIndex::Sparse(_) => None,
-    };
     let n_types = sample_types.len();
     Some((
         Header {
@@ -277,7 +265,6 @@ fn frames(raw: &RawProfile<'_>, norm: &Normalizer) -> Option<(Header, Frames)> {
             names: Names::from_parts(frame_name, distinct),
         },
         Frames {
-            by_id,
             loc_ranges,
             lidx,
             period_unit,
@@ -302,10 +289,40 @@ fn reduce(
     let mut buf: Vec<FuncId> = Vec::with_capacity(128);
     let mut total = 0.0;
     let mut min_positive: Option<i64> = None;
+    // Each location's functions resolved once: `funcs[a..a + len]`, the
+    // high bit of `len` set when a kernel frame of it was dropped.
+    const DROPPED: u32 = 1 << 31;
+    let mut funcs: Vec<FuncId> = Vec::with_capacity(fr.loc_ranges.len() + 16);
+    let resolved: Vec<(u32, u32)> = fr
+        .loc_ranges
+        .iter()
+        .map(|&(a, b)| {
+            let start = funcs.len() as u32;
+            let mut dropped = 0;
+            for i in a..b {
+                match prep.frame_func(i as usize) {
+                    Some(f) => funcs.push(f),
+                    None => dropped = DROPPED,
+                }
+            }
+            (start, (funcs.len() as u32 - start) | dropped)
+        })
+        .collect();
+    let by_id: Option<Vec<(u32, u32)>> = match &fr.lidx {
+        IdIndex::Dense(v) => Some(
+            v.iter()
+                .map(|&li| match resolved.get(li as usize) {
+                    Some(&r) => r,
+                    None => (u32::MAX, 0),
+                })
+                .collect(),
+        ),
+        IdIndex::Sparse(_) => None,
+    };
     let range_of = |id: u64| -> Option<(u32, u32)> {
-        match &fr.by_id {
+        match &by_id {
             Some(v) => v.get(id as usize).copied().filter(|&(a, _)| a != u32::MAX),
-            None => fr.lidx.get(id).map(|li| fr.loc_ranges[li]),
+            None => fr.lidx.get(id).map(|li| resolved[li]),
         }
     };
     let nstrings = raw.strings.len() as u64;
@@ -329,15 +346,16 @@ fn reduce(
         }
         buf.clear();
         let mut dropped_kernel = false;
-        let mut push_range = |(a, b): (u32, u32), buf: &mut Vec<FuncId>| {
-            for i in a..b {
-                match prep.frame_func(i as usize) {
-                    Some(f) => buf.push(f),
-                    None => dropped_kernel = true,
-                }
+        let mut push_range = |(a, len): (u32, u32), buf: &mut Vec<FuncId>| {
+            if len == 1 {
+                buf.push(funcs[a as usize]);
+            } else {
+                dropped_kernel |= len & DROPPED != 0;
+                let len = len & !DROPPED;
+                buf.extend_from_slice(&funcs[a as usize..(a + len) as usize]);
             }
         };
-        if let (Some(tab), false) = (&fr.by_id, s.packed_locs.is_empty()) {
+        if let (Some(tab), false) = (&by_id, s.packed_locs.is_empty()) {
             // The decoder validated the packed field (whole varints of at
             // most nine bytes).
             let bytes = s.packed_locs;
