@@ -122,11 +122,11 @@ fn frames(raw: &RawProfile<'_>, norm: &Normalizer) -> Option<(Header, Frames)> {
             name
         })
     };
-    let mut fnames: Vec<Option<String>> = vec![None; raw.functions.len()];
     let mut files: FxHashMap<i64, String> = FxHashMap::default();
     let mut distinct: Vec<(String, String)> = Vec::new();
-    // Named frames: one normalization per (function, mapping).
-    let mut named: FxHashMap<(u32, u32), u32> = FxHashMap::default();
+    // Named frames: one normalization per (name, system name, file,
+    // mapping) string indexes (function records often repeat a name).
+    let mut named: FxHashMap<(i64, i64, i64, u32), u32> = FxHashMap::default();
     // Unnamed frames are named by the absolute address of the first
     // location of their frame key, as the general decoder interns them.
     type Key = (u32, i64, bool, u32, u64);
@@ -209,25 +209,25 @@ fn frames(raw: &RawProfile<'_>, norm: &Normalizer) -> Option<(Header, Frames)> {
                 frame_name.push(u32::MAX);
                 continue;
             }
-            if fnames[fi].is_none() {
-                fnames[fi] = Some(func_name(fi)?);
-            }
-            let fname = fnames[fi].as_deref().unwrap_or("");
-            let file_idx = raw.functions[fi].filename;
-            if !fname.is_empty() {
-                let id = match named.get(&(fi as u32, mi)) {
+            let f = &raw.functions[fi];
+            let file_idx = f.filename;
+            let unnamed_fn = raw.str_bytes(f.name, &"").ok()?.is_empty()
+                && raw.str_bytes(f.system_name, &"").ok()?.is_empty();
+            if !unnamed_fn {
+                let key = (f.name, f.system_name, f.filename, mi);
+                let id = match named.get(&key) {
                     Some(&id) => id,
                     None => {
                         let file = s(file_idx)?;
                         let id = normalize(
-                            fname.to_string(),
+                            func_name(fi)?,
                             &file,
                             mi,
                             &mut files,
                             Some(file_idx),
                             &mut distinct,
                         );
-                        named.insert((fi as u32, mi), id);
+                        named.insert(key, id);
                         id
                     }
                 };

@@ -1421,6 +1421,23 @@ fn stacks_through(index: &EdgeIndex, focus: &[bool]) -> [Vec<Vec<bool>>; 2] {
     })
 }
 
+/// Marks in `dropped` (per side, run and stack of `index`) every stack
+/// through `f`: with the stacks dropped before, the stacks through any
+/// excluded function.
+fn drop_stacks(index: &EdgeIndex, f: FuncId, dropped: &mut [Vec<Vec<bool>>; 2]) {
+    for ((_, runs), dropped) in index.sides.iter().zip(dropped.iter_mut()) {
+        for (re, dropped) in runs.iter().zip(dropped.iter_mut()) {
+            for (i, d) in dropped.iter_mut().enumerate() {
+                if !*d {
+                    let s =
+                        &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
+                    *d = s.contains(&f);
+                }
+            }
+        }
+    }
+}
+
 /// One side's part of an [`Agg`].
 struct SideAgg {
     cum: Vec<f64>,
@@ -1439,7 +1456,7 @@ impl SideAgg {
         n_edges: usize,
         n: usize,
         scale: &Scale,
-        exclude: &[bool],
+        dropped: &[Vec<bool>],
         focused: &[Vec<bool>],
     ) -> Self {
         let mut a = SideAgg {
@@ -1452,7 +1469,6 @@ impl SideAgg {
         // The cumulative value and count of a function side by side: one
         // index (and bounds check) per frame; split at the end.
         let mut cums: Vec<[f64; 2]> = vec![[0.0; 2]; n];
-        let any_excluded = exclude.iter().any(|&x| x);
         let mut seen = vec![u32::MAX; n];
         let mut stamp = 0u32;
         let den: f64 = runs
@@ -1460,11 +1476,11 @@ impl SideAgg {
             .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
             .sum::<f64>()
             .max(1e-300);
-        for ((r, re), focused) in runs.iter().zip(index).zip(focused) {
+        for (((r, re), focused), dropped) in runs.iter().zip(index).zip(focused).zip(dropped) {
             let w = if r.weight > 0.0 { r.weight } else { 1.0 };
             for (i, &v) in re.values.iter().enumerate() {
                 let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
-                if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
+                if dropped[i] {
                     continue;
                 }
                 let (x, xn) = (v / den, v / w);
@@ -1505,6 +1521,8 @@ impl SideAgg {
 }
 
 impl Agg {
+    /// `dropped` (per side, run and stack, from [`drop_stacks`]): the
+    /// stacks through an excluded function, left out.
     /// `focused` (per side, run and stack, from [`stacks_through`]): edges
     /// are collected only from stacks through a flagged
     /// function (the grown ones: every chain the attribution walks lies in
@@ -1513,7 +1531,7 @@ impl Agg {
         cmp: &Comparison,
         index: &EdgeIndex,
         scale: &Scale,
-        exclude: &[bool],
+        dropped: &[Vec<Vec<bool>>; 2],
         focused: &[Vec<Vec<bool>>; 2],
     ) -> Agg {
         let n = cmp.table.len();
@@ -1521,7 +1539,15 @@ impl Agg {
         // order as one after the other): one thread each.
         let one = |runs: &[RunData], side: usize| {
             let (pairs, edges) = &index.sides[side];
-            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, &focused[side])
+            SideAgg::new(
+                runs,
+                edges,
+                pairs.len(),
+                n,
+                scale,
+                &dropped[side],
+                &focused[side],
+            )
         };
         let (b, c) = std::thread::scope(|s| {
             let c = s.spawn(|| one(&cmp.cand, 1));
@@ -1701,7 +1727,12 @@ fn attribute(
     }
     let index = index.get_or_init(|| EdgeIndex::new(cmp));
     let focused = stacks_through(index, &focus);
-    let full = Agg::new(cmp, index, scale, &exclude, &focused);
+    let mut dropped = index.sides.each_ref().map(|(_, runs)| {
+        runs.iter()
+            .map(|re| vec![false; re.values.len()])
+            .collect::<Vec<_>>()
+    });
+    let full = Agg::new(cmp, index, scale, &dropped, &focused);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1945,7 +1976,8 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, index, scale, &exclude, &focused);
+        drop_stacks(index, culprit, &mut dropped);
+        let next = Agg::new(cmp, index, scale, &dropped, &focused);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {
