@@ -1332,13 +1332,16 @@ impl EdgeIndex {
             let mut seen = vec![u32::MAX; n];
             let mut stamp = 0u32;
             let mut local: Vec<(FuncId, FuncId)> = Vec::new();
+            // Per caller, its last edge (callee, id): most callers reach
+            // one or two callees, so most edges skip the hash lookup.
+            let mut last: Vec<(FuncId, u32)> = vec![(FuncId::MAX, 0); n];
             let mut out = Vec::with_capacity(runs.len());
             for r in runs {
                 let n_stacks = r.stacks.len();
                 let mut offsets = Vec::with_capacity(n_stacks + 1);
-                let mut ids = Vec::new();
-                offsets.push(0u32);
                 let n_frames: usize = r.stacks.keys().map(|s| s.len()).sum();
+                let mut ids = Vec::with_capacity(n_frames);
+                offsets.push(0u32);
                 let mut frames = Vec::with_capacity(n_frames);
                 let mut frame_offsets = Vec::with_capacity(n_stacks + 1);
                 frame_offsets.push(0u32);
@@ -1371,11 +1374,18 @@ impl EdgeIndex {
                             }
                             local.push(e);
                         }
-                        let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
-                        let id = *map.entry(key).or_insert_with(|| {
-                            pairs.push(e);
-                            (pairs.len() - 1) as u32
-                        });
+                        let slot = &mut last[p[0] as usize];
+                        let id = if slot.0 == p[1] {
+                            slot.1
+                        } else {
+                            let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
+                            let id = *map.entry(key).or_insert_with(|| {
+                                pairs.push(e);
+                                (pairs.len() - 1) as u32
+                            });
+                            *slot = (p[1], id);
+                            id
+                        };
                         ids.push(id);
                     }
                     offsets.push(ids.len() as u32);
