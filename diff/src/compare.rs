@@ -540,6 +540,10 @@ impl SizeFactor {
 /// prepared functions.
 type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
 
+/// Fewest tested functions for which [`Comparison::functions`] tests on
+/// two threads.
+const PARALLEL_TESTS: usize = 2_048;
+
 /// Fewest stacks (over all runs) for which [`Comparison::stacks`] scans
 /// on two threads.
 const PARALLEL_STACKS: usize = 8_192;
@@ -927,9 +931,10 @@ impl Comparison {
                 }
             }
         }
-        // Pass 2: the tests.
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        // Pass 2: the tests, independent per function: a large comparison
+        // tests its two halves of the functions on two threads (the
+        // records come out in the same order either way).
+        let test = |id: usize| -> FunctionDelta {
             let leaf = leaf_only(id);
             let metric = |vb: &[Vec<f64>], vc: &[Vec<f64>], fam: usize| {
                 let (sb, sc) = (col(vb, id), col(vc, id));
@@ -949,14 +954,26 @@ impl Comparison {
                 m
             };
             let f = &self.table.funcs[id];
-            out.push(FunctionDelta {
+            FunctionDelta {
                 id: id as FuncId,
                 function: f.name.clone(),
                 file: f.file.clone(),
                 flat: metric(&flat_b, &flat_c, 0),
                 cum: metric(&cum_b, &cum_c, 1),
-            });
-        }
+            }
+        };
+        let mut out: Vec<FunctionDelta> = if ids.len() >= PARALLEL_TESTS {
+            let (a, b) = ids.split_at(ids.len() / 2);
+            std::thread::scope(|s| {
+                let hb = s.spawn(|| b.iter().map(|&id| test(id)).collect::<Vec<_>>());
+                let mut out: Vec<FunctionDelta> = Vec::with_capacity(ids.len());
+                out.extend(a.iter().map(|&id| test(id)));
+                out.extend(hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                out
+            })
+        } else {
+            ids.iter().map(|&id| test(id)).collect()
+        };
         for pick in [
             (|d: &mut FunctionDelta| -> &mut Metric { &mut d.flat })
                 as fn(&mut FunctionDelta) -> &mut Metric,
