@@ -540,6 +540,17 @@ impl SizeFactor {
 /// prepared functions.
 type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
 
+/// One function's part of [`Comparison::functions`]' first pass.
+struct PerFunction {
+    /// Seen on either side (cumulative value not zero everywhere).
+    tested: bool,
+    /// Jitter moments per family (flat, cum), when tested and above the
+    /// noise floor.
+    moments: [Option<(f64, f64)>; 2],
+    /// The robust-jitter item per family (one run per side only).
+    items: [Option<(RunCount, RunCount)>; 2],
+}
+
 /// Fewest tested functions for which [`Comparison::functions`] tests on
 /// two threads.
 const PARALLEL_TESTS: usize = 2_048;
@@ -836,8 +847,6 @@ impl Comparison {
                 })
                 .collect()
         };
-        // Pass 1: which functions are tested, and the common jitter of each
-        // family (flat, cum) from all of them (moderated dispersion).
         let above = |sb: &[f64], sc: &[f64]| {
             let (x, y) = self.shares(sb, sc);
             !(x < opts.noise_floor && y < opts.noise_floor)
@@ -852,27 +861,76 @@ impl Comparison {
             flat_b.iter().zip(&cum_b).all(|(f, c)| f[id] == c[id])
                 && flat_c.iter().zip(&cum_c).all(|(f, c)| f[id] == c[id])
         };
-        let mut ids = Vec::new();
-        let mut moments = [(0.0f64, 0.0f64); 2];
-        for id in 0..n {
+        // Per function (independent, so a large comparison takes its two
+        // halves on two threads): tested at all, its jitter moments and,
+        // with one run per side, its robust-jitter item, per family.
+        // They are summed and collected below in function order.
+        let single = self.base.len() == 1 && self.cand.len() == 1;
+        let fams = [(&flat_b, &flat_c), (&cum_b, &cum_c)];
+        let per_function = |id: usize| -> PerFunction {
             let (cb, cc) = (col(&cum_b, id), col(&cum_c, id));
-            if cb.iter().chain(&cc).all(|&x| x == 0.0) {
-                continue;
-            }
-            ids.push(id);
-            for (fam, (vb, vc)) in [(&flat_b, &flat_c), (&cum_b, &cum_c)]
-                .into_iter()
-                .enumerate()
-            {
+            let tested = !cb.iter().chain(&cc).all(|&x| x == 0.0);
+            let mut out = PerFunction {
+                tested,
+                moments: [None; 2],
+                items: [None; 2],
+            };
+            for (fam, (vb, vc)) in fams.into_iter().enumerate() {
+                if !tested && !single {
+                    continue;
+                }
                 let (sb, sc) = (col(vb, id), col(vc, id));
                 if !above(&sb, &sc) || (fam == 1 && leaf_only(id)) {
                     continue;
                 }
                 let (rb, model) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
                 let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
-                if let Some((nu, de)) = stats::jitter_moments(&rb, &rc, model) {
+                if tested {
+                    out.moments[fam] = stats::jitter_moments(&rb, &rc, model);
+                }
+                // A function seen on one side only is new (or gone)
+                // work, not jitter: a regression brings dozens of them
+                // (its library subtree), which would otherwise set the
+                // common jitter and hide the regression itself.
+                if single
+                    && !sb.iter().chain(&sc).all(|&x| x == 0.0)
+                    && rb[0].count > 0.0
+                    && rc[0].count > 0.0
+                {
+                    out.items[fam] = Some((rb[0], rc[0]));
+                }
+            }
+            out
+        };
+        let all: Vec<usize> = (0..n).collect();
+        let per: Vec<PerFunction> = if n >= PARALLEL_TESTS {
+            let (a, b) = all.split_at(n / 2);
+            std::thread::scope(|s| {
+                let hb = s.spawn(|| b.iter().map(|&id| per_function(id)).collect::<Vec<_>>());
+                let mut out: Vec<PerFunction> = Vec::with_capacity(n);
+                out.extend(a.iter().map(|&id| per_function(id)));
+                out.extend(hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                out
+            })
+        } else {
+            all.iter().map(|&id| per_function(id)).collect()
+        };
+        // Pass 1: which functions are tested, and the common jitter of each
+        // family (flat, cum) from all of them (moderated dispersion).
+        let mut ids = Vec::new();
+        let mut moments = [(0.0f64, 0.0f64); 2];
+        let mut items: [Vec<(RunCount, RunCount)>; 2] = [Vec::new(), Vec::new()];
+        for (id, p) in per.iter().enumerate() {
+            if p.tested {
+                ids.push(id);
+            }
+            for fam in 0..2 {
+                if let Some((nu, de)) = p.moments[fam] {
                     moments[fam].0 += nu;
                     moments[fam].1 += de;
+                }
+                if let Some(it) = p.items[fam] {
+                    items[fam].push(it);
                 }
             }
         }
@@ -887,32 +945,7 @@ impl Comparison {
         let mut priors = [prior(0), prior(1)];
         // One run per side: no replicate scatter, so estimate the common
         // jitter robustly from how much all tested functions moved.
-        if self.base.len() == 1 && self.cand.len() == 1 {
-            let mut items: [Vec<(RunCount, RunCount)>; 2] = [Vec::new(), Vec::new()];
-            for id in 0..n {
-                for (fam, (vb, vc)) in [(&flat_b, &flat_c), (&cum_b, &cum_c)]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let (sb, sc) = (col(vb, id), col(vc, id));
-                    if sb.iter().chain(&sc).all(|&x| x == 0.0)
-                        || !above(&sb, &sc)
-                        || (fam == 1 && leaf_only(id))
-                    {
-                        continue;
-                    }
-                    let (rb, _) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
-                    let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
-                    // A function seen on one side only is new (or gone)
-                    // work, not jitter: a regression brings dozens of them
-                    // (its library subtree), which would otherwise set the
-                    // common jitter and hide the regression itself.
-                    if rb[0].count <= 0.0 || rc[0].count <= 0.0 {
-                        continue;
-                    }
-                    items[fam].push((rb[0], rc[0]));
-                }
-            }
+        if single {
             let model = count_model(&opts.scale).0;
             for fam in 0..2 {
                 let kappa = stats::robust_kappa_single(&items[fam], model);
