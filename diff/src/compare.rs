@@ -816,10 +816,7 @@ impl Comparison {
         let n = self.table.len();
         // Per-run flat and cum values: the candidate's on a second thread.
         let sums = |runs: &[RunData]| -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
-            (
-                runs.iter().map(|r| r.flat(n)).collect(),
-                runs.iter().map(|r| r.cum(n)).collect(),
-            )
+            runs.iter().map(|r| r.flat_cum(n)).unzip()
         };
         let ((flat_b, cum_b), (flat_c, cum_c)) = std::thread::scope(|s| {
             let c = s.spawn(|| sums(&self.cand));

@@ -489,6 +489,26 @@ impl RunData {
         out
     }
 
+    /// [`RunData::flat`] and [`RunData::cum`] in one pass over the stacks
+    /// (the same sums in the same order).
+    pub(crate) fn flat_cum(&self, n: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut flat = vec![0.0; n];
+        let mut cum = vec![0.0; n];
+        let mut seen = vec![u32::MAX; n];
+        for (i, (s, v)) in self.stacks.iter().enumerate() {
+            if let Some(&leaf) = s.last() {
+                flat[leaf as usize] += v;
+            }
+            for &f in s.iter() {
+                if seen[f as usize] != i as u32 {
+                    seen[f as usize] = i as u32;
+                    cum[f as usize] += v;
+                }
+            }
+        }
+        (flat, cum)
+    }
+
     /// Cumulative value per function, counted once per stack even under recursion.
     pub fn cum(&self, n: usize) -> Vec<f64> {
         let mut out = vec![0.0; n];
