@@ -609,7 +609,7 @@ impl<'a> Gate<'a> {
         };
         let cum_rule = default_cum_rule(self.default_max_percent);
         self.cache
-            .insert(key.clone(), Ok((primary, primary_top.clone(), pscale)));
+            .insert(key.clone(), Ok((primary, primary_top, pscale)));
         self.primary_key = Some(key.clone());
 
         let mut rules: Vec<BudgetRule> = Vec::new();
@@ -797,8 +797,12 @@ impl<'a> Gate<'a> {
         } else {
             Verdict::Pass
         };
-        let mut top = primary_top;
-        top.truncate(self.top_n);
+        // The first `top_n` of the primary statistics (a copy of those
+        // only: the whole list stays in the cache).
+        let top: Vec<FunctionDelta> = match self.primary() {
+            Some((_, funcs)) => funcs[..funcs.len().min(self.top_n)].to_vec(),
+            None => Vec::new(),
+        };
         Ok(GateReport {
             verdict,
             sample_type,
