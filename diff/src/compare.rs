@@ -540,6 +540,21 @@ impl SizeFactor {
 /// prepared functions.
 type Job<'p> = (&'p Profile, usize, &'p str, Prepared);
 
+/// One function's part of [`Comparison::functions`]' first pass.
+struct PerFunction {
+    /// Seen on either side (cumulative value not zero everywhere).
+    tested: bool,
+    /// Jitter moments per family (flat, cum), when tested and above the
+    /// noise floor.
+    moments: [Option<(f64, f64)>; 2],
+    /// The robust-jitter item per family (one run per side only).
+    items: [Option<(RunCount, RunCount)>; 2],
+}
+
+/// Fewest tested functions for which [`Comparison::functions`] tests on
+/// two threads.
+const PARALLEL_TESTS: usize = 2_048;
+
 /// Fewest stacks (over all runs) for which [`Comparison::stacks`] scans
 /// on two threads.
 const PARALLEL_STACKS: usize = 8_192;
@@ -637,8 +652,51 @@ impl Comparison {
         let jc = side(cand)?;
         let jobs: Vec<&Job<'p>> = jb.iter().chain(&jc).collect();
         let mut runs = par_map(&jobs, |j| j.3.reduce(j.0, j.1, j.2));
-        let mut c = runs.split_off(jb.len());
-        let b = runs;
+        let c = runs.split_off(jb.len());
+        Ok(Comparison::assemble(
+            table,
+            first.unwrap_or_default(),
+            runs,
+            c,
+            norm,
+        ))
+    }
+
+    /// [`Comparison::new`] straight from pprof files (gzip'd or not, given
+    /// by path; `base` and `cand` are the sources the runs are named by):
+    /// each file decodes and reduces on its own thread without building a
+    /// [`Profile`], and the result is the comparison [`Comparison::new`]
+    /// gives on the files loaded with [`crate::input::load_many`].
+    ///
+    /// Returns `None` when this path does not apply: a file that is not a
+    /// pprof protobuf (legacy or folded formats), more than 16 files, or
+    /// any error (unreadable or malformed file, missing or mismatched sample
+    /// type). The caller then loads the profiles and calls
+    /// [`Comparison::new`], which handles or reports it.
+    pub fn from_pprof_files(
+        base: &[String],
+        cand: &[String],
+        sample_type: Option<&str>,
+        norm: &Normalizer,
+    ) -> Option<Comparison> {
+        let r = crate::fastload::reduce_files(base, cand, sample_type, norm)?;
+        Some(Comparison::assemble(
+            r.table,
+            r.sample_type,
+            r.base,
+            r.cand,
+            norm,
+        ))
+    }
+
+    /// The comparison of reduced runs: the candidate's size factor.
+    fn assemble(
+        table: FuncTable,
+        sample_type: ValueType,
+        b: Vec<RunData>,
+        mut c: Vec<RunData>,
+        norm: &Normalizer,
+    ) -> Comparison {
         let size = {
             let n = table.len();
             let pool = |runs: &[RunData]| -> (Vec<f64>, f64) {
@@ -662,14 +720,14 @@ impl Comparison {
         for r in &mut c {
             r.size_factor = size.factor;
         }
-        Ok(Comparison {
+        Comparison {
             table,
-            sample_type: first.unwrap_or_default(),
+            sample_type,
             base: b,
             cand: c,
             normalization: norm.options().describe(),
             size,
-        })
+        }
     }
 
     /// Use another size factor for [`Scale::Compositional`] (its factor
@@ -758,10 +816,7 @@ impl Comparison {
         let n = self.table.len();
         // Per-run flat and cum values: the candidate's on a second thread.
         let sums = |runs: &[RunData]| -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
-            (
-                runs.iter().map(|r| r.flat(n)).collect(),
-                runs.iter().map(|r| r.cum(n)).collect(),
-            )
+            runs.iter().map(|r| r.flat_cum(n)).unzip()
         };
         let ((flat_b, cum_b), (flat_c, cum_c)) = std::thread::scope(|s| {
             let c = s.spawn(|| sums(&self.cand));
@@ -789,8 +844,6 @@ impl Comparison {
                 })
                 .collect()
         };
-        // Pass 1: which functions are tested, and the common jitter of each
-        // family (flat, cum) from all of them (moderated dispersion).
         let above = |sb: &[f64], sc: &[f64]| {
             let (x, y) = self.shares(sb, sc);
             !(x < opts.noise_floor && y < opts.noise_floor)
@@ -805,27 +858,76 @@ impl Comparison {
             flat_b.iter().zip(&cum_b).all(|(f, c)| f[id] == c[id])
                 && flat_c.iter().zip(&cum_c).all(|(f, c)| f[id] == c[id])
         };
-        let mut ids = Vec::new();
-        let mut moments = [(0.0f64, 0.0f64); 2];
-        for id in 0..n {
+        // Per function (independent, so a large comparison takes its two
+        // halves on two threads): tested at all, its jitter moments and,
+        // with one run per side, its robust-jitter item, per family.
+        // They are summed and collected below in function order.
+        let single = self.base.len() == 1 && self.cand.len() == 1;
+        let fams = [(&flat_b, &flat_c), (&cum_b, &cum_c)];
+        let per_function = |id: usize| -> PerFunction {
             let (cb, cc) = (col(&cum_b, id), col(&cum_c, id));
-            if cb.iter().chain(&cc).all(|&x| x == 0.0) {
-                continue;
-            }
-            ids.push(id);
-            for (fam, (vb, vc)) in [(&flat_b, &flat_c), (&cum_b, &cum_c)]
-                .into_iter()
-                .enumerate()
-            {
+            let tested = !cb.iter().chain(&cc).all(|&x| x == 0.0);
+            let mut out = PerFunction {
+                tested,
+                moments: [None; 2],
+                items: [None; 2],
+            };
+            for (fam, (vb, vc)) in fams.into_iter().enumerate() {
+                if !tested && !single {
+                    continue;
+                }
                 let (sb, sc) = (col(vb, id), col(vc, id));
                 if !above(&sb, &sc) || (fam == 1 && leaf_only(id)) {
                     continue;
                 }
                 let (rb, model) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
                 let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
-                if let Some((nu, de)) = stats::jitter_moments(&rb, &rc, model) {
+                if tested {
+                    out.moments[fam] = stats::jitter_moments(&rb, &rc, model);
+                }
+                // A function seen on one side only is new (or gone)
+                // work, not jitter: a regression brings dozens of them
+                // (its library subtree), which would otherwise set the
+                // common jitter and hide the regression itself.
+                if single
+                    && !sb.iter().chain(&sc).all(|&x| x == 0.0)
+                    && rb[0].count > 0.0
+                    && rc[0].count > 0.0
+                {
+                    out.items[fam] = Some((rb[0], rc[0]));
+                }
+            }
+            out
+        };
+        let all: Vec<usize> = (0..n).collect();
+        let per: Vec<PerFunction> = if n >= PARALLEL_TESTS {
+            let (a, b) = all.split_at(n / 2);
+            std::thread::scope(|s| {
+                let hb = s.spawn(|| b.iter().map(|&id| per_function(id)).collect::<Vec<_>>());
+                let mut out: Vec<PerFunction> = Vec::with_capacity(n);
+                out.extend(a.iter().map(|&id| per_function(id)));
+                out.extend(hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                out
+            })
+        } else {
+            all.iter().map(|&id| per_function(id)).collect()
+        };
+        // Pass 1: which functions are tested, and the common jitter of each
+        // family (flat, cum) from all of them (moderated dispersion).
+        let mut ids = Vec::new();
+        let mut moments = [(0.0f64, 0.0f64); 2];
+        let mut items: [Vec<(RunCount, RunCount)>; 2] = [Vec::new(), Vec::new()];
+        for (id, p) in per.iter().enumerate() {
+            if p.tested {
+                ids.push(id);
+            }
+            for fam in 0..2 {
+                if let Some((nu, de)) = p.moments[fam] {
                     moments[fam].0 += nu;
                     moments[fam].1 += de;
+                }
+                if let Some(it) = p.items[fam] {
+                    items[fam].push(it);
                 }
             }
         }
@@ -840,32 +942,7 @@ impl Comparison {
         let mut priors = [prior(0), prior(1)];
         // One run per side: no replicate scatter, so estimate the common
         // jitter robustly from how much all tested functions moved.
-        if self.base.len() == 1 && self.cand.len() == 1 {
-            let mut items: [Vec<(RunCount, RunCount)>; 2] = [Vec::new(), Vec::new()];
-            for id in 0..n {
-                for (fam, (vb, vc)) in [(&flat_b, &flat_c), (&cum_b, &cum_c)]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let (sb, sc) = (col(vb, id), col(vc, id));
-                    if sb.iter().chain(&sc).all(|&x| x == 0.0)
-                        || !above(&sb, &sc)
-                        || (fam == 1 && leaf_only(id))
-                    {
-                        continue;
-                    }
-                    let (rb, _) = run_counts(&obs(vb, &self.base, &denb, id), &opts.scale);
-                    let (rc, _) = run_counts(&obs(vc, &self.cand, &denc, id), &opts.scale);
-                    // A function seen on one side only is new (or gone)
-                    // work, not jitter: a regression brings dozens of them
-                    // (its library subtree), which would otherwise set the
-                    // common jitter and hide the regression itself.
-                    if rb[0].count <= 0.0 || rc[0].count <= 0.0 {
-                        continue;
-                    }
-                    items[fam].push((rb[0], rc[0]));
-                }
-            }
+        if single {
             let model = count_model(&opts.scale).0;
             for fam in 0..2 {
                 let kappa = stats::robust_kappa_single(&items[fam], model);
@@ -884,9 +961,10 @@ impl Comparison {
                 }
             }
         }
-        // Pass 2: the tests.
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        // Pass 2: the tests, independent per function: a large comparison
+        // tests its two halves of the functions on two threads (the
+        // records come out in the same order either way).
+        let test = |id: usize| -> FunctionDelta {
             let leaf = leaf_only(id);
             let metric = |vb: &[Vec<f64>], vc: &[Vec<f64>], fam: usize| {
                 let (sb, sc) = (col(vb, id), col(vc, id));
@@ -906,14 +984,26 @@ impl Comparison {
                 m
             };
             let f = &self.table.funcs[id];
-            out.push(FunctionDelta {
+            FunctionDelta {
                 id: id as FuncId,
                 function: f.name.clone(),
                 file: f.file.clone(),
                 flat: metric(&flat_b, &flat_c, 0),
                 cum: metric(&cum_b, &cum_c, 1),
-            });
-        }
+            }
+        };
+        let mut out: Vec<FunctionDelta> = if ids.len() >= PARALLEL_TESTS {
+            let (a, b) = ids.split_at(ids.len() / 2);
+            std::thread::scope(|s| {
+                let hb = s.spawn(|| b.iter().map(|&id| test(id)).collect::<Vec<_>>());
+                let mut out: Vec<FunctionDelta> = Vec::with_capacity(ids.len());
+                out.extend(a.iter().map(|&id| test(id)));
+                out.extend(hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                out
+            })
+        } else {
+            ids.iter().map(|&id| test(id)).collect()
+        };
         for pick in [
             (|d: &mut FunctionDelta| -> &mut Metric { &mut d.flat })
                 as fn(&mut FunctionDelta) -> &mut Metric,

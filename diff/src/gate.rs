@@ -271,6 +271,9 @@ pub struct Gate<'a> {
     sample_type: Option<String>,
     cache: CompareCache,
     primary_key: Option<Option<String>>,
+    /// A primary comparison built beforehand ([`Gate::with_comparison`]),
+    /// with the sources of both sides.
+    preset: Option<(Comparison, Vec<String>, Vec<String>)>,
     /// Confidence level of reported intervals.
     pub confidence: f64,
     /// Percent growth allowed by the default rule.
@@ -298,11 +301,31 @@ impl<'a> Gate<'a> {
             sample_type,
             cache: HashMap::new(),
             primary_key: None,
+            preset: None,
             confidence: 0.95,
             default_max_percent: 5.0,
             top_n: 20,
             scale: Scale::Compositional,
         }
+    }
+
+    /// A gate over a primary comparison built beforehand (e.g. by
+    /// [`Comparison::from_pprof_files`] for `sample_type`), its runs named
+    /// `base` and `cand`. It holds no profiles: only rules on the primary
+    /// sample type apply (a rule naming another sample type, or budgets
+    /// settings naming one, are reported as not applicable, and quantile
+    /// rules find no latency profiles), so use it when the budgets have
+    /// none; [`Gate::new`] handles every rule.
+    pub fn with_comparison(
+        comparison: Comparison,
+        base: Vec<String>,
+        cand: Vec<String>,
+        norm: &'a Normalizer,
+        sample_type: Option<String>,
+    ) -> Gate<'a> {
+        let mut g = Gate::new(Vec::new(), Vec::new(), norm, sample_type);
+        g.preset = Some((comparison, base, cand));
+        g
     }
 
     fn comparison(&mut self, st: Option<&str>, settings: &Settings) -> Result<&Compared, String> {
@@ -557,7 +580,19 @@ impl<'a> Gate<'a> {
             .sample_type
             .clone()
             .or_else(|| self.sample_type.clone());
-        let mut primary = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?;
+        let (mut primary, sources) = match self.preset.take() {
+            Some((c, b, k)) => (c, Some((b, k))),
+            None => (
+                Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)?,
+                None,
+            ),
+        };
+        let (baseline, candidate) = sources.unwrap_or_else(|| {
+            (
+                self.base.iter().map(|b| b.0.clone()).collect(),
+                self.cand.iter().map(|b| b.0.clone()).collect(),
+            )
+        });
         let Analysis {
             funcs: primary_top,
             scale: pscale,
@@ -574,7 +609,7 @@ impl<'a> Gate<'a> {
         };
         let cum_rule = default_cum_rule(self.default_max_percent);
         self.cache
-            .insert(key.clone(), Ok((primary, primary_top.clone(), pscale)));
+            .insert(key.clone(), Ok((primary, primary_top, pscale)));
         self.primary_key = Some(key.clone());
 
         let mut rules: Vec<BudgetRule> = Vec::new();
@@ -762,8 +797,12 @@ impl<'a> Gate<'a> {
         } else {
             Verdict::Pass
         };
-        let mut top = primary_top;
-        top.truncate(self.top_n);
+        // The first `top_n` of the primary statistics (a copy of those
+        // only: the whole list stays in the cache).
+        let top: Vec<FunctionDelta> = match self.primary() {
+            Some((_, funcs)) => funcs[..funcs.len().min(self.top_n)].to_vec(),
+            None => Vec::new(),
+        };
         Ok(GateReport {
             verdict,
             sample_type,
@@ -771,8 +810,8 @@ impl<'a> Gate<'a> {
             alpha: settings.alpha,
             inconclusive_alpha: settings.inconclusive_alpha,
             noise_floor: settings.noise_floor,
-            baseline: self.base.iter().map(|b| b.0.clone()).collect(),
-            candidate: self.cand.iter().map(|b| b.0.clone()).collect(),
+            baseline,
+            candidate,
             rules: results,
             findings,
             top,
@@ -1297,13 +1336,16 @@ impl EdgeIndex {
             let mut seen = vec![u32::MAX; n];
             let mut stamp = 0u32;
             let mut local: Vec<(FuncId, FuncId)> = Vec::new();
+            // Per caller, its last edge (callee, id): most callers reach
+            // one or two callees, so most edges skip the hash lookup.
+            let mut last: Vec<(FuncId, u32)> = vec![(FuncId::MAX, 0); n];
             let mut out = Vec::with_capacity(runs.len());
             for r in runs {
                 let n_stacks = r.stacks.len();
                 let mut offsets = Vec::with_capacity(n_stacks + 1);
-                let mut ids = Vec::new();
-                offsets.push(0u32);
                 let n_frames: usize = r.stacks.keys().map(|s| s.len()).sum();
+                let mut ids = Vec::with_capacity(n_frames);
+                offsets.push(0u32);
                 let mut frames = Vec::with_capacity(n_frames);
                 let mut frame_offsets = Vec::with_capacity(n_stacks + 1);
                 frame_offsets.push(0u32);
@@ -1336,11 +1378,18 @@ impl EdgeIndex {
                             }
                             local.push(e);
                         }
-                        let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
-                        let id = *map.entry(key).or_insert_with(|| {
-                            pairs.push(e);
-                            (pairs.len() - 1) as u32
-                        });
+                        let slot = &mut last[p[0] as usize];
+                        let id = if slot.0 == p[1] {
+                            slot.1
+                        } else {
+                            let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
+                            let id = *map.entry(key).or_insert_with(|| {
+                                pairs.push(e);
+                                (pairs.len() - 1) as u32
+                            });
+                            *slot = (p[1], id);
+                            id
+                        };
                         ids.push(id);
                     }
                     offsets.push(ids.len() as u32);
@@ -1386,6 +1435,23 @@ fn stacks_through(index: &EdgeIndex, focus: &[bool]) -> [Vec<Vec<bool>>; 2] {
     })
 }
 
+/// Marks in `dropped` (per side, run and stack of `index`) every stack
+/// through `f`: with the stacks dropped before, the stacks through any
+/// excluded function.
+fn drop_stacks(index: &EdgeIndex, f: FuncId, dropped: &mut [Vec<Vec<bool>>; 2]) {
+    for ((_, runs), dropped) in index.sides.iter().zip(dropped.iter_mut()) {
+        for (re, dropped) in runs.iter().zip(dropped.iter_mut()) {
+            for (i, d) in dropped.iter_mut().enumerate() {
+                if !*d {
+                    let s =
+                        &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
+                    *d = s.contains(&f);
+                }
+            }
+        }
+    }
+}
+
 /// One side's part of an [`Agg`].
 struct SideAgg {
     cum: Vec<f64>,
@@ -1404,7 +1470,7 @@ impl SideAgg {
         n_edges: usize,
         n: usize,
         scale: &Scale,
-        exclude: &[bool],
+        dropped: &[Vec<bool>],
         focused: &[Vec<bool>],
     ) -> Self {
         let mut a = SideAgg {
@@ -1417,7 +1483,6 @@ impl SideAgg {
         // The cumulative value and count of a function side by side: one
         // index (and bounds check) per frame; split at the end.
         let mut cums: Vec<[f64; 2]> = vec![[0.0; 2]; n];
-        let any_excluded = exclude.iter().any(|&x| x);
         let mut seen = vec![u32::MAX; n];
         let mut stamp = 0u32;
         let den: f64 = runs
@@ -1425,11 +1490,11 @@ impl SideAgg {
             .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
             .sum::<f64>()
             .max(1e-300);
-        for ((r, re), focused) in runs.iter().zip(index).zip(focused) {
+        for (((r, re), focused), dropped) in runs.iter().zip(index).zip(focused).zip(dropped) {
             let w = if r.weight > 0.0 { r.weight } else { 1.0 };
             for (i, &v) in re.values.iter().enumerate() {
                 let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
-                if any_excluded && s.iter().any(|&f| exclude[f as usize]) {
+                if dropped[i] {
                     continue;
                 }
                 let (x, xn) = (v / den, v / w);
@@ -1470,6 +1535,8 @@ impl SideAgg {
 }
 
 impl Agg {
+    /// `dropped` (per side, run and stack, from [`drop_stacks`]): the
+    /// stacks through an excluded function, left out.
     /// `focused` (per side, run and stack, from [`stacks_through`]): edges
     /// are collected only from stacks through a flagged
     /// function (the grown ones: every chain the attribution walks lies in
@@ -1478,7 +1545,7 @@ impl Agg {
         cmp: &Comparison,
         index: &EdgeIndex,
         scale: &Scale,
-        exclude: &[bool],
+        dropped: &[Vec<Vec<bool>>; 2],
         focused: &[Vec<Vec<bool>>; 2],
     ) -> Agg {
         let n = cmp.table.len();
@@ -1486,7 +1553,15 @@ impl Agg {
         // order as one after the other): one thread each.
         let one = |runs: &[RunData], side: usize| {
             let (pairs, edges) = &index.sides[side];
-            SideAgg::new(runs, edges, pairs.len(), n, scale, exclude, &focused[side])
+            SideAgg::new(
+                runs,
+                edges,
+                pairs.len(),
+                n,
+                scale,
+                &dropped[side],
+                &focused[side],
+            )
         };
         let (b, c) = std::thread::scope(|s| {
             let c = s.spawn(|| one(&cmp.cand, 1));
@@ -1666,7 +1741,12 @@ fn attribute(
     }
     let index = index.get_or_init(|| EdgeIndex::new(cmp));
     let focused = stacks_through(index, &focus);
-    let full = Agg::new(cmp, index, scale, &exclude, &focused);
+    let mut dropped = index.sides.each_ref().map(|(_, runs)| {
+        runs.iter()
+            .map(|re| vec![false; re.values.len()])
+            .collect::<Vec<_>>()
+    });
+    let full = Agg::new(cmp, index, scale, &dropped, &focused);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1910,7 +1990,8 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(cmp, index, scale, &exclude, &focused);
+        drop_stacks(index, culprit, &mut dropped);
+        let next = Agg::new(cmp, index, scale, &dropped, &focused);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {

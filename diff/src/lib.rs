@@ -7,6 +7,7 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
+mod fastload;
 pub mod folded;
 pub mod input;
 pub mod legacy;

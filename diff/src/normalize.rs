@@ -29,7 +29,7 @@ use std::hash::BuildHasherDefault;
 
 use regex::Regex;
 
-use crate::profile::{Frame, FrameKind, Profile};
+use crate::profile::{Frame, FrameKind, Profile, ValueType};
 
 /// A built-in normalization rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -363,7 +363,7 @@ impl Normalizer {
     }
 
     /// [`Normalizer::file`] of a file name.
-    fn file_name(&self, file: &str) -> String {
+    pub(crate) fn file_name(&self, file: &str) -> String {
         let o = &self.opts;
         let mut s = file.to_owned();
         if o.enabled(Rule::ModuleVersion) {
@@ -489,6 +489,26 @@ impl RunData {
         out
     }
 
+    /// [`RunData::flat`] and [`RunData::cum`] in one pass over the stacks
+    /// (the same sums in the same order).
+    pub(crate) fn flat_cum(&self, n: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut flat = vec![0.0; n];
+        let mut cum = vec![0.0; n];
+        let mut seen = vec![u32::MAX; n];
+        for (i, (s, v)) in self.stacks.iter().enumerate() {
+            if let Some(&leaf) = s.last() {
+                flat[leaf as usize] += v;
+            }
+            for &f in s.iter() {
+                if seen[f as usize] != i as u32 {
+                    seen[f as usize] = i as u32;
+                    cum[f as usize] += v;
+                }
+            }
+        }
+        (flat, cum)
+    }
+
     /// Cumulative value per function, counted once per stack even under recursion.
     pub fn cum(&self, n: usize) -> Vec<f64> {
         let mut out = vec![0.0; n];
@@ -508,24 +528,32 @@ impl RunData {
 /// Find the index of a sample type by `kind` or `kind/unit`; `None` picks the
 /// profile's default sample type, else the last one (pprof's choice).
 pub fn select_sample_type(p: &Profile, name: Option<&str>) -> Result<usize, NormalizeError> {
+    select_sample_type_in(&p.sample_types, p.default_sample_type.as_deref(), name)
+}
+
+/// [`select_sample_type`] on a profile's sample types and default type.
+pub(crate) fn select_sample_type_in(
+    sample_types: &[ValueType],
+    default_sample_type: Option<&str>,
+    name: Option<&str>,
+) -> Result<usize, NormalizeError> {
     let avail = || {
-        p.sample_types
+        sample_types
             .iter()
             .map(|t| t.to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let want = name.or(p.default_sample_type.as_deref());
+    let want = name.or(default_sample_type);
     match want {
-        Some(w) => p
-            .sample_types
+        Some(w) => sample_types
             .iter()
             .position(|t| t.kind == w || t.to_string() == w)
             .ok_or_else(|| NormalizeError::NoSampleType(w.to_string(), avail())),
-        None if p.sample_types.is_empty() => {
+        None if sample_types.is_empty() => {
             Err(NormalizeError::NoSampleType("(any)".into(), avail()))
         }
-        None => Ok(p.sample_types.len() - 1),
+        None => Ok(sample_types.len() - 1),
     }
 }
 
@@ -567,6 +595,16 @@ pub(crate) struct Names {
 }
 
 impl Names {
+    /// Names from parts built elsewhere: the index into `distinct` of
+    /// every frame (`u32::MAX` = dropped kernel frame) and the normalized
+    /// (name, file) pairs in first-seen order.
+    pub(crate) fn from_parts(frame_name: Vec<u32>, distinct: Vec<(String, String)>) -> Names {
+        Names {
+            frame_name,
+            distinct,
+        }
+    }
+
     /// Normalizes the frames of `p`.
     pub(crate) fn new(p: &Profile, norm: &Normalizer) -> Names {
         let opts = norm.options();
@@ -656,18 +694,64 @@ impl Prepared {
         }
     }
 
-    /// The per-sample pass of [`reduce`].
-    pub(crate) fn reduce(&self, p: &Profile, st: usize, source: &str) -> RunData {
+    /// Function id of frame `i` (None = dropped kernel frame).
+    #[inline]
+    pub(crate) fn frame_func(&self, i: usize) -> Option<FuncId> {
+        self.frame_func.get(i).copied().flatten()
+    }
+
+    /// Applies the normalizer's filters to one sample's functions (`buf`,
+    /// leaf first; `dropped_kernel` when a kernel frame was dropped): root
+    /// noise, focus, ignore, prune, the `[kernel]`/`[root]` stand-in for an
+    /// empty stack, then reverses `buf` to root first. False when the
+    /// sample is filtered out.
+    #[inline]
+    pub(crate) fn finish_stack(&self, buf: &mut Vec<FuncId>, dropped_kernel: bool) -> bool {
         let Prepared {
-            frame_func,
             focus,
             ignore,
             prune,
             noise,
             kernel_id,
             root_id,
+            ..
         } = self;
-        let (kernel_id, root_id) = (*kernel_id, *root_id);
+        // Root noise at the root end (buf is leaf first).
+        while let Some(&last) = buf.last() {
+            if noise.get(last as usize).copied().unwrap_or(false) {
+                buf.pop();
+            } else {
+                break;
+            }
+        }
+        if let Some(f) = focus {
+            if !buf.iter().any(|&x| f[x as usize]) {
+                return false;
+            }
+        }
+        if let Some(f) = ignore {
+            if buf.iter().any(|&x| f[x as usize]) {
+                return false;
+            }
+        }
+        if let Some(f) = prune {
+            if let Some(i) = buf.iter().position(|&x| f[x as usize]) {
+                buf.drain(..i);
+            }
+        }
+        if buf.is_empty() {
+            buf.push(match (dropped_kernel, *kernel_id) {
+                (true, Some(k)) => k,
+                _ => *root_id,
+            });
+        }
+        buf.reverse();
+        true
+    }
+
+    /// The per-sample pass of [`reduce`].
+    pub(crate) fn reduce(&self, p: &Profile, st: usize, source: &str) -> RunData {
+        let frame_func = &self.frame_func;
         let weight = {
             let t = &p.sample_types[st];
             match &p.period_type {
@@ -707,42 +791,11 @@ impl Prepared {
                     None => dropped_kernel = true,
                 }
             }
-            // Root noise at the root end (buf is leaf first).
-            while let Some(&last) = buf.last() {
-                if noise.get(last as usize).copied().unwrap_or(false) {
-                    buf.pop();
-                } else {
-                    break;
-                }
+            if !self.finish_stack(&mut buf, dropped_kernel) {
+                continue;
             }
-            if let Some(f) = focus {
-                if !buf.iter().any(|&x| f[x as usize]) {
-                    continue;
-                }
-            }
-            if let Some(f) = ignore {
-                if buf.iter().any(|&x| f[x as usize]) {
-                    continue;
-                }
-            }
-            if let Some(f) = prune {
-                if let Some(i) = buf.iter().position(|&x| f[x as usize]) {
-                    buf.drain(..i);
-                }
-            }
-            if buf.is_empty() {
-                buf.push(match (dropped_kernel, kernel_id) {
-                    (true, Some(k)) => k,
-                    _ => root_id,
-                });
-            }
-            buf.reverse();
             total += v;
-            if let Some(e) = stacks.get_mut(buf.as_slice()) {
-                *e += v;
-            } else {
-                stacks.insert(buf.clone().into_boxed_slice(), v);
-            }
+            add_stack(&mut stacks, &buf, v);
         }
         RunData {
             source: source.to_string(),
@@ -753,6 +806,17 @@ impl Prepared {
             stacks,
             size_factor: 1.0,
         }
+    }
+}
+
+/// Adds `v` to stack `buf`'s value in `stacks` (inserted on first sight,
+/// so the map's order depends only on the order of first sightings).
+#[inline]
+pub(crate) fn add_stack(stacks: &mut FxMap<Box<[FuncId]>, f64>, buf: &[FuncId], v: f64) {
+    if let Some(e) = stacks.get_mut(buf) {
+        *e += v;
+    } else {
+        stacks.insert(buf.to_vec().into_boxed_slice(), v);
     }
 }
 

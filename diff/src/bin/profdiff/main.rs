@@ -13,6 +13,7 @@ use clap::Parser as _;
 
 use diff::budgets::Budgets;
 use diff::cli::{Cli, Cmd, ColorArg, CommonArgs, DiffArgs, ScaleArg};
+use diff::compare::Comparison;
 use diff::diffgraph::{self, ColorBy, DiffGraphOptions, FrameTree};
 use diff::gate::{Gate, GateReport};
 use diff::normalize::{NormalizeOptions, Normalizer, Rewrite, Rule, Scale};
@@ -58,6 +59,9 @@ fn load(paths: &[PathBuf], side: &str) -> Result<Vec<(String, Profile)>> {
         .map(|(p, prof)| (p.display().to_string(), prof))
         .collect())
 }
+
+/// A loaded profile and its source.
+type Loaded = (String, Profile);
 
 fn write_file(path: &Path, content: &str, flag: &str) -> Result<()> {
     if path == Path::new("-") {
@@ -110,23 +114,51 @@ fn run_compare(
     if budgets.settings.noise_floor == diff::budgets::Settings::default().noise_floor {
         budgets.settings.noise_floor = a.noise_floor / 100.0;
     }
-    // Both sides decode at the same time (errors: the baseline's first).
-    let (base, cand) = std::thread::scope(|s| {
-        let cand = s.spawn(|| load(&a.candidate, "candidate"));
-        let base = load(&a.baseline, "baseline");
-        let cand = cand.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (base, cand)
+    // The lean path: pprof files straight to the comparison, each file on
+    // its own thread, when the gate needs no profile beyond the primary
+    // comparison (no rule on another sample type, no quantile rule).
+    let key = budgets
+        .settings
+        .sample_type
+        .clone()
+        .or_else(|| a.sample_type.clone());
+    let lean = budgets.rules.iter().all(|r| {
+        r.sample_type.is_none() && !matches!(r.kind, diff::budgets::RuleKind::Quantile { .. })
     });
+    let files = |paths: &[PathBuf]| -> Option<Vec<String>> {
+        paths
+            .iter()
+            .map(|p| {
+                p.is_file()
+                    .then(|| p.to_str().map(str::to_string))
+                    .flatten()
+            })
+            .collect()
+    };
+    let preset = match (lean, files(&a.baseline), files(&a.candidate)) {
+        (true, Some(b), Some(c)) => {
+            Comparison::from_pprof_files(&b, &c, key.as_deref(), &norm).map(|cmp| (cmp, b, c))
+        }
+        _ => None,
+    };
     // Never freed: the process ends after the reports, and freeing millions
     // of small stacks one by one only costs time.
-    let (base, cand) = (
-        std::mem::ManuallyDrop::new(base?),
-        std::mem::ManuallyDrop::new(cand?),
-    );
-    let bref: Vec<(String, &Profile)> = base.iter().map(|(n, p)| (n.clone(), p)).collect();
-    let cref: Vec<(String, &Profile)> = cand.iter().map(|(n, p)| (n.clone(), p)).collect();
-    // Never freed either (its comparison holds one boxed slice per stack).
-    let mut gate = std::mem::ManuallyDrop::new(Gate::new(bref, cref, &norm, a.sample_type.clone()));
+    let mut gate = std::mem::ManuallyDrop::new(match preset {
+        Some((cmp, b, c)) => Gate::with_comparison(cmp, b, c, &norm, a.sample_type.clone()),
+        None => {
+            // Both sides decode at the same time (errors: the baseline's first).
+            let (base, cand) = std::thread::scope(|s| {
+                let cand = s.spawn(|| load(&a.candidate, "candidate"));
+                let base = load(&a.baseline, "baseline");
+                let cand = cand.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (base, cand)
+            });
+            let (base, cand): (&[Loaded], &[Loaded]) = (Vec::leak(base?), Vec::leak(cand?));
+            let bref: Vec<(String, &Profile)> = base.iter().map(|(n, p)| (n.clone(), p)).collect();
+            let cref: Vec<(String, &Profile)> = cand.iter().map(|(n, p)| (n.clone(), p)).collect();
+            Gate::new(bref, cref, &norm, a.sample_type.clone())
+        }
+    });
     gate.scale = match a.scale {
         ScaleArg::Share => Scale::Share,
         ScaleArg::Compositional => Scale::Compositional,
