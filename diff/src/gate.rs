@@ -30,7 +30,7 @@ use crate::budgets::{
     DEFAULT_CUM_RULE,
 };
 use crate::compare::{
-    test_entity, CompareError, CompareOptions, Comparison, FunctionDelta, Metric,
+    test_entity, CompareError, CompareOptions, Comparison, FunctionDelta, Metric, StackDelta,
 };
 use crate::normalize::{FuncId, Normalizer, RunData, Scale};
 use crate::profile::Profile;
@@ -255,6 +255,9 @@ struct Analysis {
     scale: Scale,
     culprits: Vec<Culprit>,
     residual: Vec<f64>,
+    /// The top stack changes on `scale`, when asked for and computed
+    /// alongside the attribution (on the comparison as it is returned).
+    stacks: Option<Result<Vec<StackDelta>, CompareError>>,
 }
 
 /// A comparison, its per-function statistics and the scale they are on.
@@ -333,7 +336,7 @@ impl<'a> Gate<'a> {
         if !self.cache.contains_key(&key) {
             let r = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)
                 .and_then(|mut c| {
-                    let a = self.analyse(&mut c, settings, &[])?;
+                    let a = self.analyse(&mut c, settings, &[], None)?;
                     Ok((c, a.funcs, a.scale))
                 })
                 .map_err(|e: CompareError| e.to_string());
@@ -354,6 +357,7 @@ impl<'a> Gate<'a> {
         cmp: &mut Comparison,
         settings: &Settings,
         allow: &[crate::budgets::Allow],
+        top_stacks: Option<usize>,
     ) -> Result<Analysis, CompareError> {
         let opts = |scale: &Scale| CompareOptions {
             scale: scale.clone(),
@@ -393,6 +397,7 @@ impl<'a> Gate<'a> {
                 scale: scale.clone(),
                 culprits,
                 residual,
+                stacks: None,
             })
         };
         // A large comparison builds its edge index on a third thread while
@@ -406,24 +411,42 @@ impl<'a> Gate<'a> {
             .sum::<usize>()
             >= SPECULATIVE_INDEX;
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let first = std::thread::scope(|sc| {
+        let mut first = std::thread::scope(|sc| {
             let cmp: &Comparison = cmp;
             let pending =
                 std::cell::Cell::new(speculate.then(|| sc.spawn(|| EdgeIndex::build(cmp, &stop))));
+            // The top stack changes on this pass's scale, computed while
+            // the attribution's rounds (mostly on one thread) run; kept
+            // unless a second pass changes the size factor.
+            let top = std::cell::Cell::new(None);
             let prefill = |funcs: &[FunctionDelta]| {
-                let Some(h) = pending.take() else { return };
-                let grown = grown_functions(funcs, settings, self.default_max_percent);
-                if !needs_edge_index(funcs, &grown) {
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(h) = pending.take() {
+                    let grown = grown_functions(funcs, settings, self.default_max_percent);
+                    if !needs_edge_index(funcs, &grown) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let built = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    if !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = index.set(built);
+                    }
                 }
-                let built = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-                if !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = index.set(built);
+                if let (true, Some(limit)) = (speculate, top_stacks) {
+                    let scale = &scale;
+                    top.set(Some(sc.spawn(move || cmp.stacks(scale, limit))));
                 }
             };
             let first = pass(cmp, &scale, &prefill);
-            prefill(&[]);
-            first
+            if let Some(h) = pending.take() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = h.join();
+            }
+            let top = top
+                .take()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            first.map(|mut a| {
+                a.stacks = top;
+                a
+            })
         })?;
         if scale != Scale::Compositional {
             return Ok(first);
@@ -445,6 +468,7 @@ impl<'a> Gate<'a> {
             .collect();
         match crate::compare::SizeFactor::from_reference(cmp, &exclude) {
             Some(sf) => {
+                first.stacks = None;
                 cmp.set_size_factor(sf);
                 pass(cmp, &scale, &|_| {})
             }
@@ -631,9 +655,13 @@ impl<'a> Gate<'a> {
             scale: pscale,
             culprits,
             residual,
-        } = self.analyse(&mut primary, &settings, &budgets.allow)?;
+            stacks,
+        } = self.analyse(&mut primary, &settings, &budgets.allow, Some(self.top_n))?;
         let sample_type = primary.sample_type.to_string();
-        let stacks = primary.stacks(&pscale, self.top_n)?;
+        let stacks = match stacks {
+            Some(s) => s?,
+            None => primary.stacks(&pscale, self.top_n)?,
+        };
         let normalization = primary.normalization.clone();
         let size_factor = primary.size.clone();
         let scale_text = match self.scale {
