@@ -30,7 +30,7 @@ use crate::budgets::{
     DEFAULT_CUM_RULE,
 };
 use crate::compare::{
-    test_entity, CompareError, CompareOptions, Comparison, FunctionDelta, Metric,
+    test_entity, CompareError, CompareOptions, Comparison, FunctionDelta, Metric, StackDelta,
 };
 use crate::normalize::{FuncId, Normalizer, RunData, Scale};
 use crate::profile::Profile;
@@ -255,6 +255,9 @@ struct Analysis {
     scale: Scale,
     culprits: Vec<Culprit>,
     residual: Vec<f64>,
+    /// The top stack changes on `scale`, when asked for and computed
+    /// alongside the attribution (on the comparison as it is returned).
+    stacks: Option<Result<Vec<StackDelta>, CompareError>>,
 }
 
 /// A comparison, its per-function statistics and the scale they are on.
@@ -333,7 +336,7 @@ impl<'a> Gate<'a> {
         if !self.cache.contains_key(&key) {
             let r = Comparison::new(&self.base, &self.cand, key.as_deref(), self.norm)
                 .and_then(|mut c| {
-                    let a = self.analyse(&mut c, settings, &[])?;
+                    let a = self.analyse(&mut c, settings, &[], None)?;
                     Ok((c, a.funcs, a.scale))
                 })
                 .map_err(|e: CompareError| e.to_string());
@@ -354,6 +357,7 @@ impl<'a> Gate<'a> {
         cmp: &mut Comparison,
         settings: &Settings,
         allow: &[crate::budgets::Allow],
+        top_stacks: Option<usize>,
     ) -> Result<Analysis, CompareError> {
         let opts = |scale: &Scale| CompareOptions {
             scale: scale.clone(),
@@ -367,8 +371,12 @@ impl<'a> Gate<'a> {
         // The stacks' edges, indexed when the first pass needs them (both
         // passes read the same stacks).
         let index = std::cell::OnceCell::new();
-        let pass = |cmp: &Comparison, scale: &Scale| -> Result<Analysis, CompareError> {
+        let pass = |cmp: &Comparison,
+                    scale: &Scale,
+                    prefill: &dyn Fn(&[FunctionDelta])|
+         -> Result<Analysis, CompareError> {
             let funcs = cmp.functions(&opts(scale))?;
+            prefill(&funcs);
             let (mut culprits, residual) = attribute(
                 cmp,
                 &index,
@@ -389,9 +397,57 @@ impl<'a> Gate<'a> {
                 scale: scale.clone(),
                 culprits,
                 residual,
+                stacks: None,
             })
         };
-        let first = pass(cmp, &scale)?;
+        // A large comparison builds its edge index on a third thread while
+        // the first pass computes the per-function statistics (the two
+        // overlap on two cores); the index is given up if nothing grew.
+        let speculate = cmp
+            .base
+            .iter()
+            .chain(&cmp.cand)
+            .map(|r| r.stacks.len())
+            .sum::<usize>()
+            >= SPECULATIVE_INDEX;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let mut first = std::thread::scope(|sc| {
+            let cmp: &Comparison = cmp;
+            let pending =
+                std::cell::Cell::new(speculate.then(|| sc.spawn(|| EdgeIndex::build(cmp, &stop))));
+            // The top stack changes on this pass's scale, computed while
+            // the attribution's rounds (mostly on one thread) run; kept
+            // unless a second pass changes the size factor.
+            let top = std::cell::Cell::new(None);
+            let prefill = |funcs: &[FunctionDelta]| {
+                if let Some(h) = pending.take() {
+                    let grown = grown_functions(funcs, settings, self.default_max_percent);
+                    if !needs_edge_index(funcs, &grown) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let built = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    if !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = index.set(built);
+                    }
+                }
+                if let (true, Some(limit)) = (speculate, top_stacks) {
+                    let scale = &scale;
+                    top.set(Some(sc.spawn(move || cmp.stacks(scale, limit))));
+                }
+            };
+            let first = pass(cmp, &scale, &prefill);
+            if let Some(h) = pending.take() {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = h.join();
+            }
+            let top = top
+                .take()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            first.map(|mut a| {
+                a.stacks = top;
+                a
+            })
+        })?;
         if scale != Scale::Compositional {
             return Ok(first);
         }
@@ -412,8 +468,9 @@ impl<'a> Gate<'a> {
             .collect();
         match crate::compare::SizeFactor::from_reference(cmp, &exclude) {
             Some(sf) => {
+                first.stacks = None;
                 cmp.set_size_factor(sf);
-                pass(cmp, &scale)
+                pass(cmp, &scale, &|_| {})
             }
             None => Ok(first),
         }
@@ -598,9 +655,13 @@ impl<'a> Gate<'a> {
             scale: pscale,
             culprits,
             residual,
-        } = self.analyse(&mut primary, &settings, &budgets.allow)?;
+            stacks,
+        } = self.analyse(&mut primary, &settings, &budgets.allow, Some(self.top_n))?;
         let sample_type = primary.sample_type.to_string();
-        let stacks = primary.stacks(&pscale, self.top_n)?;
+        let stacks = match stacks {
+            Some(s) => s?,
+            None => primary.stacks(&pscale, self.top_n)?,
+        };
         let normalization = primary.normalization.clone();
         let size_factor = primary.size.clone();
         let scale_text = match self.scale {
@@ -1323,11 +1384,21 @@ struct EdgeIndex {
     sides: [SideEdges; 2],
 }
 
+/// Fewest distinct stacks (both sides) for which the gate builds the edge
+/// index while the per-function statistics run.
+const SPECULATIVE_INDEX: usize = 8_192;
+
 /// One side's distinct edges by id, and per run the ids of its stacks.
 type SideEdges = (Vec<(FuncId, FuncId)>, Vec<RunEdges>);
 
 impl EdgeIndex {
     fn new(cmp: &Comparison) -> EdgeIndex {
+        Self::build(cmp, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`EdgeIndex::new`], given up early (an incomplete index, to be
+    /// discarded) once `stop` is set.
+    fn build(cmp: &Comparison, stop: &std::sync::atomic::AtomicBool) -> EdgeIndex {
         let n = cmp.table.len();
         let side = |runs: &[RunData]| -> SideEdges {
             // Keyed by caller << 32 | callee: one hash round per edge.
@@ -1351,7 +1422,10 @@ impl EdgeIndex {
                 frame_offsets.push(0u32);
                 let mut values = Vec::with_capacity(n_stacks);
                 let mut recursives = Vec::with_capacity(n_stacks);
-                for (s, &v) in &r.stacks {
+                for (k, (s, &v)) in r.stacks.iter().enumerate() {
+                    if k % 1024 == 1023 && stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
                     frames.extend_from_slice(s);
                     frame_offsets.push(frames.len() as u32);
                     values.push(v);
@@ -1650,6 +1724,52 @@ struct Grown {
     q: Option<f64>,
 }
 
+/// The functions whose cumulative or self value grew significantly
+/// beyond `max_percent`, with their verdicts, in `funcs` order.
+fn grown_functions(funcs: &[FunctionDelta], s: &Settings, max_percent: f64) -> Vec<Grown> {
+    // Significant growth of a cumulative value, or of a self value (a leaf
+    // whose growth is significant while the inclusive values above it,
+    // noisier, are not yet: the attribution walks up from it).
+    let judge = |m: &Metric| -> Option<(Verdict, f64)> {
+        let q = m.q_value?;
+        if !breach(m.delta, m.relative, None, Some(max_percent)) {
+            return None;
+        }
+        if q < s.alpha {
+            Some((Verdict::Fail, q))
+        } else if q < s.inconclusive_alpha {
+            Some((Verdict::Inconclusive, q))
+        } else {
+            None
+        }
+    };
+    funcs
+        .iter()
+        .filter_map(|d| {
+            let (verdict, q) = match (judge(&d.cum), judge(&d.flat)) {
+                (Some(c), Some(f)) if f.0 > c.0 => f,
+                (Some(c), _) => c,
+                (None, Some(f)) => f,
+                (None, None) => return None,
+            };
+            Some(Grown {
+                id: d.id,
+                verdict,
+                q: Some(q),
+            })
+        })
+        .collect()
+}
+
+/// Whether [`attribute`] reads the edge index: some function grew
+/// significantly and its cumulative value grew.
+fn needs_edge_index(funcs: &[FunctionDelta], grown: &[Grown]) -> bool {
+    let cum_delta: HashMap<FuncId, f64> = funcs.iter().map(|d| (d.id, d.cum.delta)).collect();
+    !grown
+        .iter()
+        .all(|g| cum_delta.get(&g.id).copied().unwrap_or(0.0) <= 0.0)
+}
+
 /// Find the culprits of the significant inclusive growth.
 ///
 /// Repeatedly: among the significantly grown functions (cum q below the
@@ -1673,38 +1793,7 @@ fn attribute(
 ) -> (Vec<Culprit>, Vec<f64>) {
     let n = cmp.table.len();
     let mut exclude = vec![false; n];
-    // Significant growth of a cumulative value, or of a self value (a leaf
-    // whose growth is significant while the inclusive values above it,
-    // noisier, are not yet: the attribution walks up from it).
-    let judge = |m: &Metric| -> Option<(Verdict, f64)> {
-        let q = m.q_value?;
-        if !breach(m.delta, m.relative, None, Some(max_percent)) {
-            return None;
-        }
-        if q < s.alpha {
-            Some((Verdict::Fail, q))
-        } else if q < s.inconclusive_alpha {
-            Some((Verdict::Inconclusive, q))
-        } else {
-            None
-        }
-    };
-    let grown: Vec<Grown> = funcs
-        .iter()
-        .filter_map(|d| {
-            let (verdict, q) = match (judge(&d.cum), judge(&d.flat)) {
-                (Some(c), Some(f)) if f.0 > c.0 => f,
-                (Some(c), _) => c,
-                (None, Some(f)) => f,
-                (None, None) => return None,
-            };
-            Some(Grown {
-                id: d.id,
-                verdict,
-                q: Some(q),
-            })
-        })
-        .collect();
+    let grown = grown_functions(funcs, s, max_percent);
     let name = |f: FuncId| cmp.table.funcs[f as usize].name.clone();
     let step = |a: &Agg, f: FuncId| PathStep {
         function: name(f),
