@@ -15,7 +15,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc;
 
-use profiler_pprof::decode::{IdIndex, RawProfile};
+use profiler_pprof::decode::{IdIndex, PackedIds, RawProfile};
 use profiler_pprof::hash::FxHashMap;
 use profiler_pprof::Limits;
 
@@ -170,13 +170,7 @@ fn frames(raw: &RawProfile<'_>, norm: &Normalizer) -> Option<(Header, Frames)> {
             (u32::MAX, l.address)
         } else {
             let mi = midx.get(l.mapping_id)?;
-            let m = &raw.mappings[mi];
-            let rel = if m.start <= l.address && l.address < m.limit {
-                (l.address - m.start).wrapping_add(m.offset)
-            } else {
-                l.address
-            };
-            (mi as u32, rel)
+            (mi as u32, raw.mappings[mi].file_address(l.address))
         };
         let kernel = opts.no_kernel
             && mappings
@@ -358,20 +352,7 @@ fn reduce(
         if let (Some(tab), false) = (&by_id, s.packed_locs.is_empty()) {
             // The decoder validated the packed field (whole varints of at
             // most nine bytes).
-            let bytes = s.packed_locs;
-            let mut p = 0;
-            while p < bytes.len() {
-                let mut id = 0u64;
-                let mut shift = 0u32;
-                loop {
-                    let b = bytes[p];
-                    p += 1;
-                    id |= u64::from(b & 0x7f).wrapping_shl(shift);
-                    if b < 0x80 {
-                        break;
-                    }
-                    shift += 7;
-                }
+            for id in PackedIds::new(s.packed_locs) {
                 match tab.get(id as usize) {
                     Some(&r) if r.0 != u32::MAX => push_range(r, &mut buf),
                     _ => return None,

@@ -317,6 +317,19 @@ pub struct RawMapping {
     pub flags: [bool; 4],
 }
 
+impl RawMapping {
+    /// `address` as an offset into the mapped file when the mapping holds
+    /// it (what symbolizers key on across runs), else unchanged.
+    #[inline]
+    pub fn file_address(&self, address: u64) -> u64 {
+        if self.start <= address && address < self.limit {
+            (address - self.start).wrapping_add(self.offset)
+        } else {
+            address
+        }
+    }
+}
+
 /// A location as on the wire.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct RawLocation {
@@ -755,11 +768,50 @@ impl IdIndex {
     }
 }
 
+/// The ids of a packed varint field that the decoder validated, such as
+/// [`RawSample::packed_locs`]: whole varints of at most nine bytes, so
+/// none runs past the end and none overflows.
+#[derive(Debug, Clone)]
+pub struct PackedIds<'r> {
+    buf: &'r [u8],
+    pos: usize,
+}
+
+impl<'r> PackedIds<'r> {
+    /// The ids in `buf`, a packed field the decoder validated.
+    #[inline]
+    pub fn new(buf: &'r [u8]) -> Self {
+        PackedIds { buf, pos: 0 }
+    }
+}
+
+impl Iterator for PackedIds<'_> {
+    type Item = u64;
+    #[inline]
+    fn next(&mut self) -> Option<u64> {
+        if self.pos >= self.buf.len() {
+            return None;
+        }
+        let mut v = 0u64;
+        let mut shift = 0u32;
+        loop {
+            // Validated: the last byte of the field ends a varint.
+            let b = self.buf[self.pos];
+            self.pos += 1;
+            v |= u64::from(b & 0x7f).wrapping_shl(shift);
+            if b < 0x80 {
+                return Some(v);
+            }
+            shift += 7;
+        }
+    }
+}
+
 /// The location ids of a sample ([`RawProfile::sample_locations`]).
 #[derive(Debug, Clone)]
 pub enum SampleLocations<'r> {
     /// Decoding a validated packed field.
-    Packed(&'r [u8], usize),
+    Packed(PackedIds<'r>),
     /// From [`RawProfile::loc_ids`].
     Unpacked(std::slice::Iter<'r, u64>),
 }
@@ -769,19 +821,7 @@ impl Iterator for SampleLocations<'_> {
     #[inline]
     fn next(&mut self) -> Option<u64> {
         match self {
-            SampleLocations::Packed(buf, pos) => {
-                let mut v = 0u64;
-                let mut shift = 0;
-                loop {
-                    let &b = buf.get(*pos)?;
-                    *pos += 1;
-                    v |= u64::from(b & 0x7f) << shift;
-                    if b < 0x80 {
-                        return Some(v);
-                    }
-                    shift += 7;
-                }
-            }
+            SampleLocations::Packed(ids) => ids.next(),
             SampleLocations::Unpacked(it) => it.next().copied(),
         }
     }
@@ -793,7 +833,7 @@ impl<'a> RawProfile<'a> {
         if s.packed_locs.is_empty() {
             SampleLocations::Unpacked(self.loc_ids[s.locs.0 as usize..s.locs.1 as usize].iter())
         } else {
-            SampleLocations::Packed(s.packed_locs, 0)
+            SampleLocations::Packed(PackedIds::new(s.packed_locs))
         }
     }
 
@@ -948,7 +988,7 @@ mod tests {
                 assert_eq!(r.varint(), Ok(v), "{v} + {tail}");
                 assert_eq!(r.pos, len, "{v} + {tail}");
             }
-            let mut it = SampleLocations::Packed(&one, 0);
+            let mut it = SampleLocations::Packed(PackedIds::new(&one));
             assert_eq!((it.next(), it.next()), (Some(v), None));
         }
         // Truncated, overlong and overflowing varints: errors on both paths.

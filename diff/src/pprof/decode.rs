@@ -2,7 +2,7 @@
 //! [`Profile`]: frames named by strings, deduplicated once, stacks as
 //! frame ids. The bounded wire decoding itself is the pprof crate's.
 
-use profiler_pprof::decode::{u32_len, IdIndex, RawError, RawProfile, RawSample};
+use profiler_pprof::decode::{u32_len, IdIndex, PackedIds, RawError, RawProfile, RawSample};
 use profiler_pprof::hash::FxHashMap;
 use profiler_pprof::Limits;
 
@@ -92,13 +92,7 @@ fn resolve(raw: RawProfile<'_>) -> Result<Profile, String> {
                     l.id, l.mapping_id
                 )
             })?;
-            let m = &raw.mappings[mi];
-            let rel = if m.start <= l.address && l.address < m.limit {
-                (l.address - m.start).wrapping_add(m.offset)
-            } else {
-                l.address
-            };
-            (mi as u32, rel)
+            (mi as u32, raw.mappings[mi].file_address(l.address))
         };
         let start = u32_len(&loc_frames);
         let lines = &raw.lines[l.lines.0 as usize..l.lines.1 as usize];
@@ -246,20 +240,7 @@ fn resolve_samples(
             // The usual case (dense ids, packed field) in one loop: the
             // decoder validated the field (whole varints of at most nine
             // bytes), so every varint ends inside it and none overflows.
-            let bytes = s.packed_locs;
-            let mut p = 0;
-            while p < bytes.len() {
-                let mut id = 0u64;
-                let mut shift = 0u32;
-                loop {
-                    let b = bytes[p];
-                    p += 1;
-                    id |= u64::from(b & 0x7f).wrapping_shl(shift);
-                    if b < 0x80 {
-                        break;
-                    }
-                    shift += 7;
-                }
+            for id in PackedIds::new(s.packed_locs) {
                 let (a, b) = match tab.get(id as usize) {
                     Some(&(a, b)) if a != u32::MAX => (a, b),
                     _ => {
