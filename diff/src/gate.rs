@@ -351,7 +351,13 @@ impl<'a> Gate<'a> {
     /// size factor finds the culprits of significant growth; the second
     /// uses the size factor of everything outside their subtrees (the
     /// stacks through no failing culprit), so that what did not change
-    /// compares equal. Without a failing culprit the first pass stands.
+    /// compares equal. With only inconclusive culprits, their reference
+    /// is used when it differs from the median of ratios by more than
+    /// [`MISLED_SCALE`]: the median can be far off when the regression
+    /// moved much of the profile between functions seen on one side only
+    /// (a sort replaced by a quadratic loop: factor 1.55 where the
+    /// reference gives 0.73), which makes the culprit look small.
+    /// Otherwise the first pass stands.
     fn analyse(
         &self,
         cmp: &mut Comparison,
@@ -451,22 +457,39 @@ impl<'a> Gate<'a> {
         if scale != Scale::Compositional {
             return Ok(first);
         }
-        let failing: Vec<&str> = first
-            .culprits
-            .iter()
-            .filter(|c| c.kind == CulpritKind::Frame && c.verdict == Verdict::Fail)
-            .map(|c| c.function.as_str())
-            .collect();
-        if failing.is_empty() {
-            return Ok(first);
-        }
-        let exclude: Vec<bool> = cmp
-            .table
-            .funcs
-            .iter()
-            .map(|f| failing.contains(&f.name.as_str()))
-            .collect();
-        match crate::compare::SizeFactor::from_reference(cmp, &exclude) {
+        let culprits = |v: Verdict| -> Vec<&str> {
+            first
+                .culprits
+                .iter()
+                .filter(|c| c.kind == CulpritKind::Frame && c.verdict == v)
+                .map(|c| c.function.as_str())
+                .collect()
+        };
+        let reference = |names: &[&str]| {
+            let exclude: Vec<bool> = cmp
+                .table
+                .funcs
+                .iter()
+                .map(|f| names.contains(&f.name.as_str()))
+                .collect();
+            crate::compare::SizeFactor::from_reference(cmp, &exclude)
+        };
+        let failing = culprits(Verdict::Fail);
+        let sf = if !failing.is_empty() {
+            reference(&failing)
+        } else {
+            // Only inconclusive culprits: their reference replaces the
+            // median of ratios when the two disagree by more than
+            // sampling allows (the median was misled; in A/A
+            // comparisons they agree and the first pass stands).
+            let unsure = culprits(Verdict::Inconclusive);
+            let first_factor = cmp.size.factor;
+            (!unsure.is_empty())
+                .then(|| reference(&unsure))
+                .flatten()
+                .filter(|sf| (sf.factor / first_factor).ln().abs() > MISLED_SCALE.ln())
+        };
+        match sf {
             Some(sf) => {
                 first.stacks = None;
                 cmp.set_size_factor(sf);
@@ -1333,6 +1356,14 @@ pub fn significant_functions(funcs: &[FunctionDelta], alpha: f64, cum: bool) -> 
 /// Share of a function's inclusive growth a callee (or an ancestor's
 /// growth a culprit) must explain to be followed ("most of the growth").
 const EXPLAIN: f64 = 0.5;
+/// When the first pass has only inconclusive culprits, the reference size
+/// factor (outside their subtrees) replaces the median of ratios when the
+/// two differ by more than this factor either way.
+const MISLED_SCALE: f64 = 1.25;
+/// A callee new to the profile at the end of a culprit's chain is the
+/// culprit in place of its caller when its growth is at least this
+/// fraction of the caller's (the caller grew in no other way).
+const ABSORB: f64 = 0.75;
 /// A caller → callee edge is *new* when its baseline value is at most this
 /// fraction of its candidate value (baseline units).
 const NEW_EDGE: f64 = 0.1;
@@ -1778,8 +1809,10 @@ fn needs_edge_index(funcs: &[FunctionDelta], grown: &[Grown]) -> bool {
 /// top of its chain); follow the callee that explains most of the growth
 /// (≥ half) until none does or the edge is new; the culprit is the deepest
 /// frame on that chain whose own composition changed (a part of it, self
-/// or a callee, grew as a fraction of it; or the new edge leaves it), or
-/// the start when none did (everything below was called more). Then drop
+/// or a callee, grew as a fraction of it; or the new edge leaves it, or
+/// below a new edge within one package, a callee new to the profile that
+/// holds nearly all of its caller's growth), or the start when none did
+/// (everything below was called more). Then drop
 /// the stacks through the culprit and look at what growth remains.
 /// Returns the culprits and, per function, the growth left unexplained.
 fn attribute(
@@ -1916,6 +1949,18 @@ fn attribute(
                             culprit = c;
                             edge = (c, k);
                             i += 1;
+                        }
+                        // The chain ends here (no one callee carries half
+                        // of the growth: new work spread over several
+                        // library calls, e.g. allocations), the callee is
+                        // itself new to the profile and holds nearly all
+                        // of its caller's growth: the new work is its
+                        // body, whoever began calling it.
+                        None if absent(&agg, c)
+                            && agg.d_cum(c) >= ABSORB * agg.d_cum(chain[i - 1]) =>
+                        {
+                            culprit = c;
+                            break;
                         }
                         _ => break,
                     }
@@ -2111,6 +2156,13 @@ fn attribute(
 fn negligible(agg: &Agg, p: FuncId, c: FuncId) -> bool {
     let e = agg.edge(p, c);
     e[1] > 0.0 && e[0] <= NEW_EDGE * e[1]
+}
+
+/// Is the function `f` new to the profile: its inclusive baseline value
+/// negligible (at most [`NEW_EDGE`] of its candidate value)?
+fn absent(agg: &Agg, f: FuncId) -> bool {
+    let i = f as usize;
+    agg.cum[1][i] > 0.0 && agg.cum[0][i] <= NEW_EDGE * agg.cum[1][i]
 }
 
 /// Is the edge `p -> c` new: negligible in the baseline while the caller
