@@ -2,7 +2,9 @@
 //! (`tests/data/gate/culprit/`, see its README): the gate fails a
 //! regression any person sees in `go tool pprof -top -cum`, names the
 //! function that changed first, does not call unchanged functions
-//! `improved`, and passes A/A comparisons.
+//! `improved`, and passes A/A comparisons. Also recordings of the
+//! regression suite's workload that an earlier gate got wrong
+//! (`tests/data/gate/regress/`, see its README).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,12 +15,18 @@ fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gate/culprit")
 }
 
-/// `profdiff gate -b <base> -c <cand> --json - [extra]`: (exit code, JSON).
+/// `profdiff gate -b <base> -c <cand> --json - [extra]` in `data()`:
+/// (exit code, JSON).
 fn gate(base: &str, cand: &str, extra: &[&str]) -> (i32, Value) {
+    gate_in(&data(), base, cand, extra)
+}
+
+/// [`gate`] with `base` and `cand` relative to `dir`.
+fn gate_in(dir: &Path, base: &str, cand: &str, extra: &[&str]) -> (i32, Value) {
     let o = Command::new(env!("CARGO_BIN_EXE_profdiff"))
         .args(["gate", "-b", base, "-c", cand, "--json", "-"])
         .args(extra)
-        .current_dir(data())
+        .current_dir(dir)
         .output()
         .expect("run profdiff");
     let code = o.status.code().expect("exit code");
@@ -233,4 +241,92 @@ fn gate_refuses_rate_scale_with_a_one_line_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--normalize rate"), "{err}");
+}
+
+/// A set of `tests/data/gate/regress/` (with `base/` and `cand/`).
+fn regress(set: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/gate/regress")
+        .join(set)
+}
+
+/// The candidate does more work per item in `changed` only: no `main.*`
+/// function is reported improved, and none fails but `changed` and the
+/// callers that carry its growth (`main.reconcile`, `main.main`).
+fn assert_only_the_changed_path_judged(v: &Value, changed: &str) {
+    for f in findings(v) {
+        let name = f["function"].as_str().unwrap_or("");
+        let verdict = f["verdict"].as_str().unwrap_or("");
+        if !name.starts_with("main.") {
+            continue;
+        }
+        assert!(verdict != "improved", "{name} reported improved: {f}");
+        assert!(
+            verdict != "fail" || [changed, "main.reconcile", "main.main"].contains(&name),
+            "{name} (same work per item) reported fail: {f}"
+        );
+    }
+}
+
+/// A changed function with almost no baseline samples whose new work
+/// spreads over several runtime calls is the culprit, not the caller that
+/// began calling it.
+fn assert_new_function_is_the_culprit(set: &str) {
+    let (code, v) = gate_in(&regress(set), "base", "cand", &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let c = culprits(&v);
+    assert_eq!(c[0]["kind"], "frame", "{:#}", c[0]);
+    assert_eq!(c[0]["function"], "main.buildEvents", "{:#}", c[0]);
+    // The new call is still reported, right after its culprit.
+    assert_eq!(c[1]["kind"], "new_edge", "{:#}", c[1]);
+    assert_eq!(c[1]["caller"], "main.reconcile");
+    assert_eq!(c[1]["callee"], "main.buildEvents");
+    let path: Vec<&str> = c[0]["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["function"].as_str().unwrap())
+        .collect();
+    assert!(
+        path.ends_with(&["main.reconcile", "main.buildEvents"]),
+        "{path:?}"
+    );
+    assert_eq!(findings(&v)[0]["function"], "main.buildEvents");
+    let sf = &v["size_factor"];
+    assert_eq!(sf["method"], "reference", "{sf}");
+    assert!(
+        sf["excluded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "main.buildEvents"),
+        "{sf}"
+    );
+    assert_only_the_changed_path_judged(&v, "main.buildEvents");
+}
+
+#[test]
+fn a_function_new_to_the_profile_is_the_culprit_not_its_caller_ebpf() {
+    assert_new_function_is_the_culprit("alloc-ebpf");
+}
+
+#[test]
+fn a_function_new_to_the_profile_is_the_culprit_not_its_caller_pprof() {
+    assert_new_function_is_the_culprit("alloc-pprof");
+}
+
+/// The first pass's median of ratios was misled (the sort the baseline
+/// spent 19% in is gone, `memeqbody` is new) and found the culprit only
+/// inconclusive; its reference sets the scale.
+#[test]
+fn an_inconclusive_first_culprit_still_sets_the_scale() {
+    let (code, v) = gate_in(&regress("quad-ebpf"), "base", "cand", &[]);
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(culprits(&v)[0]["function"], "main.dedupeRefs", "{v:#}");
+    let sf = &v["size_factor"];
+    assert_eq!(sf["method"], "reference", "{sf}");
+    // The candidate does more work per item: its total per unit of work
+    // grew, so the factor is below 1.
+    assert!(sf["factor"].as_f64().unwrap() < 1.0, "{sf}");
+    assert_only_the_changed_path_judged(&v, "main.dedupeRefs");
 }
