@@ -352,7 +352,8 @@ impl<'a> Gate<'a> {
     /// uses the size factor of everything outside their subtrees (the
     /// stacks through no failing culprit), so that what did not change
     /// compares equal. With only inconclusive culprits, their reference
-    /// is used when it differs from the median of ratios by more than
+    /// is used when it holds at least half of the baseline and differs
+    /// from the median of ratios by more than
     /// [`MISLED_SCALE`]: the median can be far off when the regression
     /// moved much of the profile between functions seen on one side only
     /// (a sort replaced by a quadratic loop: factor 1.55 where the
@@ -479,15 +480,19 @@ impl<'a> Gate<'a> {
             reference(&failing)
         } else {
             // Only inconclusive culprits: their reference replaces the
-            // median of ratios when the two disagree by more than
-            // sampling allows (the median was misled; in A/A
-            // comparisons they agree and the first pass stands).
+            // median of ratios when it holds most of the baseline and the
+            // two disagree by more than sampling allows (the median was
+            // misled; in A/A comparisons they agree and the first pass
+            // stands).
             let unsure = culprits(Verdict::Inconclusive);
             let first_factor = cmp.size.factor;
             (!unsure.is_empty())
                 .then(|| reference(&unsure))
                 .flatten()
-                .filter(|sf| (sf.factor / first_factor).ln().abs() > MISLED_SCALE.ln())
+                .filter(|sf| {
+                    sf.baseline_fraction >= 0.5
+                        && (sf.factor / first_factor).ln().abs() > MISLED_SCALE.ln()
+                })
         };
         match sf {
             Some(sf) => {
@@ -1357,8 +1362,9 @@ pub fn significant_functions(funcs: &[FunctionDelta], alpha: f64, cum: bool) -> 
 /// growth a culprit) must explain to be followed ("most of the growth").
 const EXPLAIN: f64 = 0.5;
 /// When the first pass has only inconclusive culprits, the reference size
-/// factor (outside their subtrees) replaces the median of ratios when the
-/// two differ by more than this factor either way.
+/// factor (outside their subtrees, holding at least half of the
+/// baseline) replaces the median of ratios when the two differ by more
+/// than this factor either way.
 const MISLED_SCALE: f64 = 1.25;
 /// A callee new to the profile at the end of a culprit's chain is the
 /// culprit in place of its caller when its growth is at least this
