@@ -20,6 +20,7 @@ use diff::normalize::{NormalizeOptions, Normalizer, Rewrite, Rule, Scale};
 use diff::{report, Profile};
 
 mod input_cmds;
+#[cfg(target_os = "linux")]
 mod pages;
 
 /// mimalloc: about 15% less CPU than glibc's malloc for `gate` on two
@@ -89,6 +90,7 @@ fn use_color() -> bool {
 
 /// Total size of the input files from which `gate` and `diff` probe the
 /// cost of huge pages first (see `pages.rs`).
+#[cfg(target_os = "linux")]
 const LARGE_INPUTS: u64 = 1 << 20;
 
 fn run_compare(
@@ -142,16 +144,19 @@ fn run_compare(
     };
     let preset = match (lean, files(&a.baseline), files(&a.candidate)) {
         (true, Some(b), Some(c)) => {
-            // Large inputs: check that huge pages are cheap before the
-            // loading threads fault in tens of megabytes.
-            let size: u64 = b
-                .iter()
-                .chain(&c)
-                .filter_map(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
-            if size >= LARGE_INPUTS {
-                pages::avoid_slow_huge_pages(size);
+            // Large inputs (Linux): check that huge pages are cheap before
+            // the loading threads fault in tens of megabytes.
+            #[cfg(target_os = "linux")]
+            {
+                let size: u64 = b
+                    .iter()
+                    .chain(&c)
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum();
+                if size >= LARGE_INPUTS {
+                    pages::avoid_slow_huge_pages(size);
+                }
             }
             Comparison::from_pprof_files(&b, &c, key.as_deref(), &norm).map(|cmp| (cmp, b, c))
         }
