@@ -1384,16 +1384,58 @@ const MAX_CULPRITS: usize = 5;
 /// 1 candidate) in display units of one scale, over the stacks that contain
 /// none of the excluded functions.
 #[derive(Clone)]
-struct Agg {
+struct Agg<'t> {
     cum: [Vec<f64>; 2],
     flat: [Vec<f64>; 2],
     /// Inclusive samples (counts), for the composition test.
     cum_n: [Vec<f64>; 2],
-    /// Caller → callee values, counted once per stack.
-    edges: crate::normalize::FxMap<(FuncId, FuncId), [f64; 2]>,
-    /// Callee → caller with the largest edge growth.
-    children: Vec<Vec<FuncId>>,
-    parents: Vec<Vec<FuncId>>,
+    /// Caller → callee values per edge of `table`, counted once per stack.
+    edges: [Vec<f64>; 2],
+    /// Per edge of `table`: did a stack counted on either side add to it?
+    /// Only those edges are the functions' callees and callers.
+    hit: Vec<bool>,
+    table: &'t EdgeTable,
+}
+
+/// The distinct edges of both sides of an [`EdgeIndex`] under one id,
+/// with each function's callees and callers by ascending function id:
+/// built once per attribution, read by every round's [`Agg`].
+struct EdgeTable {
+    /// Per side, the table's id of each of the side's edge ids.
+    of_side: [Vec<u32>; 2],
+    ids: crate::normalize::FxMap<(FuncId, FuncId), u32>,
+    children: Vec<Vec<(FuncId, u32)>>,
+    parents: Vec<Vec<(FuncId, u32)>>,
+}
+
+impl EdgeTable {
+    fn new(index: &EdgeIndex, n: usize) -> EdgeTable {
+        let mut ids: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
+        let mut children: Vec<Vec<(FuncId, u32)>> = vec![Vec::new(); n];
+        let mut parents: Vec<Vec<(FuncId, u32)>> = vec![Vec::new(); n];
+        let of_side = index.sides.each_ref().map(|(pairs, _)| {
+            pairs
+                .iter()
+                .map(|&(p, c)| {
+                    let next = ids.len() as u32;
+                    *ids.entry((p, c)).or_insert_with(|| {
+                        children[p as usize].push((c, next));
+                        parents[c as usize].push((p, next));
+                        next
+                    })
+                })
+                .collect()
+        });
+        for v in children.iter_mut().chain(parents.iter_mut()) {
+            v.sort_unstable_by_key(|x| x.0);
+        }
+        EdgeTable {
+            of_side,
+            ids,
+            children,
+            parents,
+        }
+    }
 }
 
 /// The caller → callee edges of one run's stacks, in the order its stack
@@ -1546,23 +1588,6 @@ fn stacks_through(index: &EdgeIndex, focus: &[bool]) -> [Vec<Vec<bool>>; 2] {
     })
 }
 
-/// Marks in `dropped` (per side, run and stack of `index`) every stack
-/// through `f`: with the stacks dropped before, the stacks through any
-/// excluded function.
-fn drop_stacks(index: &EdgeIndex, f: FuncId, dropped: &mut [Vec<Vec<bool>>; 2]) {
-    for ((_, runs), dropped) in index.sides.iter().zip(dropped.iter_mut()) {
-        for (re, dropped) in runs.iter().zip(dropped.iter_mut()) {
-            for (i, d) in dropped.iter_mut().enumerate() {
-                if !*d {
-                    let s =
-                        &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
-                    *d = s.contains(&f);
-                }
-            }
-        }
-    }
-}
-
 /// One side's part of an [`Agg`].
 struct SideAgg {
     cum: Vec<f64>,
@@ -1575,13 +1600,17 @@ struct SideAgg {
 }
 
 impl SideAgg {
+    /// `drop`: a function whose stacks are marked in `dropped` first (and
+    /// left out with the stacks marked before).
+    #[allow(clippy::too_many_arguments)]
     fn new(
         runs: &[RunData],
         index: &[RunEdges],
         n_edges: usize,
         n: usize,
         scale: &Scale,
-        dropped: &[Vec<bool>],
+        drop: Option<FuncId>,
+        dropped: &mut [Vec<bool>],
         focused: &[Vec<bool>],
     ) -> Self {
         let mut a = SideAgg {
@@ -1606,6 +1635,10 @@ impl SideAgg {
             for (i, &v) in re.values.iter().enumerate() {
                 let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
                 if dropped[i] {
+                    continue;
+                }
+                if drop.is_some_and(|f| s.contains(&f)) {
+                    dropped[i] = true;
                     continue;
                 }
                 let (x, xn) = (v / den, v / w);
@@ -1645,9 +1678,10 @@ impl SideAgg {
     }
 }
 
-impl Agg {
-    /// `dropped` (per side, run and stack, from [`drop_stacks`]): the
-    /// stacks through an excluded function, left out.
+impl<'t> Agg<'t> {
+    /// `dropped` (per side, run and stack): the stacks through an excluded
+    /// function, left out; `drop`, the function excluded last, whose
+    /// stacks are marked there first.
     /// `focused` (per side, run and stack, from [`stacks_through`]): edges
     /// are collected only from stacks through a flagged
     /// function (the grown ones: every chain the attribution walks lies in
@@ -1655,14 +1689,16 @@ impl Agg {
     fn new(
         cmp: &Comparison,
         index: &EdgeIndex,
+        table: &'t EdgeTable,
         scale: &Scale,
-        dropped: &[Vec<Vec<bool>>; 2],
+        drop: Option<FuncId>,
+        dropped: &mut [Vec<Vec<bool>>; 2],
         focused: &[Vec<Vec<bool>>; 2],
-    ) -> Agg {
+    ) -> Agg<'t> {
         let n = cmp.table.len();
         // The two sides are independent passes (the same sums in the same
         // order as one after the other): one thread each.
-        let one = |runs: &[RunData], side: usize| {
+        let one = |runs: &[RunData], side: usize, dropped: &mut [Vec<bool>]| {
             let (pairs, edges) = &index.sides[side];
             SideAgg::new(
                 runs,
@@ -1670,41 +1706,37 @@ impl Agg {
                 pairs.len(),
                 n,
                 scale,
-                &dropped[side],
+                drop,
+                dropped,
                 &focused[side],
             )
         };
+        let [db, dc] = dropped;
         let (b, c) = std::thread::scope(|s| {
-            let c = s.spawn(|| one(&cmp.cand, 1));
-            let b = one(&cmp.base, 0);
+            let c = s.spawn(|| one(&cmp.cand, 1, dc));
+            let b = one(&cmp.base, 0, db);
             (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         });
-        let mut edges: crate::normalize::FxMap<(FuncId, FuncId), [f64; 2]> = Default::default();
+        let m = table.ids.len();
+        let mut edges = [vec![0.0; m], vec![0.0; m]];
+        let mut hit = vec![false; m];
         for (side, a) in [&b, &c].into_iter().enumerate() {
-            let pairs = &index.sides[side].0;
-            for (e, (&x, &hit)) in a.edges.iter().zip(&a.hit).enumerate() {
-                if hit {
-                    edges.entry(pairs[e]).or_insert([0.0; 2])[side] = x;
+            for (e, (&x, &h)) in a.edges.iter().zip(&a.hit).enumerate() {
+                if h {
+                    let id = table.of_side[side][e] as usize;
+                    edges[side][id] = x;
+                    hit[id] = true;
                 }
             }
         }
-        let mut a = Agg {
+        Agg {
             cum: [b.cum, c.cum],
             flat: [b.flat, c.flat],
             cum_n: [b.cum_n, c.cum_n],
             edges,
-            children: vec![Vec::new(); n],
-            parents: vec![Vec::new(); n],
-        };
-        for &(p, c) in a.edges.keys() {
-            a.children[p as usize].push(c);
-            a.parents[c as usize].push(p);
+            hit,
+            table,
         }
-        // Deterministic order.
-        for v in a.children.iter_mut().chain(a.parents.iter_mut()) {
-            v.sort_unstable();
-        }
-        a
     }
 
     fn d_cum(&self, f: FuncId) -> f64 {
@@ -1712,22 +1744,36 @@ impl Agg {
     }
 
     fn edge(&self, p: FuncId, c: FuncId) -> [f64; 2] {
-        self.edges.get(&(p, c)).copied().unwrap_or([0.0; 2])
+        match self.table.ids.get(&(p, c)) {
+            Some(&id) if self.hit[id as usize] => self.edge_at(id),
+            _ => [0.0; 2],
+        }
+    }
+
+    fn edge_at(&self, id: u32) -> [f64; 2] {
+        [self.edges[0][id as usize], self.edges[1][id as usize]]
+    }
+
+    /// The callees of `f` (ascending ids) with the values of their edges.
+    fn children(&self, f: FuncId) -> impl Iterator<Item = (FuncId, [f64; 2])> + '_ {
+        self.table.children[f as usize]
+            .iter()
+            .filter(|&&(_, id)| self.hit[id as usize])
+            .map(|&(c, id)| (c, self.edge_at(id)))
     }
 
     /// The callee whose edge grew most.
     fn top_child(&self, f: FuncId) -> Option<(FuncId, [f64; 2])> {
-        self.children[f as usize]
-            .iter()
-            .map(|&c| (c, self.edge(f, c)))
+        self.children(f)
             .max_by(|a, b| (a.1[1] - a.1[0]).total_cmp(&(b.1[1] - b.1[0])))
     }
 
     /// The caller whose edge into `f` grew most.
     fn top_parent(&self, f: FuncId) -> Option<FuncId> {
-        self.parents[f as usize]
+        self.table.parents[f as usize]
             .iter()
-            .map(|&p| (p, self.edge(p, f)))
+            .filter(|&&(_, id)| self.hit[id as usize])
+            .map(|&(p, id)| (p, self.edge_at(id)))
             .max_by(|a, b| (a.1[1] - a.1[0]).total_cmp(&(b.1[1] - b.1[0])))
             .map(|x| x.0)
     }
@@ -1744,7 +1790,7 @@ impl Agg {
             return false;
         }
         let mut parts: Vec<[f64; 2]> = vec![[self.flat[0][i], self.flat[1][i]]];
-        parts.extend(self.children[i].iter().map(|&c| self.edge(f, c)));
+        parts.extend(self.children(f).map(|(_, e)| e));
         parts.iter().any(|p| {
             let (fb, fc) = ((p[0] / cb).min(1.0), (p[1] / cc).min(1.0));
             let pooled = (fb * nb + fc * nc) / (nb + nc);
@@ -1868,13 +1914,22 @@ fn attribute(
         focus[g.id as usize] = true;
     }
     let index = index.get_or_init(|| EdgeIndex::new(cmp));
-    let focused = stacks_through(index, &focus);
+    let (focused, table) = std::thread::scope(|s| {
+        let table = s.spawn(|| EdgeTable::new(index, n));
+        let focused = stacks_through(index, &focus);
+        (
+            focused,
+            table
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
+    });
     let mut dropped = index.sides.each_ref().map(|(_, runs)| {
         runs.iter()
             .map(|re| vec![false; re.values.len()])
             .collect::<Vec<_>>()
     });
-    let full = Agg::new(cmp, index, scale, &dropped, &focused);
+    let full = Agg::new(cmp, index, &table, scale, None, &mut dropped, &focused);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -2015,9 +2070,8 @@ fn attribute(
             .chain(chain[..=idx].iter())
             .map(|&f| step(&full, f))
             .collect();
-        let mut kids: Vec<(FuncId, [f64; 2])> = full.children[culprit as usize]
-            .iter()
-            .map(|&c| (c, full.edge(culprit, c)))
+        let mut kids: Vec<(FuncId, [f64; 2])> = full
+            .children(culprit)
             .filter(|(_, e)| e[1] > e[0])
             .collect();
         kids.sort_by(|a, b| {
@@ -2130,8 +2184,15 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        drop_stacks(index, culprit, &mut dropped);
-        let next = Agg::new(cmp, index, scale, &dropped, &focused);
+        let next = Agg::new(
+            cmp,
+            index,
+            &table,
+            scale,
+            Some(culprit),
+            &mut dropped,
+            &focused,
+        );
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {

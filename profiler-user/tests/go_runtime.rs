@@ -897,10 +897,7 @@ fn allocs_set_rate(version: &str) {
         (a - 0.25).abs() <= tol,
         "allocA share {a:.3} (±{tol:.3} on ~{n:.0} samples); {summary:?}"
     );
-    assert!(
-        (b - 0.75).abs() <= tol.max(0.075),
-        "allocB share {b:.3}"
-    );
+    assert!((b - 0.75).abs() <= tol.max(0.075), "allocB share {b:.3}");
     // Written back: read the target's MemProfileRate through its symbol.
     let b = profiler_user::go::binary::GoBinary::open(&bin).unwrap();
     let addr = b.data_symbol("runtime.MemProfileRate").unwrap();
