@@ -310,6 +310,9 @@ pub struct Comparison {
     pub normalization: Vec<String>,
     /// The candidate's size factor for [`Scale::Compositional`].
     pub size: SizeFactor,
+    /// The baseline's edge index for the gate's attribution, when the
+    /// lean path built it while the candidate loaded.
+    pub(crate) base_edges: Option<crate::gate::SideEdges>,
 }
 
 /// Fewest functions seen on both sides for a compositional scale: a
@@ -680,13 +683,9 @@ impl Comparison {
         norm: &Normalizer,
     ) -> Option<Comparison> {
         let r = crate::fastload::reduce_files(base, cand, sample_type, norm)?;
-        Some(Comparison::assemble(
-            r.table,
-            r.sample_type,
-            r.base,
-            r.cand,
-            norm,
-        ))
+        let mut cmp = Comparison::assemble(r.table, r.sample_type, r.base, r.cand, norm);
+        cmp.base_edges = r.base_edges;
+        Some(cmp)
     }
 
     /// The comparison of reduced runs: the candidate's size factor.
@@ -727,6 +726,7 @@ impl Comparison {
             cand: c,
             normalization: norm.options().describe(),
             size,
+            base_edges: None,
         }
     }
 

@@ -36,6 +36,10 @@ pub(crate) struct Reduced {
     pub(crate) sample_type: ValueType,
     pub(crate) base: Vec<RunData>,
     pub(crate) cand: Vec<RunData>,
+    /// The baseline's edge index, built while the candidate's runs were
+    /// still loading (for large baselines, see
+    /// [`crate::gate::EARLY_BASE_INDEX`]).
+    pub(crate) base_edges: Option<crate::gate::SideEdges>,
 }
 
 /// What the interning step needs from one decoded file.
@@ -489,20 +493,48 @@ pub(crate) fn reduce_files(
             }
         }
         drop(replies);
-        let runs: Vec<Option<RunData>> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect();
+        let join = |h: std::thread::ScopedJoinHandle<'_, Option<RunData>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        let mut handles = handles.into_iter();
+        // Every thread joined before the results are looked at.
+        let base_runs: Vec<Option<RunData>> = handles.by_ref().take(base.len()).map(join).collect();
+        let base_runs: Option<Vec<RunData>> = base_runs.into_iter().collect();
+        // A large baseline's edges are indexed while the candidate's runs
+        // are still loading (the baseline's threads are done).
+        let n = table.len();
+        let early = match base_runs {
+            Some(runs)
+                if ok
+                    && runs.iter().map(|r| r.stacks.len()).sum::<usize>()
+                        >= crate::gate::EARLY_BASE_INDEX =>
+            {
+                Err(sc.spawn(move || {
+                    let stop = std::sync::atomic::AtomicBool::new(false);
+                    let edges = crate::gate::index_side(&runs, n, &stop);
+                    (runs, edges)
+                }))
+            }
+            other => Ok(other),
+        };
+        let cand_runs: Vec<Option<RunData>> = handles.map(join).collect();
+        let cand_runs: Option<Vec<RunData>> = cand_runs.into_iter().collect();
+        let (base_runs, base_edges) = match early {
+            Ok(runs) => (runs, None),
+            Err(h) => {
+                let (runs, edges) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (Some(runs), Some(edges))
+            }
+        };
         if !ok {
             return None;
         }
-        let mut runs: Vec<RunData> = runs.into_iter().collect::<Option<Vec<_>>>()?;
-        let cand = runs.split_off(base.len());
         Some(Reduced {
             table,
             sample_type: first?,
-            base: runs,
-            cand,
+            base: base_runs?,
+            cand: cand_runs?,
+            base_edges,
         })
     })
 }

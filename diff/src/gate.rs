@@ -418,10 +418,13 @@ impl<'a> Gate<'a> {
             .sum::<usize>()
             >= SPECULATIVE_INDEX;
         let stop = std::sync::atomic::AtomicBool::new(false);
+        // The baseline's side, when the loading indexed it already.
+        let base_edges = cmp.base_edges.take();
         let mut first = std::thread::scope(|sc| {
             let cmp: &Comparison = cmp;
-            let pending =
-                std::cell::Cell::new(speculate.then(|| sc.spawn(|| EdgeIndex::build(cmp, &stop))));
+            let pending = std::cell::Cell::new(
+                speculate.then(|| sc.spawn(|| EdgeIndex::build(cmp, base_edges, &stop))),
+            );
             // The top stack changes on this pass's scale, computed while
             // the attribution's rounds (mostly on one thread) run; kept
             // unless a second pass changes the size factor.
@@ -1445,7 +1448,8 @@ impl EdgeTable {
 /// frame_offsets[i + 1]]`, value `values[i]`), so the aggregation rounds
 /// read contiguous memory instead of one allocation per stack; the sums
 /// come out the same, in the same order.
-struct RunEdges {
+#[derive(Debug, Clone)]
+pub(crate) struct RunEdges {
     offsets: Vec<u32>,
     ids: Vec<u32>,
     frame_offsets: Vec<u32>,
@@ -1468,100 +1472,123 @@ struct EdgeIndex {
 const SPECULATIVE_INDEX: usize = 8_192;
 
 /// One side's distinct edges by id, and per run the ids of its stacks.
-type SideEdges = (Vec<(FuncId, FuncId)>, Vec<RunEdges>);
+pub(crate) type SideEdges = (Vec<(FuncId, FuncId)>, Vec<RunEdges>);
+
+/// Fewest distinct baseline stacks for which the lean path indexes the
+/// baseline's edges as soon as its runs are reduced (while the
+/// candidate's still load), for the gate's speculative edge index.
+pub(crate) const EARLY_BASE_INDEX: usize = SPECULATIVE_INDEX / 2;
+
+/// One side's edge index (see [`EdgeIndex`]): `n`, the number of functions
+/// of the comparison; given up early (an incomplete index, to be
+/// discarded) once `stop` is set.
+pub(crate) fn index_side(
+    runs: &[RunData],
+    n: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> SideEdges {
+    // Keyed by caller << 32 | callee: one hash round per edge.
+    let mut map: crate::normalize::FxMap<u64, u32> = Default::default();
+    let mut pairs = Vec::new();
+    let mut seen = vec![u32::MAX; n];
+    let mut stamp = 0u32;
+    // Per edge id, the stamp of the last recursive stack that counted it.
+    let mut edge_stamp: Vec<u32> = Vec::new();
+    // Per caller, its last edge (callee, id): most callers reach
+    // one or two callees, so most edges skip the hash lookup.
+    let mut last: Vec<(FuncId, u32)> = vec![(FuncId::MAX, 0); n];
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let n_stacks = r.stacks.len();
+        let mut offsets = Vec::with_capacity(n_stacks + 1);
+        let n_frames: usize = r.stacks.keys().map(|s| s.len()).sum();
+        let mut ids = Vec::with_capacity(n_frames);
+        offsets.push(0u32);
+        let mut frames = Vec::with_capacity(n_frames);
+        let mut frame_offsets = Vec::with_capacity(n_stacks + 1);
+        frame_offsets.push(0u32);
+        let mut values = Vec::with_capacity(n_stacks);
+        let mut recursives = Vec::with_capacity(n_stacks);
+        for (k, (s, &v)) in r.stacks.iter().enumerate() {
+            if k % 1024 == 1023 && stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            frames.extend_from_slice(s);
+            frame_offsets.push(frames.len() as u32);
+            values.push(v);
+            stamp = stamp.wrapping_add(1);
+            let mut recursive = false;
+            for &f in s.iter() {
+                if seen[f as usize] == stamp {
+                    recursive = true;
+                }
+                seen[f as usize] = stamp;
+            }
+            recursives.push(recursive);
+            for p in s.windows(2) {
+                let e = (p[0], p[1]);
+                if p[0] == p[1] {
+                    continue;
+                }
+                let slot = &mut last[p[0] as usize];
+                let id = if slot.0 == p[1] {
+                    slot.1
+                } else {
+                    let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
+                    let id = *map.entry(key).or_insert_with(|| {
+                        pairs.push(e);
+                        edge_stamp.push(0);
+                        (pairs.len() - 1) as u32
+                    });
+                    *slot = (p[1], id);
+                    id
+                };
+                // An edge repeats within a stack only under recursion:
+                // counted once (the stack's stamp marks it).
+                if recursive {
+                    if edge_stamp[id as usize] == stamp {
+                        continue;
+                    }
+                    edge_stamp[id as usize] = stamp;
+                }
+                ids.push(id);
+            }
+            offsets.push(ids.len() as u32);
+        }
+        out.push(RunEdges {
+            offsets,
+            ids,
+            frame_offsets,
+            frames,
+            values,
+            recursive: recursives,
+        });
+    }
+    (pairs, out)
+}
 
 impl EdgeIndex {
     fn new(cmp: &Comparison) -> EdgeIndex {
-        Self::build(cmp, &std::sync::atomic::AtomicBool::new(false))
+        Self::build(cmp, None, &std::sync::atomic::AtomicBool::new(false))
     }
 
-    /// [`EdgeIndex::new`], given up early (an incomplete index, to be
+    /// [`EdgeIndex::new`], with the baseline's side when it was indexed
+    /// already (`base`), given up early (an incomplete index, to be
     /// discarded) once `stop` is set.
-    fn build(cmp: &Comparison, stop: &std::sync::atomic::AtomicBool) -> EdgeIndex {
+    fn build(
+        cmp: &Comparison,
+        base: Option<SideEdges>,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> EdgeIndex {
         let n = cmp.table.len();
-        let side = |runs: &[RunData]| -> SideEdges {
-            // Keyed by caller << 32 | callee: one hash round per edge.
-            let mut map: crate::normalize::FxMap<u64, u32> = Default::default();
-            let mut pairs = Vec::new();
-            let mut seen = vec![u32::MAX; n];
-            let mut stamp = 0u32;
-            let mut local: Vec<(FuncId, FuncId)> = Vec::new();
-            // Per caller, its last edge (callee, id): most callers reach
-            // one or two callees, so most edges skip the hash lookup.
-            let mut last: Vec<(FuncId, u32)> = vec![(FuncId::MAX, 0); n];
-            let mut out = Vec::with_capacity(runs.len());
-            for r in runs {
-                let n_stacks = r.stacks.len();
-                let mut offsets = Vec::with_capacity(n_stacks + 1);
-                let n_frames: usize = r.stacks.keys().map(|s| s.len()).sum();
-                let mut ids = Vec::with_capacity(n_frames);
-                offsets.push(0u32);
-                let mut frames = Vec::with_capacity(n_frames);
-                let mut frame_offsets = Vec::with_capacity(n_stacks + 1);
-                frame_offsets.push(0u32);
-                let mut values = Vec::with_capacity(n_stacks);
-                let mut recursives = Vec::with_capacity(n_stacks);
-                for (k, (s, &v)) in r.stacks.iter().enumerate() {
-                    if k % 1024 == 1023 && stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    frames.extend_from_slice(s);
-                    frame_offsets.push(frames.len() as u32);
-                    values.push(v);
-                    stamp = stamp.wrapping_add(1);
-                    let mut recursive = false;
-                    for &f in s.iter() {
-                        if seen[f as usize] == stamp {
-                            recursive = true;
-                        }
-                        seen[f as usize] = stamp;
-                    }
-                    recursives.push(recursive);
-                    // An edge repeats within a stack only under recursion;
-                    // only then is the list consulted.
-                    local.clear();
-                    for p in s.windows(2) {
-                        let e = (p[0], p[1]);
-                        if p[0] == p[1] {
-                            continue;
-                        }
-                        if recursive {
-                            if local.contains(&e) {
-                                continue;
-                            }
-                            local.push(e);
-                        }
-                        let slot = &mut last[p[0] as usize];
-                        let id = if slot.0 == p[1] {
-                            slot.1
-                        } else {
-                            let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
-                            let id = *map.entry(key).or_insert_with(|| {
-                                pairs.push(e);
-                                (pairs.len() - 1) as u32
-                            });
-                            *slot = (p[1], id);
-                            id
-                        };
-                        ids.push(id);
-                    }
-                    offsets.push(ids.len() as u32);
-                }
-                out.push(RunEdges {
-                    offsets,
-                    ids,
-                    frame_offsets,
-                    frames,
-                    values,
-                    recursive: recursives,
-                });
-            }
-            (pairs, out)
-        };
+        if let Some(b) = base {
+            let c = index_side(&cmp.cand, n, stop);
+            return EdgeIndex { sides: [b, c] };
+        }
         // Ids are per side, so the sides index on one thread each.
         let (b, c) = std::thread::scope(|s| {
-            let c = s.spawn(|| side(&cmp.cand));
-            let b = side(&cmp.base);
+            let c = s.spawn(|| index_side(&cmp.cand, n, stop));
+            let b = index_side(&cmp.base, n, stop);
             (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         });
         EdgeIndex { sides: [b, c] }
