@@ -144,21 +144,24 @@ fn run_compare(
     };
     let preset = match (lean, files(&a.baseline), files(&a.candidate)) {
         (true, Some(b), Some(c)) => {
-            // Large inputs (Linux): check that huge pages are cheap before
-            // the loading threads fault in tens of megabytes.
+            // Large inputs (Linux): each loading thread checks that huge
+            // pages are cheap before it faults in megabytes (its share of
+            // the check, in memory it reuses).
             #[cfg(target_os = "linux")]
-            {
-                let size: u64 = b
-                    .iter()
-                    .chain(&c)
-                    .filter_map(|p| std::fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum();
+            let size: u64 = b
+                .iter()
+                .chain(&c)
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            let on_thread = |_files: usize| {
+                #[cfg(target_os = "linux")]
                 if size >= LARGE_INPUTS {
-                    pages::avoid_slow_huge_pages(size);
+                    pages::avoid_slow_huge_pages(size, _files);
                 }
-            }
-            Comparison::from_pprof_files(&b, &c, key.as_deref(), &norm).map(|cmp| (cmp, b, c))
+            };
+            Comparison::from_pprof_files_with(&b, &c, key.as_deref(), &norm, &on_thread)
+                .map(|cmp| (cmp, b, c))
         }
         _ => None,
     };

@@ -12,6 +12,7 @@
 //! those run out, typically right after another process freed a lot of
 //! memory. See docs/profdiff.md, "Speed", round 5.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// 2 MiB, the huge page size on x86-64 and the block the probe touches.
@@ -24,29 +25,40 @@ const HEAP_PER_INPUT_BYTE: u64 = 24;
 /// A first touch slower than this is a huge page the host had to back.
 const SLOW: Duration = Duration::from_millis(1);
 
-/// Touches fresh heap blocks of 2 MiB, about as many as a comparison of
-/// `input_bytes` of profiles will use, timing each first touch; at the
-/// first slow one, turns transparent huge pages off for the rest of the
-/// process (`PR_SET_THP_DISABLE`), so that the memory touched afterwards
-/// comes in small pages. The blocks touched go back to the allocator,
-/// which hands them out again (the comparison faults in no more huge
-/// pages than without the probe). Output is unaffected either way.
-pub(crate) fn avoid_slow_huge_pages(input_bytes: u64) {
-    let probes = usize::try_from(input_bytes.saturating_mul(HEAP_PER_INPUT_BYTE) / BLOCK as u64)
+/// Set once huge pages are off (by any thread).
+static OFF: AtomicBool = AtomicBool::new(false);
+
+/// Touches fresh heap blocks of 2 MiB, this thread's share (one of
+/// `threads`) of about as many as a comparison of `input_bytes` of
+/// profiles will use, timing each first touch; at the first slow one,
+/// turns transparent huge pages off for the rest of the process
+/// (`PR_SET_THP_DISABLE`), so that the memory touched afterwards comes in
+/// small pages. Stops early once another thread turned them off. The
+/// blocks touched go back to the allocator, which hands them out again
+/// (the comparison faults in no more huge pages than without the probe).
+/// Output is unaffected either way.
+pub(crate) fn avoid_slow_huge_pages(input_bytes: u64, threads: usize) {
+    let total = usize::try_from(input_bytes.saturating_mul(HEAP_PER_INPUT_BYTE) / BLOCK as u64)
         .unwrap_or(MAX_PROBES)
         .clamp(1, MAX_PROBES);
+    let probes = total.div_ceil(threads.max(1));
     let mut buf: Vec<u8> = Vec::with_capacity((probes + 1) * BLOCK);
     let start = buf.as_ptr() as usize;
     let first = start.next_multiple_of(BLOCK) - start;
     let spare = buf.spare_capacity_mut();
     for i in 0..probes {
+        if OFF.load(Ordering::Relaxed) {
+            return;
+        }
         let t = Instant::now();
         std::hint::black_box(spare[first + i * BLOCK].write(1));
         if t.elapsed() > SLOW {
-            // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag of this
-            // process's memory map; it reads no memory of ours.
-            unsafe {
-                libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+            if !OFF.swap(true, Ordering::Relaxed) {
+                // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag of
+                // this process's memory map; it reads no memory of ours.
+                unsafe {
+                    libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+                }
             }
             return;
         }
