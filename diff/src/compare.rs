@@ -461,22 +461,40 @@ impl SizeFactor {
     /// unit. Falls back (returns `None`) when the reference holds less than
     /// 10% or fewer than 30 samples of either side.
     pub fn from_reference(cmp: &Comparison, exclude: &[bool]) -> Option<SizeFactor> {
-        let mut kept = [0.0f64; 2];
-        let mut tot = [0.0f64; 2];
-        for (side, runs) in [&cmp.base, &cmp.cand].into_iter().enumerate() {
-            for r in runs.iter() {
+        // Per side (kept, total); the sides sum on one thread each.
+        let side = |runs: &[RunData]| -> (f64, f64) {
+            let (mut kept, mut tot) = (0.0f64, 0.0f64);
+            for r in runs {
                 let w = if r.weight > 0.0 { r.weight } else { 1.0 };
                 for (st, v) in &r.stacks {
                     if !st
                         .iter()
                         .any(|&f| exclude.get(f as usize).copied().unwrap_or(false))
                     {
-                        kept[side] += v / w;
+                        kept += v / w;
                     }
                 }
-                tot[side] += r.total / w;
+                tot += r.total / w;
             }
-        }
+            (kept, tot)
+        };
+        let large = cmp
+            .base
+            .iter()
+            .chain(&cmp.cand)
+            .map(|r| r.stacks.len())
+            .sum::<usize>()
+            >= 4096;
+        let ((kb, tb), (kc, tc)) = if large {
+            std::thread::scope(|s| {
+                let c = s.spawn(|| side(&cmp.cand));
+                let b = side(&cmp.base);
+                (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            })
+        } else {
+            (side(&cmp.base), side(&cmp.cand))
+        };
+        let (kept, tot) = ([kb, kc], [tb, tc]);
         let ok = (0..2).all(|i| kept[i] >= 30.0 && tot[i] > 0.0 && kept[i] >= 0.1 * tot[i]);
         if !ok {
             return None;

@@ -1494,9 +1494,9 @@ pub(crate) fn index_side(
     let mut stamp = 0u32;
     // Per edge id, the stamp of the last recursive stack that counted it.
     let mut edge_stamp: Vec<u32> = Vec::new();
-    // Per caller, its last edge (callee, id): most callers reach
-    // one or two callees, so most edges skip the hash lookup.
-    let mut last: Vec<(FuncId, u32)> = vec![(FuncId::MAX, 0); n];
+    // Per caller, its last two edges (callee, id), the latest first: most
+    // callers reach one or two callees, so most edges skip the hash lookup.
+    let mut last: Vec<[(FuncId, u32); 2]> = vec![[(FuncId::MAX, 0); 2]; n];
     let mut out = Vec::with_capacity(runs.len());
     for r in runs {
         let n_stacks = r.stacks.len();
@@ -1531,8 +1531,11 @@ pub(crate) fn index_side(
                     continue;
                 }
                 let slot = &mut last[p[0] as usize];
-                let id = if slot.0 == p[1] {
-                    slot.1
+                let id = if slot[0].0 == p[1] {
+                    slot[0].1
+                } else if slot[1].0 == p[1] {
+                    slot.swap(0, 1);
+                    slot[0].1
                 } else {
                     let key = (u64::from(p[0]) << 32) | u64::from(p[1]);
                     let id = *map.entry(key).or_insert_with(|| {
@@ -1540,7 +1543,7 @@ pub(crate) fn index_side(
                         edge_stamp.push(0);
                         (pairs.len() - 1) as u32
                     });
-                    *slot = (p[1], id);
+                    *slot = [(p[1], id), slot[0]];
                     id
                 };
                 // An edge repeats within a stack only under recursion:

@@ -21,7 +21,7 @@ const BLOCK: usize = 2 << 20;
 const MAX_PROBES: usize = 32;
 /// Heap touched per byte of (compressed) input, about: a `gate` of the
 /// corpus' two largest Pyroscope profiles (2.3 MB) peaks at 64 MiB.
-const HEAP_PER_INPUT_BYTE: u64 = 24;
+const HEAP_PER_INPUT_BYTE: u64 = 12;
 /// A first touch slower than this is a huge page the host had to back.
 const SLOW: Duration = Duration::from_millis(1);
 
@@ -42,17 +42,24 @@ pub(crate) fn avoid_slow_huge_pages(input_bytes: u64, threads: usize) {
         .unwrap_or(MAX_PROBES)
         .clamp(1, MAX_PROBES);
     let probes = total.div_ceil(threads.max(1));
-    let mut buf: Vec<u8> = Vec::with_capacity((probes + 1) * BLOCK);
-    let start = buf.as_ptr() as usize;
-    let first = start.next_multiple_of(BLOCK) - start;
-    let spare = buf.spare_capacity_mut();
-    for i in 0..probes {
+    // One allocation per block (not one of all of them): freed, they stay
+    // in this thread's heap, whose next allocations reuse them.
+    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(probes);
+    for _ in 0..probes {
         if OFF.load(Ordering::Relaxed) {
             return;
         }
+        let mut block: Vec<u8> = Vec::with_capacity(BLOCK);
+        // The block's first 2 MiB boundary (its start when aligned): a
+        // huge page of its own.
+        let at = (block.as_ptr() as usize).next_multiple_of(BLOCK) - block.as_ptr() as usize;
         let t = Instant::now();
-        std::hint::black_box(spare[first + i * BLOCK].write(1));
-        if t.elapsed() > SLOW {
+        if let Some(b) = block.spare_capacity_mut().get_mut(at) {
+            std::hint::black_box(b.write(1));
+        }
+        let slow = t.elapsed() > SLOW;
+        blocks.push(block);
+        if slow {
             if !OFF.swap(true, Ordering::Relaxed) {
                 // SAFETY: prctl(PR_SET_THP_DISABLE) only sets a flag of
                 // this process's memory map; it reads no memory of ours.
