@@ -1055,18 +1055,36 @@ impl Comparison {
         }
         // Sorted by index (a stable sort with the same comparisons gives
         // the same order) so that the large records move once.
-        let mut order: Vec<usize> = (0..out.len()).collect();
-        order.sort_by(|&i, &j| {
-            let (a, b) = (&out[i], &out[j]);
-            b.flat
-                .delta
-                .abs()
-                .total_cmp(&a.flat.delta.abs())
-                .then(b.cum.delta.abs().total_cmp(&a.cum.delta.abs()))
-                .then(a.function.cmp(&b.function))
+        // The keys sit side by side, so that the comparisons read no record.
+        let mut keys: Vec<(f64, f64, usize)> = out
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.flat.delta.abs(), d.cum.delta.abs(), i))
+            .collect();
+        keys.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then(b.1.total_cmp(&a.1))
+                .then_with(|| out[a.2].function.cmp(&out[b.2].function))
         });
-        let mut slots: Vec<Option<FunctionDelta>> = out.into_iter().map(Some).collect();
-        Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
+        let order: Vec<usize> = keys.into_iter().map(|k| k.2).collect();
+
+        // The permutation applied in place, one cycle at a time (each
+        // record moves once per swap; no second vector of records).
+        let mut order = order;
+        for i in 0..order.len() {
+            let mut cur = i;
+            loop {
+                let next = order[cur];
+                order[cur] = cur;
+                if next == i || next == cur {
+                    break;
+                }
+                out.swap(cur, next);
+                cur = next;
+            }
+        }
+
+        Ok(out)
     }
 
     /// The `limit` stacks with the largest |delta|, folded root first.

@@ -1362,7 +1362,9 @@ pub fn significant_functions(funcs: &[FunctionDelta], alpha: f64, cum: bool) -> 
 // ------------------------------------------------------------ attribution
 
 /// Share of a function's inclusive growth a callee (or an ancestor's
-/// growth a culprit) must explain to be followed ("most of the growth").
+/// growth a culprit) must explain to be followed ("most of the growth":
+/// more than this share; a callee with exactly half, which another may
+/// share, is not followed).
 const EXPLAIN: f64 = 0.5;
 /// When the first pass has only inconclusive culprits, the reference size
 /// factor (outside their subtrees, holding at least half of the
@@ -1403,6 +1405,7 @@ struct Agg<'t> {
 /// The distinct edges of both sides of an [`EdgeIndex`] under one id,
 /// with each function's callees and callers by ascending function id:
 /// built once per attribution, read by every round's [`Agg`].
+#[derive(Default)]
 struct EdgeTable {
     /// Per side, the table's id of each of the side's edge ids.
     of_side: [Vec<u32>; 2],
@@ -1412,11 +1415,11 @@ struct EdgeTable {
 }
 
 impl EdgeTable {
-    fn new(index: &EdgeIndex, n: usize) -> EdgeTable {
+    fn new(sides: &[SideEdges; 2], n: usize) -> EdgeTable {
         let mut ids: crate::normalize::FxMap<(FuncId, FuncId), u32> = Default::default();
         let mut children: Vec<Vec<(FuncId, u32)>> = vec![Vec::new(); n];
         let mut parents: Vec<Vec<(FuncId, u32)>> = vec![Vec::new(); n];
-        let of_side = index.sides.each_ref().map(|(pairs, _)| {
+        let of_side = sides.each_ref().map(|(pairs, _)| {
             pairs
                 .iter()
                 .map(|&(p, c)| {
@@ -1465,6 +1468,8 @@ struct EdgeIndex {
     /// Per side (baseline, candidate): distinct edges by id, and per run
     /// the ids of its stacks.
     sides: [SideEdges; 2],
+    /// Both sides' edges under one id.
+    table: EdgeTable,
 }
 
 /// Fewest distinct stacks (both sides) for which the gate builds the edge
@@ -1584,185 +1589,273 @@ impl EdgeIndex {
         stop: &std::sync::atomic::AtomicBool,
     ) -> EdgeIndex {
         let n = cmp.table.len();
-        if let Some(b) = base {
-            let c = index_side(&cmp.cand, n, stop);
-            return EdgeIndex { sides: [b, c] };
-        }
-        // Ids are per side, so the sides index on one thread each.
-        let (b, c) = std::thread::scope(|s| {
-            let c = s.spawn(|| index_side(&cmp.cand, n, stop));
-            let b = index_side(&cmp.base, n, stop);
-            (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        });
-        EdgeIndex { sides: [b, c] }
+        let sides = match base {
+            Some(b) => {
+                let c = index_side(&cmp.cand, n, stop);
+                [b, c]
+            }
+            // Ids are per side, so the sides index on one thread each.
+            None => std::thread::scope(|s| {
+                let c = s.spawn(|| index_side(&cmp.cand, n, stop));
+                let b = index_side(&cmp.base, n, stop);
+                [b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p))]
+            }),
+        };
+        // An index given up early is discarded: no table for it.
+        let table = if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            EdgeTable::default()
+        } else {
+            EdgeTable::new(&sides, n)
+        };
+        EdgeIndex { sides, table }
     }
 }
 
-/// Per side, run and stack of `index`: does the stack pass through a
-/// function flagged in `focus`? Computed once per attribution, not once
-/// per round.
-fn stacks_through(index: &EdgeIndex, focus: &[bool]) -> [Vec<Vec<bool>>; 2] {
-    index.sides.each_ref().map(|(_, runs)| {
-        runs.iter()
-            .map(|re| {
-                re.frame_offsets
-                    .windows(2)
-                    .map(|w| {
-                        re.frames[w[0] as usize..w[1] as usize]
-                            .iter()
-                            .any(|&f| focus[f as usize])
-                    })
-                    .collect()
-            })
-            .collect()
-    })
-}
-
-/// One side's part of an [`Agg`].
+/// One side's part of an [`Agg`], as sums of the stacks' own values
+/// (exact for integer sample values below 2^53), so that the stacks of a
+/// dropped culprit come off the sums exactly: what is left is the sum of
+/// the stacks left, whatever the order. Divided into display units when
+/// read ([`SideAgg::cum`] and the like).
 struct SideAgg {
-    cum: Vec<f64>,
+    /// Per run, each function's inclusive sum (once per stack).
+    cum: Vec<Vec<f64>>,
+    /// Each leaf's self sum.
     flat: Vec<f64>,
-    cum_n: Vec<f64>,
-    /// Value per edge id of the [`EdgeIndex`], and whether any stack
-    /// counted added to it.
+    /// Sum per edge id of the side's [`EdgeIndex`] (stacks through a
+    /// focus function only).
     edges: Vec<f64>,
-    hit: Vec<bool>,
+    /// How many stacks counted add to each value (per run for `cum`): a
+    /// value whose last stack is dropped is exactly zero, and an edge with
+    /// no stack left is no callee or caller.
+    n_cum: Vec<Vec<u32>>,
+    n_flat: Vec<u32>,
+    n_edges: Vec<u32>,
+    /// The side's pooled denominator, and each run's sample weight.
+    den: f64,
+    weights: Vec<f64>,
 }
 
 impl SideAgg {
-    /// `drop`: a function whose stacks are marked in `dropped` first (and
-    /// left out with the stacks marked before).
-    #[allow(clippy::too_many_arguments)]
+    /// One side's sums over all its stacks, with per run and stack
+    /// whether the stack passes through a function flagged in `focus`
+    /// (only those stacks' edges are summed: every chain the attribution
+    /// walks lies in the stacks through a grown function).
     fn new(
         runs: &[RunData],
         index: &[RunEdges],
         n_edges: usize,
         n: usize,
         scale: &Scale,
-        drop: Option<FuncId>,
-        dropped: &mut [Vec<bool>],
-        focused: &[Vec<bool>],
-    ) -> Self {
+        focus: &[bool],
+    ) -> (Self, Vec<Vec<bool>>) {
         let mut a = SideAgg {
-            cum: Vec::new(),
+            cum: Vec::with_capacity(runs.len()),
             flat: vec![0.0; n],
-            cum_n: Vec::new(),
             edges: vec![0.0; n_edges],
-            hit: vec![false; n_edges],
+            n_cum: Vec::with_capacity(runs.len()),
+            n_flat: vec![0; n],
+            n_edges: vec![0; n_edges],
+            den: runs
+                .iter()
+                .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
+                .sum::<f64>()
+                .max(1e-300),
+            weights: runs
+                .iter()
+                .map(|r| if r.weight > 0.0 { r.weight } else { 1.0 })
+                .collect(),
         };
-        // The cumulative value and count of a function side by side: one
-        // index (and bounds check) per frame; split at the end.
-        let mut cums: Vec<[f64; 2]> = vec![[0.0; 2]; n];
         let mut seen = vec![u32::MAX; n];
         let mut stamp = 0u32;
-        let den: f64 = runs
-            .iter()
-            .map(|r| Comparison::denom(r, scale).unwrap_or(r.total))
-            .sum::<f64>()
-            .max(1e-300);
-        for (((r, re), focused), dropped) in runs.iter().zip(index).zip(focused).zip(dropped) {
-            let w = if r.weight > 0.0 { r.weight } else { 1.0 };
+        let mut through = Vec::with_capacity(runs.len());
+        for re in index {
+            // A function's sum and count side by side: one index (and
+            // bounds check) per frame; split at the end.
+            let mut cums: Vec<(f64, u32)> = vec![(0.0, 0); n];
+            let mut focused = Vec::with_capacity(re.values.len());
             for (i, &v) in re.values.iter().enumerate() {
                 let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
-                if dropped[i] {
-                    continue;
-                }
-                if drop.is_some_and(|f| s.contains(&f)) {
-                    dropped[i] = true;
-                    continue;
-                }
-                let (x, xn) = (v / den, v / w);
+                let mut hot = false;
                 if re.recursive[i] {
                     // Counted once per stack.
                     stamp = stamp.wrapping_add(1);
                     for &f in s {
+                        hot |= focus[f as usize];
                         if seen[f as usize] != stamp {
                             seen[f as usize] = stamp;
                             let c = &mut cums[f as usize];
-                            c[0] += x;
-                            c[1] += xn;
+                            c.0 += v;
+                            c.1 += 1;
                         }
                     }
                 } else {
                     for &f in s {
+                        hot |= focus[f as usize];
                         let c = &mut cums[f as usize];
-                        c[0] += x;
-                        c[1] += xn;
+                        c.0 += v;
+                        c.1 += 1;
                     }
                 }
                 if let Some(&leaf) = s.last() {
-                    a.flat[leaf as usize] += x;
+                    a.flat[leaf as usize] += v;
+                    a.n_flat[leaf as usize] += 1;
+                }
+                focused.push(hot);
+                if !hot {
+                    continue;
+                }
+                for &e in &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize] {
+                    a.edges[e as usize] += v;
+                    a.n_edges[e as usize] += 1;
+                }
+            }
+            let (c, k) = cums.into_iter().unzip();
+            a.cum.push(c);
+            a.n_cum.push(k);
+            through.push(focused);
+        }
+        (a, through)
+    }
+
+    /// Leaves out the stacks through `drop` not left out before (marking
+    /// them in `dropped`): their values come off the sums, at the cost of
+    /// the dropped stacks only.
+    fn drop_stacks(
+        &mut self,
+        index: &[RunEdges],
+        drop: FuncId,
+        dropped: &mut [Vec<bool>],
+        focused: &[Vec<bool>],
+    ) {
+        let n = self.flat.len();
+        let mut seen = vec![u32::MAX; n];
+        let mut stamp = 0u32;
+        for (r, ((re, focused), dropped)) in index.iter().zip(focused).zip(dropped).enumerate() {
+            let (cum, n_cum) = (&mut self.cum[r], &mut self.n_cum[r]);
+            for (i, &v) in re.values.iter().enumerate() {
+                let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
+                if dropped[i] || !s.contains(&drop) {
+                    continue;
+                }
+                dropped[i] = true;
+                stamp = stamp.wrapping_add(1);
+                for &f in s {
+                    let f = f as usize;
+                    if seen[f] == stamp {
+                        continue;
+                    }
+                    seen[f] = stamp;
+                    n_cum[f] -= 1;
+                    cum[f] = if n_cum[f] == 0 { 0.0 } else { cum[f] - v };
+                }
+                if let Some(&leaf) = s.last() {
+                    let l = leaf as usize;
+                    self.n_flat[l] -= 1;
+                    self.flat[l] = if self.n_flat[l] == 0 {
+                        0.0
+                    } else {
+                        self.flat[l] - v
+                    };
                 }
                 if !focused[i] {
                     continue;
                 }
-                let ids = &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize];
-                for &e in ids {
-                    a.edges[e as usize] += x;
-                    a.hit[e as usize] = true;
+                for &e in &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize] {
+                    let e = e as usize;
+                    self.n_edges[e] -= 1;
+                    self.edges[e] = if self.n_edges[e] == 0 {
+                        0.0
+                    } else {
+                        self.edges[e] - v
+                    };
                 }
             }
         }
-        (a.cum, a.cum_n) = cums.iter().map(|c| (c[0], c[1])).unzip();
-        a
+    }
+
+    /// Inclusive values in display units (the runs' sums pooled, over the
+    /// side's denominator) and in samples (each run's sum over its weight).
+    fn cum(&self) -> (Vec<f64>, Vec<f64>) {
+        let n = self.flat.len();
+        let mut pooled = vec![0.0; n];
+        let mut samples = vec![0.0; n];
+        for (c, w) in self.cum.iter().zip(&self.weights) {
+            for ((p, s), &x) in pooled.iter_mut().zip(&mut samples).zip(c) {
+                *p += x;
+                *s += x / w;
+            }
+        }
+        for p in &mut pooled {
+            *p /= self.den;
+        }
+        (pooled, samples)
     }
 }
 
 impl<'t> Agg<'t> {
-    /// `dropped` (per side, run and stack): the stacks through an excluded
-    /// function, left out; `drop`, the function excluded last, whose
-    /// stacks are marked there first.
-    /// `focused` (per side, run and stack, from [`stacks_through`]): edges
-    /// are collected only from stacks through a flagged
-    /// function (the grown ones: every chain the attribution walks lies in
-    /// those stacks), which keeps the pass cheap on large profiles.
-    fn new(
+    /// Both sides' sums over every stack (see [`SideAgg::new`]), one
+    /// thread each (the same sums in the same order as one after the
+    /// other), with per side, run and stack whether it passes through a
+    /// function flagged in `focus`.
+    fn sides(
         cmp: &Comparison,
         index: &EdgeIndex,
-        table: &'t EdgeTable,
         scale: &Scale,
-        drop: Option<FuncId>,
-        dropped: &mut [Vec<Vec<bool>>; 2],
-        focused: &[Vec<Vec<bool>>; 2],
-    ) -> Agg<'t> {
+        focus: &[bool],
+    ) -> ([SideAgg; 2], [Vec<Vec<bool>>; 2]) {
         let n = cmp.table.len();
-        // The two sides are independent passes (the same sums in the same
-        // order as one after the other): one thread each.
-        let one = |runs: &[RunData], side: usize, dropped: &mut [Vec<bool>]| {
+        let one = |runs: &[RunData], side: usize| {
             let (pairs, edges) = &index.sides[side];
-            SideAgg::new(
-                runs,
-                edges,
-                pairs.len(),
-                n,
-                scale,
-                drop,
-                dropped,
-                &focused[side],
-            )
+            SideAgg::new(runs, edges, pairs.len(), n, scale, focus)
         };
-        let [db, dc] = dropped;
-        let (b, c) = std::thread::scope(|s| {
-            let c = s.spawn(|| one(&cmp.cand, 1, dc));
-            let b = one(&cmp.base, 0, db);
+        let ((b, fb), (c, fc)) = std::thread::scope(|s| {
+            let c = s.spawn(|| one(&cmp.cand, 1));
+            let b = one(&cmp.base, 0);
             (b, c.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         });
+        ([b, c], [fb, fc])
+    }
+
+    /// Leaves the stacks through `drop` out of both sides' sums
+    /// ([`SideAgg::drop_stacks`]), one thread each.
+    fn drop_from(
+        sides: &mut [SideAgg; 2],
+        index: &EdgeIndex,
+        drop: FuncId,
+        dropped: &mut [Vec<Vec<bool>>; 2],
+        focused: &[Vec<Vec<bool>>; 2],
+    ) {
+        let [sb, sc] = sides;
+        let [db, dc] = dropped;
+        std::thread::scope(|s| {
+            let c = s.spawn(|| sc.drop_stacks(&index.sides[1].1, drop, dc, &focused[1]));
+            sb.drop_stacks(&index.sides[0].1, drop, db, &focused[0]);
+            c.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+    }
+
+    /// The aggregate of both sides' sums, edges under `table`'s ids.
+    fn of_sides(sides: &[SideAgg; 2], table: &'t EdgeTable) -> Agg<'t> {
         let m = table.ids.len();
         let mut edges = [vec![0.0; m], vec![0.0; m]];
         let mut hit = vec![false; m];
-        for (side, a) in [&b, &c].into_iter().enumerate() {
-            for (e, (&x, &h)) in a.edges.iter().zip(&a.hit).enumerate() {
-                if h {
+        for (side, a) in sides.iter().enumerate() {
+            for (e, (&x, &k)) in a.edges.iter().zip(&a.n_edges).enumerate() {
+                if k > 0 {
                     let id = table.of_side[side][e] as usize;
-                    edges[side][id] = x;
+                    edges[side][id] = x / a.den;
                     hit[id] = true;
                 }
             }
         }
+        let [(cb, nb), (cc, nc)] = sides.each_ref().map(SideAgg::cum);
+        let flat = sides
+            .each_ref()
+            .map(|a| a.flat.iter().map(|&x| x / a.den).collect());
         Agg {
-            cum: [b.cum, c.cum],
-            flat: [b.flat, c.flat],
-            cum_n: [b.cum_n, c.cum_n],
+            cum: [cb, cc],
+            flat,
+            cum_n: [nb, nc],
             edges,
             hit,
             table,
@@ -1889,7 +1982,7 @@ fn needs_edge_index(funcs: &[FunctionDelta], grown: &[Grown]) -> bool {
 /// inconclusive level, growth above `max_percent` of their own value)
 /// whose growth is not yet explained, start at the one that grew most (the
 /// top of its chain); follow the callee that explains most of the growth
-/// (≥ half) until none does or the edge is new; the culprit is the deepest
+/// (more than half) until none does or the edge is new; the culprit is the deepest
 /// frame on that chain whose own composition changed (a part of it, self
 /// or a callee, grew as a fraction of it; or the new edge leaves it, or
 /// below a new edge within one package, a callee new to the profile that
@@ -1944,22 +2037,14 @@ fn attribute(
         focus[g.id as usize] = true;
     }
     let index = index.get_or_init(|| EdgeIndex::new(cmp));
-    let (focused, table) = std::thread::scope(|s| {
-        let table = s.spawn(|| EdgeTable::new(index, n));
-        let focused = stacks_through(index, &focus);
-        (
-            focused,
-            table
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-        )
-    });
-    let mut dropped = index.sides.each_ref().map(|(_, runs)| {
+    let table = &index.table;
+    let (mut sides, focused) = Agg::sides(cmp, index, scale, &focus);
+    let mut dropped = focused.each_ref().map(|runs| {
         runs.iter()
-            .map(|re| vec![false; re.values.len()])
+            .map(|f| vec![false; f.len()])
             .collect::<Vec<_>>()
     });
-    let full = Agg::new(cmp, index, &table, scale, None, &mut dropped, &focused);
+    let full = Agg::of_sides(&sides, table);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     let mut used = vec![false; n];
@@ -1988,7 +2073,7 @@ fn attribute(
             let Some((c, e)) = agg.top_child(x) else {
                 break;
             };
-            if e[1] - e[0] < EXPLAIN * dx || chain.contains(&c) {
+            if e[1] - e[0] <= EXPLAIN * dx || chain.contains(&c) {
                 break;
             }
             chain.push(c);
@@ -2005,7 +2090,7 @@ fn attribute(
             let dx = agg.d_cum(x);
             let Some(p) = agg.top_parent(x) else { break };
             let e = agg.edge(p, x);
-            if e[1] - e[0] < EXPLAIN * dx || chain.contains(&p) {
+            if e[1] - e[0] <= EXPLAIN * dx || chain.contains(&p) {
                 break;
             }
             chain.insert(0, p);
@@ -2214,15 +2299,8 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        let next = Agg::new(
-            cmp,
-            index,
-            &table,
-            scale,
-            Some(culprit),
-            &mut dropped,
-            &focused,
-        );
+        Agg::drop_from(&mut sides, index, culprit, &mut dropped, &focused);
+        let next = Agg::of_sides(&sides, table);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
                 .map(|i| {
@@ -2305,7 +2383,89 @@ fn scale_word(scale: &Scale) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::package_of;
+    use super::*;
+    use crate::normalize::{NormalizeOptions, Normalizer};
+
+    /// Per run, each function's raw inclusive sum by name, and the raw sum
+    /// of each edge by (caller, callee) name, of one side.
+    #[allow(clippy::type_complexity)]
+    fn named(
+        cmp: &Comparison,
+        side: &SideAgg,
+        edges: &SideEdges,
+    ) -> (
+        Vec<std::collections::BTreeMap<String, f64>>,
+        std::collections::BTreeMap<(String, String), f64>,
+    ) {
+        let name = |f: FuncId| cmp.table.funcs[f as usize].name.clone();
+        let runs = side
+            .cum
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .filter(|(_, &x)| x != 0.0)
+                    .map(|(f, &x)| (name(f as FuncId), x))
+                    .collect()
+            })
+            .collect();
+        let e = edges
+            .0
+            .iter()
+            .zip(&side.n_edges)
+            .zip(&side.edges)
+            .filter(|((_, &k), _)| k > 0)
+            .map(|((&(p, c), _), &x)| ((name(p), name(c)), x))
+            .collect();
+        (runs, e)
+    }
+
+    /// A side's sums after dropping the stacks through `drop`, and a new
+    /// comparison's sums of the stacks left, for folded profiles (two runs
+    /// per side, recursion, a function only below `drop`).
+    #[test]
+    fn dropping_stacks_leaves_exactly_the_sums_of_the_stacks_left() {
+        let runs = [
+            "main;a;b 3\nmain;a;c 5\nmain;d;a;b 7\nmain;a;a;b 2\nmain;d 11\nmain;d;e 13\n",
+            "main;a;c 1\nmain;d;e;d;e 17\nmain;d 19\nmain;e;a 23\n",
+        ];
+        let left = |text: &str| -> String {
+            text.lines()
+                .filter(|l| !l.split([';', ' ']).any(|f| f == "a"))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let norm = Normalizer::new(NormalizeOptions::default());
+        let parse = |t: &str| crate::folded::parse(t.as_bytes()).expect("folded");
+        let full: Vec<Profile> = runs.iter().map(|t| parse(t)).collect();
+        let kept: Vec<Profile> = runs.iter().map(|t| parse(&left(t))).collect();
+        fn side(ps: &[Profile]) -> Vec<(String, &Profile)> {
+            ps.iter().map(|p| ("run".to_string(), p)).collect()
+        }
+        let sums = |ps: &[Profile], drop: Option<&str>| {
+            let cmp = Comparison::new(&side(ps), &side(ps), None, &norm).expect("comparison");
+            let n = cmp.table.len();
+            let index = EdgeIndex::new(&cmp);
+            let (mut sides, focused) = Agg::sides(&cmp, &index, &Scale::Share, &vec![true; n]);
+            if let Some(name) = drop {
+                let f = cmp.table.funcs.iter().position(|x| x.name == name).unwrap();
+                let mut dropped = focused
+                    .each_ref()
+                    .map(|r| r.iter().map(|f| vec![false; f.len()]).collect::<Vec<_>>());
+                Agg::drop_from(&mut sides, &index, f as FuncId, &mut dropped, &focused);
+                // Every count is back to what the stacks left give.
+                assert!(sides[0].n_cum[0][f] == 0 && sides[0].n_cum[1][f] == 0);
+            }
+            named(&cmp, &sides[0], &index.sides[0])
+        };
+        let (dropped, fresh) = (sums(&full, Some("a")), sums(&kept, None));
+        assert_eq!(dropped, fresh);
+        // `c` is only ever below `a`: gone, with its edge.
+        assert!(dropped.0.iter().all(|r| !r.contains_key("c")));
+        assert!(!dropped.1.contains_key(&("a".to_string(), "c".to_string())));
+        // Recursion counts a stack once: `main;d;e;d;e` adds 17 to `e`.
+        assert_eq!(dropped.0[1]["e"], 17.0);
+    }
 
     #[test]
     fn package_of_go_rust_and_bare_names() {

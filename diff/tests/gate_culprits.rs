@@ -330,3 +330,33 @@ fn an_inconclusive_first_culprit_still_sets_the_scale() {
     assert!(sf["factor"].as_f64().unwrap() < 1.0, "{sf}");
     assert_only_the_changed_path_judged(&v, "main.dedupeRefs");
 }
+
+/// In the eBPF allocation recording, `runtime.freeSomeWbufs` carries
+/// exactly half of `runtime.bgsweep`'s growth (the sums are exact, so the
+/// tie is exact): the walk does not follow a callee with exactly half, so
+/// both scales name the new call into `runtime.bgsweep` (an earlier gate
+/// summed in another order per scale and broke the tie both ways).
+#[test]
+fn a_callee_with_exactly_half_of_the_growth_is_not_followed_on_either_scale() {
+    for scale in ["compositional", "share"] {
+        let (code, v) = gate_in(
+            &regress("alloc-ebpf"),
+            "base",
+            "cand",
+            &["--normalize", scale],
+        );
+        assert_eq!(code, 1, "{v:#}");
+        let c = culprits(&v);
+        let at = c
+            .iter()
+            .position(|c| c["kind"] == "frame" && c["function"] == "runtime.bgsweep")
+            .unwrap_or_else(|| panic!("{scale}: no runtime.bgsweep culprit: {c:#?}"));
+        let edge = &c[at + 1];
+        assert_eq!(edge["kind"], "new_edge", "{scale}: {edge:#}");
+        assert_eq!(
+            edge["caller"], "runtime.gcenable.gowrap*",
+            "{scale}: {edge:#}"
+        );
+        assert_eq!(edge["callee"], "runtime.bgsweep", "{scale}: {edge:#}");
+    }
+}
