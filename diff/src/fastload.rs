@@ -288,7 +288,9 @@ fn reduce(
     let mut total = 0.0;
     let mut min_positive: Option<i64> = None;
     // Each location's functions resolved once: `funcs[a..a + len]`, the
-    // high bit of `len` set when a kernel frame of it was dropped.
+    // high bit of `len` set when a kernel frame of it was dropped; a
+    // location of exactly one function (most) holds the function itself
+    // in `a` (len 1), one memory access less per frame.
     const DROPPED: u32 = 1 << 31;
     let mut funcs: Vec<FuncId> = Vec::with_capacity(fr.loc_ranges.len() + 16);
     let resolved: Vec<(u32, u32)> = fr
@@ -303,7 +305,12 @@ fn reduce(
                     None => dropped = DROPPED,
                 }
             }
-            (start, (funcs.len() as u32 - start) | dropped)
+            let len = funcs.len() as u32 - start;
+            if len == 1 && dropped == 0 {
+                (funcs[start as usize], 1)
+            } else {
+                (start, len | dropped)
+            }
         })
         .collect();
     let by_id: Option<Vec<(u32, u32)>> = match &fr.lidx {
@@ -346,7 +353,7 @@ fn reduce(
         let mut dropped_kernel = false;
         let mut push_range = |(a, len): (u32, u32), buf: &mut Vec<FuncId>| {
             if len == 1 {
-                buf.push(funcs[a as usize]);
+                buf.push(a);
             } else {
                 dropped_kernel |= len & DROPPED != 0;
                 let len = len & !DROPPED;

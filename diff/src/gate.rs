@@ -32,7 +32,7 @@ use crate::budgets::{
 use crate::compare::{
     test_entity, CompareError, CompareOptions, Comparison, FunctionDelta, Metric, StackDelta,
 };
-use crate::normalize::{FuncId, Normalizer, RunData, Scale};
+use crate::normalize::{FuncId, FxMap, Normalizer, RunData, Scale};
 use crate::profile::Profile;
 use crate::stats;
 
@@ -432,7 +432,7 @@ impl<'a> Gate<'a> {
             let prefill = |funcs: &[FunctionDelta]| {
                 if let Some(h) = pending.take() {
                     let grown = grown_functions(funcs, settings, self.default_max_percent);
-                    if !needs_edge_index(funcs, &grown) {
+                    if !needs_edge_index(&grown) {
                         stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
                     let built = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -750,11 +750,11 @@ impl<'a> Gate<'a> {
                 .position(|c| c.kind == CulpritKind::Frame && c.function == name)
         };
         if let Some((_, funcs)) = self.primary() {
-            let full: HashMap<&str, f64> = funcs
+            let full: FxMap<&str, f64> = funcs
                 .iter()
                 .map(|d| (d.function.as_str(), d.cum.delta))
                 .collect();
-            let res: HashMap<&str, f64> = funcs
+            let res: FxMap<&str, f64> = funcs
                 .iter()
                 .map(|d| (d.function.as_str(), residual[d.id as usize]))
                 .collect();
@@ -807,7 +807,7 @@ impl<'a> Gate<'a> {
         // its own finding comes first: culprits, then leaves.
         let mut culprits = culprits;
         if let Some((_, funcs)) = self.primary() {
-            let by_name: HashMap<&str, &FunctionDelta> =
+            let by_name: FxMap<&str, &FunctionDelta> =
                 funcs.iter().map(|d| (d.function.as_str(), d)).collect();
             for f in &findings {
                 let default = f.rule == DEFAULT_CUM_RULE || f.rule == DEFAULT_FLAT_RULE;
@@ -1732,11 +1732,13 @@ impl SideAgg {
         let mut stamp = 0u32;
         for (r, ((re, focused), dropped)) in index.iter().zip(focused).zip(dropped).enumerate() {
             let (cum, n_cum) = (&mut self.cum[r], &mut self.n_cum[r]);
-            for (i, &v) in re.values.iter().enumerate() {
-                let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
-                if dropped[i] || !s.contains(&drop) {
+            for i in stacks_with(re, drop) {
+                // Dropped before, or met again (recursion).
+                if dropped[i] {
                     continue;
                 }
+                let v = re.values[i];
+                let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
                 dropped[i] = true;
                 stamp = stamp.wrapping_add(1);
                 for &f in s {
@@ -1790,6 +1792,33 @@ impl SideAgg {
         }
         (pooled, samples)
     }
+}
+
+/// The stacks of `re` that contain `f`, ascending (a stack with `f`
+/// twice comes twice): the frames are scanned flat, 32 at a time without
+/// branching (which the compiler vectorizes), and a block with a match is
+/// looked at frame by frame.
+fn stacks_with(re: &RunEdges, f: FuncId) -> impl Iterator<Item = usize> + '_ {
+    const BLOCK: usize = 32;
+    let mut stack = 0usize;
+    re.frames
+        .chunks(BLOCK)
+        .enumerate()
+        .filter(move |(_, b)| b.iter().fold(false, |hit, &x| hit | (x == f)))
+        .flat_map(move |(k, b)| {
+            b.iter()
+                .enumerate()
+                .filter(move |&(_, &x)| x == f)
+                .map(move |(j, _)| k * BLOCK + j)
+        })
+        .map(move |at| {
+            // The stack holding frame `at` (frames ascend, so the cursor
+            // only moves forward).
+            while re.frame_offsets[stack + 1] as usize <= at {
+                stack += 1;
+            }
+            stack
+        })
 }
 
 impl<'t> Agg<'t> {
@@ -1928,6 +1957,8 @@ struct Grown {
     id: FuncId,
     verdict: Verdict,
     q: Option<f64>,
+    /// Its cumulative growth.
+    cum_delta: f64,
 }
 
 /// The functions whose cumulative or self value grew significantly
@@ -1962,6 +1993,7 @@ fn grown_functions(funcs: &[FunctionDelta], s: &Settings, max_percent: f64) -> V
                 id: d.id,
                 verdict,
                 q: Some(q),
+                cum_delta: d.cum.delta,
             })
         })
         .collect()
@@ -1969,11 +2001,8 @@ fn grown_functions(funcs: &[FunctionDelta], s: &Settings, max_percent: f64) -> V
 
 /// Whether [`attribute`] reads the edge index: some function grew
 /// significantly and its cumulative value grew.
-fn needs_edge_index(funcs: &[FunctionDelta], grown: &[Grown]) -> bool {
-    let cum_delta: HashMap<FuncId, f64> = funcs.iter().map(|d| (d.id, d.cum.delta)).collect();
-    !grown
-        .iter()
-        .all(|g| cum_delta.get(&g.id).copied().unwrap_or(0.0) <= 0.0)
+fn needs_edge_index(grown: &[Grown]) -> bool {
+    !grown.iter().all(|g| g.cum_delta <= 0.0)
 }
 
 /// Find the culprits of the significant inclusive growth.
@@ -2009,22 +2038,13 @@ fn attribute(
         candidate: a.cum[1][f as usize],
         delta: a.d_cum(f),
     };
-    let pkgs: Vec<&str> = cmp
-        .table
-        .funcs
-        .iter()
-        .map(|f| package_of(&f.name))
-        .collect();
+    // Packages of the few functions the walk compares, as it meets them.
     let pkg_same = |a: FuncId, b: FuncId| {
-        let (x, y) = (pkgs[a as usize], pkgs[b as usize]);
-        !x.is_empty() && x == y
+        let x = package_of(&cmp.table.funcs[a as usize].name);
+        !x.is_empty() && x == package_of(&cmp.table.funcs[b as usize].name)
     };
     let mut out: Vec<Culprit> = Vec::new();
-    let cum_delta: HashMap<FuncId, f64> = funcs.iter().map(|d| (d.id, d.cum.delta)).collect();
-    if grown
-        .iter()
-        .all(|g| cum_delta.get(&g.id).copied().unwrap_or(0.0) <= 0.0)
-    {
+    if grown.iter().all(|g| g.cum_delta <= 0.0) {
         // Nothing grew significantly: the residual is the full growth.
         let residual = funcs.iter().fold(vec![0.0; n], |mut v, d| {
             v[d.id as usize] = d.cum.delta;
