@@ -271,6 +271,39 @@ fn frames(raw: &RawProfile<'_>, norm: &Normalizer) -> Option<(Header, Frames)> {
     ))
 }
 
+/// The high bit of a resolved location's length: a kernel frame of it
+/// was dropped.
+const DROPPED: u32 = 1 << 31;
+
+/// Appends the functions of a sample's packed location ids to `buf`, by
+/// `tab` (per location id, `(function, 1)` or `(start in funcs, length)`,
+/// `(u32::MAX, 0)` for no location): whether a kernel frame was dropped,
+/// None on an unknown id. The decoder validated the packed field (whole
+/// varints of at most nine bytes). A function of its own, so that this
+/// innermost loop keeps its state in registers.
+#[inline(never)]
+fn push_packed(
+    packed: &[u8],
+    tab: &[(u32, u32)],
+    funcs: &[FuncId],
+    buf: &mut Vec<FuncId>,
+) -> Option<bool> {
+    let mut dropped = false;
+    for id in PackedIds::new(packed) {
+        let &(a, len) = tab.get(id as usize)?;
+        if len == 1 {
+            buf.push(a);
+        } else if a == u32::MAX {
+            return None;
+        } else {
+            dropped |= len & DROPPED != 0;
+            let len = len & !DROPPED;
+            buf.extend_from_slice(funcs.get(a as usize..(a + len) as usize)?);
+        }
+    }
+    Some(dropped)
+}
+
 /// The per-sample pass: [`Prepared::reduce`] on the wire view (None on a
 /// sample the general decoder rejects).
 fn reduce(
@@ -291,7 +324,6 @@ fn reduce(
     // high bit of `len` set when a kernel frame of it was dropped; a
     // location of exactly one function (most) holds the function itself
     // in `a` (len 1), one memory access less per frame.
-    const DROPPED: u32 = 1 << 31;
     let mut funcs: Vec<FuncId> = Vec::with_capacity(fr.loc_ranges.len() + 16);
     let resolved: Vec<(u32, u32)> = fr
         .loc_ranges
@@ -361,14 +393,7 @@ fn reduce(
             }
         };
         if let (Some(tab), false) = (&by_id, s.packed_locs.is_empty()) {
-            // The decoder validated the packed field (whole varints of at
-            // most nine bytes).
-            for id in PackedIds::new(s.packed_locs) {
-                match tab.get(id as usize) {
-                    Some(&r) if r.0 != u32::MAX => push_range(r, &mut buf),
-                    _ => return None,
-                }
-            }
+            dropped_kernel = push_packed(s.packed_locs, tab, &funcs, &mut buf)?;
         } else {
             for id in raw.sample_locations(s) {
                 push_range(range_of(id)?, &mut buf);
