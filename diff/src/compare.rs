@@ -478,13 +478,7 @@ impl SizeFactor {
             }
             (kept, tot)
         };
-        let large = cmp
-            .base
-            .iter()
-            .chain(&cmp.cand)
-            .map(|r| r.stacks.len())
-            .sum::<usize>()
-            >= 4096;
+        let large = cmp.distinct_stacks() >= 4096;
         let ((kb, tb), (kc, tc)) = if large {
             std::thread::scope(|s| {
                 let c = s.spawn(|| side(&cmp.cand));
@@ -769,6 +763,17 @@ impl Comparison {
             r.size_factor = size.factor;
         }
         self.size = size;
+    }
+
+    /// Distinct stacks of every run of both sides (a stack in several
+    /// runs counts once per run): the size that decides whether work is
+    /// split over threads.
+    pub(crate) fn distinct_stacks(&self) -> usize {
+        self.base
+            .iter()
+            .chain(&self.cand)
+            .map(|r| r.stacks.len())
+            .sum()
     }
 
     /// Denominator of a run for a scale (display units), or an error naming the run.

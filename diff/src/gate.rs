@@ -410,13 +410,7 @@ impl<'a> Gate<'a> {
         // A large comparison builds its edge index on a third thread while
         // the first pass computes the per-function statistics (the two
         // overlap on two cores); the index is given up if nothing grew.
-        let speculate = cmp
-            .base
-            .iter()
-            .chain(&cmp.cand)
-            .map(|r| r.stacks.len())
-            .sum::<usize>()
-            >= SPECULATIVE_INDEX;
+        let speculate = cmp.distinct_stacks() >= SPECULATIVE_INDEX;
         let stop = std::sync::atomic::AtomicBool::new(false);
         // The baseline's side, when the loading indexed it already.
         let base_edges = cmp.base_edges.take();
@@ -1747,29 +1741,18 @@ impl SideAgg {
                         continue;
                     }
                     seen[f] = stamp;
-                    n_cum[f] -= 1;
-                    cum[f] = if n_cum[f] == 0 { 0.0 } else { cum[f] - v };
+                    take(&mut cum[f], &mut n_cum[f], v);
                 }
                 if let Some(&leaf) = s.last() {
                     let l = leaf as usize;
-                    self.n_flat[l] -= 1;
-                    self.flat[l] = if self.n_flat[l] == 0 {
-                        0.0
-                    } else {
-                        self.flat[l] - v
-                    };
+                    take(&mut self.flat[l], &mut self.n_flat[l], v);
                 }
                 if !focused[i] {
                     continue;
                 }
                 for &e in &re.ids[re.offsets[i] as usize..re.offsets[i + 1] as usize] {
                     let e = e as usize;
-                    self.n_edges[e] -= 1;
-                    self.edges[e] = if self.n_edges[e] == 0 {
-                        0.0
-                    } else {
-                        self.edges[e] - v
-                    };
+                    take(&mut self.edges[e], &mut self.n_edges[e], v);
                 }
             }
         }
@@ -1792,6 +1775,14 @@ impl SideAgg {
         }
         (pooled, samples)
     }
+}
+
+/// Takes one stack's value `v` off a sum of `count` stacks: exactly zero
+/// once no stack is left.
+#[inline]
+fn take(sum: &mut f64, count: &mut u32, v: f64) {
+    *count -= 1;
+    *sum = if *count == 0 { 0.0 } else { *sum - v };
 }
 
 /// The stacks of `re` that contain `f`, ascending (a stack with `f`
