@@ -124,7 +124,7 @@ pub struct CommonArgs {
     #[arg(long)]
     pub sample_type: Option<String>,
     /// Switch off a normalization rule (repeatable; `all` for every rule):
-    /// go-closure, go-generic, go-wrapper, rust-hash, vendor, module-version, hex-address, root-noise.
+    /// go-closure, go-generic, go-wrapper, rust-hash, vendor, module-version, hex-address, root-noise, go-preempt.
     #[arg(long = "no-normalize", value_name = "RULE")]
     pub no_normalize: Vec<String>,
     /// Drop kernel frames.

@@ -338,6 +338,51 @@ fn weighted_median(mut v: Vec<(f64, f64)>) -> Option<f64> {
     v.last().map(|x| x.0)
 }
 
+/// What a function tells about the stack it roots (see
+/// [`runtime_background`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RootRole {
+    /// Not a Go runtime function.
+    Other,
+    /// `runtime.goexit`, the root of every goroutine's stack.
+    Goexit,
+    /// `runtime.main`, which runs the program's `main.main` and its
+    /// package initializers.
+    Main,
+    /// Any other function of package `runtime`.
+    Runtime,
+}
+
+impl RootRole {
+    fn of(name: &str) -> RootRole {
+        match name {
+            "runtime.goexit" => RootRole::Goexit,
+            "runtime.main" => RootRole::Main,
+            n if n.starts_with("runtime.") => RootRole::Runtime,
+            _ => RootRole::Other,
+        }
+    }
+}
+
+/// Is this stack (root first) the Go runtime's own background work, whose
+/// amount follows the allocation rate and the scheduler rather than the
+/// program's units of work: a goroutine the runtime started
+/// (`runtime.goexit` then a runtime function other than `runtime.main`:
+/// the garbage collector's mark workers, the sweeper, the scavenger), or a
+/// thread running runtime code from a runtime root (`runtime.mstart`,
+/// `runtime.mcall`, `runtime.morestack`; `runtime/pprof`'s `runtime._GC`
+/// and `runtime._System`). With `root-noise` on, `runtime.goexit` and
+/// `runtime.main` are gone and the first frame decides. Stacks of other
+/// programs, and every stack a user goroutine roots, are not.
+fn runtime_background(stack: &[FuncId], roles: &[RootRole]) -> bool {
+    let role = |f: Option<&FuncId>| f.map_or(RootRole::Other, |&f| roles[f as usize]);
+    match role(stack.first()) {
+        RootRole::Goexit => role(stack.get(1)) == RootRole::Runtime,
+        RootRole::Runtime => true,
+        RootRole::Main | RootRole::Other => false,
+    }
+}
+
 /// The robust scale between the two sides used by [`Scale::Compositional`].
 ///
 /// Estimated on pooled per-function self (flat) sample counts, which
@@ -370,6 +415,10 @@ pub struct SizeFactor {
     pub method: String,
     /// For `reference`: the functions whose stacks were left out.
     pub excluded: Vec<String>,
+    /// For `reference`: the Go runtime's background work (garbage
+    /// collector, sweeper, scavenger, scheduler; see
+    /// [`runtime_background`]) was left out too.
+    pub runtime_excluded: bool,
 }
 
 impl Default for SizeFactor {
@@ -382,6 +431,7 @@ impl Default for SizeFactor {
             fallback: true,
             method: "median-of-ratios".into(),
             excluded: Vec::new(),
+            runtime_excluded: false,
         }
     }
 }
@@ -458,12 +508,23 @@ impl SizeFactor {
     /// The factor as the pooled ratio of shares of every stack through none
     /// of the `excluded` functions (the culprits found on a first pass):
     /// what is outside the regression's subtrees did the same work per
-    /// unit. Falls back (returns `None`) when the reference holds less than
-    /// 10% or fewer than 30 samples of either side.
+    /// unit. The Go runtime's background work ([`runtime_background`]) is
+    /// left out as well: it follows the allocation rate and the scheduler,
+    /// which a regression changes, not the units of work.
+    /// When the reference without them is too small, they are kept. Falls
+    /// back (returns `None`) when the reference holds less than 10% or
+    /// fewer than 30 samples of either side.
     pub fn from_reference(cmp: &Comparison, exclude: &[bool]) -> Option<SizeFactor> {
-        // Per side (kept, total); the sides sum on one thread each.
-        let side = |runs: &[RunData]| -> (f64, f64) {
-            let (mut kept, mut tot) = (0.0f64, 0.0f64);
+        let roles: Vec<RootRole> = cmp
+            .table
+            .funcs
+            .iter()
+            .map(|f| RootRole::of(&f.name))
+            .collect();
+        // Per side (kept, kept outside the runtime's background, total);
+        // the sides sum on one thread each.
+        let side = |runs: &[RunData]| -> [f64; 3] {
+            let (mut kept, mut user, mut tot) = (0.0f64, 0.0f64, 0.0f64);
             for r in runs {
                 let w = if r.weight > 0.0 { r.weight } else { 1.0 };
                 for (st, v) in &r.stacks {
@@ -472,14 +533,17 @@ impl SizeFactor {
                         .any(|&f| exclude.get(f as usize).copied().unwrap_or(false))
                     {
                         kept += v / w;
+                        if !runtime_background(st, &roles) {
+                            user += v / w;
+                        }
                     }
                 }
                 tot += r.total / w;
             }
-            (kept, tot)
+            [kept, user, tot]
         };
         let large = cmp.distinct_stacks() >= 4096;
-        let ((kb, tb), (kc, tc)) = if large {
+        let (b, c) = if large {
             std::thread::scope(|s| {
                 let c = s.spawn(|| side(&cmp.cand));
                 let b = side(&cmp.base);
@@ -488,11 +552,16 @@ impl SizeFactor {
         } else {
             (side(&cmp.base), side(&cmp.cand))
         };
-        let (kept, tot) = ([kb, kc], [tb, tc]);
-        let ok = (0..2).all(|i| kept[i] >= 30.0 && tot[i] > 0.0 && kept[i] >= 0.1 * tot[i]);
-        if !ok {
+        let tot = [b[2], c[2]];
+        let enough =
+            |k: [f64; 2]| (0..2).all(|i| k[i] >= 30.0 && tot[i] > 0.0 && k[i] >= 0.1 * tot[i]);
+        let (kept, runtime_excluded) = if enough([b[1], c[1]]) {
+            ([b[1], c[1]], b[1] < b[0] || c[1] < c[0])
+        } else if enough([b[0], c[0]]) {
+            ([b[0], c[0]], false)
+        } else {
             return None;
-        }
+        };
         let factor = (kept[1] / tot[1]) / (kept[0] / tot[0]);
         let excluded: Vec<String> = {
             let mut v: Vec<String> = cmp
@@ -514,6 +583,7 @@ impl SizeFactor {
             fallback: false,
             method: "reference".into(),
             excluded,
+            runtime_excluded,
         })
     }
 
@@ -537,8 +607,13 @@ impl SizeFactor {
             self.factor
         );
         if self.method == "reference" {
+            let runtime = if self.runtime_excluded {
+                " and the Go runtime's background work"
+            } else {
+                ""
+            };
             format!(
-                "{head} from the stacks outside {}, {:.0}% of the baseline)",
+                "{head} from the stacks outside {}{runtime}, {:.0}% of the baseline)",
                 self.excluded.join(", "),
                 self.baseline_fraction * 100.0
             )
@@ -1229,5 +1304,61 @@ impl Comparison {
             Scale::PerUnit(n) => format!("{}/{n}", self.sample_type.unit),
             Scale::PerSampleType(t) => format!("{}/{t}", self.sample_type.unit),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which stacks [`runtime_background`] calls the runtime's own work,
+    /// with `runtime.goexit` at the root and with it dropped (`root-noise`).
+    #[test]
+    fn runtime_background_is_decided_by_the_roots() {
+        let names = [
+            "runtime.goexit",
+            "runtime.main",
+            "main.main",
+            "runtime.gcBgMarkWorker",
+            "runtime.gcDrain",
+            "runtime.mallocgc",
+            "runtime.mstart",
+            "runtime.schedule",
+            "main.worker.func*",
+            "_start",
+        ];
+        let roles: Vec<RootRole> = names.iter().map(|n| RootRole::of(n)).collect();
+        let id = |n: &str| names.iter().position(|x| *x == n).unwrap() as FuncId;
+        let bg = |stack: &[&str]| {
+            let s: Vec<FuncId> = stack.iter().map(|n| id(n)).collect();
+            runtime_background(&s, &roles)
+        };
+        // The runtime's goroutines and threads.
+        assert!(bg(&[
+            "runtime.goexit",
+            "runtime.gcBgMarkWorker",
+            "runtime.gcDrain"
+        ]));
+        assert!(bg(&["runtime.gcBgMarkWorker", "runtime.gcDrain"]));
+        assert!(bg(&["runtime.mstart", "runtime.schedule"]));
+        assert!(bg(&["runtime.schedule"]));
+        // The program's goroutines, even inside the runtime.
+        assert!(!bg(&[
+            "runtime.goexit",
+            "runtime.main",
+            "main.main",
+            "runtime.mallocgc"
+        ]));
+        assert!(!bg(&["main.main", "runtime.mallocgc"]));
+        assert!(!bg(&[
+            "runtime.goexit",
+            "main.worker.func*",
+            "runtime.mallocgc"
+        ]));
+        assert!(!bg(&["main.worker.func*"]));
+        assert!(!bg(&["runtime.goexit"]));
+        // Other programs.
+        assert!(!bg(&["_start", "runtime.mallocgc"]));
+        assert!(!bg(&[]));
     }
 }

@@ -2215,7 +2215,13 @@ fn attribute(
                 delta: e[1] - e[0],
             })
             .collect();
-        let g = grown.iter().find(|g| g.id == culprit);
+        // The culprit's own test speaks for this round's growth only while
+        // most of its growth is still unexplained; a caller above the
+        // start whose growth earlier culprits explained (a second new call
+        // from `main.reconcile`) takes the start's verdict.
+        let g = grown.iter().find(|g| {
+            g.id == culprit && agg.d_cum(culprit) >= EXPLAIN * full_delta[culprit as usize]
+        });
         let (verdict, q) = match g {
             Some(g) => (g.verdict, g.q),
             None => (start.verdict, start.q),

@@ -14,6 +14,7 @@
 //! | `module-version` | `…/pkg/mod/k8s.io/client-go@v0.29.0/rest/x.go` → `k8s.io/client-go/rest/x.go` |
 //! | `hex-address` | hexadecimal addresses (`0x4a3f10`) → `0x?`; an unsymbolized frame becomes `<mapping>+0x?` |
 //! | `root-noise` | drops `runtime.goexit`, `runtime.main`, `_start`, `__libc_start_main`, `start_thread`, `clone`… at the root of each stack |
+//! | `go-preempt` | a leaf `runtime.asyncPreempt` counts as its caller's own time: a sample that landed where Go's runtime preempted the caller |
 //!
 //! Functions are keyed by (normalized name, normalized file), never by
 //! line or address, so an inlined and an out-of-line copy of a function are
@@ -50,11 +51,13 @@ pub enum Rule {
     HexAddress,
     /// Runtime/libc frames at the root of stacks.
     RootNoise,
+    /// A leaf `runtime.asyncPreempt` folded into the preempted function.
+    GoPreempt,
 }
 
 impl Rule {
     /// Every rule, in the order they are applied.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::GoClosure,
         Rule::GoGeneric,
         Rule::GoWrapper,
@@ -63,6 +66,7 @@ impl Rule {
         Rule::ModuleVersion,
         Rule::HexAddress,
         Rule::RootNoise,
+        Rule::GoPreempt,
     ];
 
     /// The rule's name as used on the command line and in reports.
@@ -76,6 +80,7 @@ impl Rule {
             Rule::ModuleVersion => "module-version",
             Rule::HexAddress => "hex-address",
             Rule::RootNoise => "root-noise",
+            Rule::GoPreempt => "go-preempt",
         }
     }
 
@@ -92,6 +97,7 @@ impl Rule {
             Rule::RootNoise => {
                 "drop runtime.goexit, runtime.main, _start, libc/thread start frames at stack roots"
             }
+            Rule::GoPreempt => "a leaf runtime.asyncPreempt counts as its caller's self time",
         }
     }
 
@@ -386,6 +392,21 @@ impl Normalizer {
     pub fn is_root_noise(&self, name: &str) -> bool {
         self.opts.enabled(Rule::RootNoise) && ROOT_NOISE.contains(&name)
     }
+
+    /// True when a normalized name is Go's asynchronous preemption entry,
+    /// folded into its caller when it is the leaf (and the rule is on).
+    /// The runtime makes a goroutine it preempts (for a stack scan or a
+    /// time slice) call `runtime.asyncPreempt` at the instruction it was
+    /// running; a `runtime/pprof` sample delivered right after the
+    /// preemption signal lands on that call's first instruction, so the
+    /// caller's own time moves there in proportion to how often the
+    /// garbage collector preempts. Measured on one unchanged loop of the
+    /// regress workload: 24% of all samples in `runtime.asyncPreempt` on one
+    /// side, 10% on the other, while the loop's inclusive value stayed
+    /// within 8%.
+    pub fn is_preempt(&self, name: &str) -> bool {
+        self.opts.enabled(Rule::GoPreempt) && name == "runtime.asyncPreempt"
+    }
 }
 
 /// FxHash: fast non-cryptographic hashing for integer keys (the pprof
@@ -580,6 +601,8 @@ pub(crate) struct Prepared {
     ignore: Option<Vec<bool>>,
     prune: Option<Vec<bool>>,
     noise: Vec<bool>,
+    /// Per function: a leaf to fold into its caller ([`Rule::GoPreempt`]).
+    preempt: Vec<bool>,
     kernel_id: Option<FuncId>,
     root_id: FuncId,
 }
@@ -679,6 +702,11 @@ impl Prepared {
             .iter()
             .map(|f| norm.is_root_noise(&f.name))
             .collect();
+        let preempt: Vec<bool> = table
+            .funcs
+            .iter()
+            .map(|f| norm.is_preempt(&f.name))
+            .collect();
         let kernel_id = opts
             .no_kernel
             .then(|| table.intern("[kernel]".into(), String::new()));
@@ -689,6 +717,7 @@ impl Prepared {
             ignore,
             prune,
             noise,
+            preempt,
             kernel_id,
             root_id,
         }
@@ -702,7 +731,7 @@ impl Prepared {
 
     /// Applies the normalizer's filters to one sample's functions (`buf`,
     /// leaf first; `dropped_kernel` when a kernel frame was dropped): root
-    /// noise, focus, ignore, prune, the `[kernel]`/`[root]` stand-in for an
+    /// noise, a preemption leaf, focus, ignore, prune, the `[kernel]`/`[root]` stand-in for an
     /// empty stack, then reverses `buf` to root first. False when the
     /// sample is filtered out.
     #[inline]
@@ -712,6 +741,7 @@ impl Prepared {
             ignore,
             prune,
             noise,
+            preempt,
             kernel_id,
             root_id,
             ..
@@ -723,6 +753,10 @@ impl Prepared {
             } else {
                 break;
             }
+        }
+        // A preemption leaf counts as its caller's own time.
+        if buf.len() > 1 && preempt.get(buf[0] as usize).copied().unwrap_or(false) {
+            buf.remove(0);
         }
         if let Some(f) = focus {
             if !buf.iter().any(|&x| f[x as usize]) {
@@ -965,6 +999,28 @@ mod tests {
             },
         );
         assert_eq!(value(&r, &t, "runtime.goexit", true), 15.0);
+    }
+
+    #[test]
+    fn a_preemption_leaf_counts_as_its_caller() {
+        let p = profile(
+            "main.main;main.loop;runtime.asyncPreempt 3\nmain.main;main.loop 7\nruntime.asyncPreempt 2\nmain.main;runtime.asyncPreempt;runtime.asyncPreempt2 1\n",
+        );
+        let (r, t) = reduced(&p, NormalizeOptions::default());
+        assert_eq!(value(&r, &t, "main.loop", false), 10.0);
+        assert_eq!(value(&r, &t, "main.loop", true), 10.0);
+        // Alone, or with callees of its own, it stays.
+        assert_eq!(value(&r, &t, "runtime.asyncPreempt", false), 2.0);
+        assert_eq!(value(&r, &t, "runtime.asyncPreempt", true), 3.0);
+        let (r, t) = reduced(
+            &p,
+            NormalizeOptions {
+                disabled: vec![Rule::GoPreempt],
+                ..Default::default()
+            },
+        );
+        assert_eq!(value(&r, &t, "main.loop", false), 7.0);
+        assert_eq!(value(&r, &t, "runtime.asyncPreempt", false), 5.0);
     }
 
     #[test]

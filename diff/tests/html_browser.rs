@@ -363,21 +363,27 @@ fn html_report_shows_the_culprit_frame_named_and_red_in_chromium() {
         if rc.verdict != Verdict::Fail {
             continue;
         }
-        // The whole label (the function name) is shown, inside the frame.
+        // The whole label (the function name) is shown, inside the frame,
+        // for the culprit that changed and for every failing culprit wide
+        // enough to hold it (at least 8 px per character: a few points of
+        // garbage-collector work beside a 250-point regression is a sliver
+        // at full width, named in its tooltip and readable after a click).
         let label = c["label"].as_str().unwrap();
-        assert_eq!(
-            c["text"],
-            short_label(label),
-            "label of the culprit frame: {c}"
-        );
         let r = floats(&c["rect"]);
+        if label == CHANGED || r[2] >= 8.0 * short_label(label).chars().count() as f64 {
+            assert_eq!(
+                c["text"],
+                short_label(label),
+                "label of the culprit frame: {c}"
+            );
+        }
         assert!(
             r[0] >= 0.0 && r[1] >= 0.0 && r[0] + r[2] <= vp[0] + 0.5 && r[1] + r[3] <= vp[1],
             "culprit frame outside the first screen: {c}"
         );
         let t = floats(&c["text_rect"]);
         assert!(
-            t[1] <= r[0] + r[2] + 0.5 && t[1] > t[0],
+            t[1] <= r[0] + r[2] + 0.5 && (t[1] > t[0] || c["text"] == ""),
             "label overflows its frame: {c}"
         );
         assert_eq!(c["hit"], true, "culprit frame covered by something: {c}");
