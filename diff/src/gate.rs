@@ -235,6 +235,12 @@ pub struct Culprit {
     pub q_value: Option<f64>,
     /// Verdict of the rule that judged it.
     pub verdict: Verdict,
+    /// True when `baseline`, `candidate`, `delta` and `explained_by` count
+    /// only the stacks through none of the culprits listed before it: most
+    /// of this frame's growth was theirs (a caller named for a small new
+    /// call of its own after its main growth went to an earlier culprit).
+    /// `path` keeps every frame's whole inclusive values.
+    pub outside_earlier: bool,
     /// Root → culprit, each frame's inclusive values (the culprit last).
     pub path: Vec<PathStep>,
     /// Largest callees of the culprit by growth ("of which fmt.Sprintf +47 pt").
@@ -1378,6 +1384,9 @@ const NEW_EDGE: f64 = 0.1;
 const COMPOSITION_SHIFT: f64 = 0.2;
 /// Most culprits reported.
 const MAX_CULPRITS: usize = 5;
+/// Said after the values of a culprit that count only the stacks outside
+/// the culprits before it ([`Culprit::outside_earlier`]).
+pub(crate) const OUTSIDE_EARLIER: &str = " outside the culprits above";
 
 /// Pooled inclusive, self and edge values of both sides (index 0 baseline,
 /// 1 candidate) in display units of one scale, over the stacks that contain
@@ -2196,7 +2205,13 @@ fn attribute(
             .chain(chain[..=idx].iter())
             .map(|&f| step(&full, f))
             .collect();
-        let mut kids: Vec<(FuncId, [f64; 2])> = full
+        // Most of the culprit's growth went to earlier culprits: its values
+        // and callees are those of the stacks left (this round's growth),
+        // and its own test does not speak for them (the verdict below).
+        let fd = full_delta[culprit as usize];
+        let outside_earlier = !out.is_empty() && fd > 0.0 && agg.d_cum(culprit) < EXPLAIN * fd;
+        let shown = if outside_earlier { &agg } else { &full };
+        let mut kids: Vec<(FuncId, [f64; 2])> = shown
             .children(culprit)
             .filter(|(_, e)| e[1] > e[0])
             .collect();
@@ -2219,19 +2234,18 @@ fn attribute(
         // most of its growth is still unexplained; a caller above the
         // start whose growth earlier culprits explained (a second new call
         // from `main.reconcile`) takes the start's verdict.
-        let g = grown.iter().find(|g| {
-            g.id == culprit && agg.d_cum(culprit) >= EXPLAIN * full_delta[culprit as usize]
-        });
+        let g = grown.iter().find(|g| g.id == culprit && !outside_earlier);
         let (verdict, q) = match g {
             Some(g) => (g.verdict, g.q),
             None => (start.verdict, start.q),
         };
-        let cs = step(&full, culprit);
+        let cs = step(shown, culprit);
         let pt = |v: f64| fmt_points(v, unit);
         let mut msg = format!(
-            "{} {} cum ({} -> {}){}",
+            "{} {} cum{} ({} -> {}){}",
             cs.function,
             pt(cs.delta),
+            if outside_earlier { OUTSIDE_EARLIER } else { "" },
             crate::report::format_value(cs.baseline, unit),
             crate::report::format_value(cs.candidate, unit),
             match explained_by.first() {
@@ -2267,6 +2281,7 @@ fn attribute(
             delta: cs.delta,
             q_value: q,
             verdict,
+            outside_earlier,
             path: path.clone(),
             explained_by: explained_by.clone(),
             message: msg,
@@ -2299,6 +2314,7 @@ fn attribute(
                 delta: e[1] - e[0],
                 q_value: q,
                 verdict,
+                outside_earlier: false,
                 path,
                 allowed: None,
                 explains: None,

@@ -415,8 +415,27 @@ fn preemption_samples_count_as_the_preempted_function() {
 /// its caller `main.reconcile`, whose own test (its whole growth, already
 /// explained) made the culprit and the new call into `main.refreshStatus`
 /// fail. A culprit whose growth earlier rounds explained takes the verdict
-/// of the growth its round explains.
+/// of the growth its round explains, and shows that growth, not again the
+/// +44 points of the first culprit.
 #[test]
 fn a_later_culprit_takes_the_verdict_of_the_growth_it_explains() {
     assert_no_unchanged_function_judged("quad-ebpf-2", "main.dedupeRefs");
+    let (_, v) = gate_in(&regress("quad-ebpf-2"), "base", "cand", &[]);
+    let c = culprits(&v);
+    assert_eq!(c[0]["outside_earlier"], false, "{:#}", c[0]);
+    let later = c
+        .iter()
+        .find(|c| c["kind"] == "frame" && c["function"] == "main.reconcile")
+        .unwrap_or_else(|| panic!("no main.reconcile culprit: {c:#?}"));
+    assert_eq!(later["outside_earlier"], true, "{later:#}");
+    let first = c[0]["delta"].as_f64().unwrap();
+    let d = later["delta"].as_f64().unwrap();
+    assert!(d.abs() < 0.1 * first, "{later:#}");
+    let path = later["path"].as_array().unwrap();
+    // The path keeps the whole inclusive values.
+    assert!(path.last().unwrap()["delta"].as_f64().unwrap() > 0.5 * first);
+    assert!(later["message"]
+        .as_str()
+        .unwrap()
+        .contains("outside the culprits above"));
 }

@@ -118,9 +118,14 @@ pub(crate) fn scale_note(r: &GateReport) -> &'static str {
 pub(crate) fn culprit_title(c: &Culprit) -> String {
     match &c.kind {
         CulpritKind::Frame => format!(
-            "{} {} cum ({} -> {})",
+            "{} {} cum{} ({} -> {})",
             c.function,
             fmt_points(c.delta, &c.unit),
+            if c.outside_earlier {
+                crate::gate::OUTSIDE_EARLIER
+            } else {
+                ""
+            },
             fmt_value(c.baseline, &c.unit),
             fmt_value(c.candidate, &c.unit)
         ),
