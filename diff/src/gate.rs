@@ -2187,6 +2187,16 @@ fn attribute(
                 None,
             ),
         };
+        // A stack switch names nothing: `runtime.systemstack` and
+        // `runtime.mcall` run whatever closure their caller hands them
+        // (the allocator's, the garbage collector's, the scheduler's), so
+        // their caller on the chain is the culprit.
+        let culprit = match chain.iter().position(|&f| f == culprit) {
+            Some(i) if i > 0 && is_stack_switch(&cmp.table.funcs[culprit as usize].name) => {
+                chain[i - 1]
+            }
+            _ => culprit,
+        };
         let new_edge = new_edge.map(|(p, c)| (p, c, full.edge(p, c)));
         let idx = chain.iter().position(|&f| f == culprit).unwrap_or(0);
         // Path from a root to the top of the chain (largest growing caller each step).
@@ -2357,6 +2367,11 @@ fn attribute(
     }
     let residual: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
     (out, residual)
+}
+
+/// Go runtime functions that only switch stacks to run a closure.
+fn is_stack_switch(name: &str) -> bool {
+    matches!(name, "runtime.systemstack" | "runtime.mcall")
 }
 
 /// Is the edge `p -> c` absent or negligible in the baseline (at most

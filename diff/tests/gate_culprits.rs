@@ -439,3 +439,26 @@ fn a_later_culprit_takes_the_verdict_of_the_growth_it_explains() {
         .unwrap()
         .contains("outside the culprits above"));
 }
+
+/// The garbage collector's growth after an allocation-heavy change is named
+/// by the mark worker, not by `runtime.systemstack`, the stack switch
+/// between them that the allocator and the scheduler go through as well
+/// (dropping its stacks hid their growth too).
+#[test]
+fn a_stack_switch_is_never_the_culprit() {
+    let (code, v) = gate_in(&regress("alloc-pprof"), "base", "cand", &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let c = culprits(&v);
+    for x in c.iter().filter(|c| c["kind"] == "frame") {
+        let f = x["function"].as_str().unwrap();
+        assert!(
+            f != "runtime.systemstack" && f != "runtime.mcall",
+            "culprit {f}: {x:#}"
+        );
+    }
+    assert!(
+        c.iter()
+            .any(|c| c["kind"] == "frame" && c["function"] == "runtime.gcBgMarkWorker"),
+        "{c:#?}"
+    );
+}
