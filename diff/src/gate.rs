@@ -2303,7 +2303,15 @@ fn attribute(
             let mut path: Vec<PathStep> = match path.iter().position(|p| p.function == name(caller))
             {
                 Some(i) => path[..=i].to_vec(),
-                None => path.clone(),
+                // The caller is below the culprit (a stack switch between
+                // them): the path goes on down the chain to it.
+                None => {
+                    let mut p = path.clone();
+                    if let Some(j) = chain.iter().position(|&f| f == caller).filter(|&j| j > idx) {
+                        p.extend(chain[idx + 1..=j].iter().map(|&f| step(&full, f)));
+                    }
+                    p
+                }
             };
             path.push(PathStep {
                 function: name(callee),

@@ -461,4 +461,24 @@ fn a_stack_switch_is_never_the_culprit() {
             .any(|c| c["kind"] == "frame" && c["function"] == "runtime.gcBgMarkWorker"),
         "{c:#?}"
     );
+    // The new call below it still starts at the stack switch, and its path
+    // goes down to it.
+    let edge = c
+        .iter()
+        .find(|c| c["kind"] == "new_edge" && c["caller"] == "runtime.systemstack")
+        .unwrap_or_else(|| panic!("{c:#?}"));
+    let path: Vec<&str> = edge["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["function"].as_str().unwrap())
+        .collect();
+    assert!(
+        path.ends_with(&[
+            "runtime.gcBgMarkWorker",
+            "runtime.systemstack",
+            edge["callee"].as_str().unwrap()
+        ]),
+        "{path:?}"
+    );
 }
