@@ -65,6 +65,16 @@ fn sha256_in_top(v: &Value) -> &Value {
         .expect("sha256 in the top table")
 }
 
+/// The function names of a culprit's path, root first.
+fn path_names(culprit: &Value) -> Vec<&str> {
+    culprit["path"]
+        .as_array()
+        .expect("path array")
+        .iter()
+        .map(|s| s["function"].as_str().unwrap())
+        .collect()
+}
+
 fn findings(v: &Value) -> &Vec<Value> {
     v["findings"].as_array().expect("findings array")
 }
@@ -282,12 +292,7 @@ fn assert_new_function_is_the_culprit(set: &str) {
     assert_eq!(c[1]["kind"], "new_edge", "{:#}", c[1]);
     assert_eq!(c[1]["caller"], "main.reconcile");
     assert_eq!(c[1]["callee"], "main.buildEvents");
-    let path: Vec<&str> = c[0]["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["function"].as_str().unwrap())
-        .collect();
+    let path = path_names(&c[0]);
     assert!(
         path.ends_with(&["main.reconcile", "main.buildEvents"]),
         "{path:?}"
@@ -467,12 +472,7 @@ fn a_stack_switch_is_never_the_culprit() {
         .iter()
         .find(|c| c["kind"] == "new_edge" && c["caller"] == "runtime.systemstack")
         .unwrap_or_else(|| panic!("{c:#?}"));
-    let path: Vec<&str> = edge["path"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["function"].as_str().unwrap())
-        .collect();
+    let path = path_names(edge);
     assert!(
         path.ends_with(&[
             "runtime.gcBgMarkWorker",
