@@ -323,7 +323,7 @@ impl FrameTree {
         // Insert stacks in a fixed order so node ids are deterministic.
         for (r, run) in runs.iter().enumerate() {
             let mut st: Vec<(&[FuncId], f64)> =
-                run.stacks.iter().map(|(s, v)| (&s[..], *v)).collect();
+                run.stacks.iter().map(|(s, v)| (s, *v)).collect();
             st.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (s, v) in st {
                 acc.insert(r, s, v);

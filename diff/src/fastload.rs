@@ -6,7 +6,7 @@
 //! The result is the one [`crate::compare::Comparison::new`] builds from
 //! loaded profiles: the same function ids (functions are interned run by
 //! run in file order, each run's in the order its frames are first seen),
-//! the same stack maps (stacks inserted in sample order) and the same sums.
+//! the same stacks in the same (first-seen) order and the same sums.
 //! Anything this path does not handle the way the general one does (an
 //! input that is not pprof protobuf, any error) makes it give up (`None`),
 //! and the caller takes the general path, which reports the error.
@@ -20,8 +20,7 @@ use profiler_pprof::hash::FxHashMap;
 use profiler_pprof::Limits;
 
 use crate::normalize::{
-    add_stack, select_sample_type_in, FuncId, FuncTable, FxMap, Names, Normalizer, Prepared,
-    RunData,
+    select_sample_type_in, FuncId, FuncTable, Names, Normalizer, Prepared, RunData, Stacks,
 };
 use crate::profile::{Frame, FrameKind, ValueType};
 
@@ -316,7 +315,15 @@ fn reduce(
 ) -> Option<RunData> {
     let n_types = fr.n_types;
     let mut type_totals: Vec<f64> = vec![0.0; n_types];
-    let mut stacks: FxMap<Box<[FuncId]>, f64> = FxMap::default();
+    // Room for every sample a stack of its own, and for about one function
+    // per location id (a packed id takes at least a byte): allocated once,
+    // never copied to grow, and only the part used is touched.
+    let frames_bound: usize = raw
+        .samples
+        .iter()
+        .map(|s| s.packed_locs.len() + (s.locs.1 - s.locs.0) as usize)
+        .sum();
+    let mut stacks = Stacks::with_capacity(raw.samples.len(), frames_bound);
     let mut buf: Vec<FuncId> = Vec::with_capacity(128);
     let mut total = 0.0;
     let mut min_positive: Option<i64> = None;
@@ -414,7 +421,7 @@ fn reduce(
         }
         let v = v as f64;
         total += v;
-        add_stack(&mut stacks, &buf, v);
+        stacks.add(&buf, v);
     }
     let weight = match &fr.period_unit {
         Some(u) if u == unit && raw.period > 0 => raw.period as f64,

@@ -1447,13 +1447,12 @@ impl EdgeTable {
     }
 }
 
-/// The caller → callee edges of one run's stacks, in the order its stack
-/// map iterates: for stack `i`, `ids[offsets[i]..offsets[i + 1]]`, each
+/// The caller → callee edges of one run's stacks, in their first-seen
+/// order: for stack `i`, `ids[offsets[i]..offsets[i + 1]]`, each
 /// edge once per stack, self-calls left out. The stacks themselves are
-/// copied alongside in the same order, flat (`frames[frame_offsets[i]..
+/// copied alongside from the run's arena (`frames[frame_offsets[i]..
 /// frame_offsets[i + 1]]`, value `values[i]`), so the aggregation rounds
-/// read contiguous memory instead of one allocation per stack; the sums
-/// come out the same, in the same order.
+/// own what they read; the sums come out the same, in the same order.
 #[derive(Debug, Clone)]
 pub(crate) struct RunEdges {
     offsets: Vec<u32>,
@@ -1509,10 +1508,9 @@ pub(crate) fn index_side(
     for r in runs {
         let n_stacks = r.stacks.len();
         let mut offsets = Vec::with_capacity(n_stacks + 1);
-        let n_frames: usize = r.stacks.keys().map(|s| s.len()).sum();
-        let mut ids = Vec::with_capacity(n_frames);
+        let mut ids = Vec::with_capacity(r.stacks.frame_count());
         offsets.push(0u32);
-        let mut frames = Vec::with_capacity(n_frames);
+        let frames = r.stacks.frames().to_vec();
         let mut frame_offsets = Vec::with_capacity(n_stacks + 1);
         frame_offsets.push(0u32);
         let mut values = Vec::with_capacity(n_stacks);
@@ -1521,8 +1519,7 @@ pub(crate) fn index_side(
             if k % 1024 == 1023 && stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            frames.extend_from_slice(s);
-            frame_offsets.push(frames.len() as u32);
+            frame_offsets.push(*frame_offsets.last().unwrap_or(&0) + s.len() as u32);
             values.push(v);
             stamp = stamp.wrapping_add(1);
             let mut recursive = false;

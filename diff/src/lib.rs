@@ -22,6 +22,7 @@ pub mod gate;
 pub mod normalize;
 pub mod quantile;
 pub mod report;
+pub mod stacks;
 pub mod stats;
 
 pub use profile::{Frame, FrameId, FrameKind, LabelValue, Profile, Sample, ValueType};

@@ -31,6 +31,7 @@ use std::hash::BuildHasherDefault;
 use regex::Regex;
 
 use crate::profile::{Frame, FrameKind, Profile, ValueType};
+pub use crate::stacks::Stacks;
 
 /// A built-in normalization rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -414,7 +415,10 @@ impl Normalizer {
 pub use profiler_pprof::hash::FxHasher;
 
 /// A `HashMap` with [`FxHasher`].
-pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub type FxMap<K, V> = HashMap<K, V, FxBuildHasher>;
+
+/// Builds [`FxHasher`]s.
+pub type FxBuildHasher = BuildHasherDefault<FxHasher>;
 
 /// Id of a normalized function in a [`FuncTable`].
 pub type FuncId = u32;
@@ -482,8 +486,8 @@ pub struct RunData {
     pub duration_secs: f64,
     /// Total of every sample type, by kind, over all samples (for `per` scaling).
     pub type_totals: Vec<(String, f64)>,
-    /// Value per normalized stack, root first.
-    pub stacks: FxMap<Box<[FuncId]>, f64>,
+    /// Value per normalized stack (root first), in first-seen order.
+    pub stacks: Stacks,
     /// Multiplier of `total` under [`Scale::Compositional`]: 1 for baseline
     /// runs, the estimated size factor for candidate runs (set by
     /// [`crate::compare::Comparison::new`]).
@@ -804,7 +808,7 @@ impl Prepared {
             .iter()
             .map(|t| (t.kind.clone(), 0.0))
             .collect();
-        let mut stacks: FxMap<Box<[FuncId]>, f64> = FxMap::default();
+        let mut stacks = Stacks::new();
         let mut buf: Vec<FuncId> = Vec::with_capacity(128);
         let mut total = 0.0;
         for s in &p.samples {
@@ -829,7 +833,7 @@ impl Prepared {
                 continue;
             }
             total += v;
-            add_stack(&mut stacks, &buf, v);
+            stacks.add(&buf, v);
         }
         RunData {
             source: source.to_string(),
@@ -840,17 +844,6 @@ impl Prepared {
             stacks,
             size_factor: 1.0,
         }
-    }
-}
-
-/// Adds `v` to stack `buf`'s value in `stacks` (inserted on first sight,
-/// so the map's order depends only on the order of first sightings).
-#[inline]
-pub(crate) fn add_stack(stacks: &mut FxMap<Box<[FuncId]>, f64>, buf: &[FuncId], v: f64) {
-    if let Some(e) = stacks.get_mut(buf) {
-        *e += v;
-    } else {
-        stacks.insert(buf.to_vec().into_boxed_slice(), v);
     }
 }
 

@@ -36,12 +36,12 @@ fn reference(cmp: &Comparison, scale: &Scale, limit: usize) -> Vec<(String, u64,
     let mut acc: HashMap<&[FuncId], (f64, f64)> = HashMap::new();
     for r in &cmp.base {
         for (s, v) in &r.stacks {
-            acc.entry(&s[..]).or_default().0 += v;
+            acc.entry(s).or_default().0 += v;
         }
     }
     for r in &cmp.cand {
         for (s, v) in &r.stacks {
-            acc.entry(&s[..]).or_default().1 += v;
+            acc.entry(s).or_default().1 += v;
         }
     }
     let mut v: Vec<(&[FuncId], f64, f64)> = acc
@@ -87,7 +87,7 @@ fn check(lines: usize) {
             .base
             .iter()
             .chain(&cmp.cand)
-            .flat_map(|r| r.stacks.keys().map(|s| &s[..]))
+            .flat_map(|r| r.stacks.keys())
             .collect();
         all.sort();
         all.dedup();
