@@ -255,6 +255,20 @@ pub struct Culprit {
     pub(crate) explains: Option<std::sync::Arc<[Vec<f64>; 2]>>,
 }
 
+impl Culprit {
+    /// True for a new edge listed right after the frame culprit found with
+    /// it (`prev`), whose path it repeats; false for a new edge listed on
+    /// its own (its caller did not grow: see [`attribute`]).
+    pub(crate) fn follows_its_frame(&self, prev: &Culprit) -> bool {
+        matches!(self.kind, CulpritKind::NewEdge { .. })
+            && prev.kind == CulpritKind::Frame
+            && match (&self.explains, &prev.explains) {
+                (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
 /// What [`Gate::analyse`] found in one comparison.
 struct Analysis {
     funcs: Vec<FunctionDelta>,
@@ -821,7 +835,7 @@ impl<'a> Gate<'a> {
                     Some(MetricKind::Flat) => (0, d.flat.delta),
                     _ => (1, d.cum.delta),
                 };
-                for c in culprits.iter_mut().filter(|c| c.kind == CulpritKind::Frame) {
+                for c in culprits.iter_mut() {
                     let part = c.explains.as_ref().map_or(0.0, |e| e[k][d.id as usize]);
                     if full > 0.0 && part >= EXPLAIN * full && f.verdict > c.verdict {
                         c.verdict = f.verdict;
@@ -829,11 +843,9 @@ impl<'a> Gate<'a> {
                 }
             }
             // The new-edge entry shares its frame's verdict.
-            let mut last = Verdict::Pass;
-            for c in culprits.iter_mut() {
-                match c.kind {
-                    CulpritKind::Frame => last = c.verdict,
-                    CulpritKind::NewEdge { .. } => c.verdict = c.verdict.max(last),
+            for i in 1..culprits.len() {
+                if culprits[i].follows_its_frame(&culprits[i - 1]) {
+                    culprits[i].verdict = culprits[i].verdict.max(culprits[i - 1].verdict);
                 }
             }
         }
@@ -2278,23 +2290,29 @@ fn attribute(
                 name(caller)
             ));
         }
-        out.push(Culprit {
-            kind: CulpritKind::Frame,
-            function: cs.function.clone(),
-            sample_type: cmp.sample_type.to_string(),
-            unit: unit.to_string(),
-            baseline: cs.baseline,
-            candidate: cs.candidate,
-            delta: cs.delta,
-            q_value: q,
-            verdict,
-            outside_earlier,
-            path: path.clone(),
-            explained_by: explained_by.clone(),
-            message: msg,
-            allowed: None,
-            explains: None,
-        });
+        // A caller that did not grow (its share fell while a new call
+        // appeared under it: plain shares, diluted by growth elsewhere) is
+        // no culprit of its own: the new call is, and its path ends at it.
+        let caller_shrank = ne.is_some() && cs.delta <= 0.0;
+        if !caller_shrank {
+            out.push(Culprit {
+                kind: CulpritKind::Frame,
+                function: cs.function.clone(),
+                sample_type: cmp.sample_type.to_string(),
+                unit: unit.to_string(),
+                baseline: cs.baseline,
+                candidate: cs.candidate,
+                delta: cs.delta,
+                q_value: q,
+                verdict,
+                outside_earlier,
+                path: path.clone(),
+                explained_by: explained_by.clone(),
+                message: msg,
+                allowed: None,
+                explains: None,
+            });
+        }
         if let Some((caller, callee, e)) = ne {
             let share = edge_share(caller, e);
             let mut path: Vec<PathStep> = match path.iter().position(|p| p.function == name(caller))

@@ -482,3 +482,54 @@ fn a_stack_switch_is_never_the_culprit() {
         "{path:?}"
     );
 }
+
+/// On plain shares a caller can shrink while a new call appears under it
+/// (`diff/tests/data/gate/`: `(*Request).Do` falls from 9.9% to 8.1% of the
+/// samples, diluted by the JSON decoder's growth, and begins calling
+/// `(*pods).List`). The new call is the culprit, failing, with the caller
+/// on its path; the caller is not listed as a failing culprit of its own.
+#[test]
+fn a_caller_that_shrank_is_not_a_culprit_its_new_call_is() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gate");
+    let (code, v) = gate_in(&dir, "base", "cand", &["--normalize", "share"]);
+    assert_eq!(code, 1, "{v:#}");
+    let cs = culprits(&v);
+    for c in cs {
+        assert!(
+            !(c["kind"] == "frame" && c["delta"].as_f64().unwrap() <= 0.0),
+            "a frame culprit that did not grow: {c:#}"
+        );
+    }
+    let edge = cs
+        .iter()
+        .find(|c| {
+            c["kind"] == "new_edge" && c["callee"].as_str().unwrap().ends_with("(*pods).List")
+        })
+        .unwrap_or_else(|| panic!("the new call into pods.List is a culprit: {v:#}"));
+    assert_eq!(edge["verdict"], "fail", "{edge:#}");
+    let path = path_names(edge);
+    assert_eq!(
+        path[path.len() - 2..],
+        [
+            "k8s.io/client-go/rest.(*Request).Do",
+            "k8s.io/client-go/kubernetes/typed/core/v1.(*pods).List"
+        ],
+        "{edge:#}"
+    );
+    assert!(path[0].contains("processNextWorkItem"), "{path:?}");
+    // The terminal view draws that path under the new call.
+    let o = Command::new(env!("CARGO_BIN_EXE_profdiff"))
+        .args(["gate", "-b", "base", "-c", "cand", "--normalize", "share"])
+        .current_dir(&dir)
+        .output()
+        .expect("run profdiff");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let at = out
+        .find("new call k8s.io/client-go/rest.(*Request).Do ->")
+        .unwrap_or_else(|| panic!("{out}"));
+    let below: Vec<&str> = out[at..].lines().skip(1).take(5).collect();
+    assert!(
+        below[4].ends_with("(*pods).List   <- culprit"),
+        "{below:#?}"
+    );
+}

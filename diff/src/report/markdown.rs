@@ -45,7 +45,7 @@ pub fn markdown(r: &GateReport) -> String {
                     .map(|a| format!(" — allowed: {}", cell(a)))
                     .unwrap_or_default()
             );
-            if matches!(c.kind, crate::gate::CulpritKind::NewEdge { .. }) {
+            if i > 0 && c.follows_its_frame(&r.culprits[i - 1]) {
                 continue;
             }
             let _ = writeln!(o, "   ```");

@@ -72,7 +72,7 @@ pub fn terminal(r: &GateReport, color: bool) -> String {
                     .map(|a| format!(" ({a})"))
                     .unwrap_or_default()
             );
-            if matches!(c.kind, crate::gate::CulpritKind::NewEdge { .. }) {
+            if i > 0 && c.follows_its_frame(&r.culprits[i - 1]) {
                 continue;
             }
             let last = c.path.len().saturating_sub(1);
