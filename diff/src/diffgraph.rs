@@ -322,8 +322,7 @@ impl FrameTree {
         acc.add_node(u32::MAX, u32::MAX, 0);
         // Insert stacks in a fixed order so node ids are deterministic.
         for (r, run) in runs.iter().enumerate() {
-            let mut st: Vec<(&[FuncId], f64)> =
-                run.stacks.iter().map(|(s, v)| (s, *v)).collect();
+            let mut st: Vec<(&[FuncId], f64)> = run.stacks.iter().map(|(s, v)| (s, *v)).collect();
             st.sort_unstable_by(|a, b| a.0.cmp(b.0));
             for (s, v) in st {
                 acc.insert(r, s, v);
