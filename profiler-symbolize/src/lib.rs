@@ -79,6 +79,32 @@ pub use pprof::{
 };
 pub use symbolizer::{ProcessMapping, Symbolizer, KERNEL_MAPPING};
 
+/// Go runtime functions at which a thread's stack ends, as Go's own
+/// unwinder ends there: past them the frame-pointer chain leads into
+/// stacks the thread is no longer running.
+///
+/// * `runtime.mcall` switches from a goroutine to the thread's scheduler
+///   stack (g0) to run `park_m`, `goexit0`, `exitsyscall0`, `gopreempt_m`
+///   and the like, and leaves the goroutine's frame pointer in RBP (on
+///   purpose, for unwinders). The goroutine is dropped from the thread,
+///   which goes on to `schedule` and may run the scheduler or sleep idle
+///   for a long time; the chain still leads into the dropped goroutine's
+///   stack.
+/// * `runtime.mstart` is the root of every thread but the first; its RBP
+///   is what the thread that called `clone` had.
+///
+/// Every profile built from frame-pointer walks ([`Symbolizer::build_profile`]
+/// and the off-CPU profile of the `profiler` binary) ends a stack at the
+/// first of these (kept as its root), so the scheduler's work after a
+/// goroutine parked is not credited to that goroutine's functions, as in
+/// Go's own `runtime/pprof` profiles.
+pub const GO_THREAD_ROOTS: [&str; 2] = ["runtime.mcall", "runtime.mstart"];
+
+/// True when `function` is one of [`GO_THREAD_ROOTS`].
+pub fn is_go_thread_root(function: &str) -> bool {
+    GO_THREAD_ROOTS.contains(&function)
+}
+
 /// One aggregated stack as the sampler collected it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawSample {

@@ -572,7 +572,19 @@ impl Symbolizer {
         let mut b = ProfileBuilder::new(meta, prep.mappings.len());
         let mut loc_of: HashMap<FrameKey, u64> = HashMap::new();
         for (s, keys) in samples.iter().zip(&prep.keyed) {
-            let ids = keys
+            // A Go thread's stack ends at its root (crate::GO_THREAD_ROOTS).
+            let end = keys
+                .iter()
+                .position(|&k| {
+                    matches!(k, FrameKey::User { .. })
+                        && prep
+                            .frame(k)
+                            .2
+                            .last()
+                            .is_some_and(|l| crate::is_go_thread_root(&l.function))
+                })
+                .map_or(keys.len(), |i| i + 1);
+            let ids = keys[..end]
                 .iter()
                 .map(|&k| {
                     *loc_of.entry(k).or_insert_with(|| {

@@ -376,9 +376,8 @@ impl OffCpu {
     }
 }
 
-/// Go runtime functions past which a thread's frame-pointer chain is not
-/// what the thread is doing, so an off-CPU stack ends there (as Go's own
-/// unwinder ends at them):
+/// Why off-CPU stacks end at [`GO_THREAD_ROOTS`] (what the off-CPU
+/// profile showed before):
 ///
 /// * `runtime.mcall` switches from a goroutine to the thread's scheduler
 ///   stack (g0) to run `park_m`, `goexit0`, `exitsyscall0`, `gopreempt_m`,
@@ -398,7 +397,7 @@ impl OffCpu {
 ///   what the thread that called `clone` had, so the chain continues into
 ///   that thread's stack as it is now (seen: an idle thread's stack going on
 ///   past `runtime.mstart` into another thread's scheduler frames).
-pub const GO_THREAD_ROOTS: [&str; 2] = ["runtime.mcall", "runtime.mstart"];
+pub use profiler_symbolize::GO_THREAD_ROOTS;
 
 /// Cut `frames` (leaf first) after the first frame whose function (the
 /// outermost of its inlined lines) is one of [`GO_THREAD_ROOTS`], which stays
@@ -408,7 +407,7 @@ pub fn cut_at_go_thread_root(frames: &mut Vec<ResolvedFrame>) {
     let root = frames.iter().position(|f| {
         f.lines
             .last()
-            .is_some_and(|l| GO_THREAD_ROOTS.contains(&l.function.as_str()))
+            .is_some_and(|l| profiler_symbolize::is_go_thread_root(&l.function))
     });
     if let Some(i) = root {
         frames.truncate(i + 1);

@@ -418,3 +418,72 @@ fn bad_targets_give_one_line_errors_and_exit_codes() {
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
     }
 }
+
+/// `lockwait -mode mutex`: 8 goroutines take turns on one mutex and park
+/// while they wait, so their threads spend much of their CPU in the
+/// scheduler (`runtime.mcall` -> `runtime.park_m` -> `runtime.schedule`).
+/// After `runtime.mcall` the frame-pointer chain leads back into the
+/// goroutine the thread just dropped; followed, the scheduler's CPU was
+/// credited to `main.contend`. As in Go's own CPU profiles, such a stack
+/// ends at `runtime.mcall` (or a thread's `runtime.mstart`): no sample has
+/// a frame beyond one, and there is scheduler CPU under `runtime.mcall`.
+#[test]
+fn go_scheduler_cpu_after_mcall_is_not_the_parked_goroutines() {
+    let test = "go_scheduler_cpu_after_mcall_is_not_the_parked_goroutines";
+    if !can_run_ebpf(test) {
+        return;
+    }
+    let Some(bin) = gobuild::build("lockwait", "1.23", false) else {
+        return;
+    };
+    let dir = TempDir::new("cpu-mcall");
+    let out = dir.join("cpu.pb.gz");
+    let r = record(&[
+        "--frequency",
+        "999",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        bin.to_str().unwrap(),
+        "-mode",
+        "mutex",
+        "-workers",
+        "8",
+        "-hold",
+        "50us",
+        "-duration",
+        "2s",
+    ]);
+    assert!(r.status.success(), "{test}: profiler failed");
+    let samples = flatten(&read_pprof(&out));
+    let all = total(&samples);
+    let mut beyond = Vec::new();
+    for s in &samples {
+        let user: Vec<&str> = s
+            .frames
+            .iter()
+            .filter(|f| !f.1)
+            .map(|f| f.0.as_str())
+            .collect();
+        if let Some(i) = user
+            .iter()
+            .position(|f| *f == "runtime.mcall" || *f == "runtime.mstart")
+        {
+            if i + 1 < user.len() {
+                beyond.push(user.join(" <- "));
+            }
+        }
+    }
+    assert!(
+        beyond.is_empty(),
+        "{test}: {} stacks go on past runtime.mcall/mstart, e.g. {}",
+        beyond.len(),
+        beyond[0]
+    );
+    let sched = cum(&samples, "runtime.mcall");
+    eprintln!("{test}: {sched} of {all} samples under runtime.mcall");
+    assert!(
+        sched * 10 > all,
+        "{test}: only {sched} of {all} samples under runtime.mcall"
+    );
+}
