@@ -241,10 +241,18 @@ const EXPECT: &[(&str, bool, &[Check])] = &[
         ],
     ),
     (
+        // The wait is the contention profile's. CPU profiles, like Go's
+        // own, put the scheduler's work after a goroutine parks under
+        // `runtime.mcall`, not under the parked goroutine's frames, so the
+        // mutex's CPU under Reconcile is only its slow path's own
+        // (`lockSlow` 1.5% of the samples in one recording, against a 1%
+        // budget: inconclusive at 3 runs per side; the CPU gate failed,
+        // was inconclusive and passed in three recordings). Reported, not
+        // required.
         "global-mutex",
         false,
         &[
-            c(
+            o(
                 Signal::Cpu,
                 "contended-lock-under-reconcile",
                 "sync.(*Mutex).lockSlow",
