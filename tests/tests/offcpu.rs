@@ -14,9 +14,41 @@
 //! not block its thread: its thread's idle time is the Go scheduler's, not
 //! the goroutine's function's (`lockwait -mode mutex`, below).
 
-use std::process::Command;
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
 
 use integration_tests::{gobuild, *};
+
+/// `profiler record --quiet --profile offcpu --offcpu-every EVERY` of
+/// `lockwait ARGS` (GOMAXPROCS=8) into `out`: the profiler's output,
+/// after checking that it succeeded.
+fn record_lockwait(every: &str, out: &Path, bin: &Path, args: &[&str]) -> Output {
+    let r = Command::new(profiler_bin())
+        .args([
+            "record",
+            "--quiet",
+            "--profile",
+            "offcpu",
+            "--offcpu-every",
+            every,
+            "-o",
+        ])
+        .arg(out)
+        .arg("--")
+        .arg(bin)
+        .args(args)
+        .env("GOMAXPROCS", "8")
+        .output()
+        .expect("running profiler");
+    assert!(
+        r.status.success(),
+        "profiler failed: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    r
+}
 
 fn offcpu_total_matches(every: &str, hold: &str, low: f64) {
     let test = format!("offcpu_every_{every}");
@@ -28,20 +60,11 @@ fn offcpu_total_matches(every: &str, hold: &str, low: f64) {
     };
     let dir = TempDir::new("offcpu");
     let out = dir.join("offcpu.pb.gz");
-    let r = Command::new(profiler_bin())
-        .args([
-            "record",
-            "--quiet",
-            "--profile",
-            "offcpu",
-            "--offcpu-every",
-            every,
-            "-o",
-        ])
-        .arg(&out)
-        .arg("--")
-        .arg(&bin)
-        .args([
+    let r = record_lockwait(
+        every,
+        &out,
+        &bin,
+        &[
             "-mode",
             "sleep",
             "-workers",
@@ -52,13 +75,10 @@ fn offcpu_total_matches(every: &str, hold: &str, low: f64) {
             "500ms",
             "-duration",
             "3s",
-        ])
-        .env("GOMAXPROCS", "8")
-        .output()
-        .expect("running profiler");
+        ],
+    );
     let stdout = String::from_utf8_lossy(&r.stdout);
     let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "profiler failed: {stderr}");
     let slept: i64 = stdout
         .lines()
         .find_map(|l| l.strip_prefix("slept_ns="))
@@ -115,20 +135,11 @@ fn offcpu_of_parked_goroutines_is_not_their_threads_idle_time() {
     };
     let dir = TempDir::new("offcpu-park");
     let out = dir.join("offcpu.pb.gz");
-    let r = Command::new(profiler_bin())
-        .args([
-            "record",
-            "--quiet",
-            "--profile",
-            "offcpu",
-            "--offcpu-every",
-            "1",
-            "-o",
-        ])
-        .arg(&out)
-        .arg("--")
-        .arg(&bin)
-        .args([
+    let r = record_lockwait(
+        "1",
+        &out,
+        &bin,
+        &[
             "-mode",
             "mutex",
             "-workers",
@@ -137,12 +148,9 @@ fn offcpu_of_parked_goroutines_is_not_their_threads_idle_time() {
             "1ms",
             "-duration",
             "2s",
-        ])
-        .env("GOMAXPROCS", "8")
-        .output()
-        .expect("running profiler");
+        ],
+    );
     let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "profiler failed: {stderr}");
     let p = read_pprof(&out);
     let total: i64 = {
         let i = p
