@@ -1462,16 +1462,12 @@ impl EdgeTable {
 /// The caller → callee edges of one run's stacks, in their first-seen
 /// order: for stack `i`, `ids[offsets[i]..offsets[i + 1]]`, each
 /// edge once per stack, self-calls left out. The stacks themselves are
-/// copied alongside from the run's arena (`frames[frame_offsets[i]..
-/// frame_offsets[i + 1]]`, value `values[i]`), so the aggregation rounds
-/// own what they read; the sums come out the same, in the same order.
+/// read from the run's arena ([`crate::stacks::Stacks`]), contiguous and
+/// in the same order.
 #[derive(Debug, Clone)]
 pub(crate) struct RunEdges {
     offsets: Vec<u32>,
     ids: Vec<u32>,
-    frame_offsets: Vec<u32>,
-    frames: Vec<FuncId>,
-    values: Vec<f64>,
     /// Whether a function occurs twice in the stack (recursion).
     recursive: Vec<bool>,
 }
@@ -1522,17 +1518,11 @@ pub(crate) fn index_side(
         let mut offsets = Vec::with_capacity(n_stacks + 1);
         let mut ids = Vec::with_capacity(r.stacks.frame_count());
         offsets.push(0u32);
-        let frames = r.stacks.frames().to_vec();
-        let mut frame_offsets = Vec::with_capacity(n_stacks + 1);
-        frame_offsets.push(0u32);
-        let mut values = Vec::with_capacity(n_stacks);
         let mut recursives = Vec::with_capacity(n_stacks);
-        for (k, (s, &v)) in r.stacks.iter().enumerate() {
+        for (k, (s, _)) in r.stacks.iter().enumerate() {
             if k % 1024 == 1023 && stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            frame_offsets.push(*frame_offsets.last().unwrap_or(&0) + s.len() as u32);
-            values.push(v);
             stamp = stamp.wrapping_add(1);
             let mut recursive = false;
             for &f in s.iter() {
@@ -1578,9 +1568,6 @@ pub(crate) fn index_side(
         out.push(RunEdges {
             offsets,
             ids,
-            frame_offsets,
-            frames,
-            values,
             recursive: recursives,
         });
     }
@@ -1680,13 +1667,12 @@ impl SideAgg {
         let mut seen = vec![u32::MAX; n];
         let mut stamp = 0u32;
         let mut through = Vec::with_capacity(runs.len());
-        for re in index {
+        for (run, re) in runs.iter().zip(index) {
             // A function's sum and count side by side: one index (and
             // bounds check) per frame; split at the end.
             let mut cums: Vec<(f64, u32)> = vec![(0.0, 0); n];
-            let mut focused = Vec::with_capacity(re.values.len());
-            for (i, &v) in re.values.iter().enumerate() {
-                let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
+            let mut focused = Vec::with_capacity(run.stacks.len());
+            for (i, (s, &v)) in run.stacks.iter().enumerate() {
                 let mut hot = false;
                 if re.recursive[i] {
                     // Counted once per stack.
@@ -1734,6 +1720,7 @@ impl SideAgg {
     /// the dropped stacks only.
     fn drop_stacks(
         &mut self,
+        runs: &[RunData],
         index: &[RunEdges],
         drop: FuncId,
         dropped: &mut [Vec<bool>],
@@ -1742,15 +1729,16 @@ impl SideAgg {
         let n = self.flat.len();
         let mut seen = vec![u32::MAX; n];
         let mut stamp = 0u32;
-        for (r, ((re, focused), dropped)) in index.iter().zip(focused).zip(dropped).enumerate() {
+        let runs = runs.iter().zip(index).zip(focused).zip(dropped);
+        for (r, (((run, re), focused), dropped)) in runs.enumerate() {
             let (cum, n_cum) = (&mut self.cum[r], &mut self.n_cum[r]);
-            for i in stacks_with(re, drop) {
+            for i in stacks_with(&run.stacks, drop) {
                 // Dropped before, or met again (recursion).
                 if dropped[i] {
                     continue;
                 }
-                let v = re.values[i];
-                let s = &re.frames[re.frame_offsets[i] as usize..re.frame_offsets[i + 1] as usize];
+                let v = run.stacks.value_at(i);
+                let s = run.stacks.stack_at(i);
                 dropped[i] = true;
                 stamp = stamp.wrapping_add(1);
                 for &f in s {
@@ -1807,10 +1795,11 @@ fn take(sum: &mut f64, count: &mut u32, v: f64) {
 /// twice comes twice): the frames are scanned flat, 32 at a time without
 /// branching (which the compiler vectorizes), and a block with a match is
 /// looked at frame by frame.
-fn stacks_with(re: &RunEdges, f: FuncId) -> impl Iterator<Item = usize> + '_ {
+fn stacks_with(stacks: &crate::stacks::Stacks, f: FuncId) -> impl Iterator<Item = usize> + '_ {
     const BLOCK: usize = 32;
     let mut stack = 0usize;
-    re.frames
+    stacks
+        .frames()
         .chunks(BLOCK)
         .enumerate()
         .filter(move |(_, b)| b.iter().fold(false, |hit, &x| hit | (x == f)))
@@ -1823,7 +1812,7 @@ fn stacks_with(re: &RunEdges, f: FuncId) -> impl Iterator<Item = usize> + '_ {
         .map(move |at| {
             // The stack holding frame `at` (frames ascend, so the cursor
             // only moves forward).
-            while re.frame_offsets[stack + 1] as usize <= at {
+            while stacks.end_at(stack) <= at {
                 stack += 1;
             }
             stack
@@ -1858,6 +1847,7 @@ impl<'t> Agg<'t> {
     /// ([`SideAgg::drop_stacks`]), one thread each.
     fn drop_from(
         sides: &mut [SideAgg; 2],
+        cmp: &Comparison,
         index: &EdgeIndex,
         drop: FuncId,
         dropped: &mut [Vec<Vec<bool>>; 2],
@@ -1866,8 +1856,8 @@ impl<'t> Agg<'t> {
         let [sb, sc] = sides;
         let [db, dc] = dropped;
         std::thread::scope(|s| {
-            let c = s.spawn(|| sc.drop_stacks(&index.sides[1].1, drop, dc, &focused[1]));
-            sb.drop_stacks(&index.sides[0].1, drop, db, &focused[0]);
+            let c = s.spawn(|| sc.drop_stacks(&cmp.cand, &index.sides[1].1, drop, dc, &focused[1]));
+            sb.drop_stacks(&cmp.base, &index.sides[0].1, drop, db, &focused[0]);
             c.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
         });
     }
@@ -2365,7 +2355,7 @@ fn attribute(
         used[culprit as usize] = true;
         used[start.id as usize] = true;
         exclude[culprit as usize] = true;
-        Agg::drop_from(&mut sides, index, culprit, &mut dropped, &focused);
+        Agg::drop_from(&mut sides, cmp, index, culprit, &mut dropped, &focused);
         let next = Agg::of_sides(&sides, table);
         let part = |a: &Agg, b: &Agg, k: usize| -> Vec<f64> {
             (0..n)
@@ -2523,7 +2513,14 @@ mod tests {
                 let mut dropped = focused
                     .each_ref()
                     .map(|r| r.iter().map(|f| vec![false; f.len()]).collect::<Vec<_>>());
-                Agg::drop_from(&mut sides, &index, f as FuncId, &mut dropped, &focused);
+                Agg::drop_from(
+                    &mut sides,
+                    &cmp,
+                    &index,
+                    f as FuncId,
+                    &mut dropped,
+                    &focused,
+                );
                 // Every count is back to what the stacks left give.
                 assert!(sides[0].n_cum[0][f] == 0 && sides[0].n_cum[1][f] == 0);
             }

@@ -147,6 +147,24 @@ impl Stacks {
     pub(crate) fn frames(&self) -> &[FuncId] {
         &self.frames
     }
+
+    /// Stack `i`'s functions (`i < len()`).
+    #[inline]
+    pub(crate) fn stack_at(&self, i: usize) -> &[FuncId] {
+        Self::stack(&self.frames, &self.entries, i)
+    }
+
+    /// Stack `i`'s value (`i < len()`).
+    #[inline]
+    pub(crate) fn value_at(&self, i: usize) -> f64 {
+        self.entries[i].value
+    }
+
+    /// Where stack `i`'s functions end in [`Stacks::frames`] (`i < len()`).
+    #[inline]
+    pub(crate) fn end_at(&self, i: usize) -> usize {
+        self.entries[i].end
+    }
 }
 
 /// Iterator over [`Stacks`]: each stack with its value, in first-seen order.
