@@ -105,6 +105,15 @@ pub fn is_go_thread_root(function: &str) -> bool {
     GO_THREAD_ROOTS.contains(&function)
 }
 
+/// Where a stack ends: the index of its first frame (leaf first) whose
+/// outermost function (`None` for a frame without one, or one that is not
+/// Go code) is one of [`GO_THREAD_ROOTS`]. That frame stays as the root.
+pub fn go_thread_root<'a>(outermost: impl IntoIterator<Item = Option<&'a str>>) -> Option<usize> {
+    outermost
+        .into_iter()
+        .position(|f| f.is_some_and(is_go_thread_root))
+}
+
 /// One aggregated stack as the sampler collected it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawSample {

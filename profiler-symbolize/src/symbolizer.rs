@@ -573,17 +573,11 @@ impl Symbolizer {
         let mut loc_of: HashMap<FrameKey, u64> = HashMap::new();
         for (s, keys) in samples.iter().zip(&prep.keyed) {
             // A Go thread's stack ends at its root (crate::GO_THREAD_ROOTS).
-            let end = keys
-                .iter()
-                .position(|&k| {
-                    matches!(k, FrameKey::User { .. })
-                        && prep
-                            .frame(k)
-                            .2
-                            .last()
-                            .is_some_and(|l| crate::is_go_thread_root(&l.function))
-                })
-                .map_or(keys.len(), |i| i + 1);
+            let end = crate::go_thread_root(keys.iter().map(|&k| match k {
+                FrameKey::User { .. } => prep.frame(k).2.last().map(|l| &*l.function),
+                _ => None,
+            }))
+            .map_or(keys.len(), |i| i + 1);
             let ids = keys[..end]
                 .iter()
                 .map(|&k| {

@@ -404,12 +404,10 @@ pub use profiler_symbolize::GO_THREAD_ROOTS;
 /// as the stack's root. Stacks without one (non-Go code, a goroutine's own
 /// frames, `runtime.systemstack` on its behalf) are left whole.
 pub fn cut_at_go_thread_root(frames: &mut Vec<ResolvedFrame>) {
-    let root = frames.iter().position(|f| {
-        f.lines
-            .last()
-            .is_some_and(|l| profiler_symbolize::is_go_thread_root(&l.function))
-    });
-    if let Some(i) = root {
+    let outermost = frames
+        .iter()
+        .map(|f| f.lines.last().map(|l| l.function.as_str()));
+    if let Some(i) = profiler_symbolize::go_thread_root(outermost) {
         frames.truncate(i + 1);
     }
 }
