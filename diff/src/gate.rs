@@ -275,6 +275,7 @@ struct Analysis {
     scale: Scale,
     culprits: Vec<Culprit>,
     residual: Vec<f64>,
+    stages: Stages,
     /// The top stack changes on `scale`, when asked for and computed
     /// alongside the attribution (on the comparison as it is returned).
     stacks: Option<Result<Vec<StackDelta>, CompareError>>,
@@ -404,7 +405,7 @@ impl<'a> Gate<'a> {
          -> Result<Analysis, CompareError> {
             let funcs = cmp.functions(&opts(scale))?;
             prefill(&funcs);
-            let (mut culprits, residual) = attribute(
+            let (mut culprits, residual, stages) = attribute(
                 cmp,
                 &index,
                 &funcs,
@@ -424,6 +425,7 @@ impl<'a> Gate<'a> {
                 scale: scale.clone(),
                 culprits,
                 residual,
+                stages,
                 stacks: None,
             })
         };
@@ -445,7 +447,7 @@ impl<'a> Gate<'a> {
             let top = std::cell::Cell::new(None);
             let prefill = |funcs: &[FunctionDelta]| {
                 if let Some(h) = pending.take() {
-                    let grown = grown_functions(funcs, settings, self.default_max_percent);
+                    let grown = grown_functions(funcs, settings, self.default_max_percent, None);
                     if !needs_edge_index(&grown) {
                         stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -700,6 +702,7 @@ impl<'a> Gate<'a> {
             scale: pscale,
             culprits,
             residual,
+            stages,
             stacks,
         } = self.analyse(&mut primary, &settings, &budgets.allow, Some(self.top_n))?;
         let sample_type = primary.sample_type.to_string();
@@ -754,6 +757,14 @@ impl<'a> Gate<'a> {
             };
             results.push(res);
             findings.append(&mut f);
+        }
+        // The built-in rules' findings that the first culprits do not
+        // explain are adjusted again among the changes they do not explain
+        // (see `Stages`).
+        if settings.default_rule && stages.rounds > 0 {
+            if let (Some((_, funcs)), Some(scale)) = (self.primary(), self.primary_scale()) {
+                retest_by_stage(&mut findings, funcs, &stages, &settings, scale);
+            }
         }
         // The built-in cumulative rule: a function whose growth is mostly
         // explained by a culprit (its ancestors carrying it, the library
@@ -876,10 +887,13 @@ impl<'a> Gate<'a> {
                 .then(b.delta.abs().total_cmp(&a.delta.abs()))
                 .then(a.function.cmp(&b.function))
         });
-        for r in results.iter_mut().filter(|r| r.name == DEFAULT_CUM_RULE) {
+        for r in results
+            .iter_mut()
+            .filter(|r| r.name == DEFAULT_CUM_RULE || r.name == DEFAULT_FLAT_RULE)
+        {
             r.verdict = findings
                 .iter()
-                .filter(|f| f.rule == DEFAULT_CUM_RULE && f.allowed.is_none())
+                .filter(|f| f.rule == r.name && f.allowed.is_none())
                 .map(|f| f.verdict)
                 .max()
                 .unwrap_or(Verdict::Pass);
@@ -1098,31 +1112,9 @@ fn eval_rule(
                 f.verdict = verdict;
                 f.allowed = allowed(rule, &d.function, allow);
                 if verdict == Verdict::Inconclusive {
-                    // Bonferroni over the functions tested: a conservative
-                    // stand-in for the BH threshold the change must pass.
-                    let level = s.alpha / result.tested.max(1) as f64;
-                    if let Some((e, r)) = m.needed(m.delta, level) {
-                        let now = m.runs.0.max(m.runs.1) as u64;
-                        let r = r.max(now + 1);
-                        f.samples_needed = Some(e.max(m.exposure_per_run * r as f64).ceil());
-                        f.runs_needed = Some(r);
-                    }
+                    set_needed(&mut f, m, s.alpha, result.tested);
                 }
-                f.message = format!(
-                    "{} {} {:.2}% -> {:.2}% ({:+.2} points, {}), q={}",
-                    match metric {
-                        MetricKind::Flat => "flat",
-                        MetricKind::Cum => "cum",
-                    },
-                    scale_word(scale),
-                    m.baseline * 100.0,
-                    m.candidate * 100.0,
-                    m.delta * 100.0,
-                    m.relative
-                        .map(|r| format!("{:+.1}%", r * 100.0))
-                        .unwrap_or_else(|| "new".into()),
-                    fmt_p(Some(q)),
-                );
+                f.message = relative_message(*metric, scale, m, q);
                 out.push(f);
             }
         }
@@ -1962,12 +1954,22 @@ struct Grown {
 
 /// The functions whose cumulative or self value grew significantly
 /// beyond `max_percent`, with their verdicts, in `funcs` order.
-fn grown_functions(funcs: &[FunctionDelta], s: &Settings, max_percent: f64) -> Vec<Grown> {
+/// With `adjusted` (per metric, flat then cum, and function id), a
+/// function's q-value is the larger of its own and the adjusted one.
+fn grown_functions(
+    funcs: &[FunctionDelta],
+    s: &Settings,
+    max_percent: f64,
+    adjusted: Option<&[Vec<Option<f64>>; 2]>,
+) -> Vec<Grown> {
     // Significant growth of a cumulative value, or of a self value (a leaf
     // whose growth is significant while the inclusive values above it,
     // noisier, are not yet: the attribution walks up from it).
-    let judge = |m: &Metric| -> Option<(Verdict, f64)> {
-        let q = m.q_value?;
+    let judge = |m: &Metric, k: usize, id: FuncId| -> Option<(Verdict, f64)> {
+        let mut q = m.q_value?;
+        if let Some(Some(a)) = adjusted.and_then(|a| a[k].get(id as usize)) {
+            q = q.max(*a);
+        }
         if !breach(m.delta, m.relative, None, Some(max_percent)) {
             return None;
         }
@@ -1982,7 +1984,7 @@ fn grown_functions(funcs: &[FunctionDelta], s: &Settings, max_percent: f64) -> V
     funcs
         .iter()
         .filter_map(|d| {
-            let (verdict, q) = match (judge(&d.cum), judge(&d.flat)) {
+            let (verdict, q) = match (judge(&d.cum, 1, d.id), judge(&d.flat, 0, d.id)) {
                 (Some(c), Some(f)) if f.0 > c.0 => f,
                 (Some(c), _) => c,
                 (None, Some(f)) => f,
@@ -2017,7 +2019,10 @@ fn needs_edge_index(grown: &[Grown]) -> bool {
 /// holds nearly all of its caller's growth), or the start when none did
 /// (everything below was called more). Then drop
 /// the stacks through the culprit and look at what growth remains.
-/// Returns the culprits and, per function, the growth left unexplained.
+/// Returns the culprits, per function the growth left unexplained, and
+/// the round that explained each function's growth ([`Stages`]). From the
+/// second round on, the functions it starts from are judged on q-values
+/// adjusted among the functions the earlier rounds did not explain.
 fn attribute(
     cmp: &Comparison,
     index: &std::cell::OnceCell<EdgeIndex>,
@@ -2026,10 +2031,14 @@ fn attribute(
     unit: &str,
     s: &Settings,
     max_percent: f64,
-) -> (Vec<Culprit>, Vec<f64>) {
+) -> (Vec<Culprit>, Vec<f64>, Stages) {
     let n = cmp.table.len();
     let mut exclude = vec![false; n];
-    let grown = grown_functions(funcs, s, max_percent);
+    let mut grown = grown_functions(funcs, s, max_percent, None);
+    let mut stages = Stages {
+        round_of: [vec![NEVER; n], vec![NEVER; n]],
+        rounds: 0,
+    };
     let name = |f: FuncId| cmp.table.funcs[f as usize].name.clone();
     let step = |a: &Agg, f: FuncId| PathStep {
         function: name(f),
@@ -2049,7 +2058,7 @@ fn attribute(
             v[d.id as usize] = d.cum.delta;
             v
         });
-        return (Vec::new(), residual);
+        return (Vec::new(), residual, stages);
     }
     let mut focus = vec![false; n];
     for g in &grown {
@@ -2066,8 +2075,14 @@ fn attribute(
     let full = Agg::of_sides(&sides, table);
     let mut agg = full.clone();
     let full_delta: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
+    let d_flat = |a: &Agg, f: usize| a.flat[1][f] - a.flat[0][f];
+    let full_flat: Vec<f64> = (0..n).map(|f| d_flat(&full, f)).collect();
     let mut used = vec![false; n];
     while out.len() < MAX_CULPRITS {
+        if stages.rounds > 0 {
+            let adjusted = [0, 1].map(|k| stages.q_at(funcs, k, stages.rounds).0);
+            grown = grown_functions(funcs, s, max_percent, Some(&adjusted));
+        }
         // The unexplained significant growth at the top of its chain.
         let start = grown
             .iter()
@@ -2376,10 +2391,25 @@ fn attribute(
             }
             c.explains = Some(explains.clone());
         }
+        // The functions this round explained: at most half of their
+        // growth is left.
+        for (k, full_k) in [&full_flat, &full_delta].into_iter().enumerate() {
+            for (f, &d) in full_k.iter().enumerate() {
+                let left = if k == 0 {
+                    d_flat(&next, f)
+                } else {
+                    next.d_cum(f as FuncId)
+                };
+                if stages.round_of[k][f] == NEVER && d > 0.0 && left <= EXPLAIN * d {
+                    stages.round_of[k][f] = stages.rounds;
+                }
+            }
+        }
+        stages.rounds += 1;
         agg = next;
     }
     let residual: Vec<f64> = (0..n as FuncId).map(|f| agg.d_cum(f)).collect();
-    (out, residual)
+    (out, residual, stages)
 }
 
 /// Go runtime functions that only switch stacks to run a closure.
@@ -2435,6 +2465,170 @@ fn fmt_points(v: f64, unit: &str) -> String {
 const DEFAULT_FLAT_RULE: &str = "default-share-growth";
 
 /// How a relative finding names its values.
+/// Marks [`Stages::round_of`] for a function no round explained.
+const NEVER: u32 = u32::MAX;
+
+/// The second stage of the built-in rules' multiple testing.
+///
+/// Benjamini-Hochberg over every tested function lets a function through
+/// at a larger p-value the more functions a regression moved: with 40 of
+/// 60 functions moved, a chance excess of a few samples in an unchanged
+/// function passes at two thirds of the level. Once the attribution's
+/// first culprits explain a regression (their own growth and their
+/// subtrees'), what is left are claims of changes of their own. So a
+/// finding of the built-in rules, and a later culprit, is adjusted again
+/// among the tested functions that the rounds before its own did not
+/// explain (at most half of their growth left), and keeps the larger of
+/// its two q-values: the verdict can only move towards `pass`. What the
+/// first round explains keeps its q-value; a function no round explains
+/// (or that shrank) is adjusted among all functions no round explained.
+#[derive(Clone, Debug)]
+struct Stages {
+    /// Per metric (flat, cum) and function id: the round (from 0) that
+    /// explained its growth, [`NEVER`] when none did.
+    round_of: [Vec<u32>; 2],
+    /// The rounds the attribution ran.
+    rounds: u32,
+}
+
+impl Stages {
+    /// Per function id, the q-value of metric `k` (0 flat, 1 cum) adjusted
+    /// among the tested functions the rounds before `j` did not explain
+    /// (None for the others), and the size of that family.
+    fn q_at(&self, funcs: &[FunctionDelta], k: usize, j: u32) -> (Vec<Option<f64>>, usize) {
+        let metric = |d: &FunctionDelta| {
+            if k == 0 {
+                d.flat.p_value
+            } else {
+                d.cum.p_value
+            }
+        };
+        let round = |d: &FunctionDelta| {
+            self.round_of[k]
+                .get(d.id as usize)
+                .copied()
+                .unwrap_or(NEVER)
+        };
+        let family: Vec<(FuncId, f64)> = funcs
+            .iter()
+            .filter(|d| round(d) >= j)
+            .filter_map(|d| metric(d).map(|p| (d.id, p)))
+            .collect();
+        let ps: Vec<f64> = family.iter().map(|f| f.1).collect();
+        let mut q = vec![None; self.round_of[k].len()];
+        for (&(id, _), qi) in family.iter().zip(stats::benjamini_hochberg(&ps)) {
+            if let Some(slot) = q.get_mut(id as usize) {
+                *slot = Some(qi);
+            }
+        }
+        (q, family.len())
+    }
+}
+
+/// Adjusts the built-in rules' findings as [`Stages`] says: each is judged
+/// again on the q-value of its own stage (the round that explained it,
+/// else after the last round) when that is larger; a finding whose new
+/// verdict is `pass` is dropped.
+fn retest_by_stage(
+    findings: &mut Vec<Finding>,
+    funcs: &[FunctionDelta],
+    stages: &Stages,
+    s: &Settings,
+    scale: &Scale,
+) {
+    let by_name: FxMap<&str, &FunctionDelta> =
+        funcs.iter().map(|d| (d.function.as_str(), d)).collect();
+    // Per (metric, stage): the adjusted q-values and the family's size.
+    type Adjusted = (Vec<Option<f64>>, usize);
+    let mut cache: FxMap<(usize, u32), Adjusted> = FxMap::default();
+    findings.retain_mut(|f| {
+        let k = match (f.rule.as_str(), f.metric) {
+            (DEFAULT_FLAT_RULE, Some(MetricKind::Flat)) => 0,
+            (DEFAULT_CUM_RULE, Some(MetricKind::Cum)) => 1,
+            _ => return true,
+        };
+        let (Some(d), Some(q1)) = (by_name.get(f.function.as_str()), f.q_value) else {
+            return true;
+        };
+        let j = stages.round_of[k]
+            .get(d.id as usize)
+            .copied()
+            .unwrap_or(NEVER)
+            .min(stages.rounds);
+        if j == 0 {
+            return true;
+        }
+        let (q, family) = cache
+            .entry((k, j))
+            .or_insert_with(|| stages.q_at(funcs, k, j));
+        let Some(q2) = q
+            .get(d.id as usize)
+            .copied()
+            .flatten()
+            .filter(|&q2| q2 > q1)
+        else {
+            return true;
+        };
+        let verdict = match f.verdict {
+            Verdict::Fail if q2 < s.alpha => Verdict::Fail,
+            Verdict::Fail | Verdict::Inconclusive if q2 < s.inconclusive_alpha => {
+                Verdict::Inconclusive
+            }
+            Verdict::Improved if q2 < s.alpha => Verdict::Improved,
+            _ => return false,
+        };
+        let m = if k == 0 { &d.flat } else { &d.cum };
+        f.q_value = Some(q2);
+        if verdict == Verdict::Inconclusive && f.verdict != Verdict::Inconclusive {
+            set_needed(f, m, s.alpha, *family);
+        }
+        f.verdict = verdict;
+        f.message = relative_message(
+            if k == 0 {
+                MetricKind::Flat
+            } else {
+                MetricKind::Cum
+            },
+            scale,
+            m,
+            q2,
+        );
+        true
+    });
+}
+
+/// The samples and runs per side an inconclusive per-function finding
+/// would need: Bonferroni over the `tested` functions, a conservative
+/// stand-in for the BH threshold the change must pass.
+fn set_needed(f: &mut Finding, m: &Metric, alpha: f64, tested: usize) {
+    let level = alpha / tested.max(1) as f64;
+    if let Some((e, r)) = m.needed(m.delta, level) {
+        let now = m.runs.0.max(m.runs.1) as u64;
+        let r = r.max(now + 1);
+        f.samples_needed = Some(e.max(m.exposure_per_run * r as f64).ceil());
+        f.runs_needed = Some(r);
+    }
+}
+
+/// The message of a per-function finding of a relative rule.
+fn relative_message(metric: MetricKind, scale: &Scale, m: &Metric, q: f64) -> String {
+    format!(
+        "{} {} {:.2}% -> {:.2}% ({:+.2} points, {}), q={}",
+        match metric {
+            MetricKind::Flat => "flat",
+            MetricKind::Cum => "cum",
+        },
+        scale_word(scale),
+        m.baseline * 100.0,
+        m.candidate * 100.0,
+        m.delta * 100.0,
+        m.relative
+            .map(|r| format!("{:+.1}%", r * 100.0))
+            .unwrap_or_else(|| "new".into()),
+        fmt_p(Some(q)),
+    )
+}
+
 fn scale_word(scale: &Scale) -> &'static str {
     match scale {
         Scale::Compositional => "value (baseline units)",

@@ -415,43 +415,84 @@ fn preemption_samples_count_as_the_preempted_function() {
     );
 }
 
-/// After the quadratic `main.dedupeRefs`, a second round started from the
-/// inconclusive growth of `main.refreshStatus` (a few samples) and named
-/// its caller `main.reconcile`, whose own test (its whole growth, already
-/// explained) made the culprit and the new call into `main.refreshStatus`
-/// fail. A culprit whose growth earlier rounds explained takes the verdict
-/// of the growth its round explains, and shows that growth, not again the
-/// +44 points of the first culprit.
+/// After the quadratic `main.dedupeRefs` (+46 points), a second round
+/// started from the growth of the unchanged `main.refreshStatus` by a few
+/// samples (0.12% -> 1.49%, q = 0.046 among all functions) and listed its
+/// caller and the "new call" into it. Among the functions the first
+/// culprit does not explain, that growth is no longer significant: no
+/// round starts from it.
 #[test]
-fn a_later_culprit_takes_the_verdict_of_the_growth_it_explains() {
+fn a_chance_excess_next_to_a_regression_starts_no_round() {
     assert_no_unchanged_function_judged("quad-ebpf-2", "main.dedupeRefs");
     let (_, v) = gate_in(&regress("quad-ebpf-2"), "base", "cand", &[]);
+    for c in culprits(&v) {
+        let name = c["function"].as_str().unwrap_or("");
+        assert!(
+            !name.starts_with("main.") || name == "main.dedupeRefs",
+            "culprit {name}: {c:#}"
+        );
+    }
+}
+
+/// Next to a regression, Benjamini-Hochberg over all functions let chance
+/// excesses of a few samples through: the unchanged `main.classify` (2
+/// samples in the baseline's runs, 5 in the candidate's, q = 0.0087) was
+/// reported `fail` beside the regular expression compiled per call, and the
+/// unchanged `main.buildEvents` (2 and 4 samples) became a failing "new
+/// call main.reconcile -> main.buildEvents" culprit beside the extra API
+/// call. Judged among the changes the first culprits do not explain, the
+/// first is inconclusive and the second no culprit.
+#[test]
+fn unchanged_functions_next_to_a_regression_are_judged_among_the_unexplained() {
+    assert_no_unchanged_function_judged("regexp-ebpf-2", "main.matchOwner");
+    assert_no_unchanged_function_judged("apicall-pprof", "main.refreshStatus");
+    let (_, v) = gate_in(&regress("regexp-ebpf-2"), "base", "cand", &[]);
+    let classify = findings(&v)
+        .iter()
+        .find(|f| f["function"] == "main.classify")
+        .unwrap_or_else(|| panic!("main.classify not listed: {v:#}"));
+    assert_eq!(classify["verdict"], "inconclusive", "{classify:#}");
+    // Its q-value among all functions was below 0.01; among the
+    // unexplained ones it is not.
+    assert!(
+        classify["q_value"].as_f64().unwrap() >= 0.01,
+        "{classify:#}"
+    );
+}
+
+/// A culprit whose growth earlier rounds mostly explained (after the
+/// regular expression and the sweeper, the mark workers' `scanobject`:
+/// half of its growth lies under the first culprits) shows the growth its
+/// own round explains, not its whole growth again, and says so; its path
+/// keeps the whole inclusive values.
+#[test]
+fn a_later_culprit_takes_the_verdict_of_the_growth_it_explains() {
+    assert_no_unchanged_function_judged("regexp-ebpf-3", "main.matchOwner");
+    let (_, v) = gate_in(&regress("regexp-ebpf-3"), "base", "cand", &[]);
     let c = culprits(&v);
     assert_eq!(c[0]["outside_earlier"], false, "{:#}", c[0]);
     let later = c
         .iter()
-        .find(|c| c["kind"] == "frame" && c["function"] == "main.reconcile")
-        .unwrap_or_else(|| panic!("no main.reconcile culprit: {c:#?}"));
-    assert_eq!(later["outside_earlier"], true, "{later:#}");
-    let first = c[0]["delta"].as_f64().unwrap();
+        .find(|c| c["kind"] == "frame" && c["outside_earlier"] == true)
+        .unwrap_or_else(|| panic!("no culprit outside the culprits above: {c:#?}"));
     let d = later["delta"].as_f64().unwrap();
-    assert!(d.abs() < 0.1 * first, "{later:#}");
     let path = later["path"].as_array().unwrap();
-    // The path keeps the whole inclusive values.
-    assert!(path.last().unwrap()["delta"].as_f64().unwrap() > 0.5 * first);
+    let whole = path.last().unwrap()["delta"].as_f64().unwrap();
+    assert!(d > 0.0 && d < whole, "{later:#}");
     assert!(later["message"]
         .as_str()
         .unwrap()
         .contains("outside the culprits above"));
 }
 
-/// The garbage collector's growth after an allocation-heavy change is named
-/// by the mark worker, not by `runtime.systemstack`, the stack switch
-/// between them that the allocator and the scheduler go through as well
-/// (dropping its stacks hid their growth too).
+/// The garbage collector's growth after a change that allocates more (here
+/// the regular expression compiled per call) is named by the mark worker,
+/// not by `runtime.systemstack`, the stack switch between them that the
+/// allocator and the scheduler go through as well (dropping its stacks hid
+/// their growth too).
 #[test]
 fn a_stack_switch_is_never_the_culprit() {
-    let (code, v) = gate_in(&regress("alloc-pprof"), "base", "cand", &[]);
+    let (code, v) = gate_in(&regress("regexp-ebpf"), "base", "cand", &[]);
     assert_eq!(code, 1, "{v:#}");
     let c = culprits(&v);
     for x in c.iter().filter(|c| c["kind"] == "frame") {
