@@ -2204,9 +2204,17 @@ fn attribute(
         // A stack switch names nothing: `runtime.systemstack` and
         // `runtime.mcall` run whatever closure their caller hands them
         // (the allocator's, the garbage collector's, the scheduler's), so
-        // their caller on the chain is the culprit.
+        // their caller on the chain is the culprit. Without one (the
+        // switch is the top of the chain: its growth is spread over the
+        // closures of several callers, none carrying most of it), this
+        // start names nothing; the closures' own growth is found from
+        // them.
         let culprit = match chain.iter().position(|&f| f == culprit) {
-            Some(i) if i > 0 && is_stack_switch(&cmp.table.funcs[culprit as usize].name) => {
+            Some(i) if is_stack_switch(&cmp.table.funcs[culprit as usize].name) => {
+                if i == 0 {
+                    used[start.id as usize] = true;
+                    continue;
+                }
                 chain[i - 1]
             }
             _ => culprit,

@@ -524,6 +524,31 @@ fn a_stack_switch_is_never_the_culprit() {
     );
 }
 
+/// A stack switch at the top of its chain, with no caller carrying most of
+/// its growth (in `regress/regexp-pprof`, `runtime.systemstack` +24.6
+/// points spread over the mark worker's, the scavenger's and the write
+/// barrier's closures), names nothing: it used to be the fourth culprit,
+/// failing; the mark worker's own growth is named from its own start.
+#[test]
+fn a_stack_switch_at_the_top_of_its_chain_is_no_culprit_either() {
+    let (code, v) = gate_in(&regress("regexp-pprof"), "base", "cand", &[]);
+    assert_eq!(code, 1, "{v:#}");
+    let c = culprits(&v);
+    assert_eq!(c[0]["function"], "main.matchOwner", "{:#}", c[0]);
+    for x in c.iter().filter(|c| c["kind"] == "frame") {
+        let f = x["function"].as_str().unwrap();
+        assert!(
+            f != "runtime.systemstack" && f != "runtime.mcall",
+            "culprit {f}: {x:#}"
+        );
+    }
+    assert!(
+        c.iter()
+            .any(|c| c["kind"] == "frame" && c["function"] == "runtime.gcBgMarkWorker"),
+        "{c:#?}"
+    );
+}
+
 /// On plain shares a caller can shrink while a new call appears under it
 /// (`diff/tests/data/gate/`: `(*Request).Do` falls from 9.9% to 8.1% of the
 /// samples, diluted by the JSON decoder's growth, and begins calling
