@@ -219,5 +219,59 @@ pub fn diff_vs_pprof(root: &Path) -> Result<()> {
         gc.as_secs_f64() / gtc.as_secs_f64().max(1e-9),
         gc.as_secs_f64() / dtc.as_secs_f64().max(1e-9),
     );
+    // How sure the gate's ratio is: each run's own ratio (pprof and gate
+    // run back to back, so they share the host's state at the time), and
+    // a bootstrap interval of the ratio of medians over the runs.
+    let walls = |v: &[Run]| v.iter().map(|r| r.wall.as_secs_f64()).collect::<Vec<f64>>();
+    let (gw, tw) = (walls(&go), walls(&gate));
+    let mut per_run: Vec<f64> = gw.iter().zip(&tw).map(|(a, b)| a / b).collect();
+    per_run.sort_by(f64::total_cmp);
+    let (lo, hi) = ratio_interval(&gw, &tw, 2000);
+    println!(
+        "gate ratio per run (pprof and gate back to back): median {:.1}x, range {:.1}-{:.1}x, {} of {runs} at or above 20x; 95% bootstrap interval of the ratio of medians {lo:.1}-{hi:.1}x",
+        median_f64(&per_run),
+        per_run.first().copied().unwrap_or(0.0),
+        per_run.last().copied().unwrap_or(0.0),
+        per_run.iter().filter(|&&r| r >= 20.0).count(),
+    );
     Ok(())
+}
+
+fn median_f64(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// The 2.5% and 97.5% quantiles of `median(a) / median(b)` over
+/// `rounds` resamples of the run pairs (with replacement; deterministic).
+fn ratio_interval(a: &[f64], b: &[f64], rounds: usize) -> (f64, f64) {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return (0.0, 0.0);
+    }
+    // splitmix64: a fixed seed, so the same runs give the same interval.
+    let mut z: u64 = 0x5eed_d1ff;
+    let mut next = || {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut v = z;
+        v = (v ^ (v >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        v = (v ^ (v >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        v ^ (v >> 31)
+    };
+    let mut ratios: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let idx: Vec<usize> = (0..n).map(|_| (next() % n as u64) as usize).collect();
+            let ma = median_f64(&idx.iter().map(|&i| a[i]).collect::<Vec<_>>());
+            let mb = median_f64(&idx.iter().map(|&i| b[i]).collect::<Vec<_>>());
+            ma / mb.max(1e-12)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let q = |p: f64| ratios[((p * (rounds - 1) as f64).round() as usize).min(rounds - 1)];
+    (q(0.025), q(0.975))
 }
