@@ -492,21 +492,8 @@ fn a_later_culprit_takes_the_verdict_of_the_growth_it_explains() {
 /// their growth too).
 #[test]
 fn a_stack_switch_is_never_the_culprit() {
-    let (code, v) = gate_in(&regress("regexp-ebpf"), "base", "cand", &[]);
-    assert_eq!(code, 1, "{v:#}");
+    let v = assert_gc_growth_named_by_the_mark_worker("regexp-ebpf");
     let c = culprits(&v);
-    for x in c.iter().filter(|c| c["kind"] == "frame") {
-        let f = x["function"].as_str().unwrap();
-        assert!(
-            f != "runtime.systemstack" && f != "runtime.mcall",
-            "culprit {f}: {x:#}"
-        );
-    }
-    assert!(
-        c.iter()
-            .any(|c| c["kind"] == "frame" && c["function"] == "runtime.gcBgMarkWorker"),
-        "{c:#?}"
-    );
     // The new call below it still starts at the stack switch, and its path
     // goes down to it.
     let edge = c
@@ -531,22 +518,29 @@ fn a_stack_switch_is_never_the_culprit() {
 /// failing; the mark worker's own growth is named from its own start.
 #[test]
 fn a_stack_switch_at_the_top_of_its_chain_is_no_culprit_either() {
-    let (code, v) = gate_in(&regress("regexp-pprof"), "base", "cand", &[]);
+    let v = assert_gc_growth_named_by_the_mark_worker("regexp-pprof");
+    assert_eq!(culprits(&v)[0]["function"], "main.matchOwner", "{v:#}");
+}
+
+/// Gates `set`: it fails, no frame culprit is a stack switch, and one is
+/// `runtime.gcBgMarkWorker`. Returns the report.
+fn assert_gc_growth_named_by_the_mark_worker(set: &str) -> Value {
+    let (code, v) = gate_in(&regress(set), "base", "cand", &[]);
     assert_eq!(code, 1, "{v:#}");
     let c = culprits(&v);
-    assert_eq!(c[0]["function"], "main.matchOwner", "{:#}", c[0]);
     for x in c.iter().filter(|c| c["kind"] == "frame") {
         let f = x["function"].as_str().unwrap();
         assert!(
             f != "runtime.systemstack" && f != "runtime.mcall",
-            "culprit {f}: {x:#}"
+            "{set}: culprit {f}: {x:#}"
         );
     }
     assert!(
         c.iter()
             .any(|c| c["kind"] == "frame" && c["function"] == "runtime.gcBgMarkWorker"),
-        "{c:#?}"
+        "{set}: {c:#?}"
     );
+    v
 }
 
 /// On plain shares a caller can shrink while a new call appears under it
