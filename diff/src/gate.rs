@@ -2472,7 +2472,6 @@ fn fmt_points(v: f64, unit: &str) -> String {
 /// Name of the built-in flat rule ([`default_rule`]).
 const DEFAULT_FLAT_RULE: &str = "default-share-growth";
 
-/// How a relative finding names its values.
 /// Marks [`Stages::round_of`] for a function no round explained.
 const NEVER: u32 = u32::MAX;
 
@@ -2550,9 +2549,9 @@ fn retest_by_stage(
     type Adjusted = (Vec<Option<f64>>, usize);
     let mut cache: FxMap<(usize, u32), Adjusted> = FxMap::default();
     findings.retain_mut(|f| {
-        let k = match (f.rule.as_str(), f.metric) {
-            (DEFAULT_FLAT_RULE, Some(MetricKind::Flat)) => 0,
-            (DEFAULT_CUM_RULE, Some(MetricKind::Cum)) => 1,
+        let (k, metric) = match (f.rule.as_str(), f.metric) {
+            (DEFAULT_FLAT_RULE, Some(m @ MetricKind::Flat)) => (0, m),
+            (DEFAULT_CUM_RULE, Some(m @ MetricKind::Cum)) => (1, m),
             _ => return true,
         };
         let (Some(d), Some(q1)) = (by_name.get(f.function.as_str()), f.q_value) else {
@@ -2591,16 +2590,7 @@ fn retest_by_stage(
             set_needed(f, m, s.alpha, *family);
         }
         f.verdict = verdict;
-        f.message = relative_message(
-            if k == 0 {
-                MetricKind::Flat
-            } else {
-                MetricKind::Cum
-            },
-            scale,
-            m,
-            q2,
-        );
+        f.message = relative_message(metric, scale, m, q2);
         true
     });
 }
@@ -2637,6 +2627,7 @@ fn relative_message(metric: MetricKind, scale: &Scale, m: &Metric, q: f64) -> St
     )
 }
 
+/// How a relative finding names its values.
 fn scale_word(scale: &Scale) -> &'static str {
     match scale {
         Scale::Compositional => "value (baseline units)",
