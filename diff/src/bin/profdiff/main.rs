@@ -30,6 +30,24 @@ mod pages;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 2's `mi_option_e` (mimalloc.h),
+/// which libmimalloc-sys does not name.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to hand freed memory back to the system. By
+/// default it does so 10 ms after a page empties (`madvise`), and a
+/// short-lived process like this one then faults the same memory in, and
+/// has the kernel zero it, a second time when it allocates again (the
+/// loading threads free their decompressed files before the comparison
+/// allocates its sums), and purges everything once more at exit. Measured
+/// on the corpus' two largest Pyroscope profiles: `gate` about 4% less
+/// wall time, peak RSS 72 -> 75 MiB (docs/profdiff.md, "Speed").
+fn keep_freed_memory() {
+    // SAFETY: sets one of mimalloc's option words (read when it purges);
+    // no memory of ours is involved.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn normalizer(a: &CommonArgs) -> Result<Normalizer> {
     let disabled = Rule::parse_list(&a.no_normalize).context("--no-normalize")?;
     let re = |flag: &str, s: &Option<String>| -> Result<Option<regex::Regex>> {
@@ -342,6 +360,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
