@@ -26,7 +26,7 @@
 //! `[kernel]`).
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher as _, BuildHasherDefault};
 
 use regex::Regex;
 
@@ -435,24 +435,46 @@ pub struct Func {
 /// Interner for normalized functions shared by every profile of a comparison.
 #[derive(Debug, Default, Clone)]
 pub struct FuncTable {
-    map: FxMap<(String, String), FuncId>,
+    /// Function ids by the hash of their (name, file): the strings are
+    /// kept once, in `funcs`.
+    index: hashbrown::HashTable<FuncId>,
     /// Functions by id.
     pub funcs: Vec<Func>,
 }
 
 impl FuncTable {
+    fn hash(name: &str, file: &str) -> u64 {
+        FxBuildHasher::default().hash_one((name, file))
+    }
+
     /// Intern a function.
     pub fn intern(&mut self, name: String, file: String) -> FuncId {
-        let next = self.funcs.len() as FuncId;
-        match self.map.entry((name, file)) {
-            std::collections::hash_map::Entry::Occupied(e) => *e.get(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let (name, file) = e.key().clone();
-                self.funcs.push(Func { name, file });
-                e.insert(next);
-                next
-            }
+        let hash = Self::hash(&name, &file);
+        let FuncTable { index, funcs } = self;
+        let found = index.find(hash, |&id| {
+            let f = &funcs[id as usize];
+            f.name == name && f.file == file
+        });
+        if let Some(&id) = found {
+            return id;
         }
+        let next = funcs.len() as FuncId;
+        funcs.push(Func { name, file });
+        index.insert_unique(hash, next, |&id| {
+            let f = &funcs[id as usize];
+            Self::hash(&f.name, &f.file)
+        });
+        next
+    }
+
+    /// Room for `additional` more functions without growing.
+    pub fn reserve(&mut self, additional: usize) {
+        let FuncTable { index, funcs } = self;
+        funcs.reserve(additional);
+        index.reserve(additional, |&id| {
+            let f = &funcs[id as usize];
+            Self::hash(&f.name, &f.file)
+        });
     }
 
     /// Number of functions.
@@ -683,6 +705,7 @@ impl Prepared {
     pub(crate) fn from_names(names: Names, norm: &Normalizer, table: &mut FuncTable) -> Prepared {
         let opts = norm.options();
         // Interned in first-seen order: the ids a frame-by-frame pass gives.
+        table.reserve(names.distinct.len() + 2);
         let ids: Vec<FuncId> = names
             .distinct
             .into_iter()
