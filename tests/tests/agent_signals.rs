@@ -450,9 +450,13 @@ fn agent_heap_is_the_last_snapshot_of_the_held_bytes() {
         .systemd_container(Qos::BestEffort, &uid_c, "crio", &cid_c);
     let store = TempDir::new("agent-sig-heap-store");
     let agent = RunningAgent::start(&store.0, &pod.cg.root, &["--profile", "heap"]);
+    // Warm-up and one P: Go's first sampling interval per P is drawn at
+    // the default rate before main sets 8 KiB (see the test below).
     let mut child = Owned::spawn(
         Command::new(&bin)
             .args(["-memprofilerate", "8192", "-duration", "120s"])
+            .args(["-warmup", "16777216"])
+            .env("GOMAXPROCS", "1")
             .stdout(Stdio::piped()),
     );
     pod.cg.add_process(&pod.path, child.pid());
