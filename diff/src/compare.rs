@@ -769,21 +769,7 @@ impl Comparison {
         sample_type: Option<&str>,
         norm: &Normalizer,
     ) -> Option<Comparison> {
-        Self::from_pprof_files_with(base, cand, sample_type, norm, &|_| {})
-    }
-
-    /// [`Comparison::from_pprof_files`], calling `on_thread(files)` first
-    /// on each file's loading thread (`files`: how many files load at
-    /// once), before it reads its file: e.g. to prepare the memory the
-    /// thread is about to use.
-    pub fn from_pprof_files_with(
-        base: &[String],
-        cand: &[String],
-        sample_type: Option<&str>,
-        norm: &Normalizer,
-        on_thread: &(dyn Fn(usize) + Sync),
-    ) -> Option<Comparison> {
-        let r = crate::fastload::reduce_files(base, cand, sample_type, norm, on_thread)?;
+        let r = crate::fastload::reduce_files(base, cand, sample_type, norm)?;
         let mut cmp = Comparison::assemble(r.table, r.sample_type, r.base, r.cand, norm);
         cmp.base_edges = r.base_edges;
         Some(cmp)

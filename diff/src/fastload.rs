@@ -446,14 +446,12 @@ fn reduce(
 }
 
 /// Decodes and reduces the files of both sides (see the module docs);
-/// None when any file needs the general path. `on_thread(files)` runs
-/// first on each file's thread.
+/// None when any file needs the general path.
 pub(crate) fn reduce_files(
     base: &[String],
     cand: &[String],
     sample_type: Option<&str>,
     norm: &Normalizer,
-    on_thread: &(dyn Fn(usize) + Sync),
 ) -> Option<Reduced> {
     let paths: Vec<&String> = base.iter().chain(cand).collect();
     if base.is_empty() || cand.is_empty() || paths.len() > MAX_FILES {
@@ -470,9 +468,7 @@ pub(crate) fn reduce_files(
             let (ptx, prx) = mpsc::channel::<(Prepared, usize, String)>();
             headers.push(hrx);
             replies.push(Some(ptx));
-            let files = paths.len();
             handles.push(sc.spawn(move || -> Option<RunData> {
-                on_thread(files);
                 let data = read(Path::new(path.as_str()), limits);
                 let bytes = data
                     .as_deref()

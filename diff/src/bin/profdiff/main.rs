@@ -106,11 +106,6 @@ fn use_color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// Total size of the input files from which `gate` and `diff` probe the
-/// cost of huge pages first (see `pages.rs`).
-#[cfg(target_os = "linux")]
-const LARGE_INPUTS: u64 = 1 << 20;
-
 fn run_compare(
     a: &CommonArgs,
     budgets: Option<&Path>,
@@ -162,24 +157,7 @@ fn run_compare(
     };
     let preset = match (lean, files(&a.baseline), files(&a.candidate)) {
         (true, Some(b), Some(c)) => {
-            // Large inputs (Linux): each loading thread checks that huge
-            // pages are cheap before it faults in megabytes (its share of
-            // the check, in memory it reuses).
-            #[cfg(target_os = "linux")]
-            let size: u64 = b
-                .iter()
-                .chain(&c)
-                .filter_map(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len())
-                .sum();
-            let on_thread = |_files: usize| {
-                #[cfg(target_os = "linux")]
-                if size >= LARGE_INPUTS {
-                    pages::avoid_slow_huge_pages(size, _files);
-                }
-            };
-            Comparison::from_pprof_files_with(&b, &c, key.as_deref(), &norm, &on_thread)
-                .map(|cmp| (cmp, b, c))
+            Comparison::from_pprof_files(&b, &c, key.as_deref(), &norm).map(|cmp| (cmp, b, c))
         }
         _ => None,
     };
@@ -361,6 +339,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    #[cfg(target_os = "linux")]
+    pages::no_huge_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
