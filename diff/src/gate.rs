@@ -774,21 +774,32 @@ impl<'a> Gate<'a> {
                 .iter()
                 .position(|c| c.kind == CulpritKind::Frame && c.function == name)
         };
-        if let Some((_, funcs)) = self.primary() {
-            let full: FxMap<&str, f64> = funcs
-                .iter()
-                .map(|d| (d.function.as_str(), d.cum.delta))
-                .collect();
-            let res: FxMap<&str, f64> = funcs
-                .iter()
-                .map(|d| (d.function.as_str(), residual[d.id as usize]))
-                .collect();
+        // The primary statistics of the functions the findings and the
+        // culprits name, by name (the last record of a name): one pass over
+        // every function into a map of the few that are looked up.
+        let named: FxMap<&str, &FunctionDelta> = match self.primary() {
+            Some((_, funcs)) => {
+                let wanted: FxMap<&str, ()> = findings
+                    .iter()
+                    .map(|f| f.function.as_str())
+                    .chain(culprits.iter().map(|c| c.function.as_str()))
+                    .map(|n| (n, ()))
+                    .collect();
+                funcs
+                    .iter()
+                    .filter(|d| wanted.contains_key(d.function.as_str()))
+                    .map(|d| (d.function.as_str(), d))
+                    .collect()
+            }
+            None => FxMap::default(),
+        };
+        if self.primary().is_some() {
             findings.retain(|f| {
                 if f.rule != DEFAULT_CUM_RULE || culprit_rank(&f.function).is_some() {
                     return true;
                 }
-                match (full.get(f.function.as_str()), res.get(f.function.as_str())) {
-                    (Some(&d), Some(&r)) if d > 0.0 => r > EXPLAIN * d,
+                match named.get(f.function.as_str()) {
+                    Some(d) if d.cum.delta > 0.0 => residual[d.id as usize] > EXPLAIN * d.cum.delta,
                     _ => true,
                 }
             });
@@ -831,9 +842,8 @@ impl<'a> Gate<'a> {
         // explains (the leaves below it whose growth runs through it), and
         // its own finding comes first: culprits, then leaves.
         let mut culprits = culprits;
-        if let Some((_, funcs)) = self.primary() {
-            let by_name: FxMap<&str, &FunctionDelta> =
-                funcs.iter().map(|d| (d.function.as_str(), d)).collect();
+        if self.primary().is_some() {
+            let by_name = &named;
             for f in &findings {
                 let default = f.rule == DEFAULT_CUM_RULE || f.rule == DEFAULT_FLAT_RULE;
                 if !default || f.allowed.is_some() || f.verdict < Verdict::Inconclusive {
@@ -938,6 +948,18 @@ impl<'a> Gate<'a> {
             culprits,
             size_factor,
         })
+    }
+}
+
+/// `re.is_match(name)`, without running the regex for the built-in rules'
+/// pattern `.` (any character but a newline), which every rule tests
+/// against every function.
+fn matches_function(re: &Regex, name: &str) -> bool {
+    if re.as_str() == "." {
+        // A UTF-8 byte other than `\n` belongs to a character other than it.
+        name.bytes().any(|b| b != b'\n')
+    } else {
+        re.is_match(name)
     }
 }
 
@@ -1079,7 +1101,7 @@ fn eval_rule(
             };
             let mut cands: Vec<(&FunctionDelta, Metric)> = funcs
                 .iter()
-                .filter(|d| function.is_match(&d.function))
+                .filter(|d| matches_function(function, &d.function))
                 .map(|d| (d, pick(d)))
                 .filter(|(_, m)| m.p_value.is_some())
                 .collect();
@@ -2639,6 +2661,20 @@ fn scale_word(scale: &Scale) -> &'static str {
 mod tests {
     use super::*;
     use crate::normalize::{NormalizeOptions, Normalizer};
+
+    #[test]
+    fn the_built_in_pattern_matches_as_the_regex_does() {
+        let dot = Regex::new(".").unwrap();
+        let other = Regex::new("^main\\.").unwrap();
+        for name in ["", "\n", "\n\n", "a", "\na", "é", "main.f", "x\nmain.f"] {
+            assert_eq!(matches_function(&dot, name), dot.is_match(name), "{name:?}");
+            assert_eq!(
+                matches_function(&other, name),
+                other.is_match(name),
+                "{name:?}"
+            );
+        }
+    }
 
     /// Per run, each function's raw inclusive sum by name, and the raw sum
     /// of each edge by (caller, callee) name, of one side.
