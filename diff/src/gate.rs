@@ -758,22 +758,6 @@ impl<'a> Gate<'a> {
             results.push(res);
             findings.append(&mut f);
         }
-        // The built-in rules' findings that the first culprits do not
-        // explain are adjusted again among the changes they do not explain
-        // (see `Stages`).
-        if settings.default_rule && stages.rounds > 0 {
-            if let (Some((_, funcs)), Some(scale)) = (self.primary(), self.primary_scale()) {
-                retest_by_stage(&mut findings, funcs, &stages, &settings, scale);
-            }
-        }
-        // The built-in cumulative rule: a function whose growth is mostly
-        // explained by a culprit (its ancestors carrying it, the library
-        // frames below it) is not a finding of its own; the culprit is.
-        let culprit_rank = |name: &str| {
-            culprits
-                .iter()
-                .position(|c| c.kind == CulpritKind::Frame && c.function == name)
-        };
         // The primary statistics of the functions the findings and the
         // culprits name, by name (the last record of a name): one pass over
         // every function into a map of the few that are looked up.
@@ -792,6 +776,22 @@ impl<'a> Gate<'a> {
                     .collect()
             }
             None => FxMap::default(),
+        };
+        // The built-in rules' findings that the first culprits do not
+        // explain are adjusted again among the changes they do not explain
+        // (see `Stages`).
+        if settings.default_rule && stages.rounds > 0 {
+            if let (Some((_, funcs)), Some(scale)) = (self.primary(), self.primary_scale()) {
+                retest_by_stage(&mut findings, funcs, &named, &stages, &settings, scale);
+            }
+        }
+        // The built-in cumulative rule: a function whose growth is mostly
+        // explained by a culprit (its ancestors carrying it, the library
+        // frames below it) is not a finding of its own; the culprit is.
+        let culprit_rank = |name: &str| {
+            culprits
+                .iter()
+                .position(|c| c.kind == CulpritKind::Frame && c.function == name)
         };
         if self.primary().is_some() {
             findings.retain(|f| {
@@ -843,13 +843,12 @@ impl<'a> Gate<'a> {
         // its own finding comes first: culprits, then leaves.
         let mut culprits = culprits;
         if self.primary().is_some() {
-            let by_name = &named;
             for f in &findings {
                 let default = f.rule == DEFAULT_CUM_RULE || f.rule == DEFAULT_FLAT_RULE;
                 if !default || f.allowed.is_some() || f.verdict < Verdict::Inconclusive {
                     continue;
                 }
-                let Some(d) = by_name.get(f.function.as_str()) else {
+                let Some(d) = named.get(f.function.as_str()) else {
                     continue;
                 };
                 let (k, full) = match f.metric {
@@ -2558,15 +2557,16 @@ impl Stages {
 /// again on the q-value of its own stage (the round that explained it,
 /// else after the last round) when that is larger; a finding whose new
 /// verdict is `pass` is dropped.
+/// `named`: the primary statistics of (at least) the findings' functions,
+/// by name.
 fn retest_by_stage(
     findings: &mut Vec<Finding>,
     funcs: &[FunctionDelta],
+    named: &FxMap<&str, &FunctionDelta>,
     stages: &Stages,
     s: &Settings,
     scale: &Scale,
 ) {
-    let by_name: FxMap<&str, &FunctionDelta> =
-        funcs.iter().map(|d| (d.function.as_str(), d)).collect();
     // Per (metric, stage): the adjusted q-values and the family's size.
     type Adjusted = (Vec<Option<f64>>, usize);
     let mut cache: FxMap<(usize, u32), Adjusted> = FxMap::default();
@@ -2576,7 +2576,7 @@ fn retest_by_stage(
             (DEFAULT_CUM_RULE, Some(m @ MetricKind::Cum)) => (1, m),
             _ => return true,
         };
-        let (Some(d), Some(q1)) = (by_name.get(f.function.as_str()), f.q_value) else {
+        let (Some(d), Some(q1)) = (named.get(f.function.as_str()), f.q_value) else {
             return true;
         };
         let j = stages.round_of[k]

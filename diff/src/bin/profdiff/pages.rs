@@ -14,8 +14,8 @@
 //! the slow ones that come later in a run; small pages from the start
 //! measured 94.0 against 109.8 ms for `gate` on the corpus' largest pair
 //! right after a pprof run and 87.2 against 93.9 ms after another gate
-//! (30 alternated pairs each), with the slowest runs at 97-124 ms instead
-//! of 131-143 ms. See docs/profdiff.md, "Speed", round 10.
+//! (15 to 30 alternated pairs), with the slowest runs at 97-124 ms instead
+//! of 131-150 ms. See docs/profdiff.md, "Speed", round 10.
 
 /// Turns transparent huge pages off for the rest of the process
 /// (`PR_SET_THP_DISABLE`, which overrides mimalloc's `madvise`): memory
